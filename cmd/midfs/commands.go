@@ -1,0 +1,39 @@
+package main
+
+import (
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// commands lists every command; each group lives in its own file.
+func commands() []*cli.Command {
+	var cmds []*cli.Command
+	cmds = append(cmds, adminCommands()...) // admin.go: auth, status, bots, create, get, rm, nodes
+	cmds = append(cmds, agentCommands()...) // mount.go: mount, ls
+	return cmds
+}
+
+// addEnvVars lets every flag also come from MIDFS_<NAME> (dashes become
+// underscores), so that units and containers can configure midfs without
+// putting a token on the command line.
+func addEnvVars(cmds []*cli.Command) {
+	for _, c := range cmds {
+		for _, f := range c.Flags {
+			env := []string{"MIDFS_" + strings.ToUpper(strings.ReplaceAll(f.Names()[0], "-", "_"))}
+			switch f := f.(type) {
+			case *cli.StringFlag:
+				f.EnvVars = append(f.EnvVars, env...)
+			case *cli.BoolFlag:
+				f.EnvVars = append(f.EnvVars, env...)
+			case *cli.DurationFlag:
+				f.EnvVars = append(f.EnvVars, env...)
+			case *cli.StringSliceFlag:
+				f.EnvVars = append(f.EnvVars, env...)
+			case *cli.IntFlag:
+				f.EnvVars = append(f.EnvVars, env...)
+			}
+		}
+		addEnvVars(c.Subcommands)
+	}
+}

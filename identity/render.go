@@ -1,0 +1,172 @@
+package identity
+
+import (
+	"bytes"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// The files of the served tree, in the formats of a tbot destination
+// directory so that scripts written for tbot work unchanged.
+const (
+	FileIdentity   = "identity"
+	FileKey        = "key"
+	FileSSHCert    = "key-cert.pub"
+	FileSSHPub     = "key.pub"
+	FileKnownHosts = "known_hosts"
+	FileSSHConfig  = "ssh_config"
+	FileDatabaseCA = "teleport-database-ca.crt"
+	FileHostCA     = "teleport-host-ca.crt"
+	FileUserCA     = "teleport-user-ca.crt"
+	FileTLSCert    = "tlscert"
+)
+
+// File describes one served file.
+type File struct {
+	Name   string
+	Secret bool // holds the private key: mode 0600 and only owner and readers may open it
+}
+
+// Files lists the served tree in the order `ls` shows it.
+var Files = []File{
+	{FileIdentity, true},
+	{FileKey, true},
+	{FileSSHCert, false},
+	{FileSSHPub, false},
+	{FileKnownHosts, false},
+	{FileSSHConfig, false},
+	{FileDatabaseCA, false},
+	{FileHostCA, false},
+	{FileUserCA, false},
+	{FileTLSCert, false},
+}
+
+// Render returns the bytes of one file. dir is the absolute path the tree is
+// served at; ssh_config names the other files by it. nodes feed ssh_config.
+// The caller owns the returned slice and should clear it when done, since
+// for key and identity it holds the private key.
+func Render(name string, id *Identity, nodes []Node, dir string) ([]byte, error) {
+	switch name {
+	case FileKey:
+		return MarshalPrivateKeyPEM(id.Key)
+	case FileSSHPub:
+		return ssh.MarshalAuthorizedKey(id.SSHCert.Key), nil
+	case FileSSHCert:
+		return ssh.MarshalAuthorizedKey(id.SSHCert), nil
+	case FileTLSCert:
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: id.TLSCert.Raw}), nil
+	case FileKnownHosts:
+		return KnownHosts(id.ClusterName, id.CAs.Host), nil
+	case FileUserCA:
+		return CertsPEM(id.CAs.User), nil
+	case FileHostCA:
+		return CertsPEM(id.CAs.Host), nil
+	case FileDatabaseCA:
+		return CertsPEM(id.CAs.Database), nil
+	case FileSSHConfig:
+		return SSHConfig(id.ClusterName, nodes, dir), nil
+	case FileIdentity:
+		return identityFile(id)
+	}
+	return nil, fmt.Errorf("no such file %q", name)
+}
+
+// CertsPEM concatenates the TLS certificates of CAs as PEM blocks.
+func CertsPEM(cas []CA) []byte {
+	var b bytes.Buffer
+	for _, ca := range cas {
+		pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: ca.TLS.Raw})
+	}
+	return b.Bytes()
+}
+
+// KnownHosts is one @cert-authority line per SSH host CA key, matching the
+// cluster name and every host under it.
+func KnownHosts(cluster string, hostCAs []CA) []byte {
+	var b bytes.Buffer
+	for _, ca := range hostCAs {
+		if ca.SSH == nil {
+			continue
+		}
+		key := bytes.TrimSuffix(ssh.MarshalAuthorizedKey(ca.SSH), []byte("\n"))
+		fmt.Fprintf(&b, "@cert-authority %s,*.%s %s type=host\n", cluster, cluster, key)
+	}
+	return b.Bytes()
+}
+
+// SSHConfig renders the OpenSSH client configuration: one block for every
+// host of the cluster with the credentials, then one block per node giving
+// its inventory address. HostKeyAlias makes ssh check the node's host
+// certificate under NAME.CLUSTER, which the @cert-authority line covers.
+func SSHConfig(cluster string, nodes []Node, dir string) []byte {
+	q := func(file string) string { return `"` + filepath.Join(dir, file) + `"` }
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# Begin generated midfs configuration for %s\n", cluster)
+	fmt.Fprintf(&b, "# Common flags for all %s hosts\n", cluster)
+	fmt.Fprintf(&b, "Host *.%s\n", cluster)
+	fmt.Fprintf(&b, "    UserKnownHostsFile %s\n", q(FileKnownHosts))
+	fmt.Fprintf(&b, "    IdentityFile %s\n", q(FileKey))
+	fmt.Fprintf(&b, "    CertificateFile %s\n", q(FileSSHCert))
+	sorted := append([]Node(nil), nodes...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
+	for _, n := range sorted {
+		host, port, err := net.SplitHostPort(n.Addr)
+		if err != nil {
+			host, port = n.Addr, "22"
+		}
+		alias := n.Name + "." + cluster
+		fmt.Fprintf(&b, "# Node %s%s\n", n.Name, labelComment(n.Labels))
+		fmt.Fprintf(&b, "Host %s\n", alias)
+		fmt.Fprintf(&b, "    HostName %s\n", host)
+		fmt.Fprintf(&b, "    Port %s\n", port)
+		fmt.Fprintf(&b, "    HostKeyAlias %s\n", alias)
+	}
+	b.WriteString("# End generated midfs configuration\n")
+	return b.Bytes()
+}
+
+func labelComment(labels map[string]string) string {
+	if len(labels) == 0 {
+		return ""
+	}
+	return " (" + FormatLabels(labels) + ")"
+}
+
+// FormatLabels prints labels as k=v pairs sorted by key, comma separated.
+func FormatLabels(labels map[string]string) string {
+	keys := make([]string, 0, len(labels))
+	for k := range labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + labels[k]
+	}
+	return strings.Join(parts, ",")
+}
+
+// identityFile is Teleport's identity file: key PEM, SSH certificate line,
+// TLS certificate PEM, @cert-authority lines and host TLS CA PEMs, each
+// section ending in a newline.
+func identityFile(id *Identity) ([]byte, error) {
+	key, err := MarshalPrivateKeyPEM(id.Key)
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	b.Grow(len(key) + 8192) // one allocation: no stray copies of the key left behind by growth
+	b.Write(key)
+	clear(key)
+	b.Write(ssh.MarshalAuthorizedKey(id.SSHCert))
+	pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: id.TLSCert.Raw})
+	b.Write(KnownHosts(id.ClusterName, id.CAs.Host))
+	b.Write(CertsPEM(id.CAs.Host))
+	return b.Bytes(), nil
+}

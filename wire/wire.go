@@ -1,0 +1,108 @@
+// Package wire holds the JSON messages of the authority's HTTPS API: the only
+// thing, besides identity, that the authority (auth) and the agent (joiner)
+// share. Byte slices travel as base64 (encoding/json's default).
+package wire
+
+import "github.com/midfs/midfs/identity"
+
+// Paths of the HTTPS API.
+const (
+	// PathCA answers GET without a client certificate: the cluster name and
+	// the host CA certificates a joining client checks against its CA pin.
+	PathCA = "/v1/ca"
+	// PathJoin answers POST JoinRequest with a renewable BotIdentity.
+	PathJoin = "/v1/join"
+	// PathRenew answers POST RenewRequest, over mTLS with the bot identity,
+	// with the next BotIdentity.
+	PathRenew = "/v1/renew"
+	// PathCerts answers POST CertsRequest, over mTLS with the bot identity,
+	// with the output identity (Certs).
+	PathCerts = "/v1/certs"
+	// PathNodes answers GET, over mTLS with a bot or output identity, with
+	// the nodes that identity's roles may reach.
+	PathNodes = "/v1/nodes"
+	// PathIAMChallenge answers POST with a single-use IAMChallenge.
+	PathIAMChallenge = "/v1/join/iam/challenge"
+	// PathIAMJoin answers POST IAMJoinRequest with a non-renewable BotIdentity.
+	PathIAMJoin = "/v1/join/iam"
+)
+
+// MaxBody caps every request and response body; larger ones are refused.
+const MaxBody = 64 << 10
+
+// ChallengeHeader carries the IAM challenge inside the signed STS request.
+const ChallengeHeader = "X-Midfs-Challenge"
+
+// CAResponse is the answer to GET PathCA.
+type CAResponse struct {
+	ClusterName string   `json:"cluster_name"`
+	HostCAs     [][]byte `json:"host_cas"` // DER certificates
+}
+
+// JoinRequest trades a one-time token for a bot identity.
+type JoinRequest struct {
+	Token     string `json:"token"`
+	PublicKey []byte `json:"public_key"` // PKIX DER of the key the client generated
+}
+
+// RenewRequest asks for the next bot identity for a fresh key.
+type RenewRequest struct {
+	PublicKey []byte `json:"public_key"`
+}
+
+// BotIdentity is the bot's own credential: a TLS client certificate that
+// authenticates renewals and output requests. It never appears in the mount.
+type BotIdentity struct {
+	BotName     string `json:"bot_name"`
+	ClusterName string `json:"cluster_name"`
+	TLSCert     []byte `json:"tls_cert"` // DER
+	Generation  uint64 `json:"generation"`
+	Renewable   bool   `json:"renewable"`
+}
+
+// CertsRequest asks for an output identity for a fresh key.
+type CertsRequest struct {
+	PublicKey  []byte `json:"public_key"`
+	TTLSeconds int64  `json:"ttl_seconds,omitempty"` // 0: the authority's default; capped by it
+}
+
+// CA is one certificate authority on the wire.
+type CA struct {
+	TLS []byte `json:"tls"`           // DER certificate
+	SSH string `json:"ssh,omitempty"` // authorized_keys line; empty for the database CA
+}
+
+// Certs is the output identity: what the mount serves.
+type Certs struct {
+	ClusterName string `json:"cluster_name"`
+	SSHCert     string `json:"ssh_cert"` // authorized_keys line
+	TLSCert     []byte `json:"tls_cert"` // DER
+	UserCAs     []CA   `json:"user_cas"`
+	HostCAs     []CA   `json:"host_cas"`
+	DatabaseCAs []CA   `json:"database_cas"`
+}
+
+// NodeList is the answer to GET PathNodes.
+type NodeList struct {
+	Nodes []identity.Node `json:"nodes"`
+}
+
+// IAMChallenge is a random, single-use, short-lived challenge that the
+// client signs into its sts:GetCallerIdentity request.
+type IAMChallenge struct {
+	Challenge string `json:"challenge"`
+}
+
+// IAMJoinRequest proves an AWS identity with a signed, unsent
+// sts:GetCallerIdentity request. It never carries the AWS secret key.
+type IAMJoinRequest struct {
+	Token      string `json:"token"`       // name of an iam token; not a secret
+	Challenge  string `json:"challenge"`   // as received from PathIAMChallenge
+	STSRequest []byte `json:"sts_request"` // the signed HTTP/1.1 request, as sent on the wire
+	PublicKey  []byte `json:"public_key"`
+}
+
+// Error is the body of every non-2xx answer: one line for the user.
+type Error struct {
+	Error string `json:"error"`
+}
