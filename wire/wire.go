@@ -27,6 +27,12 @@ const (
 	PathIAMJoin = "/v1/join/iam"
 )
 
+// ServerName is a DNS name that every authority's HTTPS certificate carries.
+// Clients verify the authority by its pinned host CA, not by the address they
+// dialled, so they always ask for this name (as Teleport does with
+// teleport.cluster.local).
+const ServerName = "auth.midfs.cluster.local"
+
 // MaxBody caps every request and response body; larger ones are refused.
 const MaxBody = 64 << 10
 
