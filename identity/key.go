@@ -11,6 +11,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"strings"
+
+	"golang.org/x/crypto/ssh"
 )
 
 // Algorithm names the key type of an identity.
@@ -82,11 +84,22 @@ func (ks *KeySource) Next() (crypto.Signer, error) {
 	return ke.key, ke.err
 }
 
-// MarshalPrivateKeyPEM encodes a key the way OpenSSH, OpenSSL and Teleport
-// read it: PKCS#1 for RSA, PKCS#8 for ECDSA and Ed25519.
+// MarshalPrivateKeyPEM encodes a key the way OpenSSH and OpenSSL read it:
+// PKCS#1 for RSA and PKCS#8 for ECDSA, as Teleport does. Ed25519 is the
+// exception: OpenSSH (9.2 in Debian 12) cannot load a PKCS#8 Ed25519 key, and
+// ssh is what reads this file, so it gets OpenSSH's own key format.
 func MarshalPrivateKeyPEM(key crypto.Signer) ([]byte, error) {
-	if k, ok := key.(*rsa.PrivateKey); ok {
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
 		return pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}), nil
+	case ed25519.PrivateKey:
+		block, err := ssh.MarshalPrivateKey(k, "")
+		if err != nil {
+			return nil, err
+		}
+		b := pem.EncodeToMemory(block)
+		clear(block.Bytes)
+		return b, nil
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
@@ -102,6 +115,19 @@ func ParsePrivateKeyPEM(b []byte) (crypto.Signer, error) {
 	block, _ := pem.Decode(b)
 	if block == nil {
 		return nil, fmt.Errorf("no PEM private key found")
+	}
+	if block.Type == "OPENSSH PRIVATE KEY" {
+		k, err := ssh.ParseRawPrivateKey(b)
+		if err != nil {
+			return nil, err
+		}
+		if p, ok := k.(*ed25519.PrivateKey); ok {
+			return *p, nil
+		}
+		if s, ok := k.(crypto.Signer); ok {
+			return s, nil
+		}
+		return nil, fmt.Errorf("private key of type %T cannot sign", k)
 	}
 	return ParsePrivateKeyDER(block.Bytes)
 }
