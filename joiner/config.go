@@ -1,0 +1,133 @@
+package joiner
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/midfs/midfs/identity"
+)
+
+// Defaults, as Teleport's tbot has them.
+const (
+	DefaultCertTTL       = time.Hour
+	DefaultRenewInterval = 20 * time.Minute
+	DefaultNodesInterval = time.Minute
+	// DefaultJoinTimeout bounds how long a start keeps retrying an
+	// unreachable authority: long enough to ride out a network that comes
+	// up after the agent (boot order), short enough that a wrong address
+	// fails while someone is still watching. systemd restarts after that.
+	DefaultJoinTimeout = time.Minute
+	// MaxCertTTL is the authority's cap; a longer request is only warned about.
+	MaxCertTTL = 24 * time.Hour
+)
+
+// Join methods.
+const (
+	MethodToken = "token"
+	MethodIAM   = "iam"
+)
+
+// wallTick is how often the renewal loop looks at the wall clock even when
+// no renewal is due: Go timers stop while a machine is suspended, so a
+// laptop that wakes after two hours would otherwise serve expired
+// credentials until its stale timer fires.
+const wallTick = 10 * time.Second
+
+// requestTimeout bounds one HTTPS call to the authority.
+const requestTimeout = 30 * time.Second
+
+// Config says how to join the authority and how to keep the identity fresh.
+type Config struct {
+	AuthServer string // host:port of the authority's HTTPS API
+	// Token is the join token: a one-time secret for the token method, the
+	// (public) name of an iam token for the iam method. May be empty when a
+	// stored bot identity exists.
+	Token      string
+	JoinMethod string // MethodToken (default) or MethodIAM
+	// CAPin is "sha256:HEX", or several separated by commas during a CA
+	// rotation. Required to join; a restart from a stored identity trusts
+	// the CAs stored with it.
+	CAPin     string
+	Algorithm identity.Algorithm // of every key; default ECDSA P-256
+	// CertTTL is the lifetime asked for the output identity (the authority caps it).
+	CertTTL       time.Duration
+	RenewInterval time.Duration // bot and output identity renewal
+	NodesInterval time.Duration // node list refresh between renewals
+	JoinTimeout   time.Duration // how long to retry network errors at start
+	Store         Store         // where the bot identity survives a restart; default memory
+	Logger        *slog.Logger
+	Clock         Clock
+}
+
+// withDefaults fills zero fields and checks the rest. The returned error is
+// of kind ErrConfig.
+func (c Config) withDefaults() (Config, error) {
+	if c.JoinMethod == "" {
+		c.JoinMethod = MethodToken
+	}
+	if c.Algorithm == "" {
+		c.Algorithm = identity.DefaultAlgorithm
+	}
+	if c.CertTTL == 0 {
+		c.CertTTL = DefaultCertTTL
+	}
+	if c.RenewInterval == 0 {
+		c.RenewInterval = DefaultRenewInterval
+	}
+	if c.NodesInterval == 0 {
+		c.NodesInterval = DefaultNodesInterval
+	}
+	if c.JoinTimeout == 0 {
+		c.JoinTimeout = DefaultJoinTimeout
+	}
+	if c.Store == nil {
+		c.Store = MemoryStore()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Clock == nil {
+		c.Clock = RealClock()
+	}
+	bad := func(format string, args ...any) (Config, error) {
+		return c, &kindError{kind: ErrConfig, msg: fmt.Sprintf(format, args...)}
+	}
+	if _, _, err := net.SplitHostPort(c.AuthServer); err != nil {
+		return bad("bad auth server address %q: want HOST:PORT, e.g. auth.example.com:3025", c.AuthServer)
+	}
+	if c.JoinMethod != MethodToken && c.JoinMethod != MethodIAM {
+		return bad("unknown join method %q: want token or iam", c.JoinMethod)
+	}
+	if _, err := identity.ParseAlgorithm(string(c.Algorithm)); err != nil {
+		return bad("%v", err)
+	}
+	if c.CertTTL < 0 || c.RenewInterval < 0 || c.NodesInterval < 0 || c.JoinTimeout < 0 {
+		return bad("durations must be positive")
+	}
+	if c.RenewInterval >= c.CertTTL {
+		return bad("renewal interval %v must be shorter than the certificate TTL %v, or credentials expire before they are renewed", c.RenewInterval, c.CertTTL)
+	}
+	if c.CertTTL > MaxCertTTL {
+		c.Logger.Warn("certificate TTL above the authority's cap; it will issue shorter certificates", "ttl", c.CertTTL, "cap", MaxCertTTL)
+	}
+	if c.CAPin != "" {
+		if _, err := parsePins(c.CAPin); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// tokenHash is what a stored identity remembers of the token that made
+// it: enough to tell a new token from the old one, useless to an attacker.
+func tokenHash(token string) string {
+	if token == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}

@@ -1,0 +1,102 @@
+package joiner
+
+import (
+	"crypto"
+	"crypto/x509"
+	"fmt"
+	"sort"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
+)
+
+// buildIdentity turns the authority's answer into an identity and checks
+// that it hangs together: both certificates for our key, both signed by a
+// user CA of the cluster. A broken issuance is refused, never served.
+func buildIdentity(c *wire.Certs, key crypto.Signer) (*identity.Identity, error) {
+	bad := func(format string, args ...any) (*identity.Identity, error) {
+		return nil, fmt.Errorf("the authority sent a bad output identity: "+format, args...)
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(c.SSHCert))
+	if err != nil {
+		return bad("SSH certificate: %v", err)
+	}
+	sshCert, ok := pub.(*ssh.Certificate)
+	if !ok {
+		return bad("SSH certificate is a plain %s key", pub.Type())
+	}
+	tlsCert, err := x509.ParseCertificate(c.TLSCert)
+	if err != nil {
+		return bad("TLS certificate: %v", err)
+	}
+	id := &identity.Identity{Key: key, SSHCert: sshCert, TLSCert: tlsCert, ClusterName: c.ClusterName}
+	if id.CAs.User, err = parseCAs(c.UserCAs); err != nil {
+		return bad("user CA: %v", err)
+	}
+	if id.CAs.Host, err = parseCAs(c.HostCAs); err != nil {
+		return bad("host CA: %v", err)
+	}
+	if id.CAs.Database, err = parseCAs(c.DatabaseCAs); err != nil {
+		return bad("database CA: %v", err)
+	}
+	if err := id.Check(); err != nil {
+		return bad("%v", err)
+	}
+	if !signedByUserCA(sshCert, id.CAs.User) {
+		return bad("SSH certificate is not signed by a user CA of cluster %q", c.ClusterName)
+	}
+	return id, nil
+}
+
+func parseCAs(in []wire.CA) ([]identity.CA, error) {
+	out := make([]identity.CA, 0, len(in))
+	for _, w := range in {
+		cert, err := x509.ParseCertificate(w.TLS)
+		if err != nil {
+			return nil, err
+		}
+		ca := identity.CA{TLS: cert}
+		if w.SSH != "" {
+			if ca.SSH, _, _, _, err = ssh.ParseAuthorizedKey([]byte(w.SSH)); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, ca)
+	}
+	return out, nil
+}
+
+func signedByUserCA(cert *ssh.Certificate, cas []identity.CA) bool {
+	for _, ca := range cas {
+		if ca.SSH != nil && string(ca.SSH.Marshal()) == string(cert.SignatureKey.Marshal()) {
+			return true
+		}
+	}
+	return false
+}
+
+// sortNodes orders nodes by name so that two fetches compare equal when
+// nothing changed.
+func sortNodes(nodes []identity.Node) []identity.Node {
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
+	return nodes
+}
+
+func sameNodes(a, b []identity.Node) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Name != b[i].Name || a[i].Addr != b[i].Addr || len(a[i].Labels) != len(b[i].Labels) {
+			return false
+		}
+		for k, v := range a[i].Labels {
+			if w, ok := b[i].Labels[k]; !ok || w != v {
+				return false
+			}
+		}
+	}
+	return true
+}
