@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -145,4 +146,21 @@ func unwrapURL(err error) error {
 		return ue.Err
 	}
 	return err
+}
+
+// ListNodes asks the authority at addr which nodes the identity of key and
+// cert may reach (`midfs ls`, with the mount's own output identity).
+// hostCAs vouch for the authority. Errors are of the kinds in errors.go
+// where they apply; network errors are not retried.
+func ListNodes(ctx context.Context, addr string, key crypto.Signer, cert *x509.Certificate, hostCAs []*x509.Certificate) ([]identity.Node, error) {
+	api := newAPIClient(addr, certPool(hostCAs), key, cert)
+	defer api.close()
+	var list wire.NodeList
+	if err := api.call(ctx, http.MethodGet, wire.PathNodes, nil, &list); err != nil {
+		if isRetryable(err) {
+			return nil, &kindError{kind: ErrUnreachable, cause: err, msg: err.Error()}
+		}
+		return nil, err
+	}
+	return sortNodes(list.Nodes), nil
 }

@@ -63,6 +63,14 @@ type Config struct {
 	Clock         Clock
 }
 
+// Validate checks the configuration without contacting anyone, so that a
+// command can refuse bad flags before it touches the mountpoint. The error
+// is of kind ErrConfig.
+func (c Config) Validate() error {
+	_, err := c.withDefaults()
+	return err
+}
+
 // withDefaults fills zero fields and checks the rest. The returned error is
 // of kind ErrConfig.
 func (c Config) withDefaults() (Config, error) {
@@ -110,9 +118,6 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.RenewInterval >= c.CertTTL {
 		return bad("renewal interval %v must be shorter than the certificate TTL %v, or credentials expire before they are renewed", c.RenewInterval, c.CertTTL)
-	}
-	if c.CertTTL > MaxCertTTL {
-		c.Logger.Warn("certificate TTL above the authority's cap; it will issue shorter certificates", "ttl", c.CertTTL, "cap", MaxCertTTL)
 	}
 	if c.CAPin != "" {
 		if _, err := parsePins(c.CAPin); err != nil {

@@ -89,6 +89,9 @@ func Join(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.CAPin != "" {
 		a.pins, _ = parsePins(cfg.CAPin) // checked by withDefaults
 	}
+	if cfg.CertTTL > MaxCertTTL {
+		a.log.Warn("certificate TTL above the authority's cap; it will issue shorter certificates", "ttl", cfg.CertTTL, "cap", MaxCertTTL)
+	}
 	deadline := a.clock.Now().Add(cfg.JoinTimeout)
 	if err := a.start(ctx, deadline); err != nil {
 		a.api.close()
