@@ -1,0 +1,307 @@
+package auth
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+
+	"github.com/midfs/midfs/wire"
+)
+
+const testChallenge = "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5"
+
+// stsReq describes a request as a client might sign it; the zero value
+// plus a host and challenge is what the real agent sends.
+type stsReq struct {
+	method, uri, host, body string
+	challenge               string
+	signChallenge           bool
+	noChallenge             bool
+	creds                   aws.Credentials
+	region                  string
+	edit                    func(*http.Request) // after signing
+}
+
+var testCreds = aws.Credentials{AccessKeyID: "AKIATESTTESTTEST0001", SecretAccessKey: "test-secret"}
+
+func goodReq() stsReq {
+	return stsReq{method: "POST", uri: "/", host: "sts.us-east-1.amazonaws.com", body: stsBody,
+		challenge: testChallenge, signChallenge: true, creds: testCreds, region: "us-east-1"}
+}
+
+// raw signs r with the AWS SDK's SigV4 signer and returns the HTTP/1.1 bytes.
+func (r stsReq) raw(t testing.TB) []byte {
+	t.Helper()
+	req, err := http.NewRequest(r.method, "https://"+r.host+r.uri, strings.NewReader(r.body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	if !r.noChallenge && r.signChallenge {
+		req.Header.Set(wire.ChallengeHeader, r.challenge)
+	}
+	sum := sha256.Sum256([]byte(r.body))
+	if err := v4.NewSigner().SignHTTP(context.Background(), r.creds, req, hex.EncodeToString(sum[:]), "sts", r.region, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if !r.noChallenge && !r.signChallenge {
+		req.Header.Set(wire.ChallengeHeader, r.challenge)
+	}
+	if r.edit != nil {
+		r.edit(req)
+	}
+	var buf bytes.Buffer
+	if err := req.Write(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestParseSTSRequestAcceptsWhatTheAgentSigns(t *testing.T) {
+	for _, host := range []string{"sts.amazonaws.com", "sts.eu-west-1.amazonaws.com", "sts-fips.us-gov-west-1.amazonaws.com", "sts.cn-northwest-1.amazonaws.com.cn"} {
+		r := goodReq()
+		r.host = host
+		got, refusal := parseSTSRequest(r.raw(t), testChallenge)
+		if refusal != nil {
+			t.Fatalf("%s: refused: %v", host, refusal)
+		}
+		if got.host != host || string(got.body) != stsBody || got.header.Get("Authorization") == "" {
+			t.Errorf("%s: parsed %+v", host, got)
+		}
+	}
+}
+
+func TestParseSTSRequestRefusals(t *testing.T) {
+	for name, tc := range map[string]struct {
+		mod  func(*stsReq)
+		raw  func([]byte) []byte
+		want iamReason
+	}{
+		"GET instead of POST":    {mod: func(r *stsReq) { r.method = "GET" }, want: reasonWrongMethod},
+		"PUT":                    {mod: func(r *stsReq) { r.method = "PUT" }, want: reasonWrongMethod},
+		"path":                   {mod: func(r *stsReq) { r.uri = "/other" }, want: reasonWrongPath},
+		"query string":           {mod: func(r *stsReq) { r.uri = "/?Action=AssumeRole" }, want: reasonWrongPath},
+		"extra body parameter":   {mod: func(r *stsReq) { r.body = stsBody + "&DurationSeconds=900" }, want: reasonWrongBody},
+		"other action":           {mod: func(r *stsReq) { r.body = "Action=AssumeRole&Version=2011-06-15" }, want: reasonWrongBody},
+		"empty body":             {mod: func(r *stsReq) { r.body = "" }, want: reasonWrongBody},
+		"challenge not signed":   {mod: func(r *stsReq) { r.signChallenge = false }, want: reasonChallengeNotSigned},
+		"challenge missing":      {mod: func(r *stsReq) { r.noChallenge = true }, want: reasonChallengeMismatch},
+		"other challenge":        {mod: func(r *stsReq) { r.challenge = "b3RoZXI" }, want: reasonChallengeMismatch},
+		"host off the allowlist": {mod: func(r *stsReq) { r.host = "sts.evil.example.com" }, want: reasonHostNotAllowed},
+		"allowlisted prefix":     {mod: func(r *stsReq) { r.host = "sts.amazonaws.com.evil.example" }, want: reasonHostNotAllowed},
+		"host with port":         {mod: func(r *stsReq) { r.host = "sts.amazonaws.com:8443" }, want: reasonHostNotAllowed},
+		"two challenge headers": {mod: func(r *stsReq) {
+			r.edit = func(h *http.Request) { h.Header.Add(wire.ChallengeHeader, testChallenge) }
+		}, want: reasonChallengeMismatch},
+		"no authorization": {mod: func(r *stsReq) {
+			r.edit = func(h *http.Request) { h.Header.Del("Authorization") }
+		}, want: reasonChallengeNotSigned},
+		"pipelined second request": {raw: func(b []byte) []byte { return append(b, b...) }, want: reasonUnparsable},
+		"not HTTP":                 {raw: func([]byte) []byte { return []byte("hello\r\n\r\n") }, want: reasonUnparsable},
+		"chunked body": {raw: func(b []byte) []byte {
+			head, _, _ := bytes.Cut(b, []byte("\r\n\r\n"))
+			head = bytes.Replace(head, []byte("Content-Length: 43"), []byte("Transfer-Encoding: chunked"), 1)
+			return append(head, []byte("\r\n\r\n2b\r\n"+stsBody+"\r\n0\r\n\r\n")...)
+		}, want: reasonWrongBody},
+		"too large": {raw: func(b []byte) []byte { return append(b, make([]byte, wire.MaxBody)...) }, want: reasonUnparsable},
+	} {
+		r := goodReq()
+		if tc.mod != nil {
+			tc.mod(&r)
+		}
+		raw := r.raw(t)
+		if tc.raw != nil {
+			raw = tc.raw(raw)
+		}
+		_, refusal := parseSTSRequest(raw, testChallenge)
+		if refusal == nil {
+			t.Errorf("%s: accepted", name)
+			continue
+		}
+		if refusal.reason != tc.want {
+			t.Errorf("%s: reason %s (%s), want %s", name, refusal.reason, refusal.detail, tc.want)
+		}
+	}
+}
+
+func TestAllowedSTSHost(t *testing.T) {
+	for host, want := range map[string]bool{
+		"sts.amazonaws.com":                    true,
+		"sts.us-east-1.amazonaws.com":          true,
+		"sts.ap-southeast-2.amazonaws.com":     true,
+		"sts.il-central-1.amazonaws.com":       true,
+		"sts.us-gov-west-1.amazonaws.com":      true,
+		"sts-fips.us-east-2.amazonaws.com":     true,
+		"sts-fips.us-gov-east-1.amazonaws.com": true,
+		"sts.cn-north-1.amazonaws.com.cn":      true,
+		"sts.cn-northwest-1.amazonaws.com.cn":  true,
+
+		"":                                     false,
+		"sts.amazonaws.com.":                   false,
+		"STS.AMAZONAWS.COM":                    false,
+		"sts.amazonaws.com:443":                false,
+		"sts.us-east-1.amazonaws.com:443":      false,
+		"iam.amazonaws.com":                    false,
+		"s3.us-east-1.amazonaws.com":           false,
+		"sts.evil.amazonaws.com":               false,
+		"sts.us-east-1.evil.amazonaws.com":     false,
+		"x.sts.us-east-1.amazonaws.com":        false,
+		"sts.us-east-1.amazonaws.com.cn":       false,
+		"sts.cn-north-1.amazonaws.com":         false,
+		"sts-fips.cn-north-1.amazonaws.com.cn": false,
+		"sts.us-east-1.amazonaws.com.evil":     false,
+		"sts.amazonaws.com@evil.example":       false,
+		"127.0.0.1":                            false,
+		"sts.us-east-123.amazonaws.com":        false,
+		"sts.us_east_1.amazonaws.com":          false,
+		"sts..amazonaws.com":                   false,
+	} {
+		if got := allowedSTSHost(host); got != want {
+			t.Errorf("allowedSTSHost(%q) = %v, want %v", host, got, want)
+		}
+	}
+}
+
+func TestGlobMatch(t *testing.T) {
+	for _, tc := range []struct {
+		pattern, s string
+		want       bool
+	}{
+		{"arn:aws:sts::111111111111:assumed-role/bot/i-*", "arn:aws:sts::111111111111:assumed-role/bot/i-0abc", true},
+		{"arn:aws:sts::111111111111:assumed-role/bot/i-*", "arn:aws:sts::111111111111:assumed-role/bot/", false},
+		{"arn:aws:sts::111111111111:assumed-role/bot/i-*", "arn:aws:sts::111111111111:assumed-role/botx/i-0abc", false},
+		{"arn:aws:sts::111111111111:assumed-role/bot/i-*", "arn:aws:sts::111111111111:assumed-role/bot/i-", true},
+		{"arn:aws:iam::?????????????:user/ci", "arn:aws:iam::1111111111111:user/ci", true},
+		{"arn:aws:iam::?????????????:user/ci", "arn:aws:iam::111111111111:user/ci", false},
+		{"*", "", true},
+		{"", "", true},
+		{"", "x", false},
+		{"a*b*c", "aXXbYYc", true},
+		{"a*b*c", "aXXbYY", false},
+		{"*.*", "a.b", true},
+		{"a.c", "abc", false}, // no regular expressions
+		{"[a]", "a", false},   // no character classes
+		{"*a*a*a*a*a*b", strings.Repeat("a", 200), false},
+		{"?", "é", true}, // one character, not one byte
+	} {
+		if got := arnGlobMatch(tc.pattern, tc.s); got != tc.want {
+			t.Errorf("arnGlobMatch(%q, %q) = %v, want %v", tc.pattern, tc.s, got, tc.want)
+		}
+	}
+}
+
+func TestMatchIAMRules(t *testing.T) {
+	id := callerIdentity{Account: "111111111111", Arn: "arn:aws:sts::111111111111:assumed-role/bot/i-0abc"}
+	for name, tc := range map[string]struct {
+		rules []iamAllowRule
+		want  iamReason // empty: admitted
+	}{
+		"account":                {[]iamAllowRule{{AWSAccount: "111111111111"}}, ""},
+		"account and arn":        {[]iamAllowRule{{AWSAccount: "111111111111", AWSARN: "arn:aws:sts::111111111111:assumed-role/bot/*"}}, ""},
+		"arn only":               {[]iamAllowRule{{AWSARN: "arn:aws:sts::111111111111:*"}}, ""},
+		"second rule":            {[]iamAllowRule{{AWSAccount: "222222222222"}, {AWSAccount: "111111111111"}}, ""},
+		"wrong account":          {[]iamAllowRule{{AWSAccount: "222222222222"}}, reasonAccountNotAllowed},
+		"arn outside the glob":   {[]iamAllowRule{{AWSAccount: "111111111111", AWSARN: "arn:aws:sts::111111111111:assumed-role/other/*"}}, reasonARNNotAllowed},
+		"arn only, no match":     {[]iamAllowRule{{AWSARN: "arn:aws:sts::222222222222:*"}}, reasonARNNotAllowed},
+		"empty rule admits none": {[]iamAllowRule{{}}, reasonAccountNotAllowed},
+		"no rules":               {nil, reasonAccountNotAllowed},
+	} {
+		got := matchIAMRules(tc.rules, id)
+		switch {
+		case tc.want == "" && got != nil:
+			t.Errorf("%s: refused: %v", name, got)
+		case tc.want != "" && (got == nil || got.reason != tc.want):
+			t.Errorf("%s: got %v, want %s", name, got, tc.want)
+		}
+	}
+}
+
+func TestParseCallerIdentity(t *testing.T) {
+	id, refusal := parseCallerIdentity([]byte(`{"GetCallerIdentityResponse":{"GetCallerIdentityResult":{"Account":"111111111111","Arn":"arn:aws:iam::111111111111:user/ci","UserId":"AIDA"},"ResponseMetadata":{"RequestId":"x"}}}`))
+	if refusal != nil || id.Account != "111111111111" || id.Arn != "arn:aws:iam::111111111111:user/ci" {
+		t.Fatalf("got %+v, %v", id, refusal)
+	}
+	for _, body := range []string{
+		`<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"/>`,
+		`{"GetCallerIdentityResponse":{"GetCallerIdentityResult":{"Account":"111111111111"}}}`,
+		`{"GetCallerIdentityResponse":{"GetCallerIdentityResult":{"Arn":"arn:aws:iam::1:user/x"}}}`,
+		`{}`,
+	} {
+		if _, refusal := parseCallerIdentity([]byte(body)); refusal == nil || refusal.reason != reasonSTSBadResponse {
+			t.Errorf("%s: got %v, want %s", body, refusal, reasonSTSBadResponse)
+		}
+	}
+}
+
+// fakeClock is a clock tests move by hand.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time      { return c.t }
+func (c *fakeClock) add(d time.Duration) { c.t = c.t.Add(d) }
+func newFakeClock() *fakeClock           { return &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func TestChallengesAreSingleUseAndShortLived(t *testing.T) {
+	clock := newFakeClock()
+	c := newIAMChallenges(clock.now)
+	a, err := c.issue()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := c.issue()
+	if a == b || len(a) != 43 {
+		t.Fatalf("challenges %q and %q: want two different 32-byte base64 values", a, b)
+	}
+	if r := c.take(a); r != nil {
+		t.Fatalf("fresh challenge refused: %v", r)
+	}
+	if r := c.take(a); r == nil || r.reason != reasonChallengeUnknown {
+		t.Errorf("replayed challenge: %v, want %s", r, reasonChallengeUnknown)
+	}
+	clock.add(iamChallengeTTL)
+	if r := c.take(b); r == nil || r.reason != reasonChallengeExpired {
+		t.Errorf("challenge a minute old: %v, want %s", r, reasonChallengeExpired)
+	}
+	if r := c.take(b); r == nil || r.reason != reasonChallengeUnknown {
+		t.Errorf("expired challenge taken twice: %v, want %s", r, reasonChallengeUnknown)
+	}
+	if r := c.take("never-issued"); r == nil || r.reason != reasonChallengeUnknown {
+		t.Errorf("made-up challenge: %v, want %s", r, reasonChallengeUnknown)
+	}
+}
+
+func TestChallengesAreBounded(t *testing.T) {
+	clock := newFakeClock()
+	c := newIAMChallenges(clock.now)
+	c.max = 8
+	first, _ := c.issue()
+	var last string
+	for i := 0; i < 100; i++ {
+		last, _ = c.issue()
+		if i%3 == 1 {
+			c.take(last) // used ones must not pile up either
+		}
+	}
+	if len(c.expires) > c.max || len(c.order) > 2*c.max {
+		t.Errorf("%d challenges kept, %d in order; bound is %d", len(c.expires), len(c.order), c.max)
+	}
+	if r := c.take(first); r == nil || r.reason != reasonChallengeUnknown {
+		t.Errorf("oldest challenge survived a flood: %v", r)
+	}
+	if r := c.take(last); r != nil { // i = 99 was not taken in the loop
+		t.Errorf("newest challenge evicted: %v", r)
+	}
+	clock.add(3 * iamChallengeTTL)
+	c.issue()
+	if len(c.expires) != 1 {
+		t.Errorf("%d challenges kept after they all expired, want 1", len(c.expires))
+	}
+}
