@@ -1,0 +1,170 @@
+package auth
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
+)
+
+// AdminClient talks to a running authority over its admin socket. Its
+// methods mirror the Server's.
+type AdminClient struct {
+	hc *http.Client
+}
+
+// DialAdmin connects to the admin socket of dataDir. Errors say what to do:
+// start the authority, pick the right --data-dir, or run as root.
+func DialAdmin(dataDir string) (*AdminClient, error) {
+	path := AdminSocket(dataDir)
+	c, err := net.DialTimeout("unix", path, 5*time.Second)
+	switch {
+	case err == nil:
+		c.Close()
+	case errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT):
+		return nil, fmt.Errorf("no authority admin socket at %s: is `midfs auth start` running with --data-dir %s?", path, dataDir)
+	case errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM):
+		return nil, fmt.Errorf("permission denied on %s: the admin socket is for root; run with sudo", path)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return nil, fmt.Errorf("nothing listens on %s (the authority stopped?): is `midfs auth start` running with --data-dir %s?", path, dataDir)
+	default:
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		MaxIdleConns: 1,
+	}
+	return &AdminClient{hc: &http.Client{Transport: tr, Timeout: time.Minute}}, nil
+}
+
+// Close releases idle connections.
+func (c *AdminClient) Close() error {
+	c.hc.CloseIdleConnections()
+	return nil
+}
+
+// call sends one admin request; body is JSON-encoded unless it is []byte.
+func (c *AdminClient) call(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if b, ok := body.([]byte); ok {
+		rd = bytes.NewReader(b)
+	} else if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://midfs-admin"+path, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAdminBody))
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e wire.Error
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("admin socket: %s", resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(data, out)
+}
+
+// Status describes the authority.
+func (c *AdminClient) Status(ctx context.Context) (*Status, error) {
+	var st Status
+	return &st, c.call(ctx, "GET", "/v1/status", nil, &st)
+}
+
+// AddBot makes a bot and its join token.
+func (c *AdminClient) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
+	var t BotToken
+	return &t, c.call(ctx, "POST", "/v1/bots", spec, &t)
+}
+
+// RemoveBot deletes a bot.
+func (c *AdminClient) RemoveBot(ctx context.Context, name string) error {
+	return c.call(ctx, "DELETE", "/v1/bots/"+url.PathEscape(name), nil, nil)
+}
+
+// UnlockBot clears a bot's lock.
+func (c *AdminClient) UnlockBot(ctx context.Context, name string) error {
+	return c.call(ctx, "POST", "/v1/bots/"+url.PathEscape(name)+"/unlock", nil, nil)
+}
+
+// Bots lists bots.
+func (c *AdminClient) Bots(ctx context.Context) ([]BotResource, error) {
+	res, err := c.Get(ctx, KindBot, "")
+	if err != nil {
+		return nil, err
+	}
+	return res.Bots, nil
+}
+
+// CreateYAML stores the resources of a YAML file.
+func (c *AdminClient) CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error) {
+	var done []string
+	return done, c.call(ctx, "POST", "/v1/resources?force="+fmt.Sprint(force), data, &done)
+}
+
+// Get lists resources of a kind, or the one named.
+func (c *AdminClient) Get(ctx context.Context, kind, name string) (*Resources, error) {
+	path := "/v1/resources/" + url.PathEscape(kind)
+	if name != "" {
+		path += "/" + url.PathEscape(name)
+	}
+	var res Resources
+	return &res, c.call(ctx, "GET", path, nil, &res)
+}
+
+// Remove deletes a resource.
+func (c *AdminClient) Remove(ctx context.Context, kind, name string) error {
+	return c.call(ctx, "DELETE", "/v1/resources/"+url.PathEscape(kind)+"/"+url.PathEscape(name), nil, nil)
+}
+
+// AddNode adds or updates a node.
+func (c *AdminClient) AddNode(ctx context.Context, n identity.Node) error {
+	return c.call(ctx, "POST", "/v1/nodes", nodeRequest{Node: n}, nil)
+}
+
+// RemoveNode deletes a node.
+func (c *AdminClient) RemoveNode(ctx context.Context, name string) error {
+	return c.Remove(ctx, KindNode, name)
+}
+
+// Export returns a CA in the form of typ (see Export* constants).
+func (c *AdminClient) Export(ctx context.Context, typ string) (string, error) {
+	var t textResponse
+	return t.Text, c.call(ctx, "GET", "/v1/export/"+url.PathEscape(typ), nil, &t)
+}
+
+// SignHost has the host CA sign a host public key (authorized_keys form).
+func (c *AdminClient) SignHost(ctx context.Context, publicKey string, hosts []string, ttl time.Duration) (string, error) {
+	var t textResponse
+	return t.Text, c.call(ctx, "POST", "/v1/sign/host", signHostRequest{PublicKey: publicKey, Hosts: hosts, TTL: ttl}, &t)
+}

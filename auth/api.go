@@ -1,0 +1,208 @@
+package auth
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/midfs/midfs/wire"
+)
+
+// routes is the HTTPS API of wire.Path*.
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+wire.PathCA, s.handleCA)
+	mux.HandleFunc("POST "+wire.PathJoin, s.handleJoin)
+	mux.HandleFunc("POST "+wire.PathRenew, s.handleRenew)
+	mux.HandleFunc("POST "+wire.PathCerts, s.handleCerts)
+	mux.HandleFunc("GET "+wire.PathNodes, s.handleNodes)
+	s.iamRoutes(mux)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no API at %s %s", r.Method, r.URL.Path))
+	})
+	return recoverer(s, mux)
+}
+
+// recoverer turns a panic in a handler into a 500 and a log line, so a
+// malformed request never takes the authority down.
+func recoverer(s *Server, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				s.log.Error("panic in API handler", "path", r.URL.Path, "panic", fmt.Sprint(p))
+				writeError(w, http.StatusInternalServerError, "internal error; see the authority's log")
+			}
+		}()
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) handleCA(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, wire.CAResponse{ClusterName: s.cluster, HostCAs: [][]byte{s.host.cert.Raw}})
+}
+
+func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	var req wire.JoinRequest
+	if err := decodeRequest(w, r, &req); err != nil {
+		s.refuseJoin(w, r, JoinToken, &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400})
+		return
+	}
+	id, err := s.joinToken(&req)
+	clear([]byte(req.Token))
+	if err != nil {
+		s.refuseJoin(w, r, JoinToken, err)
+		return
+	}
+	s.metrics.join(JoinToken, "ok")
+	s.metrics.issued("join", time.Since(start))
+	s.log.Info("bot joined", "bot", id.BotName, "method", JoinToken, "generation", id.Generation, "remote", r.RemoteAddr)
+	writeJSON(w, id)
+}
+
+// refuseJoin answers a refused or failed join of the given method: the
+// authority logs the real reason and counts it; the client gets one line
+// (for token problems, the same generic line whatever the reason). The IAM
+// join uses it too. Pass a *refusal for a refusal; any other error is an
+// internal error.
+func (s *Server) refuseJoin(w http.ResponseWriter, r *http.Request, method string, err error) {
+	s.metrics.join(method, "refused")
+	s.refuse(w, r, "join", err)
+}
+
+// refuse logs, counts and answers a refusal or internal error.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, what string, err error) {
+	var ref *refusal
+	if !errors.As(err, &ref) {
+		s.log.Error(what+" failed", "err", err, "remote", r.RemoteAddr)
+		s.metrics.refused("internal")
+		writeError(w, http.StatusInternalServerError, "internal error; see the authority's log")
+		return
+	}
+	s.metrics.refused(ref.Code)
+	s.log.Warn(what+" refused", "reason", ref.Reason, "code", ref.Code, "remote", r.RemoteAddr)
+	writeError(w, ref.Status, ref.Public)
+}
+
+// clientBot reads the verified client certificate, if any.
+func (s *Server) clientBot(r *http.Request) (*botCert, error) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.PeerCertificates) == 0 {
+		return nil, &refusal{Code: "no_client_cert", Reason: "no verified client certificate", Public: "this call needs a bot identity client certificate from this cluster", Status: 401}
+	}
+	bc, err := readBotCert(r.TLS.PeerCertificates[0])
+	if err != nil {
+		return nil, &refusal{Code: "not_a_bot", Reason: err.Error(), Public: err.Error(), Status: 403}
+	}
+	return bc, nil
+}
+
+func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	fail := func(err error) {
+		s.metrics.renewal("refused")
+		s.refuse(w, r, "renewal", err)
+	}
+	bc, err := s.clientBot(r)
+	if err != nil {
+		fail(err)
+		return
+	}
+	var req wire.RenewRequest
+	if err := decodeRequest(w, r, &req); err != nil {
+		fail(&refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400})
+		return
+	}
+	id, err := s.renew(bc, &req)
+	if err != nil {
+		fail(err)
+		return
+	}
+	s.metrics.renewal("ok")
+	s.metrics.issued("renew", time.Since(start))
+	s.log.Debug("bot renewed", "bot", id.BotName, "generation", id.Generation)
+	writeJSON(w, id)
+}
+
+func (s *Server) handleCerts(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	bc, err := s.clientBot(r)
+	if err != nil {
+		s.refuse(w, r, "certs", err)
+		return
+	}
+	var req wire.CertsRequest
+	if err := decodeRequest(w, r, &req); err != nil {
+		s.refuse(w, r, "certs", &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400})
+		return
+	}
+	certs, err := s.certs(bc, &req)
+	if err != nil {
+		s.refuse(w, r, "certs", err)
+		return
+	}
+	s.metrics.issued("certs", time.Since(start))
+	s.log.Debug("output identity issued", "bot", bc.Bot)
+	writeJSON(w, certs)
+}
+
+func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
+	bc, err := s.clientBot(r)
+	if err != nil {
+		s.refuse(w, r, "nodes", err)
+		return
+	}
+	list, err := s.nodes(bc)
+	if err != nil {
+		s.refuse(w, r, "nodes", err)
+		return
+	}
+	writeJSON(w, list)
+}
+
+// decodeRequest reads one JSON object of at most wire.MaxBody bytes with no
+// unknown fields and nothing after it.
+func decodeRequest(w http.ResponseWriter, r *http.Request, v any) error {
+	if w != nil {
+		r.Body = http.MaxBytesReader(w, r.Body, wire.MaxBody)
+	}
+	return decodeStrict(r.Body, v)
+}
+
+// decodeStrict is the request decoder (fuzzed in api_fuzz_test.go).
+func decodeStrict(body io.Reader, v any) error {
+	dec := json.NewDecoder(io.LimitReader(body, wire.MaxBody+1))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return fmt.Errorf("request body larger than %d bytes", wire.MaxBody)
+		}
+		return fmt.Errorf("bad request body: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("bad request body: data after the JSON object")
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "internal error: "+err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(b)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(wire.Error{Error: msg})
+}

@@ -1,0 +1,124 @@
+// Package auth is the midfs authority: it holds the certificate authorities,
+// roles, bots, join tokens and nodes in SQLite, verifies joins, and issues
+// bot and output identities over an HTTPS API. Administrators reach it
+// through a Unix socket in its data directory (see admin.go).
+package auth
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults of Config.
+const (
+	DefaultDataDir = "/var/lib/midfs"
+	DefaultListen  = "0.0.0.0:3025"
+	DefaultTTL     = time.Hour      // output identity
+	MaxTTL         = 24 * time.Hour // cap on any TTL a client asks for
+	DefaultBotTTL  = time.Hour      // the bot's own renewable identity
+	DefaultJoinTTL = time.Hour      // one-time join tokens
+)
+
+// Config configures an authority.
+type Config struct {
+	DataDir       string        // created 0700; holds midfs.db and admin.sock
+	Listen        string        // "0.0.0.0:3025" by default; tests use "127.0.0.1:0"
+	AdvertiseAddr string        // HOST:PORT printed in `bots add` output; default: listen IP, or hostname, and the port
+	ClusterName   string        // used only on first start; default: the machine's hostname
+	DefaultTTL    time.Duration // output identity TTL when the client asks for none: 1h
+	MaxTTL        time.Duration // cap on output TTLs: 24h
+	BotTTL        time.Duration // the bot's own identity: 1h
+	Version       string        // printed by `midfs status`
+	Logger        *slog.Logger
+	Now           func() time.Time      // nil: time.Now (tests use a fake clock)
+	Metrics       prometheus.Registerer // nil: no metrics
+
+	// STSEndpoint replaces the AWS STS endpoint for IAM joins; only for
+	// tests, so it is refused unless InsecureTestMode is set.
+	STSEndpoint      string
+	InsecureTestMode bool
+}
+
+func (c *Config) setDefaults() error {
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.MaxTTL <= 0 || c.MaxTTL > MaxTTL {
+		c.MaxTTL = MaxTTL
+	}
+	if c.DefaultTTL <= 0 {
+		c.DefaultTTL = DefaultTTL
+	}
+	c.DefaultTTL = min(c.DefaultTTL, c.MaxTTL)
+	if c.BotTTL <= 0 {
+		c.BotTTL = DefaultBotTTL
+	}
+	c.BotTTL = min(c.BotTTL, c.MaxTTL)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	if c.STSEndpoint != "" && !c.InsecureTestMode {
+		return fmt.Errorf("--sts-endpoint %s is only for tests: add --insecure-test-mode, never in production", c.STSEndpoint)
+	}
+	if c.STSEndpoint != "" {
+		if err := checkSTSEndpoint(c.STSEndpoint); err != nil {
+			return err
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("bad --listen %q: want HOST:PORT, like 0.0.0.0:3025", c.Listen)
+	}
+	if c.ClusterName != "" {
+		if err := checkClusterName(c.ClusterName); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkClusterName keeps the name usable in known_hosts and ssh_config
+// host patterns.
+func checkClusterName(name string) error {
+	if len(name) > 253 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") != "" || strings.HasPrefix(name, "-") || strings.HasPrefix(name, ".") {
+		return fmt.Errorf("bad cluster name %q: use a DNS-like name of letters, digits, '.' and '-'", name)
+	}
+	return nil
+}
+
+// defaultClusterName is the hostname, made usable as a cluster name.
+func defaultClusterName() string {
+	h, err := os.Hostname()
+	if err != nil || checkClusterName(h) != nil || h == "" {
+		return "midfs"
+	}
+	return h
+}
+
+// advertiseAddr picks the address printed for clients: the configured one,
+// else the listen IP if it is specific, else the hostname; with the port
+// actually listened on.
+func advertiseAddr(configured, listen string, port string) string {
+	if configured != "" {
+		return configured
+	}
+	host, _, _ := net.SplitHostPort(listen)
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host, _ = os.Hostname()
+	}
+	return net.JoinHostPort(host, port)
+}

@@ -1,0 +1,177 @@
+package auth
+
+// IAM join, the authority's endpoints: hand out challenges, and trade a
+// signed sts:GetCallerIdentity request for a non-renewable bot identity
+// once AWS has said who signed it and the token's allow rules admit that
+// identity. The checks themselves are in iamverify.go.
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/midfs/midfs/wire"
+)
+
+// iamJoin serves the IAM join endpoints of one authority.
+type iamJoin struct {
+	s          *Server
+	challenges *iamChallenges
+	sts        *stsForwarder
+}
+
+// iamRoutes registers wire.PathIAMChallenge and wire.PathIAMJoin.
+func (s *Server) iamRoutes(mux *http.ServeMux) {
+	j := &iamJoin{s: s, challenges: newIAMChallenges(s.cfg.Now), sts: newSTSForwarder(s.cfg)}
+	if s.cfg.STSEndpoint != "" {
+		s.log.Warn("TEST MODE: IAM joins are verified by the STS endpoint given with --sts-endpoint, whose TLS certificate is NOT checked; never run an authority like this in production",
+			"sts_endpoint", s.cfg.STSEndpoint)
+	}
+	mux.HandleFunc("POST "+wire.PathIAMChallenge, j.handleChallenge)
+	mux.HandleFunc("POST "+wire.PathIAMJoin, j.handleJoin)
+}
+
+// checkSTSEndpoint validates --sts-endpoint: an https URL with a host and
+// nothing else to it. Config.setDefaults calls it.
+func checkSTSEndpoint(endpoint string) error {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("bad --sts-endpoint %q: want an https URL such as https://127.0.0.1:8443/", endpoint)
+	}
+	return nil
+}
+
+// newSTSForwarder sends to AWS, or in test mode to cfg.STSEndpoint without
+// checking its certificate: a stand-in on loopback has a throwaway one, and
+// the test-only endpoint is already refused without --insecure-test-mode.
+func newSTSForwarder(cfg Config) *stsForwarder {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.STSEndpoint != "" && cfg.InsecureTestMode {
+		tr.TLSClientConfig.InsecureSkipVerify = true
+	}
+	return &stsForwarder{
+		endpoint: cfg.STSEndpoint,
+		client: &http.Client{
+			Transport: tr,
+			Timeout:   stsTimeout,
+			// STS answers directly; following a redirect would send the
+			// signed request somewhere the allowlist never saw.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}
+}
+
+func (j *iamJoin) handleChallenge(w http.ResponseWriter, r *http.Request) {
+	ch, err := j.challenges.issue()
+	if err != nil {
+		j.s.refuse(w, r, "iam challenge", err)
+		return
+	}
+	writeJSON(w, wire.IAMChallenge{Challenge: ch})
+}
+
+func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	ref := newRefusalRef()
+	var req wire.IAMJoinRequest
+	if err := decodeRequest(w, r, &req); err != nil {
+		j.refuse(w, r, ref, req.Token, refuse(reasonBadJoinRequest, "%v", err))
+		return
+	}
+	bot, id, f := j.verify(r, &req)
+	if f != nil {
+		j.refuse(w, r, ref, req.Token, f)
+		return
+	}
+	pub, _ := parsePublicKey(req.PublicKey) // checked in verify
+	bi, err := j.s.issueBotIdentity(r.Context(), bot, pub, JoinIAM, false)
+	if err != nil {
+		j.s.refuseJoin(w, r, JoinIAM, err)
+		return
+	}
+	j.s.metrics.join(JoinIAM, "ok")
+	j.s.metrics.issued("join", time.Since(start))
+	j.s.log.Info("bot joined", "bot", bi.BotName, "method", JoinIAM, "token", req.Token,
+		"aws_account", id.Account, "aws_arn", id.Arn, "remote", r.RemoteAddr)
+	writeJSON(w, bi)
+}
+
+// verify runs every check of an IAM join in order and returns the bot the
+// token names and the AWS identity that signed the request.
+func (j *iamJoin) verify(r *http.Request, req *wire.IAMJoinRequest) (string, callerIdentity, *iamRefusal) {
+	// The challenge is spent first, whatever happens next: a request that
+	// fails a later check can never be tried again.
+	if f := j.challenges.take(req.Challenge); f != nil {
+		return "", callerIdentity{}, f
+	}
+	tok, err := j.s.lookupToken(r.Context(), req.Token)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		// No name in the log: an agent that passed a one-time secret by
+		// mistake must not get it written down.
+		return "", callerIdentity{}, refuse(reasonTokenUnknown, "no token of that name")
+	case err != nil:
+		return "", callerIdentity{}, refuse(reasonTokenUnknown, "token lookup: %v", err)
+	case tok.JoinMethod != JoinIAM:
+		return "", callerIdentity{}, refuse(reasonTokenNotIAM, "token %s is for join method %s", tok.Name, tok.JoinMethod)
+	case !tok.Expires.IsZero() && !j.s.cfg.Now().Before(tok.Expires):
+		return "", callerIdentity{}, refuse(reasonTokenExpired, "token %s expired at %s", tok.Name, tok.Expires.UTC().Format(time.RFC3339))
+	}
+	if _, err := parsePublicKey(req.PublicKey); err != nil {
+		return "", callerIdentity{}, refuse(reasonBadJoinRequest, "%v", err)
+	}
+	sr, f := parseSTSRequest(req.STSRequest, req.Challenge)
+	if f != nil {
+		return "", callerIdentity{}, f
+	}
+	id, f := j.sts.send(r.Context(), sr)
+	if f != nil {
+		return "", callerIdentity{}, f
+	}
+	rules := make([]iamAllowRule, len(tok.Allow))
+	for i, a := range tok.Allow {
+		rules[i] = iamAllowRule{AWSAccount: a.AWSAccount, AWSARN: a.AWSARN}
+	}
+	if f := matchIAMRules(rules, id); f != nil {
+		f.detail = fmt.Sprintf("token %s: %s", tok.Name, f.detail)
+		return "", callerIdentity{}, f
+	}
+	return tok.BotName, id, nil
+}
+
+// refuse logs the real reason with a reference, counts it, and gives the
+// client one line with the same reference, so that an operator can find
+// the reason without the client learning anything about AWS or the rules.
+func (j *iamJoin) refuse(w http.ResponseWriter, r *http.Request, ref, token string, f *iamRefusal) {
+	public := fmt.Sprintf("IAM join refused (ref %s): the request does not prove an AWS identity that this iam token allows; the authority's log has the reason", ref)
+	status := http.StatusForbidden
+	switch f.reason {
+	case reasonBadJoinRequest:
+		public = fmt.Sprintf("bad IAM join request (ref %s): %s", ref, truncate(f.detail, 200))
+		status = http.StatusBadRequest
+	case reasonSTSUnreachable:
+		public = fmt.Sprintf("the authority could not reach AWS STS to verify this join (ref %s); try again later", ref)
+		status = http.StatusServiceUnavailable
+	}
+	j.s.metrics.join(JoinIAM, "refused")
+	j.s.refuse(w, r, "iam join", &refusal{
+		Code:   "iam_" + string(f.reason),
+		Reason: fmt.Sprintf("%s [ref %s]", f.detail, ref),
+		Public: public,
+		Status: status,
+	})
+}
+
+// newRefusalRef is a short random reference joining a client's error line
+// to the authority's log line.
+func newRefusalRef() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

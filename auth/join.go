@@ -1,0 +1,320 @@
+package auth
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
+)
+
+// joinRefusedMsg is all a client learns about a refused token: telling an
+// unknown token from a used one would help whoever is guessing.
+const joinRefusedMsg = "join token is invalid, expired or already used"
+
+// refusal is a request the authority turns down: Reason is logged and
+// counted (as Code) on the authority; Public is what the client reads.
+type refusal struct {
+	Code   string // short metric label, e.g. "token_used"
+	Reason string // for the authority's log; never holds a secret
+	Public string // the one line the client gets
+	Status int
+}
+
+func (r *refusal) Error() string { return r.Public }
+
+func refuseToken(code, reason string) *refusal {
+	return &refusal{Code: code, Reason: reason, Public: joinRefusedMsg, Status: 403}
+}
+
+func hashToken(token string) []byte {
+	h := sha256.Sum256([]byte(token))
+	return h[:]
+}
+
+func newInstanceID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// joinToken redeems a one-time token for a renewable bot identity at
+// generation 1. The check and the redemption happen in one write
+// transaction, so two racing joins with one token get one identity. A
+// retry with the same token and the same public key (the client lost the
+// answer) gets a fresh identity at the same generation, as long as the
+// token has not expired and the bot has not moved on.
+func (s *Server) joinToken(req *wire.JoinRequest) (*wire.BotIdentity, error) {
+	pub, err := parsePublicKey(req.PublicKey)
+	if err != nil {
+		return nil, &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400}
+	}
+	if req.Token == "" {
+		return nil, &refusal{Code: "bad_request", Reason: "no token", Public: "token is missing", Status: 400}
+	}
+	secret := hashToken(req.Token)
+	kh := keyHash(req.PublicKey)
+	now := s.cfg.Now()
+	var bot *botRow
+	var ref *refusal
+	err = s.st.update(func(tx *sql.Tx) error {
+		bot, ref = nil, nil
+		t, err := getTokenBy(tx, "secret_hash", secret)
+		if errors.Is(err, ErrNotFound) {
+			ref = refuseToken("token_unknown", "no such token")
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case t.JoinMethod != JoinToken:
+			ref = refuseToken("token_method", fmt.Sprintf("token %s is for join method %s", t.Name, t.JoinMethod))
+			return nil
+		case !t.Expires.IsZero() && !now.Before(t.Expires):
+			ref = refuseToken("token_expired", fmt.Sprintf("token %s for bot %s expired at %s", t.Name, t.BotName, t.Expires.UTC().Format(time.RFC3339)))
+			return nil
+		}
+		b, err := getBot(tx, t.BotName)
+		if errors.Is(err, ErrNotFound) {
+			ref = refuseToken("bot_missing", fmt.Sprintf("token %s names bot %s, which does not exist (removed?)", t.Name, t.BotName))
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if b.Locked != "" {
+			ref = refuseToken("bot_locked", fmt.Sprintf("bot %s is locked: %s", b.Name, b.Locked))
+			return nil
+		}
+		if !t.Used.IsZero() {
+			if bytes.Equal(t.UsedKeyHash, kh) && t.UsedInstance == b.Instance && b.Generation == 1 {
+				s.log.Info("token join retried with the same key: issuing the identity again", "bot", b.Name, "token", t.Name)
+				bot = b
+				return nil
+			}
+			ref = refuseToken("token_used", fmt.Sprintf("token %s for bot %s was already used at %s", t.Name, t.BotName, t.Used.UTC().Format(time.RFC3339)))
+			return nil
+		}
+		b.Instance = newInstanceID()
+		b.Generation = 1
+		b.LastKeyHash = kh
+		res, err := tx.Exec(`UPDATE tokens SET used = ?, used_key_hash = ?, used_instance = ? WHERE name = ? AND used = 0`,
+			now.Unix(), kh, b.Instance, t.Name)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			ref = refuseToken("token_used", fmt.Sprintf("token %s for bot %s was used concurrently", t.Name, t.BotName))
+			return nil
+		}
+		if _, err := tx.Exec(`UPDATE bots SET instance = ?, generation = 1, last_key_hash = ? WHERE name = ?`, b.Instance, kh, b.Name); err != nil {
+			return err
+		}
+		bot = b
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if ref != nil {
+		return nil, ref
+	}
+	return s.issueBotTLS(bot, pub, 1, true, now)
+}
+
+// renew trades a renewable bot identity at the stored generation for the
+// next one. A stale generation means two holders of one identity: the bot
+// is locked until an administrator runs `midfs bots unlock`. The one
+// exception is a retry of the last renewal with the same public key, which
+// only re-issues what the legitimate holder already got.
+func (s *Server) renew(bc *botCert, req *wire.RenewRequest) (*wire.BotIdentity, error) {
+	if bc.Output {
+		return nil, &refusal{Code: "output_identity", Reason: fmt.Sprintf("bot %s presented an output identity for renewal", bc.Bot), Public: "output identities cannot be renewed; use the bot identity", Status: 403}
+	}
+	if !bc.Renewable {
+		return nil, &refusal{Code: "not_renewable", Reason: fmt.Sprintf("bot %s presented a non-renewable identity for renewal", bc.Bot), Public: "this bot identity is not renewable: join again", Status: 403}
+	}
+	pub, err := parsePublicKey(req.PublicKey)
+	if err != nil {
+		return nil, &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400}
+	}
+	kh := keyHash(req.PublicKey)
+	now := s.cfg.Now()
+	var bot *botRow
+	var ref *refusal
+	var gen uint64
+	err = s.st.update(func(tx *sql.Tx) error {
+		bot, ref = nil, nil
+		b, ref1 := s.checkBot(tx, bc)
+		if ref1 != nil {
+			ref = ref1
+			return nil
+		}
+		switch {
+		case bc.Generation == b.Generation:
+			gen = b.Generation + 1
+			if _, err := tx.Exec(`UPDATE bots SET generation = ?, last_key_hash = ? WHERE name = ? AND generation = ?`, gen, kh, b.Name, b.Generation); err != nil {
+				return err
+			}
+		case bc.Generation+1 == b.Generation && bytes.Equal(kh, b.LastKeyHash):
+			gen = b.Generation // the answer to this very request was lost
+		default:
+			reason := fmt.Sprintf("generation mismatch stored=%d presented=%d, possibly a copied identity", b.Generation, bc.Generation)
+			if _, err := tx.Exec(`UPDATE bots SET locked = ? WHERE name = ?`, reason+" (locked "+now.UTC().Format(time.RFC3339)+")", b.Name); err != nil {
+				return err
+			}
+			s.log.Warn(fmt.Sprintf("bot %s locked: %s", b.Name, reason), "bot", b.Name, "stored", b.Generation, "presented", bc.Generation)
+			ref = &refusal{Code: "generation_mismatch", Reason: reason, Public: fmt.Sprintf("bot %s is now locked: %s; an administrator must run `midfs bots unlock %s`", b.Name, reason, b.Name), Status: 403}
+			return nil
+		}
+		bot = b
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if ref != nil {
+		return nil, ref
+	}
+	return s.issueBotTLS(bot, pub, gen, true, now)
+}
+
+// checkBot finds the bot a certificate names and checks that it still
+// stands behind it: not removed, not re-joined since, not locked.
+func (s *Server) checkBot(q querier, bc *botCert) (*botRow, *refusal) {
+	b, err := getBot(q, bc.Bot)
+	if errors.Is(err, ErrNotFound) {
+		return nil, &refusal{Code: "bot_missing", Reason: fmt.Sprintf("bot %s does not exist (removed?)", bc.Bot), Public: fmt.Sprintf("bot %s no longer exists on this authority", bc.Bot), Status: 403}
+	}
+	if err != nil {
+		return nil, &refusal{Code: "internal", Reason: err.Error(), Public: "internal error; see the authority's log", Status: 500}
+	}
+	if b.Instance != bc.Instance {
+		return nil, &refusal{Code: "superseded", Reason: fmt.Sprintf("bot %s presented an identity of an earlier join", bc.Bot), Public: fmt.Sprintf("this identity of bot %s was replaced by a newer join", bc.Bot), Status: 403}
+	}
+	if b.Locked != "" {
+		return nil, &refusal{Code: "bot_locked", Reason: fmt.Sprintf("bot %s is locked: %s", b.Name, b.Locked), Public: fmt.Sprintf("bot %s is locked (%s); an administrator must run `midfs bots unlock %s`", b.Name, b.Locked, b.Name), Status: 403}
+	}
+	return b, nil
+}
+
+// certs issues an output identity to a bot identity at the current
+// generation.
+func (s *Server) certs(bc *botCert, req *wire.CertsRequest) (*wire.Certs, error) {
+	if bc.Output {
+		return nil, &refusal{Code: "output_identity", Reason: fmt.Sprintf("bot %s presented an output identity for certs", bc.Bot), Public: "output identities cannot get certificates; use the bot identity", Status: 403}
+	}
+	pub, err := parsePublicKey(req.PublicKey)
+	if err != nil {
+		return nil, &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400}
+	}
+	if req.TTLSeconds < 0 {
+		return nil, &refusal{Code: "bad_request", Reason: "negative ttl", Public: "ttl_seconds must not be negative", Status: 400}
+	}
+	ttl := s.cfg.DefaultTTL
+	if req.TTLSeconds > 0 {
+		ttl = min(time.Duration(min(req.TTLSeconds, int64(MaxTTL/time.Second)))*time.Second, s.cfg.MaxTTL)
+	}
+	b, ref := s.checkBot(s.st.db, bc)
+	if ref != nil {
+		return nil, ref
+	}
+	if bc.Renewable && bc.Generation != b.Generation {
+		return nil, &refusal{Code: "stale_generation", Reason: fmt.Sprintf("bot %s asked for certs with generation %d, stored %d", b.Name, bc.Generation, b.Generation), Public: "this bot identity was already renewed; use the newest one", Status: 403}
+	}
+	roles, err := getRoles(s.st.db, b.Roles)
+	if err != nil {
+		return nil, err
+	}
+	return s.issueOutput(b, roles, pub, ttl, s.cfg.Now())
+}
+
+// nodes lists the nodes the bot's roles let it see.
+func (s *Server) nodes(bc *botCert) (*wire.NodeList, error) {
+	b, ref := s.checkBot(s.st.db, bc)
+	if ref != nil {
+		return nil, ref
+	}
+	roles, err := getRoles(s.st.db, b.Roles)
+	if err != nil {
+		return nil, err
+	}
+	all, err := listNodes(s.st.db)
+	if err != nil {
+		return nil, err
+	}
+	out := &wire.NodeList{Nodes: []identity.Node{}}
+	for _, n := range all {
+		if nodeVisible(roles, n) {
+			out.Nodes = append(out.Nodes, n)
+		}
+	}
+	return out, nil
+}
+
+// lookupToken finds a token by name, for delegated join methods (IAM).
+// The error wraps ErrNotFound when there is no such token.
+func (s *Server) lookupToken(ctx context.Context, name string) (*Token, error) {
+	t, err := getTokenBy(s.st.db, "name", name)
+	if err != nil {
+		return nil, err
+	}
+	return &t.Token, nil
+}
+
+// issueBotIdentity issues a bot identity for a join that the caller has
+// already verified (IAM). A non-renewable identity carries the bot's
+// current instance and generation and changes nothing stored: many
+// machines may join as one IAM bot. renewable=true starts a new instance at
+// generation 1, as a token join does. Refusals (bot removed or locked) are
+// *refusal errors; pass them to refuseJoin.
+func (s *Server) issueBotIdentity(ctx context.Context, botName string, pub crypto.PublicKey, method string, renewable bool) (*wire.BotIdentity, error) {
+	now := s.cfg.Now()
+	var bot *botRow
+	var ref *refusal
+	read := func(q querier) error {
+		b, err := getBot(q, botName)
+		if errors.Is(err, ErrNotFound) {
+			ref = refuseToken("bot_missing", fmt.Sprintf("%s join for bot %s, which does not exist (removed?)", method, botName))
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if b.Locked != "" {
+			ref = refuseToken("bot_locked", fmt.Sprintf("bot %s is locked: %s", b.Name, b.Locked))
+			return nil
+		}
+		bot = b
+		return nil
+	}
+	var err error
+	if !renewable {
+		err = read(s.st.db)
+	} else {
+		err = s.st.update(func(tx *sql.Tx) error {
+			if err := read(tx); err != nil || ref != nil {
+				return err
+			}
+			bot.Instance, bot.Generation = newInstanceID(), 1
+			_, err := tx.Exec(`UPDATE bots SET instance = ?, generation = 1, last_key_hash = NULL WHERE name = ?`, bot.Instance, bot.Name)
+			return err
+		})
+	}
+	if err != nil {
+		return nil, err
+	}
+	if ref != nil {
+		return nil, ref
+	}
+	return s.issueBotTLS(bot, pub, bot.Generation, renewable, now)
+}

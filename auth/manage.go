@@ -1,0 +1,537 @@
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/midfs/midfs/identity"
+)
+
+// BotSpec asks for a bot and, unless TokenName names a delegated token, a
+// one-time join token for it.
+type BotSpec struct {
+	Name      string        `json:"name"`
+	Roles     []string      `json:"roles"`
+	Logins    []string      `json:"logins,omitempty"`
+	TokenName string        `json:"token_name,omitempty"` // bind to this existing iam token instead of making a one-time token
+	TTL       time.Duration `json:"ttl,omitempty"`        // of the one-time token; default 1h
+	Replace   bool          `json:"replace,omitempty"`    // bot exists: update it and issue a new token instead of failing
+}
+
+// BotToken is what `bots add` prints: how the new bot joins.
+type BotToken struct {
+	Bot         string    `json:"bot"`
+	Token       string    `json:"token,omitempty"` // the one-time secret; empty for a delegated token
+	TokenName   string    `json:"token_name"`      // as `get tokens` lists it
+	JoinMethod  string    `json:"join_method"`
+	Expires     time.Time `json:"expires,omitzero"` // zero: never
+	CAPin       string    `json:"ca_pin"`
+	AuthServer  string    `json:"auth_server"`
+	ClusterName string    `json:"cluster_name"`
+}
+
+// Status is what `midfs status` prints.
+type Status struct {
+	ClusterName   string `json:"cluster_name"`
+	Version       string `json:"version"`
+	CAPin         string `json:"ca_pin"`
+	Addr          string `json:"addr"`
+	AdvertiseAddr string `json:"advertise_addr"`
+}
+
+// Status describes the running authority.
+func (s *Server) Status(ctx context.Context) (*Status, error) {
+	return &Status{ClusterName: s.cluster, Version: s.cfg.Version, CAPin: s.CAPin(), Addr: s.Addr(), AdvertiseAddr: s.advertise}, nil
+}
+
+// maxJoinTTL bounds how long a one-time token may wait to be used.
+const maxJoinTTL = 7 * 24 * time.Hour
+
+func checkLogins(logins []string) error {
+	for _, l := range logins {
+		if l == "" || strings.ContainsAny(l, " \t\n,{}") || strings.HasPrefix(l, "-") {
+			return fmt.Errorf("bad login %q: give user names like root or ubuntu", l)
+		}
+	}
+	return nil
+}
+
+// AddBot makes a bot (in one transaction with its token). Unknown roles,
+// an existing bot (without Replace) or an unsuitable delegated token are
+// errors, and then nothing is stored.
+func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
+	if err := checkName("bot", spec.Name); err != nil {
+		return nil, err
+	}
+	if len(spec.Roles) == 0 {
+		return nil, fmt.Errorf("bot %s: give at least one role with --roles (for example --roles=access)", spec.Name)
+	}
+	if err := checkLogins(spec.Logins); err != nil {
+		return nil, err
+	}
+	if spec.TTL == 0 {
+		spec.TTL = DefaultJoinTTL
+	}
+	if spec.TTL < 0 || spec.TTL > maxJoinTTL {
+		return nil, fmt.Errorf("bad token --ttl %s: give a duration between 1s and %s", spec.TTL, maxJoinTTL)
+	}
+	now := s.cfg.Now()
+	out := &BotToken{Bot: spec.Name, CAPin: s.CAPin(), AuthServer: s.advertise, ClusterName: s.cluster}
+	var secret string
+	if spec.TokenName == "" {
+		b := make([]byte, 32)
+		rand.Read(b)
+		secret = hex.EncodeToString(b)
+		out.Token, out.JoinMethod, out.Expires = secret, JoinToken, now.Add(spec.TTL).Truncate(time.Second)
+		out.TokenName = oneTimeTokenName(spec.Name, hashToken(secret))
+	}
+	err := s.st.update(func(tx *sql.Tx) error {
+		if _, err := getRoles(tx, spec.Roles); err != nil {
+			return fmt.Errorf("%w; see `midfs get roles`", err)
+		}
+		old, err := getBot(tx, spec.Name)
+		switch {
+		case err == nil && !spec.Replace:
+			return fmt.Errorf("bot %s already exists (generation %d); remove it with `midfs bots rm %s` first", old.Name, old.Generation, old.Name)
+		case err != nil && !errors.Is(err, ErrNotFound):
+			return err
+		}
+		if spec.TokenName != "" {
+			t, err := getTokenBy(tx, "name", spec.TokenName)
+			if errors.Is(err, ErrNotFound) {
+				return fmt.Errorf("token %q not found: create it first with `midfs create -f TOKEN.yaml`", spec.TokenName)
+			}
+			if err != nil {
+				return err
+			}
+			if t.JoinMethod == JoinToken {
+				return fmt.Errorf("token %s is a one-time token; --token takes a delegated (join_method: iam) token", t.Name)
+			}
+			if t.BotName != spec.Name {
+				return fmt.Errorf("token %s is for bot %q, not %q; set spec.bot_name in the token", t.Name, t.BotName, spec.Name)
+			}
+			out.TokenName, out.JoinMethod = t.Name, t.JoinMethod
+			out.Expires = t.Expires
+		}
+		if old == nil {
+			_, err = tx.Exec(`INSERT INTO bots(name, roles, logins, instance, token_name, created) VALUES (?, ?, ?, ?, ?, ?)`,
+				spec.Name, mustJSON(spec.Roles), mustJSON(nonNil(spec.Logins)), newInstanceID(), spec.TokenName, now.Unix())
+		} else {
+			_, err = tx.Exec(`UPDATE bots SET roles = ?, logins = ?, token_name = ? WHERE name = ?`,
+				mustJSON(spec.Roles), mustJSON(nonNil(spec.Logins)), spec.TokenName, spec.Name)
+		}
+		if err != nil {
+			return err
+		}
+		if secret == "" {
+			return nil
+		}
+		// A re-issued token replaces the bot's unused ones.
+		if _, err := tx.Exec(`DELETE FROM tokens WHERE bot_name = ? AND join_method = ? AND used = 0`, spec.Name, JoinToken); err != nil {
+			return err
+		}
+		return insertToken(tx, &tokenRow{
+			Token:      Token{Name: out.TokenName, BotName: spec.Name, JoinMethod: JoinToken, Expires: out.Expires},
+			SecretHash: hashToken(secret),
+			Created:    now,
+		}, false)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("bot added", "bot", spec.Name, "roles", spec.Roles, "logins", spec.Logins, "token", out.TokenName, "method", out.JoinMethod, "replace", spec.Replace)
+	return out, nil
+}
+
+// oneTimeTokenName names a one-time token without revealing it: the bot
+// and a prefix of the token's hash.
+func oneTimeTokenName(bot string, hash []byte) string {
+	return bot + "-" + hex.EncodeToString(hash[:6])
+}
+
+// RemoveBot deletes a bot and its one-time tokens: every identity it holds
+// is refused from then on, and its tokens no longer join.
+func (s *Server) RemoveBot(ctx context.Context, name string) error {
+	err := s.st.update(func(tx *sql.Tx) error {
+		res, err := tx.Exec(`DELETE FROM bots WHERE name = ?`, name)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("bot %q not found; see `midfs bots ls`", name)
+		}
+		_, err = tx.Exec(`DELETE FROM tokens WHERE bot_name = ? AND join_method = ?`, name, JoinToken)
+		return err
+	})
+	if err == nil {
+		s.log.Info("bot removed", "bot", name)
+	}
+	return err
+}
+
+// UnlockBot clears a lock. The bot's current holder continues at the
+// stored generation; a copied identity at another generation locks it again.
+func (s *Server) UnlockBot(ctx context.Context, name string) error {
+	var was string
+	err := s.st.update(func(tx *sql.Tx) error {
+		b, err := getBot(tx, name)
+		if err != nil {
+			return fmt.Errorf("%w; see `midfs bots ls`", err)
+		}
+		was = b.Locked
+		if was == "" {
+			return fmt.Errorf("bot %s is not locked", name)
+		}
+		_, err = tx.Exec(`UPDATE bots SET locked = '' WHERE name = ?`, name)
+		return err
+	})
+	if err == nil {
+		s.log.Info("bot unlocked", "bot", name, "was", was)
+	}
+	return err
+}
+
+// AddNode adds or updates a node in the inventory.
+func (s *Server) AddNode(ctx context.Context, n identity.Node) error {
+	if err := checkNode(n); err != nil {
+		return err
+	}
+	return s.st.update(func(tx *sql.Tx) error { return putNode(tx, n, true) })
+}
+
+func checkNode(n identity.Node) error {
+	if err := checkName("node", n.Name); err != nil {
+		return err
+	}
+	if _, port, err := net.SplitHostPort(n.Addr); err != nil || port == "" {
+		return fmt.Errorf("node %s: bad address %q: want HOST:PORT, like 127.0.0.1:3022", n.Name, n.Addr)
+	}
+	for k, v := range n.Labels {
+		if k == "" || strings.ContainsAny(k+v, ",\n") || strings.Contains(k, "=") {
+			return fmt.Errorf("node %s: bad label %q=%q", n.Name, k, v)
+		}
+	}
+	return nil
+}
+
+// RemoveNode deletes a node from the inventory.
+func (s *Server) RemoveNode(ctx context.Context, name string) error {
+	return s.Remove(ctx, KindNode, name)
+}
+
+// CreateYAML parses resources (see ParseResources) and stores them all in
+// one transaction. Existing resources are errors unless force is set.
+// It returns one line per resource, like "role/dev created".
+func (s *Server) CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error) {
+	res, err := ParseResources(data)
+	if err != nil {
+		return nil, err
+	}
+	return s.Create(ctx, res, force)
+}
+
+// Create stores parsed resources in one transaction.
+func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]string, error) {
+	now := s.cfg.Now()
+	var done []string
+	err := s.st.update(func(tx *sql.Tx) error {
+		done = nil
+		verb := func(existed bool) string {
+			if existed {
+				return "updated"
+			}
+			return "created"
+		}
+		for _, r := range res.Roles {
+			existed, err := exists(tx, "roles", r.Metadata.Name)
+			if err != nil {
+				return err
+			}
+			if existed && !force {
+				return fmt.Errorf("role %s already exists; use --force to replace it", r.Metadata.Name)
+			}
+			if err := putRole(tx, r); err != nil {
+				return err
+			}
+			done = append(done, "role/"+r.Metadata.Name+" "+verb(existed))
+		}
+		for _, t := range res.Tokens {
+			row := &tokenRow{Token: Token{BotName: t.Spec.BotName, JoinMethod: t.Spec.JoinMethod, Allow: t.Spec.Allow}, Created: now}
+			if t.Metadata.Expires != nil {
+				row.Expires = t.Metadata.Expires.Truncate(time.Second)
+				if !row.Expires.After(now) {
+					return fmt.Errorf("token %s: metadata.expires %s is in the past", t.displayName(), row.Expires.UTC().Format(time.RFC3339))
+				}
+			}
+			if t.Spec.JoinMethod == JoinToken {
+				row.SecretHash = hashToken(t.Metadata.Name)
+				row.Name = oneTimeTokenName(t.Spec.BotName, row.SecretHash)
+				if row.Expires.IsZero() {
+					row.Expires = now.Add(DefaultJoinTTL).Truncate(time.Second)
+				}
+			} else {
+				row.Name = t.Metadata.Name
+			}
+			existed, err := exists(tx, "tokens", row.Name)
+			if err != nil {
+				return err
+			}
+			if existed && !force {
+				return fmt.Errorf("token %s already exists; use --force to replace it", row.Name)
+			}
+			if err := insertToken(tx, row, true); err != nil {
+				if isUnique(err) {
+					return fmt.Errorf("token %s: this secret is already in use", row.Name)
+				}
+				return err
+			}
+			done = append(done, "token/"+row.Name+" "+verb(existed))
+		}
+		for _, n := range res.Nodes {
+			node := identity.Node{Name: n.Metadata.Name, Addr: n.Spec.Addr, Labels: n.Metadata.Labels}
+			if err := checkNode(node); err != nil {
+				return err
+			}
+			existed, err := exists(tx, "nodes", node.Name)
+			if err != nil {
+				return err
+			}
+			if existed && !force {
+				return fmt.Errorf("node %s already exists; use --force to replace it", node.Name)
+			}
+			if err := putNode(tx, node, true); err != nil {
+				return err
+			}
+			done = append(done, "node/"+node.Name+" "+verb(existed))
+		}
+		if len(res.Bots) > 0 {
+			return errors.New("bots are made with `midfs bots add`, not from YAML")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("resources stored", "resources", done)
+	return done, nil
+}
+
+func exists(q querier, table, name string) (bool, error) {
+	var n int
+	err := q.QueryRowContext(context.Background(), `SELECT count(*) FROM `+table+` WHERE name = ?`, name).Scan(&n)
+	return n > 0, err
+}
+
+// NormalizeKind maps "roles", "Role" and the like to a Kind* constant.
+func NormalizeKind(kind string) (string, error) {
+	k := strings.TrimSuffix(strings.ToLower(kind), "s")
+	switch k {
+	case KindRole, KindToken, KindBot, KindNode:
+		return k, nil
+	}
+	return "", fmt.Errorf("unknown resource kind %q: want roles, tokens, bots or nodes", kind)
+}
+
+// Get lists resources of a kind, or the one named (an error if missing).
+func (s *Server) Get(ctx context.Context, kind, name string) (*Resources, error) {
+	kind, err := NormalizeKind(kind)
+	if err != nil {
+		return nil, err
+	}
+	res := &Resources{}
+	switch kind {
+	case KindRole:
+		roles, err := listRoles(s.st.db)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range roles {
+			if name == "" || r.Metadata.Name == name {
+				res.Roles = append(res.Roles, r)
+			}
+		}
+	case KindToken:
+		tokens, err := listTokens(s.st.db)
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range tokens {
+			if name == "" || t.Name == name {
+				res.Tokens = append(res.Tokens, tokenResource(t))
+			}
+		}
+	case KindBot:
+		bots, err := listBots(s.st.db)
+		if err != nil {
+			return nil, err
+		}
+		for _, b := range bots {
+			if name == "" || b.Name == name {
+				res.Bots = append(res.Bots, botResource(b))
+			}
+		}
+	case KindNode:
+		nodes, err := listNodes(s.st.db)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range nodes {
+			if name == "" || n.Name == name {
+				res.Nodes = append(res.Nodes, NodeResource{Kind: KindNode, Version: nodeVersion,
+					Metadata: Metadata{Name: n.Name, Labels: n.Labels}, Spec: NodeSpec{Addr: n.Addr}})
+			}
+		}
+	}
+	if name != "" && res.Len() == 0 {
+		return nil, fmt.Errorf("%s %q not found; see `midfs get %ss`", kind, name, kind)
+	}
+	return res, nil
+}
+
+func tokenResource(t *tokenRow) TokenResource {
+	r := TokenResource{Kind: KindToken, Version: tokenVersion, Metadata: Metadata{Name: t.Name},
+		Spec: TokenSpec{Roles: []string{"Bot"}, BotName: t.BotName, JoinMethod: t.JoinMethod, Allow: t.Allow}}
+	if !t.Expires.IsZero() {
+		e := t.Expires.UTC()
+		r.Metadata.Expires = &e
+	}
+	if t.JoinMethod == JoinToken {
+		r.Status = &TokenState{Used: !t.Used.IsZero()}
+		if !t.Used.IsZero() {
+			u := t.Used.UTC()
+			r.Status.UsedAt = &u
+		}
+	}
+	return r
+}
+
+func botResource(b *botRow) BotResource {
+	r := BotResource{Kind: KindBot, Version: botVersion, Metadata: Metadata{Name: b.Name},
+		Spec:   BotSpecV1{Roles: b.Roles},
+		Status: BotStatus{Generation: b.Generation, Locked: b.Locked, Token: b.TokenName, Created: b.Created.UTC()}}
+	if len(b.Logins) > 0 {
+		r.Spec.Traits = []Trait{{Name: "logins", Values: b.Logins}}
+	}
+	return r
+}
+
+// Bots lists every bot.
+func (s *Server) Bots(ctx context.Context) ([]BotResource, error) {
+	res, err := s.Get(ctx, KindBot, "")
+	if err != nil {
+		return nil, err
+	}
+	return res.Bots, nil
+}
+
+// Remove deletes a role, token, node or bot. A role that bots use is kept:
+// removing it would silently change what they may do.
+func (s *Server) Remove(ctx context.Context, kind, name string) error {
+	kind, err := NormalizeKind(kind)
+	if err != nil {
+		return err
+	}
+	if kind == KindBot {
+		return s.RemoveBot(ctx, name)
+	}
+	table := kind + "s"
+	err = s.st.update(func(tx *sql.Tx) error {
+		if kind == KindRole {
+			bots, err := listBots(tx)
+			if err != nil {
+				return err
+			}
+			var users []string
+			for _, b := range bots {
+				if contains(b.Roles, name) {
+					users = append(users, b.Name)
+				}
+			}
+			if len(users) > 0 {
+				return fmt.Errorf("role %s is used by bots %s; remove them or give them other roles first", name, strings.Join(users, ", "))
+			}
+		}
+		res, err := tx.Exec(`DELETE FROM `+table+` WHERE name = ?`, name)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("%s %q not found; see `midfs get %s`", kind, name, table)
+		}
+		return nil
+	})
+	if err == nil {
+		s.log.Info("resource removed", "kind", kind, "name", name)
+	}
+	return err
+}
+
+// Export types of `midfs auth export`.
+const (
+	ExportUser    = "user"     // SSH user CA: a TrustedUserCAKeys line
+	ExportHost    = "host"     // SSH host CA: a known_hosts @cert-authority line
+	ExportTLSUser = "tls-user" // PEM
+	ExportTLSHost = "tls-host" // PEM
+	ExportDB      = "db"       // PEM
+)
+
+// Export prints a CA in the form its consumers read.
+func (s *Server) Export(ctx context.Context, typ string) (string, error) {
+	switch typ {
+	case ExportUser:
+		return string(ssh.MarshalAuthorizedKey(s.user.signer.PublicKey())), nil
+	case ExportHost:
+		return string(identity.KnownHosts(s.cluster, []identity.CA{s.host.public()})), nil
+	case ExportTLSUser:
+		return string(identity.CertsPEM([]identity.CA{s.user.public()})), nil
+	case ExportTLSHost:
+		return string(identity.CertsPEM([]identity.CA{s.host.public()})), nil
+	case ExportDB:
+		return string(identity.CertsPEM([]identity.CA{s.db.public()})), nil
+	}
+	return "", fmt.Errorf("unknown export type %q: want user, host, tls-user, tls-host or db", typ)
+}
+
+// DefaultHostCertTTL is the validity of `auth sign` host certificates.
+const DefaultHostCertTTL = 8760 * time.Hour
+
+// SignHost has the host CA sign an SSH host public key (authorized_keys
+// form) for the given host names; it returns the certificate line.
+func (s *Server) SignHost(ctx context.Context, publicKey string, hosts []string, ttl time.Duration) (string, error) {
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(publicKey))
+	if err != nil {
+		return "", fmt.Errorf("bad host public key: %v", err)
+	}
+	if _, isCert := pub.(*ssh.Certificate); isCert {
+		return "", errors.New("bad host public key: it is a certificate; give the plain public key")
+	}
+	if len(hosts) == 0 {
+		return "", errors.New("give the host names the certificate is for with --host=NAME[,NAME]")
+	}
+	for _, h := range hosts {
+		if h == "" || strings.ContainsAny(h, " \t\n,*?") {
+			return "", fmt.Errorf("bad host name %q", h)
+		}
+	}
+	if ttl == 0 {
+		ttl = DefaultHostCertTTL
+	}
+	if ttl < 0 || ttl > caValidity {
+		return "", fmt.Errorf("bad --ttl %s: give a positive duration up to %s", ttl, caValidity)
+	}
+	cert, err := s.signHostKey(pub, hosts, ttl)
+	if err != nil {
+		return "", err
+	}
+	s.log.Info("host certificate signed", "hosts", hosts, "ttl", ttl.String())
+	return string(ssh.MarshalAuthorizedKey(cert)), nil
+}

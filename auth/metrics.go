@@ -1,0 +1,63 @@
+package auth
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the authority's Prometheus series; all methods are no-ops
+// without a registerer.
+type metrics struct {
+	joins    *prometheus.CounterVec
+	renewals *prometheus.CounterVec
+	refusals *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	if reg == nil {
+		return nil
+	}
+	m := &metrics{
+		joins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "midfs_auth_joins_total", Help: "Bot joins, by join method and result (ok or refused).",
+		}, []string{"method", "result"}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "midfs_auth_renewals_total", Help: "Bot identity renewals, by result (ok or refused).",
+		}, []string{"result"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "midfs_auth_refusals_total", Help: "Refused API requests, by reason.",
+		}, []string{"reason"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "midfs_auth_issuance_seconds", Help: "Time to answer a successful join, renewal or certs request.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"kind"}),
+	}
+	reg.MustRegister(m.joins, m.renewals, m.refusals, m.latency)
+	return m
+}
+
+func (m *metrics) join(method, result string) {
+	if m != nil {
+		m.joins.WithLabelValues(method, result).Inc()
+	}
+}
+
+func (m *metrics) renewal(result string) {
+	if m != nil {
+		m.renewals.WithLabelValues(result).Inc()
+	}
+}
+
+func (m *metrics) refused(reason string) {
+	if m != nil {
+		m.refusals.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *metrics) issued(kind string, d time.Duration) {
+	if m != nil {
+		m.latency.WithLabelValues(kind).Observe(d.Seconds())
+	}
+}

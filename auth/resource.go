@@ -1,0 +1,434 @@
+package auth
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Resource kinds and the versions midfs reads, as in Teleport's YAML.
+const (
+	KindRole  = "role"
+	KindToken = "token"
+	KindBot   = "bot"
+	KindNode  = "node"
+
+	roleVersion  = "v7"
+	tokenVersion = "v2"
+	botVersion   = "v1"
+	nodeVersion  = "v2"
+)
+
+// Join methods of a token.
+const (
+	JoinToken = "token" // one-time secret; renewable bot identity
+	JoinIAM   = "iam"   // delegated: AWS IAM identity; non-renewable, token reusable
+)
+
+// loginsTemplate is filled from the bot's --logins.
+const loginsTemplate = "{{internal.logins}}"
+
+// Metadata names a resource.
+type Metadata struct {
+	Name        string     `json:"name" yaml:"name"`
+	Description string     `json:"description,omitempty" yaml:"description,omitempty"`
+	Labels      Labels1    `json:"labels,omitempty" yaml:"labels,omitempty"`
+	Expires     *time.Time `json:"expires,omitempty" yaml:"expires,omitempty"`
+}
+
+// Labels1 is a plain label map (one value per key), as nodes carry them.
+type Labels1 map[string]string
+
+// Role is a role resource (kind: role, version: v7).
+type Role struct {
+	Kind     string   `json:"kind" yaml:"kind"`
+	Version  string   `json:"version" yaml:"version"`
+	Metadata Metadata `json:"metadata" yaml:"metadata"`
+	Spec     RoleSpec `json:"spec" yaml:"spec"`
+}
+
+// RoleSpec is what a role allows and denies; deny wins.
+type RoleSpec struct {
+	Allow   Conditions     `json:"allow" yaml:"allow"`
+	Deny    Conditions     `json:"deny" yaml:"deny"`
+	Options map[string]any `json:"options,omitempty" yaml:"options,omitempty"` // accepted for Teleport compatibility; unused
+}
+
+// Conditions are one side (allow or deny) of a role.
+type Conditions struct {
+	Logins     []string `json:"logins,omitempty" yaml:"logins,omitempty"`
+	NodeLabels Labels   `json:"node_labels,omitempty" yaml:"node_labels,omitempty"`
+	Rules      []Rule   `json:"rules,omitempty" yaml:"rules,omitempty"`
+}
+
+// Rule grants verbs on resource kinds, e.g. {resources: [token], verbs: [list, read]}.
+type Rule struct {
+	Resources []string `json:"resources" yaml:"resources"`
+	Verbs     []string `json:"verbs" yaml:"verbs"`
+}
+
+// Labels is a label selector: each key maps to the values it accepts. In
+// YAML and JSON a value may be one string or a list; '*': '*' matches all.
+type Labels map[string][]string
+
+// UnmarshalYAML accepts a string or a list of strings per key.
+func (l *Labels) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: node_labels must be a map of label to value(s)", n.Line)
+	}
+	out := Labels{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		var vals []string
+		switch v.Kind {
+		case yaml.ScalarNode:
+			vals = []string{v.Value}
+		case yaml.SequenceNode:
+			if err := v.Decode(&vals); err != nil {
+				return fmt.Errorf("line %d: label %q: %v", v.Line, k.Value, err)
+			}
+		default:
+			return fmt.Errorf("line %d: label %q: value must be a string or a list of strings", v.Line, k.Value)
+		}
+		out[k.Value] = vals
+	}
+	*l = out
+	return nil
+}
+
+// UnmarshalJSON accepts a string or a list of strings per key.
+func (l *Labels) UnmarshalJSON(b []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	out := Labels{}
+	for k, v := range raw {
+		var one string
+		if err := json.Unmarshal(v, &one); err == nil {
+			out[k] = []string{one}
+			continue
+		}
+		var many []string
+		if err := json.Unmarshal(v, &many); err != nil {
+			return fmt.Errorf("label %q: value must be a string or a list of strings", k)
+		}
+		out[k] = many
+	}
+	*l = out
+	return nil
+}
+
+// TokenResource is a join token as YAML shows it (kind: token, version: v2).
+// For join_method token the metadata name given to `create` is the secret
+// itself; it is stored only as a hash, under a derived name.
+type TokenResource struct {
+	Kind     string      `json:"kind" yaml:"kind"`
+	Version  string      `json:"version" yaml:"version"`
+	Metadata Metadata    `json:"metadata" yaml:"metadata"`
+	Spec     TokenSpec   `json:"spec" yaml:"spec"`
+	Status   *TokenState `json:"status,omitempty" yaml:"status,omitempty"`
+}
+
+// TokenSpec is the body of a token resource.
+type TokenSpec struct {
+	Roles      []string    `json:"roles" yaml:"roles"`
+	BotName    string      `json:"bot_name" yaml:"bot_name"`
+	JoinMethod string      `json:"join_method" yaml:"join_method"`
+	Allow      []AllowRule `json:"allow,omitempty" yaml:"allow,omitempty"`
+}
+
+// TokenState is what `get tokens` adds: whether a one-time token was used.
+type TokenState struct {
+	Used   bool       `json:"used" yaml:"used"`
+	UsedAt *time.Time `json:"used_at,omitempty" yaml:"used_at,omitempty"`
+}
+
+// AllowRule is one IAM allow rule: every field that is set must match.
+// AWSARN is a glob: * for any run of characters, ? for one.
+type AllowRule struct {
+	AWSAccount string `json:"aws_account,omitempty" yaml:"aws_account,omitempty"`
+	AWSARN     string `json:"aws_arn,omitempty" yaml:"aws_arn,omitempty"`
+}
+
+// Token is a stored join token as the join code sees it. Expires is zero
+// for tokens that never expire (delegated tokens without metadata.expires).
+type Token struct {
+	Name       string
+	BotName    string
+	JoinMethod string
+	Allow      []AllowRule
+	Expires    time.Time
+	Used       time.Time // zero while unused; only one-time tokens get used
+}
+
+// BotResource is a bot as `get bots` shows it (kind: bot, version: v1).
+type BotResource struct {
+	Kind     string    `json:"kind" yaml:"kind"`
+	Version  string    `json:"version" yaml:"version"`
+	Metadata Metadata  `json:"metadata" yaml:"metadata"`
+	Spec     BotSpecV1 `json:"spec" yaml:"spec"`
+	Status   BotStatus `json:"status" yaml:"status"`
+}
+
+// BotSpecV1 is Teleport's bot spec: roles and traits (logins).
+type BotSpecV1 struct {
+	Roles  []string `json:"roles" yaml:"roles"`
+	Traits []Trait  `json:"traits,omitempty" yaml:"traits,omitempty"`
+}
+
+// Trait is a named list of values; midfs uses "logins".
+type Trait struct {
+	Name   string   `json:"name" yaml:"name"`
+	Values []string `json:"values" yaml:"values"`
+}
+
+// BotStatus is the authority's view of a bot.
+type BotStatus struct {
+	Generation uint64    `json:"generation" yaml:"generation"`
+	Locked     string    `json:"locked,omitempty" yaml:"locked,omitempty"` // why it is locked; empty if not
+	Token      string    `json:"token,omitempty" yaml:"token,omitempty"`   // delegated token it joins with
+	Created    time.Time `json:"created" yaml:"created"`
+}
+
+// NodeResource is a node as `get nodes` shows it (kind: node, version: v2).
+type NodeResource struct {
+	Kind     string   `json:"kind" yaml:"kind"`
+	Version  string   `json:"version" yaml:"version"`
+	Metadata Metadata `json:"metadata" yaml:"metadata"`
+	Spec     NodeSpec `json:"spec" yaml:"spec"`
+}
+
+// NodeSpec is where a node listens for SSH.
+type NodeSpec struct {
+	Addr string `json:"addr" yaml:"addr"`
+}
+
+// Resources is a set of resources of any kind, as `create` reads them and
+// `get` returns them.
+type Resources struct {
+	Roles  []Role          `json:"roles,omitempty"`
+	Tokens []TokenResource `json:"tokens,omitempty"`
+	Bots   []BotResource   `json:"bots,omitempty"`
+	Nodes  []NodeResource  `json:"nodes,omitempty"`
+}
+
+// Len counts the resources of every kind.
+func (r *Resources) Len() int { return len(r.Roles) + len(r.Tokens) + len(r.Bots) + len(r.Nodes) }
+
+// Items lists every resource in order: roles, tokens, bots, nodes.
+func (r *Resources) Items() []any {
+	var out []any
+	for _, x := range r.Roles {
+		out = append(out, x)
+	}
+	for _, x := range r.Tokens {
+		out = append(out, x)
+	}
+	for _, x := range r.Bots {
+		out = append(out, x)
+	}
+	for _, x := range r.Nodes {
+		out = append(out, x)
+	}
+	return out
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$`)
+
+// checkName says what is wrong with a resource name, or nil.
+func checkName(kind, name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("bad %s name %q: use 1-128 letters, digits, '.', '_', '@' or '-', starting with a letter or digit", kind, name)
+	}
+	return nil
+}
+
+// ParseResources reads one or more YAML documents (role, token or node
+// resources). Unknown fields and malformed YAML are errors naming the line;
+// either every document parses and validates, or the error says why not.
+func ParseResources(data []byte) (*Resources, error) {
+	kinds, lines, err := documentKinds(data)
+	if err != nil {
+		return nil, err
+	}
+	if len(kinds) == 0 {
+		return nil, errors.New("no resources found: expected YAML with kind: role, token or node")
+	}
+	// Decode again, strictly, document by document, so that line numbers
+	// in errors refer to the whole file.
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	res := &Resources{}
+	for i, kind := range kinds {
+		var err error
+		switch kind {
+		case KindRole:
+			var r Role
+			if err = dec.Decode(&r); err == nil {
+				err = r.check()
+				res.Roles = append(res.Roles, r)
+			}
+		case KindToken:
+			var t TokenResource
+			if err = dec.Decode(&t); err == nil {
+				t.Status = nil
+				err = t.check()
+				res.Tokens = append(res.Tokens, t)
+			}
+		case KindNode:
+			var n NodeResource
+			if err = dec.Decode(&n); err == nil {
+				err = n.check()
+				res.Nodes = append(res.Nodes, n)
+			}
+		default:
+			err = fmt.Errorf("line %d: kind %q cannot be created from YAML; want role, token or node (bots: midfs bots add)", lines[i], kind)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("document %d: %w", i+1, err)
+		}
+	}
+	return res, nil
+}
+
+// documentKinds reads every document's kind and starting line.
+func documentKinds(data []byte) (kinds []string, lines []int, err error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var n yaml.Node
+		err := dec.Decode(&n)
+		if errors.Is(err, io.EOF) {
+			return kinds, lines, nil
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		var head struct {
+			Kind string `yaml:"kind"`
+		}
+		if len(n.Content) == 0 || n.Content[0].Kind != yaml.MappingNode {
+			return nil, nil, fmt.Errorf("line %d: expected a mapping with kind, version, metadata and spec", n.Line)
+		}
+		if err := n.Decode(&head); err != nil {
+			return nil, nil, err
+		}
+		if head.Kind == "" {
+			return nil, nil, fmt.Errorf("line %d: missing kind (role, token or node)", n.Content[0].Line)
+		}
+		kinds = append(kinds, head.Kind)
+		lines = append(lines, n.Content[0].Line)
+	}
+}
+
+func (r *Role) check() error {
+	if r.Version == "" {
+		r.Version = roleVersion
+	}
+	if r.Version != "v5" && r.Version != "v6" && r.Version != "v7" {
+		return fmt.Errorf("role %q: version %q not supported; use %s", r.Metadata.Name, r.Version, roleVersion)
+	}
+	if err := checkName("role", r.Metadata.Name); err != nil {
+		return err
+	}
+	for _, side := range []*Conditions{&r.Spec.Allow, &r.Spec.Deny} {
+		for _, l := range side.Logins {
+			if strings.Contains(l, "{{") && l != loginsTemplate {
+				return fmt.Errorf("role %q: login %q: the only template midfs fills is %s", r.Metadata.Name, l, loginsTemplate)
+			}
+			if l == "" || strings.ContainsAny(l, " \t\n,") {
+				return fmt.Errorf("role %q: bad login %q", r.Metadata.Name, l)
+			}
+		}
+		for _, rule := range side.Rules {
+			if len(rule.Resources) == 0 || len(rule.Verbs) == 0 {
+				return fmt.Errorf("role %q: every rule needs resources and verbs", r.Metadata.Name)
+			}
+		}
+	}
+	return nil
+}
+
+func (t *TokenResource) check() error {
+	if t.Version == "" {
+		t.Version = tokenVersion
+	}
+	if t.Version != tokenVersion {
+		return fmt.Errorf("token: version %q not supported; use %s", t.Version, tokenVersion)
+	}
+	if t.Metadata.Name == "" {
+		return errors.New("token: metadata.name is required")
+	}
+	if err := checkName("bot", t.Spec.BotName); err != nil {
+		return fmt.Errorf("token %s: spec.bot_name: %w", t.displayName(), err)
+	}
+	if len(t.Spec.Roles) == 0 {
+		t.Spec.Roles = []string{"Bot"}
+	}
+	if len(t.Spec.Roles) != 1 || !strings.EqualFold(t.Spec.Roles[0], "Bot") {
+		return fmt.Errorf("token %s: spec.roles must be [Bot]; midfs tokens only join bots", t.displayName())
+	}
+	switch t.Spec.JoinMethod {
+	case JoinToken:
+		if len(t.Metadata.Name) < 32 {
+			return errors.New("token: for join_method token, metadata.name is the secret and needs at least 32 random characters (for example: openssl rand -hex 32)")
+		}
+		if len(t.Spec.Allow) > 0 {
+			return errors.New("token: allow rules only apply to join_method iam")
+		}
+	case JoinIAM:
+		if err := checkName("token", t.Metadata.Name); err != nil {
+			return err
+		}
+		if len(t.Spec.Allow) == 0 {
+			return fmt.Errorf("token %s: join_method iam needs at least one allow rule with aws_account and/or aws_arn", t.Metadata.Name)
+		}
+		for i, a := range t.Spec.Allow {
+			if a.AWSAccount == "" && a.AWSARN == "" {
+				return fmt.Errorf("token %s: allow rule %d sets neither aws_account nor aws_arn, so it would allow any AWS identity", t.Metadata.Name, i+1)
+			}
+		}
+	default:
+		return fmt.Errorf("token %s: join_method %q not supported; use token or iam", t.displayName(), t.Spec.JoinMethod)
+	}
+	return nil
+}
+
+// displayName never shows a secret: one-time token names are secrets.
+func (t *TokenResource) displayName() string {
+	if t.Spec.JoinMethod == JoinToken {
+		return "(secret)"
+	}
+	return t.Metadata.Name
+}
+
+func (n *NodeResource) check() error {
+	if n.Version == "" {
+		n.Version = nodeVersion
+	}
+	if err := checkName("node", n.Metadata.Name); err != nil {
+		return err
+	}
+	if n.Spec.Addr == "" {
+		return fmt.Errorf("node %s: spec.addr (HOST:PORT) is required", n.Metadata.Name)
+	}
+	return nil
+}
+
+// sortedKeys returns the keys of a map in order.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

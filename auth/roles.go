@@ -1,0 +1,165 @@
+package auth
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"sort"
+	"strings"
+
+	"github.com/midfs/midfs/identity"
+)
+
+// builtinRoles are made on first start, like Teleport's presets.
+func builtinRoles() []Role {
+	role := func(name, desc string, allow Conditions) Role {
+		return Role{Kind: KindRole, Version: roleVersion, Metadata: Metadata{Name: name, Description: desc}, Spec: RoleSpec{Allow: allow}}
+	}
+	crud := []string{"list", "create", "read", "update", "delete"}
+	return []Role{
+		role("access", "SSH access to every node as the bot's logins", Conditions{
+			Logins:     []string{loginsTemplate},
+			NodeLabels: Labels{"*": {"*"}},
+			Rules: []Rule{
+				{Resources: []string{"event"}, Verbs: []string{"list", "read"}},
+				{Resources: []string{"session"}, Verbs: []string{"read", "list"}},
+			},
+		}),
+		role("editor", "edit cluster configuration", Conditions{
+			Rules: []Rule{
+				{Resources: []string{"user"}, Verbs: crud},
+				{Resources: []string{"role"}, Verbs: crud},
+				{Resources: []string{"bot"}, Verbs: crud},
+				{Resources: []string{"token"}, Verbs: crud},
+				{Resources: []string{"node"}, Verbs: crud},
+			},
+		}),
+		role("auditor", "review audit events and sessions", Conditions{
+			Rules: []Rule{
+				{Resources: []string{"session"}, Verbs: []string{"list", "read"}},
+				{Resources: []string{"event"}, Verbs: []string{"list", "read"}},
+			},
+		}),
+	}
+}
+
+// allowedLogins are the logins the roles allow (the bot's own logins fill
+// {{internal.logins}}) minus those any role denies, sorted.
+func allowedLogins(roles []Role, botLogins []string) []string {
+	expand := func(list []string) []string {
+		var out []string
+		for _, l := range list {
+			if l == loginsTemplate {
+				out = append(out, botLogins...)
+			} else {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	allowed := map[string]bool{}
+	for _, r := range roles {
+		for _, l := range expand(r.Spec.Allow.Logins) {
+			allowed[l] = true
+		}
+	}
+	for _, r := range roles {
+		for _, l := range expand(r.Spec.Deny.Logins) {
+			if l == "*" {
+				return nil
+			}
+			delete(allowed, l)
+		}
+	}
+	out := make([]string, 0, len(allowed))
+	for l := range allowed {
+		out = append(out, l)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// noLoginPrincipal stands in for an empty principal list: OpenSSH reads a
+// certificate without principals as valid for any user, so a bot with no
+// logins gets one that no account can have.
+func noLoginPrincipal() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return "-midfs-nologin-" + hex.EncodeToString(b)
+}
+
+// nodeVisible says whether some role allows the node and none denies it.
+func nodeVisible(roles []Role, n identity.Node) bool {
+	allowed := false
+	for _, r := range roles {
+		if labelsMatch(r.Spec.Deny.NodeLabels, n.Labels) {
+			return false
+		}
+		if labelsMatch(r.Spec.Allow.NodeLabels, n.Labels) {
+			allowed = true
+		}
+	}
+	return allowed
+}
+
+// labelsMatch: an empty selector matches nothing; '*': '*' matches every
+// node; otherwise every key of the selector must be a label of the node
+// with a value the selector accepts (a glob with *).
+func labelsMatch(sel Labels, labels map[string]string) bool {
+	if len(sel) == 0 {
+		return false
+	}
+	for key, vals := range sel {
+		if key == "*" {
+			if !contains(vals, "*") {
+				return false
+			}
+			continue
+		}
+		v, ok := labels[key]
+		if !ok {
+			return false
+		}
+		match := false
+		for _, want := range vals {
+			if globMatch(want, v) {
+				match = true
+				break
+			}
+		}
+		if !match {
+			return false
+		}
+	}
+	return true
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// globMatch matches s against pattern, where * stands for any run of
+// characters and every other character for itself.
+func globMatch(pattern, s string) bool {
+	parts := strings.Split(pattern, "*")
+	if len(parts) == 1 {
+		return pattern == s
+	}
+	if !strings.HasPrefix(s, parts[0]) {
+		return false
+	}
+	s = s[len(parts[0]):]
+	last := parts[len(parts)-1]
+	for _, p := range parts[1 : len(parts)-1] {
+		i := strings.Index(s, p)
+		if i < 0 {
+			return false
+		}
+		s = s[i+len(p):]
+	}
+	return strings.HasSuffix(s, last)
+}

@@ -1,0 +1,307 @@
+package auth
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
+)
+
+// Server is a running authority.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	st      *store
+	cluster string
+	user    *authority
+	host    *authority
+	db      *authority
+	metrics *metrics
+
+	https     *http.Server
+	httpsLn   net.Listener
+	admin     *http.Server
+	adminLn   net.Listener
+	advertise string
+
+	closeOnce sync.Once
+	closeErr  error
+	wg        sync.WaitGroup
+}
+
+// Start opens (or on first start creates) the state in cfg.DataDir, and
+// serves the HTTPS API and the admin socket. It returns once both accept
+// connections; they serve until Close.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	st, err := openStore(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics)}
+	if err := s.loadOrInit(ctx); err != nil {
+		st.close()
+		return nil, err
+	}
+	if err := s.serveHTTPS(); err != nil {
+		st.close()
+		return nil, err
+	}
+	if err := s.serveAdmin(); err != nil {
+		s.https.Close()
+		st.close()
+		return nil, err
+	}
+	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
+		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", AdminSocket(cfg.DataDir))
+	return s, nil
+}
+
+// Addr is the address the HTTPS API listens on (the real port after ":0").
+func (s *Server) Addr() string { return s.httpsLn.Addr().String() }
+
+// AdvertiseAddr is the address printed for clients.
+func (s *Server) AdvertiseAddr() string { return s.advertise }
+
+// ClusterName is fixed at first start.
+func (s *Server) ClusterName() string { return s.cluster }
+
+// CAPin is the pin over the host CA's certificate; it never changes.
+func (s *Server) CAPin() string { return identity.SPKIPin(s.host.cert) }
+
+// Close stops serving and closes the state. In-flight requests get a few
+// seconds to finish.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err1 := s.https.Shutdown(ctx)
+		err2 := s.admin.Shutdown(ctx)
+		s.wg.Wait()
+		os.Remove(AdminSocket(s.cfg.DataDir))
+		err3 := s.st.close()
+		s.closeErr = errors.Join(err1, err2, err3)
+		s.log.Info("authority stopped", "cluster", s.cluster)
+	})
+	return s.closeErr
+}
+
+// loadOrInit reads the cluster name and CAs, making them (and the built-in
+// roles) in one transaction on first start.
+func (s *Server) loadOrInit(ctx context.Context) error {
+	var cluster string
+	err := s.st.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'cluster_name'`).Scan(&cluster)
+	if errors.Is(err, sql.ErrNoRows) {
+		if err := s.initState(); err != nil {
+			return fmt.Errorf("initialise authority state: %w", err)
+		}
+		err = s.st.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'cluster_name'`).Scan(&cluster)
+	}
+	if err != nil {
+		return fmt.Errorf("read authority state: %w", err)
+	}
+	if s.cfg.ClusterName != "" && s.cfg.ClusterName != cluster {
+		s.log.Warn("ignoring --cluster-name: the cluster name is fixed at first start", "cluster", cluster, "requested", s.cfg.ClusterName)
+	}
+	s.cluster = cluster
+	rows, err := s.st.db.QueryContext(ctx, `SELECT kind, key_der, cert_der FROM cas`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var kind string
+		var keyDER, certDER []byte
+		if err := rows.Scan(&kind, &keyDER, &certDER); err != nil {
+			return err
+		}
+		a, err := loadAuthority(kind, keyDER, certDER)
+		clear(keyDER)
+		if err != nil {
+			return err
+		}
+		switch kind {
+		case caUser:
+			s.user = a
+		case caHost:
+			s.host = a
+		case caDB:
+			s.db = a
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if s.user == nil || s.host == nil || s.db == nil {
+		return fmt.Errorf("authority state in %s is missing a CA; restore it from a backup", s.cfg.DataDir)
+	}
+	return nil
+}
+
+func (s *Server) initState() error {
+	cluster := s.cfg.ClusterName
+	if cluster == "" {
+		cluster = defaultClusterName()
+	}
+	now := s.cfg.Now()
+	type made struct {
+		kind       string
+		key, certs []byte
+	}
+	var cas []made
+	for _, kind := range []string{caUser, caHost, caDB} {
+		a, keyDER, err := newAuthority(kind, cluster, now)
+		if err != nil {
+			return err
+		}
+		cas = append(cas, made{kind, keyDER, a.cert.Raw})
+	}
+	return s.st.update(func(tx *sql.Tx) error {
+		res, err := tx.Exec(`INSERT OR IGNORE INTO meta(key, value) VALUES ('cluster_name', ?)`, cluster)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil // made by a concurrent start; keep theirs
+		}
+		for _, ca := range cas {
+			if _, err := tx.Exec(`INSERT INTO cas(kind, key_der, cert_der) VALUES (?, ?, ?)`, ca.kind, ca.key, ca.certs); err != nil {
+				return err
+			}
+		}
+		for _, r := range builtinRoles() {
+			if err := putRole(tx, r); err != nil {
+				return err
+			}
+		}
+		s.log.Info("created certificate authorities and built-in roles", "cluster", cluster)
+		return nil
+	})
+}
+
+// serveHTTPS listens on cfg.Listen with a server certificate issued now by
+// the host CA and kept only in memory.
+func (s *Server) serveHTTPS() error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another authority running? pick another --listen)", s.cfg.Listen, err)
+	}
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	s.advertise = advertiseAddr(s.cfg.AdvertiseAddr, s.cfg.Listen, port)
+	cert, err := s.serverCert(ln.Addr())
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(s.user.cert)
+	tlsCfg := &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    pool,
+		MinVersion:   tls.VersionTLS12,
+		Time:         s.cfg.Now,
+	}
+	s.httpsLn = tls.NewListener(ln, tlsCfg)
+	s.https = &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    wire.MaxBody,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.https.Serve(s.httpsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("HTTPS API stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// serverCert names every way a client may reach this authority; clients
+// that pin the host CA ask for wire.ServerName.
+func (s *Server) serverCert(addr net.Addr) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	dns := []string{wire.ServerName, "localhost"}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		dns = append(dns, h)
+	}
+	if host, _, err := net.SplitHostPort(s.advertise); err == nil {
+		if ip := net.ParseIP(host); ip != nil {
+			ips = append(ips, ip)
+		} else if host != "" {
+			dns = append(dns, host)
+		}
+	}
+	if ta, ok := addr.(*net.TCPAddr); ok && !ta.IP.IsUnspecified() {
+		ips = append(ips, ta.IP)
+	}
+	now := s.cfg.Now()
+	der, err := s.host.signTLS(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: wire.ServerName, Organization: []string{s.cluster}},
+		DNSNames:    dns,
+		IPAddresses: ips,
+		NotBefore:   now.Add(-time.Minute),
+		NotAfter:    now.Add(caValidity),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, key.Public())
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("issue HTTPS certificate: %w", err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// cas returns the cluster's CAs as identities carry them.
+func (s *Server) cas() identity.CAs {
+	return identity.CAs{
+		User:     []identity.CA{s.user.public()},
+		Host:     []identity.CA{s.host.public()},
+		Database: []identity.CA{s.db.public()},
+	}
+}
+
+func wireCAs(cas []identity.CA) []wire.CA {
+	out := make([]wire.CA, len(cas))
+	for i, ca := range cas {
+		out[i].TLS = ca.TLS.Raw
+		if ca.SSH != nil {
+			out[i].SSH = string(sshAuthorizedKey(ca.SSH))
+		}
+	}
+	return out
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}

@@ -1,0 +1,114 @@
+package auth
+
+import (
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+
+	_ "modernc.org/sqlite" // pure Go SQLite: no cgo on the authority
+)
+
+// dbFile is the state file inside the data directory.
+const dbFile = "midfs.db"
+
+// schema is the whole state. Times are Unix seconds. JSON columns hold
+// string lists and allow rules; nothing in them is ever queried by SQL.
+const schema = `
+CREATE TABLE IF NOT EXISTS meta (
+	key   TEXT PRIMARY KEY,
+	value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cas (
+	kind     TEXT PRIMARY KEY,
+	key_der  BLOB NOT NULL,
+	cert_der BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS roles (
+	name TEXT PRIMARY KEY,
+	spec TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bots (
+	name          TEXT PRIMARY KEY,
+	roles         TEXT NOT NULL,
+	logins        TEXT NOT NULL,
+	instance      TEXT NOT NULL,
+	generation    INTEGER NOT NULL DEFAULT 0,
+	last_key_hash BLOB,
+	locked        TEXT NOT NULL DEFAULT '',
+	token_name    TEXT NOT NULL DEFAULT '',
+	created       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+	name          TEXT PRIMARY KEY,
+	secret_hash   BLOB UNIQUE,
+	bot_name      TEXT NOT NULL,
+	join_method   TEXT NOT NULL,
+	allow         TEXT NOT NULL DEFAULT '[]',
+	expires       INTEGER NOT NULL DEFAULT 0,
+	created       INTEGER NOT NULL,
+	used          INTEGER NOT NULL DEFAULT 0,
+	used_key_hash BLOB,
+	used_instance TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS nodes (
+	name   TEXT PRIMARY KEY,
+	addr   TEXT NOT NULL,
+	labels TEXT NOT NULL DEFAULT '{}'
+);
+`
+
+// store is the SQLite state. Reads go straight to the pool (WAL lets them
+// run beside the writer); every change goes through the one writer, which
+// commits concurrent requests together (see writer.go).
+type store struct {
+	db *sql.DB
+	w  *writer
+}
+
+// openStore opens or creates DATA_DIR/midfs.db. synchronous=FULL makes a
+// commit durable before the client hears of it: a token is never reported
+// used and then lost by a power cut.
+func openStore(dir string) (*store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("restrict data dir %s to its owner: %w", dir, err)
+	}
+	path := filepath.Join(dir, dbFile)
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)"} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(8)
+	if _, err := db.Exec(schema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w (is it a midfs database?)", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+		db.Close()
+		return nil, err
+	}
+	st := &store{db: db}
+	st.w = newWriter(db)
+	return st, nil
+}
+
+func (st *store) close() error {
+	st.w.close()
+	return st.db.Close()
+}
+
+// update runs fn in a write transaction, batched with other writers. An
+// error from fn undoes fn's changes only, and is returned.
+func (st *store) update(fn func(tx *sql.Tx) error) error {
+	return st.w.do(fn)
+}

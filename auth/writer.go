@@ -1,0 +1,119 @@
+package auth
+
+import (
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// maxBatch bounds how many changes share one commit.
+const maxBatch = 128
+
+// writer is the single SQLite writer with group commit. With
+// synchronous=FULL each commit waits for an fsync of the WAL; requests that
+// arrive while one commit is in flight are committed together in the next,
+// each inside its own savepoint, so one request's failure never undoes
+// another's change and each still sees the others' committed state.
+type writer struct {
+	db   *sql.DB
+	ops  chan *writeOp
+	done chan struct{}
+	once sync.Once
+}
+
+type writeOp struct {
+	fn  func(*sql.Tx) error
+	err chan error
+}
+
+var errClosed = errors.New("authority is shutting down")
+
+func newWriter(db *sql.DB) *writer {
+	w := &writer{db: db, ops: make(chan *writeOp, maxBatch), done: make(chan struct{})}
+	go w.loop()
+	return w
+}
+
+func (w *writer) do(fn func(*sql.Tx) error) error {
+	op := &writeOp{fn: fn, err: make(chan error, 1)}
+	select {
+	case w.ops <- op:
+	case <-w.done:
+		return errClosed
+	}
+	return <-op.err
+}
+
+func (w *writer) close() { w.once.Do(func() { close(w.done) }) }
+
+func (w *writer) loop() {
+	for {
+		var first *writeOp
+		select {
+		case first = <-w.ops:
+		case <-w.done:
+			w.drain()
+			return
+		}
+		batch := []*writeOp{first}
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case op := <-w.ops:
+				batch = append(batch, op)
+			default:
+				break fill
+			}
+		}
+		w.commit(batch)
+	}
+}
+
+// drain answers whatever is queued after close, so no caller hangs.
+func (w *writer) drain() {
+	for {
+		select {
+		case op := <-w.ops:
+			op.err <- errClosed
+		default:
+			return
+		}
+	}
+}
+
+// commit runs a batch in one transaction and answers each op once the
+// commit is durable. A failed commit fails every op of the batch.
+func (w *writer) commit(batch []*writeOp) {
+	errs := make([]error, len(batch))
+	tx, err := w.db.Begin()
+	if err == nil {
+		for i, op := range batch {
+			errs[i] = runSavepoint(tx, op.fn)
+		}
+		err = tx.Commit()
+	}
+	for i, op := range batch {
+		if err != nil {
+			op.err <- fmt.Errorf("store: %w", err)
+		} else {
+			op.err <- errs[i]
+		}
+	}
+}
+
+func runSavepoint(tx *sql.Tx, fn func(*sql.Tx) error) (err error) {
+	if _, err := tx.Exec("SAVEPOINT op"); err != nil {
+		return err
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("internal error: %v", p)
+		}
+		if err != nil {
+			tx.Exec("ROLLBACK TO op")
+		}
+		tx.Exec("RELEASE op")
+	}()
+	return fn(tx)
+}
