@@ -1,0 +1,145 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strconv"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// maySeeSecrets says whether the caller may open key and identity: the
+// owner, root, a reader uid, or a member of a reader group. The kernel gives
+// us the caller's effective uid and gid but not its supplementary groups;
+// those come from /proc/<pid>/status. That read races with the caller: it is
+// blocked in open(2) while we look, but if it is killed meanwhile and its
+// pid reused, we read another process. A reused pid can only make us answer
+// for the newcomer's groups to a caller that is already gone, so the race
+// leaks nothing.
+func (s *Server) maySeeSecrets(c *fuse.Caller) bool {
+	if c == nil {
+		return false
+	}
+	if c.Uid == 0 || c.Uid == s.opts.UID {
+		return true
+	}
+	groupReaders := false
+	for _, r := range s.opts.Readers {
+		switch {
+		case !r.IsGroup && r.UID == c.Uid:
+			return true
+		case r.IsGroup && r.GID == c.Gid:
+			return true
+		case r.IsGroup:
+			groupReaders = true
+		}
+	}
+	if !groupReaders || c.Pid == 0 {
+		return false
+	}
+	st, ok := readStatus(c.Pid)
+	if !ok {
+		return false
+	}
+	for _, g := range st.groups {
+		for _, r := range s.opts.Readers {
+			if r.IsGroup && r.GID == g {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// reportOpen logs an open of a secret file at debug level (every open of a
+// secret is worth an audit line; public files would only be noise) and
+// reports every open to the metrics hook.
+func (s *Server) reportOpen(ctx context.Context, n *fileNode, c *fuse.Caller, result string) {
+	if s.opts.OnOpen != nil {
+		s.opts.OnOpen(n.file.Name, result)
+	}
+	if !n.file.Secret || !s.log.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	var uid, pid uint32
+	var comm string
+	if c != nil {
+		uid, pid = c.Uid, c.Pid
+		if st, ok := readStatus(pid); ok {
+			comm = st.name
+		}
+	}
+	s.log.LogAttrs(ctx, slog.LevelDebug, "open secret file", slog.String("file", n.file.Name),
+		slog.Uint64("uid", uint64(uid)), slog.Uint64("pid", uint64(pid)), slog.String("comm", comm),
+		slog.String("result", result))
+}
+
+// threadGroup maps the thread id the kernel sends to its process id (thread
+// group id), so all threads of a process share one pin. Most readers are
+// single-threaded, and pidfd_open succeeds only for a thread-group leader,
+// which answers those with one cheap syscall; others need /proc.
+func threadGroup(tid uint32) uint32 {
+	if tid == 0 {
+		return 0
+	}
+	if fd, err := unix.PidfdOpen(int(tid), 0); err == nil {
+		unix.Close(fd)
+		return tid
+	}
+	st, ok := readStatus(tid)
+	if !ok {
+		return 0
+	}
+	return st.tgid
+}
+
+type procStatus struct {
+	name   string
+	tgid   uint32
+	groups []uint32
+}
+
+// readStatus parses /proc/<pid>/status without allocating for the file.
+func readStatus(pid uint32) (procStatus, bool) {
+	if pid == 0 {
+		return procStatus{}, false
+	}
+	fd, err := unix.Open("/proc/"+strconv.FormatUint(uint64(pid), 10)+"/status", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return procStatus{}, false
+	}
+	defer unix.Close(fd)
+	var buf [16 << 10]byte
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		if err != nil || m == 0 {
+			break
+		}
+		n += m
+	}
+	var st procStatus
+	for line := range bytes.SplitSeq(buf[:n], []byte("\n")) {
+		key, val, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		val = bytes.TrimSpace(val)
+		switch string(key) {
+		case "Name":
+			st.name = string(val)
+		case "Tgid":
+			v, _ := strconv.ParseUint(string(val), 10, 32)
+			st.tgid = uint32(v)
+		case "Groups":
+			for f := range bytes.FieldsSeq(val) {
+				if v, err := strconv.ParseUint(string(f), 10, 32); err == nil {
+					st.groups = append(st.groups, uint32(v))
+				}
+			}
+		}
+	}
+	return st, st.tgid != 0
+}

@@ -1,0 +1,261 @@
+// Package fs serves a live identity as a read-only FUSE filesystem: the
+// credential tree of a tbot destination directory (identity.Files), rendered
+// from memory each time a file is opened. Nothing is ever written to disk.
+//
+// The package is handed snapshots (Mount's first one, then Publish); it never
+// talks to the authority itself. Three properties matter to readers:
+//
+//   - Each open takes one generation (one issuance) and keeps it on the
+//     handle, and a process that opens several files in a row gets them all
+//     from the same generation (per-process affinity, see pins.go), so a key
+//     and its certificates always belong together.
+//   - Read-only for everyone, root included: every write-type call is EROFS.
+//   - Secret files (key, identity) open only for the owner, root and the
+//     configured readers; the decision is made in Open from the caller.
+//
+// Kernel caching is used where it is safe (see cache.go), so an open of an
+// unchanged file costs one FUSE round trip.
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/midfs/midfs/identity"
+)
+
+// Snapshot is what the filesystem serves: one issuance and the nodes the
+// identity may reach (rendered into ssh_config).
+type Snapshot struct {
+	Identity *identity.Identity
+	Nodes    []identity.Node
+}
+
+// Reader is a user (IsGroup false: UID) or group (IsGroup true: GID) that may
+// open the secret files besides the owner and root. The caller resolves
+// --reader=USER and --reader=@GROUP to ids.
+type Reader struct {
+	UID, GID uint32
+	IsGroup  bool
+}
+
+// Options configure a mount.
+type Options struct {
+	Dir      string            // absolute mountpoint; ssh_config names the files by it
+	UID, GID uint32            // owner of the tree
+	Readers  []Reader          // may also open the secret files
+	Xattrs   map[string]string // served read-only on the root directory
+	Logger   *slog.Logger      // nil: slog.Default()
+	OnOpen   func(file, result string)
+	Debug    bool // log every FUSE request (go-fuse's request log) at debug level
+}
+
+// Open results reported to Options.OnOpen.
+const (
+	ResultOK     = "ok"
+	ResultDenied = "denied"
+	ResultEROFS  = "erofs"
+)
+
+// Kernel cache lifetimes. The tree never changes shape, so names and
+// negative lookups are cached long. Attributes change only at a renewal, and
+// Publish invalidates them explicitly (cache.go), so the timeout is a safety
+// net, not what keeps sizes right.
+const (
+	entryTimeout    = time.Hour
+	negativeTimeout = time.Hour
+	attrTimeout     = 10 * time.Second
+)
+
+// Server is a mounted credential filesystem.
+type Server struct {
+	opts  Options
+	log   *slog.Logger
+	fuse  *fuse.Server
+	root  *dirNode
+	files []*fileNode
+	pins  *pinTable
+
+	publishMu sync.Mutex // serializes Publish
+	current   atomic.Pointer[generation]
+	lastID    uint64 // guarded by publishMu
+
+	connID    string // FUSE connection number, to abort a mount that will not unmount
+	unmounted atomic.Bool
+}
+
+// Mount serves first at opts.Dir and returns once the kernel answers for the
+// tree, so no reader ever sees an empty or half-mounted directory.
+func Mount(opts Options, first *Snapshot) (*Server, error) {
+	if !filepath.IsAbs(opts.Dir) {
+		return nil, fmt.Errorf("mountpoint %q is not an absolute path", opts.Dir)
+	}
+	opts.Dir = filepath.Clean(opts.Dir)
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Server{opts: opts, log: opts.Logger, pins: newPinTable()}
+	g, err := s.newGeneration(first)
+	if err != nil {
+		return nil, fmt.Errorf("cannot serve the first identity: %w", err)
+	}
+	s.current.Store(g)
+	if err := CheckMountpoint(opts.Dir); err != nil {
+		return nil, err
+	}
+
+	s.root = &dirNode{srv: s}
+	for i, f := range identity.Files {
+		s.files = append(s.files, newFileNode(s, i, f, g))
+	}
+	srv, err := fuse.NewServer(gofs.NewNodeFS(s.root, s.nodeOptions()), opts.Dir, s.mountOptions())
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", opts.Dir, err)
+	}
+	s.fuse = srv
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		_ = srv.Unmount()
+		return nil, fmt.Errorf("mount %s: kernel did not start serving: %w", opts.Dir, err)
+	}
+	s.connID = fuseConnID(opts.Dir)
+	s.log.Info("credential filesystem mounted", "dir", opts.Dir, "owner", fmt.Sprintf("%d:%d", opts.UID, opts.GID),
+		"readers", len(opts.Readers))
+	return s, nil
+}
+
+func (s *Server) nodeOptions() *gofs.Options {
+	et, nt, at := entryTimeout, negativeTimeout, attrTimeout
+	return &gofs.Options{
+		EntryTimeout:    &et,
+		NegativeTimeout: &nt,
+		AttrTimeout:     &at,
+		NullPermissions: true, // every node sets its mode itself
+		RootStableAttr:  &gofs.StableAttr{Ino: 1},
+		Logger:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+}
+
+func (s *Server) mountOptions() *fuse.MountOptions {
+	root := os.Geteuid() == 0
+	return &fuse.MountOptions{
+		FsName: "midfs",
+		Name:   "midfs",
+		// No default_permissions: the kernel would then refuse the 0600
+		// files to --reader uids. Access is decided in Open instead.
+		Options: []string{"ro", "nosuid", "nodev", "noexec"},
+		// As root, mount(2) directly (no fusermount3 needed) and let other
+		// users reach the public files. Without root, allow_other would need
+		// user_allow_other in /etc/fuse.conf; the tree is then the owner's.
+		AllowOther:       root,
+		DirectMount:      root,
+		DirectMountFlags: unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC,
+		Debug:            s.opts.Debug,
+		Logger:           slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// Publish makes snap the current generation: opens from now on get it
+// (except processes still pinned to an older one), and the kernel's cached
+// sizes and pages of the old generation are invalidated. Call it from the
+// renewal goroutine, never from inside a FUSE request.
+func (s *Server) Publish(snap *Snapshot) {
+	s.publishMu.Lock()
+	defer s.publishMu.Unlock()
+	g, err := s.newGeneration(snap)
+	if err != nil {
+		s.log.Error("new identity not served, keeping the previous one", "err", err)
+		return
+	}
+	s.current.Store(g)
+	if s.unmounted.Load() {
+		return
+	}
+	for _, f := range s.files {
+		f.cache.settle(f)
+	}
+	s.log.Debug("identity published", "generation", g.id)
+}
+
+// Unmount unmounts the tree. If readers keep files open so the kernel
+// refuses, it detaches the mount lazily and aborts the connection, so no
+// stale mount is left behind.
+func (s *Server) Unmount() error {
+	if s.unmounted.Swap(true) {
+		return nil
+	}
+	err := s.fuse.Unmount()
+	if err == nil {
+		s.log.Info("credential filesystem unmounted", "dir", s.opts.Dir)
+		return nil
+	}
+	s.log.Warn("unmount refused, detaching lazily", "dir", s.opts.Dir, "err", err)
+	if lerr := lazyUnmount(s.opts.Dir); lerr != nil {
+		return fmt.Errorf("unmount %s: %v; lazy unmount: %w", s.opts.Dir, err, lerr)
+	}
+	if s.connID != "" {
+		if aerr := abortConn(s.connID); aerr != nil {
+			s.log.Warn("cannot abort FUSE connection; it ends when the last reader closes", "err", aerr)
+		}
+	}
+	return nil
+}
+
+// Wait blocks until the filesystem is unmounted.
+func (s *Server) Wait() { s.fuse.Wait() }
+
+// generation is one published snapshot with what Getattr needs precomputed.
+type generation struct {
+	id    uint64
+	snap  *Snapshot
+	at    time.Time // publication time: mtime and ctime of every file
+	sizes []int64   // indexed like identity.Files
+}
+
+func (s *Server) newGeneration(snap *Snapshot) (*generation, error) {
+	if snap == nil || snap.Identity == nil {
+		return nil, errors.New("no identity in the snapshot")
+	}
+	id := snap.Identity
+	if id.Key == nil || id.SSHCert == nil || id.TLSCert == nil {
+		return nil, errors.New("identity lacks its key or certificates")
+	}
+	g := &generation{snap: snap, at: time.Now(), sizes: make([]int64, len(identity.Files))}
+	for i, f := range identity.Files {
+		b, err := identity.Render(f.Name, id, snap.Nodes, s.opts.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("render %s: %w", f.Name, err)
+		}
+		g.sizes[i] = int64(len(b))
+		clear(b)
+	}
+	s.lastID++
+	g.id = s.lastID
+	return g, nil
+}
+
+// render produces the bytes of file i in generation g. The caller owns them
+// and clears them when done.
+func (g *generation) render(i int, dir string) ([]byte, error) {
+	return identity.Render(identity.Files[i].Name, g.snap.Identity, g.snap.Nodes, dir)
+}
+
+// errno extracts a syscall.Errno, or EIO.
+func errno(err error) syscall.Errno {
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return syscall.EIO
+}

@@ -1,0 +1,537 @@
+package fs
+
+// The tests serve the filesystem from a separate process (this test binary
+// re-executed in "serve" mode), so that what they measure and check is what
+// a real reader sees, and so no test can deadlock by touching a mount served
+// by its own process. Extra readers (other processes, other uids) are the
+// test binary again in "reader" mode.
+
+import (
+	"bufio"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+
+	"github.com/midfs/midfs/identity"
+)
+
+const roleEnv = "MIDFS_FSTEST_ROLE"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(roleEnv) {
+	case "serve":
+		os.Exit(serveMain())
+	case "reader":
+		os.Exit(readerMain())
+	}
+	os.Exit(m.Run())
+}
+
+// testCA signs test identities the way the authority would.
+type testCA struct {
+	key    *ecdsa.PrivateKey
+	cert   *x509.Certificate
+	signer ssh.Signer
+	ca     identity.CA
+}
+
+func newTestCA() (*testCA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "test", Organization: []string{"test.example"}},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, err
+	}
+	cert, _ := x509.ParseCertificate(der)
+	signer, err := ssh.NewSignerFromSigner(key)
+	if err != nil {
+		return nil, err
+	}
+	return &testCA{key: key, cert: cert, signer: signer, ca: identity.CA{TLS: cert, SSH: signer.PublicKey()}}, nil
+}
+
+var serial int64 = 100
+
+// issue makes a fresh identity: new key, SSH and TLS certificates for it.
+func (c *testCA) issue() (*identity.Identity, error) {
+	key, err := identity.GenerateKey(identity.ECDSA)
+	if err != nil {
+		return nil, err
+	}
+	serial++
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial),
+		Subject:      pkix.Name{CommonName: "bot-robot", Organization: []string{"access"}},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(time.Hour),
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.key)
+	if err != nil {
+		return nil, err
+	}
+	tlsCert, _ := x509.ParseCertificate(der)
+	pub, err := ssh.NewPublicKey(key.Public())
+	if err != nil {
+		return nil, err
+	}
+	cert := &ssh.Certificate{
+		Key: pub, Serial: uint64(serial), CertType: ssh.UserCert, KeyId: "bot-robot",
+		ValidPrincipals: []string{"root"},
+		ValidAfter:      uint64(time.Now().Add(-time.Minute).Unix()),
+		ValidBefore:     uint64(time.Now().Add(time.Hour).Unix()),
+	}
+	if err := cert.SignCert(rand.Reader, c.signer); err != nil {
+		return nil, err
+	}
+	return &identity.Identity{
+		Key: key, SSHCert: cert, TLSCert: tlsCert, ClusterName: "test.example",
+		CAs: identity.CAs{User: []identity.CA{c.ca}, Host: []identity.CA{c.ca}, Database: []identity.CA{{TLS: c.cert}}},
+	}, nil
+}
+
+// serveConfig is what the test passes to the serving process.
+type serveConfig struct {
+	Dir     string
+	UID     uint32
+	GID     uint32
+	Readers []Reader
+	Xattrs  map[string]string
+	Nodes   []identity.Node
+}
+
+// serveMain mounts and then obeys one command per line on stdin:
+//
+//	publish              a new identity (new key and certificates)
+//	nodes NAME=ADDR ...  the same identity with another node list
+//	opens                print the OnOpen counts as JSON
+//	quit                 unmount and exit
+func serveMain() int {
+	var cfg serveConfig
+	if err := json.Unmarshal([]byte(os.Getenv("MIDFS_FSTEST_CONFIG")), &cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "bad config:", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ca, err := newTestCA()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	id, err := ca.issue()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	var mu sync.Mutex
+	opens := map[string]int{}
+	srv, err := Mount(Options{
+		Dir: cfg.Dir, UID: cfg.UID, GID: cfg.GID, Readers: cfg.Readers, Xattrs: cfg.Xattrs, Logger: log,
+		OnOpen: func(file, result string) {
+			mu.Lock()
+			opens[file+" "+result]++
+			mu.Unlock()
+		},
+	}, &Snapshot{Identity: id, Nodes: cfg.Nodes})
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		cmd, arg, _ := strings.Cut(in.Text(), " ")
+		switch cmd {
+		case "publish":
+			if id, err = ca.issue(); err != nil {
+				fmt.Println("error", err)
+				continue
+			}
+			srv.Publish(&Snapshot{Identity: id, Nodes: cfg.Nodes})
+			fmt.Println("ok")
+		case "nodes":
+			cfg.Nodes = nil
+			for f := range strings.FieldsSeq(arg) {
+				name, addr, _ := strings.Cut(f, "=")
+				cfg.Nodes = append(cfg.Nodes, identity.Node{Name: name, Addr: addr})
+			}
+			srv.Publish(&Snapshot{Identity: id, Nodes: cfg.Nodes})
+			fmt.Println("ok")
+		case "opens":
+			mu.Lock()
+			b, _ := json.Marshal(opens)
+			mu.Unlock()
+			fmt.Println(string(b))
+		case "quit":
+			if err := srv.Unmount(); err != nil {
+				fmt.Println("error", err)
+				return 1
+			}
+			srv.Wait()
+			fmt.Println("bye")
+			return 0
+		default:
+			fmt.Println("error unknown command", cmd)
+		}
+	}
+	_ = srv.Unmount()
+	return 0
+}
+
+// readerMain optionally drops to MIDFS_FSTEST_CRED (uid:gid[:g1,g2]) and then
+// obeys one command per line, answering one line each:
+//
+//	open NAME    hold NAME open         -> ok | err ERRNO
+//	read NAME    read the held handle   -> data HEX | err ERRNO
+//	close NAME                          -> ok
+//	cat NAME     open, read, close      -> data HEX | err ERRNO
+func readerMain() int {
+	if cred := os.Getenv("MIDFS_FSTEST_CRED"); cred != "" {
+		if err := dropPrivileges(cred); err != nil {
+			fmt.Println("error", err)
+			return 2
+		}
+	}
+	dir := os.Getenv("MIDFS_FSTEST_DIR")
+	held := map[string]int{}
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		cmd, name, _ := strings.Cut(in.Text(), " ")
+		path := filepath.Join(dir, name)
+		switch cmd {
+		case "open":
+			fd, err := unix.Open(path, unix.O_RDONLY, 0)
+			if err != nil {
+				fmt.Println("err", errName(err))
+				continue
+			}
+			held[name] = fd
+			fmt.Println("ok")
+		case "read":
+			b, err := readAllFd(held[name])
+			reply(b, err)
+		case "close":
+			unix.Close(held[name])
+			delete(held, name)
+			fmt.Println("ok")
+		case "cat":
+			fd, err := unix.Open(path, unix.O_RDONLY, 0)
+			if err != nil {
+				fmt.Println("err", errName(err))
+				continue
+			}
+			b, err := readAllFd(fd)
+			unix.Close(fd)
+			reply(b, err)
+		default:
+			fmt.Println("error unknown command", cmd)
+		}
+	}
+	return 0
+}
+
+func reply(b []byte, err error) {
+	if err != nil {
+		fmt.Println("err", errName(err))
+		return
+	}
+	fmt.Println("data", hex.EncodeToString(b))
+}
+
+// readAllFd reads from offset 0 to EOF with pread, so a held handle can be
+// read again.
+func readAllFd(fd int) ([]byte, error) {
+	var out []byte
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Pread(fd, buf, int64(len(out)))
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return out, nil
+		}
+		out = append(out, buf[:n]...)
+	}
+}
+
+func errName(err error) string {
+	var e syscall.Errno
+	if ok := asErrno(err, &e); ok {
+		return unix.ErrnoName(e)
+	}
+	return err.Error()
+}
+
+func asErrno(err error, e *syscall.Errno) bool {
+	for err != nil {
+		if v, ok := err.(syscall.Errno); ok {
+			*e = v
+			return true
+		}
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return false
+		}
+		err = u.Unwrap()
+	}
+	return false
+}
+
+func dropPrivileges(cred string) error {
+	parts := strings.Split(cred, ":")
+	uid, _ := strconv.Atoi(parts[0])
+	gid, _ := strconv.Atoi(parts[1])
+	var groups []int
+	if len(parts) > 2 && parts[2] != "" {
+		for g := range strings.SplitSeq(parts[2], ",") {
+			v, _ := strconv.Atoi(g)
+			groups = append(groups, v)
+		}
+	}
+	if err := syscall.Setgroups(groups); err != nil {
+		return err
+	}
+	if err := syscall.Setresgid(gid, gid, gid); err != nil {
+		return err
+	}
+	return syscall.Setresuid(uid, uid, uid)
+}
+
+// server is a serving process as seen from a test.
+type server struct {
+	t      testing.TB
+	dir    string
+	cmd    *exec.Cmd
+	in     io.WriteCloser
+	out    *bufio.Reader
+	stderr *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startServer mounts a tree in a fresh directory from a child process and
+// unmounts it when the test ends.
+func startServer(t testing.TB, cfg serveConfig) *server {
+	t.Helper()
+	if cfg.Dir == "" {
+		cfg.Dir = filepath.Join(t.TempDir(), "mnt")
+		if err := os.Mkdir(cfg.Dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, _ := json.Marshal(cfg)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), roleEnv+"=serve", "MIDFS_FSTEST_CONFIG="+string(b))
+	s := &server{t: t, dir: cfg.Dir, cmd: cmd, stderr: &syncBuffer{}}
+	cmd.Stderr = s.stderr
+	var err error
+	if s.in, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.out = bufio.NewReader(stdout)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.stop)
+	if line := s.line(); line != "ready" {
+		t.Fatalf("server did not mount: %s\n%s", line, s.stderr)
+	}
+	return s
+}
+
+func (s *server) line() string {
+	l, err := s.out.ReadString('\n')
+	if err != nil {
+		return "error " + err.Error()
+	}
+	return strings.TrimSuffix(l, "\n")
+}
+
+// do sends one command and returns the answer line.
+func (s *server) do(cmd string) string {
+	s.t.Helper()
+	fmt.Fprintln(s.in, cmd)
+	return s.line()
+}
+
+func (s *server) publish() {
+	s.t.Helper()
+	if r := s.do("publish"); r != "ok" {
+		s.t.Fatalf("publish: %s", r)
+	}
+}
+
+func (s *server) stop() {
+	if s.cmd.ProcessState != nil {
+		return
+	}
+	fmt.Fprintln(s.in, "quit")
+	done := make(chan error, 1)
+	go func() { done <- s.cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		s.cmd.Process.Kill()
+		<-done
+		CleanStale(s.dir)
+	}
+}
+
+// kill ends the server with SIGKILL, leaving a dead mount behind.
+func (s *server) kill() {
+	s.cmd.Process.Kill()
+	s.cmd.Wait()
+}
+
+func (s *server) path(name string) string { return filepath.Join(s.dir, name) }
+
+// reader is a reading process as seen from a test.
+type reader struct {
+	t   testing.TB
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Reader
+}
+
+// startReader starts a reader process on dir; cred is "" (root) or
+// "uid:gid[:g1,g2]".
+func startReader(t testing.TB, dir, cred string) *reader {
+	t.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), roleEnv+"=reader", "MIDFS_FSTEST_DIR="+dir, "MIDFS_FSTEST_CRED="+cred)
+	cmd.Stderr = os.Stderr
+	r := &reader{t: t, cmd: cmd}
+	var err error
+	if r.in, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.out = bufio.NewReader(stdout)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.in.Close()
+		r.cmd.Wait()
+	})
+	return r
+}
+
+func (r *reader) do(cmd string) string {
+	r.t.Helper()
+	fmt.Fprintln(r.in, cmd)
+	l, err := r.out.ReadString('\n')
+	if err != nil {
+		r.t.Fatalf("reader %q: %v", cmd, err)
+	}
+	return strings.TrimSuffix(l, "\n")
+}
+
+// data runs a command that answers "data HEX" and returns the bytes.
+func (r *reader) data(cmd string) []byte {
+	r.t.Helper()
+	l := r.do(cmd)
+	h, ok := strings.CutPrefix(l, "data ")
+	if !ok {
+		r.t.Fatalf("reader %q: %s", cmd, l)
+	}
+	b, _ := hex.DecodeString(h)
+	return b
+}
+
+// keyFingerprints returns the SHA256 fingerprints of the public keys in a
+// private key file, an SSH certificate and a TLS certificate.
+func privateKeyFP(t testing.TB, pemBytes []byte) string {
+	t.Helper()
+	k, err := identity.ParsePrivateKeyPEM(pemBytes)
+	if err != nil {
+		t.Fatalf("key file does not parse: %v\n%q", err, pemBytes)
+	}
+	return pubFP(t, k.Public())
+}
+
+func sshCertFP(t testing.TB, line []byte) string {
+	t.Helper()
+	pk, _, _, _, err := ssh.ParseAuthorizedKey(line)
+	if err != nil {
+		t.Fatalf("key-cert.pub does not parse: %v\n%q", err, line)
+	}
+	cert, ok := pk.(*ssh.Certificate)
+	if !ok {
+		t.Fatalf("key-cert.pub holds a %T", pk)
+	}
+	return ssh.FingerprintSHA256(cert.Key)
+}
+
+func tlsCertFP(t testing.TB, pemBytes []byte) string {
+	t.Helper()
+	certs, err := parseCertsPEM(pemBytes)
+	if err != nil || len(certs) != 1 {
+		t.Fatalf("tlscert does not parse: %v\n%q", err, pemBytes)
+	}
+	return pubFP(t, certs[0].PublicKey.(crypto.PublicKey))
+}
+
+func pubFP(t testing.TB, k crypto.PublicKey) string {
+	t.Helper()
+	p, err := ssh.NewPublicKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ssh.FingerprintSHA256(p)
+}

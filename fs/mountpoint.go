@@ -1,0 +1,251 @@
+package fs
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	iofs "io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// probeTimeout is how long a FUSE mount may take to answer a stat before it
+// counts as hung. A live midfs answers in microseconds.
+const probeTimeout = 3 * time.Second
+
+const fuseConnections = "/sys/fs/fuse/connections"
+
+// CheckMountpoint returns one clear error if dir cannot take a new mount:
+// missing, not a directory, or already served by a live FUSE filesystem. A
+// dead FUSE mount left by a killed agent is cleaned up (CleanStale). Call it
+// before joining, so a bad mountpoint never consumes a one-time token.
+func CheckMountpoint(dir string) error {
+	abs, err := resolve(dir)
+	if err != nil {
+		return err
+	}
+	if _, err := CleanStale(abs); err != nil {
+		return err
+	}
+	st, err := os.Stat(abs)
+	switch {
+	case errors.Is(err, iofs.ErrNotExist):
+		return fmt.Errorf("mountpoint %s does not exist: create it first (mkdir -p %s)", abs, abs)
+	case err != nil:
+		return fmt.Errorf("mountpoint %s: %w", abs, err)
+	case !st.IsDir():
+		return fmt.Errorf("mountpoint %s is not a directory: pick a directory", abs)
+	}
+	if m, ok := findMount(abs); ok && m.isFUSE() {
+		return fmt.Errorf("mountpoint %s is already served by a live FUSE filesystem (%s): unmount it first (umount %s) or pick another directory",
+			abs, m.fstype, abs)
+	}
+	return nil
+}
+
+// CleanStale unmounts a dead FUSE mount at dir ("Transport endpoint is not
+// connected", left when the serving process was killed) and reports whether
+// it did. A FUSE mount that does not answer within probeTimeout is aborted
+// through fusectl first, but only if it is a midfs mount: another
+// filesystem's hung server is not ours to kill. A live mount is left alone.
+func CleanStale(dir string) (bool, error) {
+	abs, err := resolve(dir)
+	if err != nil {
+		return false, err
+	}
+	cleaned := false
+	for range 8 { // dead mounts can be stacked; the topmost hides the rest
+		m, ok := findMount(abs)
+		if !ok || !m.isFUSE() {
+			return cleaned, nil
+		}
+		switch probe(abs) {
+		case probeLive:
+			return cleaned, nil
+		case probeHung:
+			if m.fstype != "fuse.midfs" {
+				return cleaned, fmt.Errorf("mountpoint %s is a %s mount that does not answer: abort it (echo 1 > %s/%s/abort) and unmount it (umount -l %s)",
+					abs, m.fstype, fuseConnections, m.connID(), abs)
+			}
+			if err := abortConn(m.connID()); err != nil {
+				return cleaned, fmt.Errorf("mountpoint %s is a hung midfs mount and cannot be aborted: %w", abs, err)
+			}
+		}
+		if err := lazyUnmount(abs); err != nil {
+			return cleaned, fmt.Errorf("mountpoint %s is a dead FUSE mount and cannot be unmounted: %w (try umount -l %s as root)", abs, err, abs)
+		}
+		cleaned = true
+	}
+	return cleaned, fmt.Errorf("mountpoint %s: too many stale mounts stacked", abs)
+}
+
+// resolve makes dir absolute and resolves symlinks in its parent, without
+// touching dir itself (it may be a dead or hung mount).
+func resolve(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("mountpoint %q: %w", dir, err)
+	}
+	parent, base := filepath.Split(abs)
+	if base == "" {
+		return abs, nil
+	}
+	rp, err := filepath.EvalSymlinks(parent)
+	if err != nil {
+		if errors.Is(err, iofs.ErrNotExist) {
+			return "", fmt.Errorf("mountpoint %s does not exist: create it first (mkdir -p %s)", abs, abs)
+		}
+		return "", fmt.Errorf("mountpoint %s: %w", abs, err)
+	}
+	return filepath.Join(rp, base), nil
+}
+
+type probeResult int
+
+const (
+	probeLive probeResult = iota
+	probeDead
+	probeHung
+)
+
+// probe stats dir from a goroutine so a hung server cannot block the caller.
+// Any answer, even an error, means a server is there — except ENOTCONN and
+// ECONNABORTED, which the kernel gives for a connection whose server is gone.
+func probe(dir string) probeResult {
+	done := make(chan error, 1)
+	go func() {
+		var st unix.Stat_t
+		done <- unix.Stat(dir, &st)
+	}()
+	select {
+	case err := <-done:
+		if errors.Is(err, unix.ENOTCONN) || errors.Is(err, unix.ECONNABORTED) {
+			return probeDead
+		}
+		return probeLive
+	case <-time.After(probeTimeout):
+		return probeHung
+	}
+}
+
+func lazyUnmount(dir string) error {
+	if os.Geteuid() == 0 {
+		return unix.Unmount(dir, unix.MNT_DETACH)
+	}
+	for _, bin := range []string{"fusermount3", "fusermount"} {
+		path, err := exec.LookPath(bin)
+		if err != nil {
+			continue
+		}
+		out, err := exec.Command(path, "-u", "-z", dir).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s -u -z: %s", bin, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	return errors.New("no fusermount3 or fusermount found to unmount as a normal user")
+}
+
+// abortConn ends FUSE connection id: every pending and future request fails,
+// which unblocks whatever waits on a hung server. fusectl is mounted if it
+// is not (systemd normally does that at boot).
+func abortConn(id string) error {
+	if id == "" {
+		return errors.New("unknown FUSE connection")
+	}
+	path := filepath.Join(fuseConnections, id, "abort")
+	if _, err := os.Stat(path); errors.Is(err, iofs.ErrNotExist) {
+		if err := unix.Mount("fusectl", fuseConnections, "fusectl", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount fusectl on %s: %w", fuseConnections, err)
+		}
+	}
+	return os.WriteFile(path, []byte("1"), 0)
+}
+
+// fuseConnID is the fusectl connection number of the mount at dir.
+func fuseConnID(dir string) string {
+	if m, ok := findMount(dir); ok && m.isFUSE() {
+		return m.connID()
+	}
+	return ""
+}
+
+type mountEntry struct {
+	dev    string // major:minor
+	point  string
+	fstype string
+}
+
+func (m mountEntry) isFUSE() bool { return m.fstype == "fuse" || strings.HasPrefix(m.fstype, "fuse.") }
+
+// connID: a FUSE superblock's device is 0:N, and fusectl names the
+// connection N.
+func (m mountEntry) connID() string {
+	_, minor, _ := strings.Cut(m.dev, ":")
+	return minor
+}
+
+// findMount returns the topmost mount at exactly dir, from the mount table,
+// without touching dir.
+func findMount(dir string) (mountEntry, bool) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return mountEntry{}, false
+	}
+	defer f.Close()
+	var found mountEntry
+	ok := false
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		sep := -1
+		for i, fl := range fields {
+			if fl == "-" {
+				sep = i
+				break
+			}
+		}
+		if len(fields) < 5 || sep < 0 || sep+1 >= len(fields) {
+			continue
+		}
+		if unescapeMount(fields[4]) == dir {
+			found = mountEntry{dev: fields[2], point: dir, fstype: fields[sep+1]}
+			ok = true
+		}
+	}
+	return found, ok
+}
+
+// unescapeMount undoes the octal escapes (\040 for space ...) of mountinfo.
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v byte
+			okOct := true
+			for _, c := range []byte(s[i+1 : i+4]) {
+				if c < '0' || c > '7' {
+					okOct = false
+					break
+				}
+				v = v*8 + (c - '0')
+			}
+			if okOct {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
