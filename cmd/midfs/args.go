@@ -12,8 +12,8 @@ import (
 // positional argument. App-wide flags (--log-level) found after a command
 // are hoisted to the front. "--" ends flag parsing as usual.
 func permuteArgs(app *cli.App, args []string) []string {
-	if len(args) == 0 {
-		return args
+	if len(args) == 0 || args[len(args)-1] == "--generate-bash-completion" {
+		return args // shell completion: urfave/cli needs the flag last, and must not run the command
 	}
 	global := []string{args[0]}
 	out := permuteLevel(app.Flags, app.Commands, args[1:], app.Flags, &global)

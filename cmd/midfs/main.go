@@ -21,6 +21,9 @@ func main() {
 }
 
 func run(args []string) int {
+	if code, handled := runSpecial(args); handled { // helper.go: mount(8) helper, mount probe
+		return code
+	}
 	app := newApp()
 	if err := app.Run(permuteArgs(app, args)); err != nil {
 		return report(err)
@@ -40,6 +43,7 @@ func newApp() *cli.App {
 		Commands:             commands(),
 		ExitErrHandler:       func(*cli.Context, error) {}, // report() prints and picks the code
 	}
+	addServiceFlags(app) // service_wiring.go: --config, --diag-addr, completion, cleanup
 	addEnvVars(app.Commands)
 	return app
 }

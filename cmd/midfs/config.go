@@ -1,0 +1,297 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+	"gopkg.in/yaml.v3"
+)
+
+// A config file is YAML whose keys are the command's flag names with
+// underscores (auth_server, ca_pin, readers, log_level, ...). It is applied
+// from a command's Before hook, after flags and MIDFS_* variables were
+// parsed, and only to flags that neither of them set: flags > env > file.
+// Being generic over the command's cli.Flag list, every flag works in the
+// file without anyone having to remember to add it here.
+
+// configExtras are keys a command accepts that are not flags, such as the
+// mount point, which is a positional argument on the command line.
+type configExtras map[string]string
+
+// loadConfig reads the file named by --config, if any, and sets every flag
+// of c that the command line and the environment left alone. extraKeys
+// names the non-flag keys the command accepts; their values are returned.
+// log_level and log_format are app-wide flags; when the file sets them,
+// logging is set up again so the file's choice holds from here on.
+func loadConfig(c *cli.Context, extraKeys ...string) (configExtras, error) {
+	path := c.String("config")
+	if path == "" {
+		return configExtras{}, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, failf(exitUsage, "cannot read config file: %v", err)
+	}
+	entries, err := parseConfig(path, data)
+	if err != nil {
+		return nil, fail(exitUsage, err)
+	}
+	warnIfReadable(path, entries)
+	extras := configExtras{}
+	logChanged := false
+	for _, e := range entries {
+		if contains(extraKeys, e.key) {
+			if e.node.Kind != yaml.ScalarNode || e.node.Value == "" {
+				return nil, fail(exitUsage, e.errorf("%s wants a single value", e.key))
+			}
+			extras[e.key] = e.node.Value
+			continue
+		}
+		f, name := configFlag(c, e.key)
+		if f == nil {
+			return nil, fail(exitUsage, e.errorf("unknown key %q%s", e.key, suggestKey(c, e.key, extraKeys)))
+		}
+		if name == "config" {
+			return nil, fail(exitUsage, e.errorf("a config file cannot name another config file"))
+		}
+		if c.IsSet(name) {
+			continue // flag or MIDFS_* variable: they win over the file
+		}
+		if err := applyConfigValue(c, f, name, e.node); err != nil {
+			return nil, fail(exitUsage, e.errorf("%s: %v", e.key, err))
+		}
+		if name == "log-level" || name == "log-format" {
+			logChanged = true
+		}
+	}
+	if logChanged {
+		if err := setupLogging(c); err != nil {
+			return nil, err
+		}
+	}
+	slog.Debug("config file applied", "file", path)
+	return extras, nil
+}
+
+// configEntry is one top-level key of a config file with its value node.
+type configEntry struct {
+	file string
+	key  string
+	line int
+	node *yaml.Node
+}
+
+func (e configEntry) errorf(format string, args ...any) error {
+	return fmt.Errorf("config %s line %d: %s", e.file, e.line, fmt.Sprintf(format, args...))
+}
+
+// parseConfig checks the file's shape: one mapping of unique keys. An empty
+// file is an empty config.
+func parseConfig(path string, data []byte) ([]configEntry, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("config %s %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return nil, nil
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("config %s line %d: want a mapping of flag names to values (key: value)", path, root.Line)
+	}
+	var entries []configEntry
+	seen := map[string]int{}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		e := configEntry{file: path, key: k.Value, line: k.Line, node: v}
+		if k.Kind != yaml.ScalarNode {
+			return nil, e.errorf("keys must be flag names")
+		}
+		if first, dup := seen[k.Value]; dup {
+			return nil, e.errorf("%s is already set on line %d", k.Value, first)
+		}
+		seen[k.Value] = k.Line
+		entries = append(entries, e)
+	}
+	return entries, nil
+}
+
+// configFlag finds the flag a key names: its name (or an alias) with
+// underscores; a repeatable flag also answers to its plural (readers).
+func configFlag(c *cli.Context, key string) (cli.Flag, string) {
+	name := strings.ReplaceAll(key, "_", "-")
+	if strings.Contains(key, "-") {
+		return nil, "" // keys use underscores, as the docs and examples say
+	}
+	for _, flags := range contextFlags(c) {
+		for _, f := range flags {
+			for _, n := range f.Names() {
+				if n == name {
+					return f, f.Names()[0]
+				}
+				if _, ok := f.(*cli.StringSliceFlag); ok && n+"s" == name {
+					return f, f.Names()[0]
+				}
+			}
+		}
+	}
+	return nil, ""
+}
+
+// contextFlags lists the flags visible from c: the command's own, then
+// those of its parents and the app (log_level, log_format).
+func contextFlags(c *cli.Context) [][]cli.Flag {
+	var out [][]cli.Flag
+	for _, l := range c.Lineage() {
+		if l.Command != nil {
+			out = append(out, l.Command.Flags)
+		}
+	}
+	if c.App != nil {
+		out = append(out, c.App.Flags)
+	}
+	return out
+}
+
+// applyConfigValue sets one flag from a YAML value, checking the value's
+// shape against the flag's kind first so the error is about the file.
+func applyConfigValue(c *cli.Context, f cli.Flag, name string, v *yaml.Node) error {
+	switch f.(type) {
+	case *cli.BoolFlag:
+		if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!bool" {
+			return fmt.Errorf("want true or false, got %s", describeNode(v))
+		}
+		return c.Set(name, strings.ToLower(v.Value))
+	case *cli.StringSliceFlag:
+		items := []*yaml.Node{v}
+		if v.Kind == yaml.SequenceNode {
+			items = v.Content
+		}
+		for _, it := range items {
+			if it.Kind != yaml.ScalarNode || it.ShortTag() == "!!null" {
+				return fmt.Errorf("want a value or a list of values, got %s", describeNode(it))
+			}
+			if err := c.Set(name, it.Value); err != nil {
+				return badValue(f, it.Value, err)
+			}
+		}
+		return nil
+	default:
+		if v.Kind != yaml.ScalarNode || v.ShortTag() == "!!null" {
+			return fmt.Errorf("want a single value, got %s", describeNode(v))
+		}
+		if err := c.Set(name, v.Value); err != nil {
+			return badValue(f, v.Value, err)
+		}
+		return nil
+	}
+}
+
+// badValue explains a value the flag refused; the standard flag package
+// only says "parse error".
+func badValue(f cli.Flag, value string, err error) error {
+	switch f.(type) {
+	case *cli.DurationFlag:
+		return fmt.Errorf("%q is not a duration; write it like 90s, 30m or 1h", value)
+	case *cli.IntFlag, *cli.Int64Flag, *cli.UintFlag, *cli.Uint64Flag:
+		return fmt.Errorf("%q is not a whole number", value)
+	}
+	return fmt.Errorf("bad value %q: %v", value, err)
+}
+
+func describeNode(v *yaml.Node) string {
+	switch {
+	case v.Kind == yaml.SequenceNode:
+		return "a list"
+	case v.Kind == yaml.MappingNode:
+		return "a mapping"
+	case v.ShortTag() == "!!null":
+		return "nothing"
+	}
+	return fmt.Sprintf("%q", v.Value)
+}
+
+// suggestKey names the key the user probably meant, or lists them all.
+func suggestKey(c *cli.Context, key string, extraKeys []string) string {
+	if strings.Contains(key, "-") {
+		if f, _ := configFlag(c, strings.ReplaceAll(key, "-", "_")); f != nil {
+			return fmt.Sprintf(" (keys use underscores: %s)", strings.ReplaceAll(key, "-", "_"))
+		}
+	}
+	names := append(configKeys(c), extraKeys...)
+	sort.Strings(names)
+	for _, n := range names {
+		if editDistance(n, key) <= 2 {
+			return fmt.Sprintf(" (did you mean %s?)", n)
+		}
+	}
+	return "; known keys: " + strings.Join(names, ", ")
+}
+
+// configKeys lists the keys a config file may use here.
+func configKeys(c *cli.Context) []string {
+	seen := map[string]bool{"config": true, "help": true}
+	var names []string
+	for _, flags := range contextFlags(c) {
+		for _, f := range flags {
+			n := strings.ReplaceAll(f.Names()[0], "-", "_")
+			if _, ok := f.(*cli.StringSliceFlag); ok {
+				n += "s"
+			}
+			if !seen[n] {
+				seen[n] = true
+				names = append(names, n)
+			}
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// editDistance is the Levenshtein distance, for typo suggestions.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+// warnIfReadable warns when a config file holding a join token can be read
+// by users other than its owner. (An iam token name is no secret, but the
+// file cannot tell which kind it holds.)
+func warnIfReadable(path string, entries []configEntry) {
+	for _, e := range entries {
+		if e.key != "token" {
+			continue
+		}
+		if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+			slog.Warn("config file holds a token and is readable by other users; run chmod 600 on it", "file", path)
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
