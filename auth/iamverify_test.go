@@ -242,16 +242,9 @@ func TestParseCallerIdentity(t *testing.T) {
 	}
 }
 
-// fakeClock is a clock tests move by hand.
-type fakeClock struct{ t time.Time }
-
-func (c *fakeClock) now() time.Time      { return c.t }
-func (c *fakeClock) add(d time.Duration) { c.t = c.t.Add(d) }
-func newFakeClock() *fakeClock           { return &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
 func TestChallengesAreSingleUseAndShortLived(t *testing.T) {
 	clock := newFakeClock()
-	c := newIAMChallenges(clock.now)
+	c := newIAMChallenges(clock.Now)
 	a, err := c.issue()
 	if err != nil {
 		t.Fatal(err)
@@ -266,7 +259,7 @@ func TestChallengesAreSingleUseAndShortLived(t *testing.T) {
 	if r := c.take(a); r == nil || r.reason != reasonChallengeUnknown {
 		t.Errorf("replayed challenge: %v, want %s", r, reasonChallengeUnknown)
 	}
-	clock.add(iamChallengeTTL)
+	clock.Add(iamChallengeTTL)
 	if r := c.take(b); r == nil || r.reason != reasonChallengeExpired {
 		t.Errorf("challenge a minute old: %v, want %s", r, reasonChallengeExpired)
 	}
@@ -280,7 +273,7 @@ func TestChallengesAreSingleUseAndShortLived(t *testing.T) {
 
 func TestChallengesAreBounded(t *testing.T) {
 	clock := newFakeClock()
-	c := newIAMChallenges(clock.now)
+	c := newIAMChallenges(clock.Now)
 	c.max = 8
 	first, _ := c.issue()
 	var last string
@@ -299,7 +292,7 @@ func TestChallengesAreBounded(t *testing.T) {
 	if r := c.take(last); r != nil { // i = 99 was not taken in the loop
 		t.Errorf("newest challenge evicted: %v", r)
 	}
-	clock.add(3 * iamChallengeTTL)
+	clock.Add(3 * iamChallengeTTL)
 	c.issue()
 	if len(c.expires) != 1 {
 		t.Errorf("%d challenges kept after they all expired, want 1", len(c.expires))

@@ -48,6 +48,9 @@ type Config struct {
 	// stored bot identity exists.
 	Token      string
 	JoinMethod string // MethodToken (default) or MethodIAM
+	// FIPS makes the iam method sign for AWS's FIPS STS endpoints
+	// (sts-fips.REGION.amazonaws.com; us-east-1's where a region has none).
+	FIPS bool
 	// CAPin is "sha256:HEX", or several separated by commas during a CA
 	// rotation. Required to join; a restart from a stored identity trusts
 	// the CAs stored with it.
