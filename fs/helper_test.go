@@ -217,6 +217,8 @@ func serveMain() int {
 //	read NAME    read the held handle   -> data HEX | err ERRNO
 //	close NAME                          -> ok
 //	cat NAME     open, read, close      -> data HEX | err ERRNO
+//	access NAME  access(2) R_OK         -> ok | err ERRNO
+//	pair         cat key, 30 ms, cat key-cert.pub and tlscert -> pair HEX HEX HEX
 func readerMain() int {
 	if cred := os.Getenv("MIDFS_FSTEST_CRED"); cred != "" {
 		if err := dropPrivileges(cred); err != nil {
@@ -246,6 +248,23 @@ func readerMain() int {
 			unix.Close(held[name])
 			delete(held, name)
 			fmt.Println("ok")
+		case "access":
+			if err := unix.Access(path, unix.R_OK); err != nil {
+				fmt.Println("err", errName(err))
+				continue
+			}
+			fmt.Println("ok")
+		case "pair":
+			// What ssh does: key, then (a moment later) the certificate.
+			k, err1 := catFile(filepath.Join(dir, "key"))
+			time.Sleep(30 * time.Millisecond)
+			c, err2 := catFile(filepath.Join(dir, "key-cert.pub"))
+			x, err3 := catFile(filepath.Join(dir, "tlscert"))
+			if err1 != nil || err2 != nil || err3 != nil {
+				fmt.Println("err", err1, err2, err3)
+				continue
+			}
+			fmt.Println("pair", hex.EncodeToString(k), hex.EncodeToString(c), hex.EncodeToString(x))
 		case "cat":
 			fd, err := unix.Open(path, unix.O_RDONLY, 0)
 			if err != nil {
@@ -260,6 +279,15 @@ func readerMain() int {
 		}
 	}
 	return 0
+}
+
+func catFile(path string) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	return readAllFd(fd)
 }
 
 func reply(b []byte, err error) {
@@ -366,6 +394,10 @@ func startServer(t testing.TB, cfg serveConfig) *server {
 		if err := os.Mkdir(cfg.Dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
+		// t.TempDir is 0700 down two levels; readers of other uids must
+		// reach the mount.
+		os.Chmod(filepath.Dir(cfg.Dir), 0o755)
+		os.Chmod(filepath.Dir(filepath.Dir(cfg.Dir)), 0o755)
 	}
 	b, _ := json.Marshal(cfg)
 	cmd := exec.Command(os.Args[0])

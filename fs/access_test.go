@@ -1,0 +1,96 @@
+package fs
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+)
+
+// Secret files open for the owner, root, reader uids and members of reader
+// groups (primary or supplementary); anyone else gets EACCES at open, and
+// still reads the public files.
+func TestSecretFilesOpenOnlyForOwnerRootAndReaders(t *testing.T) {
+	requireRoot(t)
+	s := startServer(t, serveConfig{
+		UID: 1000, GID: 1000,
+		Readers: []Reader{{UID: 2000}, {GID: 3000, IsGroup: true}},
+	})
+	cases := []struct {
+		who, cred string
+		allowed   bool
+	}{
+		{"root", "", true},
+		{"owner", "1000:1000", true},
+		{"reader uid", "2000:2000", true},
+		{"reader group as primary gid", "4000:3000", true},
+		{"reader group as supplementary group", "4001:4001:5,3000", true},
+		{"owner's group is not enough", "4002:1000", false},
+		{"stranger", "5000:5000:6,7", false},
+	}
+	for _, c := range cases {
+		t.Run(c.who, func(t *testing.T) {
+			r := startReader(t, s.dir, c.cred)
+			for _, name := range []string{"key", "identity"} {
+				got := r.do("cat " + name)
+				if c.allowed && !strings.HasPrefix(got, "data ") {
+					t.Errorf("%s: open %s: %s, want the file", c.who, name, got)
+				}
+				if !c.allowed && got != "err EACCES" {
+					t.Errorf("%s: open %s: %.40s, want err EACCES", c.who, name, got)
+				}
+				// access(2) agrees with open.
+				acc := r.do("access " + name)
+				if (acc == "ok") != c.allowed {
+					t.Errorf("%s: access(%s, R_OK) = %s", c.who, name, acc)
+				}
+			}
+			for _, name := range []string{"key.pub", "key-cert.pub", "tlscert", "ssh_config", "known_hosts"} {
+				if got := r.do("cat " + name); !strings.HasPrefix(got, "data ") {
+					t.Errorf("%s: open public %s: %s", c.who, name, got)
+				}
+			}
+		})
+	}
+
+	// Every open was counted, denials included.
+	var opens map[string]int
+	if err := json.Unmarshal([]byte(s.do("opens")), &opens); err != nil {
+		t.Fatal(err)
+	}
+	if opens["key denied"] != 2 || opens["identity denied"] != 2 || opens["key ok"] < 5 {
+		t.Errorf("OnOpen counts: %v", opens)
+	}
+
+	// Secret opens are logged at debug level with who asked, never with
+	// what the file holds.
+	log := s.stderr.String()
+	if !strings.Contains(log, `msg="open secret file" file=key uid=5000`) || !strings.Contains(log, "result=denied") ||
+		!strings.Contains(log, "comm=fs.test") {
+		t.Errorf("no debug line for a denied open of key:\n%s", log)
+	}
+	if strings.Contains(log, "PRIVATE KEY") {
+		t.Errorf("log holds key material:\n%s", log)
+	}
+}
+
+// The root directory carries the configured xattrs, read-only.
+func TestRootXattrs(t *testing.T) {
+	requireRoot(t)
+	s := startServer(t, serveConfig{Xattrs: map[string]string{"user.midfs.auth_server": "auth.example:3025"}})
+	buf := make([]byte, 256)
+	n, err := getxattr(s.dir, "user.midfs.auth_server", buf)
+	if err != nil || string(buf[:n]) != "auth.example:3025" {
+		t.Fatalf("getxattr: %q, %v", buf[:n], err)
+	}
+	n, err = listxattr(s.dir, buf)
+	if err != nil || !strings.Contains(string(buf[:n]), "user.midfs.auth_server\x00") {
+		t.Fatalf("listxattr: %q, %v", buf[:n], err)
+	}
+	if _, err := getxattr(s.path("key"), "user.midfs.auth_server", buf); err == nil {
+		t.Error("files carry no xattrs, but getxattr on key succeeded")
+	}
+	if _, err := os.Stat(s.dir); err != nil {
+		t.Fatal(err)
+	}
+}
