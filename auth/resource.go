@@ -104,6 +104,19 @@ func (l *Labels) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// MarshalYAML writes a single value as a string, as people write it.
+func (l Labels) MarshalYAML() (any, error) {
+	out := make(map[string]any, len(l))
+	for k, v := range l {
+		if len(v) == 1 {
+			out[k] = v[0]
+		} else {
+			out[k] = v
+		}
+	}
+	return out, nil
+}
+
 // UnmarshalJSON accepts a string or a list of strings per key.
 func (l *Labels) UnmarshalJSON(b []byte) error {
 	var raw map[string]json.RawMessage

@@ -305,3 +305,12 @@ func mustJSON(v any) string {
 	}
 	return string(b)
 }
+
+// Check reports whether the state is readable, for health checks.
+func (s *Server) Check(ctx context.Context) error {
+	var one int
+	if err := s.st.db.QueryRowContext(ctx, `SELECT 1 FROM meta LIMIT 1`).Scan(&one); err != nil {
+		return fmt.Errorf("authority state: %w", err)
+	}
+	return nil
+}

@@ -1,6 +1,535 @@
 package main
 
-import "github.com/urfave/cli/v2"
+import (
+	"context"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/identity"
+)
 
 // adminCommands are the tctl-like commands of the authority.
-func adminCommands() []*cli.Command { return nil }
+func adminCommands() []*cli.Command {
+	return []*cli.Command{
+		{
+			Name:  "auth",
+			Usage: "run the authority, export its CAs, sign host keys",
+			Subcommands: []*cli.Command{
+				authStartCommand(),
+				{
+					Name:   "export",
+					Usage:  "print a CA: user (sshd TrustedUserCAKeys), host (known_hosts), tls-user, tls-host, db (PEM)",
+					Flags:  []cli.Flag{dataDirFlag(), &cli.StringFlag{Name: "type", Value: auth.ExportUser, Usage: "`TYPE`: user, host, tls-user, tls-host or db"}},
+					Action: withAdmin(authExport),
+				},
+				{
+					Name:  "sign",
+					Usage: "make an SSH host key and its host certificate for sshd (HostKey, HostCertificate)",
+					Flags: []cli.Flag{
+						dataDirFlag(),
+						&cli.StringFlag{Name: "host", Usage: "`NAME[,NAME]` the certificate is valid for (its principals)"},
+						&cli.StringFlag{Name: "format", Value: "openssh", Usage: "`FORMAT` of the output: openssh"},
+						&cli.StringFlag{Name: "out", Usage: "`PREFIX` of the files: PREFIX (private key), PREFIX.pub, PREFIX-cert.pub"},
+						&cli.DurationFlag{Name: "ttl", Value: auth.DefaultHostCertTTL, Usage: "validity of the host certificate"},
+						&cli.StringFlag{Name: "key-algorithm", Value: string(identity.DefaultAlgorithm), Usage: "`ALG` of the host key: ecdsa, ed25519 or rsa"},
+					},
+					Action: withAdmin(authSign),
+				},
+			},
+		},
+		{
+			Name:   "status",
+			Usage:  "print the cluster name, version and CA pin",
+			Flags:  []cli.Flag{dataDirFlag()},
+			Action: withAdmin(status),
+		},
+		{
+			Name:  "bots",
+			Usage: "add, list, remove and unlock bots",
+			Subcommands: []*cli.Command{
+				{
+					Name:      "add",
+					Usage:     "make a bot and a one-time join token (or bind it to a delegated iam token)",
+					ArgsUsage: "NAME",
+					Flags: []cli.Flag{
+						dataDirFlag(),
+						&cli.StringFlag{Name: "roles", Usage: "`ROLE[,ROLE]` the bot gets, e.g. access"},
+						&cli.StringFlag{Name: "logins", Usage: "`LOGIN[,LOGIN]` filling {{internal.logins}} in its roles, e.g. root"},
+						&cli.StringFlag{Name: "token", Usage: "`NAME` of an existing iam token to join with, instead of a one-time token"},
+						&cli.DurationFlag{Name: "ttl", Value: auth.DefaultJoinTTL, Usage: "how long the one-time token stays valid"},
+					},
+					Action: withAdmin(botsAdd),
+				},
+				{
+					Name:   "ls",
+					Usage:  "list bots",
+					Flags:  []cli.Flag{dataDirFlag(), formatFlag()},
+					Action: withAdmin(func(c *cli.Context, ac *auth.AdminClient) error { return getResources(c, ac, "bots") }),
+				},
+				{
+					Name:      "rm",
+					Usage:     "remove a bot: its identities and tokens are refused from then on",
+					ArgsUsage: "NAME",
+					Flags:     []cli.Flag{dataDirFlag()},
+					Action: withAdmin(func(c *cli.Context, ac *auth.AdminClient) error {
+						name, err := oneArg(c, "NAME")
+						if err != nil {
+							return err
+						}
+						if err := ac.RemoveBot(c.Context, name); err != nil {
+							return fail(exitFailure, err)
+						}
+						fmt.Fprintf(c.App.Writer, "bot %s removed\n", name)
+						return nil
+					}),
+				},
+				{
+					Name:      "unlock",
+					Usage:     "clear a bot's generation lock",
+					ArgsUsage: "NAME",
+					Flags:     []cli.Flag{dataDirFlag()},
+					Action: withAdmin(func(c *cli.Context, ac *auth.AdminClient) error {
+						name, err := oneArg(c, "NAME")
+						if err != nil {
+							return err
+						}
+						if err := ac.UnlockBot(c.Context, name); err != nil {
+							return fail(exitFailure, err)
+						}
+						fmt.Fprintf(c.App.Writer, "bot %s unlocked\n", name)
+						return nil
+					}),
+				},
+			},
+		},
+		{
+			Name:  "create",
+			Usage: "create roles, tokens and nodes from a YAML file (- for standard input)",
+			Flags: []cli.Flag{
+				dataDirFlag(),
+				&cli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "YAML `FILE` of one or more resources"},
+				&cli.BoolFlag{Name: "force", Usage: "replace resources that exist"},
+			},
+			Action: withAdmin(create),
+		},
+		{
+			Name:      "get",
+			Usage:     "show roles, tokens, bots or nodes",
+			ArgsUsage: "roles|tokens|bots|nodes[/NAME]",
+			Flags:     []cli.Flag{dataDirFlag(), formatFlag()},
+			Action: withAdmin(func(c *cli.Context, ac *auth.AdminClient) error {
+				ref, err := oneArg(c, "roles|tokens|bots|nodes[/NAME]")
+				if err != nil {
+					return err
+				}
+				return getResources(c, ac, ref)
+			}),
+		},
+		{
+			Name:      "rm",
+			Usage:     "remove a role, token or node",
+			ArgsUsage: "roles/NAME|tokens/NAME|nodes/NAME",
+			Flags:     []cli.Flag{dataDirFlag()},
+			Action:    withAdmin(remove),
+		},
+		{
+			Name:  "nodes",
+			Usage: "the inventory of SSH nodes",
+			Subcommands: []*cli.Command{
+				{
+					Name:      "add",
+					Usage:     "add or update a node",
+					ArgsUsage: "NAME",
+					Flags: []cli.Flag{
+						dataDirFlag(),
+						&cli.StringFlag{Name: "addr", Usage: "`HOST:PORT` of its sshd"},
+						&cli.StringFlag{Name: "labels", Usage: "`k=v[,k=v]` roles select nodes by"},
+					},
+					Action: withAdmin(nodesAdd),
+				},
+				{
+					Name:      "rm",
+					Usage:     "remove a node",
+					ArgsUsage: "NAME",
+					Flags:     []cli.Flag{dataDirFlag()},
+					Action: withAdmin(func(c *cli.Context, ac *auth.AdminClient) error {
+						name, err := oneArg(c, "NAME")
+						if err != nil {
+							return err
+						}
+						if err := ac.RemoveNode(c.Context, name); err != nil {
+							return fail(exitFailure, err)
+						}
+						fmt.Fprintf(c.App.Writer, "node %s removed\n", name)
+						return nil
+					}),
+				},
+				{
+					Name:   "ls",
+					Usage:  "list nodes",
+					Flags:  []cli.Flag{dataDirFlag(), formatFlag()},
+					Action: withAdmin(func(c *cli.Context, ac *auth.AdminClient) error { return getResources(c, ac, "nodes") }),
+				},
+			},
+		},
+	}
+}
+
+func dataDirFlag() cli.Flag {
+	return &cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Usage: "`DIR` of the authority's state and admin socket"}
+}
+
+func formatFlag() cli.Flag {
+	return &cli.StringFlag{Name: "format", Value: "text", Usage: "`FORMAT`: text, yaml or json"}
+}
+
+// withAdmin connects to the admin socket before running action.
+func withAdmin(action func(*cli.Context, *auth.AdminClient) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		ac, err := auth.DialAdmin(c.String("data-dir"))
+		if err != nil {
+			return fail(exitAuthority, err)
+		}
+		defer ac.Close()
+		return action(c, ac)
+	}
+}
+
+// oneArg is the single positional argument of a command.
+func oneArg(c *cli.Context, what string) (string, error) {
+	switch c.NArg() {
+	case 1:
+		return c.Args().First(), nil
+	case 0:
+		return "", failf(exitUsage, "%s: give %s", c.Command.FullName(), what)
+	}
+	return "", failf(exitUsage, "%s: give one %s, not %q", c.Command.FullName(), what, strings.Join(c.Args().Slice(), " "))
+}
+
+// splitList reads a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func authStartCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "start",
+		Usage: "run the authority: HTTPS API for bots, admin socket for the commands above",
+		Description: "Makes the CAs on first start (kept in --data-dir/midfs.db) and serves until SIGINT or SIGTERM.\n" +
+			"Exit codes: 3 usage, 15 the authority could not start.",
+		Flags: []cli.Flag{
+			dataDirFlag(),
+			&cli.StringFlag{Name: "listen", Value: auth.DefaultListen, Usage: "`HOST:PORT` of the HTTPS API"},
+			&cli.StringFlag{Name: "advertise-addr", Usage: "`HOST:PORT` bots reach the API at, printed by `bots add` (default: the listen IP, or this host's name)"},
+			&cli.StringFlag{Name: "cluster-name", Usage: "`NAME` of the cluster, fixed at first start (default: this host's name)"},
+			&cli.DurationFlag{Name: "certificate-ttl", Value: auth.DefaultTTL, Usage: "lifetime of output credentials when a bot asks for none"},
+			&cli.DurationFlag{Name: "max-ttl", Value: auth.MaxTTL, Usage: "cap on the lifetime of any credential (at most 24h)"},
+			&cli.DurationFlag{Name: "bot-ttl", Value: auth.DefaultBotTTL, Usage: "lifetime of a bot's own renewable identity"},
+			&cli.StringFlag{Name: "sts-endpoint", Usage: "`URL` replacing AWS STS for IAM joins; tests only, needs --insecure-test-mode"},
+			&cli.BoolFlag{Name: "insecure-test-mode", Usage: "allow test-only settings such as --sts-endpoint; never in production"},
+		},
+		Action: authStart,
+	}
+}
+
+func authStart(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return failf(exitUsage, "auth start takes no arguments, got %q", strings.Join(c.Args().Slice(), " "))
+	}
+	svc := serviceOf(c)
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	s, err := auth.Start(ctx, auth.Config{
+		DataDir:          c.String("data-dir"),
+		Listen:           c.String("listen"),
+		AdvertiseAddr:    c.String("advertise-addr"),
+		ClusterName:      c.String("cluster-name"),
+		DefaultTTL:       c.Duration("certificate-ttl"),
+		MaxTTL:           c.Duration("max-ttl"),
+		BotTTL:           c.Duration("bot-ttl"),
+		STSEndpoint:      c.String("sts-endpoint"),
+		InsecureTestMode: c.Bool("insecure-test-mode"),
+		Version:          version,
+		Logger:           slog.Default().With("component", "auth"),
+		Metrics:          svc.metrics(),
+	})
+	if err != nil {
+		return fail(exitAuthority, err)
+	}
+	svc.watchAuthority(func() health {
+		if err := s.Check(context.Background()); err != nil {
+			return health{Status: unhealthy, Reason: err.Error(), UpdatedAt: time.Now()}
+		}
+		return health{Status: healthy, UpdatedAt: time.Now()}
+	})
+	svc.ready("serving " + s.ClusterName() + " on " + s.Addr())
+	<-ctx.Done()
+	svc.stopping()
+	slog.Default().Info("stopping the authority", "cluster", s.ClusterName())
+	if err := s.Close(); err != nil {
+		return fail(exitFailure, err)
+	}
+	return nil
+}
+
+func status(c *cli.Context, ac *auth.AdminClient) error {
+	st, err := ac.Status(c.Context)
+	if err != nil {
+		return fail(exitAuthority, err)
+	}
+	w := c.App.Writer
+	fmt.Fprintf(w, "Cluster  %s\n", st.ClusterName)
+	fmt.Fprintf(w, "Version  %s\n", st.Version)
+	fmt.Fprintf(w, "Address  %s (advertised as %s)\n", st.Addr, st.AdvertiseAddr)
+	fmt.Fprintf(w, "CA pin %s\n", st.CAPin)
+	return nil
+}
+
+func botsAdd(c *cli.Context, ac *auth.AdminClient) error {
+	name, err := oneArg(c, "NAME")
+	if err != nil {
+		return err
+	}
+	roles := splitList(c.String("roles"))
+	if len(roles) == 0 {
+		return failf(exitUsage, "bots add %s: give its roles with --roles, e.g. --roles=access (see `midfs get roles`)", name)
+	}
+	bt, err := ac.AddBot(c.Context, auth.BotSpec{
+		Name: name, Roles: roles, Logins: splitList(c.String("logins")),
+		TokenName: c.String("token"), TTL: c.Duration("ttl"),
+	})
+	if err != nil {
+		return fail(exitFailure, err)
+	}
+	printBotToken(c.App.Writer, bt, time.Now())
+	return nil
+}
+
+// printBotToken prints what `tctl bots add` prints, for midfs mount.
+func printBotToken(w io.Writer, bt *auth.BotToken, now time.Time) {
+	if bt.JoinMethod == auth.JoinToken {
+		fmt.Fprintf(w, "The bot token: %s\n", bt.Token)
+		fmt.Fprintf(w, "This token will expire in %s, at %s.\n", humanDuration(bt.Expires.Sub(now)), bt.Expires.UTC().Format(time.RFC3339))
+		fmt.Fprintf(w, "It works once; `midfs get tokens` lists it as %s.\n", bt.TokenName)
+	} else {
+		fmt.Fprintf(w, "Bot %s joins with the %s token %s; there is no secret to copy.\n", bt.Bot, bt.JoinMethod, bt.TokenName)
+	}
+	fmt.Fprintf(w, "The CA pin: %s\n\n", bt.CAPin)
+	fmt.Fprintf(w, "Run this on the bot's machine to join the cluster %s and serve its identity:\n\n", bt.ClusterName)
+	if bt.JoinMethod == auth.JoinToken {
+		fmt.Fprintf(w, "midfs mount /opt/machine-id --auth-server=%s --token=%s --ca-pin=%s\n", bt.AuthServer, bt.Token, bt.CAPin)
+	} else {
+		fmt.Fprintf(w, "midfs mount /opt/machine-id --auth-server=%s --join-method=%s --token=%s --ca-pin=%s\n", bt.AuthServer, bt.JoinMethod, bt.TokenName, bt.CAPin)
+	}
+}
+
+// humanDuration prints "60 minutes" or "2 hours 30 minutes".
+func humanDuration(d time.Duration) string {
+	d = d.Round(time.Minute)
+	if d < 2*time.Hour {
+		return fmt.Sprintf("%d minutes", int(d.Minutes()))
+	}
+	h, m := int(d.Hours()), int(d.Minutes())%60
+	if m == 0 {
+		return fmt.Sprintf("%d hours", h)
+	}
+	return fmt.Sprintf("%d hours %d minutes", h, m)
+}
+
+func create(c *cli.Context, ac *auth.AdminClient) error {
+	file := c.String("file")
+	if file == "" {
+		if c.NArg() != 1 {
+			return failf(exitUsage, "create: give the resource file with -f FILE.yaml")
+		}
+		file = c.Args().First()
+	}
+	var data []byte
+	var err error
+	if file == "-" {
+		data, err = io.ReadAll(io.LimitReader(os.Stdin, 4<<20))
+	} else {
+		data, err = os.ReadFile(file)
+	}
+	if err != nil {
+		return failf(exitUsage, "create: %v", err)
+	}
+	done, err := ac.CreateYAML(c.Context, data, c.Bool("force"))
+	if err != nil {
+		return failf(exitFailure, "%s: %v; nothing was stored", file, err)
+	}
+	for _, line := range done {
+		fmt.Fprintln(c.App.Writer, line)
+	}
+	return nil
+}
+
+// splitRef reads KIND[/NAME].
+func splitRef(ref string) (kind, name string, err error) {
+	kind, name, _ = strings.Cut(ref, "/")
+	kind, err = auth.NormalizeKind(kind)
+	return kind, name, err
+}
+
+func getResources(c *cli.Context, ac *auth.AdminClient, ref string) error {
+	kind, name, err := splitRef(ref)
+	if err != nil {
+		return fail(exitUsage, err)
+	}
+	format := c.String("format")
+	if format != "text" && format != "yaml" && format != "json" {
+		return failf(exitUsage, "bad --format %q: want text, yaml or json", format)
+	}
+	res, err := ac.Get(c.Context, kind, name)
+	if err != nil {
+		return fail(exitFailure, err)
+	}
+	return printResources(c.App.Writer, kind, res, format)
+}
+
+func remove(c *cli.Context, ac *auth.AdminClient) error {
+	ref, err := oneArg(c, "KIND/NAME")
+	if err != nil {
+		return err
+	}
+	kind, name, err := splitRef(ref)
+	if err == nil && name == "" {
+		err = fmt.Errorf("give the name too, as in roles/NAME or tokens/NAME")
+	}
+	if err != nil {
+		return fail(exitUsage, fmt.Errorf("rm %s: %w", ref, err))
+	}
+	if err := ac.Remove(c.Context, kind, name); err != nil {
+		return fail(exitFailure, err)
+	}
+	fmt.Fprintf(c.App.Writer, "%s %s removed\n", kind, name)
+	return nil
+}
+
+func nodesAdd(c *cli.Context, ac *auth.AdminClient) error {
+	name, err := oneArg(c, "NAME")
+	if err != nil {
+		return err
+	}
+	if c.String("addr") == "" {
+		return failf(exitUsage, "nodes add %s: give its sshd address with --addr=HOST:PORT", name)
+	}
+	labels := map[string]string{}
+	for _, kv := range splitList(c.String("labels")) {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return failf(exitUsage, "bad label %q in --labels: want k=v[,k=v]", kv)
+		}
+		labels[k] = v
+	}
+	if err := ac.AddNode(c.Context, identity.Node{Name: name, Addr: c.String("addr"), Labels: labels}); err != nil {
+		return fail(exitFailure, err)
+	}
+	fmt.Fprintf(c.App.Writer, "node %s added at %s\n", name, c.String("addr"))
+	return nil
+}
+
+func authExport(c *cli.Context, ac *auth.AdminClient) error {
+	text, err := ac.Export(c.Context, c.String("type"))
+	if err != nil {
+		return fail(exitUsage, err)
+	}
+	fmt.Fprint(c.App.Writer, text)
+	return nil
+}
+
+// authSign makes the host key here, in the CLI, so the authority never
+// sees it; only the public key travels over the admin socket.
+func authSign(c *cli.Context, ac *auth.AdminClient) error {
+	if f := c.String("format"); f != "openssh" {
+		return failf(exitUsage, "auth sign: --format=%s not supported; use --format=openssh", f)
+	}
+	hosts := splitList(c.String("host"))
+	if len(hosts) == 0 {
+		return failf(exitUsage, "auth sign: give the host names with --host=NAME[,NAME]")
+	}
+	out := c.String("out")
+	if out == "" {
+		return failf(exitUsage, "auth sign: give where to write with --out=PREFIX, e.g. /etc/ssh/midfs_host")
+	}
+	alg, err := identity.ParseAlgorithm(c.String("key-algorithm"))
+	if err != nil {
+		return fail(exitUsage, err)
+	}
+	key, err := identity.GenerateKey(alg)
+	if err != nil {
+		return fail(exitFailure, err)
+	}
+	pub, err := ssh.NewPublicKey(key.Public())
+	if err != nil {
+		return fail(exitFailure, err)
+	}
+	cert, err := ac.SignHost(c.Context, string(ssh.MarshalAuthorizedKey(pub)), hosts, c.Duration("ttl"))
+	if err != nil {
+		return fail(exitFailure, err)
+	}
+	block, err := ssh.MarshalPrivateKey(key, "")
+	if err != nil {
+		return fail(exitFailure, err)
+	}
+	priv := pem.EncodeToMemory(block)
+	defer clear(priv)
+	for _, f := range []struct {
+		path string
+		data []byte
+		mode os.FileMode
+	}{
+		{out, priv, 0o600},
+		{out + ".pub", ssh.MarshalAuthorizedKey(pub), 0o644},
+		{out + "-cert.pub", []byte(cert), 0o644},
+	} {
+		if err := writeFileAtomic(f.path, f.data, f.mode); err != nil {
+			return fail(exitFailure, err)
+		}
+	}
+	fmt.Fprintf(c.App.Writer, "wrote %s, %s.pub and %s-cert.pub (host certificate for %s)\n", out, out, out, strings.Join(hosts, ", "))
+	return nil
+}
+
+// writeFileAtomic writes data with mode to a new file beside path and
+// renames it over path, so sshd never reads half a key.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}

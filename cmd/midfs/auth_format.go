@@ -1,0 +1,174 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/identity"
+)
+
+// printResources prints resources as a table (text), YAML documents or a
+// JSON array.
+func printResources(w io.Writer, kind string, res *auth.Resources, format string) error {
+	switch format {
+	case "json":
+		items := res.Items()
+		if items == nil {
+			items = []any{}
+		}
+		b, err := json.MarshalIndent(items, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "%s\n", b)
+		return err
+	case "yaml":
+		var buf bytes.Buffer
+		enc := yaml.NewEncoder(&buf)
+		enc.SetIndent(2)
+		for _, it := range res.Items() {
+			if err := enc.Encode(it); err != nil {
+				return err
+			}
+		}
+		enc.Close()
+		_, err := w.Write(buf.Bytes())
+		return err
+	}
+	var t table
+	switch kind {
+	case auth.KindRole:
+		t.header("Role", "Allowed to login as", "Node Labels", "Access to resources")
+		for _, r := range res.Roles {
+			t.row(r.Metadata.Name, strings.Join(r.Spec.Allow.Logins, ","), formatSelector(r.Spec.Allow.NodeLabels), formatRules(r.Spec.Allow.Rules))
+		}
+	case auth.KindToken:
+		t.header("Token", "Type", "Bot", "Expires", "State")
+		for _, tk := range res.Tokens {
+			expires := "never"
+			if tk.Metadata.Expires != nil {
+				expires = tk.Metadata.Expires.Format(time.RFC3339)
+			}
+			t.row(tk.Metadata.Name, tk.Spec.JoinMethod, tk.Spec.BotName, expires, tokenState(tk))
+		}
+	case auth.KindBot:
+		t.header("Bot", "Roles", "Logins", "Generation", "Status")
+		for _, b := range res.Bots {
+			var logins []string
+			for _, tr := range b.Spec.Traits {
+				if tr.Name == "logins" {
+					logins = tr.Values
+				}
+			}
+			t.row(b.Metadata.Name, strings.Join(b.Spec.Roles, ","), strings.Join(logins, ","), strconv.FormatUint(b.Status.Generation, 10), botState(b))
+		}
+	case auth.KindNode:
+		t.header("Node", "Address", "Labels")
+		for _, n := range res.Nodes {
+			t.row(n.Metadata.Name, n.Spec.Addr, identity.FormatLabels(n.Metadata.Labels))
+		}
+	}
+	_, err := io.WriteString(w, t.String())
+	return err
+}
+
+func tokenState(t auth.TokenResource) string {
+	switch {
+	case t.Status == nil:
+		return "reusable"
+	case t.Status.Used:
+		return "used"
+	case t.Metadata.Expires != nil && !time.Now().Before(*t.Metadata.Expires):
+		return "expired"
+	}
+	return "unused"
+}
+
+func botState(b auth.BotResource) string {
+	switch {
+	case b.Status.Locked != "":
+		return "locked: " + b.Status.Locked
+	case b.Status.Token != "":
+		return "joins with token " + b.Status.Token
+	case b.Status.Generation == 0:
+		return "not joined yet"
+	}
+	return "active"
+}
+
+// formatSelector prints node_labels as tctl does: <all nodes> for '*': '*'.
+func formatSelector(sel auth.Labels) string {
+	if vals, ok := sel["*"]; ok && len(sel) == 1 && len(vals) == 1 && vals[0] == "*" {
+		return "<all nodes>"
+	}
+	keys := make([]string, 0, len(sel))
+	for k := range sel {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + strings.Join(sel[k], "|")
+	}
+	return strings.Join(parts, ",")
+}
+
+// formatRules prints rules as resource:verb,verb like tctl.
+func formatRules(rules []auth.Rule) string {
+	var parts []string
+	for _, r := range rules {
+		for _, res := range r.Resources {
+			parts = append(parts, res+":"+strings.Join(r.Verbs, ","))
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// table prints aligned columns with a dashed line under the header.
+type table struct {
+	rows [][]string
+}
+
+func (t *table) header(cols ...string) {
+	t.rows = append(t.rows, cols)
+	dashes := make([]string, len(cols))
+	t.rows = append(t.rows, dashes)
+}
+
+func (t *table) row(cols ...string) { t.rows = append(t.rows, cols) }
+
+func (t *table) String() string {
+	if len(t.rows) == 0 {
+		return ""
+	}
+	width := make([]int, len(t.rows[0]))
+	for _, r := range t.rows {
+		for i, c := range r {
+			width[i] = max(width[i], len(c))
+		}
+	}
+	var b strings.Builder
+	for n, r := range t.rows {
+		for i, c := range r {
+			if n == 1 {
+				c = strings.Repeat("-", width[i])
+			}
+			if i == len(r)-1 {
+				b.WriteString(c)
+			} else {
+				fmt.Fprintf(&b, "%-*s ", width[i], c)
+			}
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
