@@ -1,0 +1,177 @@
+package joiner_test
+
+// The IAM join through the real agent code: joiner.Join and Agent.Run
+// against auth.Start in test mode, whose STS endpoint is the ststest
+// stand-in that checks SigV4 signatures. AWS credentials come from the
+// environment, as on a machine with AWS_* variables set.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/auth/ststest"
+	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/joiner"
+)
+
+var iamCaller = ststest.Caller{
+	AccessKeyID: "ASIAIAMJOINTEST00001", SecretAccessKey: "iam-join-test-secret/EXAMPLEKEY", SessionToken: "iam-join-session",
+	Account: "111111111111", Arn: "arn:aws:sts::111111111111:assumed-role/midfs-bot/i-0123456789abcdef0",
+}
+
+// iamLog is a log sink safe for the agent's and authority's goroutines.
+type iamLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *iamLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *iamLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startIAMAuthority runs an authority whose STS is a stand-in knowing
+// iamCaller, with the seed guide's iam-token and bot robot.
+func startIAMAuthority(t *testing.T, log *iamLog) (*auth.Server, *ststest.Server) {
+	t.Helper()
+	sts := ststest.Start(iamCaller)
+	t.Cleanup(sts.Close)
+	s, err := auth.Start(context.Background(), auth.Config{
+		DataDir: filepath.Join(t.TempDir(), "auth"), Listen: "127.0.0.1:0", ClusterName: "iam.example",
+		Logger: slog.New(slog.NewTextHandler(log, nil)), STSEndpoint: sts.URL, InsecureTestMode: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	if _, err := s.CreateYAML(ctx, []byte(`kind: token
+version: v2
+metadata:
+  name: iam-token
+spec:
+  roles: [Bot]
+  bot_name: robot
+  join_method: iam
+  allow:
+    - aws_account: "111111111111"
+      aws_arn: "arn:aws:sts::111111111111:assumed-role/midfs-bot/i-*"
+`), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddBot(ctx, auth.BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root"}, TokenName: "iam-token"}); err != nil {
+		t.Fatal(err)
+	}
+	return s, sts
+}
+
+// awsEnv sets test AWS credentials in the environment and nothing else
+// the SDK could pick up.
+func awsEnv(t *testing.T, c ststest.Caller) {
+	dir := t.TempDir()
+	for k, v := range map[string]string{
+		"AWS_ACCESS_KEY_ID": c.AccessKeyID, "AWS_SECRET_ACCESS_KEY": c.SecretAccessKey, "AWS_SESSION_TOKEN": c.SessionToken,
+		"AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", "AWS_PROFILE": "",
+		"AWS_CONFIG_FILE": filepath.Join(dir, "config"), "AWS_SHARED_CREDENTIALS_FILE": filepath.Join(dir, "credentials"),
+	} {
+		t.Setenv(k, v)
+	}
+}
+
+func TestIAMJoinThroughTheAgent(t *testing.T) {
+	log := &iamLog{}
+	s, sts := startIAMAuthority(t, log)
+	awsEnv(t, iamCaller)
+	agent, err := joiner.Join(context.Background(), joiner.Config{
+		AuthServer: s.Addr(), Token: "iam-token", JoinMethod: joiner.MethodIAM, CAPin: s.CAPin(),
+		Logger: slog.New(slog.NewTextHandler(log, nil)), JoinTimeout: 10 * time.Second, RenewInterval: 30 * time.Minute,
+	})
+	if err != nil {
+		t.Fatalf("join: %v\n%s", err, log)
+	}
+	id, _ := agent.Current()
+	cert := sshCertOf(t, id)
+	if cert.KeyId != "bot-robot" || len(cert.ValidPrincipals) != 1 || cert.ValidPrincipals[0] != "root" {
+		t.Errorf("output certificate: key id %q, principals %v", cert.KeyId, cert.ValidPrincipals)
+	}
+
+	// Renewal of an iam bot is a fresh join, with no stored state.
+	ctx, cancel := context.WithCancel(context.Background())
+	published := make(chan *identity.Identity, 4)
+	done := make(chan error, 1)
+	go func() {
+		done <- agent.Run(ctx, func(id *identity.Identity, _ []identity.Node) {
+			select {
+			case published <- id:
+			default:
+			}
+		})
+	}()
+	agent.RenewNow()
+	var next *identity.Identity
+	select {
+	case next = <-published:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no renewal within 30s\n%s", log)
+	}
+	cancel()
+	<-done
+	if sshCertOf(t, next).Serial == cert.Serial && bytes.Equal(sshCertOf(t, next).Key.Marshal(), cert.Key.Marshal()) {
+		t.Error("renewal published the same certificate")
+	}
+	joins := 0
+	for _, r := range sts.Results() {
+		if r.Status == 200 {
+			joins++
+		}
+	}
+	if joins < 2 {
+		t.Errorf("STS verified %d joins, want the first join and the renewal: %+v", joins, sts.Results())
+	}
+	if strings.Contains(log.String(), iamCaller.SecretAccessKey) {
+		t.Error("the AWS secret key appears in a log")
+	}
+}
+
+func TestIAMJoinRefusedByTheAuthorityIsFinal(t *testing.T) {
+	log := &iamLog{}
+	s, _ := startIAMAuthority(t, log)
+	stranger := iamCaller
+	stranger.SecretAccessKey = "not-the-secret-sts-knows"
+	awsEnv(t, stranger)
+	_, err := joiner.Join(context.Background(), joiner.Config{
+		AuthServer: s.Addr(), Token: "iam-token", JoinMethod: joiner.MethodIAM, CAPin: s.CAPin(),
+		Logger: slog.New(slog.NewTextHandler(log, nil)), JoinTimeout: 10 * time.Second,
+	})
+	if !errors.Is(err, joiner.ErrRefused) || !strings.Contains(err.Error(), "IAM join refused (ref ") {
+		t.Fatalf("got %v, want ErrRefused with the authority's line", err)
+	}
+	if !strings.Contains(log.String(), "code=iam_sts_denied") {
+		t.Errorf("authority log lacks the reason:\n%s", log)
+	}
+}
+
+func sshCertOf(t *testing.T, id *identity.Identity) *ssh.Certificate {
+	t.Helper()
+	if id == nil || id.SSHCert == nil {
+		t.Fatal("no identity")
+	}
+	return id.SSHCert
+}
