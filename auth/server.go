@@ -81,6 +81,9 @@ func (s *Server) Addr() string { return s.httpsLn.Addr().String() }
 // AdvertiseAddr is the address printed for clients.
 func (s *Server) AdvertiseAddr() string { return s.advertise }
 
+// DataDir is where the state and the admin socket are.
+func (s *Server) DataDir() string { return s.cfg.DataDir }
+
 // ClusterName is fixed at first start.
 func (s *Server) ClusterName() string { return s.cluster }
 
