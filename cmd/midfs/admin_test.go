@@ -53,7 +53,9 @@ type cliResult struct {
 	err  string
 }
 
-func (r cliResult) String() string { return fmt.Sprintf("exit %d, err %q, out:\n%s", r.code, r.err, r.out) }
+func (r cliResult) String() string {
+	return fmt.Sprintf("exit %d, err %q, out:\n%s", r.code, r.err, r.out)
+}
 
 // runCLI runs the midfs command line in this process, as main would, with
 // --data-dir appended when dataDir is set.
