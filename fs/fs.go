@@ -75,8 +75,9 @@ const (
 const (
 	entryTimeout    = time.Hour
 	negativeTimeout = time.Hour
-	attrTimeout     = 10 * time.Second
 )
+
+var attrTimeout = 10 * time.Second // a variable so tests can watch it expire
 
 // Server is a mounted credential filesystem.
 type Server struct {

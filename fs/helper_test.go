@@ -130,6 +130,8 @@ type serveConfig struct {
 	Readers []Reader
 	Xattrs  map[string]string
 	Nodes   []identity.Node
+	// AttrTimeout, if set, replaces the kernel attribute timeout.
+	AttrTimeout time.Duration
 }
 
 // serveMain mounts and then obeys one command per line on stdin:
@@ -143,6 +145,9 @@ func serveMain() int {
 	if err := json.Unmarshal([]byte(os.Getenv("MIDFS_FSTEST_CONFIG")), &cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "bad config:", err)
 		return 2
+	}
+	if cfg.AttrTimeout > 0 {
+		attrTimeout = cfg.AttrTimeout
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ca, err := newTestCA()

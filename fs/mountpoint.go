@@ -119,8 +119,11 @@ const (
 func probe(dir string) probeResult {
 	done := make(chan error, 1)
 	go func() {
-		var st unix.Stat_t
-		done <- unix.Stat(dir, &st)
+		// statfs, not stat: the kernel answers stat of the root from its
+		// attribute cache for a while after the server died, while statfs
+		// always goes to the server and so sees the dead connection.
+		var st unix.Statfs_t
+		done <- unix.Statfs(dir, &st)
 	}()
 	select {
 	case err := <-done:
