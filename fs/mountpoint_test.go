@@ -1,0 +1,121 @@
+package fs
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// A bad mountpoint gets one clear error that names it and says what to do.
+func TestCheckMountpointErrors(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, []byte("x"), 0o644)
+	cases := []struct {
+		path, want string
+	}{
+		{filepath.Join(dir, "missing"), "does not exist: create it first (mkdir -p " + filepath.Join(dir, "missing") + ")"},
+		{filepath.Join(dir, "missing", "deeper"), "does not exist"},
+		{file, "is not a directory"},
+	}
+	for _, c := range cases {
+		err := CheckMountpoint(c.path)
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("CheckMountpoint(%s) = %v, want one line containing %q", c.path, err, c.want)
+		}
+	}
+	if err := CheckMountpoint(dir); err != nil {
+		t.Errorf("CheckMountpoint on an empty directory: %v", err)
+	}
+}
+
+// A mountpoint a live midfs serves is refused, and left alone.
+func TestCheckMountpointRefusesLiveMount(t *testing.T) {
+	requireRoot(t)
+	s := startServer(t, serveConfig{})
+	err := CheckMountpoint(s.dir)
+	if err == nil || !strings.Contains(err.Error(), "already served by a live FUSE filesystem (fuse.midfs)") {
+		t.Fatalf("CheckMountpoint on a live mount: %v", err)
+	}
+	if cleaned, err := CleanStale(s.dir); cleaned || err != nil {
+		t.Fatalf("CleanStale on a live mount: %v, %v", cleaned, err)
+	}
+	if _, err := os.ReadFile(s.path("key.pub")); err != nil {
+		t.Fatalf("live mount damaged: %v", err)
+	}
+}
+
+// After SIGKILL the mount is dead ("Transport endpoint is not connected");
+// the next check cleans it and a new mount on the same path works.
+func TestDeadMountIsCleanedAndRemounted(t *testing.T) {
+	requireRoot(t)
+	s := startServer(t, serveConfig{})
+	s.kill()
+	var st unix.Stat_t
+	if err := unix.Stat(s.dir, &st); !errors.Is(err, syscall.ENOTCONN) {
+		t.Fatalf("stat after SIGKILL: %v, want ENOTCONN", err)
+	}
+	if err := CheckMountpoint(s.dir); err != nil {
+		t.Fatalf("CheckMountpoint on a dead mount: %v", err)
+	}
+	if _, ok := findMount(s.dir); ok {
+		t.Fatal("dead mount still in the mount table")
+	}
+	s2 := startServer(t, serveConfig{Dir: s.dir})
+	if _, err := os.ReadFile(s2.path("key")); err != nil {
+		t.Fatalf("remount on the same path: %v", err)
+	}
+}
+
+// A midfs whose server stops answering is aborted and unmounted.
+func TestHungMountIsAbortedAndCleaned(t *testing.T) {
+	requireRoot(t)
+	if testing.Short() {
+		t.Skip("waits for the hang timeout")
+	}
+	s := startServer(t, serveConfig{})
+	s.cmd.Process.Signal(syscall.SIGSTOP)
+	defer s.kill()
+	cleaned, err := CleanStale(s.dir)
+	if err != nil || !cleaned {
+		t.Fatalf("CleanStale on a hung mount: %v, %v", cleaned, err)
+	}
+	if _, ok := findMount(s.dir); ok {
+		t.Fatal("hung mount still in the mount table")
+	}
+}
+
+// Unmount succeeds even while a reader holds a file open: the mount is
+// detached and its connection ended, so nothing stale is left.
+func TestUnmountWithOpenFiles(t *testing.T) {
+	requireRoot(t)
+	s := startServer(t, serveConfig{})
+	r := startReader(t, s.dir, "")
+	if got := r.do("open key"); got != "ok" {
+		t.Fatal(got)
+	}
+	if got := s.do("quit"); got != "bye" {
+		t.Fatalf("quit: %s\n%s", got, s.stderr)
+	}
+	s.cmd.Wait()
+	if _, ok := findMount(s.dir); ok {
+		t.Fatal("mount left behind")
+	}
+	if got := r.do("read key"); !strings.HasPrefix(got, "err ") {
+		t.Errorf("read of a handle on an unmounted tree: %.30s", got)
+	}
+}
+
+func TestUnescapeMountinfo(t *testing.T) {
+	if got := unescapeMount(`/tmp/a\040b\134c`); got != `/tmp/a b\c` {
+		t.Errorf("unescape: %q", got)
+	}
+	if got := unescapeMount(`/x\04`); got != `/x\04` {
+		t.Errorf("short escape: %q", got)
+	}
+}
