@@ -108,19 +108,19 @@ func (c Config) withDefaults() (Config, error) {
 		return c, &kindError{kind: ErrConfig, msg: fmt.Sprintf(format, args...)}
 	}
 	if _, _, err := net.SplitHostPort(c.AuthServer); err != nil {
-		return bad("bad auth server address %q: want HOST:PORT, e.g. auth.example.com:3025", c.AuthServer)
+		return bad("bad --auth-server %q: want HOST:PORT, e.g. auth.example.com:3025", c.AuthServer)
 	}
 	if c.JoinMethod != MethodToken && c.JoinMethod != MethodIAM {
-		return bad("unknown join method %q: want token or iam", c.JoinMethod)
+		return bad("bad --join-method %q: want token or iam", c.JoinMethod)
 	}
 	if _, err := identity.ParseAlgorithm(string(c.Algorithm)); err != nil {
 		return bad("%v", err)
 	}
 	if c.CertTTL < 0 || c.RenewInterval < 0 || c.NodesInterval < 0 || c.JoinTimeout < 0 {
-		return bad("durations must be positive")
+		return bad("--certificate-ttl, --renewal-interval and --join-timeout must be positive")
 	}
 	if c.RenewInterval >= c.CertTTL {
-		return bad("renewal interval %v must be shorter than the certificate TTL %v, or credentials expire before they are renewed", c.RenewInterval, c.CertTTL)
+		return bad("--renewal-interval %v must be shorter than --certificate-ttl %v, or the credentials expire before they are renewed", c.RenewInterval, c.CertTTL)
 	}
 	if c.CAPin != "" {
 		if _, err := parsePins(c.CAPin); err != nil {

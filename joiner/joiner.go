@@ -228,10 +228,10 @@ func (a *Agent) renewFailed(err error, now, next time.Time, d time.Duration, fai
 	exp := a.status.Expires
 	a.mu.Unlock()
 	if !now.Before(exp) {
-		a.log.Error("renewal failed and the served identity has expired", "error", err, "expired", exp.Format(time.RFC3339), "retry_in", d.Round(time.Millisecond), "failures", failures)
+		a.log.Error("renewal failed and the served identity has expired", "error", err, "expired", exp.Format(time.RFC3339), "retry_in", d.Round(time.Millisecond).String(), "failures", failures)
 		return
 	}
-	a.log.Warn("renewal failed; still serving the current identity", "error", err, "expires", exp.Format(time.RFC3339), "retry_in", d.Round(time.Millisecond), "failures", failures)
+	a.log.Warn("renewal failed; still serving the current identity", "error", err, "expires", exp.Format(time.RFC3339), "retry_in", d.Round(time.Millisecond).String(), "failures", failures)
 }
 
 // backoff is 1s, 2s, 4s... capped at a minute and at the renewal interval,
@@ -533,7 +533,7 @@ func (a *Agent) retry(ctx context.Context, deadline time.Time, op func(context.C
 				"%v; gave up after %v (--join-timeout): check the address and that the authority is running", err, a.cfg.JoinTimeout)}
 		}
 		d := min(delay/2+rand.N(delay/2+1), left)
-		a.log.Warn("authority not reachable yet; retrying", "error", err, "attempt", attempt, "retry_in", d.Round(time.Millisecond))
+		a.log.Warn("authority not reachable yet; retrying", "error", err, "attempt", attempt, "retry_in", d.Round(time.Millisecond).String())
 		t := a.clock.NewTimer(d)
 		select {
 		case <-ctx.Done():

@@ -1,6 +1,401 @@
 package main
 
-import "github.com/urfave/cli/v2"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/fs"
+	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/joiner"
+)
 
 // agentCommands are the commands of the agent: mount and ls.
-func agentCommands() []*cli.Command { return nil }
+func agentCommands() []*cli.Command {
+	return []*cli.Command{mountCommand(), lsCommand()}
+}
+
+// XattrAuthServer on the mount's root names the authority that issued the
+// tree, so that `midfs ls` finds it without being told.
+const XattrAuthServer = "user.midfs.auth_server"
+
+// defaultDataDir is where the embedded authority keeps its state.
+const defaultDataDir = "/var/lib/midfs"
+
+func mountCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "mount",
+		Usage:     "join the authority and serve this machine's identity as a read-only FUSE mount",
+		ArgsUsage: "MOUNTPOINT",
+		Description: "Joins the authority (--auth-server, --token, --ca-pin), keeps the credentials in memory,\n" +
+			"serves them at MOUNTPOINT and renews them until SIGINT or SIGTERM (SIGHUP renews now).\n" +
+			"Without --auth-server an authority runs inside this process, with its state in --data-dir.\n" +
+			"Exit codes: 3 usage, 10 mountpoint, 11 join refused, 12 CA pin, 13 unreachable, 14 FUSE, 15 authority.",
+		Flags:  mountFlags(),
+		Action: runMount,
+	}
+}
+
+// mountFlags is every flag of `midfs mount` in one place; the service
+// side (--config, --diag-addr) and the IAM join (--fips) add theirs here.
+func mountFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "auth-server", Usage: "`HOST:PORT` of the authority; without it, an authority runs inside this process"},
+		&cli.StringFlag{Name: "token", Usage: "join `TOKEN` printed by `midfs bots add` (for --join-method=iam: the iam token's name); not needed to restart from a stored bot identity"},
+		&cli.StringFlag{Name: "join-method", Value: joiner.MethodToken, Usage: "`METHOD`: token or iam"},
+		&cli.BoolFlag{Name: "fips", Usage: "with --join-method=iam: sign for AWS's FIPS STS endpoints (sts-fips.REGION.amazonaws.com)"},
+		&cli.StringFlag{Name: "ca-pin", Usage: "`sha256:HEX` of the authority's CA, as `midfs status` prints it; checked before the token is sent"},
+		&cli.StringFlag{Name: "owner", Usage: "`USER[:GROUP]` owning the tree (default: the user running midfs)"},
+		&cli.StringSliceFlag{Name: "reader", Aliases: []string{"readers"}, Usage: "`USER or @GROUP` that may also open key and identity (repeatable)"},
+		&cli.DurationFlag{Name: "certificate-ttl", Value: joiner.DefaultCertTTL, Usage: "lifetime of the served credentials (the authority caps it at 24h)"},
+		&cli.DurationFlag{Name: "renewal-interval", Value: joiner.DefaultRenewInterval, Usage: "how often the credentials are renewed; shorter than --certificate-ttl"},
+		&cli.DurationFlag{Name: "join-timeout", Value: joiner.DefaultJoinTimeout, Usage: "how long to keep retrying an unreachable authority at start before giving up"},
+		&cli.StringFlag{Name: "storage", Value: "keyring", Usage: "where the renewable bot identity survives a restart: keyring (kernel user keyring: never on disk, gone at reboot), memory (a restart needs a new token), or dir:`PATH` (a 0600 file: the bot's key on disk)"},
+		&cli.StringFlag{Name: "key-algorithm", Value: string(identity.DefaultAlgorithm), Usage: "`ALG` of every key: ecdsa, ed25519 or rsa"},
+		&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Usage: "`DIR` of the embedded authority's state (only without --auth-server)"},
+		&cli.BoolFlag{Name: "debug-fuse", Usage: "log every FUSE request at debug level"},
+	}
+}
+
+// mountPlan is what the flags ask for, checked before anything happens.
+type mountPlan struct {
+	dir      string // absolute mountpoint
+	uid, gid uint32
+	readers  []fs.Reader
+	embedded bool   // no --auth-server: run the authority in this process
+	dataDir  string // of the embedded authority
+	storage  string
+	debug    bool
+	join     joiner.Config
+}
+
+// parseMount reads and checks every flag; errors are usage errors, and
+// nothing has been touched yet.
+func parseMount(c *cli.Context, mountpoint string) (*mountPlan, error) {
+	if mountpoint == "" {
+		return nil, failf(exitUsage, "give the MOUNTPOINT, e.g. `midfs mount /opt/machine-id --auth-server=HOST:3025 --token=TOKEN --ca-pin=sha256:...`")
+	}
+	if c.NArg() > 1 {
+		return nil, failf(exitUsage, "mount takes one MOUNTPOINT, got %q", c.Args().Slice())
+	}
+	dir, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return nil, failf(exitUsage, "bad mountpoint %q: %v", mountpoint, err)
+	}
+	p := &mountPlan{dir: dir, dataDir: c.String("data-dir"), storage: c.String("storage"), debug: c.Bool("debug-fuse")}
+	if p.uid, p.gid, err = parseOwner(c.String("owner")); err != nil {
+		return nil, fail(exitUsage, err)
+	}
+	for _, r := range c.StringSlice("reader") {
+		rd, err := parseReader(r)
+		if err != nil {
+			return nil, fail(exitUsage, err)
+		}
+		p.readers = append(p.readers, rd)
+	}
+	alg, err := identity.ParseAlgorithm(c.String("key-algorithm"))
+	if err != nil {
+		return nil, failf(exitUsage, "bad --key-algorithm: %v", err)
+	}
+	p.join = joiner.Config{
+		AuthServer:    c.String("auth-server"),
+		Token:         c.String("token"),
+		JoinMethod:    c.String("join-method"),
+		FIPS:          c.Bool("fips"),
+		CAPin:         c.String("ca-pin"),
+		Algorithm:     alg,
+		CertTTL:       c.Duration("certificate-ttl"),
+		RenewInterval: c.Duration("renewal-interval"),
+		JoinTimeout:   c.Duration("join-timeout"),
+		Logger:        slog.Default(),
+	}
+	if p.join.AuthServer == "" {
+		p.embedded = true
+		for _, f := range []string{"token", "ca-pin"} {
+			if c.IsSet(f) {
+				return nil, failf(exitUsage, "--%s needs --auth-server: without it midfs runs its own authority and joins it by itself", f)
+			}
+		}
+		if p.join.JoinMethod != joiner.MethodToken {
+			return nil, failf(exitUsage, "--join-method=%s needs --auth-server", p.join.JoinMethod)
+		}
+		p.join.AuthServer = "127.0.0.1:1" // placeholder for Validate; the real port is known once the authority listens
+	}
+	if p.join.FIPS && p.join.JoinMethod != joiner.MethodIAM {
+		return nil, failf(exitUsage, "--fips applies only to --join-method=iam")
+	}
+	if err := p.join.Validate(); err != nil {
+		return nil, failf(exitUsage, "%v", err)
+	}
+	if _, err := joiner.OpenStore(p.storage, "check"); err != nil && !p.embedded {
+		return nil, failf(exitUsage, "%v", err)
+	}
+	return p, nil
+}
+
+// parseOwner reads USER[:GROUP] (names or numbers); empty means the
+// running user and group. A user alone brings its primary group.
+func parseOwner(s string) (uid, gid uint32, err error) {
+	if s == "" {
+		return uint32(os.Getuid()), uint32(os.Getgid()), nil
+	}
+	name, group, hasGroup := strings.Cut(s, ":")
+	uid, primary, err := lookupUser(name)
+	if err != nil {
+		return 0, 0, fmt.Errorf("bad --owner %q: %v", s, err)
+	}
+	gid = primary
+	if hasGroup {
+		if gid, err = lookupGroup(group); err != nil {
+			return 0, 0, fmt.Errorf("bad --owner %q: %v", s, err)
+		}
+	}
+	return uid, gid, nil
+}
+
+// parseReader reads USER or @GROUP (names or numbers).
+func parseReader(s string) (fs.Reader, error) {
+	if g, ok := strings.CutPrefix(s, "@"); ok {
+		gid, err := lookupGroup(g)
+		if err != nil {
+			return fs.Reader{}, fmt.Errorf("bad --reader %q: %v", s, err)
+		}
+		return fs.Reader{GID: gid, IsGroup: true}, nil
+	}
+	uid, _, err := lookupUser(s)
+	if err != nil {
+		return fs.Reader{}, fmt.Errorf("bad --reader %q: %v (write @NAME for a group)", s, err)
+	}
+	return fs.Reader{UID: uid}, nil
+}
+
+// lookupUser finds a user by name or number. A number need not exist in
+// /etc/passwd (containers and LDAP-less hosts); its primary group is then
+// the same number.
+func lookupUser(s string) (uid, gid uint32, err error) {
+	if s == "" {
+		return 0, 0, errors.New("empty user name")
+	}
+	u, lerr := user.Lookup(s)
+	if lerr != nil {
+		u, lerr = user.LookupId(s)
+	}
+	if lerr != nil {
+		n, perr := strconv.ParseUint(s, 10, 32)
+		if perr != nil {
+			return 0, 0, fmt.Errorf("no user %q on this machine", s)
+		}
+		return uint32(n), uint32(n), nil
+	}
+	uid64, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid64, _ := strconv.ParseUint(u.Gid, 10, 32)
+	return uint32(uid64), uint32(gid64), nil
+}
+
+func lookupGroup(s string) (uint32, error) {
+	if s == "" {
+		return 0, errors.New("empty group name")
+	}
+	g, err := user.LookupGroup(s)
+	if err != nil {
+		g, err = user.LookupGroupId(s)
+	}
+	if err != nil {
+		n, perr := strconv.ParseUint(s, 10, 32)
+		if perr != nil {
+			return 0, fmt.Errorf("no group %q on this machine", s)
+		}
+		return uint32(n), nil
+	}
+	n, _ := strconv.ParseUint(g.Gid, 10, 32)
+	return uint32(n), nil
+}
+
+// runMount: flags, mountpoint check, join, mount, renew until a signal.
+// Nothing half-done: whatever fails after the mount unmounts it.
+func runMount(c *cli.Context) error {
+	log := slog.Default()
+	svc := serviceOf(c)
+	p, err := parseMount(c, svc.mountpoint(c))
+	if err != nil {
+		return err
+	}
+	// Before joining: a bad mountpoint must not cost a one-time token.
+	if err := fs.CheckMountpoint(p.dir); err != nil {
+		return fail(exitMountPoint, err)
+	}
+	// Before the first key exists.
+	harden(log)
+
+	// Signals from the start: SIGTERM while joining stops cleanly, and a
+	// SIGHUP that arrives early must not kill the process (its default).
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	if p.embedded {
+		authority, err := startEmbedded(ctx, p, svc)
+		if err != nil {
+			return err
+		}
+		defer authority.Close()
+	} else {
+		store, err := joiner.OpenStore(p.storage, joiner.StoreName(p.join.AuthServer, p.dir))
+		if err != nil {
+			return failf(exitUsage, "%v", err)
+		}
+		p.join.Store = store
+	}
+
+	agent, err := joiner.Join(ctx, p.join)
+	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped before mounting")
+			return nil
+		}
+		return joinFailure(err)
+	}
+	id, nodes := agent.Current()
+	st := agent.Status()
+	srv, err := fs.Mount(fs.Options{
+		Dir: p.dir, UID: p.uid, GID: p.gid, Readers: p.readers,
+		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer},
+		Logger: log, OnOpen: svc.onOpen, Debug: p.debug,
+	}, &fs.Snapshot{Identity: id, Nodes: nodes})
+	if err != nil {
+		return failf(exitFUSE, "%v", err)
+	}
+	unmounted := make(chan struct{})
+	go func() { srv.Wait(); close(unmounted) }()
+	defer func() {
+		if err := srv.Unmount(); err != nil {
+			log.Error("unmount failed", "dir", p.dir, "error", err)
+		}
+	}()
+
+	svc.watchAgent(func() agentStatus { return agentStatusOf(agent.Status()) })
+	runCtx, stopRun := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		agent.Run(runCtx, func(id *identity.Identity, nodes []identity.Node) {
+			srv.Publish(&fs.Snapshot{Identity: id, Nodes: nodes})
+		})
+	}()
+	defer func() { stopRun(); <-ran }()
+
+	if err := svc.mounted(p.dir); err != nil {
+		return failf(exitFUSE, "%v", err)
+	}
+	log.Info("mounted", "dir", p.dir, "bot", st.BotName, "cluster", st.ClusterName,
+		"expires", st.Expires.Format(time.RFC3339), "nodes", len(nodes), "auth_server", p.join.AuthServer)
+
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("stopping: unmounting", "dir", p.dir)
+			svc.stopping()
+			return nil
+		case <-unmounted:
+			log.Warn("unmounted from outside; stopping", "dir", p.dir)
+			svc.stopping()
+			return nil
+		case <-hup:
+			log.Info("SIGHUP: renewing now")
+			agent.RenewNow()
+		}
+	}
+}
+
+// joinFailure maps the joiner's error kinds to exit codes.
+func joinFailure(err error) error {
+	switch {
+	case errors.Is(err, joiner.ErrConfig):
+		return failf(exitUsage, "%v", err)
+	case errors.Is(err, joiner.ErrRefused):
+		return failf(exitJoinRefused, "%v", err)
+	case errors.Is(err, joiner.ErrPinMismatch):
+		return failf(exitCAPin, "%v", err)
+	case errors.Is(err, joiner.ErrUnreachable):
+		return failf(exitUnreachable, "%v", err)
+	}
+	return failf(exitFailure, "%v", err)
+}
+
+// agentStatusOf adapts the joiner's status for diagnostics.
+func agentStatusOf(st joiner.Status) agentStatus {
+	a := agentStatus{
+		Expires: st.Expires, LastRenewal: st.LastRenewal, LastAttempt: st.LastRenewal,
+		Renewals: st.Renewals, Failures: st.RenewalsFailed,
+	}
+	if st.LastErrorAt.After(a.LastAttempt) {
+		a.LastAttempt = st.LastErrorAt
+	}
+	if st.Failing {
+		a.LastError = st.LastError
+	}
+	return a
+}
+
+// startEmbedded runs an authority in this process, makes (or refreshes) a
+// bot for this machine and points the join at it over loopback. The bot
+// joins with a fresh token at every start, so nothing is stored.
+func startEmbedded(ctx context.Context, p *mountPlan, svc *service) (*auth.Server, error) {
+	s, err := auth.Start(ctx, auth.Config{
+		DataDir: p.dataDir, Listen: "127.0.0.1:0", Version: version,
+		Logger: slog.Default().With("component", "auth"), Metrics: svc.metrics(),
+	})
+	if err != nil {
+		return nil, failf(exitAuthority, "cannot start the embedded authority in %s: %v (to use another authority, give --auth-server)", p.dataDir, err)
+	}
+	login := "root"
+	if u, err := user.Current(); err == nil {
+		login = u.Username
+	}
+	name := machineBotName()
+	tok, err := s.AddBot(ctx, auth.BotSpec{Name: name, Roles: []string{"access"}, Logins: []string{login}, Replace: true})
+	if err != nil {
+		s.Close()
+		return nil, failf(exitAuthority, "embedded authority: cannot make bot %s: %v", name, err)
+	}
+	p.join.AuthServer, p.join.CAPin, p.join.Token = s.Addr(), s.CAPin(), tok.Token
+	p.join.Store = joiner.MemoryStore()
+	slog.Info("embedded authority started", "data_dir", p.dataDir, "cluster", s.ClusterName(), "bot", name, "login", login, "ca_pin", s.CAPin())
+	return s, nil
+}
+
+// machineBotName is the hostname made into a valid bot name.
+func machineBotName() string {
+	h, _ := os.Hostname()
+	var b strings.Builder
+	for _, r := range strings.ToLower(h) {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '.', r == '_':
+			b.WriteRune(r)
+		default:
+			b.WriteRune('-')
+		}
+	}
+	name := strings.TrimLeft(b.String(), "-._")
+	if name == "" {
+		return "machine"
+	}
+	if len(name) > 128 {
+		name = name[:128]
+	}
+	return name
+}

@@ -1,0 +1,372 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/fs"
+	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/joiner"
+)
+
+// TestMain lets tests run this test binary as the midfs binary (and as the
+// mount probe it starts): a child with MIDFS_TEST_MAIN=1 runs main's run.
+func TestMain(m *testing.M) {
+	if os.Getenv("MIDFS_TEST_MAIN") == "1" || filepath.Base(os.Args[0]) == probeArgv0 {
+		os.Exit(run(os.Args))
+	}
+	os.Exit(m.Run())
+}
+
+// parseMountArgs parses a mount command line as main would (flags after
+// the mountpoint included) and returns the plan, without running it.
+func parseMountArgs(t *testing.T, args ...string) (*mountPlan, error) {
+	t.Helper()
+	app := newApp()
+	var plan *mountPlan
+	var perr error
+	findCommand(app.Commands, "mount").Action = func(c *cli.Context) error {
+		plan, perr = parseMount(c, c.Args().First())
+		return nil
+	}
+	if err := app.Run(permuteArgs(app, append([]string{"midfs", "mount"}, args...))); err != nil {
+		t.Fatalf("parse %q: %v", args, err)
+	}
+	return plan, perr
+}
+
+func TestMountFlagsAfterMountpoint(t *testing.T) {
+	pin := "sha256:" + strings.Repeat("ab", 32)
+	p, err := parseMountArgs(t, "/opt/machine-id", "--auth-server=auth.example.com:3025", "--token", "tok",
+		"--ca-pin="+pin, "--owner=0:0", "--reader=1234", "--reader", "@0", "--certificate-ttl=2h",
+		"--renewal-interval", "30m", "--storage=memory", "--key-algorithm=ed25519", "--join-timeout=5s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := p.join
+	if p.dir != "/opt/machine-id" || p.embedded || j.AuthServer != "auth.example.com:3025" || j.Token != "tok" || j.CAPin != pin {
+		t.Errorf("plan %+v", p)
+	}
+	if j.CertTTL != 2*time.Hour || j.RenewInterval != 30*time.Minute || j.JoinTimeout != 5*time.Second || j.Algorithm != identity.Ed25519 {
+		t.Errorf("durations or algorithm: %+v", j)
+	}
+	want := []fs.Reader{{UID: 1234}, {GID: 0, IsGroup: true}}
+	if !slices.Equal(p.readers, want) || p.uid != 0 || p.gid != 0 || p.storage != "memory" {
+		t.Errorf("owner %d:%d readers %+v storage %q", p.uid, p.gid, p.readers, p.storage)
+	}
+}
+
+func TestMountDefaultsToEmbeddedAuthority(t *testing.T) {
+	p, err := parseMountArgs(t, "mnt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cwd, _ := os.Getwd()
+	if !p.embedded || p.dataDir != "/var/lib/midfs" || p.dir != filepath.Join(cwd, "mnt") {
+		t.Errorf("plan %+v", p)
+	}
+	if p.uid != uint32(os.Getuid()) || p.gid != uint32(os.Getgid()) {
+		t.Errorf("owner %d:%d, want the running user", p.uid, p.gid)
+	}
+}
+
+func TestMountRefusesBadFlags(t *testing.T) {
+	pin := "--ca-pin=sha256:" + strings.Repeat("ab", 32)
+	for _, args := range [][]string{
+		{},                 // no mountpoint
+		{"a", "b"},         // two mountpoints
+		{"m", "--token=x"}, // token without --auth-server
+		{"m", "--auth-server=h:1", "--ca-pin=sha1:00"},
+		{"m", "--auth-server=nohostport"},
+		{"m", "--auth-server=h:1", pin, "--renewal-interval=2h"},
+		{"m", "--auth-server=h:1", pin, "--storage=disk"},
+		{"m", "--auth-server=h:1", pin, "--key-algorithm=dsa"},
+		{"m", "--auth-server=h:1", pin, "--owner=no-such-user-here"},
+		{"m", "--auth-server=h:1", pin, "--reader=@no-such-group-here"},
+		{"m", "--auth-server=h:1", pin, "--join-method=kerberos"},
+	} {
+		_, err := parseMountArgs(t, args...)
+		var e *exitError
+		if !errors.As(err, &e) || e.code != exitUsage || strings.Contains(err.Error(), "\n") {
+			t.Errorf("mount %q: %v; want one line and exit %d", args, err, exitUsage)
+		}
+	}
+}
+
+// botToken makes a bot on s and returns its one-time token.
+func botToken(t *testing.T, s *auth.Server) string {
+	t.Helper()
+	tok, err := s.AddBot(context.Background(), auth.BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root"}, Replace: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok.Token
+}
+
+// tokenStillWorks proves that nothing joined with token.
+func tokenStillWorks(t *testing.T, s *auth.Server, token string) {
+	t.Helper()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	_, err := joiner.Join(context.Background(), joiner.Config{AuthServer: s.Addr(), Token: token, CAPin: s.CAPin(), Logger: quiet})
+	if err != nil {
+		t.Errorf("the token no longer works (%v): the failed mount must not have joined", err)
+	}
+}
+
+func TestMountBadMountpointJoinsNothing(t *testing.T) {
+	s := startAuth(t)
+	token := botToken(t, s)
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o644)
+	for _, dir := range []string{filepath.Join(t.TempDir(), "missing"), file} {
+		r := runCLI(t, "", "mount", dir, "--auth-server="+s.Addr(), "--token="+token, "--ca-pin="+s.CAPin(), "--storage=memory")
+		if r.code != exitMountPoint || !strings.Contains(r.err, dir) {
+			t.Errorf("mount %s: %s; want exit %d naming the path", dir, r, exitMountPoint)
+		}
+	}
+	tokenStillWorks(t, s, token)
+}
+
+func TestMountWrongPinJoinsNothing(t *testing.T) {
+	s, other := startAuth(t), startAuth(t)
+	token := botToken(t, s)
+	r := runCLI(t, "", "mount", t.TempDir(), "--auth-server="+s.Addr(), "--token="+token, "--ca-pin="+other.CAPin(), "--storage=memory")
+	if r.code != exitCAPin || !strings.Contains(r.err, "CA pin mismatch") {
+		t.Errorf("wrong pin: %s", r)
+	}
+	tokenStillWorks(t, s, token)
+}
+
+func TestMountUsedTokenRefused(t *testing.T) {
+	s := startAuth(t)
+	token := botToken(t, s)
+	tokenStillWorks(t, s, token) // uses it
+	r := runCLI(t, "", "mount", t.TempDir(), "--auth-server="+s.Addr(), "--token="+token, "--ca-pin="+s.CAPin(), "--storage=memory")
+	if r.code != exitJoinRefused || r.err != "join refused: join token is invalid, expired or already used" {
+		t.Errorf("used token: %s", r)
+	}
+}
+
+// agentProc is `midfs mount` running as a child process.
+type agentProc struct {
+	cmd    *exec.Cmd
+	stderr *bytes.Buffer
+	exited chan error
+}
+
+// startAgent runs `midfs mount dir args...`.
+func startAgent(t *testing.T, dir string, args ...string) *agentProc {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, append([]string{"mount", dir, "--log-format=text", "--log-level=debug"}, args...)...)
+	cmd.Env = append(os.Environ(), "MIDFS_TEST_MAIN=1")
+	a := &agentProc{cmd: cmd, stderr: &bytes.Buffer{}, exited: make(chan error, 1)}
+	cmd.Stderr = a.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { a.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		err := <-a.exited
+		a.exited <- err
+		fs.CleanStale(dir) // a killed agent leaves a dead mount that TempDir cannot remove
+		if t.Failed() {
+			t.Logf("agent log:\n%s", a.stderr)
+		}
+	})
+	return a
+}
+
+// waitMounted waits until dir serves the tree, or fails if the agent exits.
+func (a *agentProc) waitMounted(t *testing.T, dir string) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, identity.FileSSHCert)); err == nil {
+			return
+		}
+		select {
+		case err := <-a.exited:
+			a.exited <- err
+			t.Fatalf("agent exited before mounting (%v): %s", err, a.stderr)
+		case <-deadline:
+			t.Fatalf("%s not mounted after 30s", dir)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (a *agentProc) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case err := <-a.exited:
+		a.exited <- err
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent did not exit within 30s")
+	}
+	return -1
+}
+
+func isMounted(dir string) bool {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
+			return true
+		}
+	}
+	return false
+}
+
+func listDir(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func requireFUSE(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for FUSE mounts with allow_other")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
+}
+
+// The whole agent lifetime against a real authority: mount, ls, SIGHUP,
+// SIGKILL (stale mount cleaned up by the next mount, which restarts from
+// the stored bot identity without a token), SIGTERM (unmounted, exit 0).
+func TestMountLifecycle(t *testing.T) {
+	requireFUSE(t)
+	s := startAuth(t)
+	if err := s.AddNode(context.Background(), identity.Node{Name: "web", Addr: "127.0.0.1:3022", Labels: map[string]string{"env": "prod"}}); err != nil {
+		t.Fatal(err)
+	}
+	token := botToken(t, s)
+	dir := t.TempDir()
+	store := t.TempDir()
+	common := []string{"--auth-server=" + s.Addr(), "--storage=dir:" + store}
+
+	a := startAgent(t, dir, append([]string{"--token=" + token, "--ca-pin=" + s.CAPin()}, common...)...)
+	a.waitMounted(t, dir)
+	var want []string
+	for _, f := range identity.Files {
+		want = append(want, f.Name)
+	}
+	if got := listDir(t, dir); !slices.Equal(got, want) {
+		t.Errorf("tree %v, want %v", got, want)
+	}
+	r := runCLI(t, "", "ls", "--mount", dir)
+	if r.code != 0 || !strings.Contains(r.out, "Node Name") || !strings.Contains(r.out, "web") || !strings.Contains(r.out, "env=prod") {
+		t.Errorf("midfs ls: %s", r)
+	}
+
+	// Read through new processes: the mount keeps one process on the
+	// generation it has been reading (fs per-process affinity).
+	readKey := func() []byte {
+		b, _ := exec.Command("cat", filepath.Join(dir, identity.FileSSHPub)).Output()
+		return b
+	}
+	key1 := readKey()
+	a.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		key2 := readKey()
+		if len(key2) > 0 && !bytes.Equal(key1, key2) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("SIGHUP did not renew the identity (key.pub unchanged after 20s)")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// SIGKILL leaves a dead mount; the next mount cleans it up and, with
+	// no token at all, restarts from the stored bot identity.
+	a.cmd.Process.Kill()
+	a.wait(t)
+	b := startAgent(t, dir, common...)
+	b.waitMounted(t, dir)
+	if got := listDir(t, dir); len(got) != len(want) {
+		t.Errorf("after restart: tree %v", got)
+	}
+
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	if code := b.wait(t); code != 0 {
+		t.Errorf("exit %d after SIGTERM, want 0", code)
+	}
+	if isMounted(dir) {
+		t.Error("still mounted after SIGTERM")
+	}
+}
+
+// Without --auth-server the agent runs its own authority; the admin
+// commands work against its data dir while it runs.
+func TestMountEmbeddedAuthority(t *testing.T) {
+	requireFUSE(t)
+	dir, data := t.TempDir(), filepath.Join(t.TempDir(), "state")
+	a := startAgent(t, dir, "--data-dir="+data)
+	a.waitMounted(t, dir)
+	if got := listDir(t, dir); len(got) != len(identity.Files) {
+		t.Errorf("tree %v", got)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, identity.FileSSHCert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey(b)
+	cert, ok := pub.(*ssh.Certificate)
+	if err != nil || !ok {
+		t.Fatalf("key-cert.pub %q: %v", b, err)
+	}
+	me, _ := user.Current()
+	if host, _ := os.Hostname(); cert.KeyId != "bot-"+machineBotName() || !slices.Contains(cert.ValidPrincipals, me.Username) {
+		t.Errorf("certificate of host %s: key id %q principals %v; want bot-%s and login %s", host, cert.KeyId, cert.ValidPrincipals, machineBotName(), me.Username)
+	}
+	r := runCLI(t, data, "auth", "export", "--type=user")
+	if r.code != 0 || !strings.HasPrefix(r.out, "ecdsa-sha2-nistp256 ") {
+		t.Errorf("auth export against the embedded authority: %s", r)
+	}
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	if code := a.wait(t); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+	if isMounted(dir) {
+		t.Error("still mounted after SIGTERM")
+	}
+}
