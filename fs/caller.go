@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"strconv"
+	"sync"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -77,12 +78,22 @@ func (s *Server) reportOpen(ctx context.Context, n *fileNode, c *fuse.Caller, re
 }
 
 // threadGroup maps the thread id the kernel sends to its process id (thread
-// group id), so all threads of a process share one pin. Most readers are
-// single-threaded, and pidfd_open succeeds only for a thread-group leader,
-// which answers those with one cheap syscall; others need /proc.
+// group id), so all threads of a process share one pin. pidfd_open succeeds
+// only for a thread-group leader, which answers single-threaded readers
+// (ssh, cat, openssl) with one cheap syscall. Other threads (Go programs
+// read from whatever thread runs the goroutine) are looked up in
+// /proc/<tid>/status once and remembered; a remembered answer is checked
+// with one stat of /proc/<tgid>/task/<tid>, which exists exactly while that
+// thread belongs to that process, so a reused tid is never misattributed.
 func threadGroup(tid uint32) uint32 {
 	if tid == 0 {
 		return 0
+	}
+	if tgid, ok := tgids.get(tid); ok {
+		var st unix.Stat_t
+		if unix.Stat("/proc/"+strconv.FormatUint(uint64(tgid), 10)+"/task/"+strconv.FormatUint(uint64(tid), 10), &st) == nil {
+			return tgid
+		}
 	}
 	if fd, err := unix.PidfdOpen(int(tid), 0); err == nil {
 		unix.Close(fd)
@@ -92,7 +103,34 @@ func threadGroup(tid uint32) uint32 {
 	if !ok {
 		return 0
 	}
+	tgids.put(tid, st.tgid)
 	return st.tgid
+}
+
+// tgidCache remembers the thread group of threads that are not leaders.
+type tgidCache struct {
+	mu sync.Mutex
+	m  map[uint32]uint32
+}
+
+const maxTGIDCache = 4096
+
+var tgids = tgidCache{m: make(map[uint32]uint32)}
+
+func (c *tgidCache) get(tid uint32) (uint32, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.m[tid]
+	return v, ok
+}
+
+func (c *tgidCache) put(tid, tgid uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= maxTGIDCache {
+		clear(c.m) // entries are cheap to relearn; stale ones are never trusted anyway
+	}
+	c.m[tid] = tgid
 }
 
 type procStatus struct {

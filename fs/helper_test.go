@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,7 +46,9 @@ func TestMain(m *testing.M) {
 	case "reader":
 		os.Exit(readerMain())
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	runBenchCleanup()
+	os.Exit(code)
 }
 
 // testCA signs test identities the way the authority would.
@@ -130,6 +133,8 @@ type serveConfig struct {
 	Readers []Reader
 	Xattrs  map[string]string
 	Nodes   []identity.Node
+	Debug   bool
+	Quiet   bool // log at info level: no line per secret open
 	// AttrTimeout, if set, replaces the kernel attribute timeout.
 	AttrTimeout time.Duration
 }
@@ -146,10 +151,20 @@ func serveMain() int {
 		fmt.Fprintln(os.Stderr, "bad config:", err)
 		return 2
 	}
+	if path := os.Getenv("MIDFS_FSTEST_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer pprof.StopCPUProfile()
+		}
+	}
 	if cfg.AttrTimeout > 0 {
 		attrTimeout = cfg.AttrTimeout
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	level := slog.LevelDebug
+	if cfg.Quiet {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ca, err := newTestCA()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -163,7 +178,7 @@ func serveMain() int {
 	var mu sync.Mutex
 	opens := map[string]int{}
 	srv, err := Mount(Options{
-		Dir: cfg.Dir, UID: cfg.UID, GID: cfg.GID, Readers: cfg.Readers, Xattrs: cfg.Xattrs, Logger: log,
+		Dir: cfg.Dir, UID: cfg.UID, GID: cfg.GID, Readers: cfg.Readers, Xattrs: cfg.Xattrs, Logger: log, Debug: cfg.Debug,
 		OnOpen: func(file, result string) {
 			mu.Lock()
 			opens[file+" "+result]++
