@@ -27,8 +27,81 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-install: build
-	install -D -m 0755 bin/midfs $(DESTDIR)$(PREFIX)/bin/midfs
+# Install layout. mount(8) finds helpers only in /sbin (/usr/sbin on a
+# merged-/usr system), whatever PREFIX is. Units name /usr/bin/midfs; they
+# are rewritten to BINDIR on the way in.
+BINDIR      ?= $(PREFIX)/bin
+SBINDIR     ?= /sbin
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+MANDIR      ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
+EXAMPLEDIR  ?= $(PREFIX)/share/doc/midfs/examples
+
+.PHONY: man completion deb install-files
+
+# The man page, generated from the command definitions.
+man: build
+	mkdir -p doc
+	bin/midfs man > doc/midfs.1
+
+completion: build
+	mkdir -p bin/completion
+	bin/midfs completion bash > bin/completion/midfs
+	bin/midfs completion zsh > bin/completion/_midfs
+
+install: build man completion install-files
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+
+# install-files copies what build, man and completion made; `make deb`
+# stages the package with it.
+install-files:
+	install -D -m 0755 bin/midfs $(DESTDIR)$(BINDIR)/midfs
+	install -d $(DESTDIR)$(SBINDIR)
+	ln -sfn $(BINDIR)/midfs $(DESTDIR)$(SBINDIR)/mount.fuse.midfs
+	install -d $(DESTDIR)$(UNITDIR)
+	for u in contrib/*.service contrib/*.mount; do \
+		sed 's#/usr/bin/midfs#$(BINDIR)/midfs#g' "$$u" > "$(DESTDIR)$(UNITDIR)/$$(basename "$$u")"; \
+		chmod 0644 "$(DESTDIR)$(UNITDIR)/$$(basename "$$u")"; \
+	done
+	install -d $(DESTDIR)$(MANDIR)/man1
+	gzip -9n < doc/midfs.1 > $(DESTDIR)$(MANDIR)/man1/midfs.1.gz
+	chmod 0644 $(DESTDIR)$(MANDIR)/man1/midfs.1.gz
+	install -D -m 0644 bin/completion/midfs $(DESTDIR)$(BASHCOMPDIR)/midfs
+	install -D -m 0644 bin/completion/_midfs $(DESTDIR)$(ZSHCOMPDIR)/_midfs
+	install -d $(DESTDIR)$(EXAMPLEDIR)
+	install -m 0644 contrib/agent.yaml contrib/auth.yaml contrib/fstab.example $(DESTDIR)$(EXAMPLEDIR)/
+
+# A .deb for this machine's Debian, staged in dist/ and built by dpkg-deb
+# (no network, no debhelper). It installs the same tree as `make install`
+# with PREFIX=/usr.
+# Evaluated once (:=): HEAD may move while the package builds.
+ifndef DEB_VERSION
+DEB_VERSION := 0.0.0+git$(shell git rev-list --count HEAD 2>/dev/null || echo 0).$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+endif
+DEB_ARCH    ?= $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+DEB_OUT     ?= dist
+DEB_ROOT    := $(DEB_OUT)/deb/midfs_$(DEB_VERSION)_$(DEB_ARCH)
+
+deb: build man completion
+	rm -rf $(DEB_ROOT)
+	$(MAKE) --no-print-directory install-files DESTDIR=$(abspath $(DEB_ROOT)) PREFIX=/usr \
+		SBINDIR=/sbin UNITDIR=/lib/systemd/system ZSHCOMPDIR=/usr/share/zsh/vendor-completions
+	strip --strip-unneeded $(DEB_ROOT)/usr/bin/midfs
+	install -d -m 0700 $(DEB_ROOT)/etc/midfs
+	sed 's/^\([a-z_]*:\)/#\1/' contrib/auth.yaml > $(DEB_ROOT)/etc/midfs/auth.yaml
+	chmod 0600 $(DEB_ROOT)/etc/midfs/auth.yaml
+	install -D -m 0644 LICENSE $(DEB_ROOT)/usr/share/doc/midfs/copyright
+	install -d $(DEB_ROOT)/DEBIAN
+	glibc=$$(objdump -T bin/midfs 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1); \
+	depends="fuse3$${glibc:+, libc6 (>= $$glibc)}"; \
+	size=$$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1); \
+	sed -e 's/@VERSION@/$(DEB_VERSION)/' -e 's/@ARCH@/$(DEB_ARCH)/' -e "s/@DEPENDS@/$$depends/" -e "s/@SIZE@/$$size/" \
+		contrib/debian/control > $(DEB_ROOT)/DEBIAN/control
+	install -m 0755 contrib/debian/postinst contrib/debian/postrm $(DEB_ROOT)/DEBIAN/
+	echo /etc/midfs/auth.yaml > $(DEB_ROOT)/DEBIAN/conffiles
+	cd $(DEB_ROOT) && find . -path ./DEBIAN -prune -o -path ./etc -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum > DEBIAN/md5sums
+	dpkg-deb --root-owner-group -Zxz --build $(DEB_ROOT) $(DEB_OUT)/
 
 clean:
-	rm -rf bin dist
+	rm -rf bin dist doc/midfs.1

@@ -2,6 +2,10 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/midfs/midfs/fs"
 
 	"github.com/cpuguy83/go-md2man/v2/md2man"
 	"github.com/urfave/cli/v2"
@@ -18,6 +22,17 @@ func serviceCommands() []*cli.Command {
 			Description: "bash: source <(midfs completion bash), or install it as /usr/share/bash-completion/completions/midfs.\n" +
 				"zsh: install it as _midfs in a directory of $fpath, e.g. /usr/share/zsh/vendor-completions/_midfs.",
 			Action: completionAction,
+		},
+		{
+			Name:      "cleanup",
+			Usage:     "unmount a dead midfs mount left by a killed agent (systemd's ExecStopPost)",
+			ArgsUsage: "[MOUNTPOINT]",
+			Description: "Clears \"Transport endpoint is not connected\" at MOUNTPOINT (or the config file's mountpoint:)\n" +
+				"so readers fail fast and the next start mounts cleanly. A live mount is left alone.",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "agent config `FILE`; only its mountpoint: is read"},
+			},
+			Action: cleanupAction,
 		},
 		{
 			Name:   "man",
@@ -83,6 +98,45 @@ else
   compdef _midfs midfs
 fi
 `
+
+func cleanupAction(c *cli.Context) error {
+	dir := c.Args().First()
+	if dir == "" && c.String("config") != "" {
+		var err error
+		if dir, err = configMountpoint(c.String("config")); err != nil {
+			return fail(exitUsage, err)
+		}
+	}
+	if dir == "" {
+		return failf(exitUsage, "give the MOUNTPOINT, or --config with a mountpoint: key")
+	}
+	cleaned, err := fs.CleanStale(dir)
+	if err != nil {
+		return fail(exitMountPoint, err)
+	}
+	if cleaned {
+		slog.Info("cleaned up a dead mount", "dir", dir)
+	}
+	return nil
+}
+
+// configMountpoint reads only the mountpoint: key of an agent config file.
+func configMountpoint(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("cannot read config file: %w", err)
+	}
+	entries, err := parseConfig(path, data)
+	if err != nil {
+		return "", err
+	}
+	for _, e := range entries {
+		if e.key == "mountpoint" {
+			return e.node.Value, nil
+		}
+	}
+	return "", fmt.Errorf("config %s has no mountpoint: key; give the MOUNTPOINT", path)
+}
 
 func manAction(c *cli.Context) error {
 	md, err := c.App.ToMarkdown()
