@@ -530,3 +530,25 @@ func TestCopiedIdentityLocksBot(t *testing.T) {
 		t.Errorf("renewal of the locked bot: %q", st.LastError)
 	}
 }
+
+func TestExpiredBotIdentityNeedsNewToken(t *testing.T) {
+	a := startAuth(t, "", "")
+	log, _ := newLog(t)
+	clock := joiner.NewFakeClock(time.Now())
+	cfg := config(a, a.addBot(t, "robot"), log)
+	cfg.Clock = clock
+	ag := join(t, cfg)
+	r := run(t, ag, clock)
+	addr, dir := a.Addr(), a.dir
+	a.Close()
+	// Down for longer than the bot identity lives (1h): it cannot come back.
+	r.advanceUntil(10*time.Second, 3*time.Hour, func() bool { return clock.Now().After(ag.Status().BotExpires) })
+	startAuth(t, dir, addr)
+	r.advanceUntil(10*time.Second, 5*time.Minute, func() bool {
+		return strings.Contains(ag.Status().LastError, "expired")
+	})
+	st := ag.Status()
+	if !st.Failing || st.Ready(clock.Now()) || !strings.Contains(st.LastError, "midfs bots add robot") {
+		t.Errorf("status with an expired bot identity: %+v", st)
+	}
+}

@@ -379,8 +379,8 @@ func (a *Agent) renewBot(ctx context.Context) error {
 	b := a.bot
 	if b.renewable && !a.clock.Now().Before(b.expires()) {
 		return &kindError{kind: ErrRefused, msg: fmt.Sprintf(
-			"the identity of bot %q expired at %s while it could not be renewed; make a new join token with `midfs bots add %s` and mount with it",
-			b.name, b.expires().Format(time.RFC3339), b.name)}
+			"the identity of bot %q expired at %s while it could not be renewed; on the authority run `midfs bots rm %s` and `midfs bots add %s --roles=...`, then mount with the new token",
+			b.name, b.expires().Format(time.RFC3339), b.name, b.name)}
 	}
 	// A retry after a lost answer reuses the key, as join does.
 	key := a.pending

@@ -360,7 +360,7 @@ func startEmbedded(ctx context.Context, p *mountPlan, svc *service) (*auth.Serve
 		Logger: slog.Default().With("component", "auth"), Metrics: svc.metrics(),
 	})
 	if err != nil {
-		return nil, failf(exitAuthority, "cannot start the embedded authority in %s: %v (to use another authority, give --auth-server)", p.dataDir, err)
+		return nil, failf(exitAuthority, "cannot start the embedded authority in %s: %v; give --data-dir=DIR to use another directory, or --auth-server=HOST:PORT to join a running authority", p.dataDir, err)
 	}
 	login := "root"
 	if u, err := user.Current(); err == nil {
