@@ -282,6 +282,11 @@ func runMount(c *cli.Context) error {
 	unmounted := make(chan struct{})
 	go func() { srv.Wait(); close(unmounted) }()
 	defer func() {
+		select {
+		case <-unmounted:
+			return // unmounted from outside: nothing left to undo
+		default:
+		}
 		if err := srv.Unmount(); err != nil {
 			log.Error("unmount failed", "dir", p.dir, "error", err)
 		}
