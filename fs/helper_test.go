@@ -478,6 +478,12 @@ func (s *server) stop() {
 		s.cmd.Process.Kill()
 		<-done
 		CleanStale(s.dir)
+		s.t.Errorf("server did not exit after quit:\n%s", s.stderr)
+	}
+	// The server's own failures (a panic in a handler, a race found by
+	// -race) are the test's failures.
+	if log := s.stderr.String(); strings.Contains(log, "DATA RACE") || strings.Contains(log, "panic") {
+		s.t.Errorf("server reported a failure:\n%s", log)
 	}
 }
 

@@ -102,7 +102,15 @@ func resolve(dir string) (string, error) {
 		}
 		return "", fmt.Errorf("mountpoint %s: %w", abs, err)
 	}
-	return filepath.Join(rp, base), nil
+	abs = filepath.Join(rp, base)
+	// A symlink as the last component is followed (mount(2) would follow
+	// it too). Lstat only looks at the link itself, never into a mount.
+	if st, err := os.Lstat(abs); err == nil && st.Mode()&os.ModeSymlink != 0 {
+		if target, err := filepath.EvalSymlinks(abs); err == nil {
+			abs = target
+		}
+	}
+	return abs, nil
 }
 
 type probeResult int

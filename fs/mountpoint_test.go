@@ -32,6 +32,11 @@ func TestCheckMountpointErrors(t *testing.T) {
 	if err := CheckMountpoint(dir); err != nil {
 		t.Errorf("CheckMountpoint on an empty directory: %v", err)
 	}
+	link := filepath.Join(dir, "link")
+	os.Symlink(file, link)
+	if err := CheckMountpoint(link); err == nil || !strings.Contains(err.Error(), "is not a directory") {
+		t.Errorf("CheckMountpoint on a symlink to a file: %v", err)
+	}
 }
 
 // A mountpoint a live midfs serves is refused, and left alone.
