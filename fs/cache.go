@@ -110,7 +110,8 @@ func (c *inodeCache) settle(n *fileNode) {
 		// Offset 0, length 0: attributes and every page.
 		st := n.NotifyContent(0, 0)
 		ok := st == 0 || st == syscall.ENOENT // ENOENT: the kernel holds nothing of it
-		if !ok {
+		gone := st == syscall.ENODEV || st == syscall.ENOTCONN || st == syscall.EBADF || n.srv.unmounted.Load()
+		if !ok && !gone {
 			n.srv.log.Warn("cannot invalidate kernel cache; reads of this file bypass it until the next renewal",
 				"file", n.file.Name, "err", st)
 		}

@@ -92,8 +92,8 @@ type Server struct {
 	current   atomic.Pointer[generation]
 	lastID    uint64 // guarded by publishMu
 
-	connID    string // FUSE connection number, to abort a mount that will not unmount
-	unmounted atomic.Bool
+	connID    string      // FUSE connection number, to abort a mount that will not unmount
+	unmounted atomic.Bool // Unmount was called, or the kernel ended the mount (umount from outside)
 }
 
 // Mount serves first at opts.Dir and returns once the kernel answers for the
@@ -125,7 +125,10 @@ func Mount(opts Options, first *Snapshot) (*Server, error) {
 		return nil, fmt.Errorf("mount %s: %w", opts.Dir, err)
 	}
 	s.fuse = srv
-	go srv.Serve()
+	go func() {
+		srv.Serve()
+		s.unmounted.Store(true) // umount(8) from outside ends up here too
+	}()
 	if err := srv.WaitMount(); err != nil {
 		_ = srv.Unmount()
 		return nil, fmt.Errorf("mount %s: kernel did not start serving: %w", opts.Dir, err)
@@ -191,7 +194,8 @@ func (s *Server) Publish(snap *Snapshot) {
 
 // Unmount unmounts the tree. If readers keep files open so the kernel
 // refuses, it detaches the mount lazily and aborts the connection, so no
-// stale mount is left behind.
+// stale mount is left behind. After an unmount from outside (umount(8)) it
+// has nothing to do and returns nil.
 func (s *Server) Unmount() error {
 	if s.unmounted.Swap(true) {
 		return nil

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -122,5 +123,37 @@ func TestUnescapeMountinfo(t *testing.T) {
 	}
 	if got := unescapeMount(`/x\04`); got != `/x\04` {
 		t.Errorf("short escape: %q", got)
+	}
+}
+
+// umount(8) from outside ends the server's loop; a later renewal and
+// Unmount are then quiet no-ops.
+func TestUnmountFromOutside(t *testing.T) {
+	requireRoot(t)
+	s := startServer(t, serveConfig{})
+	if _, err := os.ReadFile(s.path("key")); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Unmount(s.dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitGone := func() bool {
+		for range 200 {
+			if _, ok := findMount(s.dir); !ok {
+				return true
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return false
+	}
+	if !waitGone() {
+		t.Fatal("still mounted after umount")
+	}
+	s.publish()
+	if got := s.do("quit"); got != "bye" {
+		t.Fatalf("quit after an outside umount: %s", got)
+	}
+	if log := s.stderr.String(); strings.Contains(log, "level=WARN") || strings.Contains(log, "level=ERROR") {
+		t.Errorf("warnings after an outside umount:\n%s", log)
 	}
 }
