@@ -226,6 +226,15 @@ func lookupGroup(s string) (uint32, error) {
 // runMount: flags, mountpoint check, join, mount, renew until a signal.
 // Nothing half-done: whatever fails after the mount unmounts it.
 func runMount(c *cli.Context) error {
+	// Signals first: a SIGTERM while checking or joining stops cleanly
+	// (exit 0, nothing mounted), and an early SIGHUP must not kill the
+	// process, which is its default action.
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	log := slog.Default()
 	svc := serviceOf(c)
 	p, err := parseMount(c, svc.mountpoint(c))
@@ -238,14 +247,6 @@ func runMount(c *cli.Context) error {
 	}
 	// Before the first key exists.
 	harden(log)
-
-	// Signals from the start: SIGTERM while joining stops cleanly, and a
-	// SIGHUP that arrives early must not kill the process (its default).
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 
 	if p.embedded {
 		authority, err := startEmbedded(ctx, p, svc)
