@@ -749,3 +749,204 @@ func readFile(path string) string {
 	b, _ := os.ReadFile(path)
 	return string(b)
 }
+
+// unitSyscalls reads a unit's SystemCallFilter= lines and expands them with
+// systemd-analyze into the syscalls the unit allows.
+func unitSyscalls(t *testing.T, analyze, unit string) map[string]bool {
+	t.Helper()
+	data, err := os.ReadFile(unit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed := map[string]bool{}
+	for _, line := range strings.Split(string(data), "\n") {
+		v, ok := strings.CutPrefix(line, "SystemCallFilter=")
+		if !ok {
+			continue
+		}
+		deny := strings.HasPrefix(v, "~")
+		for _, name := range strings.Fields(strings.TrimPrefix(v, "~")) {
+			for _, s := range expandSyscalls(t, analyze, name) {
+				allowed[s] = !deny
+			}
+		}
+	}
+	if len(allowed) == 0 {
+		t.Fatalf("%s has no SystemCallFilter=", unit)
+	}
+	return allowed
+}
+
+func expandSyscalls(t *testing.T, analyze, name string) []string {
+	t.Helper()
+	if !strings.HasPrefix(name, "@") {
+		return []string{name}
+	}
+	out, err := exec.Command(analyze, "syscall-filter", name).Output()
+	if err != nil {
+		t.Fatalf("systemd-analyze syscall-filter %s: %v", name, err)
+	}
+	var list []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.TrimSpace(line)
+		switch {
+		case f == "" || f == name || strings.HasPrefix(f, "#"):
+		case strings.HasPrefix(f, "@"):
+			list = append(list, expandSyscalls(t, analyze, f)...)
+		default:
+			list = append(list, f)
+		}
+	}
+	return list
+}
+
+// tracedSyscalls lists the syscalls in an strace -f log from the exec of
+// midfs on; before it, setpriv does what systemd does for a unit.
+func tracedSyscalls(t *testing.T, path string) map[string]bool {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := strings.Index(string(data), `execve("`+midfsBin+`"`)
+	if start < 0 {
+		t.Fatalf("%s: no execve of %s", path, midfsBin)
+	}
+	data = data[start:]
+	re := regexp.MustCompile(`(?m)^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]`)
+	seen := map[string]bool{}
+	for _, m := range re.FindAllStringSubmatch(string(data), -1) {
+		seen[m[1]] = true
+	}
+	return seen
+}
+
+// The units' sandboxes fit what midfs does: the authority runs as an
+// unprivileged user with no capabilities (as DynamicUser= and the empty
+// CapabilityBoundingSet= make it), the agent with the unit's two
+// capabilities, both under strace through a join, reads, renewals, SIGHUP
+// and shutdown; every syscall either makes must be one its unit's
+// SystemCallFilter= allows.
+func TestUnitsSandboxFitsWhatMidfsDoes(t *testing.T) {
+	strace, err1 := exec.LookPath("strace")
+	setpriv, err2 := exec.LookPath("setpriv")
+	analyze, err3 := exec.LookPath("systemd-analyze")
+	if err1 != nil || err2 != nil || err3 != nil {
+		t.Skip("needs strace, setpriv and systemd-analyze (apt-get install strace systemd)")
+	}
+	work := publicDir(t) // the unprivileged authority must reach its data dir
+	dataDir := filepath.Join(work, "data")
+	os.Mkdir(dataDir, 0o700)
+	nobody := uidOf(t, "nobody")
+	os.Chown(dataDir, int(nobody), int(nobody))
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+
+	authLogs := &logBuffer{}
+	authTrace := filepath.Join(work, "auth.trace")
+	auth := exec.Command(strace, "-f", "-qq", "-o", authTrace, setpriv,
+		fmt.Sprintf("--reuid=%d", nobody), fmt.Sprintf("--regid=%d", nobody), "--clear-groups",
+		"--bounding-set=-all", "--inh-caps=-all", "--no-new-privs",
+		midfsBin, "auth", "start", "--data-dir", dataDir, "--listen", addr, "--cluster-name", cluster,
+		"--diag-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	auth.Stdout, auth.Stderr = authLogs, authLogs
+	if err := auth.Start(); err != nil {
+		t.Fatal(err)
+	}
+	authDone := make(chan error, 1)
+	go func() { authDone <- auth.Wait() }()
+	t.Cleanup(func() { auth.Process.Kill() })
+	waitFor(t, "the unprivileged authority", 30*time.Second, func() bool {
+		select {
+		case err := <-authDone:
+			t.Fatalf("authority as uid %d without capabilities exited: %v\n%s", nobody, err, authLogs)
+		default:
+		}
+		return run(t, "status", "--data-dir", dataDir).code == 0
+	})
+	out := mustRun(t, "bots", "add", "robot", "--roles=access", "--logins=root", "--data-dir", dataDir)
+	token := tokenRe.FindStringSubmatch(out)[1]
+	pin := regexp.MustCompile(`sha256:[0-9a-f]{64}`).FindString(mustRun(t, "status", "--data-dir", dataDir))
+
+	dir := publicDir(t)
+	cleanupMount(t, dir)
+	agentTrace := filepath.Join(work, "agent.trace")
+	agentLogs := &logBuffer{}
+	ag := exec.Command(strace, "-f", "-qq", "-o", agentTrace, setpriv,
+		"--bounding-set=-all,+sys_admin,+ipc_lock", "--inh-caps=-all", "--no-new-privs",
+		midfsBin, "mount", dir, "--auth-server="+addr, "--token="+token, "--ca-pin="+pin,
+		"--storage=keyring", "--certificate-ttl=6s", "--renewal-interval=2s",
+		"--diag-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	ag.Stdout, ag.Stderr = agentLogs, agentLogs
+	ag.Env = append(os.Environ(), "NOTIFY_SOCKET="+listenNotify(t).addr)
+	if err := ag.Start(); err != nil {
+		t.Fatal(err)
+	}
+	agDone := make(chan error, 1)
+	go func() { agDone <- ag.Wait() }()
+	waitFor(t, "the mount", 60*time.Second, func() bool {
+		select {
+		case err := <-agDone:
+			t.Fatalf("agent exited: %v\n%s", err, agentLogs)
+		default:
+		}
+		return mounted(dir)
+	})
+	for i := 0; i < 3; i++ {
+		for _, f := range []string{"key", "identity", "key-cert.pub", "ssh_config"} {
+			if _, err := os.ReadFile(filepath.Join(dir, f)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(1500 * time.Millisecond)
+	}
+	agentPID := agentPIDs(dir)
+	if len(agentPID) != 1 {
+		t.Fatalf("agent pid: %v", agentPID)
+	}
+	syscall.Kill(agentPID[0], syscall.SIGHUP)
+	time.Sleep(time.Second)
+	syscall.Kill(agentPID[0], syscall.SIGTERM)
+	if err := <-agDone; err != nil {
+		t.Fatalf("agent: %v\n%s", err, tail(agentLogs.String(), 10))
+	}
+	// strace's child is setpriv, which execs midfs in place: the first pid
+	// in the trace is the authority.
+	syscall.Kill(tracedPIDs(authTrace)[0], syscall.SIGTERM)
+	if err := <-authDone; err != nil {
+		t.Fatalf("authority: %v\n%s", err, tail(authLogs.String(), 10))
+	}
+
+	for _, tc := range []struct{ name, unit, trace string }{
+		{"agent", "../contrib/midfs@.service", agentTrace},
+		{"authority", "../contrib/midfs-auth.service", authTrace},
+	} {
+		allowed := unitSyscalls(t, analyze, tc.unit)
+		used := tracedSyscalls(t, tc.trace)
+		if len(used) < 20 {
+			t.Fatalf("%s: only %d syscalls traced; the trace is broken", tc.name, len(used))
+		}
+		for s := range used {
+			if !allowed[s] {
+				t.Errorf("%s calls %s, which %s's SystemCallFilter= denies", tc.name, s, filepath.Base(tc.unit))
+			}
+		}
+		t.Logf("%s: %d distinct syscalls checked against %s", tc.name, len(used), filepath.Base(tc.unit))
+	}
+}
+
+// tracedPIDs lists the process ids in an strace -f log.
+func tracedPIDs(path string) []int {
+	var pids []int
+	seen := map[int]bool{}
+	for _, line := range strings.Split(readFile(path), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if pid, err := strconv.Atoi(f[0]); err == nil && !seen[pid] {
+			seen[pid] = true
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
