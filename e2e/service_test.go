@@ -950,3 +950,31 @@ func tracedPIDs(path string) []int {
 	}
 	return pids
 }
+
+// make install puts everything where the tools look: the helper where
+// mount(8) finds it, units naming the installed binary.
+func TestMakeInstallLayout(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make not installed")
+	}
+	dest := t.TempDir()
+	if b, err := exec.Command("make", "-C", "..", "install", "DESTDIR="+dest).CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, b)
+	}
+	if target, err := os.Readlink(filepath.Join(dest, "sbin/mount.fuse.midfs")); err != nil || target != "/usr/local/bin/midfs" {
+		t.Errorf("helper link: %q %v", target, err)
+	}
+	for _, f := range []string{"usr/local/bin/midfs", "usr/local/share/man/man1/midfs.1.gz",
+		"usr/local/share/bash-completion/completions/midfs", "usr/local/share/zsh/site-functions/_midfs",
+		"usr/local/share/doc/midfs/examples/agent.yaml", `usr/local/lib/systemd/system/opt-machine\x2did.mount`} {
+		if _, err := os.Stat(filepath.Join(dest, f)); err != nil {
+			t.Errorf("make install did not install %s: %v", f, err)
+		}
+	}
+	for _, u := range []string{"midfs-auth.service", "midfs@.service"} {
+		unit := readFile(filepath.Join(dest, "usr/local/lib/systemd/system", u))
+		if !strings.Contains(unit, "ExecStart=/usr/local/bin/midfs ") || strings.Contains(unit, "/usr/bin/midfs") {
+			t.Errorf("%s does not name the installed binary:\n%s", u, unit)
+		}
+	}
+}
