@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -18,19 +19,44 @@ import (
 // Being generic over the command's cli.Flag list, every flag works in the
 // file without anyone having to remember to add it here.
 
-// configExtras are keys a command accepts that are not flags, such as the
-// mount point, which is a positional argument on the command line.
-type configExtras map[string]string
+// configFile is what a config file gave a command.
+type configFile struct {
+	path   string
+	extras map[string]string // keys that are not flags, such as the mount point (a positional argument)
+	lines  map[string]int    // flag name -> line of the file that set it
+}
+
+// annotate points a usage error about a flag the file set at the file's
+// line: the command checks values (a user that does not exist) after the
+// file was read, and only knows the flag's name.
+func (f *configFile) annotate(err error) error {
+	var ee *exitError
+	if f == nil || !errors.As(err, &ee) || ee.code != exitUsage {
+		return err
+	}
+	msg := ee.Error()
+	for name, line := range f.lines {
+		if i := strings.Index(msg, "--"+name); i >= 0 && !isFlagChar(msg, i+2+len(name)) {
+			return failf(exitUsage, "%s (--%s is set in config %s line %d)", msg, name, f.path, line)
+		}
+	}
+	return err
+}
+
+func isFlagChar(s string, i int) bool {
+	return i < len(s) && (s[i] == '-' || s[i] >= 'a' && s[i] <= 'z')
+}
 
 // loadConfig reads the file named by --config, if any, and sets every flag
 // of c that the command line and the environment left alone. extraKeys
 // names the non-flag keys the command accepts; their values are returned.
 // log_level and log_format are app-wide flags; when the file sets them,
 // logging is set up again so the file's choice holds from here on.
-func loadConfig(c *cli.Context, extraKeys ...string) (configExtras, error) {
+func loadConfig(c *cli.Context, extraKeys ...string) (*configFile, error) {
 	path := c.String("config")
+	cf := &configFile{path: path, extras: map[string]string{}, lines: map[string]int{}}
 	if path == "" {
-		return configExtras{}, nil
+		return cf, nil
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -41,14 +67,13 @@ func loadConfig(c *cli.Context, extraKeys ...string) (configExtras, error) {
 		return nil, fail(exitUsage, err)
 	}
 	warnIfReadable(path, entries)
-	extras := configExtras{}
 	logChanged := false
 	for _, e := range entries {
 		if contains(extraKeys, e.key) {
 			if e.node.Kind != yaml.ScalarNode || e.node.Value == "" {
 				return nil, fail(exitUsage, e.errorf("%s wants a single value", e.key))
 			}
-			extras[e.key] = e.node.Value
+			cf.extras[e.key] = e.node.Value
 			continue
 		}
 		f, name := configFlag(c, e.key)
@@ -64,6 +89,7 @@ func loadConfig(c *cli.Context, extraKeys ...string) (configExtras, error) {
 		if err := applyConfigValue(c, f, name, e.node); err != nil {
 			return nil, fail(exitUsage, e.errorf("%s: %v", e.key, err))
 		}
+		cf.lines[name] = e.line
 		if name == "log-level" || name == "log-format" {
 			logChanged = true
 		}
@@ -74,7 +100,7 @@ func loadConfig(c *cli.Context, extraKeys ...string) (configExtras, error) {
 		}
 	}
 	slog.Debug("config file applied", "file", path)
-	return extras, nil
+	return cf, nil
 }
 
 // configEntry is one top-level key of a config file with its value node.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -206,5 +207,30 @@ func TestConfigLogFormatFromFile(t *testing.T) {
 	_, err := runConfigApp(t, "mount", "--config", writeConfig(t, "log_format: xml\n"))
 	if err == nil || !strings.Contains(err.Error(), "--log-format") {
 		t.Fatalf("a bad log_format in the file must be refused, got %v", err)
+	}
+}
+
+// A value the command itself refuses (a user that does not exist) is
+// traced back to the file's line.
+func TestConfigLineNamedForValuesTheCommandRefuses(t *testing.T) {
+	cmd := &cli.Command{
+		Name:  "mount",
+		Flags: []cli.Flag{&cli.StringFlag{Name: "owner"}, &cli.StringFlag{Name: "owner-group"}},
+		Action: func(c *cli.Context) error {
+			return failf(exitUsage, "bad --owner %q: no user %q on this machine", c.String("owner"), c.String("owner"))
+		},
+	}
+	app := &cli.App{Name: "midfs", Flags: logFlags(), Commands: []*cli.Command{cmd}, ExitErrHandler: func(*cli.Context, error) {}}
+	addServiceFlags(app)
+	path := writeConfig(t, "owner_group: x\nowner: ghost\n")
+	err := app.Run([]string{"midfs", "mount", "--config", path})
+	want := fmt.Sprintf(`bad --owner "ghost": no user "ghost" on this machine (--owner is set in config %s line 2)`, path)
+	if err == nil || err.Error() != want {
+		t.Fatalf("got  %v\nwant %s", err, want)
+	}
+	// Set on the command line, the flag is not the file's doing.
+	err = app.Run([]string{"midfs", "mount", "--config", path, "--owner=ghost"})
+	if err == nil || strings.Contains(err.Error(), "config") {
+		t.Fatalf("got %v", err)
 	}
 }

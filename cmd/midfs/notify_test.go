@@ -40,7 +40,7 @@ func TestNotifyLifecycle(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			conn := listenNotify(t, addr)
-			svc := newService(configExtras{})
+			svc := newService(&configFile{})
 			if os.Getenv("NOTIFY_SOCKET") != "" {
 				t.Error("NOTIFY_SOCKET must be unset so child processes do not notify")
 			}

@@ -71,11 +71,11 @@ func wrapService(cmd *cli.Command, extraKeys ...string) {
 	}
 	before, action := cmd.Before, cmd.Action
 	cmd.Before = func(c *cli.Context) error {
-		extras, err := loadConfig(c, extraKeys...)
+		cf, err := loadConfig(c, extraKeys...)
 		if err != nil {
 			return err
 		}
-		svc := newService(extras)
+		svc := newService(cf)
 		if c.Context == nil {
 			c.Context = context.Background()
 		}
@@ -96,7 +96,7 @@ func wrapService(cmd *cli.Command, extraKeys ...string) {
 		if action == nil {
 			return nil
 		}
-		err := action(c)
+		err := svc.config.annotate(action(c))
 		if err != nil {
 			svc.status("failed: " + err.Error())
 		}
@@ -122,7 +122,7 @@ type service struct {
 	notify    *notifier
 	diag      *diag
 	child     *helperChild // set when the mount(8) helper started this process
-	extras    configExtras
+	config    *configFile
 	readyOnce sync.Once
 	stopOnce  sync.Once
 	statusMu  sync.Mutex
@@ -131,12 +131,12 @@ type service struct {
 	closeOnce sync.Once
 }
 
-func newService(extras configExtras) *service {
+func newService(cf *configFile) *service {
 	return &service{
 		notify: newNotifier(),
 		diag:   newDiag(),
 		child:  helperChildFromEnv(),
-		extras: extras,
+		config: cf,
 		done:   make(chan struct{}),
 	}
 }
@@ -150,7 +150,7 @@ func serviceOf(c *cli.Context) *service {
 			return s
 		}
 	}
-	return &service{notify: &notifier{}, diag: newDiag(), extras: configExtras{}, done: make(chan struct{})}
+	return &service{notify: &notifier{}, diag: newDiag(), config: &configFile{}, done: make(chan struct{})}
 }
 
 // metrics is where components register their collectors.
@@ -165,7 +165,7 @@ func (s *service) mountpoint(c *cli.Context) string {
 	if m := c.Args().First(); m != "" {
 		return m
 	}
-	return s.extras["mountpoint"]
+	return s.config.extras["mountpoint"]
 }
 
 // watchAgent serves the agent's health and metrics from status and keeps
