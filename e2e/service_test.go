@@ -358,6 +358,9 @@ func TestSystemdNotifyAgent(t *testing.T) {
 
 	ready := n.next(t, "READY=1", 60*time.Second)
 	checkReadyNow(t, dir) // readable when READY=1 arrives, not some time after
+	if code, r := readyz(t, diag); code != 200 {
+		t.Errorf("/readyz right after READY=1 (default lifetimes, no renewal yet): %d %+v", code, r)
+	}
 	if !strings.Contains(ready, "STATUS=mounted at "+dir) {
 		t.Errorf("READY=1 came without STATUS: %q", ready)
 	}
