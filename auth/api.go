@@ -51,7 +51,7 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	var req wire.JoinRequest
 	if err := decodeRequest(w, r, &req); err != nil {
-		s.refuseJoin(w, r, JoinToken, &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400})
+		s.refuseJoin(w, r, JoinToken, err)
 		return
 	}
 	id, err := s.joinToken(&req)
@@ -115,7 +115,7 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 	}
 	var req wire.RenewRequest
 	if err := decodeRequest(w, r, &req); err != nil {
-		fail(&refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400})
+		fail(err)
 		return
 	}
 	id, err := s.renew(bc, &req)
@@ -138,7 +138,7 @@ func (s *Server) handleCerts(w http.ResponseWriter, r *http.Request) {
 	}
 	var req wire.CertsRequest
 	if err := decodeRequest(w, r, &req); err != nil {
-		s.refuse(w, r, "certs", &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400})
+		s.refuse(w, r, "certs", err)
 		return
 	}
 	certs, err := s.certs(bc, &req)
@@ -166,13 +166,21 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 }
 
 // decodeRequest reads one JSON object of at most wire.MaxBody bytes with no
-// unknown fields and nothing after it.
+// unknown fields and nothing after it. Errors are refusals: 413 for a body
+// that is too large, 400 otherwise.
 func decodeRequest(w http.ResponseWriter, r *http.Request, v any) error {
-	if w != nil {
-		r.Body = http.MaxBytesReader(w, r.Body, wire.MaxBody)
+	r.Body = http.MaxBytesReader(w, r.Body, wire.MaxBody)
+	if err := decodeStrict(r.Body, v); err != nil {
+		status := http.StatusBadRequest
+		if errors.Is(err, errTooLarge) {
+			status = http.StatusRequestEntityTooLarge
+		}
+		return &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: status}
 	}
-	return decodeStrict(r.Body, v)
+	return nil
 }
+
+var errTooLarge = fmt.Errorf("request body larger than %d bytes", wire.MaxBody)
 
 // decodeStrict is the request decoder (fuzzed in api_fuzz_test.go).
 func decodeStrict(body io.Reader, v any) error {
@@ -181,7 +189,7 @@ func decodeStrict(body io.Reader, v any) error {
 	if err := dec.Decode(v); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return fmt.Errorf("request body larger than %d bytes", wire.MaxBody)
+			return errTooLarge
 		}
 		return fmt.Errorf("bad request body: %v", err)
 	}

@@ -369,6 +369,9 @@ func TestBadRequests(t *testing.T) {
 			t.Errorf("%s: status %d msg %q err %v", name, status, msg, err)
 		}
 	}
+	if status, _, _ := c.do("POST", wire.PathJoin, huge, nil); status != 413 {
+		t.Errorf("oversized body: %d, want 413", status)
+	}
 	if status, _, _ := c.do("GET", "/v1/nope", nil, nil); status != 404 {
 		t.Errorf("unknown path: %d", status)
 	}
