@@ -91,6 +91,11 @@ func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	pub, _ := parsePublicKey(req.PublicKey) // checked in verify
 	bi, err := j.s.issueBotIdentity(r.Context(), bot, pub, JoinIAM, false)
+	var botRef *refusal
+	if errors.As(err, &botRef) { // bot removed or locked
+		j.refuse(w, r, ref, req.Token, refuse(iamReason(botRef.Code), "%s", botRef.Reason))
+		return
+	}
 	if err != nil {
 		j.s.refuseJoin(w, r, JoinIAM, err)
 		return

@@ -260,6 +260,14 @@ func TestIAMJoinRefusals(t *testing.T) {
 			_, status, msg := e.join(t, bt.TokenName, ch, signed(t, iamBot, ch))
 			return status, msg
 		}},
+		{name: "bot removed", reason: "iam_bot_missing", stsCalls: 1, do: func(t *testing.T, e *iamEnv) (int, string) {
+			if err := e.s.RemoveBot(context.Background(), "robot"); err != nil {
+				t.Fatal(err)
+			}
+			ch := e.challenge(t)
+			_, status, msg := e.join(t, "iam-token", ch, signed(t, iamBot, ch))
+			return status, msg
+		}},
 		{name: "unknown token", reason: "iam_token_unknown", do: func(t *testing.T, e *iamEnv) (int, string) {
 			ch := e.challenge(t)
 			_, status, msg := e.join(t, "no-such-token", ch, signed(t, iamBot, ch))

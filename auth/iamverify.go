@@ -52,8 +52,6 @@ const (
 	reasonSTSBadResponse     iamReason = "sts_bad_response"     // 200 but not the expected JSON
 	reasonAccountNotAllowed  iamReason = "aws_account_not_allowed"
 	reasonARNNotAllowed      iamReason = "aws_arn_not_allowed"
-	reasonBotUnknown         iamReason = "bot_unknown" // token names no existing bot
-	reasonIssueFailed        iamReason = "issue_failed"
 )
 
 // iamRefusal is a refused IAM join: the reason for the counter, and a detail

@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -296,5 +298,51 @@ func TestChallengesAreBounded(t *testing.T) {
 	c.issue()
 	if len(c.expires) != 1 {
 		t.Errorf("%d challenges kept after they all expired, want 1", len(c.expires))
+	}
+}
+
+func TestSTSForwarderBoundsWhatItWaitsForAndReads(t *testing.T) {
+	hang := make(chan struct{})
+	defer close(hang)
+	for name, tc := range map[string]struct {
+		handler http.HandlerFunc
+		want    iamReason
+	}{
+		"answer too large": {func(w http.ResponseWriter, r *http.Request) {
+			w.Write(bytes.Repeat([]byte(" "), wire.MaxBody+1))
+		}, reasonSTSBadResponse},
+		"XML answer": {func(w http.ResponseWriter, r *http.Request) {
+			w.Write([]byte(`<GetCallerIdentityResponse><GetCallerIdentityResult><Account>1</Account></GetCallerIdentityResult></GetCallerIdentityResponse>`))
+		}, reasonSTSBadResponse},
+		"403": {func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusForbidden)
+		}, reasonSTSDenied},
+		"redirect": {func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "https://elsewhere.example/", http.StatusTemporaryRedirect)
+		}, reasonSTSDenied},
+		"no answer": {func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body) // then the server notices the client hang up
+			select {
+			case <-hang:
+			case <-r.Context().Done():
+			}
+		}, reasonSTSUnreachable},
+	} {
+		srv := httptest.NewTLSServer(tc.handler)
+		f := newSTSForwarder(Config{STSEndpoint: srv.URL, InsecureTestMode: true})
+		f.client.Timeout = 200 * time.Millisecond // stsTimeout is 10s; the behaviour is the same
+		sr, refusal := parseSTSRequest(goodReq().raw(t), testChallenge)
+		if refusal != nil {
+			t.Fatal(refusal)
+		}
+		_, refusal = f.send(context.Background(), sr)
+		if refusal == nil || refusal.reason != tc.want {
+			t.Errorf("%s: got %v, want %s", name, refusal, tc.want)
+		}
+		srv.Close()
+	}
+	// Without test mode there is no endpoint override and certificates are checked.
+	if f := newSTSForwarder(Config{}); f.endpoint != "" || f.client.Transport.(*http.Transport).TLSClientConfig.InsecureSkipVerify {
+		t.Error("a production forwarder skips certificate checks or has an endpoint override")
 	}
 }
