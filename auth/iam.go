@@ -81,7 +81,7 @@ func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
 	ref := newRefusalRef()
 	var req wire.IAMJoinRequest
 	if err := decodeRequest(w, r, &req); err != nil {
-		j.refuse(w, r, ref, req.Token, refuse(reasonBadJoinRequest, "%v", err))
+		j.s.refuseJoin(w, r, JoinIAM, err) // 400 or 413 with what is wrong
 		return
 	}
 	bot, id, f := j.verify(r, &req)

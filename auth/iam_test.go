@@ -342,3 +342,24 @@ func TestSTSEndpointNeedsInsecureTestMode(t *testing.T) {
 		t.Errorf("no warning at start with --sts-endpoint:\n%s", e.log)
 	}
 }
+
+func TestIAMJoinBadBodies(t *testing.T) {
+	e := startIAM(t)
+	c := newClient(t, e.s, nil, nil)
+	defer c.close()
+	for _, tc := range []struct {
+		body   []byte
+		status int
+	}{
+		{[]byte(`{"token":`), 400},
+		{[]byte(`{"token":"iam-token","surprise":1}`), 400},
+		{append(append([]byte(`{"token":"`), bytes.Repeat([]byte("a"), wire.MaxBody)...), `"}`...), 413},
+	} {
+		if status, msg, _ := c.do("POST", wire.PathIAMJoin, tc.body, nil); status != tc.status || msg == "" {
+			t.Errorf("body of %d bytes: %d %q, want %d with a reason", len(tc.body), status, msg, tc.status)
+		}
+	}
+	if len(e.sts.Results()) != 0 {
+		t.Error("a malformed join reached STS")
+	}
+}
