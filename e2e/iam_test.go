@@ -111,3 +111,19 @@ func TestSTSEndpointWithoutTestModeIsRefused(t *testing.T) {
 		t.Fatalf("auth start with --sts-endpoint alone: %s", r)
 	}
 }
+
+func TestIAMJoinWithFIPSSignsForTheFIPSEndpoint(t *testing.T) {
+	a, sts := iamAuthority(t)
+	iamEnv(t, iamE2ECaller)
+	t.Setenv("AWS_REGION", "eu-west-1") // no FIPS endpoint there: us-east-1's is used
+	dir := filepath.Join(publicDir(t), "machine-id")
+	os.Mkdir(dir, 0o755)
+	startMount(t, dir, "--auth-server="+a.addr, "--join-method=iam", "--token=iam-token", "--ca-pin="+a.pin, "--storage=memory", "--fips")
+	if got := sts.Results(); len(got) == 0 || got[0].Host != "sts-fips.us-east-1.amazonaws.com" || got[0].Status != 200 {
+		t.Errorf("STS stand-in saw %+v; want a verified request for sts-fips.us-east-1.amazonaws.com", got)
+	}
+	r := run(t, "mount", dir+"-other", "--auth-server="+a.addr, "--token=x", "--ca-pin="+a.pin, "--fips")
+	if r.code != 3 || !strings.Contains(r.stderr, "--fips") {
+		t.Errorf("--fips with the token join method: %s", r)
+	}
+}
