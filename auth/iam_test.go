@@ -71,7 +71,7 @@ type iamEnv struct {
 	metrics *prometheus.Registry
 }
 
-func startIAM(t *testing.T) *iamEnv {
+func startIAM(t testing.TB) *iamEnv {
 	t.Helper()
 	e := &iamEnv{sts: ststest.Start(iamBot, iamOtherAccount, iamOtherRole), clock: newFakeClock(), log: &logBuffer{}, metrics: prometheus.NewRegistry()}
 	t.Cleanup(e.sts.Close)
