@@ -86,14 +86,14 @@ func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	bot, id, f := j.verify(r, &req)
 	if f != nil {
-		j.refuse(w, r, ref, req.Token, f)
+		j.refuse(w, r, ref, f)
 		return
 	}
 	pub, _ := parsePublicKey(req.PublicKey) // checked in verify
 	bi, err := j.s.issueBotIdentity(r.Context(), bot, pub, JoinIAM, false)
 	var botRef *refusal
 	if errors.As(err, &botRef) { // bot removed or locked
-		j.refuse(w, r, ref, req.Token, refuse(iamReason(botRef.Code), "%s", botRef.Reason))
+		j.refuse(w, r, ref, refuse(iamReason(botRef.Code), "%s", botRef.Reason))
 		return
 	}
 	if err != nil {
@@ -122,7 +122,7 @@ func (j *iamJoin) verify(r *http.Request, req *wire.IAMJoinRequest) (string, cal
 		// mistake must not get it written down.
 		return "", callerIdentity{}, refuse(reasonTokenUnknown, "no token of that name")
 	case err != nil:
-		return "", callerIdentity{}, refuse(reasonTokenUnknown, "token lookup: %v", err)
+		return "", callerIdentity{}, refuse(reasonInternal, "token lookup: %v", err)
 	case tok.JoinMethod != JoinIAM:
 		return "", callerIdentity{}, refuse(reasonTokenNotIAM, "token %s is for join method %s", tok.Name, tok.JoinMethod)
 	case !tok.Expires.IsZero() && !j.s.cfg.Now().Before(tok.Expires):
@@ -153,13 +153,16 @@ func (j *iamJoin) verify(r *http.Request, req *wire.IAMJoinRequest) (string, cal
 // refuse logs the real reason with a reference, counts it, and gives the
 // client one line with the same reference, so that an operator can find
 // the reason without the client learning anything about AWS or the rules.
-func (j *iamJoin) refuse(w http.ResponseWriter, r *http.Request, ref, token string, f *iamRefusal) {
+func (j *iamJoin) refuse(w http.ResponseWriter, r *http.Request, ref string, f *iamRefusal) {
 	public := fmt.Sprintf("IAM join refused (ref %s): the request does not prove an AWS identity that this iam token allows; the authority's log has the reason", ref)
 	status := http.StatusForbidden
 	switch f.reason {
 	case reasonBadJoinRequest:
 		public = fmt.Sprintf("bad IAM join request (ref %s): %s", ref, truncate(f.detail, 200))
 		status = http.StatusBadRequest
+	case reasonInternal:
+		public = fmt.Sprintf("internal error (ref %s); see the authority's log", ref)
+		status = http.StatusInternalServerError
 	case reasonSTSUnreachable:
 		public = fmt.Sprintf("the authority could not reach AWS STS to verify this join (ref %s); try again later", ref)
 		status = http.StatusServiceUnavailable

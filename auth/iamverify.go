@@ -50,6 +50,7 @@ const (
 	reasonSTSUnreachable     iamReason = "sts_unreachable"      // network error or timeout
 	reasonSTSDenied          iamReason = "sts_denied"           // non-200: bad signature, unknown key, ...
 	reasonSTSBadResponse     iamReason = "sts_bad_response"     // 200 but not the expected JSON
+	reasonInternal           iamReason = "internal_error"       // the authority's own failure, e.g. its database
 	reasonAccountNotAllowed  iamReason = "aws_account_not_allowed"
 	reasonARNNotAllowed      iamReason = "aws_arn_not_allowed"
 )
