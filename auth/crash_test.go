@@ -1,0 +1,299 @@
+package auth
+
+import (
+	"bufio"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/midfs/midfs/wire"
+)
+
+// childEnv makes the test binary run an authority instead of the tests, so
+// that a test can SIGKILL a real authority process.
+const childEnv = "MIDFS_AUTH_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(childEnv); dir != "" {
+		runChild(dir)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// childInfo is what a child authority prints once it serves.
+type childInfo struct {
+	Addr   string `json:"addr"`
+	Pin    string `json:"pin"`
+	HostCA []byte `json:"host_ca"`
+}
+
+func runChild(dir string) {
+	s, err := Start(context.Background(), Config{DataDir: dir, Listen: "127.0.0.1:0", ClusterName: "crash.example",
+		Logger: testLogger(nil)})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		os.Exit(1)
+	}
+	json.NewEncoder(os.Stdout).Encode(childInfo{Addr: s.Addr(), Pin: s.CAPin(), HostCA: s.host.cert.Raw})
+	select {} // until killed
+}
+
+type child struct {
+	cmd  *exec.Cmd
+	info childInfo
+	ca   *x509.Certificate
+}
+
+func startChild(t *testing.T, dir string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+dir)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadBytes('\n')
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("child authority did not start: %v", err)
+	}
+	c := &child{cmd: cmd}
+	if err := json.Unmarshal(line, &c.info); err != nil {
+		t.Fatal(err)
+	}
+	c.ca = mustParseCert(t, c.info.HostCA)
+	go io.Copy(io.Discard, out)
+	return c
+}
+
+func (c *child) kill() {
+	c.cmd.Process.Signal(syscall.SIGKILL)
+	c.cmd.Wait()
+}
+
+// heldBot is what a client of one bot knows.
+type heldBot struct {
+	name    string
+	token   string
+	joinKey crypto.Signer // key of a join whose answer may have been lost
+	joinPub []byte
+	id      *botID // current identity, nil before a join answered
+	pending *botID // key of a renewal whose answer may have been lost
+	gotGen  uint64 // highest generation an answer carried
+}
+
+// TestSIGKILLKeepsState kills a real authority process at random moments
+// while bots join, renew and get added, restarts it, and checks what the
+// clients were told against what the state holds: same CAs; a token whose
+// join was answered is used and its bot is at generation >= 1; a token is
+// either used with a joined bot or still valid; no answered renewal is
+// lost; a bot whose addition was answered exists; the database is intact;
+// and clients that lost an answer recover by retrying with the same key,
+// without the bot ever being locked.
+func TestSIGKILLKeepsState(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills processes; skipped with -short")
+	}
+	dir := t.TempDir()
+	c := startChild(t, dir)
+	pin := c.info.Pin
+	ac, err := DialAdmin(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bots []*heldBot
+	for i := range 24 {
+		bt, err := ac.AddBot(context.Background(), BotSpec{Name: fmt.Sprintf("bot%02d", i), Roles: []string{"access"}, Logins: []string{"root"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bots = append(bots, &heldBot{name: bt.Bot, token: bt.Token})
+	}
+	ac.Close()
+	var added []string // bots whose AddBot was answered during the storm
+	rounds := 30
+	for round := range rounds {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for _, b := range bots {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for step(t, c, b) == nil {
+				}
+			}()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ac, err := DialAdmin(dir)
+			if err != nil {
+				return
+			}
+			defer ac.Close()
+			for i := 0; ; i++ {
+				name := fmt.Sprintf("added-%d-%d", round, i)
+				if _, err := ac.AddBot(context.Background(), BotSpec{Name: name, Roles: []string{"access"}}); err != nil {
+					return
+				}
+				mu.Lock()
+				added = append(added, name)
+				mu.Unlock()
+			}
+		}()
+		time.Sleep(time.Duration(5+rand.IntN(80)) * time.Millisecond)
+		c.kill()
+		wg.Wait()
+
+		c = startChild(t, dir)
+		if c.info.Pin != pin {
+			t.Fatalf("round %d: CA pin changed from %s to %s", round, pin, c.info.Pin)
+		}
+		checkState(t, dir, bots, added)
+	}
+	// Whoever lost an answer recovers: finish every join and renew once.
+	for _, b := range bots {
+		for range 3 {
+			if err := step(t, c, b); err != nil {
+				t.Errorf("%s: %v", b.name, err)
+			}
+		}
+		if b.id == nil || b.pending != nil || b.joinKey != nil {
+			t.Errorf("%s did not recover after the crashes: joined=%v pending renewal=%v", b.name, b.id != nil, b.pending != nil)
+		}
+	}
+	checkState(t, dir, bots, added)
+	c.kill()
+	t.Logf("%d kill rounds; %d bots added during them; %d joins and %d renewals answered, %d requests cut short by a kill and retried with the same key",
+		rounds, len(added), stats.joins.Load(), stats.renewals.Load(), stats.lost.Load())
+	if stats.lost.Load() == 0 {
+		t.Error("no kill landed during a request: the test did not test anything")
+	}
+}
+
+var stats struct{ joins, renewals, lost atomic.Int64 }
+
+// step moves one bot forward: join if it has no identity (retrying with
+// the same key after a lost answer), else renew (likewise). It returns the
+// transport error when the authority went away.
+func step(t *testing.T, c *child, b *heldBot) error {
+	cl := newClientAt(t, c.info.Addr, c.ca, nil, nil)
+	defer cl.close()
+	if b.id == nil {
+		if b.joinKey == nil {
+			b.joinKey, b.joinPub = newKey(t)
+		}
+		var bi wire.BotIdentity
+		status, msg, err := cl.do("POST", wire.PathJoin, wire.JoinRequest{Token: b.token, PublicKey: b.joinPub}, &bi)
+		switch {
+		case err != nil: // killed: the answer is lost, keep the key for a retry
+			stats.lost.Add(1)
+			return err
+		case status == 200:
+			b.id = &botID{key: b.joinKey, pub: b.joinPub, cert: bi.TLSCert, gen: bi.Generation}
+			b.joinKey, b.joinPub = nil, nil
+			b.gotGen = max(b.gotGen, bi.Generation)
+			stats.joins.Add(1)
+		default:
+			t.Errorf("%s: join refused: %d %s", b.name, status, msg)
+			return fmt.Errorf("refused")
+		}
+		return nil
+	}
+	next := b.pending
+	if next == nil {
+		key, pub := newKey(t)
+		next = &botID{key: key, pub: pub}
+		b.pending = next
+	}
+	rc := newClientAt(t, c.info.Addr, c.ca, b.id.key, b.id.cert)
+	defer rc.close()
+	var bi wire.BotIdentity
+	status, msg, err := rc.do("POST", wire.PathRenew, wire.RenewRequest{PublicKey: next.pub}, &bi)
+	switch {
+	case err != nil:
+		stats.lost.Add(1)
+		return err
+	case status == 200:
+		next.cert, next.gen = bi.TLSCert, bi.Generation
+		b.id, b.pending = next, nil
+		b.gotGen = max(b.gotGen, bi.Generation)
+		stats.renewals.Add(1)
+	default:
+		t.Errorf("%s: renewal refused: %d %s", b.name, status, msg)
+		return fmt.Errorf("refused")
+	}
+	return nil
+}
+
+// checkState opens the state file beside the running authority and checks
+// it against what the clients were told.
+func checkState(t *testing.T, dir string, bots []*heldBot, added []string) {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, dbFile)+"?mode=ro&_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var ok string
+	if err := db.QueryRow(`PRAGMA integrity_check`).Scan(&ok); err != nil || ok != "ok" {
+		t.Fatalf("integrity_check: %q %v", ok, err)
+	}
+	var cas int
+	db.QueryRow(`SELECT count(*) FROM cas`).Scan(&cas)
+	if cas != 3 {
+		t.Fatalf("%d CAs stored, want 3", cas)
+	}
+	for _, b := range bots {
+		row, err := getBot(db, b.name)
+		if err != nil {
+			t.Fatalf("bot %s: %v", b.name, err)
+		}
+		tok, err := getTokenBy(db, "secret_hash", hashToken(b.token))
+		if err != nil {
+			t.Fatalf("token of %s: %v", b.name, err)
+		}
+		if row.Locked != "" {
+			t.Errorf("bot %s got locked: %s", b.name, row.Locked)
+		}
+		if row.Generation < b.gotGen {
+			t.Errorf("bot %s: stored generation %d, but a client was answered generation %d", b.name, row.Generation, b.gotGen)
+		}
+		used := !tok.Used.IsZero()
+		if b.id != nil && !used {
+			t.Errorf("bot %s: its join was answered but the token is unused", b.name)
+		}
+		if used != (row.Generation >= 1) {
+			t.Errorf("bot %s: token used=%v but generation %d", b.name, used, row.Generation)
+		}
+	}
+	for _, name := range added {
+		if _, err := getBot(db, name); err != nil {
+			t.Errorf("bot %s was reported added but is gone: %v", name, err)
+		}
+		var n int
+		db.QueryRow(`SELECT count(*) FROM tokens WHERE bot_name = ?`, name).Scan(&n)
+		if n != 1 {
+			t.Errorf("bot %s has %d tokens, want 1", name, n)
+		}
+	}
+}
