@@ -156,7 +156,26 @@ func (s *Server) loadOrInit(ctx context.Context) error {
 	if s.user == nil || s.host == nil || s.db == nil {
 		return fmt.Errorf("authority state in %s is missing a CA; restore it from a backup", s.cfg.DataDir)
 	}
-	return nil
+	return s.sweepTokens()
+}
+
+// tokenGrace is how long `get tokens` keeps showing an expired token.
+const tokenGrace = 7 * 24 * time.Hour
+
+// sweepTokens drops tokens that expired more than tokenGrace ago: no join
+// can use them, and one-time tokens would otherwise pile up forever.
+func (s *Server) sweepTokens() error {
+	cutoff := s.cfg.Now().Add(-tokenGrace).Unix()
+	return s.st.update(func(tx *sql.Tx) error {
+		res, err := tx.Exec(`DELETE FROM tokens WHERE expires != 0 AND expires < ?`, cutoff)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			s.log.Info("removed long-expired join tokens", "count", n)
+		}
+		return nil
+	})
 }
 
 func (s *Server) initState() error {

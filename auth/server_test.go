@@ -521,3 +521,26 @@ func TestReadBotCertRejectsOthers(t *testing.T) {
 		t.Error("empty certificate read as a bot identity")
 	}
 }
+
+func TestLongExpiredTokensAreSweptAtStart(t *testing.T) {
+	clock := newFakeClock()
+	dir := t.TempDir()
+	cfg := Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(t), Now: clock.Now}
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addBot(t, s, "old", []string{"access"}, nil)
+	s.Close()
+	clock.Add(tokenGrace + 2*time.Hour)
+	s, err = Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	fresh := addBot(t, s, "new", []string{"access"}, nil)
+	res, _ := s.Get(context.Background(), "tokens", "")
+	if len(res.Tokens) != 1 || res.Tokens[0].Metadata.Name != fresh.TokenName {
+		t.Errorf("tokens after the sweep: %+v", res.Tokens)
+	}
+}
