@@ -125,6 +125,7 @@ func Mount(opts Options, first *Snapshot) (*Server, error) {
 		return nil, fmt.Errorf("mount %s: %w", opts.Dir, err)
 	}
 	s.fuse = srv
+	closeFUSEOnExec()
 	go func() {
 		srv.Serve()
 		s.unmounted.Store(true) // umount(8) from outside ends up here too

@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestAuthorityAsANewUserMeetsIt walks the authority's part of the README:
+// bots add prints a token, its expiry, the pin and a mount command; the roles
+// table has the built-ins; the pin survives a restart and a SIGKILL.
+func TestAuthorityAsANewUserMeetsIt(t *testing.T) {
+	a := startAuthority(t)
+	status := a.admin("status")
+	for _, want := range []string{cluster, "CA pin " + a.pin} {
+		if !strings.Contains(status, want) {
+			t.Errorf("status lacks %q:\n%s", want, status)
+		}
+	}
+
+	out := a.admin("bots", "add", "robot", "--roles=access", "--logins=root")
+	for _, want := range []string{a.pin, "midfs mount", "--auth-server=", "--ca-pin=" + a.pin} {
+		if !strings.Contains(out, want) {
+			t.Errorf("bots add output lacks %q:\n%s", want, out)
+		}
+	}
+	if m := tokenRe.FindStringSubmatch(out); m == nil || len(m[1]) < 32 {
+		t.Errorf("bots add prints no token of at least 128 bits:\n%s", out)
+	}
+	if !regexp.MustCompile(`(?i)expire`).MatchString(out) {
+		t.Errorf("bots add does not say when the token expires:\n%s", out)
+	}
+
+	roles := a.admin("get", "roles", "--format=text")
+	for _, want := range []string{"Role", "Allowed to login as", "Node Labels", "Access to resources", "access", "editor", "auditor", "{{internal.logins}}"} {
+		if !strings.Contains(roles, want) {
+			t.Errorf("roles table lacks %q:\n%s", want, roles)
+		}
+	}
+	if r := run(t, "bots", "add", "ghost", "--roles=nope", "--data-dir", a.dataDir); r.code == 0 || !strings.Contains(r.stderr, "nope") {
+		t.Errorf("bots add with an unknown role: %s", r)
+	}
+	if strings.Contains(a.admin("bots", "ls"), "ghost") {
+		t.Error("a bot was made although its role does not exist")
+	}
+
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("kind: role\nversion: v7\nmetadata:\n  name: broken\nspec:\n  allow: [unclosed\n"), 0o644)
+	if r := run(t, "create", "-f", bad, "--data-dir", a.dataDir); r.code == 0 || !strings.Contains(r.stderr, "line") {
+		t.Errorf("malformed YAML: want an error naming the line, got %s", r)
+	}
+	if strings.Contains(a.admin("get", "roles", "--format=text"), "broken") {
+		t.Error("malformed YAML stored a role")
+	}
+
+	a.restart()
+	if !strings.Contains(a.admin("status"), a.pin) {
+		t.Error("restart changed the CA pin")
+	}
+	a.kill()
+	a.start()
+	if !strings.Contains(a.admin("status"), a.pin) {
+		t.Error("SIGKILL and restart changed the CA pin")
+	}
+	if !strings.Contains(a.admin("bots", "ls"), "robot") {
+		t.Error("SIGKILL and restart lost the bot")
+	}
+}
+
+// TestAdminSocketOnlyForRoot: the admin API refuses other users.
+func TestAdminSocketOnlyForRoot(t *testing.T) {
+	a := startAuthority(t)
+	os.Chmod(a.dataDir, 0o755) // let nobody reach the socket file, to see the socket itself refuse
+	defer os.Chmod(a.dataDir, 0o700)
+	nobody, nogroup := lookupID(t, "passwd", "nobody"), lookupID(t, "group", "nogroup")
+	out, err := asUser(nobody, nogroup, midfsBin, "status", "--data-dir", a.dataDir)
+	if err == nil {
+		t.Fatalf("uid nobody used the admin socket:\n%s", out)
+	}
+	if strings.Contains(out, a.pin) {
+		t.Fatalf("uid nobody got the status:\n%s", out)
+	}
+}
