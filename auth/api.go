@@ -55,7 +55,6 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id, err := s.joinToken(&req)
-	clear([]byte(req.Token))
 	if err != nil {
 		s.refuseJoin(w, r, JoinToken, err)
 		return

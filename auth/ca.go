@@ -32,11 +32,11 @@ const caValidity = 10 * 365 * 24 * time.Hour
 // Teleport's X.509 subject OIDs (lib/tlsca/ca.go), so that tools which read
 // Teleport identities read midfs identities too.
 var (
-	oidRenewable      = asn1.ObjectIdentifier{1, 3, 9999, 1, 13}
-	oidGeneration     = asn1.ObjectIdentifier{1, 3, 9999, 1, 14}
-	oidDisallowReissu = asn1.ObjectIdentifier{1, 3, 9999, 2, 9}
-	oidBotName        = asn1.ObjectIdentifier{1, 3, 9999, 2, 18}
-	oidBotInstance    = asn1.ObjectIdentifier{1, 3, 9999, 2, 20}
+	oidRenewable       = asn1.ObjectIdentifier{1, 3, 9999, 1, 13}
+	oidGeneration      = asn1.ObjectIdentifier{1, 3, 9999, 1, 14}
+	oidDisallowReissue = asn1.ObjectIdentifier{1, 3, 9999, 2, 9}
+	oidBotName         = asn1.ObjectIdentifier{1, 3, 9999, 2, 18}
+	oidBotInstance     = asn1.ObjectIdentifier{1, 3, 9999, 2, 20}
 )
 
 // authority is one certificate authority: a key, its self-signed X.509

@@ -71,7 +71,7 @@ func readBotCert(c *x509.Certificate) (*botCert, error) {
 		return nil, fmt.Errorf("client certificate is not a midfs bot identity")
 	}
 	b.Instance, _ = subjectValue(c.Subject, oidBotInstance)
-	if v, ok := subjectValue(c.Subject, oidDisallowReissu); ok && v == "true" {
+	if v, ok := subjectValue(c.Subject, oidDisallowReissue); ok && v == "true" {
 		b.Output = true
 		return &b, nil
 	}
@@ -150,7 +150,7 @@ func (s *Server) issueOutput(bot *botRow, roles []Role, pub crypto.PublicKey, tt
 			ExtraNames: []pkix.AttributeTypeAndValue{
 				{Type: oidBotName, Value: bot.Name},
 				{Type: oidBotInstance, Value: bot.Instance},
-				{Type: oidDisallowReissu, Value: "true"},
+				{Type: oidDisallowReissue, Value: "true"},
 			},
 		},
 		NotBefore:   now.Add(-time.Minute),

@@ -40,12 +40,12 @@ const loginsTemplate = "{{internal.logins}}"
 type Metadata struct {
 	Name        string     `json:"name" yaml:"name"`
 	Description string     `json:"description,omitempty" yaml:"description,omitempty"`
-	Labels      Labels1    `json:"labels,omitempty" yaml:"labels,omitempty"`
+	Labels      LabelMap   `json:"labels,omitempty" yaml:"labels,omitempty"`
 	Expires     *time.Time `json:"expires,omitempty" yaml:"expires,omitempty"`
 }
 
-// Labels1 is a plain label map (one value per key), as nodes carry them.
-type Labels1 map[string]string
+// LabelMap is a plain label map (one value per key), as nodes carry them.
+type LabelMap map[string]string
 
 // Role is a role resource (kind: role, version: v7).
 type Role struct {
