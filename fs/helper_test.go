@@ -467,6 +467,7 @@ func (s *server) publish() {
 
 func (s *server) stop() {
 	if s.cmd.ProcessState != nil {
+		CleanStale(s.dir) // killed: do not leave its dead mount behind
 		return
 	}
 	fmt.Fprintln(s.in, "quit")

@@ -103,8 +103,10 @@ func resolve(dir string) (string, error) {
 		return "", fmt.Errorf("mountpoint %s: %w", abs, err)
 	}
 	abs = filepath.Join(rp, base)
-	// A symlink as the last component is followed (mount(2) would follow
-	// it too). Lstat only looks at the link itself, never into a mount.
+	if _, mounted := findMount(abs); mounted {
+		return abs, nil // lstat of a mountpoint asks its server, which may hang
+	}
+	// A symlink as the last component is followed, as mount(2) would.
 	if st, err := os.Lstat(abs); err == nil && st.Mode()&os.ModeSymlink != 0 {
 		if target, err := filepath.EvalSymlinks(abs); err == nil {
 			abs = target

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,6 +88,11 @@ func TestHungMountIsAbortedAndCleaned(t *testing.T) {
 	s := startServer(t, serveConfig{})
 	s.cmd.Process.Signal(syscall.SIGSTOP)
 	defer s.kill()
+	// kill(2) returns before the process has stopped; until it has, it may
+	// still answer.
+	for !strings.Contains(procState(s.cmd.Process.Pid), "stopped") {
+		time.Sleep(time.Millisecond)
+	}
 	cleaned, err := CleanStale(s.dir)
 	if err != nil || !cleaned {
 		t.Fatalf("CleanStale on a hung mount: %v, %v", cleaned, err)
@@ -156,4 +162,14 @@ func TestUnmountFromOutside(t *testing.T) {
 	if log := s.stderr.String(); strings.Contains(log, "level=WARN") || strings.Contains(log, "level=ERROR") {
 		t.Errorf("warnings after an outside umount:\n%s", log)
 	}
+}
+
+func procState(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for l := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "State:"); ok {
+			return v
+		}
+	}
+	return ""
 }
