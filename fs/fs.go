@@ -57,8 +57,11 @@ type Options struct {
 	Readers  []Reader          // may also open the secret files
 	Xattrs   map[string]string // served read-only on the root directory
 	Logger   *slog.Logger      // nil: slog.Default()
-	OnOpen   func(file, result string)
-	Debug    bool // log every FUSE request (go-fuse's request log) at debug level
+	// OnOpen, if set, is told of every open of a file with ResultOK,
+	// ResultDenied or ResultEROFS. It runs inside the FUSE request: keep it
+	// quick, and never touch the mount from it.
+	OnOpen func(file, result string)
+	Debug  bool // log every FUSE request (go-fuse's request log) at debug level
 }
 
 // Open results reported to Options.OnOpen.
