@@ -24,7 +24,7 @@ bench: build
 	MIDFS_BIN=$(CURDIR)/bin/midfs $(GO) test -run '^$$' -bench . -benchtime 2s -timeout 30m ./...
 
 lint:
-	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
 # Install layout. mount(8) finds helpers only in /sbin (/usr/sbin on a
