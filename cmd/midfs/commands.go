@@ -14,26 +14,35 @@ func commands() []*cli.Command {
 	return cmds
 }
 
-// addEnvVars lets every flag also come from MIDFS_<NAME> (dashes become
-// underscores), so that units and containers can configure midfs without
-// putting a token on the command line.
-func addEnvVars(cmds []*cli.Command) {
+// addEnvVars lets every flag, app-wide or of a command, also come from
+// MIDFS_<NAME> (dashes become underscores), so that units and containers can
+// configure midfs without putting a token on the command line.
+func addEnvVars(app *cli.App) {
+	addFlagEnvVars(app.Flags)
+	addCommandEnvVars(app.Commands)
+}
+
+func addCommandEnvVars(cmds []*cli.Command) {
 	for _, c := range cmds {
-		for _, f := range c.Flags {
-			env := []string{"MIDFS_" + strings.ToUpper(strings.ReplaceAll(f.Names()[0], "-", "_"))}
-			switch f := f.(type) {
-			case *cli.StringFlag:
-				f.EnvVars = append(f.EnvVars, env...)
-			case *cli.BoolFlag:
-				f.EnvVars = append(f.EnvVars, env...)
-			case *cli.DurationFlag:
-				f.EnvVars = append(f.EnvVars, env...)
-			case *cli.StringSliceFlag:
-				f.EnvVars = append(f.EnvVars, env...)
-			case *cli.IntFlag:
-				f.EnvVars = append(f.EnvVars, env...)
-			}
+		addFlagEnvVars(c.Flags)
+		addCommandEnvVars(c.Subcommands)
+	}
+}
+
+func addFlagEnvVars(flags []cli.Flag) {
+	for _, f := range flags {
+		env := []string{"MIDFS_" + strings.ToUpper(strings.ReplaceAll(f.Names()[0], "-", "_"))}
+		switch f := f.(type) {
+		case *cli.StringFlag:
+			f.EnvVars = append(f.EnvVars, env...)
+		case *cli.BoolFlag:
+			f.EnvVars = append(f.EnvVars, env...)
+		case *cli.DurationFlag:
+			f.EnvVars = append(f.EnvVars, env...)
+		case *cli.StringSliceFlag:
+			f.EnvVars = append(f.EnvVars, env...)
+		case *cli.IntFlag:
+			f.EnvVars = append(f.EnvVars, env...)
 		}
-		addEnvVars(c.Subcommands)
 	}
 }

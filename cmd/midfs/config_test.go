@@ -52,7 +52,7 @@ func configApp(got *seen) *cli.App {
 		Commands: []*cli.Command{cmd}, ExitErrHandler: func(*cli.Context, error) {},
 	}
 	addServiceFlags(app)
-	addEnvVars(app.Commands)
+	addEnvVars(app)
 	return app
 }
 

@@ -44,7 +44,7 @@ func newApp() *cli.App {
 		ExitErrHandler:       func(*cli.Context, error) {}, // report() prints and picks the code
 	}
 	addServiceFlags(app) // service_wiring.go: --config, --diag-addr, completion, cleanup
-	addEnvVars(app.Commands)
+	addEnvVars(app)
 	return app
 }
 

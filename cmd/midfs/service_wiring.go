@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -29,10 +28,8 @@ import (
 //	svc.mountpoint(c)              // the positional MOUNTPOINT, or mountpoint: from the config file
 
 // addServiceFlags adds --config and --diag-addr to mount and auth start,
-// MIDFS_* variables to the app-wide flags, and the service commands
-// (completion, cleanup). Call it before addEnvVars.
+// and the service commands (completion, cleanup). Call it before addEnvVars.
 func addServiceFlags(app *cli.App) {
-	addAppEnvVars(app.Flags)
 	if c := findCommand(app.Commands, "mount"); c != nil {
 		wrapService(c, "mountpoint")
 	}
@@ -44,26 +41,16 @@ func addServiceFlags(app *cli.App) {
 	app.Commands = append(app.Commands, serviceCommands()...)
 }
 
-// addAppEnvVars gives the app-wide flags (--log-level, --log-format) their
-// MIDFS_* variables too; addEnvVars only walks commands.
-func addAppEnvVars(flags []cli.Flag) {
-	for _, f := range flags {
-		if s, ok := f.(*cli.StringFlag); ok {
-			s.EnvVars = append(s.EnvVars, "MIDFS_"+strings.ToUpper(strings.ReplaceAll(s.Name, "-", "_")))
-		}
-	}
-}
-
 // wrapService adds the service flags to cmd and runs its Action inside a
 // service: config applied before, diagnostics served during, STOPPING after.
 func wrapService(cmd *cli.Command, extraKeys ...string) {
-	if !hasFlag(cmd.Flags, "config") {
+	if findFlag(cmd.Flags, "config") == nil {
 		cmd.Flags = append(cmd.Flags, &cli.StringFlag{
 			Name: "config", Aliases: []string{"c"},
 			Usage: "YAML `FILE` whose keys are this command's flag names with underscores; flags and MIDFS_* variables override it",
 		})
 	}
-	if !hasFlag(cmd.Flags, "diag-addr") {
+	if findFlag(cmd.Flags, "diag-addr") == nil {
 		cmd.Flags = append(cmd.Flags, &cli.StringFlag{
 			Name:  "diag-addr",
 			Usage: "serve /livez, /readyz and /metrics over plain HTTP on `HOST:PORT`, e.g. 127.0.0.1:3001 (keep it on loopback)",
@@ -102,17 +89,6 @@ func wrapService(cmd *cli.Command, extraKeys ...string) {
 		}
 		return err
 	}
-}
-
-func hasFlag(flags []cli.Flag, name string) bool {
-	for _, f := range flags {
-		for _, n := range f.Names() {
-			if n == name {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 type serviceKey struct{}
