@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -69,7 +70,7 @@ func loadConfig(c *cli.Context, extraKeys ...string) (*configFile, error) {
 	warnIfReadable(path, entries)
 	logChanged := false
 	for _, e := range entries {
-		if contains(extraKeys, e.key) {
+		if slices.Contains(extraKeys, e.key) {
 			if e.node.Kind != yaml.ScalarNode || e.node.Value == "" {
 				return nil, fail(exitUsage, e.errorf("%s wants a single value", e.key))
 			}
@@ -311,13 +312,4 @@ func warnIfReadable(path string, entries []configEntry) {
 			slog.Warn("config file holds a token and is readable by other users; run chmod 600 on it", "file", path)
 		}
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -6,9 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -75,10 +76,7 @@ func (d *diag) addCheck(name string, check func() health) {
 // process is still starting: initializing, not ready.
 func (d *diag) readiness() readyz {
 	d.mu.Lock()
-	checks := make(map[string]func() health, len(d.checks))
-	for k, v := range d.checks {
-		checks[k] = v
-	}
+	checks := maps.Clone(d.checks)
 	d.mu.Unlock()
 	r := readyz{Status: healthy, Services: map[string]health{}}
 	if len(checks) == 0 {
@@ -115,7 +113,7 @@ func (d *diag) handler() http.Handler {
 		r := d.readiness()
 		h, ok := r.Services[req.PathValue("service")]
 		if !ok {
-			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such service; known: " + strings.Join(sortedKeys(r.Services), ", ")})
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such service; known: " + strings.Join(slices.Sorted(maps.Keys(r.Services)), ", ")})
 			return
 		}
 		writeJSON(w, statusCode(h.Status), h)
@@ -135,15 +133,6 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
-}
-
-func sortedKeys(m map[string]health) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // serve listens on addr now, so a bad address fails the command at start,
