@@ -117,15 +117,6 @@ func (c *AdminClient) UnlockBot(ctx context.Context, name string) error {
 	return c.call(ctx, "POST", "/v1/bots/"+url.PathEscape(name)+"/unlock", nil, nil)
 }
 
-// Bots lists bots.
-func (c *AdminClient) Bots(ctx context.Context) ([]BotResource, error) {
-	res, err := c.Get(ctx, KindBot, "")
-	if err != nil {
-		return nil, err
-	}
-	return res.Bots, nil
-}
-
 // CreateYAML stores the resources of a YAML file.
 func (c *AdminClient) CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error) {
 	var done []string

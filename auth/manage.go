@@ -223,11 +223,6 @@ func checkNode(n identity.Node) error {
 	return nil
 }
 
-// RemoveNode deletes a node from the inventory.
-func (s *Server) RemoveNode(ctx context.Context, name string) error {
-	return s.Remove(ctx, KindNode, name)
-}
-
 // CreateYAML parses resources (see ParseResources) and stores them all in
 // one transaction. Existing resources are errors unless force is set.
 // It returns one line per resource, like "role/dev created".
