@@ -2,8 +2,6 @@ package fs
 
 import (
 	"bytes"
-	"crypto/x509"
-	"encoding/pem"
 	"os"
 	"slices"
 	"strings"
@@ -14,22 +12,6 @@ import (
 
 	"github.com/midfs/midfs/identity"
 )
-
-func parseCertsPEM(b []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, b = pem.Decode(b)
-		if block == nil {
-			return out, nil
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-}
 
 func requireRoot(t testing.TB) {
 	t.Helper()

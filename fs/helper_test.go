@@ -579,7 +579,7 @@ func sshCertFP(t testing.TB, line []byte) string {
 
 func tlsCertFP(t testing.TB, pemBytes []byte) string {
 	t.Helper()
-	certs, err := parseCertsPEM(pemBytes)
+	certs, err := identity.ParseCertsPEM(pemBytes)
 	if err != nil || len(certs) != 1 {
 		t.Fatalf("tlscert does not parse: %v\n%q", err, pemBytes)
 	}

@@ -296,6 +296,33 @@ func TestIdentityFileSections(t *testing.T) {
 	}
 }
 
+// ParseCertsPEM reads back what CertsPEM and Render write, in order.
+func TestParseCertsPEMReadsWhatIsRendered(t *testing.T) {
+	var caKeys [3]crypto.Signer
+	for i := range caKeys {
+		caKeys[i], _ = GenerateKey(ECDSA)
+	}
+	key, _ := GenerateKey(ECDSA)
+	id := newIdentity(t, key, caKeys, rand.Reader, time.Now())
+	cas := []CA{id.CAs.User[0], id.CAs.Host[0], id.CAs.Database[0]}
+	got, err := ParseCertsPEM(CertsPEM(cas))
+	if err != nil || len(got) != len(cas) {
+		t.Fatalf("ParseCertsPEM(CertsPEM of %d CAs) = %d certificates, %v", len(cas), len(got), err)
+	}
+	for i, c := range got {
+		if !c.Equal(cas[i].TLS) {
+			t.Errorf("certificate %d is not CA %d", i, i)
+		}
+	}
+	tlscert, _ := Render(FileTLSCert, id, nil, "/x")
+	if got, err := ParseCertsPEM(tlscert); err != nil || len(got) != 1 || !got[0].Equal(id.TLSCert) {
+		t.Errorf("ParseCertsPEM(tlscert) = %v, %v", got, err)
+	}
+	if _, err := ParseCertsPEM([]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")); err == nil {
+		t.Error("a PEM block that is no certificate parsed")
+	}
+}
+
 func TestCheckRejectsMismatch(t *testing.T) {
 	key, _ := GenerateKey(ECDSA)
 	other, _ := GenerateKey(ECDSA)

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"net"
@@ -84,6 +85,24 @@ func CertsPEM(cas []CA) []byte {
 		pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: ca.TLS.Raw})
 	}
 	return b.Bytes()
+}
+
+// ParseCertsPEM reads the certificates of a PEM file such as CertsPEM or
+// Render's tlscert write, in order.
+func ParseCertsPEM(b []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, b = pem.Decode(b)
+		if block == nil {
+			return out, nil
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
 }
 
 // KnownHosts is one @cert-authority line per SSH host CA key, matching the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -92,7 +91,7 @@ func readMountIdentity(dir string) (key crypto.Signer, cert *x509.Certificate, c
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	certs, err := parseCerts(certPEM)
+	certs, err := identity.ParseCertsPEM(certPEM)
 	if err != nil || len(certs) != 1 {
 		return nil, nil, nil, failf(exitFailure, "%s does not hold one certificate", filepath.Join(dir, identity.FileTLSCert))
 	}
@@ -100,26 +99,10 @@ func readMountIdentity(dir string) (key crypto.Signer, cert *x509.Certificate, c
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if cas, err = parseCerts(caPEM); err != nil || len(cas) == 0 {
+	if cas, err = identity.ParseCertsPEM(caPEM); err != nil || len(cas) == 0 {
 		return nil, nil, nil, failf(exitFailure, "%s holds no host CA certificate", filepath.Join(dir, identity.FileHostCA))
 	}
 	return k, certs[0], cas, nil
-}
-
-func parseCerts(b []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, b = pem.Decode(b)
-		if block == nil {
-			return out, nil
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
 }
 
 // mountAuthServer reads the authority's address from the mount's root.
