@@ -139,11 +139,7 @@ func (j *iamJoin) verify(r *http.Request, req *wire.IAMJoinRequest) (string, cal
 	if f != nil {
 		return "", callerIdentity{}, f
 	}
-	rules := make([]iamAllowRule, len(tok.Allow))
-	for i, a := range tok.Allow {
-		rules[i] = iamAllowRule{AWSAccount: a.AWSAccount, AWSARN: a.AWSARN}
-	}
-	if f := matchIAMRules(rules, id); f != nil {
+	if f := matchIAMRules(tok.Allow, id); f != nil {
 		f.detail = fmt.Sprintf("token %s: %s", tok.Name, f.detail)
 		return "", callerIdentity{}, f
 	}

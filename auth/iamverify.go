@@ -267,17 +267,11 @@ func parseCallerIdentity(body []byte) (callerIdentity, *iamRefusal) {
 	return id, nil
 }
 
-// iamAllowRule is one allow rule of an iam token; an empty field matches
-// anything, a rule with both fields empty matches nothing (it would let any
-// AWS account in).
-type iamAllowRule struct {
-	AWSAccount string
-	AWSARN     string
-}
-
-// matchIAMRules is nil when one rule admits id. Otherwise the reason says
-// which part failed: the account, or (with a matching account) the ARN.
-func matchIAMRules(rules []iamAllowRule, id callerIdentity) *iamRefusal {
+// matchIAMRules is nil when one of the token's allow rules admits id. In a
+// rule an empty field matches anything, but a rule with both fields empty
+// matches nothing (it would let any AWS account in). Otherwise the reason
+// says which part failed: the account, or (with a matching account) the ARN.
+func matchIAMRules(rules []AllowRule, id callerIdentity) *iamRefusal {
 	accountMatched := false
 	for _, r := range rules {
 		if r.AWSAccount == "" && r.AWSARN == "" {

@@ -204,17 +204,17 @@ func TestGlobMatch(t *testing.T) {
 func TestMatchIAMRules(t *testing.T) {
 	id := callerIdentity{Account: "111111111111", Arn: "arn:aws:sts::111111111111:assumed-role/bot/i-0abc"}
 	for name, tc := range map[string]struct {
-		rules []iamAllowRule
+		rules []AllowRule
 		want  iamReason // empty: admitted
 	}{
-		"account":                {[]iamAllowRule{{AWSAccount: "111111111111"}}, ""},
-		"account and arn":        {[]iamAllowRule{{AWSAccount: "111111111111", AWSARN: "arn:aws:sts::111111111111:assumed-role/bot/*"}}, ""},
-		"arn only":               {[]iamAllowRule{{AWSARN: "arn:aws:sts::111111111111:*"}}, ""},
-		"second rule":            {[]iamAllowRule{{AWSAccount: "222222222222"}, {AWSAccount: "111111111111"}}, ""},
-		"wrong account":          {[]iamAllowRule{{AWSAccount: "222222222222"}}, reasonAccountNotAllowed},
-		"arn outside the glob":   {[]iamAllowRule{{AWSAccount: "111111111111", AWSARN: "arn:aws:sts::111111111111:assumed-role/other/*"}}, reasonARNNotAllowed},
-		"arn only, no match":     {[]iamAllowRule{{AWSARN: "arn:aws:sts::222222222222:*"}}, reasonARNNotAllowed},
-		"empty rule admits none": {[]iamAllowRule{{}}, reasonAccountNotAllowed},
+		"account":                {[]AllowRule{{AWSAccount: "111111111111"}}, ""},
+		"account and arn":        {[]AllowRule{{AWSAccount: "111111111111", AWSARN: "arn:aws:sts::111111111111:assumed-role/bot/*"}}, ""},
+		"arn only":               {[]AllowRule{{AWSARN: "arn:aws:sts::111111111111:*"}}, ""},
+		"second rule":            {[]AllowRule{{AWSAccount: "222222222222"}, {AWSAccount: "111111111111"}}, ""},
+		"wrong account":          {[]AllowRule{{AWSAccount: "222222222222"}}, reasonAccountNotAllowed},
+		"arn outside the glob":   {[]AllowRule{{AWSAccount: "111111111111", AWSARN: "arn:aws:sts::111111111111:assumed-role/other/*"}}, reasonARNNotAllowed},
+		"arn only, no match":     {[]AllowRule{{AWSARN: "arn:aws:sts::222222222222:*"}}, reasonARNNotAllowed},
+		"empty rule admits none": {[]AllowRule{{}}, reasonAccountNotAllowed},
 		"no rules":               {nil, reasonAccountNotAllowed},
 	} {
 		got := matchIAMRules(tc.rules, id)
