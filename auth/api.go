@@ -181,7 +181,7 @@ func decodeRequest(w http.ResponseWriter, r *http.Request, v any) error {
 
 var errTooLarge = fmt.Errorf("request body larger than %d bytes", wire.MaxBody)
 
-// decodeStrict is the request decoder (fuzzed in api_fuzz_test.go).
+// decodeStrict is the request decoder (fuzzed in fuzz_test.go).
 func decodeStrict(body io.Reader, v any) error {
 	dec := json.NewDecoder(io.LimitReader(body, wire.MaxBody+1))
 	dec.DisallowUnknownFields()

@@ -1,9 +1,10 @@
 package auth
 
-// IAM join, the pure part: what the authority checks in a signed, unsent
+// IAM join, the checks: what the authority checks in a signed, unsent
 // sts:GetCallerIdentity request before and after it hands that request to
-// AWS. Nothing here touches the network or the store, so every check can be
-// tested with a table.
+// AWS, and the challenges it hands out. Nothing here touches the store, and
+// only stsForwarder.send the network, so every other check can be tested
+// with a table.
 
 import (
 	"bufio"
