@@ -90,7 +90,7 @@ func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pub, _ := parsePublicKey(req.PublicKey) // checked in verify
-	bi, err := j.s.issueBotIdentity(r.Context(), bot, pub, JoinIAM, false)
+	bi, err := j.s.issueBotIdentity(bot, pub, JoinIAM)
 	var botRef *refusal
 	if errors.As(err, &botRef) { // bot removed or locked
 		j.refuse(w, r, ref, refuse(iamReason(botRef.Code), "%s", botRef.Reason))

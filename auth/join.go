@@ -271,50 +271,20 @@ func (s *Server) lookupToken(ctx context.Context, name string) (*Token, error) {
 	return &t.Token, nil
 }
 
-// issueBotIdentity issues a bot identity for a join that the caller has
-// already verified (IAM). A non-renewable identity carries the bot's
-// current instance and generation and changes nothing stored: many
-// machines may join as one IAM bot. renewable=true starts a new instance at
-// generation 1, as a token join does. Refusals (bot removed or locked) are
-// *refusal errors; pass them to refuseJoin.
-func (s *Server) issueBotIdentity(ctx context.Context, botName string, pub crypto.PublicKey, method string, renewable bool) (*wire.BotIdentity, error) {
-	now := s.cfg.Now()
-	var bot *botRow
-	var ref *refusal
-	read := func(q querier) error {
-		b, err := getBot(q, botName)
-		if errors.Is(err, ErrNotFound) {
-			ref = refuseToken("bot_missing", fmt.Sprintf("%s join for bot %s, which does not exist (removed?)", method, botName))
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if b.Locked != "" {
-			ref = refuseToken("bot_locked", fmt.Sprintf("bot %s is locked: %s", b.Name, b.Locked))
-			return nil
-		}
-		bot = b
-		return nil
-	}
-	var err error
-	if !renewable {
-		err = read(s.st.db)
-	} else {
-		err = s.st.update(func(tx *sql.Tx) error {
-			if err := read(tx); err != nil || ref != nil {
-				return err
-			}
-			bot.Instance, bot.Generation = newInstanceID(), 1
-			_, err := tx.Exec(`UPDATE bots SET instance = ?, generation = 1, last_key_hash = NULL WHERE name = ?`, bot.Instance, bot.Name)
-			return err
-		})
+// issueBotIdentity issues a non-renewable bot identity for a join that the
+// caller has already verified (IAM). It carries the bot's current instance
+// and generation and changes nothing stored: many machines may join as one
+// IAM bot. Refusals (bot removed or locked) are *refusal errors.
+func (s *Server) issueBotIdentity(botName string, pub crypto.PublicKey, method string) (*wire.BotIdentity, error) {
+	b, err := getBot(s.st.db, botName)
+	if errors.Is(err, ErrNotFound) {
+		return nil, refuseToken("bot_missing", fmt.Sprintf("%s join for bot %s, which does not exist (removed?)", method, botName))
 	}
 	if err != nil {
 		return nil, err
 	}
-	if ref != nil {
-		return nil, ref
+	if b.Locked != "" {
+		return nil, refuseToken("bot_locked", fmt.Sprintf("bot %s is locked: %s", b.Name, b.Locked))
 	}
-	return s.issueBotTLS(bot, pub, bot.Generation, renewable, now)
+	return s.issueBotTLS(b, pub, b.Generation, false, s.cfg.Now())
 }
