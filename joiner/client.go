@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -155,12 +156,20 @@ func unwrapURL(err error) error {
 func ListNodes(ctx context.Context, addr string, key crypto.Signer, cert *x509.Certificate, hostCAs []*x509.Certificate) ([]identity.Node, error) {
 	api := newAPIClient(addr, certPool(hostCAs), key, cert)
 	defer api.close()
+	nodes, err := api.nodes(ctx)
+	if isRetryable(err) {
+		return nil, &kindError{kind: ErrUnreachable, cause: err, msg: err.Error()}
+	}
+	return nodes, err
+}
+
+// nodes fetches the nodes the client's identity may reach, sorted by name
+// so that two fetches compare equal when nothing changed.
+func (c *apiClient) nodes(ctx context.Context) ([]identity.Node, error) {
 	var list wire.NodeList
-	if err := api.call(ctx, http.MethodGet, wire.PathNodes, nil, &list); err != nil {
-		if isRetryable(err) {
-			return nil, &kindError{kind: ErrUnreachable, cause: err, msg: err.Error()}
-		}
+	if err := c.call(ctx, http.MethodGet, wire.PathNodes, nil, &list); err != nil {
 		return nil, err
 	}
-	return sortNodes(list.Nodes), nil
+	slices.SortFunc(list.Nodes, func(a, b identity.Node) int { return strings.Compare(a.Name, b.Name) })
+	return list.Nodes, nil
 }

@@ -482,7 +482,7 @@ func (a *Agent) refreshOutput(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	nodes, err := a.fetchNodes(ctx)
+	nodes, err := a.api.nodes(ctx)
 	if err != nil {
 		return err
 	}
@@ -494,17 +494,9 @@ func (a *Agent) refreshOutput(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) fetchNodes(ctx context.Context) ([]identity.Node, error) {
-	var list wire.NodeList
-	if err := a.api.call(ctx, http.MethodGet, wire.PathNodes, nil, &list); err != nil {
-		return nil, err
-	}
-	return sortNodes(list.Nodes), nil
-}
-
 // refreshNodes fetches the node list and says whether it changed.
 func (a *Agent) refreshNodes(ctx context.Context) (bool, error) {
-	nodes, err := a.fetchNodes(ctx)
+	nodes, err := a.api.nodes(ctx)
 	if err != nil {
 		return false, err
 	}

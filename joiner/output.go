@@ -4,7 +4,8 @@ import (
 	"crypto"
 	"crypto/x509"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 
 	"golang.org/x/crypto/ssh"
 
@@ -77,26 +78,8 @@ func signedByUserCA(cert *ssh.Certificate, cas []identity.CA) bool {
 	return false
 }
 
-// sortNodes orders nodes by name so that two fetches compare equal when
-// nothing changed.
-func sortNodes(nodes []identity.Node) []identity.Node {
-	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
-	return nodes
-}
-
 func sameNodes(a, b []identity.Node) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i].Name != b[i].Name || a[i].Addr != b[i].Addr || len(a[i].Labels) != len(b[i].Labels) {
-			return false
-		}
-		for k, v := range a[i].Labels {
-			if w, ok := b[i].Labels[k]; !ok || w != v {
-				return false
-			}
-		}
-	}
-	return true
+	return slices.EqualFunc(a, b, func(x, y identity.Node) bool {
+		return x.Name == y.Name && x.Addr == y.Addr && maps.Equal(x.Labels, y.Labels)
+	})
 }
