@@ -120,7 +120,8 @@ func (c *AdminClient) UnlockBot(ctx context.Context, name string) error {
 // CreateYAML stores the resources of a YAML file.
 func (c *AdminClient) CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error) {
 	var done []string
-	return done, c.call(ctx, "POST", "/v1/resources?force="+fmt.Sprint(force), data, &done)
+	err := c.call(ctx, "POST", "/v1/resources?force="+fmt.Sprint(force), data, &done)
+	return done, err
 }
 
 // Get lists resources of a kind, or the one named.
@@ -151,11 +152,13 @@ func (c *AdminClient) RemoveNode(ctx context.Context, name string) error {
 // Export returns a CA in the form of typ (see Export* constants).
 func (c *AdminClient) Export(ctx context.Context, typ string) (string, error) {
 	var t textResponse
-	return t.Text, c.call(ctx, "GET", "/v1/export/"+url.PathEscape(typ), nil, &t)
+	err := c.call(ctx, "GET", "/v1/export/"+url.PathEscape(typ), nil, &t)
+	return t.Text, err
 }
 
 // SignHost has the host CA sign a host public key (authorized_keys form).
 func (c *AdminClient) SignHost(ctx context.Context, publicKey string, hosts []string, ttl time.Duration) (string, error) {
 	var t textResponse
-	return t.Text, c.call(ctx, "POST", "/v1/sign/host", signHostRequest{PublicKey: publicKey, Hosts: hosts, TTL: ttl}, &t)
+	err := c.call(ctx, "POST", "/v1/sign/host", signHostRequest{PublicKey: publicKey, Hosts: hosts, TTL: ttl}, &t)
+	return t.Text, err
 }
