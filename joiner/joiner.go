@@ -319,7 +319,7 @@ func (a *Agent) join(ctx context.Context, deadline time.Time) error {
 	}
 	var cas []*x509.Certificate
 	err := a.retry(ctx, deadline, func(ctx context.Context) (err error) {
-		_, cas, err = fetchCAs(ctx, addr)
+		cas, err = fetchCAs(ctx, addr)
 		return err
 	})
 	if err != nil {

@@ -53,7 +53,7 @@ func checkPins(addr string, pins []string, cas []*x509.Certificate) error {
 // fetchCAs asks the authority for its host CAs over a TLS connection that
 // verifies nothing: the answer is only trusted after checkPins. Nothing
 // secret travels on this connection.
-func fetchCAs(ctx context.Context, addr string) (cluster string, cas []*x509.Certificate, err error) {
+func fetchCAs(ctx context.Context, addr string) ([]*x509.Certificate, error) {
 	tr := &http.Transport{
 		TLSClientConfig: &tls.Config{
 			ServerName:         wire.ServerName,
@@ -67,16 +67,17 @@ func fetchCAs(ctx context.Context, addr string) (cluster string, cas []*x509.Cer
 	api := &apiClient{addr: addr, hc: &http.Client{Transport: tr}}
 	var resp wire.CAResponse
 	if err := api.call(ctx, http.MethodGet, wire.PathCA, nil, &resp); err != nil {
-		return "", nil, err
+		return nil, err
 	}
+	var cas []*x509.Certificate
 	for _, der := range resp.HostCAs {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
-			return "", nil, &kindError{kind: ErrPinMismatch, msg: fmt.Sprintf("the authority at %s sent a host CA that does not parse: %v", addr, err)}
+			return nil, &kindError{kind: ErrPinMismatch, msg: fmt.Sprintf("the authority at %s sent a host CA that does not parse: %v", addr, err)}
 		}
 		cas = append(cas, c)
 	}
-	return resp.ClusterName, cas, nil
+	return cas, nil
 }
 
 // certPool trusts exactly the given CAs.
