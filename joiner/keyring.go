@@ -31,10 +31,16 @@ func (k *keyringStore) String() string { return "kernel keyring @u key " + k.des
 
 func (k *keyringStore) find() (int, error) {
 	id, err := unix.KeyctlSearch(unix.KEY_SPEC_USER_KEYRING, "user", k.desc, 0)
-	if errors.Is(err, unix.ENOKEY) || errors.Is(err, unix.EKEYEXPIRED) || errors.Is(err, unix.EKEYREVOKED) {
+	if gone(err) {
 		return 0, ErrNotStored
 	}
 	return id, err
+}
+
+// gone says the kernel has no usable key: never stored, expired (the
+// timeout Save sets) or revoked. It can happen between any two calls.
+func gone(err error) bool {
+	return errors.Is(err, unix.ENOKEY) || errors.Is(err, unix.EKEYEXPIRED) || errors.Is(err, unix.EKEYREVOKED)
 }
 
 func (k *keyringStore) Load() ([]byte, error) {
@@ -49,7 +55,7 @@ func (k *keyringStore) Load() ([]byte, error) {
 		buf := make([]byte, size)
 		n, err := unix.KeyctlBuffer(unix.KEYCTL_READ, id, buf, 0)
 		if err != nil {
-			if errors.Is(err, unix.ENOKEY) || errors.Is(err, unix.EKEYEXPIRED) {
+			if gone(err) {
 				return nil, ErrNotStored
 			}
 			return nil, fmt.Errorf("read %s: %w", k, err)
