@@ -83,34 +83,14 @@ func adminCommands() []*cli.Command {
 					Usage:     "remove a bot: its identities and tokens are refused from then on",
 					ArgsUsage: "NAME",
 					Flags:     []cli.Flag{dataDirFlag()},
-					Action: withAdmin(func(c *cli.Context, ac *auth.AdminClient) error {
-						name, err := oneArg(c, "NAME")
-						if err != nil {
-							return err
-						}
-						if err := ac.RemoveBot(c.Context, name); err != nil {
-							return fail(exitFailure, err)
-						}
-						fmt.Fprintf(c.App.Writer, "bot %s removed\n", name)
-						return nil
-					}),
+					Action:    onName("bot", "removed", (*auth.AdminClient).RemoveBot),
 				},
 				{
 					Name:      "unlock",
 					Usage:     "clear a bot's generation lock",
 					ArgsUsage: "NAME",
 					Flags:     []cli.Flag{dataDirFlag()},
-					Action: withAdmin(func(c *cli.Context, ac *auth.AdminClient) error {
-						name, err := oneArg(c, "NAME")
-						if err != nil {
-							return err
-						}
-						if err := ac.UnlockBot(c.Context, name); err != nil {
-							return fail(exitFailure, err)
-						}
-						fmt.Fprintf(c.App.Writer, "bot %s unlocked\n", name)
-						return nil
-					}),
+					Action:    onName("bot", "unlocked", (*auth.AdminClient).UnlockBot),
 				},
 			},
 		},
@@ -164,17 +144,7 @@ func adminCommands() []*cli.Command {
 					Usage:     "remove a node",
 					ArgsUsage: "NAME",
 					Flags:     []cli.Flag{dataDirFlag()},
-					Action: withAdmin(func(c *cli.Context, ac *auth.AdminClient) error {
-						name, err := oneArg(c, "NAME")
-						if err != nil {
-							return err
-						}
-						if err := ac.RemoveNode(c.Context, name); err != nil {
-							return fail(exitFailure, err)
-						}
-						fmt.Fprintf(c.App.Writer, "node %s removed\n", name)
-						return nil
-					}),
+					Action:    onName("node", "removed", (*auth.AdminClient).RemoveNode),
 				},
 				{
 					Name:   "ls",
@@ -205,6 +175,22 @@ func withAdmin(action func(*cli.Context, *auth.AdminClient) error) cli.ActionFun
 		defer ac.Close()
 		return action(c, ac)
 	}
+}
+
+// onName runs do on the one NAME argument of a command, then says so:
+// "bot NAME removed".
+func onName(noun, done string, do func(*auth.AdminClient, context.Context, string) error) cli.ActionFunc {
+	return withAdmin(func(c *cli.Context, ac *auth.AdminClient) error {
+		name, err := oneArg(c, "NAME")
+		if err != nil {
+			return err
+		}
+		if err := do(ac, c.Context, name); err != nil {
+			return fail(exitFailure, err)
+		}
+		fmt.Fprintf(c.App.Writer, "%s %s %s\n", noun, name, done)
+		return nil
+	})
 }
 
 // oneArg is the single positional argument of a command.
