@@ -30,7 +30,6 @@ import (
 // logBuffer collects log lines of a test (to look for secrets) and shows
 // them when the test fails.
 type logBuffer struct {
-	t  *testing.T
 	mu sync.Mutex
 	b  bytes.Buffer
 }
@@ -49,7 +48,7 @@ func (l *logBuffer) String() string {
 }
 
 func newLog(t *testing.T) (*slog.Logger, *logBuffer) {
-	lb := &logBuffer{t: t}
+	lb := &logBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Log("logs:\n" + lb.String())

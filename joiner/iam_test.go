@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,27 +28,9 @@ var iamCaller = ststest.Caller{
 	Account: "111111111111", Arn: "arn:aws:sts::111111111111:assumed-role/midfs-bot/i-0123456789abcdef0",
 }
 
-// iamLog is a log sink safe for the agent's and authority's goroutines.
-type iamLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *iamLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *iamLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // startIAMAuthority runs an authority whose STS is a stand-in knowing
 // iamCaller, with the seed guide's iam-token and bot robot.
-func startIAMAuthority(t *testing.T, log *iamLog) (*auth.Server, *ststest.Server) {
+func startIAMAuthority(t *testing.T, log *logBuffer) (*auth.Server, *ststest.Server) {
 	t.Helper()
 	sts := ststest.Start(iamCaller)
 	t.Cleanup(sts.Close)
@@ -96,7 +77,7 @@ func awsEnv(t *testing.T, c ststest.Caller) {
 }
 
 func TestIAMJoinThroughTheAgent(t *testing.T) {
-	log := &iamLog{}
+	log := &logBuffer{}
 	s, sts := startIAMAuthority(t, log)
 	awsEnv(t, iamCaller)
 	agent, err := joiner.Join(context.Background(), joiner.Config{
@@ -151,7 +132,7 @@ func TestIAMJoinThroughTheAgent(t *testing.T) {
 }
 
 func TestIAMJoinRefusedByTheAuthorityIsFinal(t *testing.T) {
-	log := &iamLog{}
+	log := &logBuffer{}
 	s, _ := startIAMAuthority(t, log)
 	stranger := iamCaller
 	stranger.SecretAccessKey = "not-the-secret-sts-knows"
