@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -402,27 +401,11 @@ func hostCA(t *testing.T, s *auth.Server) *x509.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cas, err := parsePEMCerts([]byte(pemText))
+	cas, err := identity.ParseCertsPEM([]byte(pemText))
 	if err != nil || len(cas) != 1 {
 		t.Fatalf("host CA PEM: %v", err)
 	}
 	return cas[0]
-}
-
-func parsePEMCerts(b []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, b = pem.Decode(b)
-		if block == nil {
-			return out, nil
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
 }
 
 func freeTCPPort(t *testing.T) int {
