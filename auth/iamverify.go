@@ -19,6 +19,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -132,10 +133,8 @@ func checkChallengeHeader(h http.Header, challenge string) *iamRefusal {
 		return refuse(reasonChallengeNotSigned, "%v", err)
 	}
 	want := strings.ToLower(wire.ChallengeHeader)
-	for _, s := range signed {
-		if s == want {
-			return nil
-		}
+	if slices.Contains(signed, want) {
+		return nil
 	}
 	return refuse(reasonChallengeNotSigned, "SignedHeaders %q lacks %s", strings.Join(signed, ";"), want)
 }

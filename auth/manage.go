@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -447,7 +448,7 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 			}
 			var users []string
 			for _, b := range bots {
-				if contains(b.Roles, name) {
+				if slices.Contains(b.Roles, name) {
 					users = append(users, b.Name)
 				}
 			}

@@ -3,7 +3,8 @@ package auth
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/midfs/midfs/identity"
@@ -70,12 +71,7 @@ func allowedLogins(roles []Role, botLogins []string) []string {
 			delete(allowed, l)
 		}
 	}
-	out := make([]string, 0, len(allowed))
-	for l := range allowed {
-		out = append(out, l)
-	}
-	sort.Strings(out)
-	return out
+	return slices.Sorted(maps.Keys(allowed))
 }
 
 // noLoginPrincipal stands in for an empty principal list: OpenSSH reads a
@@ -110,7 +106,7 @@ func labelsMatch(sel Labels, labels map[string]string) bool {
 	}
 	for key, vals := range sel {
 		if key == "*" {
-			if !contains(vals, "*") {
+			if !slices.Contains(vals, "*") {
 				return false
 			}
 			continue
@@ -119,27 +115,11 @@ func labelsMatch(sel Labels, labels map[string]string) bool {
 		if !ok {
 			return false
 		}
-		match := false
-		for _, want := range vals {
-			if globMatch(want, v) {
-				match = true
-				break
-			}
-		}
-		if !match {
+		if !slices.ContainsFunc(vals, func(want string) bool { return globMatch(want, v) }) {
 			return false
 		}
 	}
 	return true
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // globMatch matches s against pattern, where * stands for any run of

@@ -19,6 +19,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -158,10 +159,10 @@ func (s *Server) authenticate(r *http.Request, body []byte) (Caller, string, str
 	if a.region != regionOf(r.Host) {
 		return Caller{}, "SignatureDoesNotMatch", fmt.Sprintf("Credential should be scoped to a valid region, not '%s'", a.region)
 	}
-	if !contains(a.signed, "host") {
+	if !slices.Contains(a.signed, "host") {
 		return Caller{}, "SignatureDoesNotMatch", "host must be a signed header"
 	}
-	if c.SessionToken != "" && (r.Header.Get("X-Amz-Security-Token") != c.SessionToken || !contains(a.signed, "x-amz-security-token")) {
+	if c.SessionToken != "" && (r.Header.Get("X-Amz-Security-Token") != c.SessionToken || !slices.Contains(a.signed, "x-amz-security-token")) {
 		return Caller{}, "InvalidClientTokenId", "The security token included in the request is invalid."
 	}
 	canonical := canonicalRequest(r, a.signed, body)
@@ -260,15 +261,6 @@ func regionOf(host string) string {
 		return r
 	}
 	return ""
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 func hexSHA256(b []byte) string {

@@ -5,7 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -110,11 +111,7 @@ func formatSelector(sel auth.Labels) string {
 	if vals, ok := sel["*"]; ok && len(sel) == 1 && len(vals) == 1 && vals[0] == "*" {
 		return "<all nodes>"
 	}
-	keys := make([]string, 0, len(sel))
-	for k := range sel {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := slices.Sorted(maps.Keys(sel))
 	parts := make([]string, len(keys))
 	for i, k := range keys {
 		parts[i] = k + "=" + strings.Join(sel[k], "|")
