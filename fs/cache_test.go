@@ -198,20 +198,19 @@ func TestCacheDecisions(t *testing.T) {
 
 // Release clears the bytes of the snapshot, key included.
 func TestReleaseZeroesTheSnapshot(t *testing.T) {
-	s := &Server{opts: Options{Dir: "/run/midfs-test"}, log: slog.New(slog.DiscardHandler), pins: newPinTable()}
-	s.unmounted.Store(true) // no kernel to notify
 	ca, _ := newTestCA()
 	id, err := ca.issue()
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := s.newGeneration(&Snapshot{Identity: id})
+	s, err := newServer(Options{Dir: "/run/midfs-test", Logger: slog.New(slog.DiscardHandler)}, &Snapshot{Identity: id})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.current.Store(g)
-	for i, f := range identity.Files {
-		n := newFileNode(s, i, f, g)
+	s.unmounted.Store(true) // no kernel to notify
+	g := s.current.Load()
+	for i, n := range s.files {
+		f := n.file
 		h := &handle{node: n, gen: g}
 		dest := make([]byte, 64<<10)
 		res, errno := h.Read(context.Background(), dest, 0)

@@ -119,7 +119,6 @@ func treesEqual(a, b []treeEntry) bool {
 // be EROFS and keep the child. go-fuse's default Unlink and Rmdir would
 // report success and drop the file from the tree.
 func TestNodeMethodsRefuseWritesWithoutTheKernel(t *testing.T) {
-	s := &Server{opts: Options{Dir: "/run/midfs-test"}, log: slog.New(slog.DiscardHandler), pins: newPinTable()}
 	ca, err := newTestCA()
 	if err != nil {
 		t.Fatal(err)
@@ -128,14 +127,9 @@ func TestNodeMethodsRefuseWritesWithoutTheKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := s.newGeneration(&Snapshot{Identity: id})
+	s, err := newServer(Options{Dir: "/run/midfs-test", Logger: slog.New(slog.DiscardHandler)}, &Snapshot{Identity: id})
 	if err != nil {
 		t.Fatal(err)
-	}
-	s.current.Store(g)
-	s.root = &dirNode{srv: s}
-	for i, f := range identity.Files {
-		s.files = append(s.files, newFileNode(s, i, f, g))
 	}
 	raw := gofs.NewNodeFS(s.root, s.nodeOptions())
 	hdr := func(node uint64) fuse.InHeader {

@@ -102,6 +102,36 @@ type Server struct {
 // Mount serves first at opts.Dir and returns once the kernel answers for the
 // tree, so no reader ever sees an empty or half-mounted directory.
 func Mount(opts Options, first *Snapshot) (*Server, error) {
+	s, err := newServer(opts, first)
+	if err != nil {
+		return nil, err
+	}
+	dir := s.opts.Dir
+	if err := CheckMountpoint(dir); err != nil {
+		return nil, err
+	}
+	srv, err := fuse.NewServer(gofs.NewNodeFS(s.root, s.nodeOptions()), dir, s.mountOptions())
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", dir, err)
+	}
+	s.fuse = srv
+	closeFUSEOnExec()
+	go func() {
+		srv.Serve()
+		s.unmounted.Store(true) // umount(8) from outside ends up here too
+	}()
+	if err := srv.WaitMount(); err != nil {
+		_ = srv.Unmount()
+		return nil, fmt.Errorf("mount %s: kernel did not start serving: %w", dir, err)
+	}
+	s.connID = fuseConnID(dir)
+	s.log.Info("credential filesystem mounted", "dir", dir, "owner", fmt.Sprintf("%d:%d", opts.UID, opts.GID),
+		"readers", len(opts.Readers))
+	return s, nil
+}
+
+// newServer builds the tree serving first, without touching the kernel.
+func newServer(opts Options, first *Snapshot) (*Server, error) {
 	if !filepath.IsAbs(opts.Dir) {
 		return nil, fmt.Errorf("mountpoint %q is not an absolute path", opts.Dir)
 	}
@@ -115,31 +145,10 @@ func Mount(opts Options, first *Snapshot) (*Server, error) {
 		return nil, fmt.Errorf("cannot serve the first identity: %w", err)
 	}
 	s.current.Store(g)
-	if err := CheckMountpoint(opts.Dir); err != nil {
-		return nil, err
-	}
-
 	s.root = &dirNode{srv: s}
 	for i, f := range identity.Files {
 		s.files = append(s.files, newFileNode(s, i, f, g))
 	}
-	srv, err := fuse.NewServer(gofs.NewNodeFS(s.root, s.nodeOptions()), opts.Dir, s.mountOptions())
-	if err != nil {
-		return nil, fmt.Errorf("mount %s: %w", opts.Dir, err)
-	}
-	s.fuse = srv
-	closeFUSEOnExec()
-	go func() {
-		srv.Serve()
-		s.unmounted.Store(true) // umount(8) from outside ends up here too
-	}()
-	if err := srv.WaitMount(); err != nil {
-		_ = srv.Unmount()
-		return nil, fmt.Errorf("mount %s: kernel did not start serving: %w", opts.Dir, err)
-	}
-	s.connID = fuseConnID(opts.Dir)
-	s.log.Info("credential filesystem mounted", "dir", opts.Dir, "owner", fmt.Sprintf("%d:%d", opts.UID, opts.GID),
-		"readers", len(opts.Readers))
 	return s, nil
 }
 
