@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/midfs/midfs/identity"
@@ -167,11 +168,11 @@ func TestCacheDecisions(t *testing.T) {
 	)
 	kind := func(flags uint32, cached bool) string {
 		switch {
-		case flags&fopenDirectIO != 0 && !cached && flags&fopenKeepCache != 0:
+		case flags&fuse.FOPEN_DIRECT_IO != 0 && !cached && flags&fuse.FOPEN_KEEP_CACHE != 0:
 			return direct
-		case flags&fopenDirectIO == 0 && cached && flags&fopenKeepCache == 0:
+		case flags&fuse.FOPEN_DIRECT_IO == 0 && cached && flags&fuse.FOPEN_KEEP_CACHE == 0:
 			return plain
-		case flags&fopenDirectIO == 0 && cached && flags&fopenKeepCache != 0:
+		case flags&fuse.FOPEN_DIRECT_IO == 0 && cached && flags&fuse.FOPEN_KEEP_CACHE != 0:
 			return keep
 		}
 		return "invalid"
@@ -230,8 +231,3 @@ func TestReleaseZeroesTheSnapshot(t *testing.T) {
 		}
 	}
 }
-
-const (
-	fopenDirectIO  = 1 << 0 // fuse.FOPEN_DIRECT_IO
-	fopenKeepCache = 1 << 1 // fuse.FOPEN_KEEP_CACHE
-)

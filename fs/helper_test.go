@@ -16,6 +16,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -337,25 +338,10 @@ func readAllFd(fd int) ([]byte, error) {
 
 func errName(err error) string {
 	var e syscall.Errno
-	if ok := asErrno(err, &e); ok {
+	if errors.As(err, &e) {
 		return unix.ErrnoName(e)
 	}
 	return err.Error()
-}
-
-func asErrno(err error, e *syscall.Errno) bool {
-	for err != nil {
-		if v, ok := err.(syscall.Errno); ok {
-			*e = v
-			return true
-		}
-		u, ok := err.(interface{ Unwrap() error })
-		if !ok {
-			return false
-		}
-		err = u.Unwrap()
-	}
-	return false
 }
 
 func dropPrivileges(cred string) error {
@@ -553,8 +539,9 @@ func (r *reader) data(cmd string) []byte {
 	return b
 }
 
-// keyFingerprints returns the SHA256 fingerprints of the public keys in a
-// private key file, an SSH certificate and a TLS certificate.
+// privateKeyFP, sshCertFP and tlsCertFP return the SHA256 fingerprint of
+// the public key in a private key file, an SSH certificate and a TLS
+// certificate, so a test can tell whether they belong together.
 func privateKeyFP(t testing.TB, pemBytes []byte) string {
 	t.Helper()
 	k, err := identity.ParsePrivateKeyPEM(pemBytes)

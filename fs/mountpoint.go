@@ -190,7 +190,6 @@ func fuseConnID(dir string) string {
 
 type mountEntry struct {
 	dev    string // major:minor
-	point  string
 	fstype string
 }
 
@@ -228,7 +227,7 @@ func findMount(dir string) (mountEntry, bool) {
 			continue
 		}
 		if unescapeMount(fields[4]) == dir {
-			found = mountEntry{dev: fields[2], point: dir, fstype: fields[sep+1]}
+			found = mountEntry{dev: fields[2], fstype: fields[sep+1]}
 			ok = true
 		}
 	}
