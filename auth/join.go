@@ -64,36 +64,29 @@ func (s *Server) joinToken(req *wire.JoinRequest) (*wire.BotIdentity, error) {
 	kh := keyHash(req.PublicKey)
 	now := s.cfg.Now()
 	var bot *botRow
-	var ref *refusal
 	err = s.st.update(func(tx *sql.Tx) error {
-		bot, ref = nil, nil
 		t, err := getTokenBy(tx, "secret_hash", secret)
 		if errors.Is(err, ErrNotFound) {
-			ref = refuseToken("token_unknown", "no such token")
-			return nil
+			return refuseToken("token_unknown", "no such token")
 		}
 		if err != nil {
 			return err
 		}
 		switch {
 		case t.JoinMethod != JoinToken:
-			ref = refuseToken("token_method", fmt.Sprintf("token %s is for join method %s", t.Name, t.JoinMethod))
-			return nil
+			return refuseToken("token_method", fmt.Sprintf("token %s is for join method %s", t.Name, t.JoinMethod))
 		case !t.Expires.IsZero() && !now.Before(t.Expires):
-			ref = refuseToken("token_expired", fmt.Sprintf("token %s for bot %s expired at %s", t.Name, t.BotName, t.Expires.UTC().Format(time.RFC3339)))
-			return nil
+			return refuseToken("token_expired", fmt.Sprintf("token %s for bot %s expired at %s", t.Name, t.BotName, t.Expires.UTC().Format(time.RFC3339)))
 		}
 		b, err := getBot(tx, t.BotName)
 		if errors.Is(err, ErrNotFound) {
-			ref = refuseToken("bot_missing", fmt.Sprintf("token %s names bot %s, which does not exist (removed?)", t.Name, t.BotName))
-			return nil
+			return refuseToken("bot_missing", fmt.Sprintf("token %s names bot %s, which does not exist (removed?)", t.Name, t.BotName))
 		}
 		if err != nil {
 			return err
 		}
 		if b.Locked != "" {
-			ref = refuseToken("bot_locked", fmt.Sprintf("bot %s is locked: %s", b.Name, b.Locked))
-			return nil
+			return refuseToken("bot_locked", fmt.Sprintf("bot %s is locked: %s", b.Name, b.Locked))
 		}
 		if !t.Used.IsZero() {
 			if bytes.Equal(t.UsedKeyHash, kh) && t.UsedInstance == b.Instance && b.Generation == 1 {
@@ -101,20 +94,17 @@ func (s *Server) joinToken(req *wire.JoinRequest) (*wire.BotIdentity, error) {
 				bot = b
 				return nil
 			}
-			ref = refuseToken("token_used", fmt.Sprintf("token %s for bot %s was already used at %s", t.Name, t.BotName, t.Used.UTC().Format(time.RFC3339)))
-			return nil
+			return refuseToken("token_used", fmt.Sprintf("token %s for bot %s was already used at %s", t.Name, t.BotName, t.Used.UTC().Format(time.RFC3339)))
 		}
 		b.Instance = newInstanceID()
 		b.Generation = 1
-		b.LastKeyHash = kh
 		res, err := tx.Exec(`UPDATE tokens SET used = ?, used_key_hash = ?, used_instance = ? WHERE name = ? AND used = 0`,
 			now.Unix(), kh, b.Instance, t.Name)
 		if err != nil {
 			return err
 		}
 		if n, _ := res.RowsAffected(); n != 1 {
-			ref = refuseToken("token_used", fmt.Sprintf("token %s for bot %s was used concurrently", t.Name, t.BotName))
-			return nil
+			return refuseToken("token_used", fmt.Sprintf("token %s for bot %s was used concurrently", t.Name, t.BotName))
 		}
 		if _, err := tx.Exec(`UPDATE bots SET instance = ?, generation = 1, last_key_hash = ? WHERE name = ?`, b.Instance, kh, b.Name); err != nil {
 			return err
@@ -124,9 +114,6 @@ func (s *Server) joinToken(req *wire.JoinRequest) (*wire.BotIdentity, error) {
 	})
 	if err != nil {
 		return nil, err
-	}
-	if ref != nil {
-		return nil, ref
 	}
 	return s.issueBotTLS(bot, pub, 1, true, now)
 }
@@ -150,14 +137,12 @@ func (s *Server) renew(bc *botCert, req *wire.RenewRequest) (*wire.BotIdentity, 
 	kh := keyHash(req.PublicKey)
 	now := s.cfg.Now()
 	var bot *botRow
-	var ref *refusal
+	var locked *refusal
 	var gen uint64
 	err = s.st.update(func(tx *sql.Tx) error {
-		bot, ref = nil, nil
-		b, ref1 := s.checkBot(tx, bc)
-		if ref1 != nil {
-			ref = ref1
-			return nil
+		b, err := s.checkBot(tx, bc)
+		if err != nil {
+			return err
 		}
 		switch {
 		case bc.Generation == b.Generation:
@@ -173,7 +158,9 @@ func (s *Server) renew(bc *botCert, req *wire.RenewRequest) (*wire.BotIdentity, 
 				return err
 			}
 			s.log.Warn(fmt.Sprintf("bot %s locked: %s", b.Name, reason), "bot", b.Name, "stored", b.Generation, "presented", bc.Generation)
-			ref = &refusal{Code: "generation_mismatch", Reason: reason, Public: fmt.Sprintf("bot %s is now locked: %s; an administrator must run `midfs bots unlock %s`", b.Name, reason, b.Name), Status: 403}
+			// Refused, yet the lock must be committed: an error from
+			// here would undo it.
+			locked = &refusal{Code: "generation_mismatch", Reason: reason, Public: fmt.Sprintf("bot %s is now locked: %s; an administrator must run `midfs bots unlock %s`", b.Name, reason, b.Name), Status: 403}
 			return nil
 		}
 		bot = b
@@ -182,21 +169,21 @@ func (s *Server) renew(bc *botCert, req *wire.RenewRequest) (*wire.BotIdentity, 
 	if err != nil {
 		return nil, err
 	}
-	if ref != nil {
-		return nil, ref
+	if locked != nil {
+		return nil, locked
 	}
 	return s.issueBotTLS(bot, pub, gen, true, now)
 }
 
 // checkBot finds the bot a certificate names and checks that it still
 // stands behind it: not removed, not re-joined since, not locked.
-func (s *Server) checkBot(q querier, bc *botCert) (*botRow, *refusal) {
+func (s *Server) checkBot(q querier, bc *botCert) (*botRow, error) {
 	b, err := getBot(q, bc.Bot)
 	if errors.Is(err, ErrNotFound) {
 		return nil, &refusal{Code: "bot_missing", Reason: fmt.Sprintf("bot %s does not exist (removed?)", bc.Bot), Public: fmt.Sprintf("bot %s no longer exists on this authority", bc.Bot), Status: 403}
 	}
 	if err != nil {
-		return nil, &refusal{Code: "internal", Reason: err.Error(), Public: "internal error; see the authority's log", Status: 500}
+		return nil, err
 	}
 	if b.Instance != bc.Instance {
 		return nil, &refusal{Code: "superseded", Reason: fmt.Sprintf("bot %s presented an identity of an earlier join", bc.Bot), Public: fmt.Sprintf("this identity of bot %s was replaced by a newer join", bc.Bot), Status: 403}
@@ -224,9 +211,9 @@ func (s *Server) certs(bc *botCert, req *wire.CertsRequest) (*wire.Certs, error)
 	if req.TTLSeconds > 0 {
 		ttl = min(time.Duration(min(req.TTLSeconds, int64(MaxTTL/time.Second)))*time.Second, s.cfg.MaxTTL)
 	}
-	b, ref := s.checkBot(s.st.db, bc)
-	if ref != nil {
-		return nil, ref
+	b, err := s.checkBot(s.st.db, bc)
+	if err != nil {
+		return nil, err
 	}
 	if bc.Renewable && bc.Generation != b.Generation {
 		return nil, &refusal{Code: "stale_generation", Reason: fmt.Sprintf("bot %s asked for certs with generation %d, stored %d", b.Name, bc.Generation, b.Generation), Public: "this bot identity was already renewed; use the newest one", Status: 403}
@@ -240,9 +227,9 @@ func (s *Server) certs(bc *botCert, req *wire.CertsRequest) (*wire.Certs, error)
 
 // nodes lists the nodes the bot's roles let it see.
 func (s *Server) nodes(bc *botCert) (*wire.NodeList, error) {
-	b, ref := s.checkBot(s.st.db, bc)
-	if ref != nil {
-		return nil, ref
+	b, err := s.checkBot(s.st.db, bc)
+	if err != nil {
+		return nil, err
 	}
 	roles, err := getRoles(s.st.db, b.Roles)
 	if err != nil {
