@@ -159,7 +159,7 @@ func TestFstabMountAndUmount(t *testing.T) {
 	checkReadyNow(t, dir)
 	var st unix.Stat_t
 	unix.Stat(filepath.Join(dir, "key"), &st)
-	if uid := uidOf(t, "nobody"); st.Uid != uid {
+	if uid := lookupID(t, "passwd", "nobody"); st.Uid != uid {
 		t.Errorf("owner=nobody did not reach --owner: key is owned by uid %d", st.Uid)
 	}
 	pids := agentPIDs(dir)
@@ -402,7 +402,7 @@ func TestSystemdNotifyAuthority(t *testing.T) {
 	n.next(t, "STOPPING=1", 20*time.Second)
 }
 
-// getJSON fetches url; a refused connection counts as no answer.
+// httpGet fetches url; a refused connection is an error, not a status.
 func httpGet(url string) (int, []byte, error) {
 	c := http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get(url)
@@ -594,8 +594,8 @@ func TestAgentRunsWithTheUnitsCapabilities(t *testing.T) {
 	if !regexp.MustCompile(`CapBnd:\s+0*204000\b`).Match(status) {
 		t.Errorf("the agent's bounding set is not CAP_SYS_ADMIN|CAP_IPC_LOCK:\n%s", status)
 	}
-	nobody := uidOf(t, "nobody")
-	if out, err := runAs(nobody, "cat", filepath.Join(dir, "key.pub")); err != nil || !strings.HasPrefix(out, "ecdsa-") {
+	nobody := lookupID(t, "passwd", "nobody")
+	if out, err := asUser(nobody, nobody, "cat", filepath.Join(dir, "key.pub")); err != nil || !strings.HasPrefix(out, "ecdsa-") {
 		t.Fatalf("another uid cannot read key.pub: %v %q", err, out)
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
@@ -726,28 +726,6 @@ func TestDebInstallsAndRemoves(t *testing.T) {
 	}
 }
 
-// uidOf looks a user up with getent, as the system resolves it.
-func uidOf(t *testing.T, name string) uint32 {
-	t.Helper()
-	out, err := exec.Command("getent", "passwd", name).Output()
-	if err != nil {
-		t.Fatalf("getent passwd %s: %v", name, err)
-	}
-	id, err := strconv.Atoi(strings.Split(string(out), ":")[2])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return uint32(id)
-}
-
-// runAs runs a command as uid (and gid = uid) with no supplementary groups.
-func runAs(uid uint32, name string, args ...string) (string, error) {
-	cmd := exec.Command(name, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}}
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
 func readFile(path string) string {
 	b, _ := os.ReadFile(path)
 	return string(b)
@@ -840,7 +818,7 @@ func TestUnitsSandboxFitsWhatMidfsDoes(t *testing.T) {
 	work := publicDir(t) // the unprivileged authority must reach its data dir
 	dataDir := filepath.Join(work, "data")
 	os.Mkdir(dataDir, 0o700)
-	nobody := uidOf(t, "nobody")
+	nobody := lookupID(t, "passwd", "nobody")
 	os.Chown(dataDir, int(nobody), int(nobody))
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 
