@@ -19,6 +19,27 @@ type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
+// rowScanner is what both *sql.Row and *sql.Rows offer.
+type rowScanner interface{ Scan(...any) error }
+
+// queryAll runs a query and reads every row with scan.
+func queryAll[T any](q querier, query string, scan func(rowScanner) (T, error)) ([]T, error) {
+	rows, err := q.QueryContext(context.Background(), query)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 // ErrNotFound is returned (wrapped) when a named resource does not exist.
 var ErrNotFound = errors.New("not found")
 
@@ -37,7 +58,7 @@ type botRow struct {
 
 const botCols = `name, roles, logins, instance, generation, last_key_hash, locked, token_name, created`
 
-func scanBot(row interface{ Scan(...any) error }) (*botRow, error) {
+func scanBot(row rowScanner) (*botRow, error) {
 	var b botRow
 	var roles, logins string
 	var created int64
@@ -63,20 +84,7 @@ func getBot(q querier, name string) (*botRow, error) {
 }
 
 func listBots(q querier) ([]*botRow, error) {
-	rows, err := q.QueryContext(context.Background(), `SELECT `+botCols+` FROM bots ORDER BY name`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []*botRow
-	for rows.Next() {
-		b, err := scanBot(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, b)
-	}
-	return out, rows.Err()
+	return queryAll(q, `SELECT `+botCols+` FROM bots ORDER BY name`, scanBot)
 }
 
 // tokenRow is a stored token.
@@ -90,7 +98,7 @@ type tokenRow struct {
 
 const tokenCols = `name, secret_hash, bot_name, join_method, allow, expires, created, used, used_key_hash, used_instance`
 
-func scanToken(row interface{ Scan(...any) error }) (*tokenRow, error) {
+func scanToken(row rowScanner) (*tokenRow, error) {
 	var t tokenRow
 	var allow string
 	var expires, created, used int64
@@ -129,20 +137,7 @@ func getTokenBy(q querier, col string, val any) (*tokenRow, error) {
 }
 
 func listTokens(q querier) ([]*tokenRow, error) {
-	rows, err := q.QueryContext(context.Background(), `SELECT `+tokenCols+` FROM tokens ORDER BY name`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []*tokenRow
-	for rows.Next() {
-		t, err := scanToken(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, t)
-	}
-	return out, rows.Err()
+	return queryAll(q, `SELECT `+tokenCols+` FROM tokens ORDER BY name`, scanToken)
 }
 
 func insertToken(tx *sql.Tx, t *tokenRow, replace bool) error {
@@ -167,20 +162,27 @@ func putRole(tx *sql.Tx, r Role) error {
 	return err
 }
 
+func scanRole(row rowScanner) (Role, error) {
+	var r Role
+	var spec string
+	if err := row.Scan(&spec); err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal([]byte(spec), &r); err != nil {
+		return r, fmt.Errorf("stored role spec: %w", err)
+	}
+	return r, nil
+}
+
 func getRoles(q querier, names []string) ([]Role, error) {
 	out := make([]Role, 0, len(names))
 	for _, n := range names {
-		var spec string
-		err := q.QueryRowContext(context.Background(), `SELECT spec FROM roles WHERE name = ?`, n).Scan(&spec)
+		r, err := scanRole(q.QueryRowContext(context.Background(), `SELECT spec FROM roles WHERE name = ?`, n))
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, fmt.Errorf("role %q: %w", n, ErrNotFound)
 		}
 		if err != nil {
-			return nil, err
-		}
-		var r Role
-		if err := json.Unmarshal([]byte(spec), &r); err != nil {
-			return nil, fmt.Errorf("role %s: stored spec: %w", n, err)
+			return nil, fmt.Errorf("role %s: %w", n, err)
 		}
 		out = append(out, r)
 	}
@@ -188,45 +190,23 @@ func getRoles(q querier, names []string) ([]Role, error) {
 }
 
 func listRoles(q querier) ([]Role, error) {
-	rows, err := q.QueryContext(context.Background(), `SELECT spec FROM roles ORDER BY name`)
-	if err != nil {
-		return nil, err
+	return queryAll(q, `SELECT spec FROM roles ORDER BY name`, scanRole)
+}
+
+func scanNode(row rowScanner) (identity.Node, error) {
+	var n identity.Node
+	var labels string
+	if err := row.Scan(&n.Name, &n.Addr, &labels); err != nil {
+		return n, err
 	}
-	defer rows.Close()
-	var out []Role
-	for rows.Next() {
-		var spec string
-		if err := rows.Scan(&spec); err != nil {
-			return nil, err
-		}
-		var r Role
-		if err := json.Unmarshal([]byte(spec), &r); err != nil {
-			return nil, err
-		}
-		out = append(out, r)
+	if err := json.Unmarshal([]byte(labels), &n.Labels); err != nil {
+		return n, fmt.Errorf("node %s: stored labels: %w", n.Name, err)
 	}
-	return out, rows.Err()
+	return n, nil
 }
 
 func listNodes(q querier) ([]identity.Node, error) {
-	rows, err := q.QueryContext(context.Background(), `SELECT name, addr, labels FROM nodes ORDER BY name`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []identity.Node
-	for rows.Next() {
-		var n identity.Node
-		var labels string
-		if err := rows.Scan(&n.Name, &n.Addr, &labels); err != nil {
-			return nil, err
-		}
-		if err := json.Unmarshal([]byte(labels), &n.Labels); err != nil {
-			return nil, err
-		}
-		out = append(out, n)
-	}
-	return out, rows.Err()
+	return queryAll(q, `SELECT name, addr, labels FROM nodes ORDER BY name`, scanNode)
 }
 
 func putNode(tx *sql.Tx, n identity.Node, replace bool) error {
