@@ -353,8 +353,9 @@ func (p *helperParent) collect(r io.ReadCloser, sink *os.File) {
 	p.output <- report
 }
 
-// wait returns the helper's exit code: 0 once the agent is ready and the
-// tree readable; else the agent's code, with its error on stderr.
+// wait returns the helper's exit code: 0 once the agent is ready (it says
+// so only after a process of its own has listed and read the tree, see
+// service.mounted); else the agent's code, with its error on stderr.
 func (p *helperParent) wait() int {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
@@ -370,12 +371,6 @@ func (p *helperParent) wait() int {
 		select { // the agent moved its output away before it wrote "ready"
 		case <-p.output:
 		case <-time.After(5 * time.Second):
-		}
-		if err := probeMount(p.mountpoint); err != nil {
-			fmt.Fprintf(os.Stderr, "midfs: the agent reported ready but %v; stopping it\n", err)
-			_ = p.cmd.Process.Signal(syscall.SIGTERM)
-			_ = p.cmd.Wait()
-			return exitFUSE
 		}
 		_ = p.cmd.Process.Release()
 		return exitOK
