@@ -25,7 +25,6 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -267,13 +266,4 @@ func (s *Server) newGeneration(snap *Snapshot) (*generation, error) {
 // and clears them when done.
 func (g *generation) render(i int, dir string) ([]byte, error) {
 	return identity.Render(identity.Files[i].Name, g.snap.Identity, g.snap.Nodes, dir)
-}
-
-// errno extracts a syscall.Errno, or EIO.
-func errno(err error) syscall.Errno {
-	var e syscall.Errno
-	if errors.As(err, &e) {
-		return e
-	}
-	return syscall.EIO
 }
