@@ -65,12 +65,6 @@ type Status struct {
 	RenewalsFailed uint64
 }
 
-// Ready says whether the served identity is good: unexpired and the last
-// renewal worked. /readyz answers 503 otherwise.
-func (s Status) Ready(now time.Time) bool {
-	return !s.Failing && now.Before(s.Expires)
-}
-
 // Join gets a first output identity and node list: from the bot identity
 // in cfg.Store if there is a usable one (no token needed), otherwise by
 // joining with cfg.Token after checking the CA pin. Network failures are
