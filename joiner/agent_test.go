@@ -226,7 +226,7 @@ func TestJoinRenewOutputIdentity(t *testing.T) {
 	if len(nodes) != 1 || nodes[0].Name != "web" || nodes[0].Addr != "127.0.0.1:3022" {
 		t.Errorf("nodes %+v", nodes)
 	}
-	if got := id.Expires().Sub(time.Now()); got < 50*time.Minute || got > 61*time.Minute {
+	if got := time.Until(id.Expires()); got < 50*time.Minute || got > 61*time.Minute {
 		t.Errorf("identity expires in %v, want about the default 1h", got)
 	}
 	st := ag.Status()

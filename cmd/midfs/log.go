@@ -34,7 +34,7 @@ func setupLogging(c *cli.Context) error {
 	var h slog.Handler
 	switch format {
 	case "text":
-		h = tint.NewHandler(os.Stderr, &tint.Options{Level: level, TimeFormat: time.TimeOnly, NoColor: !isTerminal(os.Stderr)})
+		h = tint.NewTextHandler(os.Stderr, &tint.Options{Level: level, TimeFormat: time.TimeOnly, NoColor: !isTerminal(os.Stderr)})
 	case "json":
 		h = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})
 	default:
