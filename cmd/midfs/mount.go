@@ -48,8 +48,8 @@ func mountCommand() *cli.Command {
 	}
 }
 
-// mountFlags is every flag of `midfs mount` in one place; the service
-// side (--config, --diag-addr) and the IAM join (--fips) add theirs here.
+// mountFlags is every flag of `midfs mount` but --config and --diag-addr,
+// which wrapService (service_wiring.go) adds to each long-running command.
 func mountFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "auth-server", Usage: "`HOST:PORT` of the authority; without it, an authority runs inside this process"},
