@@ -206,7 +206,7 @@ func (s *Server) AddNode(ctx context.Context, n identity.Node) error {
 	if err := checkNode(n); err != nil {
 		return err
 	}
-	return s.st.update(func(tx *sql.Tx) error { return putNode(tx, n, true) })
+	return s.st.update(func(tx *sql.Tx) error { return putNode(tx, n) })
 }
 
 func checkNode(n identity.Node) error {
@@ -240,25 +240,30 @@ func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]stri
 	now := s.cfg.Now()
 	var done []string
 	err := s.st.update(func(tx *sql.Tx) error {
-		done = nil
-		verb := func(existed bool) string {
-			if existed {
-				return "updated"
-			}
-			return "created"
-		}
-		for _, r := range res.Roles {
-			existed, err := exists(tx, "roles", r.Metadata.Name)
+		// put stores one resource with store, refusing to replace one
+		// that exists unless force is set.
+		put := func(kind, name string, store func() error) error {
+			existed, err := exists(tx, kind+"s", name)
 			if err != nil {
 				return err
 			}
 			if existed && !force {
-				return fmt.Errorf("role %s already exists; use --force to replace it", r.Metadata.Name)
+				return fmt.Errorf("%s %s already exists; use --force to replace it", kind, name)
 			}
-			if err := putRole(tx, r); err != nil {
+			if err := store(); err != nil {
 				return err
 			}
-			done = append(done, "role/"+r.Metadata.Name+" "+verb(existed))
+			verb := "created"
+			if existed {
+				verb = "updated"
+			}
+			done = append(done, kind+"/"+name+" "+verb)
+			return nil
+		}
+		for _, r := range res.Roles {
+			if err := put(KindRole, r.Metadata.Name, func() error { return putRole(tx, r) }); err != nil {
+				return err
+			}
 		}
 		for _, t := range res.Tokens {
 			row := &tokenRow{Token: Token{BotName: t.Spec.BotName, JoinMethod: t.Spec.JoinMethod, Allow: t.Spec.Allow}, Created: now}
@@ -277,37 +282,25 @@ func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]stri
 			} else {
 				row.Name = t.Metadata.Name
 			}
-			existed, err := exists(tx, "tokens", row.Name)
-			if err != nil {
-				return err
-			}
-			if existed && !force {
-				return fmt.Errorf("token %s already exists; use --force to replace it", row.Name)
-			}
-			if err := insertToken(tx, row, true); err != nil {
+			err := put(KindToken, row.Name, func() error {
+				err := insertToken(tx, row, true)
 				if isUnique(err) {
 					return fmt.Errorf("token %s: this secret is already in use", row.Name)
 				}
 				return err
+			})
+			if err != nil {
+				return err
 			}
-			done = append(done, "token/"+row.Name+" "+verb(existed))
 		}
 		for _, n := range res.Nodes {
 			node := identity.Node{Name: n.Metadata.Name, Addr: n.Spec.Addr, Labels: n.Metadata.Labels}
 			if err := checkNode(node); err != nil {
 				return err
 			}
-			existed, err := exists(tx, "nodes", node.Name)
-			if err != nil {
+			if err := put(KindNode, node.Name, func() error { return putNode(tx, node) }); err != nil {
 				return err
 			}
-			if existed && !force {
-				return fmt.Errorf("node %s already exists; use --force to replace it", node.Name)
-			}
-			if err := putNode(tx, node, true); err != nil {
-				return err
-			}
-			done = append(done, "node/"+node.Name+" "+verb(existed))
 		}
 		if len(res.Bots) > 0 {
 			return errors.New("bots are made with `midfs bots add`, not from YAML")

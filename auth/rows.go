@@ -209,16 +209,13 @@ func listNodes(q querier) ([]identity.Node, error) {
 	return queryAll(q, `SELECT name, addr, labels FROM nodes ORDER BY name`, scanNode)
 }
 
-func putNode(tx *sql.Tx, n identity.Node, replace bool) error {
-	verb := "INSERT"
-	if replace {
-		verb = "INSERT OR REPLACE"
-	}
+// putNode adds or replaces a node.
+func putNode(tx *sql.Tx, n identity.Node) error {
 	labels := n.Labels
 	if labels == nil {
 		labels = map[string]string{}
 	}
-	_, err := tx.Exec(verb+` INTO nodes(name, addr, labels) VALUES (?, ?, ?)`, n.Name, n.Addr, mustJSON(labels))
+	_, err := tx.Exec(`INSERT OR REPLACE INTO nodes(name, addr, labels) VALUES (?, ?, ?)`, n.Name, n.Addr, mustJSON(labels))
 	return err
 }
 
