@@ -218,7 +218,7 @@ func checkNode(n identity.Node) error {
 	}
 	for k, v := range n.Labels {
 		if k == "" || strings.ContainsAny(k+v, ",\n") || strings.Contains(k, "=") {
-			return fmt.Errorf("node %s: bad label %q=%q", n.Name, k, v)
+			return fmt.Errorf("node %s: bad label %q=%q: give keys without '=' and neither keys nor values with ',' or line breaks", n.Name, k, v)
 		}
 	}
 	return nil
@@ -508,7 +508,7 @@ func (s *Server) SignHost(ctx context.Context, publicKey string, hosts []string,
 	}
 	for _, h := range hosts {
 		if h == "" || strings.ContainsAny(h, " \t\n,*?") {
-			return "", fmt.Errorf("bad host name %q", h)
+			return "", fmt.Errorf("bad host name %q: give plain names without spaces, ',' or wildcards, as in --host=node1.example.com,node1", h)
 		}
 	}
 	if ttl == 0 {

@@ -357,7 +357,7 @@ func (r *Role) check() error {
 				return fmt.Errorf("role %q: login %q: the only template midfs fills is %s", r.Metadata.Name, l, loginsTemplate)
 			}
 			if l == "" || strings.ContainsAny(l, " \t\n,") {
-				return fmt.Errorf("role %q: bad login %q", r.Metadata.Name, l)
+				return fmt.Errorf("role %q: bad login %q: give user names like root, without spaces or ','", r.Metadata.Name, l)
 			}
 		}
 		for _, rule := range side.Rules {
