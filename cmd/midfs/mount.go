@@ -58,7 +58,7 @@ func mountFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "fips", Usage: "with --join-method=iam: sign for AWS's FIPS STS endpoints (sts-fips.REGION.amazonaws.com)"},
 		&cli.StringFlag{Name: "ca-pin", Usage: "`sha256:HEX` of the authority's CA, as `midfs status` prints it; checked before the token is sent"},
 		&cli.StringFlag{Name: "owner", Usage: "`USER[:GROUP]` owning the tree (default: the user running midfs)"},
-		&cli.StringSliceFlag{Name: "reader", Aliases: []string{"readers"}, Usage: "`USER or @GROUP` that may also open key and identity (repeatable)"},
+		&cli.StringSliceFlag{Name: "reader", Aliases: []string{"readers"}, Usage: "`USER|@GROUP` that may also open key and identity (repeatable)"},
 		&cli.DurationFlag{Name: "certificate-ttl", Value: joiner.DefaultCertTTL, Usage: "lifetime of the served credentials (the authority caps it at 24h)"},
 		&cli.DurationFlag{Name: "renewal-interval", Value: joiner.DefaultRenewInterval, Usage: "how often the credentials are renewed; shorter than --certificate-ttl"},
 		&cli.DurationFlag{Name: "join-timeout", Value: joiner.DefaultJoinTimeout, Usage: "how long to keep retrying an unreachable authority at start before giving up"},
