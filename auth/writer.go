@@ -16,10 +16,14 @@ const maxBatch = 128
 // each inside its own savepoint, so one request's failure never undoes
 // another's change and each still sees the others' committed state.
 type writer struct {
-	db   *sql.DB
-	ops  chan *writeOp
-	done chan struct{}
-	once sync.Once
+	db      *sql.DB
+	ops     chan *writeOp
+	stopped chan struct{} // closed when loop has returned
+
+	// mu is held for reading while sending on ops, so that close can
+	// close ops once no sender is left; closed says it has.
+	mu     sync.RWMutex
+	closed bool
 }
 
 type writeOp struct {
@@ -30,55 +34,52 @@ type writeOp struct {
 var errClosed = errors.New("authority is shutting down")
 
 func newWriter(db *sql.DB) *writer {
-	w := &writer{db: db, ops: make(chan *writeOp, maxBatch), done: make(chan struct{})}
+	w := &writer{db: db, ops: make(chan *writeOp, maxBatch), stopped: make(chan struct{})}
 	go w.loop()
 	return w
 }
 
 func (w *writer) do(fn func(*sql.Tx) error) error {
 	op := &writeOp{fn: fn, err: make(chan error, 1)}
-	select {
-	case w.ops <- op:
-	case <-w.done:
+	w.mu.RLock()
+	if w.closed {
+		w.mu.RUnlock()
 		return errClosed
 	}
+	w.ops <- op
+	w.mu.RUnlock()
 	return <-op.err
 }
 
-func (w *writer) close() { w.once.Do(func() { close(w.done) }) }
+// close refuses new changes, commits those already queued, and returns
+// once the loop is done with the database.
+func (w *writer) close() {
+	w.mu.Lock()
+	if !w.closed {
+		w.closed = true
+		close(w.ops)
+	}
+	w.mu.Unlock()
+	<-w.stopped
+}
 
 func (w *writer) loop() {
-	for {
-		var first *writeOp
-		select {
-		case first = <-w.ops:
-		case <-w.done:
-			w.drain()
-			return
-		}
+	defer close(w.stopped)
+	for first := range w.ops {
 		batch := []*writeOp{first}
 	fill:
 		for len(batch) < maxBatch {
 			select {
-			case op := <-w.ops:
+			case op, ok := <-w.ops:
+				if !ok {
+					break fill
+				}
 				batch = append(batch, op)
 			default:
 				break fill
 			}
 		}
 		w.commit(batch)
-	}
-}
-
-// drain answers whatever is queued after close, so no caller hangs.
-func (w *writer) drain() {
-	for {
-		select {
-		case op := <-w.ops:
-			op.err <- errClosed
-		default:
-			return
-		}
 	}
 }
 
