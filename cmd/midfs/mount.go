@@ -309,6 +309,8 @@ func runMount(c *cli.Context) error {
 	}
 	log.Info("mounted", "dir", p.dir, "bot", st.BotName, "cluster", st.ClusterName,
 		"expires", st.Expires.Format(time.RFC3339), "nodes", len(nodes), "auth_server", p.join.AuthServer)
+	// Start-up is over: give back the pages of code only it used.
+	releaseStartupPages(log)
 
 	for {
 		select {
