@@ -48,11 +48,16 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 	}
+	tmp, _ := os.Stat(os.TempDir())
 	before := map[string]bool{}
 	for _, m := range midfsMounts() {
 		before[m] = true
 	}
 	code := m.Run()
+	if now, _ := os.Stat(os.TempDir()); tmp != nil && now != nil && now.Mode() != tmp.Mode() {
+		fmt.Printf("e2e: the tests changed the mode of %s from %v to %v\n", os.TempDir(), tmp.Mode(), now.Mode())
+		code = 1
+	}
 	for _, m := range midfsMounts() {
 		if !before[m] {
 			fmt.Printf("e2e: the tests left a midfs mount behind: %s\n", m)

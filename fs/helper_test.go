@@ -47,8 +47,13 @@ func TestMain(m *testing.M) {
 	case "reader":
 		os.Exit(readerMain())
 	}
+	tmpMode := tempDirMode()
 	code := m.Run()
 	runBenchCleanup()
+	if now := tempDirMode(); now != tmpMode {
+		fmt.Printf("fs: the tests changed the mode of %s from %v to %v\n", os.TempDir(), tmpMode, now)
+		code = 1
+	}
 	os.Exit(code)
 }
 
@@ -400,10 +405,12 @@ func startServer(t testing.TB, cfg serveConfig) *server {
 		if err := os.Mkdir(cfg.Dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		// t.TempDir is 0700 down two levels; readers of other uids must
-		// reach the mount.
-		os.Chmod(filepath.Dir(cfg.Dir), 0o755)
-		os.Chmod(filepath.Dir(filepath.Dir(cfg.Dir)), 0o755)
+		// TempDir makes 0700 directories; readers of other uids must
+		// reach the mount. Open up only what lies strictly below the
+		// system's temp dir, never that dir itself.
+		for d := filepath.Dir(cfg.Dir); strings.HasPrefix(d, os.TempDir()+"/"); d = filepath.Dir(d) {
+			os.Chmod(d, 0o755)
+		}
 	}
 	b, _ := json.Marshal(cfg)
 	cmd := exec.Command(os.Args[0])
@@ -580,4 +587,14 @@ func pubFP(t testing.TB, k crypto.PublicKey) string {
 		t.Fatal(err)
 	}
 	return ssh.FingerprintSHA256(p)
+}
+
+// tempDirMode is the mode of the system's temp dir, which tests must leave
+// as they found it (1777: other users and apt need it).
+func tempDirMode() os.FileMode {
+	fi, err := os.Stat(os.TempDir())
+	if err != nil {
+		return 0
+	}
+	return fi.Mode()
 }
