@@ -510,3 +510,32 @@ func asUser(uid, gid uint32, name string, args ...string) (string, error) {
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
+
+// TestNoFUSEAccessSpendsNoToken: a user who cannot open /dev/fuse is told so
+// before the agent joins, so the one-time token still works afterwards.
+func TestNoFUSEAccessSpendsNoToken(t *testing.T) {
+	nobody, nogroup := lookupID(t, "passwd", "nobody"), lookupID(t, "group", "nogroup")
+	if out, err := asUser(nobody, nogroup, "sh", "-c", "exec 3<>/dev/fuse"); err == nil {
+		t.Skipf("every user may open /dev/fuse on this machine: %s", out)
+	}
+	a := startAuthority(t)
+	base := publicDir(t)
+	bin := filepath.Join(base, "midfs")
+	if out, err := exec.Command("cp", midfsBin, bin).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	dir := filepath.Join(base, "mnt")
+	os.Mkdir(dir, 0o755)
+	os.Chown(dir, int(nobody), int(nogroup))
+	tok := a.addBot("robot", "access", "root")
+	args := append([]string{"mount", dir, "--storage=memory"}, a.mountArgs(tok)...)
+	out, err := asUser(nobody, nogroup, bin, args...)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 14 || !strings.Contains(out, "/dev/fuse") {
+		t.Fatalf("mount as a user without /dev/fuse: err=%v, want exit 14 naming /dev/fuse:\n%s", err, out)
+	}
+	if strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("want one line of error, got:\n%s", out)
+	}
+	startMount(t, dir, append(a.mountArgs(tok), "--storage=memory")...) // the token was not spent
+}

@@ -261,3 +261,28 @@ func unescapeMount(s string) string {
 	}
 	return b.String()
 }
+
+// CheckCanMount tells, before anything is spent on a mount (a one-time
+// token, above all), whether this process can mount at all: it must be able
+// to open /dev/fuse, and a normal user needs fusermount3 as well. Root
+// mounts with mount(2) directly.
+func CheckCanMount() error {
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		hint := "load the fuse module (modprobe fuse) and install fuse3"
+		if errors.Is(err, iofs.ErrPermission) {
+			hint = "run midfs as root, or let this user open /dev/fuse (it is usually mode 0666)"
+		}
+		return fmt.Errorf("cannot open /dev/fuse: %w: %s", errors.Unwrap(err), hint)
+	}
+	f.Close()
+	if os.Geteuid() == 0 {
+		return nil
+	}
+	for _, bin := range []string{"fusermount3", "fusermount"} {
+		if _, err := exec.LookPath(bin); err == nil {
+			return nil
+		}
+	}
+	return errors.New("no fusermount3 found, which a normal user needs to mount: install fuse3, or run midfs as root")
+}

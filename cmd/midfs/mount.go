@@ -245,6 +245,9 @@ func runMount(c *cli.Context) error {
 	if err := fs.CheckMountpoint(p.dir); err != nil {
 		return fail(exitMountPoint, err)
 	}
+	if err := fs.CheckCanMount(); err != nil {
+		return fail(exitFUSE, err)
+	}
 	// Before the first key exists.
 	harden(log)
 
