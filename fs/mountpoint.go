@@ -150,18 +150,25 @@ func lazyUnmount(dir string) error {
 	if os.Geteuid() == 0 {
 		return unix.Unmount(dir, unix.MNT_DETACH)
 	}
-	for _, bin := range []string{"fusermount3", "fusermount"} {
-		path, err := exec.LookPath(bin)
-		if err != nil {
-			continue
-		}
-		out, err := exec.Command(path, "-u", "-z", dir).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("%s -u -z: %s", bin, strings.TrimSpace(string(out)))
-		}
-		return nil
+	path, ok := fusermount()
+	if !ok {
+		return errors.New("no fusermount3 or fusermount found to unmount as a normal user")
 	}
-	return errors.New("no fusermount3 or fusermount found to unmount as a normal user")
+	out, err := exec.Command(path, "-u", "-z", dir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s -u -z: %s", filepath.Base(path), strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// fusermount finds the setuid helper a normal user mounts and unmounts with.
+func fusermount() (string, bool) {
+	for _, bin := range []string{"fusermount3", "fusermount"} {
+		if path, err := exec.LookPath(bin); err == nil {
+			return path, true
+		}
+	}
+	return "", false
 }
 
 // abortConn ends FUSE connection id: every pending and future request fails,
@@ -279,10 +286,8 @@ func CheckCanMount() error {
 	if os.Geteuid() == 0 {
 		return nil
 	}
-	for _, bin := range []string{"fusermount3", "fusermount"} {
-		if _, err := exec.LookPath(bin); err == nil {
-			return nil
-		}
+	if _, ok := fusermount(); !ok {
+		return errors.New("no fusermount3 found, which a normal user needs to mount: install fuse3, or run midfs as root")
 	}
-	return errors.New("no fusermount3 found, which a normal user needs to mount: install fuse3, or run midfs as root")
+	return nil
 }
