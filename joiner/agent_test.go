@@ -268,11 +268,7 @@ func TestJoinRenewOutputIdentity(t *testing.T) {
 
 func TestRenewalIntervalIsRespected(t *testing.T) {
 	a := startAuth(t, "", "")
-	log, _ := newLog(t)
-	clock := joiner.NewFakeClock(time.Now())
-	cfg := config(a, a.addBot(t, "robot"), log)
-	cfg.Clock = clock
-	ag := join(t, cfg)
+	ag, clock := joinOnFakeClock(t, a)
 	r := run(t, ag, clock)
 	for i := 0; i < 19*6; i++ { // 19 minutes in the loop's own 10s sleeps
 		clock.BlockUntil(1)
@@ -368,11 +364,7 @@ func TestUnreachableAuthorityGivesUpAfterJoinTimeout(t *testing.T) {
 
 func TestRenewalFailureKeepsIdentityAndRecovers(t *testing.T) {
 	a := startAuth(t, "", "")
-	log, _ := newLog(t)
-	clock := joiner.NewFakeClock(time.Now())
-	cfg := config(a, a.addBot(t, "robot"), log)
-	cfg.Clock = clock
-	ag := join(t, cfg)
+	ag, clock := joinOnFakeClock(t, a)
 	before, _ := ag.Current()
 	r := run(t, ag, clock)
 
@@ -403,11 +395,7 @@ func TestRenewalFailureKeepsIdentityAndRecovers(t *testing.T) {
 
 func TestNodeListRefreshedEveryMinute(t *testing.T) {
 	a := startAuth(t, "", "")
-	log, _ := newLog(t)
-	clock := joiner.NewFakeClock(time.Now())
-	cfg := config(a, a.addBot(t, "robot"), log)
-	cfg.Clock = clock
-	ag := join(t, cfg)
+	ag, clock := joinOnFakeClock(t, a)
 	r := run(t, ag, clock)
 	if _, nodes := ag.Current(); len(nodes) != 0 {
 		t.Fatalf("nodes %+v, want none", nodes)
@@ -529,11 +517,7 @@ func TestCopiedIdentityLocksBot(t *testing.T) {
 
 func TestExpiredBotIdentityNeedsNewToken(t *testing.T) {
 	a := startAuth(t, "", "")
-	log, _ := newLog(t)
-	clock := joiner.NewFakeClock(time.Now())
-	cfg := config(a, a.addBot(t, "robot"), log)
-	cfg.Clock = clock
-	ag := join(t, cfg)
+	ag, clock := joinOnFakeClock(t, a)
 	r := run(t, ag, clock)
 	addr, dir := a.Addr(), a.dir
 	a.Close()
@@ -547,4 +531,15 @@ func TestExpiredBotIdentityNeedsNewToken(t *testing.T) {
 	if !st.Failing || !strings.Contains(st.LastError, "midfs bots add robot") {
 		t.Errorf("status with an expired bot identity: %+v", st)
 	}
+}
+
+// joinOnFakeClock joins a fresh bot "robot" of a with a fake clock, for
+// tests that drive the renewal loop's timers by hand.
+func joinOnFakeClock(t *testing.T, a *authority) (*joiner.Agent, *joiner.FakeClock) {
+	t.Helper()
+	log, _ := newLog(t)
+	clock := joiner.NewFakeClock(time.Now())
+	cfg := config(a, a.addBot(t, "robot"), log)
+	cfg.Clock = clock
+	return join(t, cfg), clock
 }
