@@ -257,7 +257,7 @@ func (a *authority) admin(args ...string) string {
 	return mustRun(a.t, append(args, "--data-dir", a.dataDir)...)
 }
 
-var tokenRe = regexp.MustCompile(`--token=([0-9A-Za-z_-]+)`)
+var tokenRe = regexp.MustCompile(`The bot token: ([0-9A-Za-z_-]+)`)
 
 // addBot makes a bot and returns its one-time token.
 func (a *authority) addBot(name, roles, logins string) string {
@@ -265,7 +265,7 @@ func (a *authority) addBot(name, roles, logins string) string {
 	out := a.admin("bots", "add", name, "--roles="+roles, "--logins="+logins)
 	m := tokenRe.FindStringSubmatch(out)
 	if m == nil {
-		a.t.Fatalf("no --token= in `bots add` output:\n%s", out)
+		a.t.Fatalf("no token in `bots add` output:\n%s", out)
 	}
 	return m[1]
 }

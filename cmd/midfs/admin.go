@@ -321,7 +321,10 @@ func printBotToken(w io.Writer, bt *auth.BotToken, now time.Time) {
 	fmt.Fprintf(w, "The CA pin: %s\n\n", bt.CAPin)
 	fmt.Fprintf(w, "Run this on the bot's machine to join the cluster %s and serve its identity:\n\n", bt.ClusterName)
 	if bt.JoinMethod == auth.JoinToken {
-		fmt.Fprintf(w, "midfs mount /opt/machine-id --auth-server=%s --token=%s --ca-pin=%s\n", bt.AuthServer, bt.Token, bt.CAPin)
+		// echo is built into every shell: the token reaches midfs through a
+		// pipe and never shows in any process's argv.
+		fmt.Fprintf(w, "echo %s | midfs mount /opt/machine-id --auth-server=%s --token=- --ca-pin=%s\n\n", bt.Token, bt.AuthServer, bt.CAPin)
+		fmt.Fprintf(w, "(or keep the token in a file only root can read and give --token-file=FILE; never --token=TOKEN,\nwhich every local user can read from the process list)\n")
 	} else {
 		fmt.Fprintf(w, "midfs mount /opt/machine-id --auth-server=%s --join-method=%s --token=%s --ca-pin=%s\n", bt.AuthServer, bt.JoinMethod, bt.TokenName, bt.CAPin)
 	}

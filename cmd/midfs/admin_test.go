@@ -98,13 +98,18 @@ func TestBotsAddFlagsAfterName(t *testing.T) {
 	dir := s.DataDir()
 	out := mustCLI(t, "", "bots", "add", "robot", "--roles=access", "--logins=root", "--data-dir", dir)
 	for _, want := range []string{"The bot token: ", "expire in 60 minutes", "The CA pin: " + s.CAPin(),
-		"midfs mount /opt/machine-id --auth-server=" + s.AdvertiseAddr() + " --token="} {
+		" | midfs mount /opt/machine-id --auth-server=" + s.AdvertiseAddr() + " --token=- --ca-pin=" + s.CAPin()} {
 		if !strings.Contains(out, want) {
 			t.Errorf("bots add output lacks %q:\n%s", want, out)
 		}
 	}
-	if m := regexp.MustCompile(`--token=([0-9a-f]+) `).FindStringSubmatch(out); m == nil || len(m[1]) != 64 {
-		t.Errorf("no 256-bit token in the mount command:\n%s", out)
+	// The token goes in through a pipe from the shell's echo builtin, never
+	// in the argv of a process that other users could read.
+	if m := regexp.MustCompile(`(?m)^echo ([0-9a-f]+) \| midfs mount `).FindStringSubmatch(out); m == nil || len(m[1]) != 64 {
+		t.Errorf("no 256-bit token piped into the mount command:\n%s", out)
+	}
+	if regexp.MustCompile(`--token=[0-9a-f]{64}`).MatchString(out) {
+		t.Errorf("the printed command puts the token in argv:\n%s", out)
 	}
 	bots, err := s.Bots(context.Background())
 	if err != nil || len(bots) != 1 || !reflect.DeepEqual(bots[0].Spec.Roles, []string{"access"}) ||

@@ -53,7 +53,8 @@ func mountCommand() *cli.Command {
 func mountFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "auth-server", Usage: "`HOST:PORT` of the authority; without it, an authority runs inside this process"},
-		&cli.StringFlag{Name: "token", Usage: "join `TOKEN` printed by `midfs bots add` (for --join-method=iam: the iam token's name); not needed to restart from a stored bot identity"},
+		&cli.StringFlag{Name: "token", Usage: "join `TOKEN` printed by `midfs bots add`, or - to read it from standard input (for --join-method=iam: the iam token's name); a secret here is visible to every local user: prefer --token-file, MIDFS_TOKEN or -. Not needed to restart from a stored bot identity"},
+		&cli.StringFlag{Name: "token-file", Usage: "read the join token from `FILE` (chmod 600; e.g. a systemd credential)"},
 		&cli.StringFlag{Name: "join-method", Value: joiner.MethodToken, Usage: "`METHOD`: token or iam"},
 		&cli.BoolFlag{Name: "fips", Usage: "with --join-method=iam: sign for AWS's FIPS STS endpoints (sts-fips.REGION.amazonaws.com)"},
 		&cli.StringFlag{Name: "ca-pin", Usage: "`sha256:HEX` of the authority's CA, as `midfs status` prints it; checked before the token is sent"},
@@ -85,7 +86,7 @@ type mountPlan struct {
 // nothing has been touched yet.
 func parseMount(c *cli.Context, mountpoint string) (*mountPlan, error) {
 	if mountpoint == "" {
-		return nil, failf(exitUsage, "give the MOUNTPOINT, e.g. `midfs mount /opt/machine-id --auth-server=HOST:3025 --token=TOKEN --ca-pin=sha256:...`")
+		return nil, failf(exitUsage, "give the MOUNTPOINT, e.g. `midfs mount /opt/machine-id --auth-server=HOST:3025 --token-file=FILE --ca-pin=sha256:...`")
 	}
 	if c.NArg() > 1 {
 		return nil, failf(exitUsage, "mount takes one MOUNTPOINT, got %q", c.Args().Slice())
@@ -111,7 +112,6 @@ func parseMount(c *cli.Context, mountpoint string) (*mountPlan, error) {
 	}
 	p.join = joiner.Config{
 		AuthServer:    c.String("auth-server"),
-		Token:         c.String("token"),
 		JoinMethod:    c.String("join-method"),
 		FIPS:          c.Bool("fips"),
 		CAPin:         c.String("ca-pin"),
@@ -123,7 +123,7 @@ func parseMount(c *cli.Context, mountpoint string) (*mountPlan, error) {
 	}
 	if p.join.AuthServer == "" {
 		p.embedded = true
-		for _, f := range []string{"token", "ca-pin"} {
+		for _, f := range []string{"token", "token-file", "ca-pin"} {
 			if c.IsSet(f) {
 				return nil, failf(exitUsage, "--%s needs --auth-server: without it midfs runs its own authority and joins it by itself", f)
 			}
@@ -132,6 +132,8 @@ func parseMount(c *cli.Context, mountpoint string) (*mountPlan, error) {
 			return nil, failf(exitUsage, "--join-method=%s needs --auth-server", p.join.JoinMethod)
 		}
 		p.join.AuthServer = "127.0.0.1:1" // placeholder for Validate; the real port is known once the authority listens
+	} else if p.join.Token, err = joinToken(c, p.join.JoinMethod, slog.Default()); err != nil {
+		return nil, err
 	}
 	if p.join.FIPS && p.join.JoinMethod != joiner.MethodIAM {
 		return nil, failf(exitUsage, "--fips applies only to --join-method=iam")

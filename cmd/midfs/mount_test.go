@@ -72,6 +72,66 @@ func TestMountFlagsAfterMountpoint(t *testing.T) {
 	}
 }
 
+func TestMountReadsTheTokenFromAFileOrStandardInput(t *testing.T) {
+	auth := []string{"--auth-server=auth.example.com:3025", "--ca-pin=sha256:" + strings.Repeat("ab", 32)}
+	file := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(file, []byte("\n  s3cret-token \n"), 0o600)
+	p, err := parseMountArgs(t, append([]string{"/m", "--token-file=" + file}, auth...)...)
+	if err != nil || p.join.Token != "s3cret-token" {
+		t.Errorf("--token-file: token %q, err %v", p.join.Token, err)
+	}
+
+	t.Setenv("MIDFS_TOKEN", "from-env")
+	p, err = parseMountArgs(t, append([]string{"/m"}, auth...)...)
+	if err != nil || p.join.Token != "from-env" {
+		t.Errorf("MIDFS_TOKEN: token %q, err %v", p.join.Token, err)
+	}
+	if _, set := os.LookupEnv("MIDFS_TOKEN"); set {
+		t.Error("MIDFS_TOKEN is still in the environment, for every child to inherit")
+	}
+
+	app := newApp()
+	app.Reader = strings.NewReader("piped-token\n")
+	var plan *mountPlan
+	findCommand(app.Commands, "mount").Action = func(c *cli.Context) (err error) {
+		plan, err = parseMount(c, c.Args().First())
+		return err
+	}
+	if err := app.Run(permuteArgs(app, append([]string{"midfs", "mount", "/m", "--token=-"}, auth...))); err != nil || plan.join.Token != "piped-token" {
+		t.Errorf("--token=-: plan %+v, err %v", plan, err)
+	}
+}
+
+func TestMountRefusesBadTokenInput(t *testing.T) {
+	auth := []string{"--auth-server=auth.example.com:3025", "--ca-pin=sha256:" + strings.Repeat("ab", 32)}
+	dir := t.TempDir()
+	write := func(name, data string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(data), 0o600)
+		return p
+	}
+	for name, args := range map[string][]string{
+		"missing file": {"--token-file=" + filepath.Join(dir, "nope")},
+		"empty file":   {"--token-file=" + write("empty", " \n")},
+		"two words":    {"--token-file=" + write("two", "abc def\n")},
+		"huge file":    {"--token-file=" + write("huge", strings.Repeat("a", maxTokenInput+1))},
+		"both":         {"--token-file=" + write("ok", "abc"), "--token=abc"},
+		"embedded":     {"--token-file=" + write("ok2", "abc")},
+	} {
+		if name != "embedded" {
+			args = append(args, auth...)
+		}
+		_, err := parseMountArgs(t, append([]string{"/m"}, args...)...)
+		var e *exitError
+		if !errors.As(err, &e) || e.code != exitUsage || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: %v; want one line and exit %d", name, err, exitUsage)
+		}
+		if err != nil && strings.Contains(err.Error(), "abc") {
+			t.Errorf("%s: the error shows the token: %v", name, err)
+		}
+	}
+}
+
 func TestMountDefaultsToEmbeddedAuthority(t *testing.T) {
 	p, err := parseMountArgs(t, "mnt")
 	if err != nil {

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/midfs/midfs/joiner"
+)
+
+// maxTokenInput bounds what is read from a token file or standard input: a
+// token is 64 hex digits, an iam token name at most a few hundred bytes.
+const maxTokenInput = 4 << 10
+
+// safeTokenForms is the hint for anyone who put the secret where others can read it.
+const safeTokenForms = "--token-file=FILE, the MIDFS_TOKEN variable, or --token=- (standard input)"
+
+// joinToken returns the join token from wherever the flags say it is:
+// --token-file, standard input (--token=-), or the value of --token (which
+// MIDFS_TOKEN and the config file also set). A one-time token is a secret:
+// a value in argv is readable by every local user in /proc/PID/cmdline, so
+// it still works, as the guide's vocabulary has it, but draws a warning.
+func joinToken(c *cli.Context, method string, log *slog.Logger) (string, error) {
+	tok, file := c.String("token"), c.String("token-file")
+	// Children (fusermount, the mount helper's agent) must not inherit it.
+	os.Unsetenv("MIDFS_TOKEN")
+	switch {
+	case file != "" && tok != "":
+		return "", failf(exitUsage, "give the join token once: --token or --token-file, not both")
+	case file != "":
+		return readTokenFile(file, method, log)
+	case tok == "-":
+		return readToken(c.App.Reader, "standard input (--token=-)")
+	}
+	if method == joiner.MethodToken && tok != "" && inCommandLine(tok) {
+		log.Warn("the join token is on the command line, where every local user can read it (ps, /proc/PID/cmdline); pass it with " + safeTokenForms)
+	}
+	return tok, nil
+}
+
+// readTokenFile reads a token file, warning when others may read it too.
+func readTokenFile(path, method string, log *slog.Logger) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", failf(exitUsage, "cannot read --token-file: %v", err)
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Mode().Perm()&0o077 != 0 && method == joiner.MethodToken {
+		log.Warn("the token file is readable by other users; run chmod 600 on it", "file", path)
+	}
+	return readToken(f, "--token-file "+path)
+}
+
+// readToken reads one token from r: surrounding white space is dropped, and
+// anything else than one word is refused, so that a wrong file is not sent.
+func readToken(r io.Reader, from string) (string, error) {
+	if r == nil {
+		r = os.Stdin
+	}
+	data, err := io.ReadAll(io.LimitReader(bufio.NewReader(r), maxTokenInput+1))
+	if err != nil {
+		return "", failf(exitUsage, "cannot read the join token from %s: %v", from, err)
+	}
+	tok := string(bytes.TrimSpace(data))
+	switch {
+	case len(data) > maxTokenInput:
+		err = fmt.Errorf("is longer than %d bytes", maxTokenInput)
+	case tok == "":
+		err = errors.New("is empty")
+	case strings.ContainsFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f }):
+		err = errors.New("holds more than one word")
+	}
+	if err != nil {
+		return "", failf(exitUsage, "the join token from %s %v: give the token that `midfs bots add` printed, alone", from, err)
+	}
+	return tok, nil
+}
+
+// inCommandLine says whether s can be read from this process's argv by
+// other users. /proc/self/cmdline is what they would read.
+func inCommandLine(s string) bool {
+	cmdline, err := os.ReadFile("/proc/self/cmdline")
+	return err == nil && bytes.Contains(cmdline, []byte(s))
+}
