@@ -26,9 +26,15 @@ e2e: build
 bench: build
 	MIDFS_BIN=$(CURDIR)/bin/midfs $(GO) test -run '^$$' -bench . -benchtime 2s -timeout 30m ./...
 
+# staticcheck at a pinned version, so that a new release cannot fail a build
+# that passed yesterday.
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 lint:
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) mod tidy -diff
+	$(GO) run $(STATICCHECK) ./...
 
 # Install layout. mount(8) finds helpers only in /sbin (/usr/sbin on a
 # merged-/usr system), whatever PREFIX is. Units name /usr/bin/midfs; they
