@@ -220,7 +220,7 @@ func authStartCommand() *cli.Command {
 		Name:  "start",
 		Usage: "run the authority: HTTPS API for bots, admin socket for the commands above",
 		Description: "Makes the CAs on first start (kept in --data-dir/midfs.db) and serves until SIGINT or SIGTERM.\n" +
-			"Exit codes: 3 usage, 15 the authority could not start.",
+			exitHelp(exitUsage, exitAuthority),
 		Flags: []cli.Flag{
 			dataDirFlag(),
 			&cli.StringFlag{Name: "listen", Value: auth.DefaultListen, Usage: "`HOST:PORT` of the HTTPS API"},

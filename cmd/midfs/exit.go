@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -18,6 +19,34 @@ const (
 	exitFUSE        = 14 // the kernel refused the mount
 	exitAuthority   = 15 // the authority could not start or its admin socket is unusable
 )
+
+// exitCodes is the one list of what each code means: the commands' help
+// and the README's table are made from it or checked against it.
+var exitCodes = []struct {
+	code          int
+	short, detail string
+}{
+	{exitOK, "ok", "success"},
+	{exitFailure, "failure", "any other failure"},
+	{exitUsage, "usage", "bad flags, arguments or config file"},
+	{exitMountPoint, "mountpoint", "mountpoint missing, not a directory, or already served by a live midfs"},
+	{exitJoinRefused, "join refused", "the authority refused the join (token, AWS identity)"},
+	{exitCAPin, "CA pin", "the authority's CA does not match `--ca-pin`"},
+	{exitUnreachable, "unreachable", "the authority was unreachable for `--join-timeout`"},
+	{exitFUSE, "FUSE", "the kernel refused the FUSE mount"},
+	{exitAuthority, "authority", "the authority could not start, or its admin socket is unusable"},
+}
+
+// exitHelp is the "Exit codes: ..." line of a command's help, for codes.
+func exitHelp(codes ...int) string {
+	var parts []string
+	for _, e := range exitCodes {
+		if slices.Contains(codes, e.code) {
+			parts = append(parts, fmt.Sprintf("%d %s", e.code, e.short))
+		}
+	}
+	return "Exit codes: " + strings.Join(parts, ", ") + "."
+}
 
 // exitError is an error with the exit code it should end the process with.
 type exitError struct {

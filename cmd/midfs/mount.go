@@ -42,7 +42,7 @@ func mountCommand() *cli.Command {
 		Description: "Joins the authority (--auth-server, --token, --ca-pin), keeps the credentials in memory,\n" +
 			"serves them at MOUNTPOINT and renews them until SIGINT or SIGTERM (SIGHUP renews now).\n" +
 			"Without --auth-server an authority runs inside this process, with its state in --data-dir.\n" +
-			"Exit codes: 3 usage, 10 mountpoint, 11 join refused, 12 CA pin, 13 unreachable, 14 FUSE, 15 authority.",
+			exitHelp(exitUsage, exitMountPoint, exitJoinRefused, exitCAPin, exitUnreachable, exitFUSE, exitAuthority),
 		Flags:  mountFlags(),
 		Action: runMount,
 	}
