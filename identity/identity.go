@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -33,6 +34,20 @@ type Identity struct {
 	TLSCert     *x509.Certificate
 	CAs         CAs
 	ClusterName string
+
+	// The key file's bytes, encoded once (see keyPEM).
+	keyOnce sync.Once
+	keyPEMs []byte
+	keyErr  error
+}
+
+// keyPEM is the private key as the key and identity files hold it, encoded
+// once per issuance: OpenSSH's format (used for Ed25519) carries a random
+// check value, so encoding at every open would serve different bytes for
+// one key. The result is shared; callers must not change it.
+func (id *Identity) keyPEM() ([]byte, error) {
+	id.keyOnce.Do(func() { id.keyPEMs, id.keyErr = MarshalPrivateKeyPEM(id.Key) })
+	return id.keyPEMs, id.keyErr
 }
 
 // Expires is when the first of the two certificates runs out.

@@ -55,7 +55,8 @@ var Files = []File{
 func Render(name string, id *Identity, nodes []Node, dir string) ([]byte, error) {
 	switch name {
 	case FileKey:
-		return MarshalPrivateKeyPEM(id.Key)
+		key, err := id.keyPEM()
+		return bytes.Clone(key), err
 	case FileSSHPub:
 		return ssh.MarshalAuthorizedKey(id.SSHCert.Key), nil
 	case FileSSHCert:
@@ -175,14 +176,13 @@ func FormatLabels(labels map[string]string) string {
 // TLS certificate PEM, @cert-authority lines and host TLS CA PEMs, each
 // section ending in a newline.
 func identityFile(id *Identity) ([]byte, error) {
-	key, err := MarshalPrivateKeyPEM(id.Key)
+	key, err := id.keyPEM()
 	if err != nil {
 		return nil, err
 	}
 	var b bytes.Buffer
 	b.Grow(len(key) + 8192) // one allocation: no stray copies of the key left behind by growth
 	b.Write(key)
-	clear(key)
 	b.Write(ssh.MarshalAuthorizedKey(id.SSHCert))
 	pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: id.TLSCert.Raw})
 	b.Write(KnownHosts(id.ClusterName, id.CAs.Host))
