@@ -479,7 +479,8 @@ func (s *Server) Export(ctx context.Context, typ string) (string, error) {
 	case ExportUser:
 		return string(ssh.MarshalAuthorizedKey(s.user.signer.PublicKey())), nil
 	case ExportHost:
-		return string(identity.KnownHosts(s.cluster, []identity.CA{s.host.public()})), nil
+		b, err := identity.KnownHosts(s.cluster, []identity.CA{s.host.public()})
+		return string(b), err
 	case ExportTLSUser:
 		return string(identity.CertsPEM([]identity.CA{s.user.public()})), nil
 	case ExportTLSHost:

@@ -127,7 +127,7 @@ func fixedKey(t testing.TB, name string) crypto.Signer {
 
 var testNodes = []Node{
 	{Name: "web-1", Addr: "10.0.0.7:3022", Labels: map[string]string{"group": "api-servers", "arch": "x86_64"}},
-	{Name: "db-1", Addr: "db.internal", Labels: nil},
+	{Name: "db-1", Addr: "db.internal:22", Labels: nil},
 }
 
 // TestRenderGolden pins every served file byte for byte. Ed25519 CAs sign
@@ -164,7 +164,11 @@ func TestRenderGolden(t *testing.T) {
 }
 
 func TestSSHConfigNamesMountAndNodes(t *testing.T) {
-	cfg := string(SSHConfig("example.com", testNodes, "/opt/machine-id"))
+	b, err := SSHConfig("example.com", testNodes, "/opt/machine-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := string(b)
 	for _, want := range []string{
 		"Host *.example.com\n",
 		`IdentityFile "/opt/machine-id/key"`,

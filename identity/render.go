@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"net"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -64,7 +63,7 @@ func Render(name string, id *Identity, nodes []Node, dir string) ([]byte, error)
 	case FileTLSCert:
 		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: id.TLSCert.Raw}), nil
 	case FileKnownHosts:
-		return KnownHosts(id.ClusterName, id.CAs.Host), nil
+		return KnownHosts(id.ClusterName, id.CAs.Host)
 	case FileUserCA:
 		return CertsPEM(id.CAs.User), nil
 	case FileHostCA:
@@ -72,7 +71,7 @@ func Render(name string, id *Identity, nodes []Node, dir string) ([]byte, error)
 	case FileDatabaseCA:
 		return CertsPEM(id.CAs.Database), nil
 	case FileSSHConfig:
-		return SSHConfig(id.ClusterName, nodes, dir), nil
+		return SSHConfig(id.ClusterName, nodes, dir)
 	case FileIdentity:
 		return identityFile(id)
 	}
@@ -107,8 +106,12 @@ func ParseCertsPEM(b []byte) ([]*x509.Certificate, error) {
 }
 
 // KnownHosts is one @cert-authority line per SSH host CA key, matching the
-// cluster name and every host under it.
-func KnownHosts(cluster string, hostCAs []CA) []byte {
+// cluster name and every host under it. A cluster name that fails
+// CheckClusterName is an error: it would change what the lines match.
+func KnownHosts(cluster string, hostCAs []CA) ([]byte, error) {
+	if err := CheckClusterName(cluster); err != nil {
+		return nil, err
+	}
 	var b bytes.Buffer
 	for _, ca := range hostCAs {
 		if ca.SSH == nil {
@@ -117,15 +120,26 @@ func KnownHosts(cluster string, hostCAs []CA) []byte {
 		key := bytes.TrimSuffix(ssh.MarshalAuthorizedKey(ca.SSH), []byte("\n"))
 		fmt.Fprintf(&b, "@cert-authority %s,*.%s %s type=host\n", cluster, cluster, key)
 	}
-	return b.Bytes()
+	return b.Bytes(), nil
 }
 
 // SSHConfig renders the OpenSSH client configuration: one block for every
 // host of the cluster with the credentials, then one block per node giving
 // its inventory address. HostKeyAlias makes ssh check the node's host
 // certificate under NAME.CLUSTER, which the @cert-authority line covers.
-func SSHConfig(cluster string, nodes []Node, dir string) []byte {
-	q := func(file string) string { return `"` + filepath.Join(dir, file) + `"` }
+//
+// Nothing is written that OpenSSH could read as more than the value meant:
+// the cluster name and dir are checked (an error if they fail), a node
+// that fails CheckNode is left out (the caller reports it), and file paths
+// are quoted with '"', '\' and '%' escaped.
+func SSHConfig(cluster string, nodes []Node, dir string) ([]byte, error) {
+	if err := CheckClusterName(cluster); err != nil {
+		return nil, err
+	}
+	if err := CheckDir(dir); err != nil {
+		return nil, err
+	}
+	q := func(file string) string { return quotePath(filepath.Join(dir, file)) }
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# Begin generated midfs configuration for %s\n", cluster)
 	fmt.Fprintf(&b, "# Common flags for all %s hosts\n", cluster)
@@ -136,20 +150,29 @@ func SSHConfig(cluster string, nodes []Node, dir string) []byte {
 	sorted := append([]Node(nil), nodes...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
 	for _, n := range sorted {
-		host, port, err := net.SplitHostPort(n.Addr)
-		if err != nil {
-			host, port = n.Addr, "22"
+		if CheckNode(n) != nil {
+			continue
 		}
+		host, port, _ := ParseAddr(n.Addr)
 		alias := n.Name + "." + cluster
 		fmt.Fprintf(&b, "# Node %s%s\n", n.Name, labelComment(n.Labels))
 		fmt.Fprintf(&b, "Host %s\n", alias)
 		fmt.Fprintf(&b, "    HostName %s\n", host)
-		fmt.Fprintf(&b, "    Port %s\n", port)
+		fmt.Fprintf(&b, "    Port %d\n", port)
 		fmt.Fprintf(&b, "    HostKeyAlias %s\n", alias)
 	}
 	b.WriteString("# End generated midfs configuration\n")
-	return b.Bytes()
+	return b.Bytes(), nil
 }
+
+// quotePath quotes a file name for ssh_config. Inside double quotes OpenSSH
+// takes \" and \\ as escapes, and it expands %-tokens in IdentityFile,
+// CertificateFile and UserKnownHostsFile, where %% is a literal '%'.
+func quotePath(p string) string {
+	return `"` + pathEscaper.Replace(p) + `"`
+}
+
+var pathEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, `%`, `%%`)
 
 func labelComment(labels map[string]string) string {
 	if len(labels) == 0 {
@@ -180,12 +203,16 @@ func identityFile(id *Identity) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	knownHosts, err := KnownHosts(id.ClusterName, id.CAs.Host)
+	if err != nil {
+		return nil, err
+	}
 	var b bytes.Buffer
 	b.Grow(len(key) + 8192) // one allocation: no stray copies of the key left behind by growth
 	b.Write(key)
 	b.Write(ssh.MarshalAuthorizedKey(id.SSHCert))
 	pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: id.TLSCert.Raw})
-	b.Write(KnownHosts(id.ClusterName, id.CAs.Host))
+	b.Write(knownHosts)
 	b.Write(CertsPEM(id.CAs.Host))
 	return b.Bytes(), nil
 }
