@@ -92,7 +92,8 @@ type Server struct {
 
 	publishMu sync.Mutex // serializes Publish
 	current   atomic.Pointer[generation]
-	lastID    uint64 // guarded by publishMu
+	lastID    uint64          // guarded by publishMu
+	badNodes  map[string]bool // guarded by publishMu: nodes left out of ssh_config, already logged
 
 	connID    string      // FUSE connection number, to abort a mount that will not unmount
 	unmounted atomic.Bool // Unmount was called, or the kernel ended the mount (umount from outside)
@@ -248,6 +249,7 @@ func (s *Server) newGeneration(snap *Snapshot) (*generation, error) {
 	if id.Key == nil || id.SSHCert == nil || id.TLSCert == nil {
 		return nil, errors.New("identity lacks its key or certificates")
 	}
+	s.reportBadNodes(snap.Nodes)
 	g := &generation{snap: snap, at: time.Now(), sizes: make([]int64, len(identity.Files))}
 	for i, f := range identity.Files {
 		b, err := identity.Render(f.Name, id, snap.Nodes, s.opts.Dir)
@@ -260,6 +262,24 @@ func (s *Server) newGeneration(snap *Snapshot) (*generation, error) {
 	s.lastID++
 	g.id = s.lastID
 	return g, nil
+}
+
+// reportBadNodes logs each node that ssh_config leaves out because it fails
+// identity.CheckNode (the renderer skips it), once while it stays bad rather
+// than at every renewal.
+func (s *Server) reportBadNodes(nodes []identity.Node) {
+	bad := map[string]bool{}
+	for _, n := range nodes {
+		err := identity.CheckNode(n)
+		if err == nil {
+			continue
+		}
+		bad[err.Error()] = true
+		if !s.badNodes[err.Error()] {
+			s.log.Warn("node left out of ssh_config: it fails the inventory checks; fix it on the authority with `midfs nodes add` or remove it with `midfs rm nodes/NAME`", "err", err)
+		}
+	}
+	s.badNodes = bad
 }
 
 // render produces the bytes of file i in generation g. The caller owns them

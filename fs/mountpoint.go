@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/midfs/midfs/identity"
 )
 
 // probeTimeout is how long a FUSE mount may take to answer a stat before it
@@ -21,10 +23,16 @@ const probeTimeout = 3 * time.Second
 const fuseConnections = "/sys/fs/fuse/connections"
 
 // CheckMountpoint returns one clear error if dir cannot take a new mount:
-// missing, not a directory, or already served by a live FUSE filesystem. A
-// dead FUSE mount left by a killed agent is cleaned up (CleanStale). Call it
-// before joining, so a bad mountpoint never consumes a one-time token.
+// missing, not a directory, already served by a live FUSE filesystem, or
+// a path that ssh_config cannot name (identity.CheckDir). A dead FUSE
+// mount left by a killed agent is cleaned up (CleanStale). Call it before
+// joining, so a bad mountpoint never consumes a one-time token.
 func CheckMountpoint(dir string) error {
+	if named, err := filepath.Abs(dir); err == nil {
+		if err := identity.CheckDir(named); err != nil {
+			return fmt.Errorf("bad mountpoint: %w", err)
+		}
+	}
 	abs, err := resolve(dir)
 	if err != nil {
 		return err

@@ -24,6 +24,8 @@ func TestCheckMountpointErrors(t *testing.T) {
 		{filepath.Join(dir, "missing"), "does not exist: create it first (mkdir -p " + filepath.Join(dir, "missing") + ")"},
 		{filepath.Join(dir, "missing", "deeper"), "does not exist"},
 		{file, "is not a directory"},
+		{filepath.Join(dir, "${HOME}"), "which ssh expands"},
+		{filepath.Join(dir, "a\nb"), "control character"},
 	}
 	for _, c := range cases {
 		err := CheckMountpoint(c.path)
