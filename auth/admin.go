@@ -150,7 +150,8 @@ func (s *Server) adminRoutes() http.Handler {
 		return textResponse{Text: cert}, err
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no admin API at %s %s; is the CLI newer than the authority?", r.Method, r.URL.Path))
+		// %q: the path is decoded, so it may hold a line break.
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no admin API at %s %q; is the CLI newer than the authority?", r.Method, r.URL.Path))
 	})
 	return recoverer(s, mux)
 }

@@ -21,7 +21,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET "+wire.PathNodes, s.handleNodes)
 	s.iamRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no API at %s %s", r.Method, r.URL.Path))
+		// %q: the path is decoded, so it may hold a line break.
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no API at %s %q", r.Method, r.URL.Path))
 	})
 	return recoverer(s, mux)
 }
