@@ -9,10 +9,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/midfs/midfs/identity"
 )
 
 // Defaults of Config.
@@ -84,26 +85,18 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("bad --listen %q: want HOST:PORT, like 0.0.0.0:3025", c.Listen)
 	}
 	if c.ClusterName != "" {
-		if err := checkClusterName(c.ClusterName); err != nil {
-			return err
+		// It names hosts in every bot's known_hosts and ssh_config.
+		if err := identity.CheckClusterName(c.ClusterName); err != nil {
+			return fmt.Errorf("--cluster-name: %w", err)
 		}
 	}
 	return nil
 }
 
-// checkClusterName keeps the name usable in known_hosts and ssh_config
-// host patterns.
-func checkClusterName(name string) error {
-	if len(name) > 253 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") != "" || strings.HasPrefix(name, "-") || strings.HasPrefix(name, ".") {
-		return fmt.Errorf("bad cluster name %q: use a DNS-like name of letters, digits, '.' and '-'", name)
-	}
-	return nil
-}
-
-// defaultClusterName is the hostname, made usable as a cluster name.
+// defaultClusterName is the hostname, if it is usable as a cluster name.
 func defaultClusterName() string {
 	h, err := os.Hostname()
-	if err != nil || checkClusterName(h) != nil || h == "" {
+	if err != nil || identity.CheckClusterName(h) != nil {
 		return "midfs"
 	}
 	return h

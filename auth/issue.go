@@ -11,11 +11,13 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -118,6 +120,15 @@ func (s *Server) issueBotTLS(bot *botRow, pub crypto.PublicKey, gen uint64, rene
 // X.509 client certificate over one public key, neither renewable.
 func (s *Server) issueOutput(bot *botRow, roles []Role, pub crypto.PublicKey, ttl time.Duration, now time.Time) (*wire.Certs, error) {
 	logins := allowedLogins(roles, bot.Logins)
+	// Logins are checked when they enter; one stored before the checks
+	// existed would make a certificate OpenSSH rejects, so it is left out.
+	logins = slices.DeleteFunc(logins, func(l string) bool {
+		err := identity.CheckLogin(l)
+		if err != nil {
+			s.log.Warn("login left out of the certificate; fix the bot or its roles", "bot", bot.Name, "err", err)
+		}
+		return err != nil
+	})
 	principals := logins
 	if len(principals) == 0 {
 		principals = []string{noLoginPrincipal()}

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"time"
@@ -59,8 +58,8 @@ const maxJoinTTL = 7 * 24 * time.Hour
 
 func checkLogins(logins []string) error {
 	for _, l := range logins {
-		if l == "" || strings.ContainsAny(l, " \t\n,{}") || strings.HasPrefix(l, "-") {
-			return fmt.Errorf("bad login %q: give user names like root or ubuntu", l)
+		if err := identity.CheckLogin(l); err != nil {
+			return fmt.Errorf("--logins: %w", err)
 		}
 	}
 	return nil
@@ -201,27 +200,13 @@ func (s *Server) UnlockBot(ctx context.Context, name string) error {
 	return err
 }
 
-// AddNode adds or updates a node in the inventory.
+// AddNode adds or updates a node in the inventory. Every field reaches the
+// ssh_config of bots, so a node that fails identity.CheckNode is refused.
 func (s *Server) AddNode(ctx context.Context, n identity.Node) error {
-	if err := checkNode(n); err != nil {
+	if err := identity.CheckNode(n); err != nil {
 		return err
 	}
 	return s.st.update(func(tx *sql.Tx) error { return putNode(tx, n) })
-}
-
-func checkNode(n identity.Node) error {
-	if err := checkName("node", n.Name); err != nil {
-		return err
-	}
-	if _, port, err := net.SplitHostPort(n.Addr); err != nil || port == "" {
-		return fmt.Errorf("node %s: bad address %q: want HOST:PORT, like 127.0.0.1:3022", n.Name, n.Addr)
-	}
-	for k, v := range n.Labels {
-		if k == "" || strings.ContainsAny(k+v, ",\n") || strings.Contains(k, "=") {
-			return fmt.Errorf("node %s: bad label %q=%q: give keys without '=' and neither keys nor values with ',' or line breaks", n.Name, k, v)
-		}
-	}
-	return nil
 }
 
 // CreateYAML parses resources (see ParseResources) and stores them all in
@@ -295,7 +280,7 @@ func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]stri
 		}
 		for _, n := range res.Nodes {
 			node := identity.Node{Name: n.Metadata.Name, Addr: n.Spec.Addr, Labels: n.Metadata.Labels}
-			if err := checkNode(node); err != nil {
+			if err := identity.CheckNode(node); err != nil {
 				return err
 			}
 			if err := put(KindNode, node.Name, func() error { return putNode(tx, node) }); err != nil {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/midfs/midfs/identity"
 )
 
 // Resource kinds and the versions midfs reads, as in Teleport's YAML.
@@ -351,13 +353,29 @@ func (r *Role) check() error {
 	if err := checkName("role", r.Metadata.Name); err != nil {
 		return err
 	}
+	if err := checkLabels(r.Metadata.Labels); err != nil {
+		return fmt.Errorf("role %s: metadata.labels: %w", r.Metadata.Name, err)
+	}
 	for _, side := range []*Conditions{&r.Spec.Allow, &r.Spec.Deny} {
+		deny := side == &r.Spec.Deny
 		for _, l := range side.Logins {
-			if strings.Contains(l, "{{") && l != loginsTemplate {
-				return fmt.Errorf("role %q: login %q: the only template midfs fills is %s", r.Metadata.Name, l, loginsTemplate)
+			switch {
+			case l == loginsTemplate, deny && l == "*":
+				continue
+			case strings.Contains(l, "{{"):
+				return fmt.Errorf("role %s: login %q: the only template midfs fills is %s", r.Metadata.Name, l, loginsTemplate)
+			case l == "*":
+				return fmt.Errorf("role %s: login \"*\" only works in deny (it denies every login); list the logins to allow", r.Metadata.Name)
 			}
-			if l == "" || strings.ContainsAny(l, " \t\n,") {
-				return fmt.Errorf("role %q: bad login %q: give user names like root, without spaces or ','", r.Metadata.Name, l)
+			if err := identity.CheckLogin(l); err != nil {
+				return fmt.Errorf("role %s: %w", r.Metadata.Name, err)
+			}
+		}
+		for k, vals := range side.NodeLabels {
+			for _, v := range vals {
+				if err := identity.CheckLabel(k, v); err != nil {
+					return fmt.Errorf("role %s: node_labels: %w", r.Metadata.Name, err)
+				}
 			}
 		}
 		for _, rule := range side.Rules {
@@ -378,6 +396,9 @@ func (t *TokenResource) check() error {
 	}
 	if t.Metadata.Name == "" {
 		return errors.New("token: metadata.name is required")
+	}
+	if err := checkLabels(t.Metadata.Labels); err != nil {
+		return fmt.Errorf("token %s: metadata.labels: %w", t.displayName(), err)
 	}
 	if err := checkName("bot", t.Spec.BotName); err != nil {
 		return fmt.Errorf("token %s: spec.bot_name: %w", t.displayName(), err)
@@ -426,11 +447,21 @@ func (n *NodeResource) check() error {
 	if n.Version == "" {
 		n.Version = nodeVersion
 	}
-	if err := checkName("node", n.Metadata.Name); err != nil {
+	if err := identity.CheckNodeName(n.Metadata.Name); err != nil {
 		return err
 	}
 	if n.Spec.Addr == "" {
 		return fmt.Errorf("node %s: spec.addr (HOST:PORT) is required", n.Metadata.Name)
+	}
+	return identity.CheckNode(identity.Node{Name: n.Metadata.Name, Addr: n.Spec.Addr, Labels: n.Metadata.Labels})
+}
+
+// checkLabels checks the labels of a resource's metadata.
+func checkLabels(labels LabelMap) error {
+	for k, v := range labels {
+		if err := identity.CheckLabel(k, v); err != nil {
+			return err
+		}
 	}
 	return nil
 }

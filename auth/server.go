@@ -124,6 +124,11 @@ func (s *Server) loadOrInit(ctx context.Context) error {
 	if s.cfg.ClusterName != "" && s.cfg.ClusterName != cluster {
 		s.log.Warn("ignoring --cluster-name: the cluster name is fixed at first start", "cluster", cluster, "requested", s.cfg.ClusterName)
 	}
+	if err := identity.CheckClusterName(cluster); err != nil {
+		// Fixed at first start by an older version; agents cannot render
+		// known_hosts or ssh_config for it.
+		s.log.Error("the stored cluster name fails the checks: agents will refuse to serve known_hosts and ssh_config", "err", err)
+	}
 	s.cluster = cluster
 	rows, err := s.st.db.QueryContext(ctx, `SELECT kind, key_der, cert_der FROM cas`)
 	if err != nil {
