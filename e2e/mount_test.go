@@ -171,6 +171,31 @@ spec:
 	}
 }
 
+// TestSSHConfigInjectionAndAnOddMountpoint: a node address that would add a
+// `Match exec` to every bot's ssh_config is refused by `nodes add` with one
+// line; and a bot mounted at a directory with a space and %d (which ssh
+// would expand to the home directory) still logs in through its ssh_config.
+func TestSSHConfigInjectionAndAnOddMountpoint(t *testing.T) {
+	a := startAuthority(t)
+	s := startSSHD(t, a, "node-name."+cluster, "node-name")
+	pwned := filepath.Join(t.TempDir(), "pwned")
+	r := run(t, "nodes", "add", "evil", "--addr=127.0.0.1\nMatch exec \"touch "+pwned+"\"\n#:22", "--data-dir", a.dataDir)
+	if msg := strings.TrimSuffix(r.stderr, "\n"); r.code == 0 || strings.Contains(msg, "\n") || !strings.Contains(msg, "HOST:PORT") {
+		t.Errorf("nodes add with a line break in --addr: %s", r)
+	}
+	a.admin("nodes", "add", "node-name", "--addr="+s.addr())
+	tok := a.addBot("robot", "access", "root")
+	dir := filepath.Join(publicDir(t), "machine id %d")
+	os.Mkdir(dir, 0o755)
+	ag := startMount(t, dir, append(a.mountArgs(tok), "--storage=memory")...)
+	if out, err := sshRun(t, ag.dir, "root@node-name."+cluster, "echo", "hello-from-sshd"); err != nil || !strings.Contains(out, "hello-from-sshd") {
+		t.Errorf("ssh through the mount at %q: %v\n%s\nssh_config:\n%s", dir, err, out, ag.read("ssh_config"))
+	}
+	if _, err := os.Stat(pwned); err == nil {
+		t.Errorf("ssh ran the command injected through a node address")
+	}
+}
+
 // TestWritesFailWithEROFS tries every write-type call, as root, and checks
 // that each fails with EROFS and that the tree is unchanged afterwards.
 func TestWritesFailWithEROFS(t *testing.T) {
