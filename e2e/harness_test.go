@@ -48,21 +48,27 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 	}
-	tmp, _ := os.Stat(os.TempDir())
-	before := map[string]bool{}
-	for _, m := range midfsMounts() {
-		before[m] = true
+	// Every temp dir of this run (t.TempDir, publicDir, the agents' own)
+	// goes under one root, so that the leftover check below sees this run's
+	// mounts only, not those of another run on the same machine.
+	sysTmp := os.TempDir()
+	tmp, _ := os.Stat(sysTmp)
+	root, err := os.MkdirTemp("", "midfs-e2e-run-")
+	if err != nil {
+		panic(err)
 	}
+	os.Chmod(root, 0o755) // the non-root readers must traverse it
+	os.Setenv("TMPDIR", root)
 	code := m.Run()
-	if now, _ := os.Stat(os.TempDir()); tmp != nil && now != nil && now.Mode() != tmp.Mode() {
-		fmt.Printf("e2e: the tests changed the mode of %s from %v to %v\n", os.TempDir(), tmp.Mode(), now.Mode())
+	if now, _ := os.Stat(sysTmp); tmp != nil && now != nil && now.Mode() != tmp.Mode() {
+		fmt.Printf("e2e: the tests changed the mode of %s from %v to %v\n", sysTmp, tmp.Mode(), now.Mode())
 		code = 1
 	}
-	for _, m := range midfsMounts() {
-		if !before[m] {
-			fmt.Printf("e2e: the tests left a midfs mount behind: %s\n", m)
-			code = 1
-		}
+	if left := midfsMountsUnder(root); len(left) > 0 {
+		fmt.Printf("e2e: the tests left midfs mounts behind: %s\n", strings.Join(left, ", "))
+		code = 1
+	} else {
+		os.RemoveAll(root)
 	}
 	os.Exit(code)
 }
