@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -350,6 +352,78 @@ func TestPairsStayConsistentUnderRenewal(t *testing.T) {
 	if m := mismatches.Load(); m != 0 {
 		t.Fatalf("%d of %d pairs had a certificate for another key", m, pairs.Load())
 	}
+}
+
+// SIGTERM while renewals and heavy reads are under way unmounts and ends the
+// agent at once, 100 rounds in a row. Each round a new agent mounts; two
+// shell loops read key and key-cert.pub as fast as they can; a third loop
+// reads them through a mount namespace of its own, made while the tree is
+// mounted, as a container or `unshare` started on the machine would be;
+// SIGHUP forces renewals; SIGTERM comes at a random moment among them. The
+// loop over there must end with the connection ("midfs mount ignored
+// SIGTERM for 20s" before: its copy of the mount kept the FUSE connection
+// alive, and the agent waited for it).
+func TestSIGTERMDuringRenewalsAndReads(t *testing.T) {
+	a := startAuthority(t)
+	dir := filepath.Join(publicDir(t), "machine-id")
+	os.Mkdir(dir, 0o755)
+	const rounds = 100
+	start := time.Now()
+	for round := 1; round <= rounds && !t.Failed(); round++ {
+		token := a.addBot("robot"+strconv.Itoa(round), "access", "root")
+		ag := startMount(t, dir, append(a.mountArgs(token), "--storage=memory", "--renewal-interval=1s")...)
+		here := []*exec.Cmd{readLoop(t, dir, false, nil), readLoop(t, dir, false, nil)}
+		thereErr := &logBuffer{}
+		there := readLoop(t, dir, true, thereErr)
+		thereDone := make(chan error, 1)
+		go func() { thereDone <- there.Wait() }()
+
+		for range 1 + rand.IntN(5) {
+			ag.cmd.Process.Signal(syscall.SIGHUP)
+			time.Sleep(time.Duration(rand.IntN(40)) * time.Millisecond)
+		}
+		select {
+		case err := <-thereDone:
+			t.Fatalf("round %d: the reader in its own mount namespace stopped while the agent served: %v %s", round, err, thereErr.String())
+		default:
+		}
+		ag.stop() // SIGTERM; fails unless the agent exits 0 within 20s, unmounted
+		select {
+		case <-thereDone:
+			if msg := thereErr.String(); !strings.Contains(msg, "not connected") && !strings.Contains(msg, "connection abort") {
+				t.Errorf("round %d: the copy of the mount failed with %q, want ENOTCONN or ECONNABORTED", round, msg)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("round %d: the copy of the mount still serves 20s after the agent stopped", round)
+			syscall.Kill(-there.Process.Pid, syscall.SIGKILL)
+			<-thereDone
+		}
+		for _, c := range here {
+			syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+			c.Wait()
+		}
+		if t.Failed() {
+			t.Logf("round %d of %d failed; agent log:\n%s", round, rounds, tail(ag.logs.String(), 30))
+		}
+	}
+	t.Logf("%d rounds in %v", rounds, time.Since(start).Round(time.Second))
+}
+
+// readLoop starts a shell that reads key and key-cert.pub of dir until a
+// read fails, in a process group of its own, and with newNS in a mount
+// namespace of its own (made now, so with a copy of every mount there is).
+func readLoop(t *testing.T, dir string, newNS bool, stderr io.Writer) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", `while cat "$0/key" "$0/key-cert.pub" >/dev/null; do :; done`, dir)
+	cmd.Stderr = stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if newNS {
+		cmd.SysProcAttr.Unshareflags = syscall.CLONE_NEWNS
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd
 }
 
 func readPairOverlapping(keyPath, certPath string) (key, cert []byte, err error) {

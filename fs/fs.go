@@ -205,29 +205,54 @@ func (s *Server) Publish(snap *Snapshot) {
 	s.log.Debug("identity published", "generation", g.id)
 }
 
-// Unmount unmounts the tree. If readers keep files open so the kernel
-// refuses, it detaches the mount lazily and aborts the connection, so no
-// stale mount is left behind. After an unmount from outside (umount(8)) it
+// Unmount unmounts the tree, ends its FUSE connection and returns once
+// serving has stopped. If readers keep files open so the kernel refuses, it
+// detaches the mount lazily. After an unmount from outside (umount(8)) it
 // has nothing to do and returns nil.
 func (s *Server) Unmount() error {
 	if s.unmounted.Swap(true) {
 		return nil
 	}
-	err := s.fuse.Unmount()
-	if err == nil {
-		s.log.Info("credential filesystem unmounted", "dir", s.opts.Dir)
-		return nil
+	dir := s.opts.Dir
+	// Opened while the mount is surely ours: once it is unmounted, its
+	// connection number may go to the next FUSE mount.
+	abort, aerr := openAbort(s.connID)
+	if aerr == nil {
+		defer abort.Close()
 	}
-	s.log.Warn("unmount refused, detaching lazily", "dir", s.opts.Dir, "err", err)
-	if lerr := lazyUnmount(s.opts.Dir); lerr != nil {
-		return fmt.Errorf("unmount %s: %v; lazy unmount: %w", s.opts.Dir, err, lerr)
-	}
-	if s.connID != "" {
-		if aerr := abortConn(s.connID); aerr != nil {
-			s.log.Warn("cannot abort FUSE connection; it ends when the last reader closes", "err", aerr)
+	if err := unmountSoon(dir); err != nil {
+		s.log.Warn("unmount refused, detaching lazily", "dir", dir, "err", err)
+		if lerr := unmount(dir, true); lerr != nil {
+			return fmt.Errorf("unmount %s: %v; lazy unmount: %w", dir, err, lerr)
 		}
 	}
+	// The connection outlives the unmount here while readers of a lazily
+	// detached tree keep files open, and while the mount has a copy in
+	// another mount namespace, made while it was mounted (unshare, ip netns
+	// exec, a container). Serving would go on, and this process would wait,
+	// for as long as those last. End it: readers there get ENOTCONN, as
+	// they would once this process is gone.
+	if aerr != nil {
+		s.log.Warn("cannot end the FUSE connection; it ends when this process exits", "dir", dir, "err", aerr)
+		return nil
+	}
+	abort.Write([]byte("1"))
+	s.fuse.Wait()
+	s.log.Info("credential filesystem unmounted", "dir", dir)
 	return nil
+}
+
+// unmountSoon unmounts dir, retrying for a moment: a reader that is
+// finishing with a file makes the kernel refuse for that long.
+func unmountSoon(dir string) error {
+	var err error
+	for delay := 5 * time.Millisecond; delay < 200*time.Millisecond; delay *= 2 {
+		if err = unmount(dir, false); err == nil {
+			return nil
+		}
+		time.Sleep(delay)
+	}
+	return err
 }
 
 // Wait blocks until the filesystem is unmounted.

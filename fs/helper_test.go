@@ -501,9 +501,16 @@ type reader struct {
 // "uid:gid[:g1,g2]".
 func startReader(t testing.TB, dir, cred string) *reader {
 	t.Helper()
+	return startReaderWith(t, dir, cred, nil)
+}
+
+// startReaderWith is startReader with process attributes (namespaces).
+func startReaderWith(t testing.TB, dir, cred string, attr *syscall.SysProcAttr) *reader {
+	t.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), roleEnv+"=reader", "MIDFS_FSTEST_DIR="+dir, "MIDFS_FSTEST_CRED="+cred)
 	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = attr
 	r := &reader{t: t, cmd: cmd}
 	var err error
 	if r.in, err = cmd.StdinPipe(); err != nil {

@@ -84,7 +84,7 @@ func CleanStale(dir string) (bool, error) {
 				return cleaned, fmt.Errorf("mountpoint %s is a hung midfs mount and cannot be aborted: %w", abs, err)
 			}
 		}
-		if err := lazyUnmount(abs); err != nil {
+		if err := unmount(abs, true); err != nil {
 			return cleaned, fmt.Errorf("mountpoint %s is a dead FUSE mount and cannot be unmounted: %w (try umount -l %s as root)", abs, err, abs)
 		}
 		cleaned = true
@@ -154,17 +154,27 @@ func probe(dir string) probeResult {
 	}
 }
 
-func lazyUnmount(dir string) error {
+// unmount unmounts dir: as root with umount(2), otherwise with the setuid
+// fusermount; lazy detaches it even while it is busy.
+func unmount(dir string, lazy bool) error {
 	if os.Geteuid() == 0 {
-		return unix.Unmount(dir, unix.MNT_DETACH)
+		flags := 0
+		if lazy {
+			flags = unix.MNT_DETACH
+		}
+		return unix.Unmount(dir, flags)
 	}
 	path, ok := fusermount()
 	if !ok {
 		return errors.New("no fusermount3 or fusermount found to unmount as a normal user")
 	}
-	out, err := exec.Command(path, "-u", "-z", dir).CombinedOutput()
+	args := []string{"-u", dir}
+	if lazy {
+		args = []string{"-u", "-z", dir}
+	}
+	out, err := exec.Command(path, args...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s -u -z: %s", filepath.Base(path), strings.TrimSpace(string(out)))
+		return fmt.Errorf("%s %s: %s", filepath.Base(path), strings.Join(args[:len(args)-1], " "), strings.TrimSpace(string(out)))
 	}
 	return nil
 }
@@ -180,19 +190,32 @@ func fusermount() (string, bool) {
 }
 
 // abortConn ends FUSE connection id: every pending and future request fails,
-// which unblocks whatever waits on a hung server. fusectl is mounted if it
-// is not (systemd normally does that at boot).
+// which unblocks whatever waits on a hung server.
 func abortConn(id string) error {
+	f, err := openAbort(id)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.Write([]byte("1"))
+	return err
+}
+
+// openAbort opens the fusectl file that aborts connection id. The open file
+// stays bound to that connection: once the connection is gone, writing to
+// it does nothing, even if a new mount got the same number. fusectl is
+// mounted if it is not (systemd normally does that at boot).
+func openAbort(id string) (*os.File, error) {
 	if id == "" {
-		return errors.New("unknown FUSE connection")
+		return nil, errors.New("unknown FUSE connection")
 	}
 	path := filepath.Join(fuseConnections, id, "abort")
 	if _, err := os.Stat(path); errors.Is(err, iofs.ErrNotExist) {
 		if err := unix.Mount("fusectl", fuseConnections, "fusectl", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("mount fusectl on %s: %w", fuseConnections, err)
+			return nil, fmt.Errorf("mount fusectl on %s: %w", fuseConnections, err)
 		}
 	}
-	return os.WriteFile(path, []byte("1"), 0)
+	return os.OpenFile(path, os.O_WRONLY, 0)
 }
 
 // fuseConnID is the fusectl connection number of the mount at dir.

@@ -125,6 +125,31 @@ func TestUnmountWithOpenFiles(t *testing.T) {
 	}
 }
 
+// A process that gets a mount namespace of its own while the tree is
+// mounted (unshare, ip netns exec, a container) holds a copy of the mount,
+// which keeps the FUSE connection alive after the unmount here. Unmount
+// must still stop serving at once (the agent exits at SIGTERM), and the
+// reader over there must get an error instead of a server that stays.
+func TestUnmountWithACopyInAnotherMountNamespace(t *testing.T) {
+	requireRoot(t)
+	s := startServer(t, serveConfig{})
+	r := startReaderWith(t, s.dir, "", &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS})
+	r.data("cat key.pub")
+	quit := make(chan string, 1)
+	go func() { quit <- s.do("quit") }()
+	select {
+	case got := <-quit:
+		if got != "bye" {
+			t.Fatalf("quit: %s\n%s", got, s.stderr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Unmount did not return in 20s while a copy of the mount lives in another mount namespace")
+	}
+	if got := r.do("cat key.pub"); got != "err ENOTCONN" && got != "err ECONNABORTED" {
+		t.Errorf("reading the copy of a mount whose server stopped: %.40s", got)
+	}
+}
+
 func TestUnescapeMountinfo(t *testing.T) {
 	if got := unescapeMount(`/tmp/a\040b\134c`); got != `/tmp/a b\c` {
 		t.Errorf("unescape: %q", got)

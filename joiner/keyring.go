@@ -3,6 +3,7 @@ package joiner
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -68,13 +69,28 @@ func (k *keyringStore) Load() ([]byte, error) {
 	}
 }
 
+// Save makes a new key and puts it in @u in place of the previous one.
+//
+// Only a process that possesses a key may change its permissions, and a key
+// is possessed when it is reachable from the process's own keyrings. A
+// service manager usually gives each service a session keyring of its own
+// that does not link @u (systemd's KeyringMode=private, the default for
+// system services), so a key added straight to @u is not possessed and
+// setting its permissions fails. The key is therefore made in this
+// thread's keyring, possessed there whatever the session keyring, given
+// its permissions and lifetime, and only then linked into @u, which
+// replaces the previous key of the same name atomically. The thread
+// keyring is per thread, hence the locked OS thread.
 func (k *keyringStore) Save(blob []byte, expires time.Time) error {
-	// add_key replaces the payload of an existing key of the same type
-	// and description in that keyring, atomically.
-	id, err := unix.AddKey("user", k.desc, blob, unix.KEY_SPEC_USER_KEYRING)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	id, err := unix.AddKey("user", k.desc, blob, unix.KEY_SPEC_THREAD_KEYRING)
 	if err != nil {
 		return fmt.Errorf("save to %s: %w", k, err)
 	}
+	// Once in @u (or on failure) the thread's link is not needed: the
+	// thread keyring outlives this call, the key must not.
+	defer unix.KeyctlInt(unix.KEYCTL_UNLINK, id, unix.KEY_SPEC_THREAD_KEYRING, 0, 0)
 	if err := unix.KeyctlSetperm(id, keyPerm); err != nil {
 		return fmt.Errorf("set permissions of %s: %w", k, err)
 	}
@@ -85,6 +101,9 @@ func (k *keyringStore) Save(blob []byte, expires time.Time) error {
 		}
 		// Best effort: an expired bot identity is useless, let the kernel drop it.
 		unix.KeyctlInt(unix.KEYCTL_SET_TIMEOUT, id, secs, 0, 0)
+	}
+	if _, err := unix.KeyctlInt(unix.KEYCTL_LINK, id, unix.KEY_SPEC_USER_KEYRING, 0, 0); err != nil {
+		return fmt.Errorf("save to %s: %w", k, err)
 	}
 	return nil
 }

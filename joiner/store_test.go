@@ -3,9 +3,11 @@ package joiner
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,6 +23,9 @@ func randomName(t *testing.T) string {
 }
 
 func TestKeyringStoreRoundTrip(t *testing.T) {
+	if os.Getenv("MIDFS_TEST_PRIVATE_SESSION") == "1" {
+		inPrivateSession(t)
+	}
 	name := randomName(t)
 	s, err := OpenStore("keyring", name)
 	if err != nil {
@@ -66,6 +71,48 @@ func TestKeyringStoreRoundTrip(t *testing.T) {
 	}
 	if err := s.Delete(); err != nil {
 		t.Fatalf("deleting nothing: %v", err)
+	}
+}
+
+// Under a service manager the agent has a session keyring of its own that
+// does not link @u (systemd's KeyringMode=private, its default for system
+// services). The round trip above must work there too: it runs again in a
+// child of `keyctl session -`, which joins a new empty session keyring
+// first, as systemd does for a unit.
+func TestKeyringStoreInAPrivateSessionKeyring(t *testing.T) {
+	if os.Getenv("MIDFS_TEST_PRIVATE_SESSION") == "1" {
+		return // the child runs TestKeyringStoreRoundTrip only
+	}
+	keyctl, err := exec.LookPath("keyctl")
+	if err != nil {
+		t.Skip("keyctl not installed (apt-get install keyutils)")
+	}
+	cmd := exec.Command(keyctl, "session", "-", os.Args[0], "-test.run=^TestKeyringStoreRoundTrip$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "MIDFS_TEST_PRIVATE_SESSION=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestKeyringStoreRoundTrip") {
+		t.Fatalf("the keyring store fails in a private session keyring: %v\n%s", err, out)
+	}
+}
+
+// inPrivateSession fails the test unless this process runs as a service
+// does: in a session keyring that does not link @u, so keys in @u are not
+// possessed.
+func inPrivateSession(t *testing.T) {
+	t.Helper()
+	user, err := unix.KeyctlGetKeyringID(unix.KEY_SPEC_USER_KEYRING, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	n, err := unix.KeyctlBuffer(unix.KEYCTL_READ, unix.KEY_SPEC_SESSION_KEYRING, buf, 0)
+	if err != nil {
+		t.Fatalf("read the session keyring: %v", err)
+	}
+	for i := 0; i+4 <= n && i+4 <= len(buf); i += 4 {
+		if int(binary.NativeEndian.Uint32(buf[i:])) == user {
+			t.Fatal("the session keyring links @u: not the private session keyring of a service")
+		}
 	}
 }
 
