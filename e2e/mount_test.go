@@ -627,8 +627,11 @@ func TestNoFUSEAccessSpendsNoToken(t *testing.T) {
 	os.Mkdir(dir, 0o755)
 	os.Chown(dir, int(nobody), int(nogroup))
 	tok := a.addBot("robot", "access", "root")
-	args := append([]string{"mount", dir, "--storage=memory"}, a.mountArgs(tok)...)
-	out, err := asUser(nobody, nogroup, bin, args...)
+	// The token in the environment, not argv: the one line to check is the
+	// /dev/fuse error, not the warning about a token on the command line.
+	t.Setenv("MIDFS_TOKEN", tok)
+	out, err := asUser(nobody, nogroup, bin, "mount", dir, "--storage=memory", "--auth-server="+a.addr, "--ca-pin="+a.pin)
+	os.Unsetenv("MIDFS_TOKEN")
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 14 || !strings.Contains(out, "/dev/fuse") {
 		t.Fatalf("mount as a user without /dev/fuse: err=%v, want exit 14 naming /dev/fuse:\n%s", err, out)
