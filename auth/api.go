@@ -151,18 +151,33 @@ func (s *Server) handleCerts(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, certs)
 }
 
+// handleNodes answers with the nodes the client may reach, or with 304
+// Not Modified when its If-None-Match names the current inventory: that
+// answer needs no database and no encoding, so agents may poll often.
 func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 	bc, err := s.clientBot(r)
 	if err != nil {
 		s.refuse(w, r, "nodes", err)
 		return
 	}
-	list, err := s.nodes(bc)
+	v := s.inv.version.Load()
+	tag := s.inv.etag(v)
+	if etagMatches(r.Header.Get("If-None-Match"), tag) {
+		s.metrics.nodeList("not_modified")
+		w.Header().Set("ETag", tag)
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	list, err := s.nodes(bc, v)
 	if err != nil {
 		s.refuse(w, r, "nodes", err)
 		return
 	}
-	writeJSON(w, list)
+	s.metrics.nodeList("full")
+	w.Header().Set("ETag", tag)
+	if err := writeNodeList(w, list, s.https.WriteTimeout); err != nil {
+		s.log.Debug("node list not sent whole", "bot", bc.Bot, "nodes", len(list), "err", err)
+	}
 }
 
 // decodeRequest reads one JSON object of at most wire.MaxBody bytes with no

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -225,27 +224,18 @@ func (s *Server) certs(bc *botCert, req *wire.CertsRequest) (*wire.Certs, error)
 	return s.issueOutput(b, roles, pub, ttl, s.cfg.Now())
 }
 
-// nodes lists the nodes the bot's roles let it see.
-func (s *Server) nodes(bc *botCert) (*wire.NodeList, error) {
+// nodes lists, encoded, the nodes the bot's roles let it see in the
+// inventory at version v or later.
+func (s *Server) nodes(bc *botCert, v uint64) ([][]byte, error) {
 	b, err := s.checkBot(s.st.db, bc)
 	if err != nil {
 		return nil, err
 	}
-	roles, err := getRoles(s.st.db, b.Roles)
+	snap, err := s.inv.at(s.st.db, v)
 	if err != nil {
 		return nil, err
 	}
-	all, err := listNodes(s.st.db)
-	if err != nil {
-		return nil, err
-	}
-	out := &wire.NodeList{Nodes: []identity.Node{}}
-	for _, n := range all {
-		if nodeVisible(roles, n) {
-			out.Nodes = append(out.Nodes, n)
-		}
-	}
-	return out, nil
+	return snap.visible(b.Roles)
 }
 
 // lookupToken finds a token by name, for delegated join methods (IAM).

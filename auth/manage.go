@@ -87,6 +87,12 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 	now := s.cfg.Now()
 	out := &BotToken{Bot: spec.Name, CAPin: s.CAPin(), AuthServer: s.advertise, ClusterName: s.cluster}
 	var secret string
+	var rolesChanged bool // of an existing bot: the nodes it may see change
+	defer func() {
+		if rolesChanged {
+			s.inv.changed()
+		}
+	}()
 	if spec.TokenName == "" {
 		b := make([]byte, 32)
 		rand.Read(b)
@@ -122,6 +128,7 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 			out.TokenName, out.JoinMethod = t.Name, t.JoinMethod
 			out.Expires = t.Expires
 		}
+		rolesChanged = old != nil && !slices.Equal(old.Roles, spec.Roles)
 		if old == nil {
 			_, err = tx.Exec(`INSERT INTO bots(name, roles, logins, instance, token_name, created) VALUES (?, ?, ?, ?, ?, ?)`,
 				spec.Name, mustJSON(spec.Roles), mustJSON(nonNil(spec.Logins)), newInstanceID(), spec.TokenName, now.Unix())
@@ -206,6 +213,7 @@ func (s *Server) AddNode(ctx context.Context, n identity.Node) error {
 	if err := identity.CheckNode(n); err != nil {
 		return err
 	}
+	defer s.inv.changed()
 	return s.st.update(func(tx *sql.Tx) error { return putNode(tx, n) })
 }
 
@@ -224,6 +232,9 @@ func (s *Server) CreateYAML(ctx context.Context, data []byte, force bool) ([]str
 func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]string, error) {
 	now := s.cfg.Now()
 	var done []string
+	if len(res.Roles) > 0 || len(res.Nodes) > 0 {
+		defer s.inv.changed()
+	}
 	err := s.st.update(func(tx *sql.Tx) error {
 		// put stores one resource with store, refusing to replace one
 		// that exists unless force is set.
@@ -418,6 +429,9 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 		return s.RemoveBot(ctx, name)
 	}
 	table := kind + "s"
+	if kind == KindRole || kind == KindNode {
+		defer s.inv.changed()
+	}
 	err = s.st.update(func(tx *sql.Tx) error {
 		if kind == KindRole {
 			bots, err := listBots(tx)

@@ -12,6 +12,7 @@ type metrics struct {
 	joins    *prometheus.CounterVec
 	renewals *prometheus.CounterVec
 	refusals *prometheus.CounterVec
+	lists    *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 }
 
@@ -29,12 +30,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "midfs_auth_refusals_total", Help: "Refused API requests, by reason.",
 		}, []string{"reason"}),
+		lists: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "midfs_auth_node_lists_total", Help: "Node list answers, by result (full, or not_modified for an unchanged list).",
+		}, []string{"result"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "midfs_auth_issuance_seconds", Help: "Time to answer a successful join, renewal or certs request.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}, []string{"kind"}),
 	}
-	reg.MustRegister(m.joins, m.renewals, m.refusals, m.latency)
+	reg.MustRegister(m.joins, m.renewals, m.refusals, m.lists, m.latency)
 	return m
 }
 
@@ -53,6 +57,12 @@ func (m *metrics) renewal(result string) {
 func (m *metrics) refused(reason string) {
 	if m != nil {
 		m.refusals.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *metrics) nodeList(result string) {
+	if m != nil {
+		m.lists.WithLabelValues(result).Inc()
 	}
 }
 

@@ -33,6 +33,7 @@ type Server struct {
 	host    *authority
 	db      *authority
 	metrics *metrics
+	inv     *inventory
 
 	https     *http.Server
 	httpsLn   net.Listener
@@ -56,7 +57,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics)}
+	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), inv: newInventory()}
 	if err := s.loadOrInit(ctx); err != nil {
 		st.close()
 		return nil, err
