@@ -66,24 +66,9 @@ func (c *apiClient) close() {
 func (c *apiClient) call(ctx context.Context, method, path string, in, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "https://"+c.addr+path, body)
+	resp, err := c.send(ctx, method, path, in, nil)
 	if err != nil {
-		return fmt.Errorf("bad auth server address %q: %v", c.addr, err)
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return c.transportError(err)
+		return err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, wire.MaxBody+1))
@@ -93,9 +78,6 @@ func (c *apiClient) call(ctx context.Context, method, path string, in, out any) 
 	if len(b) > wire.MaxBody {
 		return fmt.Errorf("the authority at %s answered %s with more than %d bytes", c.addr, path, wire.MaxBody)
 	}
-	if resp.StatusCode/100 != 2 {
-		return c.statusError(resp.StatusCode, b)
-	}
 	if out == nil {
 		return nil
 	}
@@ -103,6 +85,43 @@ func (c *apiClient) call(ctx context.Context, method, path string, in, out any) 
 		return fmt.Errorf("the authority at %s answered %s with bad JSON: %v", c.addr, path, err)
 	}
 	return nil
+}
+
+// send makes one request with in (as JSON, unless nil) and the extra
+// header, and returns a 2xx or 304 answer for the caller to read and
+// close; any other answer becomes an error of the kinds call returns.
+func (c *apiClient) send(ctx context.Context, method, path string, in any, header http.Header) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "https://"+c.addr+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("bad auth server address %q: %v", c.addr, err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, c.transportError(err)
+	}
+	if resp.StatusCode/100 == 2 || resp.StatusCode == http.StatusNotModified {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, wire.MaxBody))
+	if err != nil {
+		return nil, &retryable{fmt.Errorf("reading the answer of the authority at %s: %v", c.addr, err)}
+	}
+	return nil, c.statusError(resp.StatusCode, b)
 }
 
 func (c *apiClient) transportError(err error) error {
@@ -156,20 +175,155 @@ func unwrapURL(err error) error {
 func ListNodes(ctx context.Context, addr string, key crypto.Signer, cert *x509.Certificate, hostCAs []*x509.Certificate) ([]identity.Node, error) {
 	api := newAPIClient(addr, certPool(hostCAs), key, cert)
 	defer api.close()
-	nodes, err := api.nodes(ctx)
+	nodes, _, err := api.nodes(ctx, "")
 	if isRetryable(err) {
 		return nil, &kindError{kind: ErrUnreachable, cause: err, msg: err.Error()}
 	}
 	return nodes, err
 }
 
+// Limits of one node list: far above any inventory midfs is made for
+// (100,000 nodes are about 10 MB), and low enough that a broken authority
+// cannot make the agent hold unbounded memory.
+const (
+	maxNodeBytes     = 64 << 10  // one node, as JSON
+	maxNodes         = 1 << 20   // nodes in one list
+	maxNodeListBytes = 256 << 20 // the whole answer
+	// minListRate is the slowest transfer of a node list that is still
+	// waited for: requestTimeout plus one second per minListRate bytes.
+	minListRate = 64 << 10
+)
+
+// errNotModified is what nodes returns when the list is still the one the
+// ETag given names.
+var errNotModified = errors.New("node list not modified")
+
 // nodes fetches the nodes the client's identity may reach, sorted by name
-// so that two fetches compare equal when nothing changed.
-func (c *apiClient) nodes(ctx context.Context) ([]identity.Node, error) {
-	var list wire.NodeList
-	if err := c.call(ctx, http.MethodGet, wire.PathNodes, nil, &list); err != nil {
+// so that two fetches compare equal when nothing changed, and the list's
+// ETag. With etag set it asks only for a changed list, and returns
+// errNotModified if the list is still the one etag names.
+func (c *apiClient) nodes(ctx context.Context, etag string) ([]identity.Node, string, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// requestTimeout to the answer's headers, then more for a long list.
+	deadline := time.AfterFunc(requestTimeout, cancel)
+	defer deadline.Stop()
+	var header http.Header
+	if etag != "" {
+		header = http.Header{"If-None-Match": {etag}}
+	}
+	resp, err := c.send(ctx, http.MethodGet, wire.PathNodes, nil, header)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotModified {
+		return nil, etag, errNotModified
+	}
+	if resp.ContentLength > maxNodeListBytes {
+		return nil, "", fmt.Errorf("the authority at %s sent a node list of %d bytes; the most this agent takes is %d", c.addr, resp.ContentLength, maxNodeListBytes)
+	}
+	if resp.ContentLength > 0 {
+		deadline.Reset(requestTimeout + time.Duration(resp.ContentLength/minListRate)*time.Second)
+	}
+	br := &budgetReader{r: resp.Body}
+	nodes, err := decodeNodes(br)
+	if err != nil {
+		if br.broken != nil || ctx.Err() != nil {
+			return nil, "", &retryable{fmt.Errorf("reading the node list from the authority at %s: %v", c.addr, err)}
+		}
+		return nil, "", fmt.Errorf("the authority at %s sent a node list this agent does not take: %w", c.addr, err)
+	}
+	slices.SortFunc(nodes, func(a, b identity.Node) int { return strings.Compare(a.Name, b.Name) })
+	return nodes, resp.Header.Get("ETag"), nil
+}
+
+// errListLimit is a node list beyond the limits above.
+var errListLimit = errors.New("node list beyond this agent's limits")
+
+// decodeNodes reads a wire.NodeList one node at a time, so that neither a
+// node above maxNodeBytes nor a list above maxNodes or maxNodeListBytes is
+// ever held whole.
+func decodeNodes(br *budgetReader) ([]identity.Node, error) {
+	dec := json.NewDecoder(br)
+	br.allow(maxNodeBytes)
+	if err := expectDelim(dec, '{'); err != nil {
 		return nil, err
 	}
-	slices.SortFunc(list.Nodes, func(a, b identity.Node) int { return strings.Compare(a.Name, b.Name) })
-	return list.Nodes, nil
+	var nodes []identity.Node
+	for dec.More() {
+		br.allow(dec.InputOffset() + maxNodeBytes)
+		key, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		if key != "nodes" {
+			var skip json.RawMessage // a field of a later version
+			if err := dec.Decode(&skip); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err := expectDelim(dec, '['); err != nil {
+			return nil, err
+		}
+		for dec.More() {
+			if len(nodes) == maxNodes {
+				return nil, fmt.Errorf("%w: more than %d nodes", errListLimit, maxNodes)
+			}
+			br.allow(dec.InputOffset() + maxNodeBytes)
+			var n identity.Node
+			if err := dec.Decode(&n); err != nil {
+				return nil, err
+			}
+			nodes = append(nodes, n)
+		}
+		if err := expectDelim(dec, ']'); err != nil {
+			return nil, err
+		}
+	}
+	if err := expectDelim(dec, '}'); err != nil {
+		return nil, err
+	}
+	return nodes, nil
+}
+
+func expectDelim(dec *json.Decoder, want json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if tok != want {
+		return fmt.Errorf("bad node list: %v where %v belongs", tok, want)
+	}
+	return nil
+}
+
+// budgetReader lets its reader be read up to a limit that the decoder
+// moves on node by node (and never past maxNodeListBytes): a node larger
+// than maxNodeBytes runs into it before it is read whole. broken keeps a
+// failure of the reader itself (the connection), as opposed to the list.
+type budgetReader struct {
+	r      io.Reader
+	read   int64
+	limit  int64
+	broken error
+}
+
+func (b *budgetReader) allow(upTo int64) { b.limit = min(upTo, maxNodeListBytes) }
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	left := b.limit - b.read
+	if left <= 0 {
+		if b.limit == maxNodeListBytes {
+			return 0, fmt.Errorf("%w: more than %d bytes", errListLimit, maxNodeListBytes)
+		}
+		return 0, fmt.Errorf("%w: a node of more than %d bytes", errListLimit, maxNodeBytes)
+	}
+	n, err := b.r.Read(p[:min(int64(len(p)), left)])
+	b.read += int64(n)
+	if err != nil && err != io.EOF {
+		b.broken = err
+	}
+	return n, err
 }

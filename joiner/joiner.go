@@ -36,6 +36,7 @@ type Agent struct {
 	api     *apiClient    // authenticates with bot
 	pending crypto.Signer // key of a renewal whose answer may have been lost
 	botDue  bool          // the next renewal round starts with the bot identity
+	nodeTag string        // ETag of the node list held, to ask only for a changed one
 
 	renewNow chan struct{}
 
@@ -476,24 +477,32 @@ func (a *Agent) refreshOutput(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	nodes, err := a.api.nodes(ctx)
-	if err != nil {
-		return err
-	}
 	a.mu.Lock()
-	a.id, a.nodes = id, nodes
+	a.id = id
 	a.status.Expires = id.Expires()
-	a.status.Nodes, a.status.NodesUpdated = len(nodes), a.clock.Now()
 	a.mu.Unlock()
+	// The identity must never be lost over the node list: without one, the
+	// mount serves the last list (or none) and Run asks again.
+	if _, err := a.refreshNodes(ctx); err != nil && ctx.Err() == nil {
+		a.log.Warn("cannot get the node list; serving the last one and asking again", "error", err, "nodes", a.Status().Nodes, "retry_in", a.cfg.NodesInterval.String())
+	}
 	return nil
 }
 
-// refreshNodes fetches the node list and says whether it changed.
+// refreshNodes fetches the node list unless it is unchanged since the
+// last one, and says whether it changed.
 func (a *Agent) refreshNodes(ctx context.Context) (bool, error) {
-	nodes, err := a.api.nodes(ctx)
+	nodes, tag, err := a.api.nodes(ctx, a.nodeTag)
+	if errors.Is(err, errNotModified) {
+		a.mu.Lock()
+		a.status.NodesUpdated = a.clock.Now()
+		a.mu.Unlock()
+		return false, nil
+	}
 	if err != nil {
 		return false, err
 	}
+	a.nodeTag = tag
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.status.NodesUpdated = a.clock.Now()
