@@ -159,15 +159,7 @@ func TestNodeListETagOfEarlierRunDoesNotMatch(t *testing.T) {
 func TestNodeListOfManyNodes(t *testing.T) {
 	const n = 20000
 	s := startTest(t)
-	res := &Resources{}
-	for i := range n {
-		res.Nodes = append(res.Nodes, NodeResource{Kind: KindNode, Version: "v2",
-			Metadata: Metadata{Name: fmt.Sprintf("node-%05d", i), Labels: LabelMap{"env": "prod"}},
-			Spec:     NodeSpec{Addr: fmt.Sprintf("10.0.%d.%d:22", i/256, i%256)}})
-	}
-	if _, err := s.Create(context.Background(), res, false); err != nil {
-		t.Fatal(err)
-	}
+	addNodes(t, s, n)
 	id := join(t, s, addBot(t, s, "robot", []string{"access"}, nil).Token)
 	a := pollNodes(t, s, id.key, id.cert, "")
 	if a.status != 200 || len(a.names) != n || a.names[0] != "node-00000" || a.names[n-1] != fmt.Sprintf("node-%05d", n-1) {
@@ -175,5 +167,37 @@ func TestNodeListOfManyNodes(t *testing.T) {
 	}
 	if a.body <= wire.MaxBody {
 		t.Errorf("the list is %d bytes; the test needs more than %d", a.body, wire.MaxBody)
+	}
+}
+
+// `midfs get nodes` lists an inventory larger than the admin request cap
+// (4 MiB; 50,000 nodes are about 5.5 MB of answer).
+func TestAdminGetOfManyNodes(t *testing.T) {
+	const n = 50000
+	s := startTest(t)
+	addNodes(t, s, n)
+	ac, err := DialAdmin(s.cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	res, err := ac.Get(context.Background(), "nodes", "")
+	if err != nil || len(res.Nodes) != n {
+		t.Fatalf("get nodes: %v; want %d nodes", err, n)
+	}
+}
+
+// addNodes stores n nodes node-00000... in one Create, as `midfs create -f`
+// of a file with many nodes does.
+func addNodes(t testing.TB, s *Server, n int) {
+	t.Helper()
+	res := &Resources{}
+	for i := range n {
+		res.Nodes = append(res.Nodes, NodeResource{Kind: KindNode, Version: "v2",
+			Metadata: Metadata{Name: fmt.Sprintf("node-%05d", i), Labels: LabelMap{"env": "prod"}},
+			Spec:     NodeSpec{Addr: fmt.Sprintf("10.%d.%d.%d:22", i>>16&255, i>>8&255, i&255)}})
+	}
+	if _, err := s.Create(context.Background(), res, false); err != nil {
+		t.Fatal(err)
 	}
 }
