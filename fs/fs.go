@@ -258,12 +258,16 @@ func unmountSoon(dir string) error {
 // Wait blocks until the filesystem is unmounted.
 func (s *Server) Wait() { s.fuse.Wait() }
 
-// generation is one published snapshot with what Getattr needs precomputed.
+// generation is one published snapshot with what Getattr needs precomputed,
+// and the bytes of the files without secrets: rendered once, shared by every
+// handle (ssh_config of 10,000 nodes is about 1 MB and takes milliseconds
+// to render). Secret files are rendered per handle and cleared at release.
 type generation struct {
-	id    uint64
-	snap  *Snapshot
-	at    time.Time // publication time: mtime and ctime of every file
-	sizes []int64   // indexed like identity.Files
+	id     uint64
+	snap   *Snapshot
+	at     time.Time // publication time: mtime and ctime of every file
+	sizes  []int64   // indexed like identity.Files
+	public [][]byte  // indexed like identity.Files; nil for secret files
 }
 
 func (s *Server) newGeneration(snap *Snapshot) (*generation, error) {
@@ -275,14 +279,18 @@ func (s *Server) newGeneration(snap *Snapshot) (*generation, error) {
 		return nil, errors.New("identity lacks its key or certificates")
 	}
 	s.reportBadNodes(snap.Nodes)
-	g := &generation{snap: snap, at: time.Now(), sizes: make([]int64, len(identity.Files))}
+	g := &generation{snap: snap, at: time.Now(), sizes: make([]int64, len(identity.Files)), public: make([][]byte, len(identity.Files))}
 	for i, f := range identity.Files {
 		b, err := identity.Render(f.Name, id, snap.Nodes, s.opts.Dir)
 		if err != nil {
 			return nil, fmt.Errorf("render %s: %w", f.Name, err)
 		}
 		g.sizes[i] = int64(len(b))
-		clear(b)
+		if f.Secret {
+			clear(b)
+		} else {
+			g.public[i] = b
+		}
 	}
 	s.lastID++
 	g.id = s.lastID
@@ -307,8 +315,12 @@ func (s *Server) reportBadNodes(nodes []identity.Node) {
 	s.badNodes = bad
 }
 
-// render produces the bytes of file i in generation g. The caller owns them
-// and clears them when done.
+// render produces the bytes of file i in generation g. The bytes of a
+// secret file are the caller's, to clear when done; those of any other file
+// are shared and must not be changed.
 func (g *generation) render(i int, dir string) ([]byte, error) {
+	if b := g.public[i]; b != nil {
+		return b, nil
+	}
 	return identity.Render(identity.Files[i].Name, g.snap.Identity, g.snap.Nodes, dir)
 }

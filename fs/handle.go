@@ -54,7 +54,9 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 // process's pin move on.
 func (h *handle) Release(ctx context.Context) syscall.Errno {
 	h.mu.Lock()
-	clear(h.buf)
+	if h.node.file.Secret {
+		clear(h.buf) // the others are the generation's, shared
+	}
 	h.buf, h.released = nil, true
 	h.mu.Unlock()
 	h.node.srv.pins.release(h.pin, time.Now())
