@@ -139,8 +139,11 @@ type serveConfig struct {
 	Readers []Reader
 	Xattrs  map[string]string
 	Nodes   []identity.Node
-	Debug   bool
-	Quiet   bool // log at info level: no line per secret open
+	// ManyNodes adds that many made-up nodes (node-00000...) to Nodes: a
+	// list too long to pass in the environment.
+	ManyNodes int
+	Debug     bool
+	Quiet     bool // log at info level: no line per secret open
 	// AttrTimeout, if set, replaces the kernel attribute timeout.
 	AttrTimeout time.Duration
 }
@@ -165,6 +168,10 @@ func serveMain() int {
 	}
 	if cfg.AttrTimeout > 0 {
 		attrTimeout = cfg.AttrTimeout
+	}
+	for i := range cfg.ManyNodes {
+		cfg.Nodes = append(cfg.Nodes, identity.Node{Name: fmt.Sprintf("node-%05d", i),
+			Addr: fmt.Sprintf("10.%d.%d.%d:22", i>>16&255, i>>8&255, i&255), Labels: map[string]string{"env": "prod"}})
 	}
 	level := slog.LevelDebug
 	if cfg.Quiet {
