@@ -393,7 +393,7 @@ func TestRenewalFailureKeepsIdentityAndRecovers(t *testing.T) {
 	}
 }
 
-func TestNodeListRefreshedEveryMinute(t *testing.T) {
+func TestNodeListRefreshedBetweenRenewals(t *testing.T) {
 	a := startAuth(t, "", "")
 	ag, clock := joinOnFakeClock(t, a)
 	r := run(t, ag, clock)
@@ -403,7 +403,7 @@ func TestNodeListRefreshedEveryMinute(t *testing.T) {
 	if err := a.AddNode(context.Background(), identity.Node{Name: "db", Addr: "10.0.0.5:22"}); err != nil {
 		t.Fatal(err)
 	}
-	r.advanceUntil(10*time.Second, 70*time.Second, func() bool { return r.published() >= 1 })
+	r.advanceUntil(5*time.Second, joiner.DefaultNodesInterval+10*time.Second, func() bool { return r.published() >= 1 })
 	r.mu.Lock()
 	got := r.nodes[0]
 	r.mu.Unlock()
