@@ -169,18 +169,27 @@ func newMountDir(b *testing.B, base string, i int) string {
 	return dir
 }
 
-// logTime is when the agent logged msg, from its JSON log.
+// logTime is when the agent first logged msg, from its JSON log.
 func logTime(logs, msg string) (time.Time, bool) {
+	if ts := logTimes(logs, msg); len(ts) > 0 {
+		return ts[0], true
+	}
+	return time.Time{}, false
+}
+
+// logTimes are the times of every line of the JSON log that says msg.
+func logTimes(logs, msg string) []time.Time {
+	var out []time.Time
 	for _, line := range strings.Split(logs, "\n") {
 		var rec struct {
 			Time time.Time `json:"time"`
 			Msg  string    `json:"msg"`
 		}
 		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == msg {
-			return rec.Time, true
+			out = append(out, rec.Time)
 		}
 	}
-	return time.Time{}, false
+	return out
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -11,19 +11,22 @@ import (
 	"time"
 )
 
-// addNodes stores n nodes named node-00000... with `midfs create -f`.
+// addNodes stores n nodes named PREFIX-00000... with `midfs create -f`, a
+// file of at most 2,000 nodes (about 200 KB) at a time.
 func (a *authority) addNodes(prefix string, n int) {
 	a.t.Helper()
-	var b strings.Builder
-	for i := range n {
-		fmt.Fprintf(&b, "---\nkind: node\nversion: v2\nmetadata:\n  name: %s-%05d\n  labels:\n    env: prod\nspec:\n  addr: 10.%d.%d.%d:22\n",
-			prefix, i, 100+i>>16&127, i>>8&255, i&255)
-	}
 	path := filepath.Join(a.t.TempDir(), "nodes.yaml")
-	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
-		a.t.Fatal(err)
+	for start := 0; start < n; start += 2000 {
+		var b strings.Builder
+		for i := start; i < min(start+2000, n); i++ {
+			fmt.Fprintf(&b, "---\nkind: node\nversion: v2\nmetadata:\n  name: %s-%05d\n  labels:\n    env: prod\nspec:\n  addr: 10.%d.%d.%d:22\n",
+				prefix, i, 100+i>>16&127, i>>8&255, i&255)
+		}
+		if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+			a.t.Fatal(err)
+		}
+		a.admin("create", "-f", path)
 	}
-	a.admin("create", "-f", path)
 }
 
 // countHosts counts the node blocks of an ssh_config.
