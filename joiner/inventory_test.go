@@ -163,3 +163,18 @@ func (a *authority) nodeLists(t *testing.T, result string) float64 {
 	}
 	return 0
 }
+
+// The inventory midfs is made for: 100,000 nodes (about 8 MB of list)
+// reach a joining agent whole.
+func TestInventoryOf100000Nodes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stores 100,000 nodes")
+	}
+	const n = 100000
+	a := startAuth(t, "", "")
+	a.addNodes(t, "node", n)
+	ag, _ := joinOnFakeClock(t, a)
+	if _, nodes := ag.Current(); len(nodes) != n || nodes[n-1].Name != fmt.Sprintf("node-%05d", n-1) {
+		t.Fatalf("joined with %d nodes, want %d", len(nodes), n)
+	}
+}
