@@ -153,7 +153,10 @@ func (s *Server) handleCerts(w http.ResponseWriter, r *http.Request) {
 
 // handleNodes answers with the nodes the client may reach, or with 304
 // Not Modified when its If-None-Match names the current inventory: that
-// answer needs no database and no encoding, so agents may poll often.
+// answer needs no database and no encoding, so agents may poll often. A
+// 304 only says that the list the client holds is still the current one;
+// whether the bot may still have a list (not removed, locked or joined
+// again since) is checked for every list sent, and at every renewal.
 func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 	bc, err := s.clientBot(r)
 	if err != nil {

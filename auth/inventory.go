@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -139,7 +140,7 @@ func writeNodeList(w http.ResponseWriter, encoded [][]byte, writeTimeout time.Du
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout + time.Duration(size/listWriteRate)*time.Second))
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", fmt.Sprint(size))
+	w.Header().Set("Content-Length", strconv.Itoa(size))
 	bw := bufio.NewWriterSize(w, 32<<10)
 	bw.WriteString(`{"nodes":[`)
 	for i, b := range encoded {
