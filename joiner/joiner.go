@@ -483,7 +483,10 @@ func (a *Agent) refreshOutput(ctx context.Context) error {
 	a.mu.Unlock()
 	// The identity must never be lost over the node list: without one, the
 	// mount serves the last list (or none) and Run asks again.
-	if _, err := a.refreshNodes(ctx); err != nil && ctx.Err() == nil {
+	if _, err := a.refreshNodes(ctx); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err() // stopping
+		}
 		a.log.Warn("cannot get the node list; serving the last one and asking again", "error", err, "nodes", a.Status().Nodes, "retry_in", a.cfg.NodesInterval.String())
 	}
 	return nil
