@@ -127,7 +127,7 @@ func etagMatches(header, tag string) bool {
 }
 
 // Writing a node list may take longer than other answers: WriteTimeout
-// plus one second per listWriteRate bytes (100,000 nodes are about 10 MB).
+// plus one second per listWriteRate bytes (100,000 nodes are about 8 MB).
 const listWriteRate = 64 << 10
 
 // writeNodeList streams {"nodes":[...]} from pre-encoded nodes, with a

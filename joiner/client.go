@@ -183,7 +183,7 @@ func ListNodes(ctx context.Context, addr string, key crypto.Signer, cert *x509.C
 }
 
 // Limits of one node list: far above any inventory midfs is made for
-// (100,000 nodes are about 10 MB), and low enough that a broken authority
+// (100,000 nodes are about 8 MB), and low enough that a broken authority
 // cannot make the agent hold unbounded memory.
 const (
 	maxNodeBytes     = 64 << 10  // one node, as JSON
