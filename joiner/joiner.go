@@ -32,11 +32,14 @@ type Agent struct {
 	tokenHash string
 
 	// Owned by the goroutine in Join and then Run.
-	bot     *bot
-	api     *apiClient    // authenticates with bot
-	pending crypto.Signer // key of a renewal whose answer may have been lost
-	botDue  bool          // the next renewal round starts with the bot identity
-	nodeTag string        // ETag of the node list held, to ask only for a changed one
+	bot *bot
+	api *apiClient // authenticates with bot
+	// pending is the key of the join or renewal in flight, kept (in
+	// memory and in the Store) until its answer arrives: a retry, here or
+	// after a restart, sends the same request again.
+	pending crypto.Signer
+	botDue  bool   // the next renewal round starts with the bot identity
+	nodeTag string // ETag of the node list held, to ask only for a changed one
 
 	renewNow chan struct{}
 
@@ -269,7 +272,7 @@ func (a *Agent) restore(ctx context.Context, deadline time.Time) error {
 		a.log.Warn("cannot read the stored bot identity; joining with the token", "store", store.String(), "error", err)
 		return nil
 	}
-	b, s, err := unmarshalBot(blob)
+	b, pending, s, err := unmarshalStored(blob)
 	clear(blob)
 	discard := func(msg string, args ...any) error {
 		a.log.Info(msg, append(args, "store", store.String())...)
@@ -285,14 +288,21 @@ func (a *Agent) restore(ctx context.Context, deadline time.Time) error {
 		return discard("discarding the stored bot identity of another authority", "stored", s.AuthServer)
 	case a.cfg.Token != "" && s.TokenHash != a.tokenHash:
 		return discard("a new join token was given: discarding the stored bot identity and joining again", "bot", s.BotName)
+	case b == nil:
+		// The last start was stopped during its join. join sends the
+		// same request again, if it is given the same token.
+		a.pending = pending
+		a.log.Info("finishing a join that was cut short, with the key it sent", "store", store.String())
+		return nil
 	case !a.clock.Now().Before(b.expires()):
 		return discard("the stored bot identity has expired; joining with the token", "bot", s.BotName, "expired", b.expires().Format(time.RFC3339))
 	case len(a.pins) > 0 && checkPins(a.cfg.AuthServer, a.pins, b.hostCAs) != nil:
 		return discard("the stored bot identity trusts CAs that do not match the CA pin; joining again", "bot", s.BotName)
 	}
 	a.tokenHash = s.TokenHash
+	a.pending = pending
 	a.setBot(b)
-	a.log.Info("restarting from the stored bot identity", "bot", b.name, "generation", b.generation, "store", store.String())
+	a.log.Info("restarting from the stored bot identity", "bot", b.name, "generation", b.generation, "renewal_in_flight", pending != nil, "store", store.String())
 	err = a.retry(ctx, deadline, a.renewBot)
 	if err != nil && errors.Is(err, ErrRefused) {
 		return &kindError{kind: ErrRefused, cause: err, msg: fmt.Sprintf(
@@ -305,6 +315,10 @@ func (a *Agent) restore(ctx context.Context, deadline time.Time) error {
 // bot identity.
 func (a *Agent) join(ctx context.Context, deadline time.Time) error {
 	addr := a.cfg.AuthServer
+	if a.cfg.Token == "" && a.pending != nil {
+		return &kindError{kind: ErrConfig, msg: fmt.Sprintf(
+			"the last start was stopped during its join and %s keeps no token: give the same --token again to finish that join", a.cfg.Store)}
+	}
 	if a.cfg.Token == "" {
 		return &kindError{kind: ErrConfig, msg: fmt.Sprintf(
 			"no join token, and no stored bot identity for this mount in %s: give --token (printed by `midfs bots add`)", a.cfg.Store)}
@@ -325,7 +339,11 @@ func (a *Agent) join(ctx context.Context, deadline time.Time) error {
 	}
 	api := newAPIClient(addr, certPool(cas), nil, nil)
 	defer api.close()
-	key, err := a.keys.Next()
+	// Every retry sends the same public key, and so does a restart after a
+	// crash (the key is stored before it is sent): the authority answers a
+	// repeated join for the same key with the same bot, so an answer lost
+	// on the way back does not burn the one-time token.
+	key, err := a.pendingKey()
 	if err != nil {
 		return err
 	}
@@ -334,9 +352,6 @@ func (a *Agent) join(ctx context.Context, deadline time.Time) error {
 		return err
 	}
 	var bi *wire.BotIdentity
-	// Every retry sends the same public key: the authority answers a
-	// repeated join for the same key with the same bot, so an answer lost
-	// on the way back does not burn the one-time token.
 	err = a.retry(ctx, deadline, func(ctx context.Context) (err error) {
 		bi, err = a.joinOnce(ctx, api, pub)
 		return err
@@ -351,6 +366,7 @@ func (a *Agent) join(ctx context.Context, deadline time.Time) error {
 	if err != nil {
 		return err
 	}
+	a.pending = nil
 	a.setBot(b)
 	a.save()
 	a.log.Info("joined the authority", "bot", b.name, "cluster", b.cluster, "method", a.cfg.JoinMethod, "generation", b.generation, "addr", addr)
@@ -377,14 +393,13 @@ func (a *Agent) renewBot(ctx context.Context) error {
 			"the identity of bot %q expired at %s while it could not be renewed; on the authority run `midfs bots rm %s` and `midfs bots add %s --roles=...`, then mount with the new token",
 			b.name, b.expires().Format(time.RFC3339), b.name, b.name)}
 	}
-	// A retry after a lost answer reuses the key, as join does.
-	key := a.pending
-	if key == nil {
-		var err error
-		if key, err = a.keys.Next(); err != nil {
-			return err
-		}
-		a.pending = key
+	// A retry after a lost answer reuses the key, as join does, also after
+	// a restart: the authority re-issues the renewal it already made for
+	// that key, where a new key would find the generation moved on and
+	// lock the bot.
+	key, err := a.pendingKey()
+	if err != nil {
+		return err
 	}
 	pub, err := x509.MarshalPKIXPublicKey(key.Public())
 	if err != nil {
@@ -401,19 +416,19 @@ func (a *Agent) renewBot(ctx context.Context) error {
 		api.close()
 	}
 	if err != nil {
-		if !isRetryable(err) {
-			a.pending = nil
-		}
+		// a.pending stays: even after a refusal (the bot is locked, say)
+		// the authority may have certified it, and it is what the next
+		// attempt must send once an administrator has looked.
 		if errors.Is(err, ErrRefused) {
 			return &kindError{kind: ErrRefused, cause: err, msg: fmt.Sprintf("the authority refused to renew bot %q: %v", b.name, err)}
 		}
 		return err
 	}
-	a.pending = nil
 	nb, err := newBot(bi, key, b.hostCAs)
 	if err != nil {
 		return err
 	}
+	a.pending = nil
 	a.setBot(nb)
 	a.save()
 	a.log.Debug("bot identity renewed", "bot", nb.name, "generation", nb.generation, "expires", nb.expires().Format(time.RFC3339))
@@ -433,17 +448,37 @@ func (a *Agent) setBot(b *bot) {
 	a.mu.Unlock()
 }
 
-// save keeps the bot identity right after it changed. If that fails the
-// stored copy is deleted: a stale copy would present an old generation at
-// the next start and get the bot locked; no copy only costs a new token.
+// pendingKey returns the key of the join or renewal in flight, or makes
+// one and stores it before the request that carries it is sent.
+func (a *Agent) pendingKey() (crypto.Signer, error) {
+	if a.pending != nil {
+		return a.pending, nil
+	}
+	key, err := a.keys.Next()
+	if err != nil {
+		return nil, err
+	}
+	a.pending = key
+	a.save()
+	return key, nil
+}
+
+// save keeps the bot identity and the key in flight right after either
+// changed. If that fails the stored copy is deleted: a stale copy would
+// present an old generation with a new key at the next start and get the
+// bot locked; no copy only costs a new token.
 func (a *Agent) save() {
-	if !a.bot.renewable {
+	if a.cfg.JoinMethod != MethodToken {
 		return // an iam bot joins again; nothing worth keeping
 	}
 	store := a.cfg.Store
-	blob, err := a.bot.marshal(a.cfg.AuthServer, a.tokenHash)
+	var expires time.Time // a join in flight: until it finishes or the machine reboots
+	if a.bot != nil {
+		expires = a.bot.expires()
+	}
+	blob, err := marshalStored(a.cfg.AuthServer, a.tokenHash, a.bot, a.pending)
 	if err == nil {
-		err = store.Save(blob, a.bot.expires())
+		err = store.Save(blob, expires)
 		clear(blob)
 	}
 	if err != nil {
