@@ -150,17 +150,16 @@ func (s *Server) renew(bc *botCert, req *wire.RenewRequest) (*wire.BotIdentity, 
 				return err
 			}
 		case bc.Generation+1 == b.Generation && bytes.Equal(kh, b.LastKeyHash):
-			gen = b.Generation // the answer to this very request was lost
+			// The answer to this very request was lost (a network cut, or
+			// the agent crashed before keeping it and sent the key it had
+			// stored again): issue it again.
+			gen = b.Generation
+			s.log.Info("renewal retried with the same key: issuing it again", "bot", b.Name, "generation", gen)
 		default:
-			reason := fmt.Sprintf("generation mismatch stored=%d presented=%d, possibly a copied identity", b.Generation, bc.Generation)
-			if _, err := tx.Exec(`UPDATE bots SET locked = ? WHERE name = ?`, reason+" (locked "+now.UTC().Format(time.RFC3339)+")", b.Name); err != nil {
-				return err
-			}
-			s.log.Warn(fmt.Sprintf("bot %s locked: %s", b.Name, reason), "bot", b.Name, "stored", b.Generation, "presented", bc.Generation)
 			// Refused, yet the lock must be committed: an error from
 			// here would undo it.
-			locked = &refusal{Code: "generation_mismatch", Reason: reason, Public: fmt.Sprintf("bot %s is now locked: %s; an administrator must run `midfs bots unlock %s`", b.Name, reason, b.Name), Status: 403}
-			return nil
+			locked, err = s.lockCopied(tx, b, bc.Generation, now)
+			return err
 		}
 		bot = b
 		return nil
@@ -172,6 +171,43 @@ func (s *Server) renew(bc *botCert, req *wire.RenewRequest) (*wire.BotIdentity, 
 		return nil, locked
 	}
 	return s.issueBotTLS(bot, pub, gen, true, now)
+}
+
+// lockCopied locks bot b, whose identity was presented at generation
+// presented although the stored one is another: two holders of one
+// identity. It returns the refusal to answer with; the caller commits tx.
+func (s *Server) lockCopied(tx *sql.Tx, b *botRow, presented uint64, now time.Time) (*refusal, error) {
+	reason := fmt.Sprintf("generation mismatch stored=%d presented=%d, possibly a copied identity", b.Generation, presented)
+	if _, err := tx.Exec(`UPDATE bots SET locked = ? WHERE name = ?`, reason+" (locked "+now.UTC().Format(time.RFC3339)+")", b.Name); err != nil {
+		return nil, err
+	}
+	s.log.Warn(fmt.Sprintf("bot %s locked: %s", b.Name, reason), "bot", b.Name, "stored", b.Generation, "presented", presented)
+	return &refusal{Code: "generation_mismatch", Reason: reason, Public: fmt.Sprintf("bot %s is now locked: %s; an administrator must run `midfs bots unlock %s`", b.Name, reason, b.Name), Status: 403}, nil
+}
+
+// checkCurrent is checkBot for the calls that use a bot identity without
+// renewing it (certs, nodes). A renewable identity must also be at the
+// stored generation. One behind is refused, not locked: it is what the
+// rightful holder presents between a renewal whose answer it lost and the
+// retry of that renewal. Any other generation can only be a copy, and locks
+// the bot as renewal does.
+func (s *Server) checkCurrent(bc *botCert) (*botRow, error) {
+	b, err := s.checkBot(s.st.db, bc)
+	if err != nil || !bc.Renewable || bc.Generation == b.Generation {
+		return b, err
+	}
+	if bc.Generation+1 == b.Generation {
+		return nil, &refusal{Code: "stale_generation", Reason: fmt.Sprintf("bot %s presented generation %d, stored %d", b.Name, bc.Generation, b.Generation), Public: "this bot identity was already renewed; use the newest one", Status: 403}
+	}
+	var locked *refusal
+	err = s.st.update(func(tx *sql.Tx) (err error) {
+		locked, err = s.lockCopied(tx, b, bc.Generation, s.cfg.Now())
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return nil, locked
 }
 
 // checkBot finds the bot a certificate names and checks that it still
@@ -210,12 +246,9 @@ func (s *Server) certs(bc *botCert, req *wire.CertsRequest) (*wire.Certs, error)
 	if req.TTLSeconds > 0 {
 		ttl = min(time.Duration(min(req.TTLSeconds, int64(MaxTTL/time.Second)))*time.Second, s.cfg.MaxTTL)
 	}
-	b, err := s.checkBot(s.st.db, bc)
+	b, err := s.checkCurrent(bc)
 	if err != nil {
 		return nil, err
-	}
-	if bc.Renewable && bc.Generation != b.Generation {
-		return nil, &refusal{Code: "stale_generation", Reason: fmt.Sprintf("bot %s asked for certs with generation %d, stored %d", b.Name, bc.Generation, b.Generation), Public: "this bot identity was already renewed; use the newest one", Status: 403}
 	}
 	roles, err := getRoles(s.st.db, b.Roles)
 	if err != nil {
@@ -227,7 +260,7 @@ func (s *Server) certs(bc *botCert, req *wire.CertsRequest) (*wire.Certs, error)
 // nodes lists, encoded, the nodes the bot's roles let it see in the
 // inventory at version v or later.
 func (s *Server) nodes(bc *botCert, v uint64) ([][]byte, error) {
-	b, err := s.checkBot(s.st.db, bc)
+	b, err := s.checkCurrent(bc)
 	if err != nil {
 		return nil, err
 	}

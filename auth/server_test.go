@@ -247,6 +247,69 @@ func TestLostRenewalAnswerCanBeRetried(t *testing.T) {
 	}
 }
 
+// A renewal whose answer was lost and that is retried with another key is
+// what a copied identity looks like: it locks the bot. Once unlocked, the
+// rightful holder's retry with the key it sent gets the generation the
+// authority issued to that key, and the copy locks the bot again.
+func TestLostRenewalAnswerRetriedWithAnotherKeyLocks(t *testing.T) {
+	s := startTest(t)
+	ctx := context.Background()
+	id1 := join(t, s, addBot(t, s, "robot", []string{"access"}, []string{"root"}).Token)
+	key, pub := newKey(t)
+	if _, status, msg := id1.tryRenewKey(t, s, key, pub); status != 200 {
+		t.Fatalf("renew: %d %s", status, msg)
+	}
+	if _, status, msg := id1.tryRenew(t, s); status != 403 || !strings.Contains(msg, "locked") {
+		t.Fatalf("retry of the lost renewal with another key: %d %s, want a refusal that locks the bot", status, msg)
+	}
+	if err := s.UnlockBot(ctx, "robot"); err != nil {
+		t.Fatal(err)
+	}
+	id2, status, msg := id1.tryRenewKey(t, s, key, pub)
+	if status != 200 || id2.gen != 2 {
+		t.Fatalf("after unlock, the retry with the key that was sent: %d %s gen %d, want generation 2", status, msg, id2.gen)
+	}
+	if id3 := id2.renew(t, s); id3.gen != 3 {
+		t.Errorf("next renewal: gen %d", id3.gen)
+	}
+	if _, status, _ := id1.tryRenew(t, s); status != 403 {
+		t.Errorf("the copy after unlock: %d, want it refused", status)
+	}
+	if bots, _ := s.Bots(ctx); !strings.Contains(bots[0].Status.Locked, "generation mismatch") {
+		t.Errorf("the copy after unlock did not lock the bot again: %+v", bots[0].Status)
+	}
+}
+
+// An identity the bot has renewed past lists no nodes. One generation
+// behind is refused without a lock (the rightful holder presents it until
+// the retry of a renewal whose answer it lost goes through); further
+// behind can only be a copy, and locks the bot as a renewal would.
+func TestStaleIdentityListsNoNodes(t *testing.T) {
+	s := startTest(t)
+	ctx := context.Background()
+	if err := s.AddNode(ctx, identity.Node{Name: "web1", Addr: "127.0.0.1:22"}); err != nil {
+		t.Fatal(err)
+	}
+	id1 := join(t, s, addBot(t, s, "robot", []string{"access"}, []string{"root"}).Token)
+	id2 := id1.renew(t, s)
+	if nodes, status, msg := nodesAs(t, s, id1.key, id1.cert); status != 403 || !strings.Contains(msg, "already renewed") {
+		t.Errorf("nodes as the identity one generation behind: %d %s %v, want 403", status, msg, nodes)
+	}
+	if bots, _ := s.Bots(ctx); bots[0].Status.Locked != "" {
+		t.Fatalf("one generation behind locked the bot: %s", bots[0].Status.Locked)
+	}
+	if _, status, msg := nodesAs(t, s, id2.key, id2.cert); status != 200 {
+		t.Fatalf("nodes as the current identity: %d %s", status, msg)
+	}
+	id2.renew(t, s)
+	if nodes, status, msg := nodesAs(t, s, id1.key, id1.cert); status != 403 || !strings.Contains(msg, "locked") {
+		t.Errorf("nodes as the identity two generations behind: %d %s %v, want 403 and a lock", status, msg, nodes)
+	}
+	if bots, _ := s.Bots(ctx); !strings.Contains(bots[0].Status.Locked, "generation mismatch stored=3 presented=1") {
+		t.Errorf("bot after a copy two generations behind listed nodes: %+v", bots[0].Status)
+	}
+}
+
 func TestRemovedBotIsRefused(t *testing.T) {
 	s := startTest(t)
 	ctx := context.Background()
