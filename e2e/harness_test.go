@@ -137,6 +137,19 @@ func (l *logBuffer) String() string {
 	return l.buf.String()
 }
 
+// Len is how many bytes were logged so far; since(Len()) is what comes after.
+func (l *logBuffer) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Len()
+}
+
+func (l *logBuffer) since(off int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.buf.Bytes()[off:])
+}
+
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
