@@ -20,6 +20,9 @@ import (
 // counts as hung. A live midfs answers in microseconds.
 const probeTimeout = 3 * time.Second
 
+// serveTimeout is how long a new mount may take to start serving.
+const serveTimeout = 30 * time.Second
+
 const fuseConnections = "/sys/fs/fuse/connections"
 
 // CheckMountpoint returns one clear error if dir cannot take a new mount:
@@ -72,7 +75,7 @@ func CleanStale(dir string) (bool, error) {
 		if !ok || !m.isFUSE() {
 			return cleaned, nil
 		}
-		switch probe(abs) {
+		switch probe(abs, probeTimeout) {
 		case probeLive:
 			return cleaned, nil
 		case probeHung:
@@ -134,7 +137,7 @@ const (
 // probe stats dir from a goroutine so a hung server cannot block the caller.
 // Any answer, even an error, means a server is there — except ENOTCONN and
 // ECONNABORTED, which the kernel gives for a connection whose server is gone.
-func probe(dir string) probeResult {
+func probe(dir string, timeout time.Duration) probeResult {
 	done := make(chan error, 1)
 	go func() {
 		// statfs, not stat: the kernel answers stat of the root from its
@@ -149,7 +152,7 @@ func probe(dir string) probeResult {
 			return probeDead
 		}
 		return probeLive
-	case <-time.After(probeTimeout):
+	case <-time.After(timeout):
 		return probeHung
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -199,4 +200,25 @@ func procState(pid int) string {
 		}
 	}
 	return ""
+}
+
+// The serving process opens no file of its own mount, mounting included: a
+// SIGKILL while it held one open would leave a process that cannot exit
+// (exiting closes the file, and the close waits for the FLUSH answer of
+// the server that is exiting) and a hung mount until someone aborts the
+// connection. go-fuse's WaitMount opens a file to poll it.
+func TestServerOpensNothingOfItsOwnMount(t *testing.T) {
+	s := startServer(t, serveConfig{Debug: true})
+	s.do("opens") // after the mount: whatever it did is logged
+	own := map[string]bool{}
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", s.cmd.Process.Pid))
+	for _, task := range tasks {
+		own[task.Name()] = true // the request log names the thread
+	}
+	rx := regexp.MustCompile(`rx \d+: ([A-Z_]+) .* p(\d+)"?$`)
+	for line := range strings.Lines(s.stderr.String()) {
+		if m := rx.FindStringSubmatch(strings.TrimSpace(line)); m != nil && own[m[2]] && (m[1] == "LOOKUP" || m[1] == "OPEN") {
+			t.Errorf("the server sent its own mount a %s: %s", m[1], line)
+		}
+	}
 }
