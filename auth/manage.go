@@ -186,7 +186,9 @@ func (s *Server) RemoveBot(ctx context.Context, name string) error {
 }
 
 // UnlockBot clears a lock. The bot's current holder continues at the
-// stored generation; a copied identity at another generation locks it again.
+// stored generation, as does the holder of the key of the last renewal
+// when it retries that renewal (its answer was lost); a copied identity at
+// another generation locks it again.
 func (s *Server) UnlockBot(ctx context.Context, name string) error {
 	var was string
 	err := s.st.update(func(tx *sql.Tx) error {
