@@ -607,3 +607,70 @@ func TestLongExpiredTokensAreSweptAtStart(t *testing.T) {
 		t.Errorf("tokens after the sweep: %+v", res.Tokens)
 	}
 }
+
+// TestStateFilesAreOwnerOnly: the -wal and -shm files beside the database
+// hold the CA keys as much as the database does, so every file of the state
+// is 0600, also when a crashed older version left them 0644.
+func TestStateFilesAreOwnerOnly(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(t)}
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addBot(t, s, "robot", []string{"access"}, []string{"root"})
+	checkOwnerOnly(t, dir)
+	s.Close()
+
+	// A killed authority leaves a -wal with data and a -shm behind; make
+	// them what older versions made.
+	c := startChild(t, dir)
+	ac, err := DialAdmin(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ac.AddBot(context.Background(), BotSpec{Name: "robot2", Roles: []string{"access"}, Logins: []string{"root"}}); err != nil {
+		t.Fatal(err)
+	}
+	ac.Close()
+	c.kill()
+	for _, name := range []string{dbFile, dbFile + "-wal", dbFile + "-shm"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil || fi.Size() == 0 {
+			t.Fatalf("the killed authority left no %s with data (%v)", name, err)
+		}
+		os.Chmod(filepath.Join(dir, name), 0o644)
+	}
+	s, err = Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	checkOwnerOnly(t, dir)
+}
+
+// checkOwnerOnly fails unless dir holds the database with its -wal and
+// -shm, and nothing in it is open to group or others.
+func checkOwnerOnly(t *testing.T, dir string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[e.Name()] = true
+		if fi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s is %v: state files must be for the owner only", e.Name(), fi.Mode())
+		}
+	}
+	for _, name := range []string{dbFile, dbFile + "-wal", dbFile + "-shm"} {
+		if !seen[name] {
+			t.Errorf("no %s in the data dir (have %v)", name, seen)
+		}
+	}
+}

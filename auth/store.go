@@ -79,6 +79,9 @@ func openStore(dir string) (*store, error) {
 		return nil, fmt.Errorf("restrict data dir %s to its owner: %w", dir, err)
 	}
 	path := filepath.Join(dir, dbFile)
+	if err := restrictStateFiles(path); err != nil {
+		return nil, err
+	}
 	q := url.Values{}
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)"} {
 		q.Add("_pragma", p)
@@ -93,13 +96,28 @@ func openStore(dir string) (*store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w (is it a midfs database?)", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
-		db.Close()
-		return nil, err
-	}
 	st := &store{db: db}
 	st.w = newWriter(db)
 	return st, nil
+}
+
+// restrictStateFiles makes the database and the -wal and -shm files beside
+// it (which hold the CA keys as much as the database does) readable by the
+// owner only. SQLite creates -wal and -shm with the mode of the database,
+// so the database must be 0600 before SQLite first opens it; the chmod
+// also fixes files left 0644 by older versions.
+func restrictStateFiles(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	f.Close()
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Chmod(p, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("restrict %s to its owner: %w", p, err)
+		}
+	}
+	return nil
 }
 
 func (st *store) close() error {
