@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -115,9 +114,9 @@ func (s *Server) adminRoutes() http.Handler {
 		return struct{}{}, s.UnlockBot(r.Context(), r.PathValue("name"))
 	})
 	handle("POST /v1/resources", func(w http.ResponseWriter, r *http.Request) (any, error) {
-		data, err := io.ReadAll(r.Body)
+		data, err := ReadResourceYAML(r.Body)
 		if err != nil {
-			return nil, fmt.Errorf("read resources: %w", err)
+			return nil, err
 		}
 		return s.CreateYAML(r.Context(), data, r.URL.Query().Get("force") == "true")
 	})

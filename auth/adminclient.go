@@ -124,6 +124,9 @@ func (c *AdminClient) UnlockBot(ctx context.Context, name string) error {
 
 // CreateYAML stores the resources of a YAML file.
 func (c *AdminClient) CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error) {
+	if len(data) > MaxResourceYAML { // the authority would refuse it after reading 1 MiB
+		return nil, errResourcesTooLarge
+	}
 	var done []string
 	err := c.call(ctx, "POST", "/v1/resources?force="+fmt.Sprint(force), data, &done)
 	return done, err

@@ -266,10 +266,33 @@ func checkName(kind, name string) error {
 	return nil
 }
 
+// MaxResourceYAML caps resource YAML (create -f and the admin request that
+// carries it): parsing YAML takes tens of times its size in memory, and
+// 1 MiB holds thousands of resources.
+const MaxResourceYAML = 1 << 20
+
+var errResourcesTooLarge = errors.New("resource YAML larger than 1 MiB; split it into several files and create each")
+
+// ReadResourceYAML reads resource YAML from r, refusing more than
+// MaxResourceYAML bytes without reading the rest.
+func ReadResourceYAML(r io.Reader) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, MaxResourceYAML+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxResourceYAML {
+		return nil, errResourcesTooLarge
+	}
+	return data, nil
+}
+
 // ParseResources reads one or more YAML documents (role, token or node
 // resources). Unknown fields and malformed YAML are errors naming the line;
 // either every document parses and validates, or the error says why not.
 func ParseResources(data []byte) (*Resources, error) {
+	if len(data) > MaxResourceYAML {
+		return nil, errResourcesTooLarge
+	}
 	kinds, lines, err := documentKinds(data)
 	if err != nil {
 		return nil, err

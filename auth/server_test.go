@@ -674,3 +674,46 @@ func checkOwnerOnly(t *testing.T, dir string) {
 		}
 	}
 }
+
+// TestResourceYAMLOverOneMiBIsRefused: parsing YAML takes tens of times its
+// size in memory, so resource YAML over 1 MiB is refused with one line
+// saying what to do, whichever way it arrives, and nothing is stored.
+func TestResourceYAMLOverOneMiBIsRefused(t *testing.T) {
+	const oneMiB = 1 << 20
+	s := startTest(t)
+	ctx := context.Background()
+	ac, err := DialAdmin(s.cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	big := roleYAMLOfSize(t, "big", oneMiB+1)
+	for name, create := range map[string]func() error{
+		"in process":   func() error { _, err := s.CreateYAML(ctx, big, false); return err },
+		"admin client": func() error { _, err := ac.CreateYAML(ctx, big, false); return err },
+		// as curl would send it, past the admin client's own check
+		"admin socket": func() error { return ac.call(ctx, "POST", "/v1/resources", big, nil) },
+	} {
+		err := create()
+		if err == nil || !strings.Contains(err.Error(), "larger than 1 MiB") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: %d bytes of YAML: got %v, want one line saying it is larger than 1 MiB", name, len(big), err)
+		}
+	}
+	if _, err := s.Get(ctx, KindRole, "big"); err == nil {
+		t.Error("the role of the refused YAML was stored")
+	}
+	if _, err := ac.CreateYAML(ctx, roleYAMLOfSize(t, "fits", oneMiB), false); err != nil {
+		t.Errorf("1 MiB of YAML refused: %v", err)
+	}
+}
+
+// roleYAMLOfSize is a valid role document of exactly n bytes.
+func roleYAMLOfSize(t *testing.T, name string, n int) []byte {
+	head := "kind: role\nversion: v7\nmetadata:\n  name: " + name + "\n  description: "
+	tail := "\nspec: {}\n"
+	doc := head + strings.Repeat("x", n-len(head)-len(tail)) + tail
+	if len(doc) != n {
+		t.Fatalf("made %d bytes, want %d", len(doc), n)
+	}
+	return []byte(doc)
+}

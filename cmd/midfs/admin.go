@@ -351,15 +351,18 @@ func create(c *cli.Context, ac *auth.AdminClient) error {
 		}
 		file = c.Args().First()
 	}
-	var data []byte
-	var err error
-	if file == "-" {
-		data, err = io.ReadAll(io.LimitReader(os.Stdin, 4<<20))
-	} else {
-		data, err = os.ReadFile(file)
+	in := os.Stdin
+	if file != "-" {
+		f, err := os.Open(file)
+		if err != nil {
+			return failf(exitUsage, "create: %v", err)
+		}
+		defer f.Close()
+		in = f
 	}
+	data, err := auth.ReadResourceYAML(in)
 	if err != nil {
-		return failf(exitUsage, "create: %v", err)
+		return failf(exitUsage, "create: %s: %v; nothing was stored", file, err)
 	}
 	done, err := ac.CreateYAML(c.Context, data, c.Bool("force"))
 	if err != nil {

@@ -422,3 +422,35 @@ func freeTCPPort(t *testing.T) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// TestCreateRefusesYAMLOverOneMiB: parsing YAML takes tens of times its
+// size in memory; create -f refuses more than 1 MiB, from a file or from
+// standard input, with one line, and stores nothing.
+func TestCreateRefusesYAMLOverOneMiB(t *testing.T) {
+	s := startAuth(t)
+	dir := s.DataDir()
+	big := filepath.Join(t.TempDir(), "big.yaml")
+	doc := "kind: role\nversion: v7\nmetadata:\n  name: big\n  description: " + strings.Repeat("x", 1<<20) + "\nspec: {}\n"
+	if err := os.WriteFile(big, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stdin, err := os.Open(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	for _, args := range [][]string{{"create", "-f", big}, {"create", "-f", "-"}} {
+		if args[2] == "-" {
+			prev := os.Stdin
+			os.Stdin = stdin
+			defer func() { os.Stdin = prev }()
+		}
+		r := runCLI(t, dir, args...)
+		if r.code != exitUsage || !strings.Contains(r.err, "larger than 1 MiB") || !strings.Contains(r.err, "nothing was stored") || strings.Contains(r.err, "\n") {
+			t.Errorf("midfs %s with %d bytes: %s; want one line saying it is larger than 1 MiB", strings.Join(args, " "), len(doc), r)
+		}
+	}
+	if strings.Contains(mustCLI(t, dir, "get", "roles"), "big") {
+		t.Error("the role of the refused YAML was stored")
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -59,9 +60,9 @@ func loadConfig(c *cli.Context, extraKeys ...string) (*configFile, error) {
 	if path == "" {
 		return cf, nil
 	}
-	data, err := os.ReadFile(path)
+	data, err := readConfigFile(path)
 	if err != nil {
-		return nil, failf(exitUsage, "cannot read config file: %v", err)
+		return nil, fail(exitUsage, err)
 	}
 	entries, err := parseConfig(path, data)
 	if err != nil {
@@ -102,6 +103,28 @@ func loadConfig(c *cli.Context, extraKeys ...string) (*configFile, error) {
 	}
 	slog.Debug("config file applied", "file", path)
 	return cf, nil
+}
+
+// maxConfigFile caps a config file: it holds a few dozen keys, and parsing
+// YAML takes tens of times its size in memory (a 17 MB file took 678 MB).
+const maxConfigFile = 1 << 20
+
+// readConfigFile reads a config file, refusing one over maxConfigFile
+// without reading the rest.
+func readConfigFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read config file: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("cannot read config file: %w", err)
+	}
+	if len(data) > maxConfigFile {
+		return nil, fmt.Errorf("config %s is larger than 1 MiB; a midfs config file holds a few keys: check that --config names the right file", path)
+	}
+	return data, nil
 }
 
 // configEntry is one top-level key of a config file with its value node.

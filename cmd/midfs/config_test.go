@@ -157,6 +157,8 @@ func TestConfigErrorsNameFileAndLine(t *testing.T) {
 		{"not a mapping", "- token\n", "line 1: want a mapping"},
 		{"syntax", "token: [a\n", "config "},
 		{"nested config", "config: other.yaml\n", "cannot name another config file"},
+		// parsed, 17 MB took 678 MB of memory
+		{"over 1 MiB", "token: " + strings.Repeat("x", 1<<20) + "\n", "larger than 1 MiB"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"os"
 
 	"github.com/midfs/midfs/fs"
 
@@ -122,9 +121,9 @@ func cleanupAction(c *cli.Context) error {
 
 // configMountpoint reads only the mountpoint: key of an agent config file.
 func configMountpoint(path string) (string, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfigFile(path)
 	if err != nil {
-		return "", fmt.Errorf("cannot read config file: %w", err)
+		return "", err
 	}
 	entries, err := parseConfig(path, data)
 	if err != nil {
