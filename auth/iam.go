@@ -68,12 +68,7 @@ func newSTSForwarder(cfg Config) *stsForwarder {
 }
 
 func (j *iamJoin) handleChallenge(w http.ResponseWriter, r *http.Request) {
-	ch, err := j.challenges.issue()
-	if err != nil {
-		j.s.refuse(w, r, "iam challenge", err)
-		return
-	}
-	writeJSON(w, wire.IAMChallenge{Challenge: ch})
+	writeJSON(w, wire.IAMChallenge{Challenge: j.challenges.issue()})
 }
 
 func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {

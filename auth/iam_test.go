@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -308,8 +309,8 @@ func TestIAMJoinRefusals(t *testing.T) {
 func TestIAMChallengesAreRandomAndSingleUse(t *testing.T) {
 	e := startIAM(t)
 	a, b := e.challenge(t), e.challenge(t)
-	if a == b || len(a) != 43 {
-		t.Fatalf("challenges %q, %q: want two distinct base64 encodings of 32 bytes", a, b)
+	if a == b || len(a) != 64 {
+		t.Fatalf("challenges %q, %q: want two distinct base64 encodings of 48 bytes", a, b)
 	}
 	// A challenge spent on a failed join cannot be used for a good one.
 	if _, status, _ := e.join(t, "iam-token", a, signed(t, iamBot, a, func(r *stsReq) { r.method = "GET" })); status != 403 {
@@ -317,6 +318,58 @@ func TestIAMChallengesAreRandomAndSingleUse(t *testing.T) {
 	}
 	if _, status, _ := e.join(t, "iam-token", a, signed(t, iamBot, a)); status != 403 {
 		t.Errorf("a challenge spent on a refused join was accepted again: %d", status)
+	}
+}
+
+// TestIAMJoinSucceedsDuringAChallengeFlood: anyone may ask for challenges,
+// so a flood of requests for them (main evicted every real challenge within
+// 150 ms at 25,000/s) must not stop an agent from joining with its own, and
+// cannot make a spent one work again.
+func TestIAMJoinSucceedsDuringAChallengeFlood(t *testing.T) {
+	e := startIAM(t)
+	var flooded atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := newClient(t, e.s, nil, nil)
+			defer c.close()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if status, _, err := c.do("POST", wire.PathIAMChallenge, nil, nil); err == nil && status == 200 {
+					flooded.Add(1)
+				}
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+
+	ch := e.challenge(t)
+	raw := signed(t, iamBot, ch)
+	// An agent signs between the challenge and its join; 10,000 more
+	// challenges go out meanwhile, more than any store of outstanding
+	// challenges with room for a few thousand keeps.
+	start, since := time.Now(), flooded.Load()
+	deadline := start.Add(2 * time.Minute)
+	for flooded.Load() < since+10_000 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the flood got only %d challenges in 2 minutes", flooded.Load()-since)
+		}
+		time.Sleep(10 * time.Millisecond) // poll the flood's progress
+	}
+	t.Logf("flood: %d challenges in %v (%.0f/s)", flooded.Load()-since, time.Since(start).Round(time.Millisecond),
+		float64(flooded.Load()-since)/time.Since(start).Seconds())
+	if _, status, msg := e.join(t, "iam-token", ch, raw); status != 200 {
+		t.Fatalf("join during the flood: %d %s\nlog:\n%s", status, msg, e.log)
+	}
+	if _, status, _ := e.join(t, "iam-token", ch, raw); status != 403 {
+		t.Errorf("the same challenge and signed request were accepted twice: %d", status)
 	}
 }
 

@@ -10,9 +10,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +25,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/midfs/midfs/wire"
@@ -40,7 +44,7 @@ const (
 	reasonTokenUnknown       iamReason = "token_unknown"     // no token of that name
 	reasonTokenNotIAM        iamReason = "token_not_iam"     // token exists, other join method
 	reasonTokenExpired       iamReason = "token_expired"     // token past its expiry
-	reasonChallengeUnknown   iamReason = "challenge_unknown" // never issued, already used, or evicted
+	reasonChallengeUnknown   iamReason = "challenge_unknown" // never issued (by this process), or already used
 	reasonChallengeExpired   iamReason = "challenge_expired" // issued, but too long ago
 	reasonUnparsable         iamReason = "sts_request_unparsable"
 	reasonWrongMethod        iamReason = "sts_wrong_method"     // not POST
@@ -332,95 +336,96 @@ func truncate(s string, n int) string {
 // send it, short enough that a captured request is soon worthless.
 const iamChallengeTTL = time.Minute
 
-// iamMaxChallenges bounds the outstanding challenges. Anyone may ask for one,
-// so the store evicts the oldest rather than refusing new ones: a flood then
-// has to outpace the seconds between a client's challenge and its join,
-// instead of just filling the store once a minute.
-const iamMaxChallenges = 4096
-
-// iamChallenges hands out random single-use challenges and takes them back.
+// iamChallenges hands out single-use challenges without keeping them, so
+// that no flood of requests for challenges can push out the one a real
+// agent is about to use. A challenge is a sequence number and an expiry
+// under an HMAC with a key made at start, which only this process knows; a
+// taken challenge is remembered in a bit set until it has surely expired.
+//
+// The key and the clock are this process's: a restart refuses challenges
+// handed out before it (the agent retries with a fresh one), and expiries
+// are measured on the monotonic clock from start, so a wall clock step
+// cannot revive a spent challenge. Replicas of the authority would need a
+// shared key, wall-clock expiries, a replica id in the sequence number and
+// a shared record of taken challenges.
 type iamChallenges struct {
-	now func() time.Time
-	max int
+	now   func() time.Time
+	start time.Time // expiries count from here
+	key   [32]byte
+	seq   atomic.Uint64
 
-	mu      sync.Mutex
-	expires map[string]time.Time
-	order   []string // issue order, which is also expiry order
+	mu sync.Mutex
+	// Taken challenges, a bit per sequence number in words of 64: taken
+	// in the current period, and in the one before. Periods are a TTL
+	// long, so a challenge is forgotten one to two TTLs after it was
+	// taken, when it has expired anyway.
+	taken, takenBefore map[uint64]uint64
+	periodEnd          time.Duration // since start
 }
+
+const challengeLen = 8 + 8 + sha256.Size // sequence number, expiry, MAC
 
 func newIAMChallenges(now func() time.Time) *iamChallenges {
 	if now == nil {
 		now = time.Now
 	}
-	return &iamChallenges{now: now, max: iamMaxChallenges, expires: map[string]time.Time{}}
+	c := &iamChallenges{now: now, start: now(), taken: map[uint64]uint64{}, takenBefore: map[uint64]uint64{}, periodEnd: iamChallengeTTL}
+	rand.Read(c.key[:])
+	return c
 }
 
-// issue returns a new challenge: 32 random bytes, base64 without padding.
-func (c *iamChallenges) issue() (string, error) {
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
-	}
-	ch := base64.RawStdEncoding.EncodeToString(b[:])
-	now := c.now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.sweep(now)
-	for len(c.expires) >= c.max {
-		c.dropOldest()
-	}
-	c.compact()
-	c.expires[ch] = now.Add(iamChallengeTTL)
-	c.order = append(c.order, ch)
-	return ch, nil
+// issue returns a new challenge, base64 (URL alphabet) without padding.
+func (c *iamChallenges) issue() string {
+	var b [challengeLen]byte
+	binary.BigEndian.PutUint64(b[0:8], c.seq.Add(1))
+	binary.BigEndian.PutUint64(b[8:16], uint64(c.sinceStart()+iamChallengeTTL))
+	copy(b[16:], c.mac(b[:16]))
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
 // take consumes ch: it can never be taken again, whether or not it was
 // still valid.
 func (c *iamChallenges) take(ch string) *iamRefusal {
-	now := c.now()
+	b, err := base64.RawURLEncoding.DecodeString(ch)
+	if err != nil || len(b) != challengeLen || !hmac.Equal(b[16:], c.mac(b[:16])) {
+		return refuse(reasonChallengeUnknown, "challenge not issued by this authority since it started")
+	}
+	seq, exp := binary.BigEndian.Uint64(b[0:8]), time.Duration(binary.BigEndian.Uint64(b[8:16]))
+	now := c.sinceStart()
+	if now >= exp {
+		return refuse(reasonChallengeExpired, "challenge expired %s ago", (now - exp).Round(time.Second))
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	exp, ok := c.expires[ch]
-	if !ok {
-		return refuse(reasonChallengeUnknown, "challenge not issued, already used, or evicted")
+	c.rotate(now)
+	word, bit := seq/64, uint64(1)<<(seq%64)
+	if (c.taken[word]|c.takenBefore[word])&bit != 0 {
+		return refuse(reasonChallengeUnknown, "challenge already used")
 	}
-	delete(c.expires, ch)
-	if !now.Before(exp) {
-		return refuse(reasonChallengeExpired, "challenge expired %s ago", now.Sub(exp).Round(time.Second))
-	}
+	c.taken[word] |= bit
 	return nil
 }
 
-// sweep forgets challenges long past expiry. Expired ones are kept for one
-// more TTL so that a late join is logged as expired, not as unknown.
-func (c *iamChallenges) sweep(now time.Time) {
-	for len(c.order) > 0 {
-		exp, ok := c.expires[c.order[0]]
-		if ok && now.Before(exp.Add(iamChallengeTTL)) {
-			return
-		}
-		c.dropOldest()
-	}
-}
-
-// compact drops used challenges from the issue order once they outnumber
-// the live ones, so that the order stays bounded however fast clients join.
-func (c *iamChallenges) compact() {
-	if len(c.order) < 2*c.max {
+// rotate starts a new period once the current one is over. A challenge
+// taken in period k expires before period k ends plus a TTL, which is no
+// later than the end of period k+1, when it is dropped.
+func (c *iamChallenges) rotate(now time.Duration) {
+	if now < c.periodEnd {
 		return
 	}
-	live := make([]string, 0, len(c.expires)+1)
-	for _, ch := range c.order {
-		if _, ok := c.expires[ch]; ok {
-			live = append(live, ch)
-		}
+	if now < c.periodEnd+iamChallengeTTL {
+		c.takenBefore = c.taken
+	} else { // idle for a whole period: everything taken has expired
+		c.takenBefore = map[uint64]uint64{}
 	}
-	c.order = live
+	c.taken = map[uint64]uint64{}
+	c.periodEnd = now + iamChallengeTTL
 }
 
-func (c *iamChallenges) dropOldest() {
-	delete(c.expires, c.order[0])
-	c.order[0] = ""
-	c.order = c.order[1:]
+func (c *iamChallenges) sinceStart() time.Duration { return c.now().Sub(c.start) }
+
+func (c *iamChallenges) mac(msg []byte) []byte {
+	h := hmac.New(sha256.New, c.key[:])
+	h.Write(msg)
+	return h.Sum(nil)
 }

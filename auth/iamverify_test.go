@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"io"
 	"net/http"
@@ -247,13 +248,9 @@ func TestParseCallerIdentity(t *testing.T) {
 func TestChallengesAreSingleUseAndShortLived(t *testing.T) {
 	clock := newFakeClock()
 	c := newIAMChallenges(clock.Now)
-	a, err := c.issue()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := c.issue()
-	if a == b || len(a) != 43 {
-		t.Fatalf("challenges %q and %q: want two different 32-byte base64 values", a, b)
+	a, b := c.issue(), c.issue()
+	if a == b || len(a) != 64 {
+		t.Fatalf("challenges %q and %q: want two different 48-byte base64 values", a, b)
 	}
 	if r := c.take(a); r != nil {
 		t.Fatalf("fresh challenge refused: %v", r)
@@ -262,42 +259,71 @@ func TestChallengesAreSingleUseAndShortLived(t *testing.T) {
 		t.Errorf("replayed challenge: %v, want %s", r, reasonChallengeUnknown)
 	}
 	clock.Add(iamChallengeTTL)
-	if r := c.take(b); r == nil || r.reason != reasonChallengeExpired {
-		t.Errorf("challenge a minute old: %v, want %s", r, reasonChallengeExpired)
+	for range 2 {
+		if r := c.take(b); r == nil || r.reason != reasonChallengeExpired {
+			t.Errorf("challenge a minute old: %v, want %s", r, reasonChallengeExpired)
+		}
 	}
-	if r := c.take(b); r == nil || r.reason != reasonChallengeUnknown {
-		t.Errorf("expired challenge taken twice: %v, want %s", r, reasonChallengeUnknown)
-	}
-	if r := c.take("never-issued"); r == nil || r.reason != reasonChallengeUnknown {
-		t.Errorf("made-up challenge: %v, want %s", r, reasonChallengeUnknown)
+	forged, _ := base64.RawURLEncoding.DecodeString(c.issue())
+	forged[15]++ // a later expiry under the same MAC
+	restarted := newIAMChallenges(clock.Now)
+	for name, ch := range map[string]string{
+		"made up":                      "never-issued",
+		"altered":                      base64.RawURLEncoding.EncodeToString(forged),
+		"issued before a restart":      restarted.issue(),
+		"empty":                        "",
+		"right length, not base64 URL": strings.Repeat("+", 64),
+	} {
+		if r := c.take(ch); r == nil || r.reason != reasonChallengeUnknown {
+			t.Errorf("%s challenge: %v, want %s", name, r, reasonChallengeUnknown)
+		}
 	}
 }
 
-func TestChallengesAreBounded(t *testing.T) {
+// TestChallengesSurviveAFloodAndReplaysStayRefused: the authority keeps
+// nothing per challenge it hands out, so no number of challenges handed out
+// or taken by others can push out an agent's challenge, or make a taken one
+// usable again before it expires; what it keeps of taken challenges is gone
+// two TTLs later.
+func TestChallengesSurviveAFloodAndReplaysStayRefused(t *testing.T) {
 	clock := newFakeClock()
 	c := newIAMChallenges(clock.Now)
-	c.max = 8
-	first, _ := c.issue()
-	var last string
-	for i := 0; i < 100; i++ {
-		last, _ = c.issue()
-		if i%3 == 1 {
-			c.take(last) // used ones must not pile up either
+	mine, spent := c.issue(), c.issue()
+	if r := c.take(spent); r != nil {
+		t.Fatal(r)
+	}
+	for i := range 100_000 {
+		ch := c.issue()
+		if i%10 == 0 {
+			c.take(ch)
 		}
 	}
-	if len(c.expires) > c.max || len(c.order) > 2*c.max {
-		t.Errorf("%d challenges kept, %d in order; bound is %d", len(c.expires), len(c.order), c.max)
+	if r := c.take(mine); r != nil {
+		t.Errorf("a challenge was refused after 100,000 more were handed out: %v", r)
 	}
-	if r := c.take(first); r == nil || r.reason != reasonChallengeUnknown {
-		t.Errorf("oldest challenge survived a flood: %v", r)
+	if r := c.take(spent); r == nil {
+		t.Error("a taken challenge was accepted again after a flood")
 	}
-	if r := c.take(last); r != nil { // i = 99 was not taken in the loop
-		t.Errorf("newest challenge evicted: %v", r)
+	// Replays are refused at every moment until expiry, however the
+	// periods of the record of taken challenges fall.
+	for issued := time.Duration(0); issued < 3*iamChallengeTTL; issued += 7 * time.Second {
+		ch := c.issue()
+		clock.Add(5 * time.Second)
+		if r := c.take(ch); r != nil {
+			t.Fatalf("fresh challenge refused: %v", r)
+		}
+		for at := 5 * time.Second; at < iamChallengeTTL; at += 11 * time.Second {
+			clock.Add(11 * time.Second)
+			if r := c.take(ch); r == nil {
+				t.Fatalf("challenge replayed %v after it was issued was accepted", at+11*time.Second)
+			}
+		}
+		clock.Add(2 * time.Second)
 	}
-	clock.Add(3 * iamChallengeTTL)
-	c.issue()
-	if len(c.expires) != 1 {
-		t.Errorf("%d challenges kept after they all expired, want 1", len(c.expires))
+	clock.Add(2 * iamChallengeTTL)
+	c.take(c.issue())
+	if n := len(c.taken) + len(c.takenBefore); n != 1 {
+		t.Errorf("%d words of taken challenges kept two TTLs later, want the 1 just taken", n)
 	}
 }
 

@@ -93,7 +93,7 @@ type NodeList struct {
 	Nodes []identity.Node `json:"nodes"`
 }
 
-// IAMChallenge is a random, single-use, short-lived challenge that the
+// IAMChallenge is an unguessable, single-use, short-lived challenge that the
 // client signs into its sts:GetCallerIdentity request.
 type IAMChallenge struct {
 	Challenge string `json:"challenge"`
