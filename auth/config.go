@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/midfs/midfs/identity"
 )
@@ -24,6 +25,7 @@ const (
 	MaxTTL         = 24 * time.Hour // cap on any TTL a client asks for
 	DefaultBotTTL  = time.Hour      // the bot's own renewable identity
 	DefaultJoinTTL = time.Hour      // one-time join tokens
+	MaxConns       = 4096           // default cap on API connections (see Config.MaxConns)
 )
 
 // Config configures an authority.
@@ -39,6 +41,11 @@ type Config struct {
 	Logger        *slog.Logger
 	Now           func() time.Time      // nil: time.Now (tests use a fake clock)
 	Metrics       prometheus.Registerer // nil: no metrics
+
+	// MaxConns caps the open connections of the HTTPS API; at the cap, the
+	// one that waited longest without a request is closed. 0: MaxConns,
+	// or half the open-file limit if that is lower.
+	MaxConns int
 
 	// STSEndpoint replaces the AWS STS endpoint for IAM joins; only for
 	// tests, so it is refused unless InsecureTestMode is set.
@@ -64,6 +71,12 @@ func (c *Config) setDefaults() error {
 		c.BotTTL = DefaultBotTTL
 	}
 	c.BotTTL = min(c.BotTTL, c.MaxTTL)
+	if c.MaxConns < 0 {
+		return fmt.Errorf("bad --max-connections %d: give a positive number, or 0 for the default", c.MaxConns)
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = defaultMaxConns()
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -91,6 +104,16 @@ func (c *Config) setDefaults() error {
 		}
 	}
 	return nil
+}
+
+// defaultMaxConns leaves half the open-file limit (which Go raises to the
+// hard limit at start) to the database, STS requests and the admin socket.
+func defaultMaxConns() int {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return MaxConns
+	}
+	return int(min(MaxConns, max(lim.Cur/2, 64)))
 }
 
 // defaultClusterName is the hostname, if it is usable as a cluster name.

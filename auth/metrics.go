@@ -14,6 +14,7 @@ type metrics struct {
 	refusals *prometheus.CounterVec
 	lists    *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	dropped  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -37,8 +38,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "midfs_auth_issuance_seconds", Help: "Time to answer a successful join, renewal or certs request.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}, []string{"kind"}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "midfs_auth_connections_dropped_total", Help: "Connections without a request in progress closed to stay within --max-connections.",
+		}),
 	}
-	reg.MustRegister(m.joins, m.renewals, m.refusals, m.lists, m.latency)
+	reg.MustRegister(m.joins, m.renewals, m.refusals, m.lists, m.latency, m.dropped)
 	return m
 }
 
@@ -69,5 +73,11 @@ func (m *metrics) nodeList(result string) {
 func (m *metrics) issued(kind string, d time.Duration) {
 	if m != nil {
 		m.latency.WithLabelValues(kind).Observe(d.Seconds())
+	}
+}
+
+func (m *metrics) droppedConn() {
+	if m != nil {
+		m.dropped.Inc()
 	}
 }

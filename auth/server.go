@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/midfs/midfs/identity"
@@ -40,6 +41,8 @@ type Server struct {
 	admin     *http.Server
 	adminLn   net.Listener
 	advertise string
+
+	lastDropWarn atomic.Int64 // unix ns
 
 	closeOnce sync.Once
 	closeErr  error
@@ -225,6 +228,27 @@ func (s *Server) initState() error {
 	})
 }
 
+// An agent's requests come in bursts, back to back, a minute or more
+// apart: a kept-alive connection idle for more than a few seconds will not
+// be used again, and every one held costs the authority a file descriptor
+// and about 40 KB.
+const apiIdleTimeout = 10 * time.Second
+
+// apiMaxHeaderBytes bounds what a connection may make the authority hold
+// before a handler runs; agents send well under 1 KiB of headers.
+const apiMaxHeaderBytes = 8 << 10
+
+// droppedConn counts a connection closed to make room under
+// Config.MaxConns, and says so in the log at most once a minute.
+func (s *Server) droppedConn() {
+	s.metrics.droppedConn()
+	now := time.Now().UnixNano()
+	if last := s.lastDropWarn.Load(); now-last >= int64(time.Minute) && s.lastDropWarn.CompareAndSwap(last, now) {
+		s.log.Warn("connection limit reached: closing the connections that waited longest without a request; if this is not a flood, raise --max-connections",
+			"max_connections", s.cfg.MaxConns)
+	}
+}
+
 // serveHTTPS listens on cfg.Listen with a server certificate issued now by
 // the host CA and kept only in memory.
 func (s *Server) serveHTTPS() error {
@@ -258,16 +282,18 @@ func (s *Server) serveHTTPS() error {
 		// keys never travel).
 		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256},
 	}
-	s.httpsLn = tls.NewListener(ln, tlsCfg)
 	s.https = &http.Server{
-		Handler:           s.routes(),
+		Handler: s.routes(),
+		// Also the bound on the TLS handshake (net/http takes the
+		// shortest of the read, header and write timeouts).
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    wire.MaxBody,
+		IdleTimeout:       apiIdleTimeout,
+		MaxHeaderBytes:    apiMaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+	s.httpsLn = tls.NewListener(LimitConnections(s.https, ln, s.cfg.MaxConns, s.droppedConn), tlsCfg)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

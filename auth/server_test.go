@@ -523,6 +523,9 @@ func TestStartErrors(t *testing.T) {
 	if _, err := Start(context.Background(), Config{DataDir: dir, Listen: "127.0.0.1:0", STSEndpoint: "http://x", Logger: testLogger(t)}); err == nil || !strings.Contains(err.Error(), "insecure-test-mode") {
 		t.Errorf("sts endpoint without test mode: %v", err)
 	}
+	if _, err := Start(context.Background(), Config{DataDir: dir, Listen: "127.0.0.1:0", MaxConns: -1, Logger: testLogger(t)}); err == nil || !strings.Contains(err.Error(), "--max-connections") {
+		t.Errorf("negative connection cap: %v", err)
+	}
 	s := startTest(t, func(c *Config) { c.DataDir = dir })
 	// A second authority on the same data dir is refused.
 	if _, err := Start(context.Background(), Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(t)}); err == nil {

@@ -1,11 +1,21 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestAuthorityAsANewUserMeetsIt walks the authority's part of the README:
@@ -123,4 +133,81 @@ func checkOwnerOnly(t *testing.T, dir string) {
 			t.Errorf("no %s in %s (have %v)", name, dir, seen)
 		}
 	}
+}
+
+// TestIdleConnectionFloodIsBounded: anyone who can reach the port can open
+// connections and leave them idle, after a request or before the TLS
+// handshake. The authority holds no more than --max-connections of them,
+// closes each within its idle bound, and an agent still joins and renews
+// in the middle of them.
+func TestIdleConnectionFloodIsBounded(t *testing.T) {
+	const maxConns, idleTLS, idleTCP = 100, 300, 100
+	a := startAuthority(t, "--max-connections="+strconv.Itoa(maxConns))
+	pid := a.cmd.Process.Pid
+	fds, rss := openFiles(t, pid), rssKB(t, pid)
+	var closed atomic.Int64
+	hold := func(c net.Conn) {
+		t.Cleanup(func() { c.Close() })
+		go func() {
+			c.Read(make([]byte, 1)) // returns once the authority closes it
+			closed.Add(1)
+		}()
+	}
+	for range idleTLS {
+		c, err := tls.Dial("tcp", a.addr, &tls.Config{InsecureSkipVerify: true}) // as a flood would
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /v1/nodes HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		hold(c)
+	}
+	for range idleTCP {
+		c, err := net.Dial("tcp", a.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hold(c)
+	}
+	// Each connection past the cap closed another as it was accepted.
+	if n := openFiles(t, pid); n > fds+maxConns+1 {
+		t.Errorf("the authority has %d files open with %d idle connections, %d before: more than --max-connections=%d",
+			n, idleTLS+idleTCP, fds, maxConns)
+	}
+	t.Logf("%d idle connections: authority RSS %d kB -> %d kB, open files %d -> %d", idleTLS+idleTCP, rss, rssKB(t, pid), fds, openFiles(t, pid))
+
+	ag := mountRobot(t, a, "access", "root")
+	cert := ag.read("key-cert.pub")
+	ag.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "a renewal among idle connections", 30*time.Second, func() bool { return !bytes.Equal(ag.read("key-cert.pub"), cert) })
+	waitFor(t, "the authority to close every idle connection", 30*time.Second, func() bool { return closed.Load() == idleTLS+idleTCP })
+}
+
+// openFiles counts the file descriptors of process pid.
+func openFiles(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func rssKB(t *testing.T, pid int) int {
+	t.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return kb
+		}
+	}
+	return 0
 }
