@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/midfs/midfs/auth"
 )
 
 // The diagnostics server (--diag-addr) answers what operators' tools ask:
@@ -135,6 +137,10 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// diagMaxConns caps the diagnostics server's connections: a few health
+// checkers and scrapers at a time.
+const diagMaxConns = 64
+
 // serve listens on addr now, so a bad address fails the command at start,
 // and serves in the background until close.
 func (d *diag) serve(addr string) error {
@@ -143,9 +149,20 @@ func (d *diag) serve(addr string) error {
 		return failf(exitUsage, "cannot serve diagnostics on --diag-addr=%s: %v", addr, err)
 	}
 	d.addr = ln.Addr().String()
-	d.srv = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
+	// Any local user can connect: bound what idle connections can hold,
+	// or a flood of them takes the descriptors the agent or authority
+	// needs for its real work.
+	d.srv = &http.Server{
+		Handler:           d.handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       10 * time.Second,
+		MaxHeaderBytes:    8 << 10,
+	}
+	limited := auth.LimitConnections(d.srv, ln, diagMaxConns, nil)
 	go func() {
-		if err := d.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := d.srv.Serve(limited); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			slog.Warn("diagnostics server stopped", "err", err)
 		}
 	}()

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -174,4 +178,51 @@ func TestDiagAddrInUseIsAUsageError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "--diag-addr") {
 		t.Fatalf("want an error naming --diag-addr, got %v", err)
 	}
+}
+
+// TestDiagIdleConnectionsAreBounded: any local user can connect to
+// --diag-addr; a flood of idle connections holds at most diagMaxConns of
+// the process's descriptors, and the server still answers.
+func TestDiagIdleConnectionsAreBounded(t *testing.T) {
+	base := serveDiag(t, newDiag())
+	addr := strings.TrimPrefix(base, "http://")
+	const idleHTTP, idleTCP = 200, 50
+	before := openFDs(t)
+	for range idleHTTP {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	for range idleTCP {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	// This process holds the test's end of every connection, and the
+	// server's end of at most diagMaxConns (one more while Accept waits).
+	if n, most := openFDs(t), before+idleHTTP+idleTCP+diagMaxConns+1; n > most {
+		t.Errorf("%d files open after %d idle connections, want at most %d", n, idleHTTP+idleTCP, most)
+	}
+	if code, _ := get(t, base+"/livez"); code != 200 {
+		t.Errorf("/livez among idle connections: %d", code)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
