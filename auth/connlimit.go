@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // LimitConnections makes srv hold at most max connections from ln: pass
@@ -14,22 +16,29 @@ import (
 // so without a cap a flood of idle ones exhausts file descriptors and
 // memory (about 40 KB each over TLS).
 //
-// At the cap, a new connection closes the one that has been idle longest
-// (served, waiting for another request), or with none idle, the oldest one
-// that has not yet sent a request: an agent's request then waits for
-// nothing, where blocking Accept, as netutil.LimitListener does, would
-// leave it in the kernel's backlog behind a flood of idle connections
-// until they time out. A connection whose request is being answered is not
-// closed; when every connection has one, Accept waits for one to end (the
-// server's timeouts bound how long), holding the connection it just
-// accepted. onDrop, if set, is called for every connection closed to make
-// room.
+// At the cap, a new connection closes another that is not being answered,
+// in this order: the one idle longest between requests; the oldest that
+// has sent nothing at all; the oldest that has begun its handshake or
+// request but not finished it within connGrace. An agent's connection is
+// then served at once, where blocking Accept (as netutil.LimitListener
+// does) would leave it in the kernel's backlog behind a flood until the
+// flood's connections time out. A connection whose request is being
+// answered is never closed; when no connection may be closed, Accept waits,
+// holding the connection it just accepted. The grace keeps legitimate
+// clients, when more of them connect at once than the cap allows, from
+// closing each other's handshakes before any completes. onDrop, if set, is
+// called for every connection closed to make room.
 func LimitConnections(srv *http.Server, ln net.Listener, max int, onDrop func()) net.Listener {
-	l := &connLimiter{Listener: ln, max: max, onDrop: onDrop, idle: list.New(), fresh: list.New()}
+	l := &connLimiter{Listener: ln, max: max, onDrop: onDrop, idle: list.New(), silent: list.New(), started: list.New()}
 	l.cond = sync.NewCond(&l.mu)
 	srv.ConnState = l.track
 	return l
 }
+
+// connGrace is how long a connection that has begun its TLS handshake or
+// its first request keeps its place at the cap: a handshake and a request
+// take a few round trips.
+const connGrace = time.Second
 
 type connLimiter struct {
 	net.Listener
@@ -37,21 +46,24 @@ type connLimiter struct {
 	onDrop func()
 
 	mu   sync.Mutex
-	cond *sync.Cond // signalled when a connection closes or turns idle
+	cond *sync.Cond // signalled when a connection closes or may be closed
 	open int
-	// Connections that may be closed to make room, longest waiting first:
-	// idle between requests, and fresh ones that have sent none yet.
-	idle, fresh *list.List
-	closed      bool
+	// Connections that may be closed to make room, oldest first: idle
+	// between requests; accepted and silent; accepted and heard from.
+	idle, silent, started *list.List
+	closed                bool
 }
 
-// limitedConn is one connection; its fields are guarded by connLimiter.mu.
+// limitedConn is one connection; its fields but heard are guarded by
+// connLimiter.mu.
 type limitedConn struct {
 	net.Conn
-	l    *connLimiter
-	in   *list.List    // l.idle or l.fresh; nil while a request is in progress
-	wait *list.Element // in in
-	gone bool          // closed, or dropped to make room
+	l        *connLimiter
+	accepted time.Time
+	heard    atomic.Bool   // it has sent something
+	in       *list.List    // the list it is in; nil while a request is answered
+	wait     *list.Element // in in
+	gone     bool          // closed, or dropped to make room
 }
 
 // Accept is called by one goroutine at a time (the server's accept loop).
@@ -62,18 +74,14 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 	}
 	l.mu.Lock()
 	for l.open >= l.max && !l.closed {
-		victim := l.idle.Front()
+		victim, wait := l.victim()
 		if victim == nil {
-			victim = l.fresh.Front()
-		}
-		if victim == nil {
-			l.cond.Wait()
+			l.waitFor(wait)
 			continue
 		}
-		vc := victim.Value.(*limitedConn)
-		l.forget(vc)
+		l.forget(victim)
 		l.mu.Unlock()
-		vc.Conn.Close() // the server's read fails and it cleans up
+		victim.Conn.Close() // the server's read fails and it cleans up
 		if l.onDrop != nil {
 			l.onDrop()
 		}
@@ -84,11 +92,45 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		c.Close()
 		return nil, net.ErrClosed
 	}
-	lc := &limitedConn{Conn: c, l: l}
-	lc.park(l.fresh)
+	lc := &limitedConn{Conn: c, l: l, accepted: time.Now()}
+	lc.park(l.silent)
 	l.open++
 	l.mu.Unlock()
 	return lc, nil
+}
+
+// victim picks the connection to close to make room, or says how long
+// until the oldest one heard from may be closed (0: until one changes
+// state); l.mu is held.
+func (l *connLimiter) victim() (*limitedConn, time.Duration) {
+	for _, in := range []*list.List{l.idle, l.silent} {
+		if e := in.Front(); e != nil {
+			return e.Value.(*limitedConn), 0
+		}
+	}
+	e := l.started.Front()
+	if e == nil {
+		return nil, 0
+	}
+	c := e.Value.(*limitedConn)
+	if wait := connGrace - time.Since(c.accepted); wait > 0 {
+		return nil, wait
+	}
+	return c, 0
+}
+
+// waitFor waits until a connection changes state, or d passes if d > 0;
+// l.mu is held.
+func (l *connLimiter) waitFor(d time.Duration) {
+	if d > 0 {
+		t := time.AfterFunc(d, func() {
+			l.mu.Lock()
+			l.cond.Broadcast()
+			l.mu.Unlock()
+		})
+		defer t.Stop()
+	}
+	l.cond.Wait()
 }
 
 func (l *connLimiter) Close() error {
@@ -99,8 +141,8 @@ func (l *connLimiter) Close() error {
 	return l.Listener.Close()
 }
 
-// track is srv.ConnState: a connection may be dropped to make room only
-// while no request is in progress on it.
+// track is srv.ConnState: a connection may be closed to make room only
+// while no request is being answered on it.
 func (l *connLimiter) track(c net.Conn, state http.ConnState) {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
@@ -144,6 +186,22 @@ func (c *limitedConn) unpark() {
 		c.in.Remove(c.wait)
 		c.in, c.wait = nil, nil
 	}
+}
+
+// Read notes the first bytes a connection sends: from then on it is a
+// client at work, not one of a flood of connections that say nothing.
+func (c *limitedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 && !c.heard.Load() {
+		c.heard.Store(true)
+		c.l.mu.Lock()
+		if c.in == c.l.silent {
+			c.unpark()
+			c.park(c.l.started)
+		}
+		c.l.mu.Unlock()
+	}
+	return n, err
 }
 
 func (c *limitedConn) Close() error {

@@ -170,6 +170,74 @@ func TestLimitConnectionsDropsTheLongestWaiting(t *testing.T) {
 	}
 }
 
+// TestLimitConnectionsSparesHandshakesInProgress: at the cap, a connection
+// that has said nothing is closed before one that has begun its request,
+// and that one keeps its place for connGrace, then is closed if nothing
+// else can be.
+func TestLimitConnectionsSparesHandshakesInProgress(t *testing.T) {
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	limited := LimitConnections(srv, ln, 2, nil)
+	go srv.Serve(limited)
+	defer srv.Close()
+	addr := ln.Addr().String()
+	// The test goes on once the server has read what a client sent.
+	l := limited.(*connLimiter)
+	waitLists := func(silent, started int) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+			l.mu.Lock()
+			s, h := l.silent.Len(), l.started.Len()
+			l.mu.Unlock()
+			if s == silent && h == started {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d silent and %d started connections, want %d and %d", s, h, silent, started)
+			}
+		}
+	}
+
+	started := dialHeld(t, addr)
+	fmt.Fprintf(started.c, "GET / HTTP/1.1\r\n") // the rest of the request is late
+	waitLists(0, 1)
+	silent := dialHeld(t, addr)
+	waitLists(1, 1)
+	newcomer := dialHeld(t, addr)
+	if _, err := newcomer.get("/"); err != nil {
+		t.Fatal(err)
+	}
+	if !silent.closedByServer() {
+		t.Error("a silent connection was kept while a request was begun")
+	}
+	fmt.Fprintf(started.c, "Host: x\r\n\r\n")
+	if body, err := started.answer(); err != nil || body != "ok" {
+		t.Errorf("the connection that had begun its request: %q %v", body, err)
+	}
+
+	// With only begun requests to choose from, the oldest is closed
+	// once its grace is over.
+	started.c.Close()
+	newcomer.c.Close()
+	waitLists(0, 0)
+	var slow []*heldConn
+	for i := range 2 {
+		h := dialHeld(t, addr)
+		fmt.Fprintf(h.c, "GET / HTTP/1.1\r\n")
+		waitLists(0, i+1)
+		slow = append(slow, h)
+	}
+	if body, err := dialHeld(t, addr).get("/"); err != nil || body != "ok" {
+		t.Errorf("newcomer among begun requests: %q %v", body, err)
+	}
+	if !slow[0].closedByServer() {
+		t.Error("the oldest begun request was not closed for the newcomer")
+	}
+}
+
 // TestIdleConnectionsCannotCrowdOutAgents: connections anyone can open and
 // leave idle, after one request or before the TLS handshake, cannot push
 // the authority past its cap, and an agent still joins and renews among
