@@ -46,8 +46,11 @@ func newAPIClient(addr string, roots *x509.CertPool, key crypto.Signer, cert *x5
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: requestTimeout,
-		IdleConnTimeout:       90 * time.Second,
-		MaxIdleConnsPerHost:   2,
+		// Shorter than the authority's idle timeout (10 s), so that the
+		// agent drops an idle connection before the authority closes it,
+		// never sending a request on one the authority is closing.
+		IdleConnTimeout:     5 * time.Second,
+		MaxIdleConnsPerHost: 2,
 	}
 	return &apiClient{addr: addr, hc: &http.Client{Transport: tr}}
 }
