@@ -7,7 +7,10 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // LimitConnections makes srv hold at most max connections from ln: pass
@@ -17,9 +20,11 @@ import (
 // memory (about 40 KB each over TLS).
 //
 // At the cap, a new connection closes another that is not being answered,
-// in this order: the one idle longest between requests; the oldest that
-// has sent nothing at all; the oldest that has begun its handshake or
-// request but not finished it within connGrace. An agent's connection is
+// in this order: the one idle longest between requests (its client has
+// its answer; an agent's next poll, a GET, is retried on a new
+// connection); the oldest that has sent nothing at all (a flood of bare
+// connects); the oldest that has begun its handshake or request but not
+// finished it within connGrace. An agent's connection is
 // then served at once, where blocking Accept (as netutil.LimitListener
 // does) would leave it in the kernel's backlog behind a flood until the
 // flood's connections time out. A connection whose request is being
@@ -103,10 +108,17 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 // until the oldest one heard from may be closed (0: until one changes
 // state); l.mu is held.
 func (l *connLimiter) victim() (*limitedConn, time.Duration) {
-	for _, in := range []*list.List{l.idle, l.silent} {
-		if e := in.Front(); e != nil {
-			return e.Value.(*limitedConn), 0
+	if e := l.idle.Front(); e != nil {
+		return e.Value.(*limitedConn), 0
+	}
+	for e := l.silent.Front(); e != nil; e = l.silent.Front() {
+		c := e.Value.(*limitedConn)
+		if !c.pending() {
+			return c, 0
 		}
+		// Its first bytes wait for a server busier than the client.
+		c.unpark()
+		c.park(l.started)
 	}
 	e := l.started.Front()
 	if e == nil {
@@ -186,6 +198,22 @@ func (c *limitedConn) unpark() {
 		c.in.Remove(c.wait)
 		c.in, c.wait = nil, nil
 	}
+}
+
+// pending reports whether bytes the server has not read yet wait in the
+// kernel for c.
+func (c *limitedConn) pending() bool {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	return n > 0
 }
 
 // Read notes the first bytes a connection sends: from then on it is a

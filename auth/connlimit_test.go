@@ -74,9 +74,9 @@ func isTimeout(err error) bool {
 }
 
 // TestLimitConnectionsDropsTheLongestWaiting: at the cap, a new connection
-// closes the connection that waited longest without a request in progress,
-// never one whose request is being answered; with every connection busy,
-// it waits for one to finish.
+// closes the one idle longest, else one that has said nothing, never one
+// whose request is being answered; with every connection busy, it waits
+// for one to finish.
 func TestLimitConnectionsDropsTheLongestWaiting(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -116,7 +116,7 @@ func TestLimitConnectionsDropsTheLongestWaiting(t *testing.T) {
 	busy := dialHeld(t, addr)
 	busy.send("/busy")
 	<-entered
-	fresh := dialHeld(t, addr)   // connected, no request yet
+	silent := dialHeld(t, addr)  // connected, nothing sent
 	idle := make([]*heldConn, 2) // oldest first
 	for i := range idle {
 		idle[i] = dialHeld(t, addr)
@@ -126,7 +126,7 @@ func TestLimitConnectionsDropsTheLongestWaiting(t *testing.T) {
 		waitIdled(int64(i + 1))
 	}
 	// At the cap: each newcomer closes the connection idle longest, before
-	// any that has not sent a request yet, and is served.
+	// the one that has said nothing, and is served.
 	for i := range idle {
 		if _, err := dialHeld(t, addr).get("/"); err != nil {
 			t.Fatalf("newcomer %d: %v", i, err)
@@ -136,8 +136,8 @@ func TestLimitConnectionsDropsTheLongestWaiting(t *testing.T) {
 		}
 		waitIdled(int64(len(idle) + i + 1))
 	}
-	if _, err := fresh.get("/"); err != nil {
-		t.Errorf("a connection that had not sent its request yet was closed while idle ones were open: %v", err)
+	if _, err := silent.get("/"); err != nil {
+		t.Errorf("the connection that had said nothing was closed while idle ones were open: %v", err)
 	}
 	if n := dropped.Load(); n != 2 {
 		t.Errorf("onDrop called %d times, want 2", n)
@@ -235,6 +235,48 @@ func TestLimitConnectionsSparesHandshakesInProgress(t *testing.T) {
 	}
 	if !slow[0].closedByServer() {
 		t.Error("the oldest begun request was not closed for the newcomer")
+	}
+}
+
+// TestLimitConnectionsSparesBytesNotYetRead: a connection whose first bytes
+// wait for a busy server is a client at work, not a silent one; at the
+// cap the truly silent one is closed.
+func TestLimitConnectionsSparesBytesNotYetRead(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := LimitConnections(&http.Server{}, ln, 2, nil)
+	defer l.Close()
+	accept := func() net.Conn {
+		t.Helper()
+		c, err := l.Accept() // and never read: a server too busy to
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	talking := dialHeld(t, ln.Addr().String())
+	fmt.Fprintf(talking.c, "GET / HTTP/1.1\r\n")
+	waiting := accept().(*limitedConn)
+	silent := dialHeld(t, ln.Addr().String())
+	accept()
+	for deadline := time.Now().Add(30 * time.Second); !waiting.pending(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the bytes sent never reached the server's socket")
+		}
+	}
+	dialHeld(t, ln.Addr().String())
+	accept()
+	if !silent.closedByServer() {
+		t.Error("the silent connection was kept")
+	}
+	// Still open: what the server writes on it arrives.
+	waiting.Write([]byte("x"))
+	talking.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if b, err := talking.br.ReadByte(); err != nil || b != 'x' {
+		t.Errorf("the connection whose bytes waited to be read was closed: %v", err)
 	}
 }
 

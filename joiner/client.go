@@ -46,10 +46,12 @@ func newAPIClient(addr string, roots *x509.CertPool, key crypto.Signer, cert *x5
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: requestTimeout,
-		// Shorter than the authority's idle timeout (10 s), so that the
-		// agent drops an idle connection before the authority closes it,
-		// never sending a request on one the authority is closing.
-		IdleConnTimeout:     5 * time.Second,
+		// Longer than DefaultNodesInterval, so that a poll reuses the
+		// connection of the one before, and shorter than the authority's
+		// idle timeout (30 s), so that the agent drops an idle connection
+		// before the authority closes it, never sending a request on one
+		// the authority is closing.
+		IdleConnTimeout:     20 * time.Second,
 		MaxIdleConnsPerHost: 2,
 	}
 	return &apiClient{addr: addr, hc: &http.Client{Transport: tr}}
