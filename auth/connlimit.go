@@ -20,19 +20,20 @@ import (
 // memory (about 40 KB each over TLS).
 //
 // At the cap, a new connection closes another that is not being answered,
-// in this order: the one idle longest between requests (its client has
-// its answer; an agent's next poll, a GET, is retried on a new
-// connection); the oldest that has sent nothing at all (a flood of bare
-// connects); the oldest that has begun its handshake or request but not
-// finished it within connGrace. An agent's connection is
-// then served at once, where blocking Accept (as netutil.LimitListener
-// does) would leave it in the kernel's backlog behind a flood until the
-// flood's connections time out. A connection whose request is being
-// answered is never closed; when no connection may be closed, Accept waits,
-// holding the connection it just accepted. The grace keeps legitimate
-// clients, when more of them connect at once than the cap allows, from
-// closing each other's handshakes before any completes. onDrop, if set, is
-// called for every connection closed to make room.
+// in this order: the one idle longest between requests (its client has its
+// answer; an agent's next poll, a GET, is retried on a new connection);
+// the oldest that has sent nothing at all, not even bytes still unread in
+// the kernel (a flood of bare connects); the oldest that has begun its
+// handshake or request but not finished it within connGrace. An agent's
+// connection is then served at once, where blocking Accept (as
+// netutil.LimitListener does) would leave it in the kernel's backlog
+// behind a flood until the flood's connections time out. The grace keeps
+// legitimate clients, when more of them connect at once than the cap
+// allows, from closing each other's handshakes before any completes. A
+// connection whose request is being answered is never closed; when no
+// connection may be closed, Accept waits, holding the connection it just
+// accepted. onDrop, if set, is called for every connection closed to make
+// room.
 func LimitConnections(srv *http.Server, ln net.Listener, max int, onDrop func()) net.Listener {
 	l := &connLimiter{Listener: ln, max: max, onDrop: onDrop, idle: list.New(), silent: list.New(), started: list.New()}
 	l.cond = sync.NewCond(&l.mu)
