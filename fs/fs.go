@@ -120,17 +120,14 @@ func Mount(opts Options, first *Snapshot) (*Server, error) {
 		srv.Serve()
 		s.unmounted.Store(true) // umount(8) from outside ends up here too
 	}()
-	// Not srv.WaitMount: its poll hack opens a file of this very mount from
-	// this process, and a SIGKILL while that file is open leaves a process
-	// that cannot exit (the exit's close sends FLUSH to the server that is
-	// exiting, and waits for it) and a hung mount, until someone aborts the
-	// connection. statfs holds nothing open, and answers once the server
-	// has answered the kernel's INIT. (The hack's own purpose, a server
-	// that polls its own files, does not arise: midfs never opens them.)
-	if probe(dir, serveTimeout) != probeLive {
-		_ = srv.Unmount()
-		return nil, fmt.Errorf("mount %s: kernel did not start serving within %v", dir, serveTimeout)
-	}
+	// Nothing to wait for, and nothing of this mount to touch: once mount(2)
+	// has returned (NewServer), the kernel holds every request for the
+	// tree until Serve has answered its INIT, so no reader sees an empty
+	// directory. Touching the mount from this process would be a hazard:
+	// a SIGKILL while one of its requests is in the server's hands (an
+	// open file, even a statfs) leaves a process that cannot exit, waiting
+	// for the answer of the server that is exiting, and a hung mount. So
+	// not srv.WaitMount either: its poll hack opens a file of the mount.
 	s.connID = fuseConnID(dir)
 	s.log.Info("credential filesystem mounted", "dir", dir, "owner", fmt.Sprintf("%d:%d", opts.UID, opts.GID),
 		"readers", len(opts.Readers))

@@ -20,8 +20,6 @@ import (
 // counts as hung. A live midfs answers in microseconds.
 const probeTimeout = 3 * time.Second
 
-// serveTimeout is how long a new mount may take to start serving.
-const serveTimeout = 30 * time.Second
 
 const fuseConnections = "/sys/fs/fuse/connections"
 
