@@ -691,15 +691,23 @@ func TestDebInstallsAndRemoves(t *testing.T) {
 	if b, err := exec.Command("dpkg", "-i", debs[0]).CombinedOutput(); err != nil {
 		t.Fatalf("dpkg -i: %v\n%s", err, b)
 	}
+	// Another midfs may come first on PATH (the README's quick start puts
+	// one in /usr/local/bin). Everything below names the package's own
+	// files by path; this stand-in, first on PATH, keeps it that way.
+	shadow := t.TempDir()
+	if err := os.WriteFile(filepath.Join(shadow, "midfs"), []byte("#!/bin/sh\necho 'midfs version 0.0.0 (commit 0000000)'\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", shadow+":"+os.Getenv("PATH"))
 	// The package version names the commit it was built from
 	// (0.0.0+gitN.COMMIT); --version must say the same.
 	pkgVersion, _ := exec.Command("dpkg-query", "-W", "-f=${Version}", "midfs").Output()
-	v, err := exec.Command("midfs", "--version").CombinedOutput()
+	v, err := exec.Command("/usr/bin/midfs", "--version").CombinedOutput()
 	m := regexp.MustCompile(`\(commit ([0-9a-f]{7,})\)`).FindStringSubmatch(string(v))
 	if err != nil || m == nil || !strings.HasSuffix(string(pkgVersion), "."+m[1]) {
 		t.Errorf("midfs --version after install: %v %q; package version %q", err, v, pkgVersion)
 	}
-	manOut, err := exec.Command("sh", "-c", "MANPAGER=cat MANWIDTH=100 man midfs").CombinedOutput()
+	manOut, err := exec.Command("sh", "-c", "MANPAGER=cat MANWIDTH=100 man -M /usr/share/man midfs").CombinedOutput()
 	if err != nil || !strings.Contains(string(manOut), "CONFIGURATION FILE") {
 		t.Errorf("man midfs: %v\n%.500s", err, manOut)
 	}
