@@ -472,6 +472,14 @@ func metricValue(t *testing.T, addr, key string) float64 {
 	return scrape(t, addr)[key]
 }
 
+// renewals is the number of successful renewals the agent serving
+// diagnostics at addr counts.
+func renewals(t *testing.T, addr string) float64 {
+	t.Helper()
+	m := scrape(t, addr)
+	return m["midfs_agent_renewals_total"] - m["midfs_agent_renewals_failed_total"]
+}
+
 // /readyz goes 200 -> 503 when the authority is gone and the identity
 // expires -> 200 when the authority is back; /metrics parses throughout
 // and counts what happened. Short lifetimes make the outage visible.
