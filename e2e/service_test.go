@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -630,13 +631,22 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 			ag.read(f)
 		}
 		ag.cmd.Process.Signal(syscall.SIGHUP)
-		time.Sleep(2500 * time.Millisecond)
+		waitFor(t, "a new key after SIGHUP", 30*time.Second, func() bool { return !bytes.Equal(ag.read("key"), keys[i]) })
 	}
 	ag.stop()
 	ag2 := startMount(t, dir, append(a.mountArgs(token), "--storage=keyring")...) // restart from the keyring
 	keys = append(keys, ag2.read("key"))
 	ag2.stop()
 	a.stop()
+	// Each key scanned for must be another one, or the scan proves less
+	// than it claims.
+	for i := range keys {
+		for j := range i {
+			if bytes.Equal(keys[i], keys[j]) {
+				t.Fatalf("key %d is key %d again: the renewals did not happen", i, j)
+			}
+		}
+	}
 
 	all := a.logs.String() + ag.logs.String() + ag2.logs.String()
 	if !strings.Contains(all, `"level":"DEBUG"`) {
@@ -868,11 +878,12 @@ func TestUnitsSandboxFitsWhatMidfsDoes(t *testing.T) {
 	cleanupMount(t, dir)
 	agentTrace := filepath.Join(work, "agent.trace")
 	agentLogs := &logBuffer{}
+	agentDiag := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	ag := exec.Command(strace, "-f", "-qq", "-o", agentTrace, setpriv,
 		"--bounding-set=-all,+sys_admin,+ipc_lock", "--inh-caps=-all", "--no-new-privs",
 		midfsBin, "mount", dir, "--auth-server="+addr, "--token="+token, "--ca-pin="+pin,
 		"--storage=keyring", "--certificate-ttl=6s", "--renewal-interval=2s",
-		"--diag-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+		"--diag-addr", agentDiag)
 	ag.Stdout, ag.Stderr = agentLogs, agentLogs
 	ag.Env = append(os.Environ(), "NOTIFY_SOCKET="+listenNotify(t).addr)
 	if err := ag.Start(); err != nil {
@@ -888,20 +899,24 @@ func TestUnitsSandboxFitsWhatMidfsDoes(t *testing.T) {
 		}
 		return mounted(dir)
 	})
+	// Reads between timed renewals, then a SIGHUP renewal: each path is
+	// waited for in the agent's metrics, so the trace holds them all.
 	for i := 0; i < 3; i++ {
 		for _, f := range []string{"key", "identity", "key-cert.pub", "ssh_config"} {
 			if _, err := os.ReadFile(filepath.Join(dir, f)); err != nil {
 				t.Fatal(err)
 			}
 		}
-		time.Sleep(1500 * time.Millisecond)
+		before := renewals(t, agentDiag)
+		waitFor(t, "a timed renewal", 30*time.Second, func() bool { return renewals(t, agentDiag) > before })
 	}
 	agentPID := agentPIDs(dir)
 	if len(agentPID) != 1 {
 		t.Fatalf("agent pid: %v", agentPID)
 	}
+	before := renewals(t, agentDiag)
 	syscall.Kill(agentPID[0], syscall.SIGHUP)
-	time.Sleep(time.Second)
+	waitFor(t, "the SIGHUP renewal", 30*time.Second, func() bool { return renewals(t, agentDiag) > before })
 	syscall.Kill(agentPID[0], syscall.SIGTERM)
 	if err := <-agDone; err != nil {
 		t.Fatalf("agent: %v\n%s", err, tail(agentLogs.String(), 10))
