@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/midfs/midfs/internal/testenv"
 )
 
 // midfsBin is the binary under test: $MIDFS_BIN (make e2e sets it), or one
@@ -30,8 +32,12 @@ var midfsBin string
 const cluster = "example.test"
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		fmt.Println("e2e: skipped, these tests need root (FUSE mounts, sshd, other uids); run `sudo make e2e`")
+	if why := testenv.MissingFUSE(); why != "" {
+		if testenv.InCI() {
+			fmt.Printf("e2e: FAIL: %s; CI=true, so this fails instead of skipping\n", why)
+			os.Exit(1)
+		}
+		fmt.Printf("e2e: skipped: %s; run `sudo make e2e`\n", why)
 		os.Exit(0)
 	}
 	midfsBin = os.Getenv("MIDFS_BIN")

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -276,15 +277,18 @@ func TestReadersAndOthers(t *testing.T) {
 	}
 }
 
-// TestPairsStayConsistentUnderRenewal forces a renewal every 100 ms for 10 s
-// while readers load key and key-cert.pub the ways programs do: one short
-// process reading both files in turn (`cat key key-cert.pub`, like ssh), and
-// a long-lived process holding key open while it opens key-cert.pub. No
-// reader may ever see a certificate for a different key, and the short
-// readers must see many different keys (the renewals really happened).
+// TestPairsStayConsistentUnderRenewal forces renewals back to back (SIGHUP,
+// then SIGHUP again as soon as the agent's metrics count the renewal) while
+// readers load key and key-cert.pub the ways programs do: one short process
+// reading both files in turn (`cat key key-cert.pub`, like ssh), and a
+// long-lived process holding key open while it opens key-cert.pub. No reader
+// may ever see a certificate for a different key, and after each renewal the
+// short readers must come to see its certificate (renewals reach new opens).
 func TestPairsStayConsistentUnderRenewal(t *testing.T) {
+	const rounds = 30
 	a := startAuthority(t)
-	ag := mountRobot(t, a, "access", "root")
+	diag := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	ag := mountRobot(t, a, "access", "root", "--diag-addr="+diag)
 
 	stop := make(chan struct{})
 	var pairs, mismatches atomic.Int64
@@ -338,17 +342,18 @@ func TestPairsStayConsistentUnderRenewal(t *testing.T) {
 			}
 		}()
 	}
-	end := time.Now().Add(10 * time.Second)
-	for time.Now().Before(end) {
+	stopReaders := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	defer stopReaders() // also when a wait below fails the test
+	distinct := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
+	waitFor(t, "the short readers' first certificate", 30*time.Second, func() bool { return distinct() > 0 })
+	for r := range rounds {
+		before, n := renewals(t, diag), distinct()
 		ag.cmd.Process.Signal(syscall.SIGHUP)
-		time.Sleep(100 * time.Millisecond)
+		waitFor(t, fmt.Sprintf("renewal %d counted in the agent's metrics", r+1), 30*time.Second, func() bool { return renewals(t, diag) > before })
+		waitFor(t, fmt.Sprintf("renewal %d to reach new opens", r+1), 30*time.Second, func() bool { return distinct() > n })
 	}
-	close(stop)
-	wg.Wait()
-	t.Logf("%d pairs read; short readers saw %d distinct certificates", pairs.Load(), len(seen))
-	if len(seen) < 10 {
-		t.Fatalf("short readers saw only %d certificates in 10 s of SIGHUP every 100 ms: renewals are not reaching new opens", len(seen))
-	}
+	stopReaders()
+	t.Logf("%d pairs read over %d renewals; short readers saw %d distinct certificates", pairs.Load(), rounds, len(seen))
 	if m := mismatches.Load(); m != 0 {
 		t.Fatalf("%d of %d pairs had a certificate for another key", m, pairs.Load())
 	}

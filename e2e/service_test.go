@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -472,6 +473,14 @@ func metricValue(t *testing.T, addr, key string) float64 {
 	return scrape(t, addr)[key]
 }
 
+// renewals is the number of successful renewals the agent serving
+// diagnostics at addr counts.
+func renewals(t *testing.T, addr string) float64 {
+	t.Helper()
+	m := scrape(t, addr)
+	return m["midfs_agent_renewals_total"] - m["midfs_agent_renewals_failed_total"]
+}
+
 // /readyz goes 200 -> 503 when the authority is gone and the identity
 // expires -> 200 when the authority is back; /metrics parses throughout
 // and counts what happened. Short lifetimes make the outage visible.
@@ -622,13 +631,22 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 			ag.read(f)
 		}
 		ag.cmd.Process.Signal(syscall.SIGHUP)
-		time.Sleep(2500 * time.Millisecond)
+		waitFor(t, "a new key after SIGHUP", 30*time.Second, func() bool { return !bytes.Equal(ag.read("key"), keys[i]) })
 	}
 	ag.stop()
 	ag2 := startMount(t, dir, append(a.mountArgs(token), "--storage=keyring")...) // restart from the keyring
 	keys = append(keys, ag2.read("key"))
 	ag2.stop()
 	a.stop()
+	// Each key scanned for must be another one, or the scan proves less
+	// than it claims.
+	for i := range keys {
+		for j := range i {
+			if bytes.Equal(keys[i], keys[j]) {
+				t.Fatalf("key %d is key %d again: the renewals did not happen", i, j)
+			}
+		}
+	}
 
 	all := a.logs.String() + ag.logs.String() + ag2.logs.String()
 	if !strings.Contains(all, `"level":"DEBUG"`) {
@@ -691,15 +709,23 @@ func TestDebInstallsAndRemoves(t *testing.T) {
 	if b, err := exec.Command("dpkg", "-i", debs[0]).CombinedOutput(); err != nil {
 		t.Fatalf("dpkg -i: %v\n%s", err, b)
 	}
+	// Another midfs may come first on PATH (the README's quick start puts
+	// one in /usr/local/bin). Everything below names the package's own
+	// files by path; this stand-in, first on PATH, keeps it that way.
+	shadow := t.TempDir()
+	if err := os.WriteFile(filepath.Join(shadow, "midfs"), []byte("#!/bin/sh\necho 'midfs version 0.0.0 (commit 0000000)'\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", shadow+":"+os.Getenv("PATH"))
 	// The package version names the commit it was built from
 	// (0.0.0+gitN.COMMIT); --version must say the same.
 	pkgVersion, _ := exec.Command("dpkg-query", "-W", "-f=${Version}", "midfs").Output()
-	v, err := exec.Command("midfs", "--version").CombinedOutput()
+	v, err := exec.Command("/usr/bin/midfs", "--version").CombinedOutput()
 	m := regexp.MustCompile(`\(commit ([0-9a-f]{7,})\)`).FindStringSubmatch(string(v))
 	if err != nil || m == nil || !strings.HasSuffix(string(pkgVersion), "."+m[1]) {
 		t.Errorf("midfs --version after install: %v %q; package version %q", err, v, pkgVersion)
 	}
-	manOut, err := exec.Command("sh", "-c", "MANPAGER=cat MANWIDTH=100 man midfs").CombinedOutput()
+	manOut, err := exec.Command("sh", "-c", "MANPAGER=cat MANWIDTH=100 man -M /usr/share/man midfs").CombinedOutput()
 	if err != nil || !strings.Contains(string(manOut), "CONFIGURATION FILE") {
 		t.Errorf("man midfs: %v\n%.500s", err, manOut)
 	}
@@ -852,11 +878,12 @@ func TestUnitsSandboxFitsWhatMidfsDoes(t *testing.T) {
 	cleanupMount(t, dir)
 	agentTrace := filepath.Join(work, "agent.trace")
 	agentLogs := &logBuffer{}
+	agentDiag := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	ag := exec.Command(strace, "-f", "-qq", "-o", agentTrace, setpriv,
 		"--bounding-set=-all,+sys_admin,+ipc_lock", "--inh-caps=-all", "--no-new-privs",
 		midfsBin, "mount", dir, "--auth-server="+addr, "--token="+token, "--ca-pin="+pin,
 		"--storage=keyring", "--certificate-ttl=6s", "--renewal-interval=2s",
-		"--diag-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+		"--diag-addr", agentDiag)
 	ag.Stdout, ag.Stderr = agentLogs, agentLogs
 	ag.Env = append(os.Environ(), "NOTIFY_SOCKET="+listenNotify(t).addr)
 	if err := ag.Start(); err != nil {
@@ -872,20 +899,24 @@ func TestUnitsSandboxFitsWhatMidfsDoes(t *testing.T) {
 		}
 		return mounted(dir)
 	})
+	// Reads between timed renewals, then a SIGHUP renewal: each path is
+	// waited for in the agent's metrics, so the trace holds them all.
 	for i := 0; i < 3; i++ {
 		for _, f := range []string{"key", "identity", "key-cert.pub", "ssh_config"} {
 			if _, err := os.ReadFile(filepath.Join(dir, f)); err != nil {
 				t.Fatal(err)
 			}
 		}
-		time.Sleep(1500 * time.Millisecond)
+		before := renewals(t, agentDiag)
+		waitFor(t, "a timed renewal", 30*time.Second, func() bool { return renewals(t, agentDiag) > before })
 	}
 	agentPID := agentPIDs(dir)
 	if len(agentPID) != 1 {
 		t.Fatalf("agent pid: %v", agentPID)
 	}
+	before := renewals(t, agentDiag)
 	syscall.Kill(agentPID[0], syscall.SIGHUP)
-	time.Sleep(time.Second)
+	waitFor(t, "the SIGHUP renewal", 30*time.Second, func() bool { return renewals(t, agentDiag) > before })
 	syscall.Kill(agentPID[0], syscall.SIGTERM)
 	if err := <-agDone; err != nil {
 		t.Fatalf("agent: %v\n%s", err, tail(agentLogs.String(), 10))

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/internal/testenv"
 )
 
 type benchDirs struct {
@@ -46,9 +47,7 @@ func dirs(b *testing.B) *benchDirs {
 // run one at a time), and copies its files to tmpfs.
 func benchMount(b *testing.B, name string, cfg serveConfig) *benchDirs {
 	b.Helper()
-	if os.Geteuid() != 0 {
-		b.Skip("needs root")
-	}
+	testenv.RequireFUSE(b)
 	if d := benchEnvs[name]; d != nil {
 		return d
 	}

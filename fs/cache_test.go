@@ -105,7 +105,7 @@ func TestKernelCacheNeverServesAnotherGeneration(t *testing.T) {
 func TestCachedHandleSurvivesAttributeExpiry(t *testing.T) {
 	requireRoot(t)
 	s := startServer(t, serveConfig{
-		AttrTimeout: 50 * time.Millisecond,
+		AttrTimeout: 50 * time.Millisecond, Debug: true, // the request log shows the refetch
 		Nodes: []identity.Node{{Name: "a-node-with-a-rather-long-name", Addr: "10.0.0.1:22"},
 			{Name: "another-node-with-a-rather-long-name", Addr: "10.0.0.2:22"}},
 	})
@@ -118,10 +118,27 @@ func TestCachedHandleSurvivesAttributeExpiry(t *testing.T) {
 	if r := s.do("nodes"); r != "ok" {
 		t.Fatal(r)
 	}
-	time.Sleep(150 * time.Millisecond) // attributes expire
+	// Stat until the kernel's attributes have expired and it has asked the
+	// server again; then stat must still report the open handle's size.
+	mark := len(s.stderr.String())
+	refetched := func() bool { return strings.Contains(s.stderr.String()[mark:], ": GETATTR ") }
+	deadline := time.Now().Add(5 * time.Second)
 	var st unix.Stat_t
-	if err := unix.Stat(s.path(name), &st); err != nil {
-		t.Fatal(err)
+	for {
+		done := refetched()
+		if err := unix.Stat(s.path(name), &st); err != nil {
+			t.Fatal(err)
+		}
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the kernel never asked for the attributes again")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st.Size != int64(len(long)) {
+		t.Errorf("stat reports %d bytes after the attributes were refetched while a cached handle is open, want its %d", st.Size, len(long))
 	}
 	if got := a.data("read " + name); !bytes.Equal(got, long) {
 		t.Fatalf("cached handle reads %d bytes after its attributes were refetched, want its own %d", len(got), len(long))

@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/identity/clock"
 )
 
 // Snapshot is what the filesystem serves: one issuance and the nodes the
@@ -61,6 +62,9 @@ type Options struct {
 	// quick, and never touch the mount from it.
 	OnOpen func(file, result string)
 	Debug  bool // log every FUSE request (go-fuse's request log) at debug level
+	// Clock times the per-process pins (pins.go) and stamps each
+	// generation's mtime; nil: clock.Real(). Tests move a fake one.
+	Clock clock.Clock
 }
 
 // Open results reported to Options.OnOpen.
@@ -142,6 +146,9 @@ func newServer(opts Options, first *Snapshot) (*Server, error) {
 	opts.Dir = filepath.Clean(opts.Dir)
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.Real()
 	}
 	s := &Server{opts: opts, log: opts.Logger, pins: newPinTable()}
 	g, err := s.newGeneration(first)
@@ -283,7 +290,7 @@ func (s *Server) newGeneration(snap *Snapshot) (*generation, error) {
 		return nil, errors.New("identity lacks its key or certificates")
 	}
 	s.reportBadNodes(snap.Nodes)
-	g := &generation{snap: snap, at: time.Now(), sizes: make([]int64, len(identity.Files)), public: make([][]byte, len(identity.Files))}
+	g := &generation{snap: snap, at: s.opts.Clock.Now(), sizes: make([]int64, len(identity.Files)), public: make([][]byte, len(identity.Files))}
 	for i, f := range identity.Files {
 		b, err := identity.Render(f.Name, id, snap.Nodes, s.opts.Dir)
 		if err != nil {

@@ -11,13 +11,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/internal/testenv"
 )
 
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts with allow_other and switches uids")
-	}
+	testenv.RequireFUSE(t)
 }
 
 // The tree holds exactly the files of a tbot destination, with the owner,

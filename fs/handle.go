@@ -4,7 +4,6 @@ import (
 	"context"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -59,7 +58,7 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 	}
 	h.buf, h.released = nil, true
 	h.mu.Unlock()
-	h.node.srv.pins.release(h.pin, time.Now())
+	h.node.srv.pins.release(h.pin, h.node.srv.opts.Clock.Now())
 	h.node.cache.release(h.node, h.cached)
 	return 0
 }

@@ -36,6 +36,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/identity/clock"
 )
 
 const roleEnv = "MIDFS_FSTEST_ROLE"
@@ -146,6 +147,8 @@ type serveConfig struct {
 	Quiet     bool // log at info level: no line per secret open
 	// AttrTimeout, if set, replaces the kernel attribute timeout.
 	AttrTimeout time.Duration
+	// FakeClock serves on a clock that moves only by the advance command.
+	FakeClock bool
 }
 
 // serveMain mounts and then obeys one command per line on stdin:
@@ -153,6 +156,7 @@ type serveConfig struct {
 //	publish              a new identity (new key and certificates)
 //	nodes NAME=ADDR ...  the same identity with another node list
 //	opens                print the OnOpen counts as JSON
+//	advance DURATION     move the fake clock (FakeClock) forward
 //	quit                 unmount and exit
 func serveMain() int {
 	var cfg serveConfig
@@ -190,8 +194,14 @@ func serveMain() int {
 	}
 	var mu sync.Mutex
 	opens := map[string]int{}
+	var fake *clock.Fake
+	var clk clock.Clock // nil: the real one
+	if cfg.FakeClock {
+		fake = clock.NewFake(time.Now())
+		clk = fake
+	}
 	srv, err := Mount(Options{
-		Dir: cfg.Dir, UID: cfg.UID, GID: cfg.GID, Readers: cfg.Readers, Xattrs: cfg.Xattrs, Logger: log, Debug: cfg.Debug,
+		Dir: cfg.Dir, UID: cfg.UID, GID: cfg.GID, Readers: cfg.Readers, Xattrs: cfg.Xattrs, Logger: log, Debug: cfg.Debug, Clock: clk,
 		OnOpen: func(file, result string) {
 			mu.Lock()
 			opens[file+" "+result]++
@@ -221,6 +231,14 @@ func serveMain() int {
 				cfg.Nodes = append(cfg.Nodes, identity.Node{Name: name, Addr: addr})
 			}
 			srv.Publish(&Snapshot{Identity: id, Nodes: cfg.Nodes})
+			fmt.Println("ok")
+		case "advance":
+			d, err := time.ParseDuration(arg)
+			if err != nil || fake == nil {
+				fmt.Println("error advance needs FakeClock and a duration:", arg, err)
+				continue
+			}
+			fake.Advance(d)
 			fmt.Println("ok")
 		case "opens":
 			mu.Lock()

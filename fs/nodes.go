@@ -4,7 +4,6 @@ import (
 	"context"
 	"slices"
 	"syscall"
-	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -260,8 +259,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if caller != nil {
 		tgid = threadGroup(caller.Pid)
 	}
-	now := time.Now()
-	h.pin, h.gen = n.srv.pins.acquire(tgid, n.srv.current.Load(), now)
+	h.pin, h.gen = n.srv.pins.acquire(tgid, n.srv.current.Load(), n.srv.opts.Clock.Now())
 	var fuseFlags uint32
 	fuseFlags, h.cached = n.cache.open(h.gen)
 	n.srv.reportOpen(ctx, n, caller, ResultOK)

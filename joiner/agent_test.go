@@ -24,6 +24,7 @@ import (
 
 	"github.com/midfs/midfs/auth"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/joiner"
 )
 
@@ -132,7 +133,7 @@ func join(t *testing.T, cfg joiner.Config) *joiner.Agent {
 // runner runs an agent's loop on a fake clock and collects what it publishes.
 type runner struct {
 	t      *testing.T
-	clock  *joiner.FakeClock
+	clock  *clock.Fake
 	ag     *joiner.Agent
 	mu     sync.Mutex
 	pubs   []*identity.Identity
@@ -141,7 +142,7 @@ type runner struct {
 	done   chan struct{}
 }
 
-func run(t *testing.T, ag *joiner.Agent, clock *joiner.FakeClock) *runner {
+func run(t *testing.T, ag *joiner.Agent, clock *clock.Fake) *runner {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &runner{t: t, clock: clock, ag: ag, cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -201,7 +202,7 @@ func TestJoinRenewOutputIdentity(t *testing.T) {
 	}
 	token := a.addBot(t, "robot")
 	log, logs := newLog(t)
-	clock := joiner.NewFakeClock(time.Now())
+	clock := clock.NewFake(time.Now())
 	cfg := config(a, token, log)
 	cfg.Clock = clock
 	ag := join(t, cfg)
@@ -483,7 +484,7 @@ func TestCopiedIdentityLocksBot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := joiner.NewFakeClock(time.Now())
+	clock := clock.NewFake(time.Now())
 	cfg := config(a, a.addBot(t, "robot"), log)
 	cfg.Store, cfg.Clock = store, clock
 	ag := join(t, cfg)
@@ -535,10 +536,10 @@ func TestExpiredBotIdentityNeedsNewToken(t *testing.T) {
 
 // joinOnFakeClock joins a fresh bot "robot" of a with a fake clock, for
 // tests that drive the renewal loop's timers by hand.
-func joinOnFakeClock(t *testing.T, a *authority) (*joiner.Agent, *joiner.FakeClock) {
+func joinOnFakeClock(t *testing.T, a *authority) (*joiner.Agent, *clock.Fake) {
 	t.Helper()
 	log, _ := newLog(t)
-	clock := joiner.NewFakeClock(time.Now())
+	clock := clock.NewFake(time.Now())
 	cfg := config(a, a.addBot(t, "robot"), log)
 	cfg.Clock = clock
 	return join(t, cfg), clock

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/identity/clock"
 )
 
 // Defaults, as Teleport's tbot has them.
@@ -70,7 +71,7 @@ type Config struct {
 	JoinTimeout   time.Duration // how long to retry network errors at start
 	Store         Store         // where the bot identity survives a restart; default memory
 	Logger        *slog.Logger
-	Clock         Clock
+	Clock         clock.Clock // default clock.Real()
 }
 
 // Validate checks the configuration without contacting anyone, so that a
@@ -109,7 +110,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger = slog.Default()
 	}
 	if c.Clock == nil {
-		c.Clock = RealClock()
+		c.Clock = clock.Real()
 	}
 	bad := func(format string, args ...any) (Config, error) {
 		return c, &kindError{kind: ErrConfig, msg: fmt.Sprintf(format, args...)}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -26,7 +27,7 @@ import (
 type Agent struct {
 	cfg       Config
 	log       *slog.Logger
-	clock     Clock
+	clock     clock.Clock
 	pins      []string
 	keys      *identity.KeySource
 	tokenHash string

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/joiner"
 )
 
@@ -104,7 +105,7 @@ func TestRenewalSurvivesLostAnswer(t *testing.T) {
 	a := startAuth(t, "", "")
 	proxy := newLossyProxy(t, a.Addr())
 	log, _ := newLog(t)
-	clock := joiner.NewFakeClock(time.Now())
+	clock := clock.NewFake(time.Now())
 	cfg := config(a, a.addBot(t, "robot"), log)
 	cfg.AuthServer, cfg.Clock = proxy.addr(), clock
 	ag := join(t, cfg)
@@ -134,7 +135,7 @@ func loseRenewalAndStop(t *testing.T, a *authority, store, copyTo joiner.Store) 
 	t.Helper()
 	proxy := newLossyProxy(t, a.Addr())
 	log, _ := newLog(t)
-	clock := joiner.NewFakeClock(time.Now())
+	clock := clock.NewFake(time.Now())
 	cfg := config(a, a.addBot(t, "robot"), log)
 	cfg.AuthServer, cfg.Clock, cfg.Store = proxy.addr(), clock, store
 	ag := join(t, cfg)

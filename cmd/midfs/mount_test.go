@@ -22,6 +22,7 @@ import (
 	"github.com/midfs/midfs/auth"
 	"github.com/midfs/midfs/fs"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/joiner"
 )
 
@@ -318,21 +319,11 @@ func listDir(t *testing.T, dir string) []string {
 	return names
 }
 
-func requireFUSE(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for FUSE mounts with allow_other")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
-	}
-}
-
 // The whole agent lifetime against a real authority: mount, ls, SIGHUP,
 // SIGKILL (stale mount cleaned up by the next mount, which restarts from
 // the stored bot identity without a token), SIGTERM (unmounted, exit 0).
 func TestMountLifecycle(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	s := startAuth(t)
 	if err := s.AddNode(context.Background(), identity.Node{Name: "web", Addr: "127.0.0.1:3022", Labels: map[string]string{"env": "prod"}}); err != nil {
 		t.Fatal(err)
@@ -398,7 +389,7 @@ func TestMountLifecycle(t *testing.T) {
 // Without --auth-server the agent runs its own authority; the admin
 // commands work against its data dir while it runs.
 func TestMountEmbeddedAuthority(t *testing.T) {
-	requireFUSE(t)
+	testenv.RequireFUSE(t)
 	dir, data := t.TempDir(), filepath.Join(t.TempDir(), "state")
 	a := startAgent(t, dir, "--data-dir="+data)
 	a.waitMounted(t, dir)

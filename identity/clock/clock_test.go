@@ -1,12 +1,12 @@
-package joiner
+package clock
 
 import (
 	"testing"
 	"time"
 )
 
-func TestFakeClockFiresInOrder(t *testing.T) {
-	c := NewFakeClock(time.Unix(1000, 0))
+func TestFakeFiresInOrder(t *testing.T) {
+	c := NewFake(time.Unix(1000, 0))
 	t1, t2 := c.NewTimer(time.Second), c.NewTimer(time.Minute)
 	c.Advance(30 * time.Second)
 	select {
@@ -27,17 +27,5 @@ func TestFakeClockFiresInOrder(t *testing.T) {
 	case <-t2.C():
 		t.Fatal("stopped timer fired")
 	default:
-	}
-}
-
-func TestBackoffStaysWithinLimits(t *testing.T) {
-	for f := 1; f < 20; f++ {
-		d := backoff(f, 20*time.Minute)
-		if d <= 0 || d > time.Minute {
-			t.Fatalf("backoff(%d) = %v, want in (0, 1m]", f, d)
-		}
-	}
-	if d := backoff(10, 100*time.Millisecond); d > 100*time.Millisecond {
-		t.Fatalf("backoff with a 100ms interval = %v, want at most the interval", d)
 	}
 }

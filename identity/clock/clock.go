@@ -1,4 +1,9 @@
-package joiner
+// Package clock is the one time source of midfs: the authority, the joiner
+// and the filesystem read the time through a Clock, so that tests move time
+// forward with a Fake instead of sleeping. It imports only the standard
+// library and sits under identity, the package every side may already
+// import, so using it adds no edge to the dependency graph.
+package clock
 
 import (
 	"sort"
@@ -6,21 +11,20 @@ import (
 	"time"
 )
 
-// Clock is the time source of the renewal loop, so that tests can move
-// time forward instead of sleeping.
+// Clock tells the time and makes timers.
 type Clock interface {
 	Now() time.Time
 	NewTimer(d time.Duration) Timer
 }
 
-// Timer is the part of *time.Timer the loop uses.
+// Timer is the part of *time.Timer that callers use.
 type Timer interface {
 	C() <-chan time.Time
 	Stop() bool
 }
 
-// RealClock is the system clock.
-func RealClock() Clock { return realClock{} }
+// Real is the system clock.
+func Real() Clock { return realClock{} }
 
 type realClock struct{}
 
@@ -32,22 +36,22 @@ type realTimer struct{ t *time.Timer }
 func (t realTimer) C() <-chan time.Time { return t.t.C }
 func (t realTimer) Stop() bool          { return t.t.Stop() }
 
-// FakeClock is a Clock that moves only when told to. Timers fire when
-// Advance or Set carries the clock past their deadline.
-type FakeClock struct {
+// Fake is a Clock that moves only when told to. Timers fire when Advance or
+// Set carries the clock past their deadline.
+type Fake struct {
 	mu      sync.Mutex
 	now     time.Time
 	timers  []*fakeTimer
 	changed chan struct{} // closed and replaced whenever the set of timers changes
 }
 
-// NewFakeClock starts at t.
-func NewFakeClock(t time.Time) *FakeClock {
-	return &FakeClock{now: t, changed: make(chan struct{})}
+// NewFake starts a Fake at t.
+func NewFake(t time.Time) *Fake {
+	return &Fake{now: t, changed: make(chan struct{})}
 }
 
 type fakeTimer struct {
-	c        *FakeClock
+	c        *Fake
 	deadline time.Time
 	ch       chan time.Time
 }
@@ -61,14 +65,14 @@ func (t *fakeTimer) Stop() bool {
 }
 
 // Now returns the fake time.
-func (c *FakeClock) Now() time.Time {
+func (c *Fake) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.now
 }
 
 // NewTimer makes a timer that fires once the clock reaches now+d.
-func (c *FakeClock) NewTimer(d time.Duration) Timer {
+func (c *Fake) NewTimer(d time.Duration) Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := &fakeTimer{c: c, deadline: c.now.Add(d), ch: make(chan time.Time, 1)}
@@ -82,11 +86,11 @@ func (c *FakeClock) NewTimer(d time.Duration) Timer {
 }
 
 // Advance moves the clock forward by d, firing due timers.
-func (c *FakeClock) Advance(d time.Duration) { c.Set(c.Now().Add(d)) }
+func (c *Fake) Advance(d time.Duration) { c.Set(c.Now().Add(d)) }
 
 // Set moves the clock to t (a wall-clock jump, as after a suspend), firing
 // due timers.
-func (c *FakeClock) Set(t time.Time) {
+func (c *Fake) Set(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = t
@@ -99,15 +103,15 @@ func (c *FakeClock) Set(t time.Time) {
 }
 
 // Timers is the number of timers waiting to fire.
-func (c *FakeClock) Timers() int {
+func (c *Fake) Timers() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.timers)
 }
 
-// BlockUntil waits (in real time) until at least n timers are waiting:
-// the sign that the code under test has gone to sleep on this clock.
-func (c *FakeClock) BlockUntil(n int) {
+// BlockUntil waits (in real time) until at least n timers are waiting: the
+// sign that the code under test has gone to sleep on this clock.
+func (c *Fake) BlockUntil(n int) {
 	for {
 		c.mu.Lock()
 		if len(c.timers) >= n {
@@ -120,7 +124,7 @@ func (c *FakeClock) BlockUntil(n int) {
 	}
 }
 
-func (c *FakeClock) remove(t *fakeTimer) bool {
+func (c *Fake) remove(t *fakeTimer) bool {
 	for i, x := range c.timers {
 		if x == t {
 			c.timers = append(c.timers[:i], c.timers[i+1:]...)
@@ -131,7 +135,7 @@ func (c *FakeClock) remove(t *fakeTimer) bool {
 	return false
 }
 
-func (c *FakeClock) notify() {
+func (c *Fake) notify() {
 	close(c.changed)
 	c.changed = make(chan struct{})
 }
