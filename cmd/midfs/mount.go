@@ -20,6 +20,7 @@ import (
 	"github.com/midfs/midfs/fs"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/joiner"
+	"github.com/midfs/midfs/service/harden"
 )
 
 // agentCommands are the commands of the agent: mount and ls.
@@ -251,7 +252,7 @@ func runMount(c *cli.Context) error {
 		return fail(exitFUSE, err)
 	}
 	// Before the first key exists.
-	harden(log)
+	harden.Process(log)
 
 	if p.embedded {
 		authority, err := startEmbedded(ctx, p, svc)
@@ -315,7 +316,7 @@ func runMount(c *cli.Context) error {
 	log.Info("mounted", "dir", p.dir, "bot", st.BotName, "cluster", st.ClusterName,
 		"expires", st.Expires.Format(time.RFC3339), "nodes", len(nodes), "auth_server", p.join.AuthServer)
 	// Start-up is over: give back the pages of code only it used.
-	releaseStartupPages(log)
+	harden.ReleaseStartupPages(log)
 
 	for {
 		select {
