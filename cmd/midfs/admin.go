@@ -18,6 +18,7 @@ import (
 
 	"github.com/midfs/midfs/auth"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/service/diag"
 )
 
 // adminCommands are the tctl-like commands of the authority.
@@ -262,11 +263,11 @@ func authStart(c *cli.Context) error {
 	if err != nil {
 		return fail(exitAuthority, err)
 	}
-	svc.watchAuthority(func() health {
+	svc.watchAuthority(func() diag.Health {
 		if err := s.Check(context.Background()); err != nil {
-			return health{Status: unhealthy, Reason: err.Error(), UpdatedAt: time.Now()}
+			return diag.Health{Status: diag.Unhealthy, Reason: err.Error(), UpdatedAt: time.Now()}
 		}
-		return health{Status: healthy, UpdatedAt: time.Now()}
+		return diag.Health{Status: diag.Healthy, UpdatedAt: time.Now()}
 	})
 	svc.ready("serving " + s.ClusterName() + " on " + s.Addr())
 	<-ctx.Done()

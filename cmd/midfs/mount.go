@@ -20,6 +20,7 @@ import (
 	"github.com/midfs/midfs/fs"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/joiner"
+	"github.com/midfs/midfs/service/diag"
 	"github.com/midfs/midfs/service/harden"
 )
 
@@ -299,7 +300,7 @@ func runMount(c *cli.Context) error {
 		}
 	}()
 
-	svc.watchAgent(func() agentStatus { return agentStatusOf(agent.Status()) })
+	svc.watchAgent(func() diag.AgentStatus { return agentStatusOf(agent.Status()) })
 	runCtx, stopRun := context.WithCancel(context.Background())
 	ran := make(chan struct{})
 	go func() {
@@ -351,8 +352,8 @@ func joinFailure(err error) error {
 }
 
 // agentStatusOf adapts the joiner's status for diagnostics.
-func agentStatusOf(st joiner.Status) agentStatus {
-	a := agentStatus{
+func agentStatusOf(st joiner.Status) diag.AgentStatus {
+	a := diag.AgentStatus{
 		Expires: st.Expires, LastRenewal: st.LastRenewal, LastAttempt: st.LastRenewal,
 		Renewals: st.Renewals, Failures: st.RenewalsFailed,
 	}

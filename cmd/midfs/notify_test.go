@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/midfs/midfs/service/diag"
 )
 
 // listenNotify is systemd's side: a unixgram socket that collects datagrams.
@@ -86,7 +88,7 @@ func TestNotifyBadSocketSaysSo(t *testing.T) {
 
 func TestAgentStatusLine(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.Local)
-	st := agentStatus{Expires: now.Add(time.Hour)}
+	st := diag.AgentStatus{Expires: now.Add(time.Hour)}
 	if got := agentStatusLine(st, now); got != "identity expires at 2026-01-02 04:04:05" {
 		t.Errorf("got %q", got)
 	}

@@ -4,12 +4,17 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
+
+	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/service/diag"
 )
 
 // The long-running commands (mount, auth start) run as services: they read
@@ -75,7 +80,7 @@ func wrapService(cmd *cli.Command, extraKeys ...string) {
 	cmd.Action = func(c *cli.Context) error {
 		svc := serviceOf(c)
 		if addr := c.String("diag-addr"); addr != "" {
-			if err := svc.diag.serve(addr); err != nil {
+			if err := serveDiag(svc.diag, addr); err != nil {
 				return err
 			}
 		}
@@ -91,12 +96,29 @@ func wrapService(cmd *cli.Command, extraKeys ...string) {
 	}
 }
 
+// diagMaxConns caps the diagnostics server's connections: a few health
+// checkers and scrapers at a time.
+const diagMaxConns = 64
+
+// serveDiag serves d on --diag-addr, with the authority's connection
+// limiter: any local user can connect, and a flood of idle connections
+// must not take the descriptors the process needs for its real work.
+func serveDiag(d *diag.Server, addr string) error {
+	err := d.Serve(addr, func(srv *http.Server, ln net.Listener) net.Listener {
+		return auth.LimitConnections(srv, ln, diagMaxConns, nil)
+	})
+	if err != nil {
+		return failf(exitUsage, "cannot serve diagnostics on --diag-addr=%s: %v", addr, err)
+	}
+	return nil
+}
+
 type serviceKey struct{}
 
 // service is one run of a long-running command as a service.
 type service struct {
 	notify    *notifier
-	diag      *diag
+	diag      *diag.Server
 	child     *helperChild // set when the mount(8) helper started this process
 	config    *configFile
 	readyOnce sync.Once
@@ -110,7 +132,7 @@ type service struct {
 func newService(cf *configFile) *service {
 	return &service{
 		notify: newNotifier(),
-		diag:   newDiag(),
+		diag:   diag.New(),
 		child:  helperChildFromEnv(),
 		config: cf,
 		done:   make(chan struct{}),
@@ -126,14 +148,14 @@ func serviceOf(c *cli.Context) *service {
 			return s
 		}
 	}
-	return &service{notify: &notifier{}, diag: newDiag(), config: &configFile{}, done: make(chan struct{})}
+	return &service{notify: &notifier{}, diag: diag.New(), config: &configFile{}, done: make(chan struct{})}
 }
 
 // metrics is where components register their collectors.
-func (s *service) metrics() prometheus.Registerer { return s.diag.reg }
+func (s *service) metrics() prometheus.Registerer { return s.diag.Metrics() }
 
 // onOpen counts an open of a served file; fs.Options.OnOpen.
-func (s *service) onOpen(file, result string) { s.diag.onOpen(file, result) }
+func (s *service) onOpen(file, result string) { s.diag.OnOpen(file, result) }
 
 // mountpoint is the command's MOUNTPOINT argument, or the config file's
 // mountpoint: key (systemd's templated unit has only the file).
@@ -146,8 +168,8 @@ func (s *service) mountpoint(c *cli.Context) string {
 
 // watchAgent serves the agent's health and metrics from status and keeps
 // systemd's STATUS= line current.
-func (s *service) watchAgent(status func() agentStatus) {
-	s.diag.watchAgent(status)
+func (s *service) watchAgent(status func() diag.AgentStatus) {
+	s.diag.WatchAgent(status)
 	if !s.notify.enabled() {
 		return
 	}
@@ -166,7 +188,7 @@ func (s *service) watchAgent(status func() agentStatus) {
 }
 
 // agentStatusLine is the one line `systemctl status` shows.
-func agentStatusLine(st agentStatus, now time.Time) string {
+func agentStatusLine(st diag.AgentStatus, now time.Time) string {
 	if st.Expires.IsZero() {
 		return "joining"
 	}
@@ -181,7 +203,7 @@ func agentStatusLine(st agentStatus, now time.Time) string {
 }
 
 // watchAuthority makes check the authority's /readyz component.
-func (s *service) watchAuthority(check func() health) { s.diag.addCheck("authority", check) }
+func (s *service) watchAuthority(check func() diag.Health) { s.diag.AddCheck("authority", check) }
 
 // mounted is called once the tree is mounted at dir. A separate process
 // (the daemon must never touch its own mount) lists and reads it; then the
@@ -234,7 +256,7 @@ func (s *service) close() {
 	s.closeOnce.Do(func() {
 		s.stopping()
 		close(s.done)
-		s.diag.close()
+		s.diag.Close()
 	})
 }
 
