@@ -23,12 +23,13 @@ import (
 	"github.com/midfs/midfs/fs"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/joiner"
+	"github.com/midfs/midfs/service/mounthelper"
 )
 
 // TestMain lets tests run this test binary as the midfs binary (and as the
 // mount probe it starts): a child with MIDFS_TEST_MAIN=1 runs main's run.
 func TestMain(m *testing.M) {
-	if os.Getenv("MIDFS_TEST_MAIN") == "1" || filepath.Base(os.Args[0]) == probeArgv0 {
+	if os.Getenv("MIDFS_TEST_MAIN") == "1" || filepath.Base(os.Args[0]) == mounthelper.ProbeArgv0 {
 		os.Exit(run(os.Args))
 	}
 	os.Exit(m.Run())

@@ -15,6 +15,7 @@ import (
 
 	"github.com/midfs/midfs/auth"
 	"github.com/midfs/midfs/service/diag"
+	"github.com/midfs/midfs/service/mounthelper"
 )
 
 // The long-running commands (mount, auth start) run as services: they read
@@ -119,7 +120,7 @@ type serviceKey struct{}
 type service struct {
 	notify    *notifier
 	diag      *diag.Server
-	child     *helperChild // set when the mount(8) helper started this process
+	child     *mounthelper.Child // set when the mount(8) helper started this process
 	config    *configFile
 	readyOnce sync.Once
 	stopOnce  sync.Once
@@ -133,7 +134,7 @@ func newService(cf *configFile) *service {
 	return &service{
 		notify: newNotifier(),
 		diag:   diag.New(),
-		child:  helperChildFromEnv(),
+		child:  mounthelper.ChildFromEnv(),
 		config: cf,
 		done:   make(chan struct{}),
 	}
@@ -223,7 +224,7 @@ func (s *service) ready(status string) {
 			slog.Warn("cannot tell systemd we are ready", "err", err)
 		}
 		if s.child != nil {
-			s.child.signalReady()
+			s.child.SignalReady()
 		}
 	})
 }
@@ -260,10 +261,6 @@ func (s *service) close() {
 	})
 }
 
-// The mount probe runs in a child process: the same binary, recognised by
-// its argv[0], so no command of the CLI is spent on it.
-const probeArgv0 = "midfs-probe-mount"
-
 func probeMountChild(dir string) error {
 	exe, err := os.Executable()
 	if err != nil {
@@ -271,5 +268,5 @@ func probeMountChild(dir string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	return runProbe(ctx, exe, dir)
+	return mounthelper.Probe(ctx, exe, dir)
 }
