@@ -258,20 +258,20 @@ func authStart(c *cli.Context) error {
 		InsecureTestMode: c.Bool("insecure-test-mode"),
 		Version:          version,
 		Logger:           slog.Default().With("component", "auth"),
-		Metrics:          svc.metrics(),
+		Metrics:          svc.Metrics(),
 	})
 	if err != nil {
 		return fail(exitAuthority, err)
 	}
-	svc.watchAuthority(func() diag.Health {
+	svc.WatchAuthority(func() diag.Health {
 		if err := s.Check(context.Background()); err != nil {
 			return diag.Health{Status: diag.Unhealthy, Reason: err.Error(), UpdatedAt: time.Now()}
 		}
 		return diag.Health{Status: diag.Healthy, UpdatedAt: time.Now()}
 	})
-	svc.ready("serving " + s.ClusterName() + " on " + s.Addr())
+	svc.Ready("serving " + s.ClusterName() + " on " + s.Addr())
 	<-ctx.Done()
-	svc.stopping()
+	svc.Stopping()
 	slog.Default().Info("stopping the authority", "cluster", s.ClusterName())
 	if err := s.Close(); err != nil {
 		return fail(exitFailure, err)

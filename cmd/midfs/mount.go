@@ -282,7 +282,7 @@ func runMount(c *cli.Context) error {
 	srv, err := fs.Mount(fs.Options{
 		Dir: p.dir, UID: p.uid, GID: p.gid, Readers: p.readers,
 		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer},
-		Logger: log, OnOpen: svc.onOpen, Debug: p.debug,
+		Logger: log, OnOpen: svc.OnOpen, Debug: p.debug,
 	}, &fs.Snapshot{Identity: id, Nodes: nodes})
 	if err != nil {
 		return failf(exitFUSE, "%v", err)
@@ -300,7 +300,7 @@ func runMount(c *cli.Context) error {
 		}
 	}()
 
-	svc.watchAgent(func() diag.AgentStatus { return agentStatusOf(agent.Status()) })
+	svc.WatchAgent(func() diag.AgentStatus { return agentStatusOf(agent.Status()) })
 	runCtx, stopRun := context.WithCancel(context.Background())
 	ran := make(chan struct{})
 	go func() {
@@ -311,7 +311,7 @@ func runMount(c *cli.Context) error {
 	}()
 	defer func() { stopRun(); <-ran }()
 
-	if err := svc.mounted(p.dir); err != nil {
+	if err := svc.Mounted(p.dir); err != nil {
 		return failf(exitFUSE, "%v", err)
 	}
 	log.Info("mounted", "dir", p.dir, "bot", st.BotName, "cluster", st.ClusterName,
@@ -323,11 +323,11 @@ func runMount(c *cli.Context) error {
 		select {
 		case <-ctx.Done():
 			log.Info("stopping: unmounting", "dir", p.dir)
-			svc.stopping()
+			svc.Stopping()
 			return nil
 		case <-unmounted:
 			log.Warn("unmounted from outside; stopping", "dir", p.dir)
-			svc.stopping()
+			svc.Stopping()
 			return nil
 		case <-hup:
 			log.Info("SIGHUP: renewing now")
@@ -369,10 +369,10 @@ func agentStatusOf(st joiner.Status) diag.AgentStatus {
 // startEmbedded runs an authority in this process, makes (or refreshes) a
 // bot for this machine and points the join at it over loopback. The bot
 // joins with a fresh token at every start, so nothing is stored.
-func startEmbedded(ctx context.Context, p *mountPlan, svc *service) (*auth.Server, error) {
+func startEmbedded(ctx context.Context, p *mountPlan, svc *running) (*auth.Server, error) {
 	s, err := auth.Start(ctx, auth.Config{
 		DataDir: p.dataDir, Listen: "127.0.0.1:0", Version: version,
-		Logger: slog.Default().With("component", "auth"), Metrics: svc.metrics(),
+		Logger: slog.Default().With("component", "auth"), Metrics: svc.Metrics(),
 	})
 	if err != nil {
 		return nil, failf(exitAuthority, "cannot start the embedded authority in %s: %v; give --data-dir=DIR to use another directory, or --auth-server=HOST:PORT to join a running authority", p.dataDir, err)
