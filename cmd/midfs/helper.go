@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/service/mounthelper"
 )
@@ -39,7 +40,7 @@ func looksLikeHelperCall(args []string) bool {
 	if len(args) < 3 || strings.HasPrefix(args[1], "-") || !filepath.IsAbs(args[2]) {
 		return false
 	}
-	return findCommand(newApp().Commands, args[1]) == nil
+	return cliconfig.FindCommand(newApp().Commands, args[1]) == nil
 }
 
 func runHelper(args []string) int {
@@ -65,11 +66,11 @@ func runHelper(args []string) int {
 // mountFlagLookup finds the flags of `midfs mount` that mount options name.
 func mountFlagLookup() mounthelper.FlagLookup {
 	var flags []cli.Flag
-	if c := findCommand(newApp().Commands, "mount"); c != nil {
+	if c := cliconfig.FindCommand(newApp().Commands, "mount"); c != nil {
 		flags = c.Flags
 	}
 	return func(name string) (string, bool, bool) {
-		f := findFlag(flags, name)
+		f := cliconfig.FindFlag(flags, name)
 		if f == nil {
 			return "", false, false
 		}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
 	"github.com/midfs/midfs/fs"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/joiner"
@@ -42,11 +43,11 @@ func parseMountArgs(t *testing.T, args ...string) (*mountPlan, error) {
 	app := newApp()
 	var plan *mountPlan
 	var perr error
-	findCommand(app.Commands, "mount").Action = func(c *cli.Context) error {
+	cliconfig.FindCommand(app.Commands, "mount").Action = func(c *cli.Context) error {
 		plan, perr = parseMount(c, c.Args().First())
 		return nil
 	}
-	if err := app.Run(permuteArgs(app, append([]string{"midfs", "mount"}, args...))); err != nil {
+	if err := app.Run(cliconfig.PermuteArgs(app, append([]string{"midfs", "mount"}, args...))); err != nil {
 		t.Fatalf("parse %q: %v", args, err)
 	}
 	return plan, perr
@@ -94,11 +95,11 @@ func TestMountReadsTheTokenFromAFileOrStandardInput(t *testing.T) {
 	app := newApp()
 	app.Reader = strings.NewReader("piped-token\n")
 	var plan *mountPlan
-	findCommand(app.Commands, "mount").Action = func(c *cli.Context) (err error) {
+	cliconfig.FindCommand(app.Commands, "mount").Action = func(c *cli.Context) (err error) {
 		plan, err = parseMount(c, c.Args().First())
 		return err
 	}
-	if err := app.Run(permuteArgs(app, append([]string{"midfs", "mount", "/m", "--token=-"}, auth...))); err != nil || plan.join.Token != "piped-token" {
+	if err := app.Run(cliconfig.PermuteArgs(app, append([]string{"midfs", "mount", "/m", "--token=-"}, auth...))); err != nil || plan.join.Token != "piped-token" {
 		t.Errorf("--token=-: plan %+v, err %v", plan, err)
 	}
 }

@@ -10,8 +10,10 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/midfs/midfs/service/mounthelper"
 	"github.com/urfave/cli/v2"
+
+	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
+	"github.com/midfs/midfs/service/mounthelper"
 )
 
 // stubbedApp is newApp with the long-running actions replaced, so a test
@@ -22,8 +24,8 @@ func stubbedApp(t *testing.T, onRun func(c *cli.Context)) *cli.App {
 	app := newApp()
 	app.Writer = &bytes.Buffer{}
 	stub := func(c *cli.Context) error { onRun(c); return nil }
-	mount := findCommand(app.Commands, "mount")
-	start := findCommand(findCommand(app.Commands, "auth").Subcommands, "start")
+	mount := cliconfig.FindCommand(app.Commands, "mount")
+	start := cliconfig.FindCommand(cliconfig.FindCommand(app.Commands, "auth").Subcommands, "start")
 	if mount == nil || start == nil {
 		t.Fatal("mount and auth start must exist")
 	}
@@ -61,7 +63,7 @@ func TestContribExampleConfigsLoad(t *testing.T) {
 				}
 			})
 			args := append(append([]string{"midfs"}, tc.args...), "--config", filepath.Join("..", "..", "contrib", tc.file))
-			if err := app.Run(permuteArgs(app, args)); err != nil {
+			if err := app.Run(cliconfig.PermuteArgs(app, args)); err != nil {
 				t.Fatal(err)
 			}
 			if !ran {
@@ -76,16 +78,16 @@ func TestContribExampleConfigsLoad(t *testing.T) {
 func TestEveryFlagHasAConfigKey(t *testing.T) {
 	app := newApp()
 	for _, path := range [][]string{{"mount"}, {"auth", "start"}} {
-		cmd := findCommand(app.Commands, path[0])
+		cmd := cliconfig.FindCommand(app.Commands, path[0])
 		if len(path) > 1 {
-			cmd = findCommand(cmd.Subcommands, path[1])
+			cmd = cliconfig.FindCommand(cmd.Subcommands, path[1])
 		}
 		ctx := cli.NewContext(app, nil, nil)
 		ctx.Command = cmd
 		for _, f := range cmd.Flags {
 			name := f.Names()[0]
 			key := strings.ReplaceAll(name, "-", "_")
-			got, gotName := configFlag(ctx, key)
+			got, gotName := cliconfig.FlagForKey(ctx, key)
 			if name == "config" {
 				continue
 			}

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
 	"github.com/midfs/midfs/service"
 	"github.com/midfs/midfs/service/diag"
 )
@@ -30,11 +32,11 @@ import (
 // addServiceFlags adds --config and --diag-addr to mount and auth start,
 // and the service commands (completion, cleanup). Call it before addEnvVars.
 func addServiceFlags(app *cli.App) {
-	if c := findCommand(app.Commands, "mount"); c != nil {
+	if c := cliconfig.FindCommand(app.Commands, "mount"); c != nil {
 		wrapService(c, "mountpoint")
 	}
-	if a := findCommand(app.Commands, "auth"); a != nil {
-		if s := findCommand(a.Subcommands, "start"); s != nil {
+	if a := cliconfig.FindCommand(app.Commands, "auth"); a != nil {
+		if s := cliconfig.FindCommand(a.Subcommands, "start"); s != nil {
 			wrapService(s)
 		}
 	}
@@ -44,13 +46,13 @@ func addServiceFlags(app *cli.App) {
 // wrapService adds the service flags to cmd and runs its Action inside a
 // service: config applied before, diagnostics served during, STOPPING after.
 func wrapService(cmd *cli.Command, extraKeys ...string) {
-	if findFlag(cmd.Flags, "config") == nil {
+	if cliconfig.FindFlag(cmd.Flags, "config") == nil {
 		cmd.Flags = append(cmd.Flags, &cli.StringFlag{
 			Name: "config", Aliases: []string{"c"},
 			Usage: "YAML `FILE` whose keys are this command's flag names with underscores; flags and MIDFS_* variables override it",
 		})
 	}
-	if findFlag(cmd.Flags, "diag-addr") == nil {
+	if cliconfig.FindFlag(cmd.Flags, "diag-addr") == nil {
 		cmd.Flags = append(cmd.Flags, &cli.StringFlag{
 			Name:  "diag-addr",
 			Usage: "serve /livez, /readyz and /metrics over plain HTTP on `HOST:PORT`, e.g. 127.0.0.1:3001 (keep it on loopback)",
@@ -58,9 +60,16 @@ func wrapService(cmd *cli.Command, extraKeys ...string) {
 	}
 	before, action := cmd.Before, cmd.Action
 	cmd.Before = func(c *cli.Context) error {
-		cf, err := loadConfig(c, extraKeys...)
+		cf, err := cliconfig.Load(c, extraKeys...)
 		if err != nil {
-			return err
+			return fail(exitUsage, err)
+		}
+		// log_level and log_format are app-wide: the file's choice holds
+		// from here on.
+		if cf.LogChanged() {
+			if err := setupLogging(c); err != nil {
+				return err
+			}
 		}
 		svc := &running{Service: service.New(), config: cf}
 		if c.Context == nil {
@@ -83,7 +92,7 @@ func wrapService(cmd *cli.Command, extraKeys ...string) {
 		if action == nil {
 			return nil
 		}
-		err := svc.config.annotate(action(c))
+		err := annotate(svc.config, action(c))
 		if err != nil {
 			svc.Status("failed: " + err.Error())
 		}
@@ -114,7 +123,7 @@ type serviceKey struct{}
 // runs as, and the config file it read.
 type running struct {
 	*service.Service
-	config *configFile
+	config *cliconfig.File
 }
 
 // serviceOf returns the service the command runs in. Outside a wrapped
@@ -126,7 +135,7 @@ func serviceOf(c *cli.Context) *running {
 			return s
 		}
 	}
-	return &running{Service: service.Quiet(), config: &configFile{}}
+	return &running{Service: service.Quiet(), config: &cliconfig.File{}}
 }
 
 // mountpoint is the command's MOUNTPOINT argument, or the config file's
@@ -135,5 +144,18 @@ func (s *running) mountpoint(c *cli.Context) string {
 	if m := c.Args().First(); m != "" {
 		return m
 	}
-	return s.config.extras["mountpoint"]
+	return s.config.Extra("mountpoint")
+}
+
+// annotate points a usage error about a flag the config file set at the
+// file's line.
+func annotate(cf *cliconfig.File, err error) error {
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != exitUsage {
+		return err
+	}
+	if msg, ok := cf.Annotate(ee.Error()); ok {
+		return failf(exitUsage, "%s", msg)
+	}
+	return err
 }
