@@ -18,6 +18,7 @@ import (
 
 	"github.com/midfs/midfs/auth"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/service/diag"
 )
 
 // adminCommands are the tctl-like commands of the authority.
@@ -257,20 +258,20 @@ func authStart(c *cli.Context) error {
 		InsecureTestMode: c.Bool("insecure-test-mode"),
 		Version:          version,
 		Logger:           slog.Default().With("component", "auth"),
-		Metrics:          svc.metrics(),
+		Metrics:          svc.Metrics(),
 	})
 	if err != nil {
 		return fail(exitAuthority, err)
 	}
-	svc.watchAuthority(func() health {
+	svc.WatchAuthority(func() diag.Health {
 		if err := s.Check(context.Background()); err != nil {
-			return health{Status: unhealthy, Reason: err.Error(), UpdatedAt: time.Now()}
+			return diag.Health{Status: diag.Unhealthy, Reason: err.Error(), UpdatedAt: time.Now()}
 		}
-		return health{Status: healthy, UpdatedAt: time.Now()}
+		return diag.Health{Status: diag.Healthy, UpdatedAt: time.Now()}
 	})
-	svc.ready("serving " + s.ClusterName() + " on " + s.Addr())
+	svc.Ready("serving " + s.ClusterName() + " on " + s.Addr())
 	<-ctx.Done()
-	svc.stopping()
+	svc.Stopping()
 	slog.Default().Info("stopping the authority", "cluster", s.ClusterName())
 	if err := s.Close(); err != nil {
 		return fail(exitFailure, err)

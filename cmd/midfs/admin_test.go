@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -67,7 +68,7 @@ func runCLI(t *testing.T, dataDir string, args ...string) cliResult {
 	if dataDir != "" {
 		full = append(full, "--data-dir", dataDir)
 	}
-	err := app.Run(permuteArgs(app, full))
+	err := app.Run(cliconfig.PermuteArgs(app, full))
 	r := cliResult{out: out.String()}
 	if err != nil {
 		r.code, r.err = exitFailure, err.Error()
@@ -88,10 +89,10 @@ func mustCLI(t *testing.T, dataDir string, args ...string) string {
 }
 
 func TestBotsAddFlagsAfterName(t *testing.T) {
-	got := permuteArgs(newApp(), []string{"midfs", "bots", "add", "robot", "--roles=access", "--logins=root"})
+	got := cliconfig.PermuteArgs(newApp(), []string{"midfs", "bots", "add", "robot", "--roles=access", "--logins=root"})
 	want := []string{"midfs", "bots", "add", "--roles=access", "--logins=root", "robot"}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("permuteArgs = %q, want %q", got, want)
+		t.Errorf("PermuteArgs = %q, want %q", got, want)
 	}
 
 	s := startAuth(t)

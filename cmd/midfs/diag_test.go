@@ -2,41 +2,26 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	"github.com/midfs/midfs/service/diag"
 )
 
-// fakeAgent stands in for the joiner's status, changed by the test.
-type fakeAgent struct {
-	mu sync.Mutex
-	st agentStatus
-}
-
-func (f *fakeAgent) status() agentStatus { f.mu.Lock(); defer f.mu.Unlock(); return f.st }
-func (f *fakeAgent) set(fn func(*agentStatus)) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	fn(&f.st)
-}
-
-func serveDiag(t *testing.T, d *diag) string {
+// serveWired serves d as --diag-addr does: with the connection limit.
+func serveWired(t *testing.T, d *diag.Server) string {
 	t.Helper()
-	if err := d.serve("127.0.0.1:0"); err != nil {
+	if err := serveDiag(d, "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(d.close)
-	return "http://" + d.addr
+	t.Cleanup(d.Close)
+	return "http://" + d.Addr()
 }
 
 func get(t *testing.T, url string) (int, string) {
@@ -50,133 +35,13 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-func readyzOf(t *testing.T, base string) (int, readyz) {
-	t.Helper()
-	code, body := get(t, base+"/readyz")
-	var r readyz
-	if err := json.Unmarshal([]byte(body), &r); err != nil {
-		t.Fatalf("/readyz is not JSON: %v: %s", err, body)
-	}
-	return code, r
-}
-
-func TestReadyzFollowsTheAgent(t *testing.T) {
-	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-	d := newDiag()
-	d.now = func() time.Time { return now }
-	agent := &fakeAgent{}
-	base := serveDiag(t, d)
-
-	if code, _ := readyzOf(t, base); code != http.StatusServiceUnavailable {
-		t.Fatalf("no component registered yet: want 503, got %d", code)
-	}
-	d.watchAgent(agent.status)
-	code, r := readyzOf(t, base)
-	if code != 503 || r.Status != initializing || r.Services["identity"].Status != initializing {
-		t.Fatalf("before the first identity: %d %+v", code, r)
-	}
-
-	agent.set(func(s *agentStatus) {
-		s.Expires, s.LastRenewal, s.LastAttempt, s.Renewals = now.Add(time.Hour), now, now, 1
-	})
-	if code, r = readyzOf(t, base); code != 200 || r.Status != healthy {
-		t.Fatalf("joined: %d %+v", code, r)
-	}
-
-	agent.set(func(s *agentStatus) { s.LastError, s.Renewals, s.Failures = "authority unreachable", 2, 1 })
-	code, r = readyzOf(t, base)
-	if code != 503 || r.Services["renewal"].Status != unhealthy || !strings.Contains(r.Services["renewal"].Reason, "authority unreachable") {
-		t.Fatalf("renewals failing: %d %+v", code, r)
-	}
-	if r.Services["identity"].Status != healthy {
-		t.Fatalf("the identity is still valid: %+v", r.Services["identity"])
-	}
-
-	now = now.Add(2 * time.Hour)
-	code, r = readyzOf(t, base)
-	if code != 503 || r.Services["identity"].Status != unhealthy || !strings.Contains(r.Services["identity"].Reason, "expired") {
-		t.Fatalf("expired: %d %+v", code, r)
-	}
-	if c, body := get(t, base+"/readyz/identity"); c != 503 || !strings.Contains(body, "expired") {
-		t.Fatalf("/readyz/identity: %d %s", c, body)
-	}
-
-	agent.set(func(s *agentStatus) { s.Expires, s.LastRenewal, s.LastError = now.Add(time.Hour), now, "" })
-	if code, r = readyzOf(t, base); code != 200 {
-		t.Fatalf("recovered: %d %+v", code, r)
-	}
-	if c, body := get(t, base+"/readyz/nope"); c != 404 || !strings.Contains(body, "identity") {
-		t.Fatalf("/readyz/nope: %d %s", c, body)
-	}
-	if c, body := get(t, base+"/livez"); c != 200 || strings.TrimSpace(body) != "OK" {
-		t.Fatalf("/livez: %d %q", c, body)
-	}
-}
-
-func TestMetricsParseAndCount(t *testing.T) {
-	d := newDiag()
-	agent := &fakeAgent{}
-	exp := time.Unix(1_800_000_000, 0)
-	agent.set(func(s *agentStatus) { s.Expires, s.Renewals, s.Failures = exp, 7, 2 })
-	d.watchAgent(agent.status)
-	d.onOpen("key", "ok")
-	d.onOpen("key", "ok")
-	d.onOpen("identity", "denied")
-	base := serveDiag(t, d)
-
-	_, body := get(t, base+"/metrics")
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("/metrics does not parse: %v", err)
-	}
-	value := func(name string, labels map[string]string) float64 {
-		t.Helper()
-		f, ok := fams[name]
-		if !ok {
-			t.Fatalf("%s missing from /metrics", name)
-		}
-	next:
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if labels[l.GetName()] != l.GetValue() {
-					continue next
-				}
-			}
-			if m.Counter != nil {
-				return m.Counter.GetValue()
-			}
-			return m.Gauge.GetValue()
-		}
-		t.Fatalf("%s%v missing", name, labels)
-		return 0
-	}
-	if v := value("midfs_agent_renewals_total", nil); v != 7 {
-		t.Errorf("renewals_total %v", v)
-	}
-	if v := value("midfs_agent_renewals_failed_total", nil); v != 2 {
-		t.Errorf("renewals_failed_total %v", v)
-	}
-	if v := value("midfs_agent_identity_expiry_timestamp_seconds", nil); v != 1.8e9 {
-		t.Errorf("expiry %v", v)
-	}
-	if v := value("midfs_agent_opens_total", map[string]string{"file": "key", "result": "ok"}); v != 2 {
-		t.Errorf("opens key ok %v", v)
-	}
-	if v := value("midfs_agent_opens_total", map[string]string{"file": "identity", "result": "denied"}); v != 1 {
-		t.Errorf("opens identity denied %v", v)
-	}
-	if _, ok := fams["process_resident_memory_bytes"]; !ok {
-		t.Error("process metrics missing")
-	}
-}
-
 func TestDiagAddrInUseIsAUsageError(t *testing.T) {
-	first := newDiag()
-	base := serveDiag(t, first)
-	err := newDiag().serve(strings.TrimPrefix(base, "http://"))
-	if err == nil || !strings.Contains(err.Error(), "--diag-addr") {
-		t.Fatalf("want an error naming --diag-addr, got %v", err)
+	first := diag.New()
+	base := serveWired(t, first)
+	err := serveDiag(diag.New(), strings.TrimPrefix(base, "http://"))
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != exitUsage || !strings.Contains(err.Error(), "--diag-addr") {
+		t.Fatalf("want a usage error naming --diag-addr, got %v", err)
 	}
 }
 
@@ -184,7 +49,7 @@ func TestDiagAddrInUseIsAUsageError(t *testing.T) {
 // --diag-addr; a flood of idle connections holds at most diagMaxConns of
 // the process's descriptors, and the server still answers.
 func TestDiagIdleConnectionsAreBounded(t *testing.T) {
-	base := serveDiag(t, newDiag())
+	base := serveWired(t, diag.New())
 	addr := strings.TrimPrefix(base, "http://")
 	const idleHTTP, idleTCP = 200, 50
 	before := openFDs(t)

@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
 )
 
 // Set by the Makefile with -ldflags "-X main.version=... -X main.commit=...".
@@ -25,7 +27,7 @@ func run(args []string) int {
 		return code
 	}
 	app := newApp()
-	if err := app.Run(permuteArgs(app, args)); err != nil {
+	if err := app.Run(cliconfig.PermuteArgs(app, args)); err != nil {
 		return report(err)
 	}
 	return 0

@@ -20,6 +20,8 @@ import (
 	"github.com/midfs/midfs/fs"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/joiner"
+	"github.com/midfs/midfs/service/diag"
+	"github.com/midfs/midfs/service/harden"
 )
 
 // agentCommands are the commands of the agent: mount and ls.
@@ -251,7 +253,7 @@ func runMount(c *cli.Context) error {
 		return fail(exitFUSE, err)
 	}
 	// Before the first key exists.
-	harden(log)
+	harden.Process(log)
 
 	if p.embedded {
 		authority, err := startEmbedded(ctx, p, svc)
@@ -280,7 +282,7 @@ func runMount(c *cli.Context) error {
 	srv, err := fs.Mount(fs.Options{
 		Dir: p.dir, UID: p.uid, GID: p.gid, Readers: p.readers,
 		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer},
-		Logger: log, OnOpen: svc.onOpen, Debug: p.debug,
+		Logger: log, OnOpen: svc.OnOpen, Debug: p.debug,
 	}, &fs.Snapshot{Identity: id, Nodes: nodes})
 	if err != nil {
 		return failf(exitFUSE, "%v", err)
@@ -298,7 +300,7 @@ func runMount(c *cli.Context) error {
 		}
 	}()
 
-	svc.watchAgent(func() agentStatus { return agentStatusOf(agent.Status()) })
+	svc.WatchAgent(func() diag.AgentStatus { return agentStatusOf(agent.Status()) })
 	runCtx, stopRun := context.WithCancel(context.Background())
 	ran := make(chan struct{})
 	go func() {
@@ -309,23 +311,23 @@ func runMount(c *cli.Context) error {
 	}()
 	defer func() { stopRun(); <-ran }()
 
-	if err := svc.mounted(p.dir); err != nil {
+	if err := svc.Mounted(p.dir); err != nil {
 		return failf(exitFUSE, "%v", err)
 	}
 	log.Info("mounted", "dir", p.dir, "bot", st.BotName, "cluster", st.ClusterName,
 		"expires", st.Expires.Format(time.RFC3339), "nodes", len(nodes), "auth_server", p.join.AuthServer)
 	// Start-up is over: give back the pages of code only it used.
-	releaseStartupPages(log)
+	harden.ReleaseStartupPages(log)
 
 	for {
 		select {
 		case <-ctx.Done():
 			log.Info("stopping: unmounting", "dir", p.dir)
-			svc.stopping()
+			svc.Stopping()
 			return nil
 		case <-unmounted:
 			log.Warn("unmounted from outside; stopping", "dir", p.dir)
-			svc.stopping()
+			svc.Stopping()
 			return nil
 		case <-hup:
 			log.Info("SIGHUP: renewing now")
@@ -350,8 +352,8 @@ func joinFailure(err error) error {
 }
 
 // agentStatusOf adapts the joiner's status for diagnostics.
-func agentStatusOf(st joiner.Status) agentStatus {
-	a := agentStatus{
+func agentStatusOf(st joiner.Status) diag.AgentStatus {
+	a := diag.AgentStatus{
 		Expires: st.Expires, LastRenewal: st.LastRenewal, LastAttempt: st.LastRenewal,
 		Renewals: st.Renewals, Failures: st.RenewalsFailed,
 	}
@@ -367,10 +369,10 @@ func agentStatusOf(st joiner.Status) agentStatus {
 // startEmbedded runs an authority in this process, makes (or refreshes) a
 // bot for this machine and points the join at it over loopback. The bot
 // joins with a fresh token at every start, so nothing is stored.
-func startEmbedded(ctx context.Context, p *mountPlan, svc *service) (*auth.Server, error) {
+func startEmbedded(ctx context.Context, p *mountPlan, svc *running) (*auth.Server, error) {
 	s, err := auth.Start(ctx, auth.Config{
 		DataDir: p.dataDir, Listen: "127.0.0.1:0", Version: version,
-		Logger: slog.Default().With("component", "auth"), Metrics: svc.metrics(),
+		Logger: slog.Default().With("component", "auth"), Metrics: svc.Metrics(),
 	})
 	if err != nil {
 		return nil, failf(exitAuthority, "cannot start the embedded authority in %s: %v; give --data-dir=DIR to use another directory, or --auth-server=HOST:PORT to join a running authority", p.dataDir, err)

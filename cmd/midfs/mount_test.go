@@ -20,16 +20,18 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
 	"github.com/midfs/midfs/fs"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/joiner"
+	"github.com/midfs/midfs/service/mounthelper"
 )
 
 // TestMain lets tests run this test binary as the midfs binary (and as the
 // mount probe it starts): a child with MIDFS_TEST_MAIN=1 runs main's run.
 func TestMain(m *testing.M) {
-	if os.Getenv("MIDFS_TEST_MAIN") == "1" || filepath.Base(os.Args[0]) == probeArgv0 {
+	if os.Getenv("MIDFS_TEST_MAIN") == "1" || filepath.Base(os.Args[0]) == mounthelper.ProbeArgv0 {
 		os.Exit(run(os.Args))
 	}
 	os.Exit(m.Run())
@@ -42,11 +44,11 @@ func parseMountArgs(t *testing.T, args ...string) (*mountPlan, error) {
 	app := newApp()
 	var plan *mountPlan
 	var perr error
-	findCommand(app.Commands, "mount").Action = func(c *cli.Context) error {
+	cliconfig.FindCommand(app.Commands, "mount").Action = func(c *cli.Context) error {
 		plan, perr = parseMount(c, c.Args().First())
 		return nil
 	}
-	if err := app.Run(permuteArgs(app, append([]string{"midfs", "mount"}, args...))); err != nil {
+	if err := app.Run(cliconfig.PermuteArgs(app, append([]string{"midfs", "mount"}, args...))); err != nil {
 		t.Fatalf("parse %q: %v", args, err)
 	}
 	return plan, perr
@@ -94,11 +96,11 @@ func TestMountReadsTheTokenFromAFileOrStandardInput(t *testing.T) {
 	app := newApp()
 	app.Reader = strings.NewReader("piped-token\n")
 	var plan *mountPlan
-	findCommand(app.Commands, "mount").Action = func(c *cli.Context) (err error) {
+	cliconfig.FindCommand(app.Commands, "mount").Action = func(c *cli.Context) (err error) {
 		plan, err = parseMount(c, c.Args().First())
 		return err
 	}
-	if err := app.Run(permuteArgs(app, append([]string{"midfs", "mount", "/m", "--token=-"}, auth...))); err != nil || plan.join.Token != "piped-token" {
+	if err := app.Run(cliconfig.PermuteArgs(app, append([]string{"midfs", "mount", "/m", "--token=-"}, auth...))); err != nil || plan.join.Token != "piped-token" {
 		t.Errorf("--token=-: plan %+v, err %v", plan, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
 	"github.com/midfs/midfs/fs"
 
 	"github.com/cpuguy83/go-md2man/v2/md2man"
@@ -121,18 +122,9 @@ func cleanupAction(c *cli.Context) error {
 
 // configMountpoint reads only the mountpoint: key of an agent config file.
 func configMountpoint(path string) (string, error) {
-	data, err := readConfigFile(path)
-	if err != nil {
-		return "", err
-	}
-	entries, err := parseConfig(path, data)
-	if err != nil {
-		return "", err
-	}
-	for _, e := range entries {
-		if e.key == "mountpoint" {
-			return e.node.Value, nil
-		}
+	dir, found, err := cliconfig.Key(path, "mountpoint")
+	if err != nil || found {
+		return dir, err
 	}
 	return "", fmt.Errorf("config %s has no mountpoint: key; give the MOUNTPOINT", path)
 }

@@ -11,6 +11,9 @@ import (
 	"testing"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
+	"github.com/midfs/midfs/service/mounthelper"
 )
 
 // stubbedApp is newApp with the long-running actions replaced, so a test
@@ -21,8 +24,8 @@ func stubbedApp(t *testing.T, onRun func(c *cli.Context)) *cli.App {
 	app := newApp()
 	app.Writer = &bytes.Buffer{}
 	stub := func(c *cli.Context) error { onRun(c); return nil }
-	mount := findCommand(app.Commands, "mount")
-	start := findCommand(findCommand(app.Commands, "auth").Subcommands, "start")
+	mount := cliconfig.FindCommand(app.Commands, "mount")
+	start := cliconfig.FindCommand(cliconfig.FindCommand(app.Commands, "auth").Subcommands, "start")
 	if mount == nil || start == nil {
 		t.Fatal("mount and auth start must exist")
 	}
@@ -60,7 +63,7 @@ func TestContribExampleConfigsLoad(t *testing.T) {
 				}
 			})
 			args := append(append([]string{"midfs"}, tc.args...), "--config", filepath.Join("..", "..", "contrib", tc.file))
-			if err := app.Run(permuteArgs(app, args)); err != nil {
+			if err := app.Run(cliconfig.PermuteArgs(app, args)); err != nil {
 				t.Fatal(err)
 			}
 			if !ran {
@@ -75,16 +78,16 @@ func TestContribExampleConfigsLoad(t *testing.T) {
 func TestEveryFlagHasAConfigKey(t *testing.T) {
 	app := newApp()
 	for _, path := range [][]string{{"mount"}, {"auth", "start"}} {
-		cmd := findCommand(app.Commands, path[0])
+		cmd := cliconfig.FindCommand(app.Commands, path[0])
 		if len(path) > 1 {
-			cmd = findCommand(cmd.Subcommands, path[1])
+			cmd = cliconfig.FindCommand(cmd.Subcommands, path[1])
 		}
 		ctx := cli.NewContext(app, nil, nil)
 		ctx.Command = cmd
 		for _, f := range cmd.Flags {
 			name := f.Names()[0]
 			key := strings.ReplaceAll(name, "-", "_")
-			got, gotName := configFlag(ctx, key)
+			got, gotName := cliconfig.FlagForKey(ctx, key)
 			if name == "config" {
 				continue
 			}
@@ -95,46 +98,23 @@ func TestEveryFlagHasAConfigKey(t *testing.T) {
 	}
 }
 
+// The options of an fstab line reach the real flags of `midfs mount`.
 func TestHelperOptionsMapToFlags(t *testing.T) {
-	flags := mountCommandFlags()
-	req, err := parseHelperArgs([]string{"/etc/midfs/robot.yaml", "/opt/machine-id", "-o",
+	req, err := mounthelper.ParseArgs([]string{"/etc/midfs/robot.yaml", "/opt/machine-id", "-o",
 		"rw,defaults,_netdev,nofail,x-systemd.automount,allow_other,owner=alice:staff,reader=bob,reader=@wheel,certificate_ttl=30m,debug_fuse,token=s3cret,log=/var/log/m.log",
-		"-n"}, flags)
+		"-n"}, mountFlagLookup())
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"--owner=alice:staff", "--reader=bob", "--reader=@wheel", "--certificate-ttl=30m", "--debug-fuse"}
-	if !reflect.DeepEqual(req.flags, want) {
-		t.Errorf("flags %q\nwant  %q", req.flags, want)
+	if !reflect.DeepEqual(req.Flags, want) {
+		t.Errorf("flags %q\nwant  %q", req.Flags, want)
 	}
-	if !reflect.DeepEqual(req.env, []string{"MIDFS_TOKEN=s3cret"}) {
-		t.Errorf("the token must travel in the environment, not argv: env %q", req.env)
+	if !reflect.DeepEqual(req.Env, []string{"MIDFS_TOKEN=s3cret"}) {
+		t.Errorf("the token must travel in the environment, not argv: env %q", req.Env)
 	}
-	if req.source != "/etc/midfs/robot.yaml" || req.mountpoint != "/opt/machine-id" || req.logPath != "/var/log/m.log" {
+	if req.Source != "/etc/midfs/robot.yaml" || req.Mountpoint != "/opt/machine-id" || req.LogPath != "/var/log/m.log" {
 		t.Errorf("parsed %+v", req)
-	}
-}
-
-func TestHelperRefusesWhatItCannotHonour(t *testing.T) {
-	flags := mountCommandFlags()
-	for _, tc := range []struct {
-		args []string
-		want string
-	}{
-		{[]string{"/c.yaml", "/mnt", "-o", "colour=blue"}, `unknown mount option "colour"`},
-		{[]string{"/c.yaml", "/mnt", "-o", "owner="}, "owner needs a value"},
-		{[]string{"/c.yaml", "/mnt", "-o", "config=/x.yaml"}, "first column"},
-		{[]string{"/c.yaml"}, "usage: mount.fuse.midfs"},
-		{[]string{"/c.yaml", "/mnt", "-x"}, "unknown option -x"},
-	} {
-		_, err := parseHelperArgs(tc.args, flags)
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%q: want error containing %q, got %v", tc.args, tc.want, err)
-		}
-	}
-	// -s (sloppy): unknown options are skipped, not fatal.
-	if _, err := parseHelperArgs([]string{"/c.yaml", "/mnt", "-s", "-o", "colour=blue"}, flags); err != nil {
-		t.Errorf("sloppy mount must tolerate unknown options: %v", err)
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
 )
 
 // setUsageErrors gives every command the same answer to a bad flag: one
@@ -45,7 +47,7 @@ func suggestFlag(flags []cli.Flag, name string) string {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		if editDistance(n, name) <= 2 {
+		if cliconfig.EditDistance(n, name) <= 2 {
 			return fmt.Sprintf("; did you mean --%s?", n)
 		}
 	}

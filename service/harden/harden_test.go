@@ -1,4 +1,4 @@
-package main
+package harden
 
 import (
 	"io"
@@ -65,7 +65,7 @@ func TestReleaseStartupPagesShrinksResidentFilePages(t *testing.T) {
 		t.Skip("needs /proc")
 	}
 	before := residentFileKB()
-	releaseStartupPages(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ReleaseStartupPages(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	after := residentFileKB()
 	t.Logf("RssFile %d kB -> %d kB", before, after)
 	if before <= 0 || after >= before {

@@ -1,4 +1,9 @@
-package main
+// Package harden keeps a process's secrets in its own memory: no core
+// dumps, no ptrace by other processes of the same user, no swapping where
+// the memlock limit allows, and start-up code pages handed back once serving
+// begins. It imports only the standard library and x/sys; cmd/midfs calls
+// it from the agent's wiring, and any long-running command holding keys may.
+package harden
 
 import (
 	"log/slog"
@@ -9,12 +14,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// harden keeps the agent's keys in its own memory: no core dumps, no
+// Process keeps the agent's keys in its own memory: no core dumps, no
 // ptrace by other processes of the same user (PR_SET_DUMPABLE 0 also makes
 // /proc/PID/mem and friends root-only), and no swapping where the memlock
 // limit allows. Each step is best effort: a failure is logged, not fatal,
 // since an agent that refuses to run protects nothing.
-func harden(log *slog.Logger) {
+func Process(log *slog.Logger) {
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		log.Warn("cannot make the process non-dumpable", "error", err)
 	}
@@ -61,7 +66,7 @@ func hasCapIPCLock() bool {
 	return data[0].Effective&(1<<unix.CAP_IPC_LOCK) != 0
 }
 
-// releaseStartupPages gives back the pages of the program's own code and
+// ReleaseStartupPages gives back the pages of the program's own code and
 // read-only data that only starting up needed. Package initialisers, flag
 // parsing and the join touch code all over a 30 MB binary, and the kernel
 // maps 64 KB around each touched page, so a freshly mounted agent has some
@@ -70,7 +75,7 @@ func hasCapIPCLock() bool {
 // a secret: they are unlocked and unmapped from this process. They stay in
 // the page cache, reclaimable like any file cache; what the agent still
 // runs maps back in with a minor fault.
-func releaseStartupPages(log *slog.Logger) {
+func ReleaseStartupPages(log *slog.Logger) {
 	smaps, err := os.ReadFile("/proc/self/smaps")
 	if err != nil {
 		log.Debug("start-up pages kept: cannot read /proc/self/smaps", "error", err)

@@ -1,4 +1,4 @@
-package main
+package cliconfig
 
 import (
 	"strings"
@@ -6,12 +6,12 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// permuteArgs moves flags in front of positional arguments, command by
+// PermuteArgs moves flags in front of positional arguments, command by
 // command, so that `midfs bots add robot --roles=access` parses the way users
 // type it from the guide: urfave/cli v2 stops parsing flags at the first
 // positional argument. App-wide flags (--log-level) found after a command
 // are hoisted to the front. "--" ends flag parsing as usual.
-func permuteArgs(app *cli.App, args []string) []string {
+func PermuteArgs(app *cli.App, args []string) []string {
 	if len(args) == 0 || args[len(args)-1] == "--generate-bash-completion" {
 		return args // shell completion: urfave/cli needs the flag last, and must not run the command
 	}
@@ -29,7 +29,7 @@ func permuteLevel(flags []cli.Flag, cmds []*cli.Command, args []string, appFlags
 			break
 		}
 		if len(pos) == 0 && len(cmds) > 0 && !strings.HasPrefix(a, "-") {
-			if sub := findCommand(cmds, a); sub != nil {
+			if sub := FindCommand(cmds, a); sub != nil {
 				rest := permuteLevel(sub.Flags, sub.Subcommands, args[i+1:], appFlags, global)
 				return append(append(flagArgs, a), rest...)
 			}
@@ -40,9 +40,9 @@ func permuteLevel(flags []cli.Flag, cmds []*cli.Command, args []string, appFlags
 		}
 		name, hasValue := flagName(a)
 		dst := &flagArgs
-		f := findFlag(flags, name)
+		f := FindFlag(flags, name)
 		if f == nil && flags != nil {
-			if g := findFlag(appFlags, name); g != nil {
+			if g := FindFlag(appFlags, name); g != nil {
 				f, dst = g, global
 			}
 		}
@@ -63,7 +63,8 @@ func flagName(a string) (name string, hasValue bool) {
 	return a, false
 }
 
-func findCommand(cmds []*cli.Command, name string) *cli.Command {
+// FindCommand is the command of cmds that name names, or nil.
+func FindCommand(cmds []*cli.Command, name string) *cli.Command {
 	for _, c := range cmds {
 		if c.HasName(name) {
 			return c
@@ -72,7 +73,9 @@ func findCommand(cmds []*cli.Command, name string) *cli.Command {
 	return nil
 }
 
-func findFlag(flags []cli.Flag, name string) cli.Flag {
+// FindFlag is the flag of flags that name names (help is always one),
+// or nil.
+func FindFlag(flags []cli.Flag, name string) cli.Flag {
 	for _, f := range flags {
 		for _, n := range f.Names() {
 			if n == name {

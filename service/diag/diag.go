@@ -1,4 +1,12 @@
-package main
+// Package diag is the diagnostics server (--diag-addr) of a long-running
+// command. It answers what operators' tools ask: /livez (the process
+// answers), /readyz (JSON per component, 200 only when every component is
+// healthy, as tbot does) and /metrics (Prometheus text). It serves plain
+// HTTP and belongs on loopback.
+//
+// It imports the standard library and the Prometheus client, nothing of
+// midfs; the service package and cmd/midfs's wiring use it.
+package diag
 
 import (
 	"context"
@@ -17,58 +25,52 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/midfs/midfs/auth"
 )
-
-// The diagnostics server (--diag-addr) answers what operators' tools ask:
-// /livez (the process answers), /readyz (JSON per component, 200 only when
-// every component is healthy, as tbot does) and /metrics (Prometheus text).
-// It serves plain HTTP and belongs on loopback.
 
 // Health states of a component.
 const (
-	healthy      = "healthy"
-	unhealthy    = "unhealthy"
-	initializing = "initializing"
+	Healthy      = "healthy"
+	Unhealthy    = "unhealthy"
+	Initializing = "initializing"
 )
 
-// health is one component's state as /readyz shows it.
-type health struct {
+// Health is one component's state as /readyz shows it.
+type Health struct {
 	Status    string    `json:"status"`
 	Reason    string    `json:"reason,omitempty"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
-// readyz is the body of /readyz.
-type readyz struct {
+// Readyz is the body of /readyz.
+type Readyz struct {
 	Status   string            `json:"status"`
-	Services map[string]health `json:"services"`
+	Services map[string]Health `json:"services"`
 }
 
-// diag holds the metrics registry and the health checks; it exists whether
-// or not --diag-addr is given, so components register unconditionally.
-type diag struct {
+// Server holds the metrics registry and the health checks; it exists
+// whether or not it serves, so components register unconditionally.
+type Server struct {
 	reg    *prometheus.Registry
 	now    func() time.Time
 	mu     sync.Mutex
-	checks map[string]func() health
+	checks map[string]func() Health
 	opens  *prometheus.CounterVec
 	srv    *http.Server
 	addr   string
 }
 
-func newDiag() *diag {
+// New makes a Server with the Go runtime and process collectors registered.
+func New() *Server {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opens := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "midfs_agent_opens_total", Help: "Opens of the served files by file and result.",
 	}, []string{"file", "result"})
-	return &diag{reg: reg, now: time.Now, checks: map[string]func() health{}, opens: opens}
+	return &Server{reg: reg, now: time.Now, checks: map[string]func() Health{}, opens: opens}
 }
 
-// addCheck makes name a component of /readyz; check is called per request.
-func (d *diag) addCheck(name string, check func() health) {
+// AddCheck makes name a component of /readyz; check is called per request.
+func (d *Server) AddCheck(name string, check func() Health) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.checks[name] = check
@@ -76,13 +78,13 @@ func (d *diag) addCheck(name string, check func() health) {
 
 // readiness evaluates every check. With no component registered yet the
 // process is still starting: initializing, not ready.
-func (d *diag) readiness() readyz {
+func (d *Server) readiness() Readyz {
 	d.mu.Lock()
 	checks := maps.Clone(d.checks)
 	d.mu.Unlock()
-	r := readyz{Status: healthy, Services: map[string]health{}}
+	r := Readyz{Status: Healthy, Services: map[string]Health{}}
 	if len(checks) == 0 {
-		r.Status = initializing
+		r.Status = Initializing
 	}
 	for name, check := range checks {
 		h := check()
@@ -94,14 +96,14 @@ func (d *diag) readiness() readyz {
 
 // worse orders states: unhealthy beats initializing beats healthy.
 func worse(a, b string) string {
-	rank := map[string]int{healthy: 0, initializing: 1, unhealthy: 2}
+	rank := map[string]int{Healthy: 0, Initializing: 1, Unhealthy: 2}
 	if rank[b] > rank[a] {
 		return b
 	}
 	return a
 }
 
-func (d *diag) handler() http.Handler {
+func (d *Server) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -125,7 +127,7 @@ func (d *diag) handler() http.Handler {
 }
 
 func statusCode(status string) int {
-	if status == healthy {
+	if status == Healthy {
 		return http.StatusOK
 	}
 	return http.StatusServiceUnavailable
@@ -137,21 +139,21 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// diagMaxConns caps the diagnostics server's connections: a few health
-// checkers and scrapers at a time.
-const diagMaxConns = 64
+// Metrics is where components register their collectors.
+func (d *Server) Metrics() prometheus.Registerer { return d.reg }
 
-// serve listens on addr now, so a bad address fails the command at start,
-// and serves in the background until close.
-func (d *diag) serve(addr string) error {
+// Serve listens on addr now, so a bad address fails the command at start,
+// and serves in the background until Close. limit, when not nil, wraps the
+// listener once the server exists (it may set the server's ConnState).
+func (d *Server) Serve(addr string, limit func(*http.Server, net.Listener) net.Listener) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return failf(exitUsage, "cannot serve diagnostics on --diag-addr=%s: %v", addr, err)
+		return err
 	}
 	d.addr = ln.Addr().String()
 	// Any local user can connect: bound what idle connections can hold,
 	// or a flood of them takes the descriptors the agent or authority
-	// needs for its real work.
+	// needs for its real work (limit caps their number).
 	d.srv = &http.Server{
 		Handler:           d.handler(),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -160,9 +162,11 @@ func (d *diag) serve(addr string) error {
 		IdleTimeout:       10 * time.Second,
 		MaxHeaderBytes:    8 << 10,
 	}
-	limited := auth.LimitConnections(d.srv, ln, diagMaxConns, nil)
+	if limit != nil {
+		ln = limit(d.srv, ln)
+	}
 	go func() {
-		if err := d.srv.Serve(limited); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := d.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			slog.Warn("diagnostics server stopped", "err", err)
 		}
 	}()
@@ -170,7 +174,11 @@ func (d *diag) serve(addr string) error {
 	return nil
 }
 
-func (d *diag) close() {
+// Addr is the address Serve listens on.
+func (d *Server) Addr() string { return d.addr }
+
+// Close stops serving; it is a no-op when Serve was not called.
+func (d *Server) Close() {
 	if d.srv == nil {
 		return
 	}
@@ -179,9 +187,9 @@ func (d *diag) close() {
 	_ = d.srv.Shutdown(ctx)
 }
 
-// agentStatus is what the agent tells diagnostics about its identity; the
+// AgentStatus is what the agent tells diagnostics about its identity; the
 // mount command adapts the joiner's status to it.
-type agentStatus struct {
+type AgentStatus struct {
 	Expires     time.Time // NotAfter of the served identity; zero before the first one
 	LastRenewal time.Time // last successful renewal (or the join)
 	LastAttempt time.Time // last renewal attempt, successful or not
@@ -190,10 +198,10 @@ type agentStatus struct {
 	Failures    uint64    // failed renewal attempts
 }
 
-// watchAgent registers the agent's metrics and its /readyz components:
+// WatchAgent registers the agent's metrics and its /readyz components:
 // "identity" (unhealthy once expired) and "renewal" (unhealthy while the
 // last attempt failed). status is called per scrape and per request.
-func (d *diag) watchAgent(status func() agentStatus) {
+func (d *Server) WatchAgent(status func() AgentStatus) {
 	d.reg.MustRegister(
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "midfs_agent_renewals_total", Help: "Renewal attempts of the served identity.",
@@ -211,32 +219,32 @@ func (d *diag) watchAgent(status func() agentStatus) {
 		}),
 		d.opens,
 	)
-	d.addCheck("identity", func() health { return identityHealth(status(), d.now()) })
-	d.addCheck("renewal", func() health { return renewalHealth(status()) })
+	d.AddCheck("identity", func() Health { return identityHealth(status(), d.now()) })
+	d.AddCheck("renewal", func() Health { return renewalHealth(status()) })
 }
 
-func identityHealth(s agentStatus, now time.Time) health {
+func identityHealth(s AgentStatus, now time.Time) Health {
 	switch {
 	case s.Expires.IsZero():
-		return health{Status: initializing, Reason: "waiting for the first identity", UpdatedAt: now}
+		return Health{Status: Initializing, Reason: "waiting for the first identity", UpdatedAt: now}
 	case !now.Before(s.Expires):
-		return health{Status: unhealthy, Reason: "identity expired at " + s.Expires.UTC().Format(time.RFC3339), UpdatedAt: s.LastRenewal}
+		return Health{Status: Unhealthy, Reason: "identity expired at " + s.Expires.UTC().Format(time.RFC3339), UpdatedAt: s.LastRenewal}
 	}
-	return health{Status: healthy, Reason: "identity expires at " + s.Expires.UTC().Format(time.RFC3339), UpdatedAt: s.LastRenewal}
+	return Health{Status: Healthy, Reason: "identity expires at " + s.Expires.UTC().Format(time.RFC3339), UpdatedAt: s.LastRenewal}
 }
 
-func renewalHealth(s agentStatus) health {
+func renewalHealth(s AgentStatus) Health {
 	if s.LastError != "" {
-		return health{Status: unhealthy, Reason: "last renewal failed: " + s.LastError, UpdatedAt: s.LastAttempt}
+		return Health{Status: Unhealthy, Reason: "last renewal failed: " + s.LastError, UpdatedAt: s.LastAttempt}
 	}
 	if s.LastRenewal.IsZero() {
-		return health{Status: initializing, Reason: "not joined yet", UpdatedAt: s.LastAttempt}
+		return Health{Status: Initializing, Reason: "not joined yet", UpdatedAt: s.LastAttempt}
 	}
-	return health{Status: healthy, UpdatedAt: s.LastRenewal}
+	return Health{Status: Healthy, UpdatedAt: s.LastRenewal}
 }
 
-// onOpen counts opens of the served files by file and result ("ok",
+// OnOpen counts opens of the served files by file and result ("ok",
 // "denied", "erofs"); it is the fs package's OnOpen hook, on the open path.
-func (d *diag) onOpen(file, result string) {
+func (d *Server) OnOpen(file, result string) {
 	d.opens.WithLabelValues(file, result).Inc()
 }

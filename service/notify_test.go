@@ -1,4 +1,4 @@
-package main
+package service
 
 import (
 	"fmt"
@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/midfs/midfs/service/diag"
 )
 
 // listenNotify is systemd's side: a unixgram socket that collects datagrams.
@@ -40,21 +42,21 @@ func TestNotifyLifecycle(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			conn := listenNotify(t, addr)
-			svc := newService(&configFile{})
+			svc := New()
 			if os.Getenv("NOTIFY_SOCKET") != "" {
 				t.Error("NOTIFY_SOCKET must be unset so child processes do not notify")
 			}
-			svc.ready("mounted at /opt/machine-id")
+			svc.Ready("mounted at /opt/machine-id")
 			if got := readDatagram(t, conn); got != "READY=1\nSTATUS=mounted at /opt/machine-id\n" {
 				t.Fatalf("ready sent %q", got)
 			}
-			svc.ready("again") // once only
-			svc.status("identity expires at 12:00\nsoon")
+			svc.Ready("again") // once only
+			svc.Status("identity expires at 12:00\nsoon")
 			if got := readDatagram(t, conn); got != "STATUS=identity expires at 12:00 soon\n" {
 				t.Fatalf("status sent %q", got)
 			}
-			svc.status("identity expires at 12:00\nsoon") // unchanged: not sent again
-			svc.close()
+			svc.Status("identity expires at 12:00\nsoon") // unchanged: not sent again
+			svc.Close()
 			if got := readDatagram(t, conn); got != "STOPPING=1\n" {
 				t.Fatalf("close sent %q", got)
 			}
@@ -86,7 +88,7 @@ func TestNotifyBadSocketSaysSo(t *testing.T) {
 
 func TestAgentStatusLine(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.Local)
-	st := agentStatus{Expires: now.Add(time.Hour)}
+	st := diag.AgentStatus{Expires: now.Add(time.Hour)}
 	if got := agentStatusLine(st, now); got != "identity expires at 2026-01-02 04:04:05" {
 		t.Errorf("got %q", got)
 	}

@@ -1,7 +1,13 @@
-package main
+// Package cliconfig is how a urfave/cli command gets its flag values
+// besides the command line's own parsing: from a YAML config file whose
+// keys are the flag names (Load), and from a command line with flags after
+// positional arguments (PermuteArgs); with the lookups and typo distance
+// both need. It is generic over the commands' cli.Flag lists and knows no
+// command of midfs. It imports the standard library, urfave/cli and YAML;
+// being internal to cmd/midfs, only that command imports it.
+package cliconfig
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,88 +27,107 @@ import (
 // Being generic over the command's cli.Flag list, every flag works in the
 // file without anyone having to remember to add it here.
 
-// configFile is what a config file gave a command.
-type configFile struct {
-	path   string
-	extras map[string]string // keys that are not flags, such as the mount point (a positional argument)
-	lines  map[string]int    // flag name -> line of the file that set it
+// File is what a config file gave a command.
+type File struct {
+	path       string
+	extras     map[string]string // keys that are not flags, such as the mount point (a positional argument)
+	lines      map[string]int    // flag name -> line of the file that set it
+	logChanged bool
 }
 
-// annotate points a usage error about a flag the file set at the file's
-// line: the command checks values (a user that does not exist) after the
-// file was read, and only knows the flag's name.
-func (f *configFile) annotate(err error) error {
-	var ee *exitError
-	if f == nil || !errors.As(err, &ee) || ee.code != exitUsage {
-		return err
+// Extra is the value of a key that is not a flag ("" when not set).
+func (f *File) Extra(key string) string { return f.extras[key] }
+
+// LogChanged says whether the file set log_level or log_format, app-wide
+// flags: logging must then be set up again for the file's choice to hold.
+func (f *File) LogChanged() bool { return f.logChanged }
+
+// Annotate points a usage error message about a flag the file set at the
+// file's line: the command checks values (a user that does not exist)
+// after the file was read, and only knows the flag's name. ok is false
+// when the message names no flag the file set.
+func (f *File) Annotate(msg string) (annotated string, ok bool) {
+	if f == nil {
+		return msg, false
 	}
-	msg := ee.Error()
 	for name, line := range f.lines {
 		if i := strings.Index(msg, "--"+name); i >= 0 && !isFlagChar(msg, i+2+len(name)) {
-			return failf(exitUsage, "%s (--%s is set in config %s line %d)", msg, name, f.path, line)
+			return fmt.Sprintf("%s (--%s is set in config %s line %d)", msg, name, f.path, line), true
 		}
 	}
-	return err
+	return msg, false
 }
 
 func isFlagChar(s string, i int) bool {
 	return i < len(s) && (s[i] == '-' || s[i] >= 'a' && s[i] <= 'z')
 }
 
-// loadConfig reads the file named by --config, if any, and sets every flag
-// of c that the command line and the environment left alone. extraKeys
-// names the non-flag keys the command accepts; their values are returned.
-// log_level and log_format are app-wide flags; when the file sets them,
-// logging is set up again so the file's choice holds from here on.
-func loadConfig(c *cli.Context, extraKeys ...string) (*configFile, error) {
+// Load reads the file named by --config, if any, and sets every flag of c
+// that the command line and the environment left alone. extraKeys names
+// the non-flag keys the command accepts; File.Extra has their values. Every
+// error is about the file or a value in it (a usage error), on one line.
+func Load(c *cli.Context, extraKeys ...string) (*File, error) {
 	path := c.String("config")
-	cf := &configFile{path: path, extras: map[string]string{}, lines: map[string]int{}}
+	cf := &File{path: path, extras: map[string]string{}, lines: map[string]int{}}
 	if path == "" {
 		return cf, nil
 	}
 	data, err := readConfigFile(path)
 	if err != nil {
-		return nil, fail(exitUsage, err)
+		return nil, err
 	}
 	entries, err := parseConfig(path, data)
 	if err != nil {
-		return nil, fail(exitUsage, err)
+		return nil, err
 	}
 	warnIfReadable(path, entries)
-	logChanged := false
 	for _, e := range entries {
 		if slices.Contains(extraKeys, e.key) {
 			if e.node.Kind != yaml.ScalarNode || e.node.Value == "" {
-				return nil, fail(exitUsage, e.errorf("%s wants a single value", e.key))
+				return nil, e.errorf("%s wants a single value", e.key)
 			}
 			cf.extras[e.key] = e.node.Value
 			continue
 		}
-		f, name := configFlag(c, e.key)
+		f, name := FlagForKey(c, e.key)
 		if f == nil {
-			return nil, fail(exitUsage, e.errorf("unknown key %q%s", e.key, suggestKey(c, e.key, extraKeys)))
+			return nil, e.errorf("unknown key %q%s", e.key, suggestKey(c, e.key, extraKeys))
 		}
 		if name == "config" {
-			return nil, fail(exitUsage, e.errorf("a config file cannot name another config file"))
+			return nil, e.errorf("a config file cannot name another config file")
 		}
 		if c.IsSet(name) {
 			continue // flag or MIDFS_* variable: they win over the file
 		}
 		if err := applyConfigValue(c, f, name, e.node); err != nil {
-			return nil, fail(exitUsage, e.errorf("%s: %v", e.key, err))
+			return nil, e.errorf("%s: %v", e.key, err)
 		}
 		cf.lines[name] = e.line
 		if name == "log-level" || name == "log-format" {
-			logChanged = true
-		}
-	}
-	if logChanged {
-		if err := setupLogging(c); err != nil {
-			return nil, err
+			cf.logChanged = true
 		}
 	}
 	slog.Debug("config file applied", "file", path)
 	return cf, nil
+}
+
+// Key reads the value of one top-level key of a config file, without
+// applying anything; found is false when the file has no such key.
+func Key(path, key string) (value string, found bool, err error) {
+	data, err := readConfigFile(path)
+	if err != nil {
+		return "", false, err
+	}
+	entries, err := parseConfig(path, data)
+	if err != nil {
+		return "", false, err
+	}
+	for _, e := range entries {
+		if e.key == key {
+			return e.node.Value, true, nil
+		}
+	}
+	return "", false, nil
 }
 
 // maxConfigFile caps a config file: it holds a few dozen keys, and parsing
@@ -170,9 +195,9 @@ func parseConfig(path string, data []byte) ([]configEntry, error) {
 	return entries, nil
 }
 
-// configFlag finds the flag a key names: its name (or an alias) with
+// FlagForKey finds the flag a key names: its name (or an alias) with
 // underscores; a repeatable flag also answers to its plural (readers).
-func configFlag(c *cli.Context, key string) (cli.Flag, string) {
+func FlagForKey(c *cli.Context, key string) (cli.Flag, string) {
 	name := strings.ReplaceAll(key, "_", "-")
 	if strings.Contains(key, "-") {
 		return nil, "" // keys use underscores, as the docs and examples say
@@ -268,14 +293,14 @@ func describeNode(v *yaml.Node) string {
 // suggestKey names the key the user probably meant, or lists them all.
 func suggestKey(c *cli.Context, key string, extraKeys []string) string {
 	if strings.Contains(key, "-") {
-		if f, _ := configFlag(c, strings.ReplaceAll(key, "-", "_")); f != nil {
+		if f, _ := FlagForKey(c, strings.ReplaceAll(key, "-", "_")); f != nil {
 			return fmt.Sprintf(" (keys use underscores: %s)", strings.ReplaceAll(key, "-", "_"))
 		}
 	}
 	names := append(configKeys(c), extraKeys...)
 	sort.Strings(names)
 	for _, n := range names {
-		if editDistance(n, key) <= 2 {
+		if EditDistance(n, key) <= 2 {
 			return fmt.Sprintf(" (did you mean %s?)", n)
 		}
 	}
@@ -302,8 +327,8 @@ func configKeys(c *cli.Context) []string {
 	return names
 }
 
-// editDistance is the Levenshtein distance, for typo suggestions.
-func editDistance(a, b string) int {
+// EditDistance is the Levenshtein distance, for typo suggestions.
+func EditDistance(a, b string) int {
 	prev := make([]int, len(b)+1)
 	for j := range prev {
 		prev[j] = j
