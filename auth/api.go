@@ -52,17 +52,17 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	var req wire.JoinRequest
 	if err := decodeRequest(w, r, &req); err != nil {
-		s.refuseJoin(w, r, JoinToken, err)
+		s.refuseJoin(w, r, wire.JoinToken, err)
 		return
 	}
 	id, err := s.joinToken(&req)
 	if err != nil {
-		s.refuseJoin(w, r, JoinToken, err)
+		s.refuseJoin(w, r, wire.JoinToken, err)
 		return
 	}
-	s.metrics.join(JoinToken, "ok")
+	s.metrics.join(wire.JoinToken, "ok")
 	s.metrics.issued("join", time.Since(start))
-	s.log.Info("bot joined", "bot", id.BotName, "method", JoinToken, "generation", id.Generation, "remote", r.RemoteAddr)
+	s.log.Info("bot joined", "bot", id.BotName, "method", wire.JoinToken, "generation", id.Generation, "remote", r.RemoteAddr)
 	writeJSON(w, id)
 }
 

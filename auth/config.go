@@ -15,17 +15,17 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
 )
 
 // Defaults of Config.
 const (
 	DefaultDataDir = "/var/lib/midfs"
 	DefaultListen  = "0.0.0.0:3025"
-	DefaultTTL     = time.Hour      // output identity
-	MaxTTL         = 24 * time.Hour // cap on any TTL a client asks for
-	DefaultBotTTL  = time.Hour      // the bot's own renewable identity
-	DefaultJoinTTL = time.Hour      // one-time join tokens
-	MaxConns       = 16384          // default cap on API connections: an agent keeps one open between polls
+	DefaultTTL     = time.Hour // output identity
+	DefaultBotTTL  = time.Hour // the bot's own renewable identity
+	DefaultJoinTTL = time.Hour // one-time join tokens
+	MaxConns       = 16384     // default cap on API connections: an agent keeps one open between polls
 )
 
 // Config configures an authority.
@@ -60,8 +60,8 @@ func (c *Config) setDefaults() error {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
 	}
-	if c.MaxTTL <= 0 || c.MaxTTL > MaxTTL {
-		c.MaxTTL = MaxTTL
+	if c.MaxTTL <= 0 || c.MaxTTL > wire.MaxTTL {
+		c.MaxTTL = wire.MaxTTL
 	}
 	if c.DefaultTTL <= 0 {
 		c.DefaultTTL = DefaultTTL

@@ -76,7 +76,7 @@ func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
 	ref := newRefusalRef()
 	var req wire.IAMJoinRequest
 	if err := decodeRequest(w, r, &req); err != nil {
-		j.s.refuseJoin(w, r, JoinIAM, err) // 400 or 413 with what is wrong
+		j.s.refuseJoin(w, r, wire.JoinIAM, err) // 400 or 413 with what is wrong
 		return
 	}
 	bot, id, f := j.verify(r, &req)
@@ -85,19 +85,19 @@ func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pub, _ := parsePublicKey(req.PublicKey) // checked in verify
-	bi, err := j.s.issueBotIdentity(bot, pub, JoinIAM)
+	bi, err := j.s.issueBotIdentity(bot, pub, wire.JoinIAM)
 	var botRef *refusal
 	if errors.As(err, &botRef) { // bot removed or locked
 		j.refuse(w, r, ref, refuse(iamReason(botRef.Code), "%s", botRef.Reason))
 		return
 	}
 	if err != nil {
-		j.s.refuseJoin(w, r, JoinIAM, err)
+		j.s.refuseJoin(w, r, wire.JoinIAM, err)
 		return
 	}
-	j.s.metrics.join(JoinIAM, "ok")
+	j.s.metrics.join(wire.JoinIAM, "ok")
 	j.s.metrics.issued("join", time.Since(start))
-	j.s.log.Info("bot joined", "bot", bi.BotName, "method", JoinIAM, "token", req.Token,
+	j.s.log.Info("bot joined", "bot", bi.BotName, "method", wire.JoinIAM, "token", req.Token,
 		"aws_account", id.Account, "aws_arn", id.Arn, "remote", r.RemoteAddr)
 	writeJSON(w, bi)
 }
@@ -118,7 +118,7 @@ func (j *iamJoin) verify(r *http.Request, req *wire.IAMJoinRequest) (string, cal
 		return "", callerIdentity{}, refuse(reasonTokenUnknown, "no token of that name")
 	case err != nil:
 		return "", callerIdentity{}, refuse(reasonInternal, "token lookup: %v", err)
-	case tok.JoinMethod != JoinIAM:
+	case tok.JoinMethod != wire.JoinIAM:
 		return "", callerIdentity{}, refuse(reasonTokenNotIAM, "token %s is for join method %s", tok.Name, tok.JoinMethod)
 	case !tok.Expires.IsZero() && !j.s.cfg.Now().Before(tok.Expires):
 		return "", callerIdentity{}, refuse(reasonTokenExpired, "token %s expired at %s", tok.Name, tok.Expires.UTC().Format(time.RFC3339))
@@ -158,7 +158,7 @@ func (j *iamJoin) refuse(w http.ResponseWriter, r *http.Request, ref string, f *
 		public = fmt.Sprintf("the authority could not reach AWS STS to verify this join (ref %s); try again later", ref)
 		status = http.StatusServiceUnavailable
 	}
-	j.s.metrics.join(JoinIAM, "refused")
+	j.s.metrics.join(wire.JoinIAM, "refused")
 	j.s.refuse(w, r, "iam join", &refusal{
 		Code:   "iam_" + string(f.reason),
 		Reason: fmt.Sprintf("%s [ref %s]", f.detail, ref),

@@ -72,7 +72,7 @@ func (s *Server) joinToken(req *wire.JoinRequest) (*wire.BotIdentity, error) {
 			return err
 		}
 		switch {
-		case t.JoinMethod != JoinToken:
+		case t.JoinMethod != wire.JoinToken:
 			return refuseToken("token_method", fmt.Sprintf("token %s is for join method %s", t.Name, t.JoinMethod))
 		case !t.Expires.IsZero() && !now.Before(t.Expires):
 			return refuseToken("token_expired", fmt.Sprintf("token %s for bot %s expired at %s", t.Name, t.BotName, t.Expires.UTC().Format(time.RFC3339)))
@@ -244,7 +244,7 @@ func (s *Server) certs(bc *botCert, req *wire.CertsRequest) (*wire.Certs, error)
 	}
 	ttl := s.cfg.DefaultTTL
 	if req.TTLSeconds > 0 {
-		ttl = min(time.Duration(min(req.TTLSeconds, int64(MaxTTL/time.Second)))*time.Second, s.cfg.MaxTTL)
+		ttl = min(time.Duration(min(req.TTLSeconds, int64(wire.MaxTTL/time.Second)))*time.Second, s.cfg.MaxTTL)
 	}
 	b, err := s.checkCurrent(bc)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
 )
 
 // BotSpec asks for a bot and, unless TokenName names a delegated token, a
@@ -97,7 +98,7 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 		b := make([]byte, 32)
 		rand.Read(b)
 		secret = hex.EncodeToString(b)
-		out.Token, out.JoinMethod, out.Expires = secret, JoinToken, now.Add(spec.TTL).Truncate(time.Second)
+		out.Token, out.JoinMethod, out.Expires = secret, wire.JoinToken, now.Add(spec.TTL).Truncate(time.Second)
 		out.TokenName = oneTimeTokenName(spec.Name, hashToken(secret))
 	}
 	err := s.st.update(func(tx *sql.Tx) error {
@@ -119,7 +120,7 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 			if err != nil {
 				return err
 			}
-			if t.JoinMethod == JoinToken {
+			if t.JoinMethod == wire.JoinToken {
 				return fmt.Errorf("token %s is a one-time token; --token takes a delegated (join_method: iam) token", t.Name)
 			}
 			if t.BotName != spec.Name {
@@ -143,11 +144,11 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 			return nil
 		}
 		// A re-issued token replaces the bot's unused ones.
-		if _, err := tx.Exec(`DELETE FROM tokens WHERE bot_name = ? AND join_method = ? AND used = 0`, spec.Name, JoinToken); err != nil {
+		if _, err := tx.Exec(`DELETE FROM tokens WHERE bot_name = ? AND join_method = ? AND used = 0`, spec.Name, wire.JoinToken); err != nil {
 			return err
 		}
 		return insertToken(tx, &tokenRow{
-			Token:      Token{Name: out.TokenName, BotName: spec.Name, JoinMethod: JoinToken, Expires: out.Expires},
+			Token:      Token{Name: out.TokenName, BotName: spec.Name, JoinMethod: wire.JoinToken, Expires: out.Expires},
 			SecretHash: hashToken(secret),
 			Created:    now,
 		}, false)
@@ -176,7 +177,7 @@ func (s *Server) RemoveBot(ctx context.Context, name string) error {
 		if n, _ := res.RowsAffected(); n == 0 {
 			return fmt.Errorf("bot %q not found; see `midfs bots ls`", name)
 		}
-		_, err = tx.Exec(`DELETE FROM tokens WHERE bot_name = ? AND join_method = ?`, name, JoinToken)
+		_, err = tx.Exec(`DELETE FROM tokens WHERE bot_name = ? AND join_method = ?`, name, wire.JoinToken)
 		return err
 	})
 	if err == nil {
@@ -271,7 +272,7 @@ func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]stri
 					return fmt.Errorf("token %s: metadata.expires %s is in the past", t.displayName(), row.Expires.UTC().Format(time.RFC3339))
 				}
 			}
-			if t.Spec.JoinMethod == JoinToken {
+			if t.Spec.JoinMethod == wire.JoinToken {
 				row.SecretHash = hashToken(t.Metadata.Name)
 				row.Name = oneTimeTokenName(t.Spec.BotName, row.SecretHash)
 				if row.Expires.IsZero() {
@@ -391,7 +392,7 @@ func tokenResource(t *tokenRow) TokenResource {
 		e := t.Expires.UTC()
 		r.Metadata.Expires = &e
 	}
-	if t.JoinMethod == JoinToken {
+	if t.JoinMethod == wire.JoinToken {
 		r.Status = &TokenState{Used: !t.Used.IsZero()}
 		if !t.Used.IsZero() {
 			u := t.Used.UTC()

@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
 )
 
 // Resource kinds and the versions midfs reads, as in Teleport's YAML.
@@ -26,12 +27,6 @@ const (
 	tokenVersion = "v2"
 	botVersion   = "v1"
 	nodeVersion  = "v2"
-)
-
-// Join methods of a token.
-const (
-	JoinToken = "token" // one-time secret; renewable bot identity
-	JoinIAM   = "iam"   // delegated: AWS IAM identity; non-renewable, token reusable
 )
 
 // loginsTemplate is filled from the bot's --logins.
@@ -433,14 +428,14 @@ func (t *TokenResource) check() error {
 		return fmt.Errorf("token %s: spec.roles must be [Bot]; midfs tokens only join bots", t.displayName())
 	}
 	switch t.Spec.JoinMethod {
-	case JoinToken:
+	case wire.JoinToken:
 		if len(t.Metadata.Name) < 32 {
 			return errors.New("token: for join_method token, metadata.name is the secret and needs at least 32 random characters (for example: openssl rand -hex 32)")
 		}
 		if len(t.Spec.Allow) > 0 {
 			return errors.New("token: allow rules only apply to join_method iam")
 		}
-	case JoinIAM:
+	case wire.JoinIAM:
 		if err := checkName("token", t.Metadata.Name); err != nil {
 			return err
 		}
@@ -460,7 +455,7 @@ func (t *TokenResource) check() error {
 
 // displayName never shows a secret: one-time token names are secrets.
 func (t *TokenResource) displayName() string {
-	if t.Spec.JoinMethod == JoinToken {
+	if t.Spec.JoinMethod == wire.JoinToken {
 		return "(secret)"
 	}
 	return t.Metadata.Name

@@ -22,7 +22,7 @@ import (
 func TestJoinRenewCertsNodes(t *testing.T) {
 	s := startTest(t)
 	bt := addBot(t, s, "robot", []string{"access"}, []string{"root", "ubuntu"})
-	if len(bt.Token) != 64 || bt.CAPin != s.CAPin() || bt.JoinMethod != JoinToken {
+	if len(bt.Token) != 64 || bt.CAPin != s.CAPin() || bt.JoinMethod != wire.JoinToken {
 		t.Fatalf("bot token: %+v", bt)
 	}
 	id := join(t, s, bt.Token)
