@@ -28,6 +28,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -275,7 +276,7 @@ func parseCallerIdentity(body []byte) (callerIdentity, *iamRefusal) {
 // rule an empty field matches anything, but a rule with both fields empty
 // matches nothing (it would let any AWS account in). Otherwise the reason
 // says which part failed: the account, or (with a matching account) the ARN.
-func matchIAMRules(rules []AllowRule, id callerIdentity) *iamRefusal {
+func matchIAMRules(rules []policy.AllowRule, id callerIdentity) *iamRefusal {
 	accountMatched := false
 	for _, r := range rules {
 		if r.AWSAccount == "" && r.AWSARN == "" {
@@ -285,7 +286,7 @@ func matchIAMRules(rules []AllowRule, id callerIdentity) *iamRefusal {
 			continue
 		}
 		accountMatched = true
-		if r.AWSARN != "" && !arnGlobMatch(r.AWSARN, id.Arn) {
+		if r.AWSARN != "" && !policy.Match(r.AWSARN, id.Arn) {
 			continue
 		}
 		return nil
@@ -294,35 +295,6 @@ func matchIAMRules(rules []AllowRule, id callerIdentity) *iamRefusal {
 		return refuse(reasonARNNotAllowed, "account %s, arn %q matches no aws_arn of the token", id.Account, id.Arn)
 	}
 	return refuse(reasonAccountNotAllowed, "account %s (arn %q) matches no aws_account of the token", id.Account, id.Arn)
-}
-
-// arnGlobMatch matches s against pattern, where * is any run of characters
-// (including none) and ? is exactly one; everything else is literal. It
-// backtracks only to the last *, so it runs in O(len(pattern)*len(s)).
-func arnGlobMatch(pattern, s string) bool {
-	p, i := []rune(pattern), []rune(s)
-	pi, si := 0, 0
-	star, mark := -1, 0
-	for si < len(i) {
-		switch {
-		case pi < len(p) && (p[pi] == '?' || p[pi] == i[si]):
-			pi++
-			si++
-		case pi < len(p) && p[pi] == '*':
-			star, mark = pi, si
-			pi++
-		case star >= 0:
-			pi = star + 1
-			mark++
-			si = mark
-		default:
-			return false
-		}
-	}
-	for pi < len(p) && p[pi] == '*' {
-		pi++
-	}
-	return pi == len(p)
 }
 
 func truncate(s string, n int) string {

@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -174,48 +175,20 @@ func TestAllowedSTSHost(t *testing.T) {
 	}
 }
 
-func TestGlobMatch(t *testing.T) {
-	for _, tc := range []struct {
-		pattern, s string
-		want       bool
-	}{
-		{"arn:aws:sts::111111111111:assumed-role/bot/i-*", "arn:aws:sts::111111111111:assumed-role/bot/i-0abc", true},
-		{"arn:aws:sts::111111111111:assumed-role/bot/i-*", "arn:aws:sts::111111111111:assumed-role/bot/", false},
-		{"arn:aws:sts::111111111111:assumed-role/bot/i-*", "arn:aws:sts::111111111111:assumed-role/botx/i-0abc", false},
-		{"arn:aws:sts::111111111111:assumed-role/bot/i-*", "arn:aws:sts::111111111111:assumed-role/bot/i-", true},
-		{"arn:aws:iam::?????????????:user/ci", "arn:aws:iam::1111111111111:user/ci", true},
-		{"arn:aws:iam::?????????????:user/ci", "arn:aws:iam::111111111111:user/ci", false},
-		{"*", "", true},
-		{"", "", true},
-		{"", "x", false},
-		{"a*b*c", "aXXbYYc", true},
-		{"a*b*c", "aXXbYY", false},
-		{"*.*", "a.b", true},
-		{"a.c", "abc", false}, // no regular expressions
-		{"[a]", "a", false},   // no character classes
-		{"*a*a*a*a*a*b", strings.Repeat("a", 200), false},
-		{"?", "é", true}, // one character, not one byte
-	} {
-		if got := arnGlobMatch(tc.pattern, tc.s); got != tc.want {
-			t.Errorf("arnGlobMatch(%q, %q) = %v, want %v", tc.pattern, tc.s, got, tc.want)
-		}
-	}
-}
-
 func TestMatchIAMRules(t *testing.T) {
 	id := callerIdentity{Account: "111111111111", Arn: "arn:aws:sts::111111111111:assumed-role/bot/i-0abc"}
 	for name, tc := range map[string]struct {
-		rules []AllowRule
+		rules []policy.AllowRule
 		want  iamReason // empty: admitted
 	}{
-		"account":                {[]AllowRule{{AWSAccount: "111111111111"}}, ""},
-		"account and arn":        {[]AllowRule{{AWSAccount: "111111111111", AWSARN: "arn:aws:sts::111111111111:assumed-role/bot/*"}}, ""},
-		"arn only":               {[]AllowRule{{AWSARN: "arn:aws:sts::111111111111:*"}}, ""},
-		"second rule":            {[]AllowRule{{AWSAccount: "222222222222"}, {AWSAccount: "111111111111"}}, ""},
-		"wrong account":          {[]AllowRule{{AWSAccount: "222222222222"}}, reasonAccountNotAllowed},
-		"arn outside the glob":   {[]AllowRule{{AWSAccount: "111111111111", AWSARN: "arn:aws:sts::111111111111:assumed-role/other/*"}}, reasonARNNotAllowed},
-		"arn only, no match":     {[]AllowRule{{AWSARN: "arn:aws:sts::222222222222:*"}}, reasonARNNotAllowed},
-		"empty rule admits none": {[]AllowRule{{}}, reasonAccountNotAllowed},
+		"account":                {[]policy.AllowRule{{AWSAccount: "111111111111"}}, ""},
+		"account and arn":        {[]policy.AllowRule{{AWSAccount: "111111111111", AWSARN: "arn:aws:sts::111111111111:assumed-role/bot/*"}}, ""},
+		"arn only":               {[]policy.AllowRule{{AWSARN: "arn:aws:sts::111111111111:*"}}, ""},
+		"second rule":            {[]policy.AllowRule{{AWSAccount: "222222222222"}, {AWSAccount: "111111111111"}}, ""},
+		"wrong account":          {[]policy.AllowRule{{AWSAccount: "222222222222"}}, reasonAccountNotAllowed},
+		"arn outside the glob":   {[]policy.AllowRule{{AWSAccount: "111111111111", AWSARN: "arn:aws:sts::111111111111:assumed-role/other/*"}}, reasonARNNotAllowed},
+		"arn only, no match":     {[]policy.AllowRule{{AWSARN: "arn:aws:sts::222222222222:*"}}, reasonARNNotAllowed},
+		"empty rule admits none": {[]policy.AllowRule{{}}, reasonAccountNotAllowed},
 		"no rules":               {nil, reasonAccountNotAllowed},
 	} {
 		got := matchIAMRules(tc.rules, id)

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 )
 
@@ -38,7 +39,7 @@ type invSnapshot struct {
 	version uint64
 	nodes   []identity.Node // sorted by name
 	encoded [][]byte        // nodes[i] as JSON
-	roles   map[string]Role
+	roles   map[string]policy.Role
 }
 
 func newInventory() *inventory {
@@ -81,7 +82,7 @@ func (inv *inventory) at(q querier, v uint64) (*invSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &invSnapshot{version: cur, nodes: nodes, encoded: make([][]byte, len(nodes)), roles: make(map[string]Role, len(roles))}
+	s := &invSnapshot{version: cur, nodes: nodes, encoded: make([][]byte, len(nodes)), roles: make(map[string]policy.Role, len(roles))}
 	for i, n := range nodes {
 		if s.encoded[i], err = json.Marshal(n); err != nil {
 			return nil, err
@@ -97,7 +98,7 @@ func (inv *inventory) at(q querier, v uint64) (*invSnapshot, error) {
 // visible returns the encoded nodes that a bot with the named roles may
 // see, in name order.
 func (s *invSnapshot) visible(roleNames []string) ([][]byte, error) {
-	roles := make([]Role, 0, len(roleNames))
+	roles := make([]policy.Role, 0, len(roleNames))
 	for _, n := range roleNames {
 		r, ok := s.roles[n]
 		if !ok {
@@ -107,7 +108,7 @@ func (s *invSnapshot) visible(roleNames []string) ([][]byte, error) {
 	}
 	var out [][]byte
 	for i, n := range s.nodes {
-		if nodeVisible(roles, n) {
+		if policy.NodeVisible(roles, n) {
 			out = append(out, s.encoded[i])
 		}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -70,7 +71,7 @@ func checkLogins(logins []string) error {
 // an existing bot (without Replace) or an unsuitable delegated token are
 // errors, and then nothing is stored.
 func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
-	if err := checkName("bot", spec.Name); err != nil {
+	if err := policy.CheckName("bot", spec.Name); err != nil {
 		return nil, err
 	}
 	if len(spec.Roles) == 0 {
@@ -224,7 +225,7 @@ func (s *Server) AddNode(ctx context.Context, n identity.Node) error {
 // one transaction. Existing resources are errors unless force is set.
 // It returns one line per resource, like "role/dev created".
 func (s *Server) CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error) {
-	res, err := ParseResources(data)
+	res, err := policy.ParseResources(data)
 	if err != nil {
 		return nil, err
 	}
@@ -232,7 +233,7 @@ func (s *Server) CreateYAML(ctx context.Context, data []byte, force bool) ([]str
 }
 
 // Create stores parsed resources in one transaction.
-func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]string, error) {
+func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) ([]string, error) {
 	now := s.cfg.Now()
 	var done []string
 	if len(res.Roles) > 0 || len(res.Nodes) > 0 {
@@ -260,7 +261,7 @@ func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]stri
 			return nil
 		}
 		for _, r := range res.Roles {
-			if err := put(KindRole, r.Metadata.Name, func() error { return putRole(tx, r) }); err != nil {
+			if err := put(policy.KindRole, r.Metadata.Name, func() error { return putRole(tx, r) }); err != nil {
 				return err
 			}
 		}
@@ -269,7 +270,7 @@ func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]stri
 			if t.Metadata.Expires != nil {
 				row.Expires = t.Metadata.Expires.Truncate(time.Second)
 				if !row.Expires.After(now) {
-					return fmt.Errorf("token %s: metadata.expires %s is in the past", t.displayName(), row.Expires.UTC().Format(time.RFC3339))
+					return fmt.Errorf("token %s: metadata.expires %s is in the past", t.DisplayName(), row.Expires.UTC().Format(time.RFC3339))
 				}
 			}
 			if t.Spec.JoinMethod == wire.JoinToken {
@@ -281,7 +282,7 @@ func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]stri
 			} else {
 				row.Name = t.Metadata.Name
 			}
-			err := put(KindToken, row.Name, func() error {
+			err := put(policy.KindToken, row.Name, func() error {
 				err := insertToken(tx, row, true)
 				if isUnique(err) {
 					return fmt.Errorf("token %s: this secret is already in use", row.Name)
@@ -297,7 +298,7 @@ func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]stri
 			if err := identity.CheckNode(node); err != nil {
 				return err
 			}
-			if err := put(KindNode, node.Name, func() error { return putNode(tx, node) }); err != nil {
+			if err := put(policy.KindNode, node.Name, func() error { return putNode(tx, node) }); err != nil {
 				return err
 			}
 		}
@@ -319,25 +320,15 @@ func exists(q querier, table, name string) (bool, error) {
 	return n > 0, err
 }
 
-// NormalizeKind maps "roles", "Role" and the like to a Kind* constant.
-func NormalizeKind(kind string) (string, error) {
-	k := strings.TrimSuffix(strings.ToLower(kind), "s")
-	switch k {
-	case KindRole, KindToken, KindBot, KindNode:
-		return k, nil
-	}
-	return "", fmt.Errorf("unknown resource kind %q: want roles, tokens, bots or nodes", kind)
-}
-
 // Get lists resources of a kind, or the one named (an error if missing).
-func (s *Server) Get(ctx context.Context, kind, name string) (*Resources, error) {
-	kind, err := NormalizeKind(kind)
+func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources, error) {
+	kind, err := policy.NormalizeKind(kind)
 	if err != nil {
 		return nil, err
 	}
-	res := &Resources{}
+	res := &policy.Resources{}
 	switch kind {
-	case KindRole:
+	case policy.KindRole:
 		roles, err := listRoles(s.st.db)
 		if err != nil {
 			return nil, err
@@ -347,7 +338,7 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*Resources, error)
 				res.Roles = append(res.Roles, r)
 			}
 		}
-	case KindToken:
+	case policy.KindToken:
 		tokens, err := listTokens(s.st.db)
 		if err != nil {
 			return nil, err
@@ -357,7 +348,7 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*Resources, error)
 				res.Tokens = append(res.Tokens, tokenResource(t))
 			}
 		}
-	case KindBot:
+	case policy.KindBot:
 		bots, err := listBots(s.st.db)
 		if err != nil {
 			return nil, err
@@ -367,15 +358,15 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*Resources, error)
 				res.Bots = append(res.Bots, botResource(b))
 			}
 		}
-	case KindNode:
+	case policy.KindNode:
 		nodes, err := listNodes(s.st.db)
 		if err != nil {
 			return nil, err
 		}
 		for _, n := range nodes {
 			if name == "" || n.Name == name {
-				res.Nodes = append(res.Nodes, NodeResource{Kind: KindNode, Version: nodeVersion,
-					Metadata: Metadata{Name: n.Name, Labels: n.Labels}, Spec: NodeSpec{Addr: n.Addr}})
+				res.Nodes = append(res.Nodes, policy.NodeResource{Kind: policy.KindNode, Version: policy.NodeVersion,
+					Metadata: policy.Metadata{Name: n.Name, Labels: n.Labels}, Spec: policy.NodeSpec{Addr: n.Addr}})
 			}
 		}
 	}
@@ -385,15 +376,15 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*Resources, error)
 	return res, nil
 }
 
-func tokenResource(t *tokenRow) TokenResource {
-	r := TokenResource{Kind: KindToken, Version: tokenVersion, Metadata: Metadata{Name: t.Name},
-		Spec: TokenSpec{Roles: []string{"Bot"}, BotName: t.BotName, JoinMethod: t.JoinMethod, Allow: t.Allow}}
+func tokenResource(t *tokenRow) policy.TokenResource {
+	r := policy.TokenResource{Kind: policy.KindToken, Version: policy.TokenVersion, Metadata: policy.Metadata{Name: t.Name},
+		Spec: policy.TokenSpec{Roles: []string{"Bot"}, BotName: t.BotName, JoinMethod: t.JoinMethod, Allow: t.Allow}}
 	if !t.Expires.IsZero() {
 		e := t.Expires.UTC()
 		r.Metadata.Expires = &e
 	}
 	if t.JoinMethod == wire.JoinToken {
-		r.Status = &TokenState{Used: !t.Used.IsZero()}
+		r.Status = &policy.TokenState{Used: !t.Used.IsZero()}
 		if !t.Used.IsZero() {
 			u := t.Used.UTC()
 			r.Status.UsedAt = &u
@@ -402,19 +393,19 @@ func tokenResource(t *tokenRow) TokenResource {
 	return r
 }
 
-func botResource(b *botRow) BotResource {
-	r := BotResource{Kind: KindBot, Version: botVersion, Metadata: Metadata{Name: b.Name},
-		Spec:   BotSpecV1{Roles: b.Roles},
-		Status: BotStatus{Generation: b.Generation, Locked: b.Locked, Token: b.TokenName, Created: b.Created.UTC()}}
+func botResource(b *botRow) policy.BotResource {
+	r := policy.BotResource{Kind: policy.KindBot, Version: policy.BotVersion, Metadata: policy.Metadata{Name: b.Name},
+		Spec:   policy.BotSpecV1{Roles: b.Roles},
+		Status: policy.BotStatus{Generation: b.Generation, Locked: b.Locked, Token: b.TokenName, Created: b.Created.UTC()}}
 	if len(b.Logins) > 0 {
-		r.Spec.Traits = []Trait{{Name: "logins", Values: b.Logins}}
+		r.Spec.Traits = []policy.Trait{{Name: "logins", Values: b.Logins}}
 	}
 	return r
 }
 
 // Bots lists every bot.
-func (s *Server) Bots(ctx context.Context) ([]BotResource, error) {
-	res, err := s.Get(ctx, KindBot, "")
+func (s *Server) Bots(ctx context.Context) ([]policy.BotResource, error) {
+	res, err := s.Get(ctx, policy.KindBot, "")
 	if err != nil {
 		return nil, err
 	}
@@ -424,19 +415,19 @@ func (s *Server) Bots(ctx context.Context) ([]BotResource, error) {
 // Remove deletes a role, token, node or bot. A role that bots use is kept:
 // removing it would silently change what they may do.
 func (s *Server) Remove(ctx context.Context, kind, name string) error {
-	kind, err := NormalizeKind(kind)
+	kind, err := policy.NormalizeKind(kind)
 	if err != nil {
 		return err
 	}
-	if kind == KindBot {
+	if kind == policy.KindBot {
 		return s.RemoveBot(ctx, name)
 	}
 	table := kind + "s"
-	if kind == KindRole || kind == KindNode {
+	if kind == policy.KindRole || kind == policy.KindNode {
 		defer s.inv.changed()
 	}
 	err = s.st.update(func(tx *sql.Tx) error {
-		if kind == KindRole {
+		if kind == policy.KindRole {
 			bots, err := listBots(tx)
 			if err != nil {
 				return err

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 )
 
@@ -87,6 +88,17 @@ func listBots(q querier) ([]*botRow, error) {
 	return queryAll(q, `SELECT `+botCols+` FROM bots ORDER BY name`, scanBot)
 }
 
+// Token is a stored join token as the join code sees it. Expires is zero
+// for tokens that never expire (delegated tokens without metadata.expires).
+type Token struct {
+	Name       string
+	BotName    string
+	JoinMethod string
+	Allow      []policy.AllowRule
+	Expires    time.Time
+	Used       time.Time // zero while unused; only one-time tokens get used
+}
+
 // tokenRow is a stored token.
 type tokenRow struct {
 	Token
@@ -157,13 +169,13 @@ func nonNil[T any](s []T) []T {
 	return s
 }
 
-func putRole(tx *sql.Tx, r Role) error {
+func putRole(tx *sql.Tx, r policy.Role) error {
 	_, err := tx.Exec(`INSERT OR REPLACE INTO roles(name, spec) VALUES (?, ?)`, r.Metadata.Name, mustJSON(r))
 	return err
 }
 
-func scanRole(row rowScanner) (Role, error) {
-	var r Role
+func scanRole(row rowScanner) (policy.Role, error) {
+	var r policy.Role
 	var spec string
 	if err := row.Scan(&spec); err != nil {
 		return r, err
@@ -174,8 +186,8 @@ func scanRole(row rowScanner) (Role, error) {
 	return r, nil
 }
 
-func getRoles(q querier, names []string) ([]Role, error) {
-	out := make([]Role, 0, len(names))
+func getRoles(q querier, names []string) ([]policy.Role, error) {
+	out := make([]policy.Role, 0, len(names))
 	for _, n := range names {
 		r, err := scanRole(q.QueryRowContext(context.Background(), `SELECT spec FROM roles WHERE name = ?`, n))
 		if errors.Is(err, sql.ErrNoRows) {
@@ -189,7 +201,7 @@ func getRoles(q querier, names []string) ([]Role, error) {
 	return out, nil
 }
 
-func listRoles(q querier) ([]Role, error) {
+func listRoles(q querier) ([]policy.Role, error) {
 	return queryAll(q, `SELECT spec FROM roles ORDER BY name`, scanRole)
 }
 

@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -218,7 +219,7 @@ func (s *Server) initState() error {
 				return err
 			}
 		}
-		for _, r := range builtinRoles() {
+		for _, r := range policy.BuiltinRoles() {
 			if err := putRole(tx, r); err != nil {
 				return err
 			}

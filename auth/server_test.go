@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -505,16 +506,6 @@ spec:
 	}
 }
 
-func TestDenyLoginsWin(t *testing.T) {
-	roles := []Role{
-		{Spec: RoleSpec{Allow: Conditions{Logins: []string{loginsTemplate, "extra"}}}},
-		{Spec: RoleSpec{Deny: Conditions{Logins: []string{"root"}}}},
-	}
-	if got := allowedLogins(roles, []string{"root", "ubuntu"}); !reflect.DeepEqual(got, []string{"extra", "ubuntu"}) {
-		t.Errorf("allowed logins %v", got)
-	}
-}
-
 func TestStartErrors(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := Start(context.Background(), Config{DataDir: dir, Listen: "nonsense", Logger: testLogger(t)}); err == nil || !strings.Contains(err.Error(), "--listen") {
@@ -702,7 +693,7 @@ func TestResourceYAMLOverOneMiBIsRefused(t *testing.T) {
 			t.Errorf("%s: %d bytes of YAML: got %v, want one line saying it is larger than 1 MiB", name, len(big), err)
 		}
 	}
-	if _, err := s.Get(ctx, KindRole, "big"); err == nil {
+	if _, err := s.Get(ctx, policy.KindRole, "big"); err == nil {
 		t.Error("the role of the refused YAML was stored")
 	}
 	if _, err := ac.CreateYAML(ctx, roleYAMLOfSize(t, "fits", oneMiB), false); err != nil {

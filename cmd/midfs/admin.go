@@ -17,6 +17,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -363,7 +364,7 @@ func create(c *cli.Context, ac *auth.AdminClient) error {
 		defer f.Close()
 		in = f
 	}
-	data, err := auth.ReadResourceYAML(in)
+	data, err := policy.ReadResourceYAML(in)
 	if err != nil {
 		return failf(exitUsage, "create: %s: %v; nothing was stored", file, err)
 	}
@@ -380,7 +381,7 @@ func create(c *cli.Context, ac *auth.AdminClient) error {
 // splitRef reads KIND[/NAME].
 func splitRef(ref string) (kind, name string, err error) {
 	kind, name, _ = strings.Cut(ref, "/")
-	kind, err = auth.NormalizeKind(kind)
+	kind, err = policy.NormalizeKind(kind)
 	return kind, name, err
 }
 

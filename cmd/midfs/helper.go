@@ -15,9 +15,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/midfs/midfs/identity"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
+
+	"github.com/midfs/midfs/identity"
 )
 
 // mount(8) runs `mount.fuse.midfs SOURCE MOUNTPOINT -o OPTIONS` for an fstab
