@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -85,7 +86,7 @@ func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pub, _ := parsePublicKey(req.PublicKey) // checked in verify
-	bi, err := j.s.issueBotIdentity(bot, pub, wire.JoinIAM)
+	bi, err := j.s.issueBotIdentity(r.Context(), bot, pub, wire.JoinIAM)
 	var botRef *refusal
 	if errors.As(err, &botRef) { // bot removed or locked
 		j.refuse(w, r, ref, refuse(iamReason(botRef.Code), "%s", botRef.Reason))
@@ -112,7 +113,7 @@ func (j *iamJoin) verify(r *http.Request, req *wire.IAMJoinRequest) (string, cal
 	}
 	tok, err := j.s.lookupToken(r.Context(), req.Token)
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		// No name in the log: an agent that passed a one-time secret by
 		// mistake must not get it written down.
 		return "", callerIdentity{}, refuse(reasonTokenUnknown, "no token of that name")

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity"
 )
 
@@ -61,7 +63,7 @@ func (inv *inventory) etag(v uint64) string {
 
 // at returns a snapshot at least as new as version v, reading the store if
 // the last one is older.
-func (inv *inventory) at(q querier, v uint64) (*invSnapshot, error) {
+func (inv *inventory) at(ctx context.Context, q store.Reader, v uint64) (*invSnapshot, error) {
 	if s := inv.snap.Load(); s != nil && s.version >= v {
 		return s, nil
 	}
@@ -74,11 +76,11 @@ func (inv *inventory) at(q querier, v uint64) (*invSnapshot, error) {
 	// what that version names, and a change committing meanwhile moves the
 	// version past it, so the next request loads again.
 	cur := inv.version.Load()
-	nodes, err := listNodes(q)
+	nodes, err := q.Nodes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	roles, err := listRoles(q)
+	roles, err := q.AllRoles(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +104,7 @@ func (s *invSnapshot) visible(roleNames []string) ([][]byte, error) {
 	for _, n := range roleNames {
 		r, ok := s.roles[n]
 		if !ok {
-			return nil, fmt.Errorf("role %q: %w", n, ErrNotFound)
+			return nil, fmt.Errorf("role %q: %w", n, store.ErrNotFound)
 		}
 		roles = append(roles, r)
 	}

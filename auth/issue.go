@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -95,7 +96,7 @@ func readBotCert(c *x509.Certificate) (*botCert, error) {
 }
 
 // issueBotTLS makes the bot's own identity certificate.
-func (s *Server) issueBotTLS(bot *botRow, pub crypto.PublicKey, gen uint64, renewable bool, now time.Time) (*wire.BotIdentity, error) {
+func (s *Server) issueBotTLS(bot *store.Bot, pub crypto.PublicKey, gen uint64, renewable bool, now time.Time) (*wire.BotIdentity, error) {
 	subject := pkix.Name{
 		CommonName:   botUser(bot.Name),
 		Organization: bot.Roles,
@@ -121,7 +122,7 @@ func (s *Server) issueBotTLS(bot *botRow, pub crypto.PublicKey, gen uint64, rene
 
 // issueOutput makes the output identity: an SSH user certificate and an
 // X.509 client certificate over one public key, neither renewable.
-func (s *Server) issueOutput(bot *botRow, roles []policy.Role, pub crypto.PublicKey, ttl time.Duration, now time.Time) (*wire.Certs, error) {
+func (s *Server) issueOutput(bot *store.Bot, roles []policy.Role, pub crypto.PublicKey, ttl time.Duration, now time.Time) (*wire.Certs, error) {
 	logins := policy.AllowedLogins(roles, bot.Logins)
 	// Logins are checked when they enter; one stored before the checks
 	// existed would make a certificate OpenSSH rejects, so it is left out.

@@ -3,7 +3,6 @@ package auth
 import (
 	"context"
 	"crypto/rand"
-	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -102,20 +102,20 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 		out.Token, out.JoinMethod, out.Expires = secret, wire.JoinToken, now.Add(spec.TTL).Truncate(time.Second)
 		out.TokenName = oneTimeTokenName(spec.Name, hashToken(secret))
 	}
-	err := s.st.update(func(tx *sql.Tx) error {
-		if _, err := getRoles(tx, spec.Roles); err != nil {
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		if _, err := tx.Roles(ctx, spec.Roles); err != nil {
 			return fmt.Errorf("%w; see `midfs get roles`", err)
 		}
-		old, err := getBot(tx, spec.Name)
+		old, err := tx.Bot(ctx, spec.Name)
 		switch {
 		case err == nil && !spec.Replace:
 			return fmt.Errorf("bot %s already exists (generation %d); remove it with `midfs bots rm %s` first", old.Name, old.Generation, old.Name)
-		case err != nil && !errors.Is(err, ErrNotFound):
+		case err != nil && !errors.Is(err, store.ErrNotFound):
 			return err
 		}
 		if spec.TokenName != "" {
-			t, err := getTokenBy(tx, "name", spec.TokenName)
-			if errors.Is(err, ErrNotFound) {
+			t, err := tx.Token(ctx, spec.TokenName)
+			if errors.Is(err, store.ErrNotFound) {
 				return fmt.Errorf("token %q not found: create it first with `midfs create -f TOKEN.yaml`", spec.TokenName)
 			}
 			if err != nil {
@@ -132,11 +132,9 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 		}
 		rolesChanged = old != nil && !slices.Equal(old.Roles, spec.Roles)
 		if old == nil {
-			_, err = tx.Exec(`INSERT INTO bots(name, roles, logins, instance, token_name, created) VALUES (?, ?, ?, ?, ?, ?)`,
-				spec.Name, mustJSON(spec.Roles), mustJSON(nonNil(spec.Logins)), newInstanceID(), spec.TokenName, now.Unix())
+			err = tx.AddBot(ctx, &store.Bot{Name: spec.Name, Roles: spec.Roles, Logins: spec.Logins, Instance: newInstanceID(), TokenName: spec.TokenName, Created: now})
 		} else {
-			_, err = tx.Exec(`UPDATE bots SET roles = ?, logins = ?, token_name = ? WHERE name = ?`,
-				mustJSON(spec.Roles), mustJSON(nonNil(spec.Logins)), spec.TokenName, spec.Name)
+			err = tx.SetBotGrants(ctx, spec.Name, spec.Roles, spec.Logins, spec.TokenName)
 		}
 		if err != nil {
 			return err
@@ -145,11 +143,11 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 			return nil
 		}
 		// A re-issued token replaces the bot's unused ones.
-		if _, err := tx.Exec(`DELETE FROM tokens WHERE bot_name = ? AND join_method = ? AND used = 0`, spec.Name, wire.JoinToken); err != nil {
+		if err := tx.RemoveBotTokens(ctx, spec.Name, wire.JoinToken, true); err != nil {
 			return err
 		}
-		return insertToken(tx, &tokenRow{
-			Token:      Token{Name: out.TokenName, BotName: spec.Name, JoinMethod: wire.JoinToken, Expires: out.Expires},
+		return tx.PutToken(ctx, &store.Token{
+			Name: out.TokenName, BotName: spec.Name, JoinMethod: wire.JoinToken, Expires: out.Expires,
 			SecretHash: hashToken(secret),
 			Created:    now,
 		}, false)
@@ -170,16 +168,15 @@ func oneTimeTokenName(bot string, hash []byte) string {
 // RemoveBot deletes a bot and its one-time tokens: every identity it holds
 // is refused from then on, and its tokens no longer join.
 func (s *Server) RemoveBot(ctx context.Context, name string) error {
-	err := s.st.update(func(tx *sql.Tx) error {
-		res, err := tx.Exec(`DELETE FROM bots WHERE name = ?`, name)
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		found, err := tx.Remove(ctx, policy.KindBot, name)
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
+		if !found {
 			return fmt.Errorf("bot %q not found; see `midfs bots ls`", name)
 		}
-		_, err = tx.Exec(`DELETE FROM tokens WHERE bot_name = ? AND join_method = ?`, name, wire.JoinToken)
-		return err
+		return tx.RemoveBotTokens(ctx, name, wire.JoinToken, false)
 	})
 	if err == nil {
 		s.log.Info("bot removed", "bot", name)
@@ -193,8 +190,8 @@ func (s *Server) RemoveBot(ctx context.Context, name string) error {
 // another generation locks it again.
 func (s *Server) UnlockBot(ctx context.Context, name string) error {
 	var was string
-	err := s.st.update(func(tx *sql.Tx) error {
-		b, err := getBot(tx, name)
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		b, err := tx.Bot(ctx, name)
 		if err != nil {
 			return fmt.Errorf("%w; see `midfs bots ls`", err)
 		}
@@ -202,8 +199,7 @@ func (s *Server) UnlockBot(ctx context.Context, name string) error {
 		if was == "" {
 			return fmt.Errorf("bot %s is not locked", name)
 		}
-		_, err = tx.Exec(`UPDATE bots SET locked = '' WHERE name = ?`, name)
-		return err
+		return tx.SetLocked(ctx, name, "")
 	})
 	if err == nil {
 		s.log.Info("bot unlocked", "bot", name, "was", was)
@@ -218,7 +214,7 @@ func (s *Server) AddNode(ctx context.Context, n identity.Node) error {
 		return err
 	}
 	defer s.inv.changed()
-	return s.st.update(func(tx *sql.Tx) error { return putNode(tx, n) })
+	return s.st.Update(ctx, func(tx store.Tx) error { return tx.PutNode(ctx, n) })
 }
 
 // CreateYAML parses resources (see ParseResources) and stores them all in
@@ -239,18 +235,18 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 	if len(res.Roles) > 0 || len(res.Nodes) > 0 {
 		defer s.inv.changed()
 	}
-	err := s.st.update(func(tx *sql.Tx) error {
-		// put stores one resource with store, refusing to replace one
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		// put stores one resource with save, refusing to replace one
 		// that exists unless force is set.
-		put := func(kind, name string, store func() error) error {
-			existed, err := exists(tx, kind+"s", name)
+		put := func(kind, name string, save func() error) error {
+			existed, err := tx.Exists(ctx, kind, name)
 			if err != nil {
 				return err
 			}
 			if existed && !force {
 				return fmt.Errorf("%s %s already exists; use --force to replace it", kind, name)
 			}
-			if err := store(); err != nil {
+			if err := save(); err != nil {
 				return err
 			}
 			verb := "created"
@@ -261,12 +257,12 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 			return nil
 		}
 		for _, r := range res.Roles {
-			if err := put(policy.KindRole, r.Metadata.Name, func() error { return putRole(tx, r) }); err != nil {
+			if err := put(policy.KindRole, r.Metadata.Name, func() error { return tx.PutRole(ctx, r) }); err != nil {
 				return err
 			}
 		}
 		for _, t := range res.Tokens {
-			row := &tokenRow{Token: Token{BotName: t.Spec.BotName, JoinMethod: t.Spec.JoinMethod, Allow: t.Spec.Allow}, Created: now}
+			row := &store.Token{BotName: t.Spec.BotName, JoinMethod: t.Spec.JoinMethod, Allow: t.Spec.Allow, Created: now}
 			if t.Metadata.Expires != nil {
 				row.Expires = t.Metadata.Expires.Truncate(time.Second)
 				if !row.Expires.After(now) {
@@ -283,8 +279,8 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 				row.Name = t.Metadata.Name
 			}
 			err := put(policy.KindToken, row.Name, func() error {
-				err := insertToken(tx, row, true)
-				if isUnique(err) {
+				err := tx.PutToken(ctx, row, true)
+				if errors.Is(err, store.ErrConflict) {
 					return fmt.Errorf("token %s: this secret is already in use", row.Name)
 				}
 				return err
@@ -298,7 +294,7 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 			if err := identity.CheckNode(node); err != nil {
 				return err
 			}
-			if err := put(policy.KindNode, node.Name, func() error { return putNode(tx, node) }); err != nil {
+			if err := put(policy.KindNode, node.Name, func() error { return tx.PutNode(ctx, node) }); err != nil {
 				return err
 			}
 		}
@@ -314,12 +310,6 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 	return done, nil
 }
 
-func exists(q querier, table, name string) (bool, error) {
-	var n int
-	err := q.QueryRowContext(context.Background(), `SELECT count(*) FROM `+table+` WHERE name = ?`, name).Scan(&n)
-	return n > 0, err
-}
-
 // Get lists resources of a kind, or the one named (an error if missing).
 func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources, error) {
 	kind, err := policy.NormalizeKind(kind)
@@ -329,7 +319,7 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources,
 	res := &policy.Resources{}
 	switch kind {
 	case policy.KindRole:
-		roles, err := listRoles(s.st.db)
+		roles, err := s.st.AllRoles(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -339,7 +329,7 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources,
 			}
 		}
 	case policy.KindToken:
-		tokens, err := listTokens(s.st.db)
+		tokens, err := s.st.Tokens(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -349,7 +339,7 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources,
 			}
 		}
 	case policy.KindBot:
-		bots, err := listBots(s.st.db)
+		bots, err := s.st.Bots(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -359,7 +349,7 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources,
 			}
 		}
 	case policy.KindNode:
-		nodes, err := listNodes(s.st.db)
+		nodes, err := s.st.Nodes(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -376,7 +366,7 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources,
 	return res, nil
 }
 
-func tokenResource(t *tokenRow) policy.TokenResource {
+func tokenResource(t *store.Token) policy.TokenResource {
 	r := policy.TokenResource{Kind: policy.KindToken, Version: policy.TokenVersion, Metadata: policy.Metadata{Name: t.Name},
 		Spec: policy.TokenSpec{Roles: []string{"Bot"}, BotName: t.BotName, JoinMethod: t.JoinMethod, Allow: t.Allow}}
 	if !t.Expires.IsZero() {
@@ -393,7 +383,7 @@ func tokenResource(t *tokenRow) policy.TokenResource {
 	return r
 }
 
-func botResource(b *botRow) policy.BotResource {
+func botResource(b *store.Bot) policy.BotResource {
 	r := policy.BotResource{Kind: policy.KindBot, Version: policy.BotVersion, Metadata: policy.Metadata{Name: b.Name},
 		Spec:   policy.BotSpecV1{Roles: b.Roles},
 		Status: policy.BotStatus{Generation: b.Generation, Locked: b.Locked, Token: b.TokenName, Created: b.Created.UTC()}}
@@ -422,13 +412,12 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 	if kind == policy.KindBot {
 		return s.RemoveBot(ctx, name)
 	}
-	table := kind + "s"
 	if kind == policy.KindRole || kind == policy.KindNode {
 		defer s.inv.changed()
 	}
-	err = s.st.update(func(tx *sql.Tx) error {
+	err = s.st.Update(ctx, func(tx store.Tx) error {
 		if kind == policy.KindRole {
-			bots, err := listBots(tx)
+			bots, err := tx.Bots(ctx)
 			if err != nil {
 				return err
 			}
@@ -442,12 +431,12 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 				return fmt.Errorf("role %s is used by bots %s; remove them or give them other roles first", name, strings.Join(users, ", "))
 			}
 		}
-		res, err := tx.Exec(`DELETE FROM `+table+` WHERE name = ?`, name)
+		found, err := tx.Remove(ctx, kind, name)
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("%s %q not found; see `midfs get %s`", kind, name, table)
+		if !found {
+			return fmt.Errorf("%s %q not found; see `midfs get %ss`", kind, name, kind)
 		}
 		return nil
 	})

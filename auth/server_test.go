@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/store/sqlite"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -628,7 +629,7 @@ func TestStateFilesAreOwnerOnly(t *testing.T) {
 	}
 	ac.Close()
 	c.kill()
-	for _, name := range []string{dbFile, dbFile + "-wal", dbFile + "-shm"} {
+	for _, name := range []string{sqlite.File, sqlite.File + "-wal", sqlite.File + "-shm"} {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil || fi.Size() == 0 {
 			t.Fatalf("the killed authority left no %s with data (%v)", name, err)
@@ -662,7 +663,7 @@ func checkOwnerOnly(t *testing.T, dir string) {
 			t.Errorf("%s is %v: state files must be for the owner only", e.Name(), fi.Mode())
 		}
 	}
-	for _, name := range []string{dbFile, dbFile + "-wal", dbFile + "-shm"} {
+	for _, name := range []string{sqlite.File, sqlite.File + "-wal", sqlite.File + "-shm"} {
 		if !seen[name] {
 			t.Errorf("no %s in the data dir (have %v)", name, seen)
 		}
