@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
+	"github.com/midfs/midfs/auth/iam"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -90,7 +91,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("--sts-endpoint %s is only for tests: add --insecure-test-mode, never in production", c.STSEndpoint)
 	}
 	if c.STSEndpoint != "" {
-		if err := checkSTSEndpoint(c.STSEndpoint); err != nil {
+		if err := iam.CheckEndpoint(c.STSEndpoint); err != nil {
 			return err
 		}
 	}

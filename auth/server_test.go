@@ -440,7 +440,7 @@ func TestBadRequests(t *testing.T) {
 	if status, _, _ := c.do("GET", "/v1/nope", nil, nil); status != 404 {
 		t.Errorf("unknown path: %d", status)
 	}
-	// Without a client certificate, renew, certs and nodes refuse.
+	// Without a client certificate, renew, certs and nodes iam.Refuse.
 	for _, p := range []string{wire.PathRenew, wire.PathCerts} {
 		if status, _, _ := c.do("POST", p, []byte(`{}`), nil); status != 401 {
 			t.Errorf("%s without a client cert: %d", p, status)

@@ -18,7 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth"
-	"github.com/midfs/midfs/auth/ststest"
+	"github.com/midfs/midfs/auth/iam/ststest"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/joiner"
 	"github.com/midfs/midfs/wire"
