@@ -1,7 +1,9 @@
 // Package auth is the midfs authority: it holds the certificate authorities,
-// roles, bots, join tokens and nodes in SQLite, verifies joins, and issues
-// bot and output identities over an HTTPS API. Administrators reach it
-// through a Unix socket in its data directory (see admin.go).
+// verifies joins, and issues bot and output identities over an HTTPS API.
+// Administrators reach it through a Unix socket in its data directory (see
+// admin.go). Its rooms: auth/store (the state, SQLite in auth/store/sqlite),
+// auth/policy (roles, tokens, nodes and their rules) and auth/iam (the IAM
+// join checks). Only cmd and tests import auth.
 package auth
 
 import (
