@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 )
 
@@ -114,7 +115,7 @@ func (s *Server) adminRoutes() http.Handler {
 		return struct{}{}, s.UnlockBot(r.Context(), r.PathValue("name"))
 	})
 	handle("POST /v1/resources", func(w http.ResponseWriter, r *http.Request) (any, error) {
-		data, err := ReadResourceYAML(r.Body)
+		data, err := policy.ReadResourceYAML(r.Body)
 		if err != nil {
 			return nil, err
 		}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -124,8 +125,8 @@ func (c *AdminClient) UnlockBot(ctx context.Context, name string) error {
 
 // CreateYAML stores the resources of a YAML file.
 func (c *AdminClient) CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error) {
-	if len(data) > MaxResourceYAML { // the authority would refuse it after reading 1 MiB
-		return nil, errResourcesTooLarge
+	if len(data) > policy.MaxResourceYAML { // the authority would refuse it after reading 1 MiB
+		return nil, policy.ErrResourcesTooLarge
 	}
 	var done []string
 	err := c.call(ctx, "POST", "/v1/resources?force="+fmt.Sprint(force), data, &done)
@@ -133,12 +134,12 @@ func (c *AdminClient) CreateYAML(ctx context.Context, data []byte, force bool) (
 }
 
 // Get lists resources of a kind, or the one named.
-func (c *AdminClient) Get(ctx context.Context, kind, name string) (*Resources, error) {
+func (c *AdminClient) Get(ctx context.Context, kind, name string) (*policy.Resources, error) {
 	path := "/v1/resources/" + url.PathEscape(kind)
 	if name != "" {
 		path += "/" + url.PathEscape(name)
 	}
-	var res Resources
+	var res policy.Resources
 	return &res, c.call(ctx, "GET", path, nil, &res)
 }
 
@@ -154,7 +155,7 @@ func (c *AdminClient) AddNode(ctx context.Context, n identity.Node) error {
 
 // RemoveNode deletes a node.
 func (c *AdminClient) RemoveNode(ctx context.Context, name string) error {
-	return c.Remove(ctx, KindNode, name)
+	return c.Remove(ctx, policy.KindNode, name)
 }
 
 // Export returns a CA in the form of typ (see Export* constants).

@@ -52,17 +52,17 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	var req wire.JoinRequest
 	if err := decodeRequest(w, r, &req); err != nil {
-		s.refuseJoin(w, r, JoinToken, err)
+		s.refuseJoin(w, r, wire.JoinToken, err)
 		return
 	}
-	id, err := s.joinToken(&req)
+	id, err := s.joinToken(r.Context(), &req)
 	if err != nil {
-		s.refuseJoin(w, r, JoinToken, err)
+		s.refuseJoin(w, r, wire.JoinToken, err)
 		return
 	}
-	s.metrics.join(JoinToken, "ok")
+	s.metrics.join(wire.JoinToken, "ok")
 	s.metrics.issued("join", time.Since(start))
-	s.log.Info("bot joined", "bot", id.BotName, "method", JoinToken, "generation", id.Generation, "remote", r.RemoteAddr)
+	s.log.Info("bot joined", "bot", id.BotName, "method", wire.JoinToken, "generation", id.Generation, "remote", r.RemoteAddr)
 	writeJSON(w, id)
 }
 
@@ -118,7 +118,7 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		fail(err)
 		return
 	}
-	id, err := s.renew(bc, &req)
+	id, err := s.renew(r.Context(), bc, &req)
 	if err != nil {
 		fail(err)
 		return
@@ -141,7 +141,7 @@ func (s *Server) handleCerts(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, "certs", err)
 		return
 	}
-	certs, err := s.certs(bc, &req)
+	certs, err := s.certs(r.Context(), bc, &req)
 	if err != nil {
 		s.refuse(w, r, "certs", err)
 		return
@@ -171,7 +171,7 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
-	list, err := s.nodes(bc, v)
+	list, err := s.nodes(r.Context(), bc, v)
 	if err != nil {
 		s.refuse(w, r, "nodes", err)
 		return

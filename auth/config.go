@@ -1,7 +1,9 @@
 // Package auth is the midfs authority: it holds the certificate authorities,
-// roles, bots, join tokens and nodes in SQLite, verifies joins, and issues
-// bot and output identities over an HTTPS API. Administrators reach it
-// through a Unix socket in its data directory (see admin.go).
+// verifies joins, and issues bot and output identities over an HTTPS API.
+// Administrators reach it through a Unix socket in its data directory (see
+// admin.go). Its rooms: auth/store (the state, SQLite in auth/store/sqlite),
+// auth/policy (roles, tokens, nodes and their rules) and auth/iam (the IAM
+// join checks). Only cmd and tests import auth.
 package auth
 
 import (
@@ -14,18 +16,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
+	"github.com/midfs/midfs/auth/iam"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
 )
 
 // Defaults of Config.
 const (
 	DefaultDataDir = "/var/lib/midfs"
 	DefaultListen  = "0.0.0.0:3025"
-	DefaultTTL     = time.Hour      // output identity
-	MaxTTL         = 24 * time.Hour // cap on any TTL a client asks for
-	DefaultBotTTL  = time.Hour      // the bot's own renewable identity
-	DefaultJoinTTL = time.Hour      // one-time join tokens
-	MaxConns       = 16384          // default cap on API connections: an agent keeps one open between polls
+	DefaultTTL     = time.Hour // output identity
+	DefaultBotTTL  = time.Hour // the bot's own renewable identity
+	DefaultJoinTTL = time.Hour // one-time join tokens
+	MaxConns       = 16384     // default cap on API connections: an agent keeps one open between polls
 )
 
 // Config configures an authority.
@@ -60,8 +63,8 @@ func (c *Config) setDefaults() error {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
 	}
-	if c.MaxTTL <= 0 || c.MaxTTL > MaxTTL {
-		c.MaxTTL = MaxTTL
+	if c.MaxTTL <= 0 || c.MaxTTL > wire.MaxTTL {
+		c.MaxTTL = wire.MaxTTL
 	}
 	if c.DefaultTTL <= 0 {
 		c.DefaultTTL = DefaultTTL
@@ -90,7 +93,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("--sts-endpoint %s is only for tests: add --insecure-test-mode, never in production", c.STSEndpoint)
 	}
 	if c.STSEndpoint != "" {
-		if err := checkSTSEndpoint(c.STSEndpoint); err != nil {
+		if err := iam.CheckEndpoint(c.STSEndpoint); err != nil {
 			return err
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/midfs/midfs/auth/store/sqlite"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -249,7 +250,7 @@ func step(t *testing.T, c *child, b *heldBot) error {
 // it against what the clients were told.
 func checkState(t *testing.T, dir string, bots []*heldBot, added []string) {
 	t.Helper()
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, dbFile)+"?mode=ro&_pragma=busy_timeout(10000)")
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, sqlite.File)+"?mode=ro&_pragma=busy_timeout(10000)")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,33 +265,34 @@ func checkState(t *testing.T, dir string, bots []*heldBot, added []string) {
 		t.Fatalf("%d CAs stored, want 3", cas)
 	}
 	for _, b := range bots {
-		row, err := getBot(db, b.name)
-		if err != nil {
+		var gen uint64
+		var locked string
+		if err := db.QueryRow(`SELECT generation, locked FROM bots WHERE name = ?`, b.name).Scan(&gen, &locked); err != nil {
 			t.Fatalf("bot %s: %v", b.name, err)
 		}
-		tok, err := getTokenBy(db, "secret_hash", hashToken(b.token))
-		if err != nil {
+		var usedAt int64
+		if err := db.QueryRow(`SELECT used FROM tokens WHERE secret_hash = ?`, hashToken(b.token)).Scan(&usedAt); err != nil {
 			t.Fatalf("token of %s: %v", b.name, err)
 		}
-		if row.Locked != "" {
-			t.Errorf("bot %s got locked: %s", b.name, row.Locked)
+		if locked != "" {
+			t.Errorf("bot %s got locked: %s", b.name, locked)
 		}
-		if row.Generation < b.gotGen {
-			t.Errorf("bot %s: stored generation %d, but a client was answered generation %d", b.name, row.Generation, b.gotGen)
+		if gen < b.gotGen {
+			t.Errorf("bot %s: stored generation %d, but a client was answered generation %d", b.name, gen, b.gotGen)
 		}
-		used := !tok.Used.IsZero()
+		used := usedAt != 0
 		if b.id != nil && !used {
 			t.Errorf("bot %s: its join was answered but the token is unused", b.name)
 		}
-		if used != (row.Generation >= 1) {
-			t.Errorf("bot %s: token used=%v but generation %d", b.name, used, row.Generation)
+		if used != (gen >= 1) {
+			t.Errorf("bot %s: token used=%v but generation %d", b.name, used, gen)
 		}
 	}
 	for _, name := range added {
-		if _, err := getBot(db, name); err != nil {
-			t.Errorf("bot %s was reported added but is gone: %v", name, err)
-		}
 		var n int
+		if db.QueryRow(`SELECT count(*) FROM bots WHERE name = ?`, name).Scan(&n); n != 1 {
+			t.Errorf("bot %s was reported added but is gone", name)
+		}
 		db.QueryRow(`SELECT count(*) FROM tokens WHERE bot_name = ?`, name).Scan(&n)
 		if n != 1 {
 			t.Errorf("bot %s has %d tokens, want 1", name, n)

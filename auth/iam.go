@@ -3,31 +3,31 @@ package auth
 // IAM join, the authority's endpoints: hand out challenges, and trade a
 // signed sts:GetCallerIdentity request for a non-renewable bot identity
 // once AWS has said who signed it and the token's allow rules admit that
-// identity. The checks themselves are in iamverify.go.
+// identity. The checks themselves are in package auth/iam.
 
 import (
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"time"
 
+	"github.com/midfs/midfs/auth/iam"
+	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/wire"
 )
 
 // iamJoin serves the IAM join endpoints of one authority.
 type iamJoin struct {
 	s          *Server
-	challenges *iamChallenges
-	sts        *stsForwarder
+	challenges *iam.Challenges
+	sts        *iam.Forwarder
 }
 
 // iamRoutes registers wire.PathIAMChallenge and wire.PathIAMJoin.
 func (s *Server) iamRoutes(mux *http.ServeMux) {
-	j := &iamJoin{s: s, challenges: newIAMChallenges(s.cfg.Now), sts: newSTSForwarder(s.cfg)}
+	j := &iamJoin{s: s, challenges: iam.NewChallenges(s.cfg.Now), sts: iam.NewForwarder(s.cfg.STSEndpoint, s.cfg.InsecureTestMode)}
 	if s.cfg.STSEndpoint != "" {
 		s.log.Warn("TEST MODE: IAM joins are verified by the STS endpoint given with --sts-endpoint, whose TLS certificate is NOT checked; never run an authority like this in production",
 			"sts_endpoint", s.cfg.STSEndpoint)
@@ -36,39 +36,8 @@ func (s *Server) iamRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+wire.PathIAMJoin, j.handleJoin)
 }
 
-// checkSTSEndpoint validates --sts-endpoint: an https URL with a host and
-// nothing else to it. Config.setDefaults calls it.
-func checkSTSEndpoint(endpoint string) error {
-	u, err := url.Parse(endpoint)
-	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return fmt.Errorf("bad --sts-endpoint %q: want an https URL such as https://127.0.0.1:8443/", endpoint)
-	}
-	return nil
-}
-
-// newSTSForwarder sends to AWS, or in test mode to cfg.STSEndpoint without
-// checking its certificate: a stand-in on loopback has a throwaway one, and
-// the test-only endpoint is already refused without --insecure-test-mode.
-func newSTSForwarder(cfg Config) *stsForwarder {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-	if cfg.STSEndpoint != "" && cfg.InsecureTestMode {
-		tr.TLSClientConfig.InsecureSkipVerify = true
-	}
-	return &stsForwarder{
-		endpoint: cfg.STSEndpoint,
-		client: &http.Client{
-			Transport: tr,
-			Timeout:   stsTimeout,
-			// STS answers directly; following a redirect would send the
-			// signed request somewhere the allowlist never saw.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
-	}
-}
-
 func (j *iamJoin) handleChallenge(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, wire.IAMChallenge{Challenge: j.challenges.issue()})
+	writeJSON(w, wire.IAMChallenge{Challenge: j.challenges.Issue()})
 }
 
 func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
@@ -76,7 +45,7 @@ func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
 	ref := newRefusalRef()
 	var req wire.IAMJoinRequest
 	if err := decodeRequest(w, r, &req); err != nil {
-		j.s.refuseJoin(w, r, JoinIAM, err) // 400 or 413 with what is wrong
+		j.s.refuseJoin(w, r, wire.JoinIAM, err) // 400 or 413 with what is wrong
 		return
 	}
 	bot, id, f := j.verify(r, &req)
@@ -85,58 +54,58 @@ func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pub, _ := parsePublicKey(req.PublicKey) // checked in verify
-	bi, err := j.s.issueBotIdentity(bot, pub, JoinIAM)
+	bi, err := j.s.issueBotIdentity(r.Context(), bot, pub, wire.JoinIAM)
 	var botRef *refusal
 	if errors.As(err, &botRef) { // bot removed or locked
-		j.refuse(w, r, ref, refuse(iamReason(botRef.Code), "%s", botRef.Reason))
+		j.refuse(w, r, ref, iam.Refuse(iam.Reason(botRef.Code), "%s", botRef.Reason))
 		return
 	}
 	if err != nil {
-		j.s.refuseJoin(w, r, JoinIAM, err)
+		j.s.refuseJoin(w, r, wire.JoinIAM, err)
 		return
 	}
-	j.s.metrics.join(JoinIAM, "ok")
+	j.s.metrics.join(wire.JoinIAM, "ok")
 	j.s.metrics.issued("join", time.Since(start))
-	j.s.log.Info("bot joined", "bot", bi.BotName, "method", JoinIAM, "token", req.Token,
+	j.s.log.Info("bot joined", "bot", bi.BotName, "method", wire.JoinIAM, "token", req.Token,
 		"aws_account", id.Account, "aws_arn", id.Arn, "remote", r.RemoteAddr)
 	writeJSON(w, bi)
 }
 
 // verify runs every check of an IAM join in order and returns the bot the
 // token names and the AWS identity that signed the request.
-func (j *iamJoin) verify(r *http.Request, req *wire.IAMJoinRequest) (string, callerIdentity, *iamRefusal) {
+func (j *iamJoin) verify(r *http.Request, req *wire.IAMJoinRequest) (string, iam.CallerIdentity, *iam.Refusal) {
 	// The challenge is spent first, whatever happens next: a request that
 	// fails a later check can never be tried again.
-	if f := j.challenges.take(req.Challenge); f != nil {
-		return "", callerIdentity{}, f
+	if f := j.challenges.Take(req.Challenge); f != nil {
+		return "", iam.CallerIdentity{}, f
 	}
 	tok, err := j.s.lookupToken(r.Context(), req.Token)
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
 		// No name in the log: an agent that passed a one-time secret by
 		// mistake must not get it written down.
-		return "", callerIdentity{}, refuse(reasonTokenUnknown, "no token of that name")
+		return "", iam.CallerIdentity{}, iam.Refuse(iam.ReasonTokenUnknown, "no token of that name")
 	case err != nil:
-		return "", callerIdentity{}, refuse(reasonInternal, "token lookup: %v", err)
-	case tok.JoinMethod != JoinIAM:
-		return "", callerIdentity{}, refuse(reasonTokenNotIAM, "token %s is for join method %s", tok.Name, tok.JoinMethod)
+		return "", iam.CallerIdentity{}, iam.Refuse(iam.ReasonInternal, "token lookup: %v", err)
+	case tok.JoinMethod != wire.JoinIAM:
+		return "", iam.CallerIdentity{}, iam.Refuse(iam.ReasonTokenNotIAM, "token %s is for join method %s", tok.Name, tok.JoinMethod)
 	case !tok.Expires.IsZero() && !j.s.cfg.Now().Before(tok.Expires):
-		return "", callerIdentity{}, refuse(reasonTokenExpired, "token %s expired at %s", tok.Name, tok.Expires.UTC().Format(time.RFC3339))
+		return "", iam.CallerIdentity{}, iam.Refuse(iam.ReasonTokenExpired, "token %s expired at %s", tok.Name, tok.Expires.UTC().Format(time.RFC3339))
 	}
 	if _, err := parsePublicKey(req.PublicKey); err != nil {
-		return "", callerIdentity{}, refuse(reasonBadJoinRequest, "%v", err)
+		return "", iam.CallerIdentity{}, iam.Refuse(iam.ReasonBadJoinRequest, "%v", err)
 	}
-	sr, f := parseSTSRequest(req.STSRequest, req.Challenge)
+	sr, f := iam.ParseSTSRequest(req.STSRequest, req.Challenge)
 	if f != nil {
-		return "", callerIdentity{}, f
+		return "", iam.CallerIdentity{}, f
 	}
-	id, f := j.sts.send(r.Context(), sr)
+	id, f := j.sts.Send(r.Context(), sr)
 	if f != nil {
-		return "", callerIdentity{}, f
+		return "", iam.CallerIdentity{}, f
 	}
-	if f := matchIAMRules(tok.Allow, id); f != nil {
-		f.detail = fmt.Sprintf("token %s: %s", tok.Name, f.detail)
-		return "", callerIdentity{}, f
+	if f := iam.MatchRules(tok.Allow, id); f != nil {
+		f.Detail = fmt.Sprintf("token %s: %s", tok.Name, f.Detail)
+		return "", iam.CallerIdentity{}, f
 	}
 	return tok.BotName, id, nil
 }
@@ -144,24 +113,24 @@ func (j *iamJoin) verify(r *http.Request, req *wire.IAMJoinRequest) (string, cal
 // refuse logs the real reason with a reference, counts it, and gives the
 // client one line with the same reference, so that an operator can find
 // the reason without the client learning anything about AWS or the rules.
-func (j *iamJoin) refuse(w http.ResponseWriter, r *http.Request, ref string, f *iamRefusal) {
+func (j *iamJoin) refuse(w http.ResponseWriter, r *http.Request, ref string, f *iam.Refusal) {
 	public := fmt.Sprintf("IAM join refused (ref %s): the request does not prove an AWS identity that this iam token allows; the authority's log has the reason", ref)
 	status := http.StatusForbidden
-	switch f.reason {
-	case reasonBadJoinRequest:
-		public = fmt.Sprintf("bad IAM join request (ref %s): %s", ref, truncate(f.detail, 200))
+	switch f.Reason {
+	case iam.ReasonBadJoinRequest:
+		public = fmt.Sprintf("bad IAM join request (ref %s): %s", ref, iam.Truncate(f.Detail, 200))
 		status = http.StatusBadRequest
-	case reasonInternal:
+	case iam.ReasonInternal:
 		public = fmt.Sprintf("internal error (ref %s); see the authority's log", ref)
 		status = http.StatusInternalServerError
-	case reasonSTSUnreachable:
+	case iam.ReasonSTSUnreachable:
 		public = fmt.Sprintf("the authority could not reach AWS STS to verify this join (ref %s); try again later", ref)
 		status = http.StatusServiceUnavailable
 	}
-	j.s.metrics.join(JoinIAM, "refused")
+	j.s.metrics.join(wire.JoinIAM, "refused")
 	j.s.refuse(w, r, "iam join", &refusal{
-		Code:   "iam_" + string(f.reason),
-		Reason: fmt.Sprintf("%s [ref %s]", f.detail, ref),
+		Code:   "iam_" + string(f.Reason),
+		Reason: fmt.Sprintf("%s [ref %s]", f.Detail, ref),
 		Public: public,
 		Status: status,
 	})

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/midfs/midfs/auth/iam/ststest"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -27,11 +28,10 @@ func BenchmarkIAMJoinVsTokenJoin(b *testing.B) {
 		if status, msg, err := c.do("POST", wire.PathIAMChallenge, nil, &ch); status != 200 || err != nil {
 			b.Fatalf("challenge: %d %s %v", status, msg, err)
 		}
-		r := goodReq()
-		r.creds, r.challenge = credsOf(iamBot), ch.Challenge
+		r := ststest.GoodRequest(iamBot, ch.Challenge)
 		_, pub := newKey(b)
 		var bi wire.BotIdentity
-		if status, msg, err := c.do("POST", wire.PathIAMJoin, wire.IAMJoinRequest{Token: "iam-token", Challenge: ch.Challenge, STSRequest: r.raw(b), PublicKey: pub}, &bi); status != 200 || err != nil {
+		if status, msg, err := c.do("POST", wire.PathIAMJoin, wire.IAMJoinRequest{Token: "iam-token", Challenge: ch.Challenge, STSRequest: r.Raw(b), PublicKey: pub}, &bi); status != 200 || err != nil {
 			b.Fatalf("iam join: %d %s %v", status, msg, err)
 		}
 		c.close()

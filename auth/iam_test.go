@@ -10,10 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/midfs/midfs/auth/ststest"
+	"github.com/midfs/midfs/auth/iam/ststest"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -39,10 +38,6 @@ spec:
     - aws_account: "111111111111"
       aws_arn: "arn:aws:sts::111111111111:assumed-role/midfs-bot/i-*"
 `
-
-func credsOf(c ststest.Caller) aws.Credentials {
-	return aws.Credentials{AccessKeyID: c.AccessKeyID, SecretAccessKey: c.SecretAccessKey, SessionToken: c.SessionToken}
-}
 
 // logBuffer keeps what the authority logs, for tests to search.
 type logBuffer struct {
@@ -119,13 +114,12 @@ func (e *iamEnv) join(t *testing.T, token, challenge string, raw []byte) (*wire.
 }
 
 // signed is the request the agent would send for caller and challenge.
-func signed(t *testing.T, caller ststest.Caller, challenge string, mod ...func(*stsReq)) []byte {
-	r := goodReq()
-	r.creds, r.challenge = credsOf(caller), challenge
+func signed(t *testing.T, caller ststest.Caller, challenge string, mod ...func(*ststest.Request)) []byte {
+	r := ststest.GoodRequest(caller, challenge)
 	for _, m := range mod {
 		m(&r)
 	}
-	return r.raw(t)
+	return r.Raw(t)
 }
 
 // refusals is the refusal counter by reason.
@@ -237,22 +231,22 @@ func TestIAMJoinRefusals(t *testing.T) {
 		}},
 		{name: "challenge header not signed", reason: "iam_challenge_not_signed", do: func(t *testing.T, e *iamEnv) (int, string) {
 			ch := e.challenge(t)
-			_, status, msg := e.join(t, "iam-token", ch, signed(t, iamBot, ch, func(r *stsReq) { r.signChallenge = false }))
+			_, status, msg := e.join(t, "iam-token", ch, signed(t, iamBot, ch, func(r *ststest.Request) { r.SignChallenge = false }))
 			return status, msg
 		}},
 		{name: "Host off the allowlist", reason: "iam_sts_host_not_allowed", do: func(t *testing.T, e *iamEnv) (int, string) {
 			ch := e.challenge(t)
-			_, status, msg := e.join(t, "iam-token", ch, signed(t, iamBot, ch, func(r *stsReq) { r.host = "sts.attacker.example" }))
+			_, status, msg := e.join(t, "iam-token", ch, signed(t, iamBot, ch, func(r *ststest.Request) { r.Host = "sts.attacker.example" }))
 			return status, msg
 		}},
 		{name: "extra body parameter", reason: "iam_sts_wrong_body", do: func(t *testing.T, e *iamEnv) (int, string) {
 			ch := e.challenge(t)
-			_, status, msg := e.join(t, "iam-token", ch, signed(t, iamBot, ch, func(r *stsReq) { r.body = stsBody + "&Extra=1" }))
+			_, status, msg := e.join(t, "iam-token", ch, signed(t, iamBot, ch, func(r *ststest.Request) { r.Body = ststest.Body + "&Extra=1" }))
 			return status, msg
 		}},
 		{name: "GET instead of POST", reason: "iam_sts_wrong_method", do: func(t *testing.T, e *iamEnv) (int, string) {
 			ch := e.challenge(t)
-			_, status, msg := e.join(t, "iam-token", ch, signed(t, iamBot, ch, func(r *stsReq) { r.method = "GET" }))
+			_, status, msg := e.join(t, "iam-token", ch, signed(t, iamBot, ch, func(r *ststest.Request) { r.Method = "GET" }))
 			return status, msg
 		}},
 		{name: "not an iam token", reason: "iam_token_not_iam", do: func(t *testing.T, e *iamEnv) (int, string) {
@@ -313,7 +307,7 @@ func TestIAMChallengesAreRandomAndSingleUse(t *testing.T) {
 		t.Fatalf("challenges %q, %q: want two distinct base64 encodings of 48 bytes", a, b)
 	}
 	// A challenge spent on a failed join cannot be used for a good one.
-	if _, status, _ := e.join(t, "iam-token", a, signed(t, iamBot, a, func(r *stsReq) { r.method = "GET" })); status != 403 {
+	if _, status, _ := e.join(t, "iam-token", a, signed(t, iamBot, a, func(r *ststest.Request) { r.Method = "GET" })); status != 403 {
 		t.Fatalf("GET join: %d", status)
 	}
 	if _, status, _ := e.join(t, "iam-token", a, signed(t, iamBot, a)); status != 403 {

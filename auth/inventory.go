@@ -2,6 +2,7 @@ package auth
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -13,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity"
 )
 
@@ -38,7 +41,7 @@ type invSnapshot struct {
 	version uint64
 	nodes   []identity.Node // sorted by name
 	encoded [][]byte        // nodes[i] as JSON
-	roles   map[string]Role
+	roles   map[string]policy.Role
 }
 
 func newInventory() *inventory {
@@ -60,7 +63,7 @@ func (inv *inventory) etag(v uint64) string {
 
 // at returns a snapshot at least as new as version v, reading the store if
 // the last one is older.
-func (inv *inventory) at(q querier, v uint64) (*invSnapshot, error) {
+func (inv *inventory) at(ctx context.Context, q store.Reader, v uint64) (*invSnapshot, error) {
 	if s := inv.snap.Load(); s != nil && s.version >= v {
 		return s, nil
 	}
@@ -73,15 +76,15 @@ func (inv *inventory) at(q querier, v uint64) (*invSnapshot, error) {
 	// what that version names, and a change committing meanwhile moves the
 	// version past it, so the next request loads again.
 	cur := inv.version.Load()
-	nodes, err := listNodes(q)
+	nodes, err := q.Nodes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	roles, err := listRoles(q)
+	roles, err := q.AllRoles(ctx)
 	if err != nil {
 		return nil, err
 	}
-	s := &invSnapshot{version: cur, nodes: nodes, encoded: make([][]byte, len(nodes)), roles: make(map[string]Role, len(roles))}
+	s := &invSnapshot{version: cur, nodes: nodes, encoded: make([][]byte, len(nodes)), roles: make(map[string]policy.Role, len(roles))}
 	for i, n := range nodes {
 		if s.encoded[i], err = json.Marshal(n); err != nil {
 			return nil, err
@@ -97,17 +100,17 @@ func (inv *inventory) at(q querier, v uint64) (*invSnapshot, error) {
 // visible returns the encoded nodes that a bot with the named roles may
 // see, in name order.
 func (s *invSnapshot) visible(roleNames []string) ([][]byte, error) {
-	roles := make([]Role, 0, len(roleNames))
+	roles := make([]policy.Role, 0, len(roleNames))
 	for _, n := range roleNames {
 		r, ok := s.roles[n]
 		if !ok {
-			return nil, fmt.Errorf("role %q: %w", n, ErrNotFound)
+			return nil, fmt.Errorf("role %q: %w", n, store.ErrNotFound)
 		}
 		roles = append(roles, r)
 	}
 	var out [][]byte
 	for i, n := range s.nodes {
-		if nodeVisible(roles, n) {
+		if policy.NodeVisible(roles, n) {
 			out = append(out, s.encoded[i])
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -117,7 +118,7 @@ func TestNodeListETag(t *testing.T) {
 		t.Fatal(err)
 	}
 	changed("a node was added", "api", "web")
-	if err := s.Remove(ctx, KindNode, "web"); err != nil {
+	if err := s.Remove(ctx, policy.KindNode, "web"); err != nil {
 		t.Fatal(err)
 	}
 	changed("a node was removed", "api")
@@ -127,7 +128,7 @@ func TestNodeListETag(t *testing.T) {
 		t.Fatal(err)
 	}
 	changed("the bot's roles changed", "api", "db")
-	if err := s.Remove(ctx, KindNode, "db"); err != nil {
+	if err := s.Remove(ctx, policy.KindNode, "db"); err != nil {
 		t.Fatal(err)
 	}
 	changed("a node it sees was removed", "api")
@@ -191,11 +192,11 @@ func TestAdminGetOfManyNodes(t *testing.T) {
 // of a file with many nodes does.
 func addNodes(t testing.TB, s *Server, n int) {
 	t.Helper()
-	res := &Resources{}
+	res := &policy.Resources{}
 	for i := range n {
-		res.Nodes = append(res.Nodes, NodeResource{Kind: KindNode, Version: "v2",
-			Metadata: Metadata{Name: fmt.Sprintf("node-%05d", i), Labels: LabelMap{"env": "prod"}},
-			Spec:     NodeSpec{Addr: fmt.Sprintf("10.%d.%d.%d:22", i>>16&255, i>>8&255, i&255)}})
+		res.Nodes = append(res.Nodes, policy.NodeResource{Kind: policy.KindNode, Version: "v2",
+			Metadata: policy.Metadata{Name: fmt.Sprintf("node-%05d", i), Labels: policy.LabelMap{"env": "prod"}},
+			Spec:     policy.NodeSpec{Addr: fmt.Sprintf("10.%d.%d.%d:22", i>>16&255, i>>8&255, i&255)}})
 	}
 	if _, err := s.Create(context.Background(), res, false); err != nil {
 		t.Fatal(err)

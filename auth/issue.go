@@ -6,10 +6,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"strconv"
@@ -17,6 +19,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -92,7 +96,7 @@ func readBotCert(c *x509.Certificate) (*botCert, error) {
 }
 
 // issueBotTLS makes the bot's own identity certificate.
-func (s *Server) issueBotTLS(bot *botRow, pub crypto.PublicKey, gen uint64, renewable bool, now time.Time) (*wire.BotIdentity, error) {
+func (s *Server) issueBotTLS(bot *store.Bot, pub crypto.PublicKey, gen uint64, renewable bool, now time.Time) (*wire.BotIdentity, error) {
 	subject := pkix.Name{
 		CommonName:   botUser(bot.Name),
 		Organization: bot.Roles,
@@ -118,8 +122,8 @@ func (s *Server) issueBotTLS(bot *botRow, pub crypto.PublicKey, gen uint64, rene
 
 // issueOutput makes the output identity: an SSH user certificate and an
 // X.509 client certificate over one public key, neither renewable.
-func (s *Server) issueOutput(bot *botRow, roles []Role, pub crypto.PublicKey, ttl time.Duration, now time.Time) (*wire.Certs, error) {
-	logins := allowedLogins(roles, bot.Logins)
+func (s *Server) issueOutput(bot *store.Bot, roles []policy.Role, pub crypto.PublicKey, ttl time.Duration, now time.Time) (*wire.Certs, error) {
+	logins := policy.AllowedLogins(roles, bot.Logins)
 	// Logins are checked when they enter; one stored before the checks
 	// existed would make a certificate OpenSSH rejects, so it is left out.
 	logins = slices.DeleteFunc(logins, func(l string) bool {
@@ -181,6 +185,15 @@ func (s *Server) issueOutput(bot *botRow, roles []Role, pub crypto.PublicKey, tt
 		HostCAs:     wireCAs(cas.Host),
 		DatabaseCAs: wireCAs(cas.Database),
 	}, nil
+}
+
+// noLoginPrincipal stands in for an empty principal list: OpenSSH reads a
+// certificate without principals as valid for any user, so a bot with no
+// logins gets one that no account can have.
+func noLoginPrincipal() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return "-midfs-nologin-" + hex.EncodeToString(b)
 }
 
 // signHostKey signs an SSH host certificate for the given principals.

@@ -6,12 +6,12 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -51,7 +51,7 @@ func newInstanceID() string {
 // retry with the same token and the same public key (the client lost the
 // answer) gets a fresh identity at the same generation, as long as the
 // token has not expired and the bot has not moved on.
-func (s *Server) joinToken(req *wire.JoinRequest) (*wire.BotIdentity, error) {
+func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.BotIdentity, error) {
 	pub, err := parsePublicKey(req.PublicKey)
 	if err != nil {
 		return nil, &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400}
@@ -62,23 +62,23 @@ func (s *Server) joinToken(req *wire.JoinRequest) (*wire.BotIdentity, error) {
 	secret := hashToken(req.Token)
 	kh := keyHash(req.PublicKey)
 	now := s.cfg.Now()
-	var bot *botRow
-	err = s.st.update(func(tx *sql.Tx) error {
-		t, err := getTokenBy(tx, "secret_hash", secret)
-		if errors.Is(err, ErrNotFound) {
+	var bot *store.Bot
+	err = s.st.Update(ctx, func(tx store.Tx) error {
+		t, err := tx.TokenBySecret(ctx, secret)
+		if errors.Is(err, store.ErrNotFound) {
 			return refuseToken("token_unknown", "no such token")
 		}
 		if err != nil {
 			return err
 		}
 		switch {
-		case t.JoinMethod != JoinToken:
+		case t.JoinMethod != wire.JoinToken:
 			return refuseToken("token_method", fmt.Sprintf("token %s is for join method %s", t.Name, t.JoinMethod))
 		case !t.Expires.IsZero() && !now.Before(t.Expires):
 			return refuseToken("token_expired", fmt.Sprintf("token %s for bot %s expired at %s", t.Name, t.BotName, t.Expires.UTC().Format(time.RFC3339)))
 		}
-		b, err := getBot(tx, t.BotName)
-		if errors.Is(err, ErrNotFound) {
+		b, err := tx.Bot(ctx, t.BotName)
+		if errors.Is(err, store.ErrNotFound) {
 			return refuseToken("bot_missing", fmt.Sprintf("token %s names bot %s, which does not exist (removed?)", t.Name, t.BotName))
 		}
 		if err != nil {
@@ -97,15 +97,14 @@ func (s *Server) joinToken(req *wire.JoinRequest) (*wire.BotIdentity, error) {
 		}
 		b.Instance = newInstanceID()
 		b.Generation = 1
-		res, err := tx.Exec(`UPDATE tokens SET used = ?, used_key_hash = ?, used_instance = ? WHERE name = ? AND used = 0`,
-			now.Unix(), kh, b.Instance, t.Name)
+		used, err := tx.UseToken(ctx, t.Name, now, kh, b.Instance)
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n != 1 {
+		if !used {
 			return refuseToken("token_used", fmt.Sprintf("token %s for bot %s was used concurrently", t.Name, t.BotName))
 		}
-		if _, err := tx.Exec(`UPDATE bots SET instance = ?, generation = 1, last_key_hash = ? WHERE name = ?`, b.Instance, kh, b.Name); err != nil {
+		if err := tx.Rejoin(ctx, b.Name, b.Instance, kh); err != nil {
 			return err
 		}
 		bot = b
@@ -122,7 +121,7 @@ func (s *Server) joinToken(req *wire.JoinRequest) (*wire.BotIdentity, error) {
 // is locked until an administrator runs `midfs bots unlock`. The one
 // exception is a retry of the last renewal with the same public key, which
 // only re-issues what the legitimate holder already got.
-func (s *Server) renew(bc *botCert, req *wire.RenewRequest) (*wire.BotIdentity, error) {
+func (s *Server) renew(ctx context.Context, bc *botCert, req *wire.RenewRequest) (*wire.BotIdentity, error) {
 	if bc.Output {
 		return nil, &refusal{Code: "output_identity", Reason: fmt.Sprintf("bot %s presented an output identity for renewal", bc.Bot), Public: "output identities cannot be renewed; use the bot identity", Status: 403}
 	}
@@ -135,19 +134,23 @@ func (s *Server) renew(bc *botCert, req *wire.RenewRequest) (*wire.BotIdentity, 
 	}
 	kh := keyHash(req.PublicKey)
 	now := s.cfg.Now()
-	var bot *botRow
+	var bot *store.Bot
 	var locked *refusal
 	var gen uint64
-	err = s.st.update(func(tx *sql.Tx) error {
-		b, err := s.checkBot(tx, bc)
+	err = s.st.Update(ctx, func(tx store.Tx) error {
+		b, err := s.checkBot(ctx, tx, bc)
 		if err != nil {
 			return err
 		}
 		switch {
 		case bc.Generation == b.Generation:
 			gen = b.Generation + 1
-			if _, err := tx.Exec(`UPDATE bots SET generation = ?, last_key_hash = ? WHERE name = ? AND generation = ?`, gen, kh, b.Name, b.Generation); err != nil {
+			moved, err := tx.AdvanceGeneration(ctx, b.Name, b.Generation, kh)
+			if err != nil {
 				return err
+			}
+			if !moved { // cannot happen: read at b.Generation in this transaction
+				return fmt.Errorf("bot %s: generation %d moved during its renewal", b.Name, b.Generation)
 			}
 		case bc.Generation+1 == b.Generation && bytes.Equal(kh, b.LastKeyHash):
 			// The answer to this very request was lost (a network cut, or
@@ -158,7 +161,7 @@ func (s *Server) renew(bc *botCert, req *wire.RenewRequest) (*wire.BotIdentity, 
 		default:
 			// Refused, yet the lock must be committed: an error from
 			// here would undo it.
-			locked, err = s.lockCopied(tx, b, bc.Generation, now)
+			locked, err = s.lockCopied(ctx, tx, b, bc.Generation, now)
 			return err
 		}
 		bot = b
@@ -176,9 +179,9 @@ func (s *Server) renew(bc *botCert, req *wire.RenewRequest) (*wire.BotIdentity, 
 // lockCopied locks bot b, whose identity was presented at generation
 // presented although the stored one is another: two holders of one
 // identity. It returns the refusal to answer with; the caller commits tx.
-func (s *Server) lockCopied(tx *sql.Tx, b *botRow, presented uint64, now time.Time) (*refusal, error) {
+func (s *Server) lockCopied(ctx context.Context, tx store.Tx, b *store.Bot, presented uint64, now time.Time) (*refusal, error) {
 	reason := fmt.Sprintf("generation mismatch stored=%d presented=%d, possibly a copied identity", b.Generation, presented)
-	if _, err := tx.Exec(`UPDATE bots SET locked = ? WHERE name = ?`, reason+" (locked "+now.UTC().Format(time.RFC3339)+")", b.Name); err != nil {
+	if err := tx.SetLocked(ctx, b.Name, reason+" (locked "+now.UTC().Format(time.RFC3339)+")"); err != nil {
 		return nil, err
 	}
 	s.log.Warn(fmt.Sprintf("bot %s locked: %s", b.Name, reason), "bot", b.Name, "stored", b.Generation, "presented", presented)
@@ -191,8 +194,8 @@ func (s *Server) lockCopied(tx *sql.Tx, b *botRow, presented uint64, now time.Ti
 // rightful holder presents between a renewal whose answer it lost and the
 // retry of that renewal. Any other generation can only be a copy, and locks
 // the bot as renewal does.
-func (s *Server) checkCurrent(bc *botCert) (*botRow, error) {
-	b, err := s.checkBot(s.st.db, bc)
+func (s *Server) checkCurrent(ctx context.Context, bc *botCert) (*store.Bot, error) {
+	b, err := s.checkBot(ctx, s.st, bc)
 	if err != nil || !bc.Renewable || bc.Generation == b.Generation {
 		return b, err
 	}
@@ -200,8 +203,8 @@ func (s *Server) checkCurrent(bc *botCert) (*botRow, error) {
 		return nil, &refusal{Code: "stale_generation", Reason: fmt.Sprintf("bot %s presented generation %d, stored %d", b.Name, bc.Generation, b.Generation), Public: "this bot identity was already renewed; use the newest one", Status: 403}
 	}
 	var locked *refusal
-	err = s.st.update(func(tx *sql.Tx) (err error) {
-		locked, err = s.lockCopied(tx, b, bc.Generation, s.cfg.Now())
+	err = s.st.Update(ctx, func(tx store.Tx) (err error) {
+		locked, err = s.lockCopied(ctx, tx, b, bc.Generation, s.cfg.Now())
 		return err
 	})
 	if err != nil {
@@ -212,9 +215,9 @@ func (s *Server) checkCurrent(bc *botCert) (*botRow, error) {
 
 // checkBot finds the bot a certificate names and checks that it still
 // stands behind it: not removed, not re-joined since, not locked.
-func (s *Server) checkBot(q querier, bc *botCert) (*botRow, error) {
-	b, err := getBot(q, bc.Bot)
-	if errors.Is(err, ErrNotFound) {
+func (s *Server) checkBot(ctx context.Context, q store.Reader, bc *botCert) (*store.Bot, error) {
+	b, err := q.Bot(ctx, bc.Bot)
+	if errors.Is(err, store.ErrNotFound) {
 		return nil, &refusal{Code: "bot_missing", Reason: fmt.Sprintf("bot %s does not exist (removed?)", bc.Bot), Public: fmt.Sprintf("bot %s no longer exists on this authority", bc.Bot), Status: 403}
 	}
 	if err != nil {
@@ -231,7 +234,7 @@ func (s *Server) checkBot(q querier, bc *botCert) (*botRow, error) {
 
 // certs issues an output identity to a bot identity at the current
 // generation.
-func (s *Server) certs(bc *botCert, req *wire.CertsRequest) (*wire.Certs, error) {
+func (s *Server) certs(ctx context.Context, bc *botCert, req *wire.CertsRequest) (*wire.Certs, error) {
 	if bc.Output {
 		return nil, &refusal{Code: "output_identity", Reason: fmt.Sprintf("bot %s presented an output identity for certs", bc.Bot), Public: "output identities cannot get certificates; use the bot identity", Status: 403}
 	}
@@ -244,13 +247,13 @@ func (s *Server) certs(bc *botCert, req *wire.CertsRequest) (*wire.Certs, error)
 	}
 	ttl := s.cfg.DefaultTTL
 	if req.TTLSeconds > 0 {
-		ttl = min(time.Duration(min(req.TTLSeconds, int64(MaxTTL/time.Second)))*time.Second, s.cfg.MaxTTL)
+		ttl = min(time.Duration(min(req.TTLSeconds, int64(wire.MaxTTL/time.Second)))*time.Second, s.cfg.MaxTTL)
 	}
-	b, err := s.checkCurrent(bc)
+	b, err := s.checkCurrent(ctx, bc)
 	if err != nil {
 		return nil, err
 	}
-	roles, err := getRoles(s.st.db, b.Roles)
+	roles, err := s.st.Roles(ctx, b.Roles)
 	if err != nil {
 		return nil, err
 	}
@@ -259,12 +262,12 @@ func (s *Server) certs(bc *botCert, req *wire.CertsRequest) (*wire.Certs, error)
 
 // nodes lists, encoded, the nodes the bot's roles let it see in the
 // inventory at version v or later.
-func (s *Server) nodes(bc *botCert, v uint64) ([][]byte, error) {
-	b, err := s.checkCurrent(bc)
+func (s *Server) nodes(ctx context.Context, bc *botCert, v uint64) ([][]byte, error) {
+	b, err := s.checkCurrent(ctx, bc)
 	if err != nil {
 		return nil, err
 	}
-	snap, err := s.inv.at(s.st.db, v)
+	snap, err := s.inv.at(ctx, s.st, v)
 	if err != nil {
 		return nil, err
 	}
@@ -272,22 +275,18 @@ func (s *Server) nodes(bc *botCert, v uint64) ([][]byte, error) {
 }
 
 // lookupToken finds a token by name, for delegated join methods (IAM).
-// The error wraps ErrNotFound when there is no such token.
-func (s *Server) lookupToken(ctx context.Context, name string) (*Token, error) {
-	t, err := getTokenBy(s.st.db, "name", name)
-	if err != nil {
-		return nil, err
-	}
-	return &t.Token, nil
+// The error wraps store.ErrNotFound when there is no such token.
+func (s *Server) lookupToken(ctx context.Context, name string) (*store.Token, error) {
+	return s.st.Token(ctx, name)
 }
 
 // issueBotIdentity issues a non-renewable bot identity for a join that the
 // caller has already verified (IAM). It carries the bot's current instance
 // and generation and changes nothing stored: many machines may join as one
 // IAM bot. Refusals (bot removed or locked) are *refusal errors.
-func (s *Server) issueBotIdentity(botName string, pub crypto.PublicKey, method string) (*wire.BotIdentity, error) {
-	b, err := getBot(s.st.db, botName)
-	if errors.Is(err, ErrNotFound) {
+func (s *Server) issueBotIdentity(ctx context.Context, botName string, pub crypto.PublicKey, method string) (*wire.BotIdentity, error) {
+	b, err := s.st.Bot(ctx, botName)
+	if errors.Is(err, store.ErrNotFound) {
 		return nil, refuseToken("bot_missing", fmt.Sprintf("%s join for bot %s, which does not exist (removed?)", method, botName))
 	}
 	if err != nil {

@@ -3,7 +3,6 @@ package auth
 import (
 	"context"
 	"crypto/rand"
-	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -13,7 +12,10 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
 )
 
 // BotSpec asks for a bot and, unless TokenName names a delegated token, a
@@ -69,7 +71,7 @@ func checkLogins(logins []string) error {
 // an existing bot (without Replace) or an unsuitable delegated token are
 // errors, and then nothing is stored.
 func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
-	if err := checkName("bot", spec.Name); err != nil {
+	if err := policy.CheckName("bot", spec.Name); err != nil {
 		return nil, err
 	}
 	if len(spec.Roles) == 0 {
@@ -97,29 +99,29 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 		b := make([]byte, 32)
 		rand.Read(b)
 		secret = hex.EncodeToString(b)
-		out.Token, out.JoinMethod, out.Expires = secret, JoinToken, now.Add(spec.TTL).Truncate(time.Second)
+		out.Token, out.JoinMethod, out.Expires = secret, wire.JoinToken, now.Add(spec.TTL).Truncate(time.Second)
 		out.TokenName = oneTimeTokenName(spec.Name, hashToken(secret))
 	}
-	err := s.st.update(func(tx *sql.Tx) error {
-		if _, err := getRoles(tx, spec.Roles); err != nil {
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		if _, err := tx.Roles(ctx, spec.Roles); err != nil {
 			return fmt.Errorf("%w; see `midfs get roles`", err)
 		}
-		old, err := getBot(tx, spec.Name)
+		old, err := tx.Bot(ctx, spec.Name)
 		switch {
 		case err == nil && !spec.Replace:
 			return fmt.Errorf("bot %s already exists (generation %d); remove it with `midfs bots rm %s` first", old.Name, old.Generation, old.Name)
-		case err != nil && !errors.Is(err, ErrNotFound):
+		case err != nil && !errors.Is(err, store.ErrNotFound):
 			return err
 		}
 		if spec.TokenName != "" {
-			t, err := getTokenBy(tx, "name", spec.TokenName)
-			if errors.Is(err, ErrNotFound) {
+			t, err := tx.Token(ctx, spec.TokenName)
+			if errors.Is(err, store.ErrNotFound) {
 				return fmt.Errorf("token %q not found: create it first with `midfs create -f TOKEN.yaml`", spec.TokenName)
 			}
 			if err != nil {
 				return err
 			}
-			if t.JoinMethod == JoinToken {
+			if t.JoinMethod == wire.JoinToken {
 				return fmt.Errorf("token %s is a one-time token; --token takes a delegated (join_method: iam) token", t.Name)
 			}
 			if t.BotName != spec.Name {
@@ -130,11 +132,9 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 		}
 		rolesChanged = old != nil && !slices.Equal(old.Roles, spec.Roles)
 		if old == nil {
-			_, err = tx.Exec(`INSERT INTO bots(name, roles, logins, instance, token_name, created) VALUES (?, ?, ?, ?, ?, ?)`,
-				spec.Name, mustJSON(spec.Roles), mustJSON(nonNil(spec.Logins)), newInstanceID(), spec.TokenName, now.Unix())
+			err = tx.AddBot(ctx, &store.Bot{Name: spec.Name, Roles: spec.Roles, Logins: spec.Logins, Instance: newInstanceID(), TokenName: spec.TokenName, Created: now})
 		} else {
-			_, err = tx.Exec(`UPDATE bots SET roles = ?, logins = ?, token_name = ? WHERE name = ?`,
-				mustJSON(spec.Roles), mustJSON(nonNil(spec.Logins)), spec.TokenName, spec.Name)
+			err = tx.SetBotGrants(ctx, spec.Name, spec.Roles, spec.Logins, spec.TokenName)
 		}
 		if err != nil {
 			return err
@@ -143,11 +143,11 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 			return nil
 		}
 		// A re-issued token replaces the bot's unused ones.
-		if _, err := tx.Exec(`DELETE FROM tokens WHERE bot_name = ? AND join_method = ? AND used = 0`, spec.Name, JoinToken); err != nil {
+		if err := tx.RemoveBotTokens(ctx, spec.Name, wire.JoinToken, true); err != nil {
 			return err
 		}
-		return insertToken(tx, &tokenRow{
-			Token:      Token{Name: out.TokenName, BotName: spec.Name, JoinMethod: JoinToken, Expires: out.Expires},
+		return tx.PutToken(ctx, &store.Token{
+			Name: out.TokenName, BotName: spec.Name, JoinMethod: wire.JoinToken, Expires: out.Expires,
 			SecretHash: hashToken(secret),
 			Created:    now,
 		}, false)
@@ -168,16 +168,15 @@ func oneTimeTokenName(bot string, hash []byte) string {
 // RemoveBot deletes a bot and its one-time tokens: every identity it holds
 // is refused from then on, and its tokens no longer join.
 func (s *Server) RemoveBot(ctx context.Context, name string) error {
-	err := s.st.update(func(tx *sql.Tx) error {
-		res, err := tx.Exec(`DELETE FROM bots WHERE name = ?`, name)
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		found, err := tx.Remove(ctx, policy.KindBot, name)
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
+		if !found {
 			return fmt.Errorf("bot %q not found; see `midfs bots ls`", name)
 		}
-		_, err = tx.Exec(`DELETE FROM tokens WHERE bot_name = ? AND join_method = ?`, name, JoinToken)
-		return err
+		return tx.RemoveBotTokens(ctx, name, wire.JoinToken, false)
 	})
 	if err == nil {
 		s.log.Info("bot removed", "bot", name)
@@ -191,8 +190,8 @@ func (s *Server) RemoveBot(ctx context.Context, name string) error {
 // another generation locks it again.
 func (s *Server) UnlockBot(ctx context.Context, name string) error {
 	var was string
-	err := s.st.update(func(tx *sql.Tx) error {
-		b, err := getBot(tx, name)
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		b, err := tx.Bot(ctx, name)
 		if err != nil {
 			return fmt.Errorf("%w; see `midfs bots ls`", err)
 		}
@@ -200,8 +199,7 @@ func (s *Server) UnlockBot(ctx context.Context, name string) error {
 		if was == "" {
 			return fmt.Errorf("bot %s is not locked", name)
 		}
-		_, err = tx.Exec(`UPDATE bots SET locked = '' WHERE name = ?`, name)
-		return err
+		return tx.SetLocked(ctx, name, "")
 	})
 	if err == nil {
 		s.log.Info("bot unlocked", "bot", name, "was", was)
@@ -216,14 +214,14 @@ func (s *Server) AddNode(ctx context.Context, n identity.Node) error {
 		return err
 	}
 	defer s.inv.changed()
-	return s.st.update(func(tx *sql.Tx) error { return putNode(tx, n) })
+	return s.st.Update(ctx, func(tx store.Tx) error { return tx.PutNode(ctx, n) })
 }
 
 // CreateYAML parses resources (see ParseResources) and stores them all in
 // one transaction. Existing resources are errors unless force is set.
 // It returns one line per resource, like "role/dev created".
 func (s *Server) CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error) {
-	res, err := ParseResources(data)
+	res, err := policy.ParseResources(data)
 	if err != nil {
 		return nil, err
 	}
@@ -231,24 +229,24 @@ func (s *Server) CreateYAML(ctx context.Context, data []byte, force bool) ([]str
 }
 
 // Create stores parsed resources in one transaction.
-func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]string, error) {
+func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) ([]string, error) {
 	now := s.cfg.Now()
 	var done []string
 	if len(res.Roles) > 0 || len(res.Nodes) > 0 {
 		defer s.inv.changed()
 	}
-	err := s.st.update(func(tx *sql.Tx) error {
-		// put stores one resource with store, refusing to replace one
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		// put stores one resource with save, refusing to replace one
 		// that exists unless force is set.
-		put := func(kind, name string, store func() error) error {
-			existed, err := exists(tx, kind+"s", name)
+		put := func(kind, name string, save func() error) error {
+			existed, err := tx.Exists(ctx, kind, name)
 			if err != nil {
 				return err
 			}
 			if existed && !force {
 				return fmt.Errorf("%s %s already exists; use --force to replace it", kind, name)
 			}
-			if err := store(); err != nil {
+			if err := save(); err != nil {
 				return err
 			}
 			verb := "created"
@@ -259,19 +257,19 @@ func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]stri
 			return nil
 		}
 		for _, r := range res.Roles {
-			if err := put(KindRole, r.Metadata.Name, func() error { return putRole(tx, r) }); err != nil {
+			if err := put(policy.KindRole, r.Metadata.Name, func() error { return tx.PutRole(ctx, r) }); err != nil {
 				return err
 			}
 		}
 		for _, t := range res.Tokens {
-			row := &tokenRow{Token: Token{BotName: t.Spec.BotName, JoinMethod: t.Spec.JoinMethod, Allow: t.Spec.Allow}, Created: now}
+			row := &store.Token{BotName: t.Spec.BotName, JoinMethod: t.Spec.JoinMethod, Allow: t.Spec.Allow, Created: now}
 			if t.Metadata.Expires != nil {
 				row.Expires = t.Metadata.Expires.Truncate(time.Second)
 				if !row.Expires.After(now) {
-					return fmt.Errorf("token %s: metadata.expires %s is in the past", t.displayName(), row.Expires.UTC().Format(time.RFC3339))
+					return fmt.Errorf("token %s: metadata.expires %s is in the past", t.DisplayName(), row.Expires.UTC().Format(time.RFC3339))
 				}
 			}
-			if t.Spec.JoinMethod == JoinToken {
+			if t.Spec.JoinMethod == wire.JoinToken {
 				row.SecretHash = hashToken(t.Metadata.Name)
 				row.Name = oneTimeTokenName(t.Spec.BotName, row.SecretHash)
 				if row.Expires.IsZero() {
@@ -280,9 +278,9 @@ func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]stri
 			} else {
 				row.Name = t.Metadata.Name
 			}
-			err := put(KindToken, row.Name, func() error {
-				err := insertToken(tx, row, true)
-				if isUnique(err) {
+			err := put(policy.KindToken, row.Name, func() error {
+				err := tx.PutToken(ctx, row, true)
+				if errors.Is(err, store.ErrConflict) {
 					return fmt.Errorf("token %s: this secret is already in use", row.Name)
 				}
 				return err
@@ -296,7 +294,7 @@ func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]stri
 			if err := identity.CheckNode(node); err != nil {
 				return err
 			}
-			if err := put(KindNode, node.Name, func() error { return putNode(tx, node) }); err != nil {
+			if err := put(policy.KindNode, node.Name, func() error { return tx.PutNode(ctx, node) }); err != nil {
 				return err
 			}
 		}
@@ -312,32 +310,16 @@ func (s *Server) Create(ctx context.Context, res *Resources, force bool) ([]stri
 	return done, nil
 }
 
-func exists(q querier, table, name string) (bool, error) {
-	var n int
-	err := q.QueryRowContext(context.Background(), `SELECT count(*) FROM `+table+` WHERE name = ?`, name).Scan(&n)
-	return n > 0, err
-}
-
-// NormalizeKind maps "roles", "Role" and the like to a Kind* constant.
-func NormalizeKind(kind string) (string, error) {
-	k := strings.TrimSuffix(strings.ToLower(kind), "s")
-	switch k {
-	case KindRole, KindToken, KindBot, KindNode:
-		return k, nil
-	}
-	return "", fmt.Errorf("unknown resource kind %q: want roles, tokens, bots or nodes", kind)
-}
-
 // Get lists resources of a kind, or the one named (an error if missing).
-func (s *Server) Get(ctx context.Context, kind, name string) (*Resources, error) {
-	kind, err := NormalizeKind(kind)
+func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources, error) {
+	kind, err := policy.NormalizeKind(kind)
 	if err != nil {
 		return nil, err
 	}
-	res := &Resources{}
+	res := &policy.Resources{}
 	switch kind {
-	case KindRole:
-		roles, err := listRoles(s.st.db)
+	case policy.KindRole:
+		roles, err := s.st.AllRoles(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -346,8 +328,8 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*Resources, error)
 				res.Roles = append(res.Roles, r)
 			}
 		}
-	case KindToken:
-		tokens, err := listTokens(s.st.db)
+	case policy.KindToken:
+		tokens, err := s.st.Tokens(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -356,8 +338,8 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*Resources, error)
 				res.Tokens = append(res.Tokens, tokenResource(t))
 			}
 		}
-	case KindBot:
-		bots, err := listBots(s.st.db)
+	case policy.KindBot:
+		bots, err := s.st.Bots(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -366,15 +348,15 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*Resources, error)
 				res.Bots = append(res.Bots, botResource(b))
 			}
 		}
-	case KindNode:
-		nodes, err := listNodes(s.st.db)
+	case policy.KindNode:
+		nodes, err := s.st.Nodes(ctx)
 		if err != nil {
 			return nil, err
 		}
 		for _, n := range nodes {
 			if name == "" || n.Name == name {
-				res.Nodes = append(res.Nodes, NodeResource{Kind: KindNode, Version: nodeVersion,
-					Metadata: Metadata{Name: n.Name, Labels: n.Labels}, Spec: NodeSpec{Addr: n.Addr}})
+				res.Nodes = append(res.Nodes, policy.NodeResource{Kind: policy.KindNode, Version: policy.NodeVersion,
+					Metadata: policy.Metadata{Name: n.Name, Labels: n.Labels}, Spec: policy.NodeSpec{Addr: n.Addr}})
 			}
 		}
 	}
@@ -384,15 +366,15 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*Resources, error)
 	return res, nil
 }
 
-func tokenResource(t *tokenRow) TokenResource {
-	r := TokenResource{Kind: KindToken, Version: tokenVersion, Metadata: Metadata{Name: t.Name},
-		Spec: TokenSpec{Roles: []string{"Bot"}, BotName: t.BotName, JoinMethod: t.JoinMethod, Allow: t.Allow}}
+func tokenResource(t *store.Token) policy.TokenResource {
+	r := policy.TokenResource{Kind: policy.KindToken, Version: policy.TokenVersion, Metadata: policy.Metadata{Name: t.Name},
+		Spec: policy.TokenSpec{Roles: []string{"Bot"}, BotName: t.BotName, JoinMethod: t.JoinMethod, Allow: t.Allow}}
 	if !t.Expires.IsZero() {
 		e := t.Expires.UTC()
 		r.Metadata.Expires = &e
 	}
-	if t.JoinMethod == JoinToken {
-		r.Status = &TokenState{Used: !t.Used.IsZero()}
+	if t.JoinMethod == wire.JoinToken {
+		r.Status = &policy.TokenState{Used: !t.Used.IsZero()}
 		if !t.Used.IsZero() {
 			u := t.Used.UTC()
 			r.Status.UsedAt = &u
@@ -401,19 +383,19 @@ func tokenResource(t *tokenRow) TokenResource {
 	return r
 }
 
-func botResource(b *botRow) BotResource {
-	r := BotResource{Kind: KindBot, Version: botVersion, Metadata: Metadata{Name: b.Name},
-		Spec:   BotSpecV1{Roles: b.Roles},
-		Status: BotStatus{Generation: b.Generation, Locked: b.Locked, Token: b.TokenName, Created: b.Created.UTC()}}
+func botResource(b *store.Bot) policy.BotResource {
+	r := policy.BotResource{Kind: policy.KindBot, Version: policy.BotVersion, Metadata: policy.Metadata{Name: b.Name},
+		Spec:   policy.BotSpecV1{Roles: b.Roles},
+		Status: policy.BotStatus{Generation: b.Generation, Locked: b.Locked, Token: b.TokenName, Created: b.Created.UTC()}}
 	if len(b.Logins) > 0 {
-		r.Spec.Traits = []Trait{{Name: "logins", Values: b.Logins}}
+		r.Spec.Traits = []policy.Trait{{Name: "logins", Values: b.Logins}}
 	}
 	return r
 }
 
 // Bots lists every bot.
-func (s *Server) Bots(ctx context.Context) ([]BotResource, error) {
-	res, err := s.Get(ctx, KindBot, "")
+func (s *Server) Bots(ctx context.Context) ([]policy.BotResource, error) {
+	res, err := s.Get(ctx, policy.KindBot, "")
 	if err != nil {
 		return nil, err
 	}
@@ -423,20 +405,19 @@ func (s *Server) Bots(ctx context.Context) ([]BotResource, error) {
 // Remove deletes a role, token, node or bot. A role that bots use is kept:
 // removing it would silently change what they may do.
 func (s *Server) Remove(ctx context.Context, kind, name string) error {
-	kind, err := NormalizeKind(kind)
+	kind, err := policy.NormalizeKind(kind)
 	if err != nil {
 		return err
 	}
-	if kind == KindBot {
+	if kind == policy.KindBot {
 		return s.RemoveBot(ctx, name)
 	}
-	table := kind + "s"
-	if kind == KindRole || kind == KindNode {
+	if kind == policy.KindRole || kind == policy.KindNode {
 		defer s.inv.changed()
 	}
-	err = s.st.update(func(tx *sql.Tx) error {
-		if kind == KindRole {
-			bots, err := listBots(tx)
+	err = s.st.Update(ctx, func(tx store.Tx) error {
+		if kind == policy.KindRole {
+			bots, err := tx.Bots(ctx)
 			if err != nil {
 				return err
 			}
@@ -450,12 +431,12 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 				return fmt.Errorf("role %s is used by bots %s; remove them or give them other roles first", name, strings.Join(users, ", "))
 			}
 		}
-		res, err := tx.Exec(`DELETE FROM `+table+` WHERE name = ?`, name)
+		found, err := tx.Remove(ctx, kind, name)
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("%s %q not found; see `midfs get %s`", kind, name, table)
+		if !found {
+			return fmt.Errorf("%s %q not found; see `midfs get %ss`", kind, name, kind)
 		}
 		return nil
 	})

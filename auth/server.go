@@ -8,8 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +18,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/store"
+	"github.com/midfs/midfs/auth/store/sqlite"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -28,7 +29,7 @@ import (
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
-	st      *store
+	st      store.Store
 	cluster string
 	user    *authority
 	host    *authority
@@ -56,22 +57,22 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	st, err := openStore(cfg.DataDir)
+	st, err := sqlite.Open(cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), inv: newInventory()}
 	if err := s.loadOrInit(ctx); err != nil {
-		st.close()
+		st.Close()
 		return nil, err
 	}
 	if err := s.serveHTTPS(); err != nil {
-		st.close()
+		st.Close()
 		return nil, err
 	}
 	if err := s.serveAdmin(); err != nil {
 		s.https.Close()
-		st.close()
+		st.Close()
 		return nil, err
 	}
 	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
@@ -104,7 +105,7 @@ func (s *Server) Close() error {
 		err2 := s.admin.Shutdown(ctx)
 		s.wg.Wait()
 		os.Remove(AdminSocket(s.cfg.DataDir))
-		err3 := s.st.close()
+		err3 := s.st.Close()
 		s.closeErr = errors.Join(err1, err2, err3)
 		s.log.Info("authority stopped", "cluster", s.cluster)
 	})
@@ -114,13 +115,12 @@ func (s *Server) Close() error {
 // loadOrInit reads the cluster name and CAs, making them (and the built-in
 // roles) in one transaction on first start.
 func (s *Server) loadOrInit(ctx context.Context) error {
-	var cluster string
-	err := s.st.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'cluster_name'`).Scan(&cluster)
-	if errors.Is(err, sql.ErrNoRows) {
-		if err := s.initState(); err != nil {
+	cluster, err := s.st.ClusterName(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		if err := s.initState(ctx); err != nil {
 			return fmt.Errorf("initialise authority state: %w", err)
 		}
-		err = s.st.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'cluster_name'`).Scan(&cluster)
+		cluster, err = s.st.ClusterName(ctx)
 	}
 	if err != nil {
 		return fmt.Errorf("read authority state: %w", err)
@@ -134,23 +134,17 @@ func (s *Server) loadOrInit(ctx context.Context) error {
 		s.log.Error("the stored cluster name fails the checks: agents will refuse to serve known_hosts and ssh_config", "err", err)
 	}
 	s.cluster = cluster
-	rows, err := s.st.db.QueryContext(ctx, `SELECT kind, key_der, cert_der FROM cas`)
+	cas, err := s.st.CAs(ctx)
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var kind string
-		var keyDER, certDER []byte
-		if err := rows.Scan(&kind, &keyDER, &certDER); err != nil {
-			return err
-		}
-		a, err := loadAuthority(kind, keyDER, certDER)
-		clear(keyDER)
+	for _, ca := range cas {
+		a, err := loadAuthority(ca.Kind, ca.KeyDER, ca.CertDER)
+		clear(ca.KeyDER)
 		if err != nil {
 			return err
 		}
-		switch kind {
+		switch ca.Kind {
 		case caUser:
 			s.user = a
 		case caHost:
@@ -159,13 +153,10 @@ func (s *Server) loadOrInit(ctx context.Context) error {
 			s.db = a
 		}
 	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
 	if s.user == nil || s.host == nil || s.db == nil {
 		return fmt.Errorf("authority state in %s is missing a CA; restore it from a backup", s.cfg.DataDir)
 	}
-	return s.sweepTokens()
+	return s.sweepTokens(ctx)
 }
 
 // tokenGrace is how long `get tokens` keeps showing an expired token.
@@ -173,55 +164,38 @@ const tokenGrace = 7 * 24 * time.Hour
 
 // sweepTokens drops tokens that expired more than tokenGrace ago: no join
 // can use them, and one-time tokens would otherwise pile up forever.
-func (s *Server) sweepTokens() error {
-	cutoff := s.cfg.Now().Add(-tokenGrace).Unix()
-	return s.st.update(func(tx *sql.Tx) error {
-		res, err := tx.Exec(`DELETE FROM tokens WHERE expires != 0 AND expires < ?`, cutoff)
+func (s *Server) sweepTokens(ctx context.Context) error {
+	cutoff := s.cfg.Now().Add(-tokenGrace)
+	return s.st.Update(ctx, func(tx store.Tx) error {
+		n, err := tx.RemoveExpiredTokens(ctx, cutoff)
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n > 0 {
+		if n > 0 {
 			s.log.Info("removed long-expired join tokens", "count", n)
 		}
 		return nil
 	})
 }
 
-func (s *Server) initState() error {
+func (s *Server) initState(ctx context.Context) error {
 	cluster := s.cfg.ClusterName
 	if cluster == "" {
 		cluster = defaultClusterName()
 	}
 	now := s.cfg.Now()
-	type made struct {
-		kind       string
-		key, certs []byte
-	}
-	var cas []made
+	var cas []store.CA
 	for _, kind := range []string{caUser, caHost, caDB} {
 		a, keyDER, err := newAuthority(kind, cluster, now)
 		if err != nil {
 			return err
 		}
-		cas = append(cas, made{kind, keyDER, a.cert.Raw})
+		cas = append(cas, store.CA{Kind: kind, KeyDER: keyDER, CertDER: a.cert.Raw})
 	}
-	return s.st.update(func(tx *sql.Tx) error {
-		res, err := tx.Exec(`INSERT OR IGNORE INTO meta(key, value) VALUES ('cluster_name', ?)`, cluster)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return nil // made by a concurrent start; keep theirs
-		}
-		for _, ca := range cas {
-			if _, err := tx.Exec(`INSERT INTO cas(kind, key_der, cert_der) VALUES (?, ?, ?)`, ca.kind, ca.key, ca.certs); err != nil {
-				return err
-			}
-		}
-		for _, r := range builtinRoles() {
-			if err := putRole(tx, r); err != nil {
-				return err
-			}
+	return s.st.Update(ctx, func(tx store.Tx) error {
+		made, err := tx.Init(ctx, cluster, cas, policy.BuiltinRoles())
+		if err != nil || !made {
+			return err // !made: made by a concurrent start; keep theirs
 		}
 		s.log.Info("created certificate authorities and built-in roles", "cluster", cluster)
 		return nil
@@ -362,18 +336,9 @@ func wireCAs(cas []identity.CA) []wire.CA {
 	return out
 }
 
-func mustJSON(v any) string {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	return string(b)
-}
-
 // Check reports whether the state is readable, for health checks.
 func (s *Server) Check(ctx context.Context) error {
-	var one int
-	if err := s.st.db.QueryRowContext(ctx, `SELECT 1 FROM meta LIMIT 1`).Scan(&one); err != nil {
+	if err := s.st.Ping(ctx); err != nil {
 		return fmt.Errorf("authority state: %w", err)
 	}
 	return nil

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/midfs/midfs/auth/ststest"
+	"github.com/midfs/midfs/auth/iam/ststest"
 )
 
 // The IAM walk-through of the README, with the real binary: the authority

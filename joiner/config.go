@@ -10,6 +10,7 @@ import (
 
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/identity/clock"
+	"github.com/midfs/midfs/wire"
 )
 
 // Defaults, as Teleport's tbot has them.
@@ -29,14 +30,6 @@ const (
 	// up after the agent (boot order), short enough that a wrong address
 	// fails while someone is still watching. systemd restarts after that.
 	DefaultJoinTimeout = time.Minute
-	// MaxCertTTL is the authority's cap; a longer request is only warned about.
-	MaxCertTTL = 24 * time.Hour
-)
-
-// Join methods.
-const (
-	MethodToken = "token"
-	MethodIAM   = "iam"
 )
 
 // wallTick is how often the renewal loop looks at the wall clock even when
@@ -55,7 +48,7 @@ type Config struct {
 	// (public) name of an iam token for the iam method. May be empty when a
 	// stored bot identity exists.
 	Token      string
-	JoinMethod string // MethodToken (default) or MethodIAM
+	JoinMethod string // wire.JoinToken (default) or wire.JoinIAM
 	// FIPS makes the iam method sign for AWS's FIPS STS endpoints
 	// (sts-fips.REGION.amazonaws.com; us-east-1's where a region has none).
 	FIPS bool
@@ -86,7 +79,7 @@ func (c Config) Validate() error {
 // of kind ErrConfig.
 func (c Config) withDefaults() (Config, error) {
 	if c.JoinMethod == "" {
-		c.JoinMethod = MethodToken
+		c.JoinMethod = wire.JoinToken
 	}
 	if c.Algorithm == "" {
 		c.Algorithm = identity.DefaultAlgorithm
@@ -118,7 +111,7 @@ func (c Config) withDefaults() (Config, error) {
 	if _, _, err := net.SplitHostPort(c.AuthServer); err != nil {
 		return bad("bad --auth-server %q: want HOST:PORT, e.g. auth.example.com:3025", c.AuthServer)
 	}
-	if c.JoinMethod != MethodToken && c.JoinMethod != MethodIAM {
+	if c.JoinMethod != wire.JoinToken && c.JoinMethod != wire.JoinIAM {
 		return bad("bad --join-method %q: want token or iam", c.JoinMethod)
 	}
 	if _, err := identity.ParseAlgorithm(string(c.Algorithm)); err != nil {

@@ -18,9 +18,10 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth"
-	"github.com/midfs/midfs/auth/ststest"
+	"github.com/midfs/midfs/auth/iam/ststest"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/joiner"
+	"github.com/midfs/midfs/wire"
 )
 
 var iamCaller = ststest.Caller{
@@ -81,7 +82,7 @@ func TestIAMJoinThroughTheAgent(t *testing.T) {
 	s, sts := startIAMAuthority(t, log)
 	awsEnv(t, iamCaller)
 	agent, err := joiner.Join(context.Background(), joiner.Config{
-		AuthServer: s.Addr(), Token: "iam-token", JoinMethod: joiner.MethodIAM, CAPin: s.CAPin(),
+		AuthServer: s.Addr(), Token: "iam-token", JoinMethod: wire.JoinIAM, CAPin: s.CAPin(),
 		Logger: slog.New(slog.NewTextHandler(log, nil)), JoinTimeout: 10 * time.Second, RenewInterval: 30 * time.Minute,
 	})
 	if err != nil {
@@ -138,7 +139,7 @@ func TestIAMJoinRefusedByTheAuthorityIsFinal(t *testing.T) {
 	stranger.SecretAccessKey = "not-the-secret-sts-knows"
 	awsEnv(t, stranger)
 	_, err := joiner.Join(context.Background(), joiner.Config{
-		AuthServer: s.Addr(), Token: "iam-token", JoinMethod: joiner.MethodIAM, CAPin: s.CAPin(),
+		AuthServer: s.Addr(), Token: "iam-token", JoinMethod: wire.JoinIAM, CAPin: s.CAPin(),
 		Logger: slog.New(slog.NewTextHandler(log, nil)), JoinTimeout: 10 * time.Second,
 	})
 	if !errors.Is(err, joiner.ErrRefused) || !strings.Contains(err.Error(), "IAM join refused (ref ") {

@@ -10,7 +10,7 @@ import (
 
 	_ "modernc.org/sqlite"
 
-	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 )
 
@@ -19,12 +19,12 @@ import (
 // a bot gets is far larger than one small response.
 func (a *authority) addNodes(t *testing.T, prefix string, n int) {
 	t.Helper()
-	res := &auth.Resources{}
+	res := &policy.Resources{}
 	for i := range n {
-		res.Nodes = append(res.Nodes, auth.NodeResource{
-			Kind: auth.KindNode, Version: "v2",
-			Metadata: auth.Metadata{Name: fmt.Sprintf("%s-%05d", prefix, i), Labels: auth.LabelMap{"env": "prod", "rack": fmt.Sprintf("r%03d", i%500)}},
-			Spec:     auth.NodeSpec{Addr: fmt.Sprintf("10.%d.%d.%d:22", i>>16&255, i>>8&255, i&255)},
+		res.Nodes = append(res.Nodes, policy.NodeResource{
+			Kind: policy.KindNode, Version: "v2",
+			Metadata: policy.Metadata{Name: fmt.Sprintf("%s-%05d", prefix, i), Labels: policy.LabelMap{"env": "prod", "rack": fmt.Sprintf("r%03d", i%500)}},
+			Spec:     policy.NodeSpec{Addr: fmt.Sprintf("10.%d.%d.%d:22", i>>16&255, i>>8&255, i&255)},
 		})
 	}
 	if _, err := a.Create(context.Background(), res, false); err != nil {
@@ -97,7 +97,7 @@ func TestNodeListFailureKeepsIdentity(t *testing.T) {
 	}
 
 	// Repaired on the authority: the list reaches the agent by itself.
-	if err := a.Remove(context.Background(), auth.KindNode, "broken"); err != nil {
+	if err := a.Remove(context.Background(), policy.KindNode, "broken"); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.AddNode(context.Background(), identity.Node{Name: "web", Addr: "10.0.0.1:22"}); err != nil {

@@ -88,8 +88,8 @@ func Join(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.CAPin != "" {
 		a.pins, _ = parsePins(cfg.CAPin) // checked by withDefaults
 	}
-	if cfg.CertTTL > MaxCertTTL {
-		a.log.Warn("certificate TTL above the authority's cap; it will issue shorter certificates", "ttl", cfg.CertTTL, "cap", MaxCertTTL)
+	if cfg.CertTTL > wire.MaxTTL {
+		a.log.Warn("certificate TTL above the authority's cap; it will issue shorter certificates", "ttl", cfg.CertTTL, "cap", wire.MaxTTL)
 	}
 	deadline := a.clock.Now().Add(cfg.JoinTimeout)
 	if err := a.start(ctx, deadline); err != nil {
@@ -106,7 +106,7 @@ func Join(ctx context.Context, cfg Config) (*Agent, error) {
 }
 
 func (a *Agent) start(ctx context.Context, deadline time.Time) error {
-	if a.cfg.JoinMethod == MethodToken {
+	if a.cfg.JoinMethod == wire.JoinToken {
 		if err := a.restore(ctx, deadline); err != nil {
 			return err
 		}
@@ -375,7 +375,7 @@ func (a *Agent) join(ctx context.Context, deadline time.Time) error {
 }
 
 func (a *Agent) joinOnce(ctx context.Context, api *apiClient, pub []byte) (*wire.BotIdentity, error) {
-	if a.cfg.JoinMethod == MethodIAM {
+	if a.cfg.JoinMethod == wire.JoinIAM {
 		return joinIAM(ctx, &a.cfg, api, pub)
 	}
 	var bi wire.BotIdentity
@@ -469,7 +469,7 @@ func (a *Agent) pendingKey() (crypto.Signer, error) {
 // present an old generation with a new key at the next start and get the
 // bot locked; no copy only costs a new token.
 func (a *Agent) save() {
-	if a.cfg.JoinMethod != MethodToken {
+	if a.cfg.JoinMethod != wire.JoinToken {
 		return // an iam bot joins again; nothing worth keeping
 	}
 	store := a.cfg.Store

@@ -1,9 +1,26 @@
-// Package wire holds the JSON messages of the authority's HTTPS API: the only
-// thing, besides identity, that the authority (auth) and the agent (joiner)
-// share. Byte slices travel as base64 (encoding/json's default).
+// Package wire holds the JSON messages of the authority's HTTPS API and the
+// constants both ends need (join methods, the TTL cap, the server name): the
+// only thing, besides identity, that the authority (auth) and the agent
+// (joiner) share. Byte slices travel as base64 (encoding/json's default).
+// Anything may import wire; wire imports only identity and the standard
+// library.
 package wire
 
-import "github.com/midfs/midfs/identity"
+import (
+	"time"
+
+	"github.com/midfs/midfs/identity"
+)
+
+// Join methods: how a bot proves who it is when it first joins.
+const (
+	JoinToken = "token" // one-time secret; renewable bot identity
+	JoinIAM   = "iam"   // delegated: AWS IAM identity; non-renewable, token reusable
+)
+
+// MaxTTL caps the lifetime of every credential the authority issues; a client
+// asking for longer gets MaxTTL.
+const MaxTTL = 24 * time.Hour
 
 // Paths of the HTTPS API.
 const (

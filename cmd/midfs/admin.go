@@ -17,8 +17,10 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/service/diag"
+	"github.com/midfs/midfs/wire"
 )
 
 // adminCommands are the tctl-like commands of the authority.
@@ -228,7 +230,7 @@ func authStartCommand() *cli.Command {
 			&cli.StringFlag{Name: "advertise-addr", Usage: "`HOST:PORT` bots reach the API at, printed by `bots add` (default: the listen IP, or this host's name)"},
 			&cli.StringFlag{Name: "cluster-name", Usage: "`NAME` of the cluster, fixed at first start (default: this host's name)"},
 			&cli.DurationFlag{Name: "certificate-ttl", Value: auth.DefaultTTL, Usage: "lifetime of output credentials when a bot asks for none"},
-			&cli.DurationFlag{Name: "max-ttl", Value: auth.MaxTTL, Usage: "cap on the lifetime of any credential (at most 24h)"},
+			&cli.DurationFlag{Name: "max-ttl", Value: wire.MaxTTL, Usage: "cap on the lifetime of any credential (at most 24h)"},
 			&cli.DurationFlag{Name: "bot-ttl", Value: auth.DefaultBotTTL, Usage: "lifetime of a bot's own renewable identity"},
 			&cli.IntFlag{Name: "max-connections", Usage: fmt.Sprintf("cap on open API connections; at the cap the one idle longest is closed (0: %d, or half the open-file limit if lower)", auth.MaxConns)},
 			&cli.StringFlag{Name: "sts-endpoint", Usage: "`URL` replacing AWS STS for IAM joins; tests only, needs --insecure-test-mode"},
@@ -314,7 +316,7 @@ func botsAdd(c *cli.Context, ac *auth.AdminClient) error {
 
 // printBotToken prints what `tctl bots add` prints, for midfs mount.
 func printBotToken(w io.Writer, bt *auth.BotToken, now time.Time) {
-	if bt.JoinMethod == auth.JoinToken {
+	if bt.JoinMethod == wire.JoinToken {
 		fmt.Fprintf(w, "The bot token: %s\n", bt.Token)
 		fmt.Fprintf(w, "This token will expire in %s, at %s.\n", humanDuration(bt.Expires.Sub(now)), bt.Expires.UTC().Format(time.RFC3339))
 		fmt.Fprintf(w, "It works once; `midfs get tokens` lists it as %s.\n", bt.TokenName)
@@ -323,7 +325,7 @@ func printBotToken(w io.Writer, bt *auth.BotToken, now time.Time) {
 	}
 	fmt.Fprintf(w, "The CA pin: %s\n\n", bt.CAPin)
 	fmt.Fprintf(w, "Run this on the bot's machine to join the cluster %s and serve its identity:\n\n", bt.ClusterName)
-	if bt.JoinMethod == auth.JoinToken {
+	if bt.JoinMethod == wire.JoinToken {
 		// echo is built into every shell: the token reaches midfs through a
 		// pipe and never shows in any process's argv.
 		fmt.Fprintf(w, "echo %s | midfs mount /opt/machine-id --auth-server=%s --token=- --ca-pin=%s\n\n", bt.Token, bt.AuthServer, bt.CAPin)
@@ -363,7 +365,7 @@ func create(c *cli.Context, ac *auth.AdminClient) error {
 		defer f.Close()
 		in = f
 	}
-	data, err := auth.ReadResourceYAML(in)
+	data, err := policy.ReadResourceYAML(in)
 	if err != nil {
 		return failf(exitUsage, "create: %s: %v; nothing was stored", file, err)
 	}
@@ -380,7 +382,7 @@ func create(c *cli.Context, ac *auth.AdminClient) error {
 // splitRef reads KIND[/NAME].
 func splitRef(ref string) (kind, name string, err error) {
 	kind, name, _ = strings.Cut(ref, "/")
-	kind, err = auth.NormalizeKind(kind)
+	kind, err = policy.NormalizeKind(kind)
 	return kind, name, err
 }
 

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
@@ -240,7 +241,7 @@ spec:
 	if !strings.Contains(y, "env: staging") {
 		t.Errorf("role YAML:\n%s", y)
 	}
-	if res, err := auth.ParseResources([]byte(y)); err != nil || len(res.Roles) != 1 || res.Roles[0].Metadata.Name != "web" {
+	if res, err := policy.ParseResources([]byte(y)); err != nil || len(res.Roles) != 1 || res.Roles[0].Metadata.Name != "web" {
 		t.Errorf("get --format=yaml does not parse back: %v", err)
 	}
 	var js []map[string]any

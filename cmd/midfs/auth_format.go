@@ -13,13 +13,13 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 )
 
 // printResources prints resources as a table (text), YAML documents or a
 // JSON array.
-func printResources(w io.Writer, kind string, res *auth.Resources, format string) error {
+func printResources(w io.Writer, kind string, res *policy.Resources, format string) error {
 	switch format {
 	case "json":
 		items := res.Items()
@@ -47,12 +47,12 @@ func printResources(w io.Writer, kind string, res *auth.Resources, format string
 	}
 	var t table
 	switch kind {
-	case auth.KindRole:
+	case policy.KindRole:
 		t.header("Role", "Allowed to login as", "Node Labels", "Access to resources")
 		for _, r := range res.Roles {
 			t.row(r.Metadata.Name, strings.Join(r.Spec.Allow.Logins, ","), formatSelector(r.Spec.Allow.NodeLabels), formatRules(r.Spec.Allow.Rules))
 		}
-	case auth.KindToken:
+	case policy.KindToken:
 		t.header("Token", "Type", "Bot", "Expires", "State")
 		for _, tk := range res.Tokens {
 			expires := "never"
@@ -61,7 +61,7 @@ func printResources(w io.Writer, kind string, res *auth.Resources, format string
 			}
 			t.row(tk.Metadata.Name, tk.Spec.JoinMethod, tk.Spec.BotName, expires, tokenState(tk))
 		}
-	case auth.KindBot:
+	case policy.KindBot:
 		t.header("Bot", "Roles", "Logins", "Generation", "Status")
 		for _, b := range res.Bots {
 			var logins []string
@@ -72,7 +72,7 @@ func printResources(w io.Writer, kind string, res *auth.Resources, format string
 			}
 			t.row(b.Metadata.Name, strings.Join(b.Spec.Roles, ","), strings.Join(logins, ","), strconv.FormatUint(b.Status.Generation, 10), botState(b))
 		}
-	case auth.KindNode:
+	case policy.KindNode:
 		t.header("Node", "Address", "Labels")
 		for _, n := range res.Nodes {
 			t.row(n.Metadata.Name, n.Spec.Addr, identity.FormatLabels(n.Metadata.Labels))
@@ -82,7 +82,7 @@ func printResources(w io.Writer, kind string, res *auth.Resources, format string
 	return err
 }
 
-func tokenState(t auth.TokenResource) string {
+func tokenState(t policy.TokenResource) string {
 	switch {
 	case t.Status == nil:
 		return "reusable"
@@ -94,7 +94,7 @@ func tokenState(t auth.TokenResource) string {
 	return "unused"
 }
 
-func botState(b auth.BotResource) string {
+func botState(b policy.BotResource) string {
 	switch {
 	case b.Status.Locked != "":
 		return "locked: " + b.Status.Locked
@@ -107,7 +107,7 @@ func botState(b auth.BotResource) string {
 }
 
 // formatSelector prints node_labels as tctl does: <all nodes> for '*': '*'.
-func formatSelector(sel auth.Labels) string {
+func formatSelector(sel policy.Labels) string {
 	if vals, ok := sel["*"]; ok && len(sel) == 1 && len(vals) == 1 && vals[0] == "*" {
 		return "<all nodes>"
 	}
@@ -120,7 +120,7 @@ func formatSelector(sel auth.Labels) string {
 }
 
 // formatRules prints rules as resource:verb,verb like tctl.
-func formatRules(rules []auth.Rule) string {
+func formatRules(rules []policy.Rule) string {
 	var parts []string
 	for _, r := range rules {
 		for _, res := range r.Resources {

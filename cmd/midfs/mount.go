@@ -22,6 +22,7 @@ import (
 	"github.com/midfs/midfs/joiner"
 	"github.com/midfs/midfs/service/diag"
 	"github.com/midfs/midfs/service/harden"
+	"github.com/midfs/midfs/wire"
 )
 
 // agentCommands are the commands of the agent: mount and ls.
@@ -57,7 +58,7 @@ func mountFlags() []cli.Flag {
 		&cli.StringFlag{Name: "auth-server", Usage: "`HOST:PORT` of the authority; without it, an authority runs inside this process"},
 		&cli.StringFlag{Name: "token", Usage: "join `TOKEN` printed by `midfs bots add`, or - to read it from standard input (for --join-method=iam: the iam token's name); a secret here is visible to every local user: prefer --token-file, MIDFS_TOKEN or -. Not needed to restart from a stored bot identity"},
 		&cli.StringFlag{Name: "token-file", Usage: "read the join token from `FILE` (chmod 600; e.g. a systemd credential)"},
-		&cli.StringFlag{Name: "join-method", Value: joiner.MethodToken, Usage: "`METHOD`: token or iam"},
+		&cli.StringFlag{Name: "join-method", Value: wire.JoinToken, Usage: "`METHOD`: token or iam"},
 		&cli.BoolFlag{Name: "fips", Usage: "with --join-method=iam: sign for AWS's FIPS STS endpoints (sts-fips.REGION.amazonaws.com)"},
 		&cli.StringFlag{Name: "ca-pin", Usage: "`sha256:HEX` of the authority's CA, as `midfs status` prints it; checked before the token is sent"},
 		&cli.StringFlag{Name: "owner", Usage: "`USER[:GROUP]` owning the tree (default: the user running midfs)"},
@@ -130,14 +131,14 @@ func parseMount(c *cli.Context, mountpoint string) (*mountPlan, error) {
 				return nil, failf(exitUsage, "--%s needs --auth-server: without it midfs runs its own authority and joins it by itself", f)
 			}
 		}
-		if p.join.JoinMethod != joiner.MethodToken {
+		if p.join.JoinMethod != wire.JoinToken {
 			return nil, failf(exitUsage, "--join-method=%s needs --auth-server", p.join.JoinMethod)
 		}
 		p.join.AuthServer = "127.0.0.1:1" // placeholder for Validate; the real port is known once the authority listens
 	} else if p.join.Token, err = joinToken(c, p.join.JoinMethod, slog.Default()); err != nil {
 		return nil, err
 	}
-	if p.join.FIPS && p.join.JoinMethod != joiner.MethodIAM {
+	if p.join.FIPS && p.join.JoinMethod != wire.JoinIAM {
 		return nil, failf(exitUsage, "--fips applies only to --join-method=iam")
 	}
 	if err := p.join.Validate(); err != nil {

@@ -12,7 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/midfs/midfs/joiner"
+	"github.com/midfs/midfs/wire"
 )
 
 // maxTokenInput bounds what is read from a token file or standard input: a
@@ -39,7 +39,7 @@ func joinToken(c *cli.Context, method string, log *slog.Logger) (string, error) 
 	case tok == "-":
 		return readToken(c.App.Reader, "standard input (--token=-)")
 	}
-	if method == joiner.MethodToken && tok != "" && inCommandLine(tok) {
+	if method == wire.JoinToken && tok != "" && inCommandLine(tok) {
 		log.Warn("the join token is on the command line, where every local user can read it (ps, /proc/PID/cmdline); pass it with " + safeTokenForms)
 	}
 	return tok, nil
@@ -52,7 +52,7 @@ func readTokenFile(path, method string, log *slog.Logger) (string, error) {
 		return "", failf(exitUsage, "cannot read --token-file: %v", err)
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Mode().Perm()&0o077 != 0 && method == joiner.MethodToken {
+	if st, err := f.Stat(); err == nil && st.Mode().Perm()&0o077 != 0 && method == wire.JoinToken {
 		log.Warn("the token file is readable by other users; run chmod 600 on it", "file", path)
 	}
 	return readToken(f, "--token-file "+path)

@@ -1,4 +1,4 @@
-package auth
+package sqlite
 
 import (
 	"database/sql"
@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/midfs/midfs/auth/store"
 )
 
 // Closing the store while requests are still writing (an authority
@@ -16,7 +18,7 @@ import (
 func TestStoreCloseAnswersEveryWriter(t *testing.T) {
 	for round := 0; round < 20; round++ {
 		dir := t.TempDir()
-		st, err := openStore(dir)
+		st, err := Open(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -30,11 +32,11 @@ func TestStoreCloseAnswersEveryWriter(t *testing.T) {
 				var once sync.Once
 				defer once.Do(started.Done)
 				for j := 0; ; j++ {
-					err := st.update(func(tx *sql.Tx) error {
+					err := st.w.do(func(tx *sql.Tx) error {
 						_, err := tx.Exec(`INSERT INTO meta(key, value) VALUES (?, '')`, fmt.Sprintf("w%d-%d", i, j))
 						return err
 					})
-					if errors.Is(err, errClosed) {
+					if errors.Is(err, store.ErrClosed) {
 						return
 					}
 					if err != nil {
@@ -47,7 +49,7 @@ func TestStoreCloseAnswersEveryWriter(t *testing.T) {
 			}()
 		}
 		started.Wait()
-		st.close()
+		st.Close()
 		answered := make(chan struct{})
 		go func() { writers.Wait(); close(answered) }()
 		select {
@@ -55,7 +57,7 @@ func TestStoreCloseAnswersEveryWriter(t *testing.T) {
 		case <-time.After(time.Minute):
 			t.Fatalf("round %d: a writer was never answered after the store closed", round)
 		}
-		st, err = openStore(dir)
+		st, err = Open(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -63,7 +65,7 @@ func TestStoreCloseAnswersEveryWriter(t *testing.T) {
 		if err := st.db.QueryRow(`SELECT count(*) FROM meta`).Scan(&stored); err != nil {
 			t.Fatal(err)
 		}
-		st.close()
+		st.Close()
 		if stored != done.Load() {
 			t.Fatalf("round %d: %d changes reported done, %d stored", round, done.Load(), stored)
 		}

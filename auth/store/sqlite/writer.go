@@ -1,10 +1,11 @@
-package auth
+package sqlite
 
 import (
 	"database/sql"
-	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/midfs/midfs/auth/store"
 )
 
 // maxBatch bounds how many changes share one commit.
@@ -31,8 +32,6 @@ type writeOp struct {
 	err chan error
 }
 
-var errClosed = errors.New("authority is shutting down")
-
 func newWriter(db *sql.DB) *writer {
 	w := &writer{db: db, ops: make(chan *writeOp, maxBatch), stopped: make(chan struct{})}
 	go w.loop()
@@ -44,7 +43,7 @@ func (w *writer) do(fn func(*sql.Tx) error) error {
 	w.mu.RLock()
 	if w.closed {
 		w.mu.RUnlock()
-		return errClosed
+		return store.ErrClosed
 	}
 	w.ops <- op
 	w.mu.RUnlock()

@@ -1,10 +1,13 @@
-package auth
-
-// IAM join, the checks: what the authority checks in a signed, unsent
-// sts:GetCallerIdentity request before and after it hands that request to
-// AWS, and the challenges it hands out. Nothing here touches the store, and
-// only stsForwarder.send the network, so every other check can be tested
-// with a table.
+// Package iam holds the checks of an IAM join: what the authority checks in
+// a signed, unsent sts:GetCallerIdentity request before and after it hands
+// that request to AWS, the token allow rules, and the single-use challenges
+// it hands out. Nothing here touches the store, and only Forwarder.Send the
+// network, so every other check can be tested with a table. Its STS
+// stand-in for tests is iam/ststest.
+//
+// The authority (package auth) imports it; it imports policy (the allow
+// rules) and wire, never auth.
+package iam
 
 import (
 	"bufio"
@@ -14,6 +17,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -21,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -28,6 +33,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -35,112 +41,112 @@ import (
 // AWS do something other than say who signed it.
 const stsBody = "Action=GetCallerIdentity&Version=2011-06-15"
 
-// iamReason names why an IAM join was refused. It goes to the authority's log
+// Reason names why an IAM join was refused. It goes to the authority's log
 // and labels the refusal counter; the client never sees it.
-type iamReason string
+type Reason string
 
 const (
-	reasonBadJoinRequest     iamReason = "bad_join_request"  // JSON, sizes, public key
-	reasonTokenUnknown       iamReason = "token_unknown"     // no token of that name
-	reasonTokenNotIAM        iamReason = "token_not_iam"     // token exists, other join method
-	reasonTokenExpired       iamReason = "token_expired"     // token past its expiry
-	reasonChallengeUnknown   iamReason = "challenge_unknown" // never issued (by this process), or already used
-	reasonChallengeExpired   iamReason = "challenge_expired" // issued, but too long ago
-	reasonUnparsable         iamReason = "sts_request_unparsable"
-	reasonWrongMethod        iamReason = "sts_wrong_method"     // not POST
-	reasonWrongPath          iamReason = "sts_wrong_path"       // RequestURI other than "/"
-	reasonWrongBody          iamReason = "sts_wrong_body"       // not exactly stsBody
-	reasonChallengeMismatch  iamReason = "challenge_mismatch"   // header missing or other value
-	reasonChallengeNotSigned iamReason = "challenge_not_signed" // header not in SignedHeaders
-	reasonHostNotAllowed     iamReason = "sts_host_not_allowed" // Host off the STS allowlist
-	reasonSTSUnreachable     iamReason = "sts_unreachable"      // network error or timeout
-	reasonSTSDenied          iamReason = "sts_denied"           // non-200: bad signature, unknown key, ...
-	reasonSTSBadResponse     iamReason = "sts_bad_response"     // 200 but not the expected JSON
-	reasonInternal           iamReason = "internal_error"       // the authority's own failure, e.g. its database
-	reasonAccountNotAllowed  iamReason = "aws_account_not_allowed"
-	reasonARNNotAllowed      iamReason = "aws_arn_not_allowed"
+	ReasonBadJoinRequest     Reason = "bad_join_request"  // JSON, sizes, public key
+	ReasonTokenUnknown       Reason = "token_unknown"     // no token of that name
+	ReasonTokenNotIAM        Reason = "token_not_iam"     // token exists, other join method
+	ReasonTokenExpired       Reason = "token_expired"     // token past its expiry
+	ReasonChallengeUnknown   Reason = "challenge_unknown" // never issued (by this process), or already used
+	ReasonChallengeExpired   Reason = "challenge_expired" // issued, but too long ago
+	ReasonUnparsable         Reason = "sts_request_unparsable"
+	ReasonWrongMethod        Reason = "sts_wrong_method"     // not POST
+	ReasonWrongPath          Reason = "sts_wrong_path"       // RequestURI other than "/"
+	ReasonWrongBody          Reason = "sts_wrong_body"       // not exactly stsBody
+	ReasonChallengeMismatch  Reason = "challenge_mismatch"   // header missing or other value
+	ReasonChallengeNotSigned Reason = "challenge_not_signed" // header not in SignedHeaders
+	ReasonHostNotAllowed     Reason = "sts_host_not_allowed" // Host off the STS allowlist
+	ReasonSTSUnreachable     Reason = "sts_unreachable"      // network error or timeout
+	ReasonSTSDenied          Reason = "sts_denied"           // non-200: bad signature, unknown key, ...
+	ReasonSTSBadResponse     Reason = "sts_bad_response"     // 200 but not the expected JSON
+	ReasonInternal           Reason = "internal_error"       // the authority's own failure, e.g. its database
+	ReasonAccountNotAllowed  Reason = "aws_account_not_allowed"
+	ReasonARNNotAllowed      Reason = "aws_arn_not_allowed"
 )
 
-// iamRefusal is a refused IAM join: the reason for the counter, and a detail
+// Refusal is a refused IAM join: the reason for the counter, and a detail
 // for the authority's log only.
-type iamRefusal struct {
-	reason iamReason
-	detail string
+type Refusal struct {
+	Reason Reason
+	Detail string
 }
 
-func (r *iamRefusal) Error() string { return string(r.reason) + ": " + r.detail }
+func (r *Refusal) Error() string { return string(r.Reason) + ": " + r.Detail }
 
-func refuse(reason iamReason, format string, args ...any) *iamRefusal {
-	return &iamRefusal{reason: reason, detail: fmt.Sprintf(format, args...)}
+func Refuse(reason Reason, format string, args ...any) *Refusal {
+	return &Refusal{Reason: reason, Detail: fmt.Sprintf(format, args...)}
 }
 
-// stsRequest is a signed request that passed every local check and may be
+// STSRequest is a signed request that passed every local check and may be
 // forwarded to Host.
-type stsRequest struct {
+type STSRequest struct {
 	host   string
 	header http.Header
 	body   []byte
 }
 
-// parseSTSRequest reads the raw HTTP/1.1 request the client signed and checks
+// ParseSTSRequest reads the raw HTTP/1.1 request the client signed and checks
 // everything that can be checked without AWS: method, path, body, the
 // challenge and that it is signed, and the Host allowlist.
-func parseSTSRequest(raw []byte, challenge string) (*stsRequest, *iamRefusal) {
+func ParseSTSRequest(raw []byte, challenge string) (*STSRequest, *Refusal) {
 	if len(raw) > wire.MaxBody {
-		return nil, refuse(reasonUnparsable, "signed request of %d bytes exceeds %d", len(raw), wire.MaxBody)
+		return nil, Refuse(ReasonUnparsable, "signed request of %d bytes exceeds %d", len(raw), wire.MaxBody)
 	}
 	br := bufio.NewReader(bytes.NewReader(raw))
 	req, err := http.ReadRequest(br)
 	if err != nil {
-		return nil, refuse(reasonUnparsable, "%v", err)
+		return nil, Refuse(ReasonUnparsable, "%v", err)
 	}
 	if req.Method != http.MethodPost {
-		return nil, refuse(reasonWrongMethod, "method %q", req.Method)
+		return nil, Refuse(ReasonWrongMethod, "method %q", req.Method)
 	}
 	if req.RequestURI != "/" {
-		return nil, refuse(reasonWrongPath, "request URI %q", req.RequestURI)
+		return nil, Refuse(ReasonWrongPath, "request URI %q", req.RequestURI)
 	}
 	// Only a plain Content-Length body: chunked or trailing bytes would let
 	// what AWS reads differ from what was checked here.
 	if len(req.TransferEncoding) > 0 || req.ContentLength != int64(len(stsBody)) {
-		return nil, refuse(reasonWrongBody, "content length %d, transfer encoding %q", req.ContentLength, req.TransferEncoding)
+		return nil, Refuse(ReasonWrongBody, "content length %d, transfer encoding %q", req.ContentLength, req.TransferEncoding)
 	}
 	body, err := io.ReadAll(io.LimitReader(req.Body, int64(len(stsBody))+1))
 	if err != nil {
-		return nil, refuse(reasonUnparsable, "body: %v", err)
+		return nil, Refuse(ReasonUnparsable, "body: %v", err)
 	}
 	if string(body) != stsBody {
-		return nil, refuse(reasonWrongBody, "body %q", truncate(string(body), 200))
+		return nil, Refuse(ReasonWrongBody, "body %q", Truncate(string(body), 200))
 	}
 	if br.Buffered() > 0 {
-		return nil, refuse(reasonUnparsable, "%d bytes after the request", br.Buffered())
+		return nil, Refuse(ReasonUnparsable, "%d bytes after the request", br.Buffered())
 	}
 	if err := checkChallengeHeader(req.Header, challenge); err != nil {
 		return nil, err
 	}
 	if !allowedSTSHost(req.Host) {
-		return nil, refuse(reasonHostNotAllowed, "host %q", truncate(req.Host, 200))
+		return nil, Refuse(ReasonHostNotAllowed, "host %q", Truncate(req.Host, 200))
 	}
-	return &stsRequest{host: req.Host, header: req.Header, body: body}, nil
+	return &STSRequest{host: req.Host, header: req.Header, body: body}, nil
 }
 
 // checkChallengeHeader insists on exactly one challenge header, equal to the
 // challenge, and signed: an unsigned header could be added by anyone who
 // replays a captured request.
-func checkChallengeHeader(h http.Header, challenge string) *iamRefusal {
+func checkChallengeHeader(h http.Header, challenge string) *Refusal {
 	vals := h.Values(wire.ChallengeHeader)
 	if len(vals) != 1 || subtle.ConstantTimeCompare([]byte(vals[0]), []byte(challenge)) != 1 {
-		return refuse(reasonChallengeMismatch, "%d challenge header(s), none equal to the issued challenge", len(vals))
+		return Refuse(ReasonChallengeMismatch, "%d challenge header(s), none equal to the issued challenge", len(vals))
 	}
 	signed, err := signedHeaders(h.Get("Authorization"))
 	if err != nil {
-		return refuse(reasonChallengeNotSigned, "%v", err)
+		return Refuse(ReasonChallengeNotSigned, "%v", err)
 	}
 	want := strings.ToLower(wire.ChallengeHeader)
 	if slices.Contains(signed, want) {
 		return nil
 	}
-	return refuse(reasonChallengeNotSigned, "SignedHeaders %q lacks %s", strings.Join(signed, ";"), want)
+	return Refuse(ReasonChallengeNotSigned, "SignedHeaders %q lacks %s", strings.Join(signed, ";"), want)
 }
 
 // signedHeaders returns the SignedHeaders list of a SigV4 Authorization
@@ -202,8 +208,40 @@ func allowedSTSHost(host string) bool {
 // stsTimeout bounds one round trip to STS; a join waits for it.
 const stsTimeout = 10 * time.Second
 
-// stsForwarder sends checked requests to STS.
-type stsForwarder struct {
+// CheckEndpoint validates --sts-endpoint: an https URL with a host and
+// nothing else to it. The authority's config checks call it.
+func CheckEndpoint(endpoint string) error {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("bad --sts-endpoint %q: want an https URL such as https://127.0.0.1:8443/", endpoint)
+	}
+	return nil
+}
+
+// NewForwarder sends to AWS, or, if endpoint is set, to endpoint (test mode
+// only): without checking its certificate when insecureTestMode is set, as a
+// stand-in on loopback has a throwaway one. The authority refuses a
+// test-only endpoint without --insecure-test-mode.
+func NewForwarder(endpoint string, insecureTestMode bool) *Forwarder {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	if endpoint != "" && insecureTestMode {
+		tr.TLSClientConfig.InsecureSkipVerify = true
+	}
+	return &Forwarder{
+		endpoint: endpoint,
+		client: &http.Client{
+			Transport: tr,
+			Timeout:   stsTimeout,
+			// STS answers directly; following a redirect would send the
+			// signed request somewhere the allowlist never saw.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}
+}
+
+// Forwarder sends checked requests to STS.
+type Forwarder struct {
 	client *http.Client
 	// endpoint, if set, replaces https://HOST/ as the address requests go
 	// to (test mode only). The Host header, which the signature covers,
@@ -211,10 +249,10 @@ type stsForwarder struct {
 	endpoint string
 }
 
-// send forwards r to STS and returns who signed it. The Accept header is
+// Send forwards r to STS and returns who signed it. The Accept header is
 // forced to JSON: if the client signed another value, STS refuses the
 // signature; if it signed none, the extra header is harmless.
-func (f *stsForwarder) send(ctx context.Context, r *stsRequest) (callerIdentity, *iamRefusal) {
+func (f *Forwarder) Send(ctx context.Context, r *STSRequest) (CallerIdentity, *Refusal) {
 	url := "https://" + r.host + "/"
 	if f.endpoint != "" {
 		url = f.endpoint
@@ -223,7 +261,7 @@ func (f *stsForwarder) send(ctx context.Context, r *stsRequest) (callerIdentity,
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(r.body))
 	if err != nil {
-		return callerIdentity{}, refuse(reasonSTSUnreachable, "%v", err)
+		return CallerIdentity{}, Refuse(ReasonSTSUnreachable, "%v", err)
 	}
 	for k, v := range r.header {
 		req.Header[k] = append([]string(nil), v...)
@@ -232,50 +270,50 @@ func (f *stsForwarder) send(ctx context.Context, r *stsRequest) (callerIdentity,
 	req.Host = r.host
 	resp, err := f.client.Do(req)
 	if err != nil {
-		return callerIdentity{}, refuse(reasonSTSUnreachable, "%v", err)
+		return CallerIdentity{}, Refuse(ReasonSTSUnreachable, "%v", err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, wire.MaxBody+1))
 	if err != nil {
-		return callerIdentity{}, refuse(reasonSTSUnreachable, "reading the answer: %v", err)
+		return CallerIdentity{}, Refuse(ReasonSTSUnreachable, "reading the answer: %v", err)
 	}
 	if len(body) > wire.MaxBody {
-		return callerIdentity{}, refuse(reasonSTSBadResponse, "answer larger than %d bytes", wire.MaxBody)
+		return CallerIdentity{}, Refuse(ReasonSTSBadResponse, "answer larger than %d bytes", wire.MaxBody)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return callerIdentity{}, refuse(reasonSTSDenied, "%s from %s: %s", resp.Status, r.host, truncate(string(body), 300))
+		return CallerIdentity{}, Refuse(ReasonSTSDenied, "%s from %s: %s", resp.Status, r.host, Truncate(string(body), 300))
 	}
 	return parseCallerIdentity(body)
 }
 
-// callerIdentity is what STS says about the signer.
-type callerIdentity struct {
+// CallerIdentity is what STS says about the signer.
+type CallerIdentity struct {
 	Account string
 	Arn     string
 }
 
 // parseCallerIdentity reads the JSON answer of sts:GetCallerIdentity.
-func parseCallerIdentity(body []byte) (callerIdentity, *iamRefusal) {
+func parseCallerIdentity(body []byte) (CallerIdentity, *Refusal) {
 	var resp struct {
 		GetCallerIdentityResponse struct {
-			GetCallerIdentityResult callerIdentity
+			GetCallerIdentityResult CallerIdentity
 		}
 	}
 	if err := json.Unmarshal(body, &resp); err != nil {
-		return callerIdentity{}, refuse(reasonSTSBadResponse, "not JSON: %v", err)
+		return CallerIdentity{}, Refuse(ReasonSTSBadResponse, "not JSON: %v", err)
 	}
 	id := resp.GetCallerIdentityResponse.GetCallerIdentityResult
 	if id.Account == "" || id.Arn == "" {
-		return callerIdentity{}, refuse(reasonSTSBadResponse, "answer without Account or Arn")
+		return CallerIdentity{}, Refuse(ReasonSTSBadResponse, "answer without Account or Arn")
 	}
 	return id, nil
 }
 
-// matchIAMRules is nil when one of the token's allow rules admits id. In a
+// MatchRules is nil when one of the token's allow rules admits id. In a
 // rule an empty field matches anything, but a rule with both fields empty
 // matches nothing (it would let any AWS account in). Otherwise the reason
 // says which part failed: the account, or (with a matching account) the ARN.
-func matchIAMRules(rules []AllowRule, id callerIdentity) *iamRefusal {
+func MatchRules(rules []policy.AllowRule, id CallerIdentity) *Refusal {
 	accountMatched := false
 	for _, r := range rules {
 		if r.AWSAccount == "" && r.AWSARN == "" {
@@ -285,47 +323,18 @@ func matchIAMRules(rules []AllowRule, id callerIdentity) *iamRefusal {
 			continue
 		}
 		accountMatched = true
-		if r.AWSARN != "" && !arnGlobMatch(r.AWSARN, id.Arn) {
+		if r.AWSARN != "" && !policy.Match(r.AWSARN, id.Arn) {
 			continue
 		}
 		return nil
 	}
 	if accountMatched {
-		return refuse(reasonARNNotAllowed, "account %s, arn %q matches no aws_arn of the token", id.Account, id.Arn)
+		return Refuse(ReasonARNNotAllowed, "account %s, arn %q matches no aws_arn of the token", id.Account, id.Arn)
 	}
-	return refuse(reasonAccountNotAllowed, "account %s (arn %q) matches no aws_account of the token", id.Account, id.Arn)
+	return Refuse(ReasonAccountNotAllowed, "account %s (arn %q) matches no aws_account of the token", id.Account, id.Arn)
 }
 
-// arnGlobMatch matches s against pattern, where * is any run of characters
-// (including none) and ? is exactly one; everything else is literal. It
-// backtracks only to the last *, so it runs in O(len(pattern)*len(s)).
-func arnGlobMatch(pattern, s string) bool {
-	p, i := []rune(pattern), []rune(s)
-	pi, si := 0, 0
-	star, mark := -1, 0
-	for si < len(i) {
-		switch {
-		case pi < len(p) && (p[pi] == '?' || p[pi] == i[si]):
-			pi++
-			si++
-		case pi < len(p) && p[pi] == '*':
-			star, mark = pi, si
-			pi++
-		case star >= 0:
-			pi = star + 1
-			mark++
-			si = mark
-		default:
-			return false
-		}
-	}
-	for pi < len(p) && p[pi] == '*' {
-		pi++
-	}
-	return pi == len(p)
-}
-
-func truncate(s string, n int) string {
+func Truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
@@ -334,9 +343,9 @@ func truncate(s string, n int) string {
 
 // Challenges live at most this long: long enough to sign one request and
 // send it, short enough that a captured request is soon worthless.
-const iamChallengeTTL = time.Minute
+const ChallengeTTL = time.Minute
 
-// iamChallenges hands out single-use challenges without keeping them, so
+// Challenges hands out single-use challenges without keeping them, so
 // that no flood of requests for challenges can push out the one a real
 // agent is about to use. A challenge is a sequence number and an expiry
 // under an HMAC with a key made at start, which only this process knows; a
@@ -348,7 +357,7 @@ const iamChallengeTTL = time.Minute
 // cannot revive a spent challenge. Replicas of the authority would need a
 // shared key, wall-clock expiries, a replica id in the sequence number and
 // a shared record of taken challenges.
-type iamChallenges struct {
+type Challenges struct {
 	now   func() time.Time
 	start time.Time // expiries count from here
 	key   [32]byte
@@ -365,42 +374,42 @@ type iamChallenges struct {
 
 const challengeLen = 8 + 8 + sha256.Size // sequence number, expiry, MAC
 
-func newIAMChallenges(now func() time.Time) *iamChallenges {
+func NewChallenges(now func() time.Time) *Challenges {
 	if now == nil {
 		now = time.Now
 	}
-	c := &iamChallenges{now: now, start: now(), taken: map[uint64]uint64{}, takenBefore: map[uint64]uint64{}, periodEnd: iamChallengeTTL}
+	c := &Challenges{now: now, start: now(), taken: map[uint64]uint64{}, takenBefore: map[uint64]uint64{}, periodEnd: ChallengeTTL}
 	rand.Read(c.key[:])
 	return c
 }
 
-// issue returns a new challenge, base64 (URL alphabet) without padding.
-func (c *iamChallenges) issue() string {
+// Issue returns a new challenge, base64 (URL alphabet) without padding.
+func (c *Challenges) Issue() string {
 	var b [challengeLen]byte
 	binary.BigEndian.PutUint64(b[0:8], c.seq.Add(1))
-	binary.BigEndian.PutUint64(b[8:16], uint64(c.sinceStart()+iamChallengeTTL))
+	binary.BigEndian.PutUint64(b[8:16], uint64(c.sinceStart()+ChallengeTTL))
 	copy(b[16:], c.mac(b[:16]))
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
-// take consumes ch: it can never be taken again, whether or not it was
+// Take consumes ch: it can never be taken again, whether or not it was
 // still valid.
-func (c *iamChallenges) take(ch string) *iamRefusal {
+func (c *Challenges) Take(ch string) *Refusal {
 	b, err := base64.RawURLEncoding.DecodeString(ch)
 	if err != nil || len(b) != challengeLen || !hmac.Equal(b[16:], c.mac(b[:16])) {
-		return refuse(reasonChallengeUnknown, "challenge not issued by this authority since it started")
+		return Refuse(ReasonChallengeUnknown, "challenge not issued by this authority since it started")
 	}
 	seq, exp := binary.BigEndian.Uint64(b[0:8]), time.Duration(binary.BigEndian.Uint64(b[8:16]))
 	now := c.sinceStart()
 	if now >= exp {
-		return refuse(reasonChallengeExpired, "challenge expired %s ago", (now - exp).Round(time.Second))
+		return Refuse(ReasonChallengeExpired, "challenge expired %s ago", (now - exp).Round(time.Second))
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rotate(now)
 	word, bit := seq/64, uint64(1)<<(seq%64)
 	if (c.taken[word]|c.takenBefore[word])&bit != 0 {
-		return refuse(reasonChallengeUnknown, "challenge already used")
+		return Refuse(ReasonChallengeUnknown, "challenge already used")
 	}
 	c.taken[word] |= bit
 	return nil
@@ -409,22 +418,22 @@ func (c *iamChallenges) take(ch string) *iamRefusal {
 // rotate starts a new period once the current one is over. A challenge
 // taken in period k expires before period k ends plus a TTL, which is no
 // later than the end of period k+1, when it is dropped.
-func (c *iamChallenges) rotate(now time.Duration) {
+func (c *Challenges) rotate(now time.Duration) {
 	if now < c.periodEnd {
 		return
 	}
-	if now < c.periodEnd+iamChallengeTTL {
+	if now < c.periodEnd+ChallengeTTL {
 		c.takenBefore = c.taken
 	} else { // idle for a whole period: everything taken has expired
 		c.takenBefore = map[uint64]uint64{}
 	}
 	c.taken = map[uint64]uint64{}
-	c.periodEnd = now + iamChallengeTTL
+	c.periodEnd = now + ChallengeTTL
 }
 
-func (c *iamChallenges) sinceStart() time.Duration { return c.now().Sub(c.start) }
+func (c *Challenges) sinceStart() time.Duration { return c.now().Sub(c.start) }
 
-func (c *iamChallenges) mac(msg []byte) []byte {
+func (c *Challenges) mac(msg []byte) []byte {
 	h := hmac.New(sha256.New, c.key[:])
 	h.Write(msg)
 	return h.Sum(nil)

@@ -7,6 +7,8 @@
 // The authority forwards signed requests to it unchanged, Host header
 // included (sts.REGION.amazonaws.com), so the signature it checks is the one
 // the client made for the real endpoint.
+//
+// Only tests import it (of auth, auth/iam, joiner and e2e).
 package ststest
 
 import (
@@ -105,7 +107,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusForbidden, code, msg)
 		return
 	}
-	if r.Method != http.MethodPost || r.URL.Path != "/" || string(body) != "Action=GetCallerIdentity&Version=2011-06-15" {
+	if r.Method != http.MethodPost || r.URL.Path != "/" || string(body) != Body {
 		s.fail(w, r, http.StatusBadRequest, "InvalidAction", "only POST / Action=GetCallerIdentity&Version=2011-06-15 is served here")
 		return
 	}

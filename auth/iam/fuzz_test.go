@@ -1,9 +1,10 @@
-package auth
+package iam
 
 import (
 	"strings"
 	"testing"
 
+	"github.com/midfs/midfs/auth/iam/ststest"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -13,22 +14,22 @@ import (
 // (testdata/fuzz/FuzzParseSTSRequest holds the committed corpus).
 func FuzzParseSTSRequest(f *testing.F) {
 	good := goodReq()
-	f.Add(good.raw(f), testChallenge)
-	for _, mod := range []func(*stsReq){
-		func(r *stsReq) { r.method = "GET" },
-		func(r *stsReq) { r.body = stsBody + "&X=1" },
-		func(r *stsReq) { r.signChallenge = false },
-		func(r *stsReq) { r.host = "sts.evil.example" },
-		func(r *stsReq) { r.host = "sts-fips.cn-north-1.amazonaws.com.cn" },
+	f.Add(good.Raw(f), testChallenge)
+	for _, mod := range []func(*ststest.Request){
+		func(r *ststest.Request) { r.Method = "GET" },
+		func(r *ststest.Request) { r.Body = stsBody + "&X=1" },
+		func(r *ststest.Request) { r.SignChallenge = false },
+		func(r *ststest.Request) { r.Host = "sts.evil.example" },
+		func(r *ststest.Request) { r.Host = "sts-fips.cn-north-1.amazonaws.com.cn" },
 	} {
 		r := goodReq()
 		mod(&r)
-		f.Add(r.raw(f), testChallenge)
+		f.Add(r.Raw(f), testChallenge)
 	}
 	f.Fuzz(func(t *testing.T, raw []byte, challenge string) {
-		got, refusal := parseSTSRequest(raw, challenge)
+		got, refusal := ParseSTSRequest(raw, challenge)
 		if refusal != nil {
-			if got != nil || refusal.reason == "" {
+			if got != nil || refusal.Reason == "" {
 				t.Fatalf("refusal %v with result %v", refusal, got)
 			}
 			return

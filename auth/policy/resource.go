@@ -1,4 +1,4 @@
-package auth
+package policy
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
 )
 
 // Resource kinds and the versions midfs reads, as in Teleport's YAML.
@@ -22,16 +23,10 @@ const (
 	KindBot   = "bot"
 	KindNode  = "node"
 
-	roleVersion  = "v7"
-	tokenVersion = "v2"
-	botVersion   = "v1"
-	nodeVersion  = "v2"
-)
-
-// Join methods of a token.
-const (
-	JoinToken = "token" // one-time secret; renewable bot identity
-	JoinIAM   = "iam"   // delegated: AWS IAM identity; non-renewable, token reusable
+	RoleVersion  = "v7"
+	TokenVersion = "v2"
+	BotVersion   = "v1"
+	NodeVersion  = "v2"
 )
 
 // loginsTemplate is filled from the bot's --logins.
@@ -77,7 +72,8 @@ type Rule struct {
 }
 
 // Labels is a label selector: each key maps to the values it accepts. In
-// YAML and JSON a value may be one string or a list; '*': '*' matches all.
+// YAML and JSON a value may be one string or a list; '*': '*' matches all;
+// other values are patterns in the one glob syntax of Match.
 type Labels map[string][]string
 
 // UnmarshalYAML accepts a string or a list of strings per key.
@@ -167,21 +163,10 @@ type TokenState struct {
 }
 
 // AllowRule is one IAM allow rule: every field that is set must match.
-// AWSARN is a glob: * for any run of characters, ? for one.
+// AWSARN is a pattern in the one glob syntax of Match.
 type AllowRule struct {
 	AWSAccount string `json:"aws_account,omitempty" yaml:"aws_account,omitempty"`
 	AWSARN     string `json:"aws_arn,omitempty" yaml:"aws_arn,omitempty"`
-}
-
-// Token is a stored join token as the join code sees it. Expires is zero
-// for tokens that never expire (delegated tokens without metadata.expires).
-type Token struct {
-	Name       string
-	BotName    string
-	JoinMethod string
-	Allow      []AllowRule
-	Expires    time.Time
-	Used       time.Time // zero while unused; only one-time tokens get used
 }
 
 // BotResource is a bot as `get bots` shows it (kind: bot, version: v1).
@@ -258,8 +243,8 @@ func (r *Resources) Items() []any {
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$`)
 
-// checkName says what is wrong with a resource name, or nil.
-func checkName(kind, name string) error {
+// CheckName says what is wrong with a resource name, or nil.
+func CheckName(kind, name string) error {
 	if !nameRE.MatchString(name) {
 		return fmt.Errorf("bad %s name %q: use 1-128 letters, digits, '.', '_', '@' or '-', starting with a letter or digit", kind, name)
 	}
@@ -271,7 +256,8 @@ func checkName(kind, name string) error {
 // 1 MiB holds thousands of resources.
 const MaxResourceYAML = 1 << 20
 
-var errResourcesTooLarge = errors.New("resource YAML larger than 1 MiB; split it into several files and create each")
+// ErrResourcesTooLarge is the error for resource YAML over MaxResourceYAML.
+var ErrResourcesTooLarge = errors.New("resource YAML larger than 1 MiB; split it into several files and create each")
 
 // ReadResourceYAML reads resource YAML from r, refusing more than
 // MaxResourceYAML bytes without reading the rest.
@@ -281,7 +267,7 @@ func ReadResourceYAML(r io.Reader) ([]byte, error) {
 		return nil, err
 	}
 	if len(data) > MaxResourceYAML {
-		return nil, errResourcesTooLarge
+		return nil, ErrResourcesTooLarge
 	}
 	return data, nil
 }
@@ -291,7 +277,7 @@ func ReadResourceYAML(r io.Reader) ([]byte, error) {
 // either every document parses and validates, or the error says why not.
 func ParseResources(data []byte) (*Resources, error) {
 	if len(data) > MaxResourceYAML {
-		return nil, errResourcesTooLarge
+		return nil, ErrResourcesTooLarge
 	}
 	kinds, lines, err := documentKinds(data)
 	if err != nil {
@@ -368,12 +354,12 @@ func documentKinds(data []byte) (kinds []string, lines []int, err error) {
 
 func (r *Role) check() error {
 	if r.Version == "" {
-		r.Version = roleVersion
+		r.Version = RoleVersion
 	}
 	if r.Version != "v5" && r.Version != "v6" && r.Version != "v7" {
-		return fmt.Errorf("role %q: version %q not supported; use %s", r.Metadata.Name, r.Version, roleVersion)
+		return fmt.Errorf("role %q: version %q not supported; use %s", r.Metadata.Name, r.Version, RoleVersion)
 	}
-	if err := checkName("role", r.Metadata.Name); err != nil {
+	if err := CheckName("role", r.Metadata.Name); err != nil {
 		return err
 	}
 	if err := checkLabels(r.Metadata.Labels); err != nil {
@@ -412,36 +398,36 @@ func (r *Role) check() error {
 
 func (t *TokenResource) check() error {
 	if t.Version == "" {
-		t.Version = tokenVersion
+		t.Version = TokenVersion
 	}
-	if t.Version != tokenVersion {
-		return fmt.Errorf("token: version %q not supported; use %s", t.Version, tokenVersion)
+	if t.Version != TokenVersion {
+		return fmt.Errorf("token: version %q not supported; use %s", t.Version, TokenVersion)
 	}
 	if t.Metadata.Name == "" {
 		return errors.New("token: metadata.name is required")
 	}
 	if err := checkLabels(t.Metadata.Labels); err != nil {
-		return fmt.Errorf("token %s: metadata.labels: %w", t.displayName(), err)
+		return fmt.Errorf("token %s: metadata.labels: %w", t.DisplayName(), err)
 	}
-	if err := checkName("bot", t.Spec.BotName); err != nil {
-		return fmt.Errorf("token %s: spec.bot_name: %w", t.displayName(), err)
+	if err := CheckName("bot", t.Spec.BotName); err != nil {
+		return fmt.Errorf("token %s: spec.bot_name: %w", t.DisplayName(), err)
 	}
 	if len(t.Spec.Roles) == 0 {
 		t.Spec.Roles = []string{"Bot"}
 	}
 	if len(t.Spec.Roles) != 1 || !strings.EqualFold(t.Spec.Roles[0], "Bot") {
-		return fmt.Errorf("token %s: spec.roles must be [Bot]; midfs tokens only join bots", t.displayName())
+		return fmt.Errorf("token %s: spec.roles must be [Bot]; midfs tokens only join bots", t.DisplayName())
 	}
 	switch t.Spec.JoinMethod {
-	case JoinToken:
+	case wire.JoinToken:
 		if len(t.Metadata.Name) < 32 {
 			return errors.New("token: for join_method token, metadata.name is the secret and needs at least 32 random characters (for example: openssl rand -hex 32)")
 		}
 		if len(t.Spec.Allow) > 0 {
 			return errors.New("token: allow rules only apply to join_method iam")
 		}
-	case JoinIAM:
-		if err := checkName("token", t.Metadata.Name); err != nil {
+	case wire.JoinIAM:
+		if err := CheckName("token", t.Metadata.Name); err != nil {
 			return err
 		}
 		if len(t.Spec.Allow) == 0 {
@@ -453,14 +439,14 @@ func (t *TokenResource) check() error {
 			}
 		}
 	default:
-		return fmt.Errorf("token %s: join_method %q not supported; use token or iam", t.displayName(), t.Spec.JoinMethod)
+		return fmt.Errorf("token %s: join_method %q not supported; use token or iam", t.DisplayName(), t.Spec.JoinMethod)
 	}
 	return nil
 }
 
-// displayName never shows a secret: one-time token names are secrets.
-func (t *TokenResource) displayName() string {
-	if t.Spec.JoinMethod == JoinToken {
+// DisplayName never shows a secret: one-time token names are secrets.
+func (t *TokenResource) DisplayName() string {
+	if t.Spec.JoinMethod == wire.JoinToken {
 		return "(secret)"
 	}
 	return t.Metadata.Name
@@ -468,7 +454,7 @@ func (t *TokenResource) displayName() string {
 
 func (n *NodeResource) check() error {
 	if n.Version == "" {
-		n.Version = nodeVersion
+		n.Version = NodeVersion
 	}
 	if err := identity.CheckNodeName(n.Metadata.Name); err != nil {
 		return err
@@ -487,4 +473,14 @@ func checkLabels(labels LabelMap) error {
 		}
 	}
 	return nil
+}
+
+// NormalizeKind maps "roles", "Role" and the like to a Kind* constant.
+func NormalizeKind(kind string) (string, error) {
+	k := strings.TrimSuffix(strings.ToLower(kind), "s")
+	switch k {
+	case KindRole, KindToken, KindBot, KindNode:
+		return k, nil
+	}
+	return "", fmt.Errorf("unknown resource kind %q: want roles, tokens, bots or nodes", kind)
 }

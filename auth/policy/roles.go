@@ -1,19 +1,16 @@
-package auth
+package policy
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"maps"
 	"slices"
-	"strings"
 
 	"github.com/midfs/midfs/identity"
 )
 
-// builtinRoles are made on first start, like Teleport's presets.
-func builtinRoles() []Role {
+// BuiltinRoles are made on first start, like Teleport's presets.
+func BuiltinRoles() []Role {
 	role := func(name, desc string, allow Conditions) Role {
-		return Role{Kind: KindRole, Version: roleVersion, Metadata: Metadata{Name: name, Description: desc}, Spec: RoleSpec{Allow: allow}}
+		return Role{Kind: KindRole, Version: RoleVersion, Metadata: Metadata{Name: name, Description: desc}, Spec: RoleSpec{Allow: allow}}
 	}
 	crud := []string{"list", "create", "read", "update", "delete"}
 	return []Role{
@@ -43,9 +40,9 @@ func builtinRoles() []Role {
 	}
 }
 
-// allowedLogins are the logins the roles allow (the bot's own logins fill
+// AllowedLogins are the logins the roles allow (the bot's own logins fill
 // {{internal.logins}}) minus those any role denies, sorted.
-func allowedLogins(roles []Role, botLogins []string) []string {
+func AllowedLogins(roles []Role, botLogins []string) []string {
 	expand := func(list []string) []string {
 		var out []string
 		for _, l := range list {
@@ -74,17 +71,8 @@ func allowedLogins(roles []Role, botLogins []string) []string {
 	return slices.Sorted(maps.Keys(allowed))
 }
 
-// noLoginPrincipal stands in for an empty principal list: OpenSSH reads a
-// certificate without principals as valid for any user, so a bot with no
-// logins gets one that no account can have.
-func noLoginPrincipal() string {
-	b := make([]byte, 8)
-	rand.Read(b)
-	return "-midfs-nologin-" + hex.EncodeToString(b)
-}
-
-// nodeVisible says whether some role allows the node and none denies it.
-func nodeVisible(roles []Role, n identity.Node) bool {
+// NodeVisible says whether some role allows the node and none denies it.
+func NodeVisible(roles []Role, n identity.Node) bool {
 	allowed := false
 	for _, r := range roles {
 		if labelsMatch(r.Spec.Deny.NodeLabels, n.Labels) {
@@ -99,7 +87,7 @@ func nodeVisible(roles []Role, n identity.Node) bool {
 
 // labelsMatch: an empty selector matches nothing; '*': '*' matches every
 // node; otherwise every key of the selector must be a label of the node
-// with a value the selector accepts (a glob with *).
+// with a value the selector accepts (a pattern, see Match).
 func labelsMatch(sel Labels, labels map[string]string) bool {
 	if len(sel) == 0 {
 		return false
@@ -115,31 +103,9 @@ func labelsMatch(sel Labels, labels map[string]string) bool {
 		if !ok {
 			return false
 		}
-		if !slices.ContainsFunc(vals, func(want string) bool { return globMatch(want, v) }) {
+		if !slices.ContainsFunc(vals, func(want string) bool { return Match(want, v) }) {
 			return false
 		}
 	}
 	return true
-}
-
-// globMatch matches s against pattern, where * stands for any run of
-// characters and every other character for itself.
-func globMatch(pattern, s string) bool {
-	parts := strings.Split(pattern, "*")
-	if len(parts) == 1 {
-		return pattern == s
-	}
-	if !strings.HasPrefix(s, parts[0]) {
-		return false
-	}
-	s = s[len(parts[0]):]
-	last := parts[len(parts)-1]
-	for _, p := range parts[1 : len(parts)-1] {
-		i := strings.Index(s, p)
-		if i < 0 {
-			return false
-		}
-		s = s[i+len(p):]
-	}
-	return strings.HasSuffix(s, last)
 }

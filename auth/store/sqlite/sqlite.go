@@ -1,6 +1,11 @@
-package auth
+// Package sqlite is the embedded SQLite backend of auth/store, the
+// authority's default: one file in the data directory, one writer that
+// commits concurrent changes together (writer.go), reads beside it (WAL).
+// Only the authority imports it (package auth, to open its state; tests).
+package sqlite
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -9,10 +14,13 @@ import (
 	"path/filepath"
 
 	_ "modernc.org/sqlite" // pure Go SQLite: no cgo on the authority
+
+	"github.com/midfs/midfs/auth/store"
 )
 
-// dbFile is the state file inside the data directory.
-const dbFile = "midfs.db"
+// File is the state file inside the data directory; SQLite keeps File-wal
+// and File-shm beside it.
+const File = "midfs.db"
 
 // schema is the whole state. Times are Unix seconds. JSON columns hold
 // string lists and allow rules; nothing in them is ever queried by SQL.
@@ -60,25 +68,28 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 `
 
-// store is the SQLite state. Reads go straight to the pool (WAL lets them
+// Store is the SQLite state. Reads go straight to the pool (WAL lets them
 // run beside the writer); every change goes through the one writer, which
 // commits concurrent requests together (see writer.go).
-type store struct {
-	db *sql.DB
-	w  *writer
+type Store struct {
+	reader // over the pool
+	db     *sql.DB
+	w      *writer
 }
 
-// openStore opens or creates DATA_DIR/midfs.db. synchronous=FULL makes a
+var _ store.Store = (*Store)(nil)
+
+// Open opens or creates DATA_DIR/midfs.db. synchronous=FULL makes a
 // commit durable before the client hears of it: a token is never reported
 // used and then lost by a power cut.
-func openStore(dir string) (*store, error) {
+func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", dir, err)
 	}
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("restrict data dir %s to its owner: %w", dir, err)
 	}
-	path := filepath.Join(dir, dbFile)
+	path := filepath.Join(dir, File)
 	if err := restrictStateFiles(path); err != nil {
 		return nil, err
 	}
@@ -96,9 +107,7 @@ func openStore(dir string) (*store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w (is it a midfs database?)", path, err)
 	}
-	st := &store{db: db}
-	st.w = newWriter(db)
-	return st, nil
+	return &Store{reader: reader{q: db}, db: db, w: newWriter(db)}, nil
 }
 
 // restrictStateFiles makes the database and the -wal and -shm files beside
@@ -120,13 +129,17 @@ func restrictStateFiles(path string) error {
 	return nil
 }
 
-func (st *store) close() error {
+// Close commits the changes already queued, refuses new ones and closes
+// the database.
+func (st *Store) Close() error {
 	st.w.close()
 	return st.db.Close()
 }
 
-// update runs fn in a write transaction, batched with other writers. An
-// error from fn undoes fn's changes only, and is returned.
-func (st *store) update(fn func(tx *sql.Tx) error) error {
-	return st.w.do(fn)
+// Update runs fn in a write transaction, batched with other writers (see
+// store.Store for what callers may rely on).
+func (st *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
+	return st.w.do(func(tx *sql.Tx) error {
+		return fn(&txn{reader: reader{q: tx, detach: true}, tx: tx})
+	})
 }

@@ -1,0 +1,377 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/store"
+	"github.com/midfs/midfs/identity"
+)
+
+// querier is what both *sql.DB and *sql.Tx offer.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// rowScanner is what both *sql.Row and *sql.Rows offer.
+type rowScanner interface{ Scan(...any) error }
+
+// reader implements store.Reader over the pool or a transaction.
+type reader struct {
+	q querier
+	// detach runs statements without the caller's cancellation, as inside
+	// a write transaction: SQLite answers a write interrupted inside a
+	// transaction by rolling back the whole transaction, which here holds
+	// other requests' changes too.
+	detach bool
+}
+
+func (r reader) ctx(ctx context.Context) context.Context {
+	if r.detach {
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
+}
+
+// queryAll runs a query and reads every row with scan.
+func queryAll[T any](ctx context.Context, r reader, query string, scan func(rowScanner) (T, error)) ([]T, error) {
+	rows, err := r.q.QueryContext(r.ctx(ctx), query)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+func (r reader) Ping(ctx context.Context) error {
+	var one int
+	return r.q.QueryRowContext(r.ctx(ctx), `SELECT 1 FROM meta LIMIT 1`).Scan(&one)
+}
+
+func (r reader) ClusterName(ctx context.Context) (string, error) {
+	var cluster string
+	err := r.q.QueryRowContext(r.ctx(ctx), `SELECT value FROM meta WHERE key = 'cluster_name'`).Scan(&cluster)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("cluster name: %w", store.ErrNotFound)
+	}
+	return cluster, err
+}
+
+func (r reader) CAs(ctx context.Context) ([]store.CA, error) {
+	return queryAll(ctx, r, `SELECT kind, key_der, cert_der FROM cas`, func(row rowScanner) (store.CA, error) {
+		var ca store.CA
+		err := row.Scan(&ca.Kind, &ca.KeyDER, &ca.CertDER)
+		return ca, err
+	})
+}
+
+const botCols = `name, roles, logins, instance, generation, last_key_hash, locked, token_name, created`
+
+func scanBot(row rowScanner) (*store.Bot, error) {
+	var b store.Bot
+	var roles, logins string
+	var created int64
+	if err := row.Scan(&b.Name, &roles, &logins, &b.Instance, &b.Generation, &b.LastKeyHash, &b.Locked, &b.TokenName, &created); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(roles), &b.Roles); err != nil {
+		return nil, fmt.Errorf("bot %s: stored roles: %w", b.Name, err)
+	}
+	if err := json.Unmarshal([]byte(logins), &b.Logins); err != nil {
+		return nil, fmt.Errorf("bot %s: stored logins: %w", b.Name, err)
+	}
+	b.Created = time.Unix(created, 0)
+	return &b, nil
+}
+
+func (r reader) Bot(ctx context.Context, name string) (*store.Bot, error) {
+	b, err := scanBot(r.q.QueryRowContext(r.ctx(ctx), `SELECT `+botCols+` FROM bots WHERE name = ?`, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("bot %q: %w", name, store.ErrNotFound)
+	}
+	return b, err
+}
+
+func (r reader) Bots(ctx context.Context) ([]*store.Bot, error) {
+	return queryAll(ctx, r, `SELECT `+botCols+` FROM bots ORDER BY name`, scanBot)
+}
+
+const tokenCols = `name, secret_hash, bot_name, join_method, allow, expires, created, used, used_key_hash, used_instance`
+
+func scanToken(row rowScanner) (*store.Token, error) {
+	var t store.Token
+	var allow string
+	var expires, created, used int64
+	if err := row.Scan(&t.Name, &t.SecretHash, &t.BotName, &t.JoinMethod, &allow, &expires, &created, &used, &t.UsedKeyHash, &t.UsedInstance); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(allow), &t.Allow); err != nil {
+		return nil, fmt.Errorf("token %s: stored allow rules: %w", t.Name, err)
+	}
+	t.Expires = unixOrZero(expires)
+	t.Used = unixOrZero(used)
+	t.Created = time.Unix(created, 0)
+	return &t, nil
+}
+
+func unixOrZero(s int64) time.Time {
+	if s == 0 {
+		return time.Time{}
+	}
+	return time.Unix(s, 0)
+}
+
+func zeroOrUnix(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+func (r reader) tokenBy(ctx context.Context, col string, val any) (*store.Token, error) {
+	t, err := scanToken(r.q.QueryRowContext(r.ctx(ctx), `SELECT `+tokenCols+` FROM tokens WHERE `+col+` = ?`, val))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	return t, err
+}
+
+func (r reader) Token(ctx context.Context, name string) (*store.Token, error) {
+	return r.tokenBy(ctx, "name", name)
+}
+
+func (r reader) TokenBySecret(ctx context.Context, secretHash []byte) (*store.Token, error) {
+	return r.tokenBy(ctx, "secret_hash", secretHash)
+}
+
+func (r reader) Tokens(ctx context.Context) ([]*store.Token, error) {
+	return queryAll(ctx, r, `SELECT `+tokenCols+` FROM tokens ORDER BY name`, scanToken)
+}
+
+func scanRole(row rowScanner) (policy.Role, error) {
+	var r policy.Role
+	var spec string
+	if err := row.Scan(&spec); err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal([]byte(spec), &r); err != nil {
+		return r, fmt.Errorf("stored role spec: %w", err)
+	}
+	return r, nil
+}
+
+func (r reader) Roles(ctx context.Context, names []string) ([]policy.Role, error) {
+	out := make([]policy.Role, 0, len(names))
+	for _, n := range names {
+		role, err := scanRole(r.q.QueryRowContext(r.ctx(ctx), `SELECT spec FROM roles WHERE name = ?`, n))
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, fmt.Errorf("role %q: %w", n, store.ErrNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("role %s: %w", n, err)
+		}
+		out = append(out, role)
+	}
+	return out, nil
+}
+
+func (r reader) AllRoles(ctx context.Context) ([]policy.Role, error) {
+	return queryAll(ctx, r, `SELECT spec FROM roles ORDER BY name`, scanRole)
+}
+
+func scanNode(row rowScanner) (identity.Node, error) {
+	var n identity.Node
+	var labels string
+	if err := row.Scan(&n.Name, &n.Addr, &labels); err != nil {
+		return n, err
+	}
+	if err := json.Unmarshal([]byte(labels), &n.Labels); err != nil {
+		return n, fmt.Errorf("node %s: stored labels: %w", n.Name, err)
+	}
+	return n, nil
+}
+
+func (r reader) Nodes(ctx context.Context) ([]identity.Node, error) {
+	return queryAll(ctx, r, `SELECT name, addr, labels FROM nodes ORDER BY name`, scanNode)
+}
+
+// tables maps a resource kind to its table.
+var tables = map[string]string{
+	policy.KindRole:  "roles",
+	policy.KindToken: "tokens",
+	policy.KindBot:   "bots",
+	policy.KindNode:  "nodes",
+}
+
+func table(kind string) (string, error) {
+	t, ok := tables[kind]
+	if !ok {
+		return "", fmt.Errorf("no stored resources of kind %q", kind)
+	}
+	return t, nil
+}
+
+func (r reader) Exists(ctx context.Context, kind, name string) (bool, error) {
+	t, err := table(kind)
+	if err != nil {
+		return false, err
+	}
+	var n int
+	err = r.q.QueryRowContext(r.ctx(ctx), `SELECT count(*) FROM `+t+` WHERE name = ?`, name).Scan(&n)
+	return n > 0, err
+}
+
+// txn implements store.Tx over one savepoint of the writer's transaction.
+type txn struct {
+	reader
+	tx *sql.Tx
+}
+
+// exec runs a change and says how many rows it touched.
+func (t *txn) exec(ctx context.Context, query string, args ...any) (int64, error) {
+	res, err := t.tx.ExecContext(t.ctx(ctx), query, args...)
+	if err != nil {
+		if isUnique(err) {
+			return 0, fmt.Errorf("%w: %v", store.ErrConflict, err)
+		}
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func (t *txn) Init(ctx context.Context, cluster string, cas []store.CA, roles []policy.Role) (bool, error) {
+	n, err := t.exec(ctx, `INSERT OR IGNORE INTO meta(key, value) VALUES ('cluster_name', ?)`, cluster)
+	if err != nil || n == 0 {
+		return false, err
+	}
+	for _, ca := range cas {
+		if _, err := t.exec(ctx, `INSERT INTO cas(kind, key_der, cert_der) VALUES (?, ?, ?)`, ca.Kind, ca.KeyDER, ca.CertDER); err != nil {
+			return false, err
+		}
+	}
+	for _, r := range roles {
+		if err := t.PutRole(ctx, r); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+func (t *txn) AddBot(ctx context.Context, b *store.Bot) error {
+	_, err := t.exec(ctx, `INSERT INTO bots(name, roles, logins, instance, token_name, created) VALUES (?, ?, ?, ?, ?, ?)`,
+		b.Name, mustJSON(b.Roles), mustJSON(nonNil(b.Logins)), b.Instance, b.TokenName, b.Created.Unix())
+	return err
+}
+
+func (t *txn) SetBotGrants(ctx context.Context, name string, roles, logins []string, tokenName string) error {
+	_, err := t.exec(ctx, `UPDATE bots SET roles = ?, logins = ?, token_name = ? WHERE name = ?`,
+		mustJSON(roles), mustJSON(nonNil(logins)), tokenName, name)
+	return err
+}
+
+func (t *txn) Rejoin(ctx context.Context, name, instance string, keyHash []byte) error {
+	_, err := t.exec(ctx, `UPDATE bots SET instance = ?, generation = 1, last_key_hash = ? WHERE name = ?`, instance, keyHash, name)
+	return err
+}
+
+func (t *txn) AdvanceGeneration(ctx context.Context, name string, from uint64, keyHash []byte) (bool, error) {
+	n, err := t.exec(ctx, `UPDATE bots SET generation = ?, last_key_hash = ? WHERE name = ? AND generation = ?`, from+1, keyHash, name, from)
+	return n == 1, err
+}
+
+func (t *txn) SetLocked(ctx context.Context, name, reason string) error {
+	_, err := t.exec(ctx, `UPDATE bots SET locked = ? WHERE name = ?`, reason, name)
+	return err
+}
+
+func (t *txn) PutToken(ctx context.Context, tok *store.Token, replace bool) error {
+	verb := "INSERT"
+	if replace {
+		verb = "INSERT OR REPLACE"
+	}
+	_, err := t.exec(ctx, verb+` INTO tokens(name, secret_hash, bot_name, join_method, allow, expires, created) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		tok.Name, tok.SecretHash, tok.BotName, tok.JoinMethod, mustJSON(nonNil(tok.Allow)), zeroOrUnix(tok.Expires), tok.Created.Unix())
+	return err
+}
+
+func (t *txn) UseToken(ctx context.Context, name string, at time.Time, keyHash []byte, instance string) (bool, error) {
+	n, err := t.exec(ctx, `UPDATE tokens SET used = ?, used_key_hash = ?, used_instance = ? WHERE name = ? AND used = 0`,
+		at.Unix(), keyHash, instance, name)
+	return n == 1, err
+}
+
+func (t *txn) RemoveBotTokens(ctx context.Context, bot, joinMethod string, unusedOnly bool) error {
+	q := `DELETE FROM tokens WHERE bot_name = ? AND join_method = ?`
+	if unusedOnly {
+		q += ` AND used = 0`
+	}
+	_, err := t.exec(ctx, q, bot, joinMethod)
+	return err
+}
+
+func (t *txn) RemoveExpiredTokens(ctx context.Context, cutoff time.Time) (int64, error) {
+	return t.exec(ctx, `DELETE FROM tokens WHERE expires != 0 AND expires < ?`, cutoff.Unix())
+}
+
+func (t *txn) PutRole(ctx context.Context, r policy.Role) error {
+	_, err := t.exec(ctx, `INSERT OR REPLACE INTO roles(name, spec) VALUES (?, ?)`, r.Metadata.Name, mustJSON(r))
+	return err
+}
+
+func (t *txn) PutNode(ctx context.Context, n identity.Node) error {
+	labels := n.Labels
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	_, err := t.exec(ctx, `INSERT OR REPLACE INTO nodes(name, addr, labels) VALUES (?, ?, ?)`, n.Name, n.Addr, mustJSON(labels))
+	return err
+}
+
+func (t *txn) Remove(ctx context.Context, kind, name string) (bool, error) {
+	tbl, err := table(kind)
+	if err != nil {
+		return false, err
+	}
+	n, err := t.exec(ctx, `DELETE FROM `+tbl+` WHERE name = ?`, name)
+	return n > 0, err
+}
+
+// isUnique says whether err is a UNIQUE or PRIMARY KEY violation, by its
+// SQLite extended result code.
+func isUnique(err error) bool {
+	var e *sqlite.Error
+	return errors.As(err, &e) && (e.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || e.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
