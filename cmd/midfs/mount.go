@@ -22,9 +22,9 @@ import (
 	"github.com/midfs/midfs/joiner"
 )
 
-// agentCommands are the commands of the agent: mount and ls.
+// agentCommands are the commands of the agent: mount, ls and renew.
 func agentCommands() []*cli.Command {
-	return []*cli.Command{mountCommand(), lsCommand()}
+	return []*cli.Command{mountCommand(), lsCommand(), renewCommand()}
 }
 
 // XattrAuthServer on the mount's root names the authority that issued the
@@ -40,7 +40,7 @@ func mountCommand() *cli.Command {
 		Usage:     "join the authority and serve this machine's identity as a read-only FUSE mount",
 		ArgsUsage: "MOUNTPOINT",
 		Description: "Joins the authority (--auth-server, --token, --ca-pin), keeps the credentials in memory,\n" +
-			"serves them at MOUNTPOINT and renews them until SIGINT or SIGTERM (SIGHUP renews now).\n" +
+			"serves them at MOUNTPOINT and renews them until SIGINT or SIGTERM (SIGHUP, or `midfs renew`, renews now).\n" +
 			"Without --auth-server an authority runs inside this process, with its state in --data-dir.\n" +
 			exitHelp(exitUsage, exitMountPoint, exitJoinRefused, exitCAPin, exitUnreachable, exitFUSE, exitAuthority),
 		Flags:  mountFlags(),
@@ -283,7 +283,7 @@ func runMount(c *cli.Context) error {
 	st := agent.Status()
 	srv, err := fs.Mount(fs.Options{
 		Dir: p.dir, UID: p.uid, GID: p.gid, Readers: p.readers,
-		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer},
+		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer, XattrPID: strconv.Itoa(os.Getpid())},
 		Logger: log, OnOpen: svc.onOpen, Debug: p.debug,
 	}, &fs.Snapshot{Identity: id, Nodes: nodes})
 	if err != nil {
