@@ -283,12 +283,12 @@ func status(c *cli.Context, ac *auth.AdminClient) error {
 	if err != nil {
 		return fail(exitAuthority, err)
 	}
-	w := c.App.Writer
-	fmt.Fprintf(w, "Cluster  %s\n", st.ClusterName)
-	fmt.Fprintf(w, "Version  %s\n", st.Version)
-	fmt.Fprintf(w, "Address  %s (advertised as %s)\n", st.Addr, st.AdvertiseAddr)
-	fmt.Fprintf(w, "CA pin %s\n", st.CAPin)
-	return nil
+	var t table
+	t.row("Cluster", st.ClusterName)
+	t.row("Version", st.Version)
+	t.row("Address", st.Addr+" (advertised as "+st.AdvertiseAddr+")")
+	t.row("CA pin", st.CAPin)
+	return t.print(c.App.Writer)
 }
 
 func botsAdd(c *cli.Context, ac *auth.AdminClient) error {
