@@ -30,8 +30,11 @@ type refusal struct {
 
 func (r *refusal) Error() string { return r.Public }
 
+// refuseToken answers the generic line with a reference the log line
+// carries too, as the IAM join does, so an operator can find the reason.
 func refuseToken(code, reason string) *refusal {
-	return &refusal{Code: code, Reason: reason, Public: joinRefusedMsg, Status: 403}
+	ref := newRefusalRef()
+	return &refusal{Code: code, Reason: reason + " [ref " + ref + "]", Public: joinRefusedMsg + " (ref " + ref + ")", Status: 403}
 }
 
 func hashToken(token string) []byte {

@@ -167,3 +167,32 @@ func TestTokenInArgvWarns(t *testing.T) {
 		}
 	}
 }
+
+// TestWrongTokenGetsHintAndReference: a mistyped token is refused with one
+// line that says what to do and gives a reference, and the authority's log
+// line carries that reference with the real reason.
+func TestWrongTokenGetsHintAndReference(t *testing.T) {
+	a := startAuthority(t)
+	a.addBot("robot", "access", "root")
+	dir := filepath.Join(publicDir(t), "machine-id")
+	os.Mkdir(dir, 0o755)
+	wrong := strings.Repeat("ab", 32)
+	r := runEnv(t, []string{"MIDFS_TOKEN=" + wrong}, "mount", dir, "--auth-server="+a.addr, "--ca-pin="+a.pin, "--storage=memory")
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	line := lines[len(lines)-1] // after the agent's log lines
+	ref := regexp.MustCompile(`\(ref ([0-9a-f]{8})\)`).FindStringSubmatch(line)
+	if r.code != 11 || !strings.HasPrefix(line, "midfs: join refused") || ref == nil || !strings.Contains(line, "`midfs bots add NAME`") {
+		t.Fatalf("want exit 11 and one line with a ref and the `midfs bots add` hint: %s", r)
+	}
+	waitFor(t, "the authority to log the refusal", 10*time.Second, func() bool {
+		return strings.Contains(a.logs.String(), "[ref "+ref[1]+"]")
+	})
+	for _, l := range strings.Split(a.logs.String(), "\n") {
+		if strings.Contains(l, "[ref "+ref[1]+"]") && !strings.Contains(l, "token_unknown") {
+			t.Errorf("the log line with the ref does not give the reason: %s", l)
+		}
+	}
+	if mounted(dir) {
+		t.Error("a refused join left a mount")
+	}
+}

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"encoding/json"
+	"math/big"
 	"os"
 	"strings"
 	"testing"
@@ -92,5 +93,28 @@ func TestRootXattrs(t *testing.T) {
 	}
 	if _, err := os.Stat(s.dir); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The root's cert serial moves at every publish: `midfs renew` waits on it,
+// as the files would hold it to the generation it read before (pins.go).
+func TestRootCertSerialFollowsPublish(t *testing.T) {
+	requireRoot(t)
+	s := startServer(t, serveConfig{})
+	serial := func() string {
+		buf := make([]byte, 64)
+		n, err := getxattr(s.dir, XattrCertSerial, buf)
+		if err != nil {
+			t.Fatalf("getxattr %s: %v", XattrCertSerial, err)
+		}
+		return string(buf[:n])
+	}
+	before := serial()
+	if _, ok := new(big.Int).SetString(before, 10); !ok {
+		t.Fatalf("%s is %q, want a decimal serial", XattrCertSerial, before)
+	}
+	s.publish()
+	if after := serial(); after == before {
+		t.Fatalf("%s stayed %s after a publish", XattrCertSerial, before)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,7 +20,6 @@ import (
 // probeTimeout is how long a FUSE mount may take to answer a stat before it
 // counts as hung. A live midfs answers in microseconds.
 const probeTimeout = 3 * time.Second
-
 
 const fuseConnections = "/sys/fs/fuse/connections"
 
@@ -230,6 +230,30 @@ func fuseConnID(dir string) string {
 type mountEntry struct {
 	dev    string // major:minor
 	fstype string
+	opts   string // the superblock's options; FUSE's name the mounting user (user_id=)
+}
+
+// MountUser returns the uid of the process that made the midfs mount at
+// dir, which the kernel records in the mount table and no server can
+// change: a PID the tree names is trusted only if it is that user's.
+func MountUser(dir string) (uint32, error) {
+	abs, err := resolve(dir)
+	if err != nil {
+		return 0, err
+	}
+	m, ok := findMount(abs)
+	if !ok || m.fstype != "fuse.midfs" {
+		return 0, fmt.Errorf("%s is not a midfs mount: is `midfs mount %s` running?", abs, abs)
+	}
+	for _, o := range strings.Split(m.opts, ",") {
+		if v, ok := strings.CutPrefix(o, "user_id="); ok {
+			uid, err := strconv.ParseUint(v, 10, 32)
+			if err == nil {
+				return uint32(uid), nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("the mount table gives no user_id for the midfs mount %s", abs)
 }
 
 func (m mountEntry) isFUSE() bool { return m.fstype == "fuse" || strings.HasPrefix(m.fstype, "fuse.") }
@@ -267,6 +291,9 @@ func findMount(dir string) (mountEntry, bool) {
 		}
 		if unescapeMount(fields[4]) == dir {
 			found = mountEntry{dev: fields[2], fstype: fields[sep+1]}
+			if sep+3 < len(fields) {
+				found.opts = fields[sep+3]
+			}
 			ok = true
 		}
 	}

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"syscall"
 
@@ -116,8 +117,23 @@ func (d *dirNode) Access(ctx context.Context, mask uint32) syscall.Errno {
 	return 0
 }
 
+// XattrCertSerial on the root is the serial of the certificate served
+// now. It moves at every renewal and, unlike a file, holds no reader to the
+// generation it read before (see pins.go), so a waiter can poll it.
+const XattrCertSerial = "user.midfs.cert_serial"
+
+// xattrs is what the root serves: the static Options.Xattrs and the serial.
+func (d *dirNode) xattrs() map[string]string {
+	m := maps.Clone(d.srv.opts.Xattrs)
+	if m == nil {
+		m = map[string]string{}
+	}
+	m[XattrCertSerial] = d.srv.current.Load().snap.Identity.TLSCert.SerialNumber.String()
+	return m
+}
+
 func (d *dirNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	v, ok := d.srv.opts.Xattrs[attr]
+	v, ok := d.xattrs()[attr]
 	if !ok {
 		return 0, syscall.ENODATA
 	}
@@ -128,11 +144,7 @@ func (d *dirNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint3
 }
 
 func (d *dirNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	names := make([]string, 0, len(d.srv.opts.Xattrs))
-	for k := range d.srv.opts.Xattrs {
-		names = append(names, k)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(d.xattrs()))
 	var b []byte
 	for _, k := range names {
 		b = append(append(b, k...), 0)

@@ -357,6 +357,10 @@ func (a *Agent) join(ctx context.Context, deadline time.Time) error {
 		bi, err = a.joinOnce(ctx, api, pub)
 		return err
 	})
+	if errors.Is(err, ErrRefused) && a.cfg.JoinMethod == wire.JoinToken {
+		return &kindError{kind: ErrRefused, cause: err, msg: "join refused: " + err.Error() +
+			"; ask the authority's admin for a new token (`midfs bots add NAME`); the ref finds the reason in the authority's log"}
+	}
 	if errors.Is(err, ErrRefused) {
 		return &kindError{kind: ErrRefused, cause: err, msg: "join refused: " + err.Error()}
 	}

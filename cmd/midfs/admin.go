@@ -34,7 +34,7 @@ func adminCommands() []*cli.Command {
 				{
 					Name:   "export",
 					Usage:  "print a CA: user (sshd TrustedUserCAKeys), host (known_hosts), tls-user, tls-host, db (PEM)",
-					Flags:  []cli.Flag{dataDirFlag(), &cli.StringFlag{Name: "type", Value: auth.ExportUser, Usage: "`TYPE`: user, host, tls-user, tls-host or db"}},
+					Flags:  []cli.Flag{dataDirFlag(), &cli.StringFlag{Name: "type", Value: auth.ExportUser, Usage: "`user|host|tls-user|tls-host|db`: which CA"}},
 					Action: withAdmin(authExport),
 				},
 				{
@@ -43,10 +43,10 @@ func adminCommands() []*cli.Command {
 					Flags: []cli.Flag{
 						dataDirFlag(),
 						&cli.StringFlag{Name: "host", Usage: "`NAME[,NAME]` the certificate is valid for (its principals)"},
-						&cli.StringFlag{Name: "format", Value: "openssh", Usage: "`FORMAT` of the output: openssh"},
+						&cli.StringFlag{Name: "format", Value: "openssh", Usage: "`openssh`: the format of the output"},
 						&cli.StringFlag{Name: "out", Usage: "`PREFIX` of the files: PREFIX (private key), PREFIX.pub, PREFIX-cert.pub"},
-						&cli.DurationFlag{Name: "ttl", Value: auth.DefaultHostCertTTL, Usage: "validity of the host certificate"},
-						&cli.StringFlag{Name: "key-algorithm", Value: string(identity.DefaultAlgorithm), Usage: "`ALG` of the host key: ecdsa, ed25519 or rsa"},
+						&cli.DurationFlag{Name: "ttl", Value: auth.DefaultHostCertTTL, Usage: "`DURATION` the host certificate is valid"},
+						&cli.StringFlag{Name: "key-algorithm", Value: string(identity.DefaultAlgorithm), Usage: "`ecdsa|ed25519|rsa`: the algorithm of the host key"},
 					},
 					Action: withAdmin(authSign),
 				},
@@ -71,7 +71,7 @@ func adminCommands() []*cli.Command {
 						&cli.StringFlag{Name: "roles", Usage: "`ROLE[,ROLE]` the bot gets, e.g. access"},
 						&cli.StringFlag{Name: "logins", Usage: "`LOGIN[,LOGIN]` filling {{internal.logins}} in its roles, e.g. root"},
 						&cli.StringFlag{Name: "token", Usage: "`NAME` of an existing iam token to join with, instead of a one-time token"},
-						&cli.DurationFlag{Name: "ttl", Value: auth.DefaultJoinTTL, Usage: "how long the one-time token stays valid"},
+						&cli.DurationFlag{Name: "ttl", Value: auth.DefaultJoinTTL, Usage: "`DURATION` the one-time token stays valid"},
 					},
 					Action: withAdmin(botsAdd),
 				},
@@ -165,7 +165,7 @@ func dataDirFlag() cli.Flag {
 }
 
 func formatFlag() cli.Flag {
-	return &cli.StringFlag{Name: "format", Value: "text", Usage: "`FORMAT`: text, yaml or json"}
+	return &cli.StringFlag{Name: "format", Value: "text", Usage: "`text|yaml|json`: how to print"}
 }
 
 // withAdmin connects to the admin socket before running action.
@@ -229,10 +229,10 @@ func authStartCommand() *cli.Command {
 			&cli.StringFlag{Name: "listen", Value: auth.DefaultListen, Usage: "`HOST:PORT` of the HTTPS API"},
 			&cli.StringFlag{Name: "advertise-addr", Usage: "`HOST:PORT` bots reach the API at, printed by `bots add` (default: the listen IP, or this host's name)"},
 			&cli.StringFlag{Name: "cluster-name", Usage: "`NAME` of the cluster, fixed at first start (default: this host's name)"},
-			&cli.DurationFlag{Name: "certificate-ttl", Value: auth.DefaultTTL, Usage: "lifetime of output credentials when a bot asks for none"},
-			&cli.DurationFlag{Name: "max-ttl", Value: wire.MaxTTL, Usage: "cap on the lifetime of any credential (at most 24h)"},
-			&cli.DurationFlag{Name: "bot-ttl", Value: auth.DefaultBotTTL, Usage: "lifetime of a bot's own renewable identity"},
-			&cli.IntFlag{Name: "max-connections", Usage: fmt.Sprintf("cap on open API connections; at the cap the one idle longest is closed (0: %d, or half the open-file limit if lower)", auth.MaxConns)},
+			&cli.DurationFlag{Name: "certificate-ttl", Value: auth.DefaultTTL, Usage: "`DURATION` output credentials live when a bot asks for none"},
+			&cli.DurationFlag{Name: "max-ttl", Value: wire.MaxTTL, Usage: "`DURATION` no credential may outlive (at most 24h)"},
+			&cli.DurationFlag{Name: "bot-ttl", Value: auth.DefaultBotTTL, Usage: "`DURATION` a bot's own renewable identity lives"},
+			&cli.IntFlag{Name: "max-connections", Usage: fmt.Sprintf("`N` open API connections at most; at the cap the one idle longest is closed (0: %d, or half the open-file limit if lower)", auth.MaxConns)},
 			&cli.StringFlag{Name: "sts-endpoint", Usage: "`URL` replacing AWS STS for IAM joins; tests only, needs --insecure-test-mode"},
 			&cli.BoolFlag{Name: "insecure-test-mode", Usage: "allow test-only settings such as --sts-endpoint; never in production"},
 		},
@@ -286,12 +286,12 @@ func status(c *cli.Context, ac *auth.AdminClient) error {
 	if err != nil {
 		return fail(exitAuthority, err)
 	}
-	w := c.App.Writer
-	fmt.Fprintf(w, "Cluster  %s\n", st.ClusterName)
-	fmt.Fprintf(w, "Version  %s\n", st.Version)
-	fmt.Fprintf(w, "Address  %s (advertised as %s)\n", st.Addr, st.AdvertiseAddr)
-	fmt.Fprintf(w, "CA pin %s\n", st.CAPin)
-	return nil
+	var t table
+	t.row("Cluster", st.ClusterName)
+	t.row("Version", st.Version)
+	t.row("Address", st.Addr+" (advertised as "+st.AdvertiseAddr+")")
+	t.row("CA pin", st.CAPin)
+	return t.print(c.App.Writer)
 }
 
 func botsAdd(c *cli.Context, ac *auth.AdminClient) error {

@@ -5,11 +5,9 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -116,12 +114,12 @@ func mountAuthServer(dir string) (string, error) {
 }
 
 // printNodes prints the table of `tsh ls`: Node Name, Address, Labels.
+// `midfs get nodes` prints the same.
 func printNodes(w io.Writer, nodes []identity.Node) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "Node Name\tAddress\tLabels")
-	fmt.Fprintln(tw, "---------\t-------\t------")
+	var t table
+	t.header("Node Name", "Address", "Labels")
 	for _, n := range nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", n.Name, n.Addr, identity.FormatLabels(n.Labels))
+		t.row(n.Name, n.Addr, identity.FormatLabels(n.Labels))
 	}
-	return tw.Flush()
+	return t.print(w)
 }

@@ -73,13 +73,13 @@ func printResources(w io.Writer, kind string, res *policy.Resources, format stri
 			t.row(b.Metadata.Name, strings.Join(b.Spec.Roles, ","), strings.Join(logins, ","), strconv.FormatUint(b.Status.Generation, 10), botState(b))
 		}
 	case policy.KindNode:
-		t.header("Node", "Address", "Labels")
+		var nodes []identity.Node
 		for _, n := range res.Nodes {
-			t.row(n.Metadata.Name, n.Spec.Addr, identity.FormatLabels(n.Metadata.Labels))
+			nodes = append(nodes, identity.Node{Name: n.Metadata.Name, Addr: n.Spec.Addr, Labels: n.Metadata.Labels})
 		}
+		return printNodes(w, nodes)
 	}
-	_, err := io.WriteString(w, t.String())
-	return err
+	return t.print(w)
 }
 
 func tokenState(t policy.TokenResource) string {
@@ -128,44 +128,4 @@ func formatRules(rules []policy.Rule) string {
 		}
 	}
 	return strings.Join(parts, ",")
-}
-
-// table prints aligned columns with a dashed line under the header.
-type table struct {
-	rows [][]string
-}
-
-func (t *table) header(cols ...string) {
-	t.rows = append(t.rows, cols)
-	dashes := make([]string, len(cols))
-	t.rows = append(t.rows, dashes)
-}
-
-func (t *table) row(cols ...string) { t.rows = append(t.rows, cols) }
-
-func (t *table) String() string {
-	if len(t.rows) == 0 {
-		return ""
-	}
-	width := make([]int, len(t.rows[0]))
-	for _, r := range t.rows {
-		for i, c := range r {
-			width[i] = max(width[i], len(c))
-		}
-	}
-	var b strings.Builder
-	for n, r := range t.rows {
-		for i, c := range r {
-			if n == 1 {
-				c = strings.Repeat("-", width[i])
-			}
-			if i == len(r)-1 {
-				b.WriteString(c)
-			} else {
-				fmt.Fprintf(&b, "%-*s ", width[i], c)
-			}
-		}
-		b.WriteString("\n")
-	}
-	return b.String()
 }

@@ -12,8 +12,8 @@ import (
 
 func logFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
-		&cli.StringFlag{Name: "log-format", Value: "auto", Usage: "text, json, or auto (text with colours on a terminal, JSON otherwise)"},
+		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "`debug|info|warn|error`: the least severe level logged"},
+		&cli.StringFlag{Name: "log-format", Value: "auto", Usage: "`text|json|auto`: auto is text with colours on a terminal, JSON otherwise"},
 	}
 }
 

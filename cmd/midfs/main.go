@@ -48,6 +48,7 @@ func newApp() *cli.App {
 	addServiceFlags(app) // service_wiring.go: --config, --diag-addr, completion, cleanup
 	addEnvVars(app)
 	setUsageErrors(app)
+	setHelp()
 	return app
 }
 

@@ -25,9 +25,9 @@ import (
 	"github.com/midfs/midfs/wire"
 )
 
-// agentCommands are the commands of the agent: mount and ls.
+// agentCommands are the commands of the agent: mount, ls and renew.
 func agentCommands() []*cli.Command {
-	return []*cli.Command{mountCommand(), lsCommand()}
+	return []*cli.Command{mountCommand(), lsCommand(), renewCommand()}
 }
 
 // XattrAuthServer on the mount's root names the authority that issued the
@@ -43,7 +43,7 @@ func mountCommand() *cli.Command {
 		Usage:     "join the authority and serve this machine's identity as a read-only FUSE mount",
 		ArgsUsage: "MOUNTPOINT",
 		Description: "Joins the authority (--auth-server, --token, --ca-pin), keeps the credentials in memory,\n" +
-			"serves them at MOUNTPOINT and renews them until SIGINT or SIGTERM (SIGHUP renews now).\n" +
+			"serves them at MOUNTPOINT and renews them until SIGINT or SIGTERM (SIGHUP, or `midfs renew`, renews now).\n" +
 			"Without --auth-server an authority runs inside this process, with its state in --data-dir.\n" +
 			exitHelp(exitUsage, exitMountPoint, exitJoinRefused, exitCAPin, exitUnreachable, exitFUSE, exitAuthority),
 		Flags:  mountFlags(),
@@ -56,18 +56,22 @@ func mountCommand() *cli.Command {
 func mountFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "auth-server", Usage: "`HOST:PORT` of the authority; without it, an authority runs inside this process"},
-		&cli.StringFlag{Name: "token", Usage: "join `TOKEN` printed by `midfs bots add`, or - to read it from standard input (for --join-method=iam: the iam token's name); a secret here is visible to every local user: prefer --token-file, MIDFS_TOKEN or -. Not needed to restart from a stored bot identity"},
+		&cli.StringFlag{Name: "token", Usage: "join `TOKEN` printed by `midfs bots add`, or - to read it from standard input " +
+			"(for --join-method=iam: the iam token's name). A secret here is visible to every local user: " +
+			"prefer --token-file, MIDFS_TOKEN or -. Not needed to restart from a stored bot identity"},
 		&cli.StringFlag{Name: "token-file", Usage: "read the join token from `FILE` (chmod 600; e.g. a systemd credential)"},
-		&cli.StringFlag{Name: "join-method", Value: wire.JoinToken, Usage: "`METHOD`: token or iam"},
+		&cli.StringFlag{Name: "join-method", Value: wire.JoinToken, Usage: "`token|iam`: how the bot proves who it is"},
 		&cli.BoolFlag{Name: "fips", Usage: "with --join-method=iam: sign for AWS's FIPS STS endpoints (sts-fips.REGION.amazonaws.com)"},
 		&cli.StringFlag{Name: "ca-pin", Usage: "`sha256:HEX` of the authority's CA, as `midfs status` prints it; checked before the token is sent"},
 		&cli.StringFlag{Name: "owner", Usage: "`USER[:GROUP]` owning the tree (default: the user running midfs)"},
-		&cli.StringSliceFlag{Name: "reader", Aliases: []string{"readers"}, Usage: "`USER|@GROUP` that may also open key and identity (repeatable)"},
-		&cli.DurationFlag{Name: "certificate-ttl", Value: joiner.DefaultCertTTL, Usage: "lifetime of the served credentials (the authority caps it at 24h)"},
-		&cli.DurationFlag{Name: "renewal-interval", Value: joiner.DefaultRenewInterval, Usage: "how often the credentials are renewed; shorter than --certificate-ttl"},
-		&cli.DurationFlag{Name: "join-timeout", Value: joiner.DefaultJoinTimeout, Usage: "how long to keep retrying an unreachable authority at start before giving up"},
-		&cli.StringFlag{Name: "storage", Value: "keyring", Usage: "where the renewable bot identity survives a restart: keyring (kernel user keyring: never on disk, gone at reboot), memory (a restart needs a new token), or dir:`PATH` (a 0600 file: the bot's key on disk)"},
-		&cli.StringFlag{Name: "key-algorithm", Value: string(identity.DefaultAlgorithm), Usage: "`ALG` of every key: ecdsa, ed25519 or rsa"},
+		&cli.StringSliceFlag{Name: "reader", Aliases: []string{"readers"}, Usage: "`USER|@GROUP` that may also open key and identity"},
+		&cli.DurationFlag{Name: "certificate-ttl", Value: joiner.DefaultCertTTL, Usage: "`DURATION` the served credentials live (the authority caps it at 24h)"},
+		&cli.DurationFlag{Name: "renewal-interval", Value: joiner.DefaultRenewInterval, Usage: "`DURATION` between renewals; shorter than --certificate-ttl"},
+		&cli.DurationFlag{Name: "join-timeout", Value: joiner.DefaultJoinTimeout, Usage: "`DURATION` to keep retrying an unreachable authority at start before giving up"},
+		&cli.StringFlag{Name: "storage", Value: "keyring", Usage: "`keyring|memory|dir:PATH`: where the renewable bot identity survives a restart. " +
+			"keyring: the kernel user keyring (never on disk, gone at reboot); memory: nowhere (a restart needs a new token); " +
+			"dir:PATH: a 0600 file in PATH (the bot's key on disk)"},
+		&cli.StringFlag{Name: "key-algorithm", Value: string(identity.DefaultAlgorithm), Usage: "`ecdsa|ed25519|rsa`: the algorithm of every key"},
 		&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Usage: "`DIR` of the embedded authority's state (only without --auth-server)"},
 		&cli.BoolFlag{Name: "debug-fuse", Usage: "log every FUSE request at debug level"},
 	}
@@ -282,7 +286,7 @@ func runMount(c *cli.Context) error {
 	st := agent.Status()
 	srv, err := fs.Mount(fs.Options{
 		Dir: p.dir, UID: p.uid, GID: p.gid, Readers: p.readers,
-		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer},
+		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer, XattrPID: strconv.Itoa(os.Getpid())},
 		Logger: log, OnOpen: svc.OnOpen, Debug: p.debug,
 	}, &fs.Snapshot{Identity: id, Nodes: nodes})
 	if err != nil {

@@ -221,7 +221,8 @@ func TestMountUsedTokenRefused(t *testing.T) {
 	token := botToken(t, s)
 	tokenStillWorks(t, s, token) // uses it
 	r := runCLI(t, "", "mount", t.TempDir(), "--auth-server="+s.Addr(), "--token="+token, "--ca-pin="+s.CAPin(), "--storage=memory")
-	if r.code != exitJoinRefused || r.err != "join refused: join token is invalid, expired or already used" {
+	if r.code != exitJoinRefused || !strings.HasPrefix(r.err, "join refused: join token is invalid, expired or already used (ref ") ||
+		!strings.Contains(r.err, "`midfs bots add NAME`") {
 		t.Errorf("used token: %s", r)
 	}
 }

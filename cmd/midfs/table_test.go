@@ -1,0 +1,58 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/identity"
+)
+
+// TestStatusAligns: every value of `midfs status` starts in one column,
+// the CA pin's included.
+func TestStatusAligns(t *testing.T) {
+	s := startAuth(t)
+	out := mustCLI(t, s.DataDir(), "status")
+	lines := strings.Split(out, "\n")
+	col := map[string]int{}
+	for _, want := range []string{testCluster, s.Addr(), s.CAPin()} {
+		for _, line := range lines {
+			if i := strings.Index(line, want); i > 0 {
+				col[want] = i
+			}
+		}
+	}
+	if len(col) != 3 || col[s.CAPin()] != col[testCluster] || col[s.Addr()] != col[testCluster] {
+		t.Errorf("status: values start at columns %v, want one column:\n%s", col, out)
+	}
+}
+
+// TestNodeTablesAgree: `midfs get nodes` and `midfs ls` print the same
+// nodes the same way.
+func TestNodeTablesAgree(t *testing.T) {
+	nodes := []identity.Node{
+		{Name: "web", Addr: "10.0.0.7:22", Labels: map[string]string{"env": "prod"}},
+		{Name: "database-primary", Addr: "[2001:db8::1]:2222", Labels: map[string]string{"env": "prod", "role": "db"}},
+	}
+	res := &policy.Resources{}
+	for _, n := range nodes {
+		var r policy.NodeResource
+		r.Metadata.Name, r.Spec.Addr, r.Metadata.Labels = n.Name, n.Addr, n.Labels
+		res.Nodes = append(res.Nodes, r)
+	}
+	var get, ls bytes.Buffer
+	if err := printResources(&get, policy.KindNode, res, "text"); err != nil {
+		t.Fatal(err)
+	}
+	if err := printNodes(&ls, nodes); err != nil {
+		t.Fatal(err)
+	}
+	if get.String() != ls.String() {
+		t.Errorf("get nodes prints\n%s\nls prints\n%s", get.String(), ls.String())
+	}
+	lines := strings.Split(ls.String(), "\n")
+	if addr := strings.Index(lines[0], "Address"); addr < 0 || strings.Index(lines[3], "[2001") != addr {
+		t.Errorf("columns do not line up:\n%s", ls.String())
+	}
+}
