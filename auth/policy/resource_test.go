@@ -3,7 +3,7 @@ package policy
 import (
 	"testing"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // FuzzParseResources: resource YAML either parses into resources that
