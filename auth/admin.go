@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 )
@@ -94,7 +95,13 @@ func (s *Server) adminRoutes() http.Handler {
 			r.Body = http.MaxBytesReader(w, r.Body, maxAdminBody)
 			v, err := h(w, r)
 			if err != nil {
-				writeError(w, http.StatusBadRequest, err.Error())
+				// Root's own authority answers root: the text of an
+				// internal error is shown too, and logged for the record.
+				kind := admin.KindOf(err)
+				if kind == admin.Internal {
+					s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+				}
+				writeError(w, kind.Status(), err.Error())
 				return
 			}
 			writeJSON(w, v)
@@ -104,7 +111,7 @@ func (s *Server) adminRoutes() http.Handler {
 	handle("POST /v1/bots", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		var spec BotSpec
 		if err := decodeStrict(r.Body, &spec); err != nil {
-			return nil, err
+			return nil, admin.Mark(admin.Invalid, err)
 		}
 		return s.AddBot(r.Context(), spec)
 	})
@@ -117,7 +124,7 @@ func (s *Server) adminRoutes() http.Handler {
 	handle("POST /v1/resources", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		data, err := policy.ReadResourceYAML(r.Body)
 		if err != nil {
-			return nil, err
+			return nil, admin.Mark(admin.Invalid, err)
 		}
 		return s.CreateYAML(r.Context(), data, r.URL.Query().Get("force") == "true")
 	})
@@ -133,7 +140,7 @@ func (s *Server) adminRoutes() http.Handler {
 	handle("POST /v1/nodes", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		var n nodeRequest
 		if err := decodeStrict(r.Body, &n); err != nil {
-			return nil, err
+			return nil, admin.Mark(admin.Invalid, err)
 		}
 		return struct{}{}, s.AddNode(r.Context(), n.Node)
 	})
@@ -144,7 +151,7 @@ func (s *Server) adminRoutes() http.Handler {
 	handle("POST /v1/sign/host", func(w http.ResponseWriter, r *http.Request) (any, error) {
 		var req signHostRequest
 		if err := decodeStrict(r.Body, &req); err != nil {
-			return nil, err
+			return nil, admin.Mark(admin.Invalid, err)
 		}
 		cert, err := s.SignHost(r.Context(), req.PublicKey, req.Hosts, req.TTL)
 		return textResponse{Text: cert}, err

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
@@ -59,6 +60,8 @@ func (c *AdminClient) Close() error {
 }
 
 // call sends one admin request; body is JSON-encoded unless it is []byte.
+// An error answer comes back as an error of the kind its status says (see
+// admin.KindOf), so that callers can tell "not found" from "already exists".
 func (c *AdminClient) call(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
 	if b, ok := body.([]byte); ok {
@@ -84,11 +87,12 @@ func (c *AdminClient) call(ctx context.Context, method, path string, body, out a
 		if err != nil {
 			return fmt.Errorf("admin socket: %w", err)
 		}
+		kind := admin.KindOfStatus(resp.StatusCode)
 		var e wire.Error
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return errors.New(e.Error)
+			return admin.Mark(kind, errors.New(e.Error))
 		}
-		return fmt.Errorf("admin socket: %s", resp.Status)
+		return admin.Errorf(kind, "admin socket: %s", resp.Status)
 	}
 	if out == nil {
 		return nil
@@ -126,7 +130,7 @@ func (c *AdminClient) UnlockBot(ctx context.Context, name string) error {
 // CreateYAML stores the resources of a YAML file.
 func (c *AdminClient) CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error) {
 	if len(data) > policy.MaxResourceYAML { // the authority would refuse it after reading 1 MiB
-		return nil, policy.ErrResourcesTooLarge
+		return nil, admin.Mark(admin.Invalid, policy.ErrResourcesTooLarge)
 	}
 	var done []string
 	err := c.call(ctx, "POST", "/v1/resources?force="+fmt.Sprint(force), data, &done)

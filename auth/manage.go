@@ -5,13 +5,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity"
@@ -61,7 +61,7 @@ const maxJoinTTL = 7 * 24 * time.Hour
 func checkLogins(logins []string) error {
 	for _, l := range logins {
 		if err := identity.CheckLogin(l); err != nil {
-			return fmt.Errorf("--logins: %w", err)
+			return admin.Errorf(admin.Invalid, "--logins: %w", err)
 		}
 	}
 	return nil
@@ -72,10 +72,10 @@ func checkLogins(logins []string) error {
 // errors, and then nothing is stored.
 func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 	if err := policy.CheckName("bot", spec.Name); err != nil {
-		return nil, err
+		return nil, admin.Mark(admin.Invalid, err)
 	}
 	if len(spec.Roles) == 0 {
-		return nil, fmt.Errorf("bot %s: give at least one role with --roles (for example --roles=access)", spec.Name)
+		return nil, admin.Errorf(admin.Invalid, "bot %s: give at least one role with --roles (for example --roles=access)", spec.Name)
 	}
 	if err := checkLogins(spec.Logins); err != nil {
 		return nil, err
@@ -84,7 +84,7 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 		spec.TTL = DefaultJoinTTL
 	}
 	if spec.TTL < 0 || spec.TTL > maxJoinTTL {
-		return nil, fmt.Errorf("bad token --ttl %s: give a duration between 1s and %s", spec.TTL, maxJoinTTL)
+		return nil, admin.Errorf(admin.Invalid, "bad token --ttl %s: give a duration between 1s and %s", spec.TTL, maxJoinTTL)
 	}
 	now := s.cfg.Now()
 	out := &BotToken{Bot: spec.Name, CAPin: s.CAPin(), AuthServer: s.advertise, ClusterName: s.cluster}
@@ -103,29 +103,33 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 		out.TokenName = oneTimeTokenName(spec.Name, hashToken(secret))
 	}
 	err := s.st.Update(ctx, func(tx store.Tx) error {
-		if _, err := tx.Roles(ctx, spec.Roles); err != nil {
-			return fmt.Errorf("%w; see `midfs get roles`", err)
+		_, err := tx.Roles(ctx, spec.Roles)
+		if errors.Is(err, store.ErrNotFound) {
+			return admin.Errorf(admin.Invalid, "%w; see `midfs get roles`", err)
+		}
+		if err != nil {
+			return err
 		}
 		old, err := tx.Bot(ctx, spec.Name)
 		switch {
 		case err == nil && !spec.Replace:
-			return fmt.Errorf("bot %s already exists (generation %d); remove it with `midfs bots rm %s` first", old.Name, old.Generation, old.Name)
+			return admin.Errorf(admin.Conflict, "bot %s already exists (generation %d); remove it with `midfs bots rm %s` first", old.Name, old.Generation, old.Name)
 		case err != nil && !errors.Is(err, store.ErrNotFound):
 			return err
 		}
 		if spec.TokenName != "" {
 			t, err := tx.Token(ctx, spec.TokenName)
 			if errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("token %q not found: create it first with `midfs create -f TOKEN.yaml`", spec.TokenName)
+				return admin.Errorf(admin.Invalid, "token %q not found: create it first with `midfs create -f TOKEN.yaml`", spec.TokenName)
 			}
 			if err != nil {
 				return err
 			}
 			if t.JoinMethod == wire.JoinToken {
-				return fmt.Errorf("token %s is a one-time token; --token takes a delegated (join_method: iam) token", t.Name)
+				return admin.Errorf(admin.Invalid, "token %s is a one-time token; --token takes a delegated (join_method: iam) token", t.Name)
 			}
 			if t.BotName != spec.Name {
-				return fmt.Errorf("token %s is for bot %q, not %q; set spec.bot_name in the token", t.Name, t.BotName, spec.Name)
+				return admin.Errorf(admin.Invalid, "token %s is for bot %q, not %q; set spec.bot_name in the token", t.Name, t.BotName, spec.Name)
 			}
 			out.TokenName, out.JoinMethod = t.Name, t.JoinMethod
 			out.Expires = t.Expires
@@ -174,7 +178,7 @@ func (s *Server) RemoveBot(ctx context.Context, name string) error {
 			return err
 		}
 		if !found {
-			return fmt.Errorf("bot %q not found; see `midfs bots ls`", name)
+			return admin.Errorf(admin.NotFound, "bot %q not found; see `midfs bots ls`", name)
 		}
 		return tx.RemoveBotTokens(ctx, name, wire.JoinToken, false)
 	})
@@ -192,12 +196,15 @@ func (s *Server) UnlockBot(ctx context.Context, name string) error {
 	var was string
 	err := s.st.Update(ctx, func(tx store.Tx) error {
 		b, err := tx.Bot(ctx, name)
+		if errors.Is(err, store.ErrNotFound) {
+			return admin.Errorf(admin.NotFound, "%w; see `midfs bots ls`", err)
+		}
 		if err != nil {
-			return fmt.Errorf("%w; see `midfs bots ls`", err)
+			return err
 		}
 		was = b.Locked
 		if was == "" {
-			return fmt.Errorf("bot %s is not locked", name)
+			return admin.Errorf(admin.Conflict, "bot %s is not locked", name)
 		}
 		return tx.SetLocked(ctx, name, "")
 	})
@@ -211,7 +218,7 @@ func (s *Server) UnlockBot(ctx context.Context, name string) error {
 // ssh_config of bots, so a node that fails identity.CheckNode is refused.
 func (s *Server) AddNode(ctx context.Context, n identity.Node) error {
 	if err := identity.CheckNode(n); err != nil {
-		return err
+		return admin.Mark(admin.Invalid, err)
 	}
 	defer s.inv.changed()
 	return s.st.Update(ctx, func(tx store.Tx) error { return tx.PutNode(ctx, n) })
@@ -223,7 +230,7 @@ func (s *Server) AddNode(ctx context.Context, n identity.Node) error {
 func (s *Server) CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error) {
 	res, err := policy.ParseResources(data)
 	if err != nil {
-		return nil, err
+		return nil, admin.Mark(admin.Invalid, err)
 	}
 	return s.Create(ctx, res, force)
 }
@@ -244,7 +251,7 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 				return err
 			}
 			if existed && !force {
-				return fmt.Errorf("%s %s already exists; use --force to replace it", kind, name)
+				return admin.Errorf(admin.Conflict, "%s %s already exists; use --force to replace it", kind, name)
 			}
 			if err := save(); err != nil {
 				return err
@@ -266,7 +273,7 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 			if t.Metadata.Expires != nil {
 				row.Expires = t.Metadata.Expires.Truncate(time.Second)
 				if !row.Expires.After(now) {
-					return fmt.Errorf("token %s: metadata.expires %s is in the past", t.DisplayName(), row.Expires.UTC().Format(time.RFC3339))
+					return admin.Errorf(admin.Invalid, "token %s: metadata.expires %s is in the past", t.DisplayName(), row.Expires.UTC().Format(time.RFC3339))
 				}
 			}
 			if t.Spec.JoinMethod == wire.JoinToken {
@@ -281,7 +288,7 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 			err := put(policy.KindToken, row.Name, func() error {
 				err := tx.PutToken(ctx, row, true)
 				if errors.Is(err, store.ErrConflict) {
-					return fmt.Errorf("token %s: this secret is already in use", row.Name)
+					return admin.Errorf(admin.Conflict, "token %s: this secret is already in use", row.Name)
 				}
 				return err
 			})
@@ -292,14 +299,14 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 		for _, n := range res.Nodes {
 			node := identity.Node{Name: n.Metadata.Name, Addr: n.Spec.Addr, Labels: n.Metadata.Labels}
 			if err := identity.CheckNode(node); err != nil {
-				return err
+				return admin.Mark(admin.Invalid, err)
 			}
 			if err := put(policy.KindNode, node.Name, func() error { return tx.PutNode(ctx, node) }); err != nil {
 				return err
 			}
 		}
 		if len(res.Bots) > 0 {
-			return errors.New("bots are made with `midfs bots add`, not from YAML")
+			return admin.Errorf(admin.Invalid, "bots are made with `midfs bots add`, not from YAML")
 		}
 		return nil
 	})
@@ -314,7 +321,7 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources, error) {
 	kind, err := policy.NormalizeKind(kind)
 	if err != nil {
-		return nil, err
+		return nil, admin.Mark(admin.Invalid, err)
 	}
 	res := &policy.Resources{}
 	switch kind {
@@ -361,7 +368,7 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources,
 		}
 	}
 	if name != "" && res.Len() == 0 {
-		return nil, fmt.Errorf("%s %q not found; see `midfs get %ss`", kind, name, kind)
+		return nil, admin.Errorf(admin.NotFound, "%s %q not found; see `midfs get %ss`", kind, name, kind)
 	}
 	return res, nil
 }
@@ -407,7 +414,7 @@ func (s *Server) Bots(ctx context.Context) ([]policy.BotResource, error) {
 func (s *Server) Remove(ctx context.Context, kind, name string) error {
 	kind, err := policy.NormalizeKind(kind)
 	if err != nil {
-		return err
+		return admin.Mark(admin.Invalid, err)
 	}
 	if kind == policy.KindBot {
 		return s.RemoveBot(ctx, name)
@@ -428,7 +435,7 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 				}
 			}
 			if len(users) > 0 {
-				return fmt.Errorf("role %s is used by bots %s; remove them or give them other roles first", name, strings.Join(users, ", "))
+				return admin.Errorf(admin.Conflict, "role %s is used by bots %s; remove them or give them other roles first", name, strings.Join(users, ", "))
 			}
 		}
 		found, err := tx.Remove(ctx, kind, name)
@@ -436,7 +443,7 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 			return err
 		}
 		if !found {
-			return fmt.Errorf("%s %q not found; see `midfs get %ss`", kind, name, kind)
+			return admin.Errorf(admin.NotFound, "%s %q not found; see `midfs get %ss`", kind, name, kind)
 		}
 		return nil
 	})
@@ -470,7 +477,7 @@ func (s *Server) Export(ctx context.Context, typ string) (string, error) {
 	case ExportDB:
 		return string(identity.CertsPEM([]identity.CA{s.db.public()})), nil
 	}
-	return "", fmt.Errorf("unknown export type %q: want user, host, tls-user, tls-host or db", typ)
+	return "", admin.Errorf(admin.Invalid, "unknown export type %q: want user, host, tls-user, tls-host or db", typ)
 }
 
 // DefaultHostCertTTL is the validity of `auth sign` host certificates.
@@ -481,24 +488,24 @@ const DefaultHostCertTTL = 8760 * time.Hour
 func (s *Server) SignHost(ctx context.Context, publicKey string, hosts []string, ttl time.Duration) (string, error) {
 	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(publicKey))
 	if err != nil {
-		return "", fmt.Errorf("bad host public key: %v", err)
+		return "", admin.Errorf(admin.Invalid, "bad host public key: %v", err)
 	}
 	if _, isCert := pub.(*ssh.Certificate); isCert {
-		return "", errors.New("bad host public key: it is a certificate; give the plain public key")
+		return "", admin.Errorf(admin.Invalid, "bad host public key: it is a certificate; give the plain public key")
 	}
 	if len(hosts) == 0 {
-		return "", errors.New("give the host names the certificate is for with --host=NAME[,NAME]")
+		return "", admin.Errorf(admin.Invalid, "give the host names the certificate is for with --host=NAME[,NAME]")
 	}
 	for _, h := range hosts {
 		if h == "" || strings.ContainsAny(h, " \t\n,*?") {
-			return "", fmt.Errorf("bad host name %q: give plain names without spaces, ',' or wildcards, as in --host=node1.example.com,node1", h)
+			return "", admin.Errorf(admin.Invalid, "bad host name %q: give plain names without spaces, ',' or wildcards, as in --host=node1.example.com,node1", h)
 		}
 	}
 	if ttl == 0 {
 		ttl = DefaultHostCertTTL
 	}
 	if ttl < 0 || ttl > caValidity {
-		return "", fmt.Errorf("bad --ttl %s: give a positive duration up to %s", ttl, caValidity)
+		return "", admin.Errorf(admin.Invalid, "bad --ttl %s: give a positive duration up to %s", ttl, caValidity)
 	}
 	cert, err := s.signHostKey(pub, hosts, ttl)
 	if err != nil {
