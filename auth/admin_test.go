@@ -1,24 +1,52 @@
 package auth
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
 )
 
 // dialAdmin connects to the admin socket of a test authority.
-func dialAdmin(t *testing.T, s *Server) *AdminClient {
+func dialAdmin(t *testing.T, s *Server) *admin.Client {
 	t.Helper()
-	ac, err := DialAdmin(s.cfg.DataDir)
+	ac, err := admin.Dial(s.cfg.DataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ac.Close() })
 	return ac
+}
+
+// adminRaw sends body as it is to the admin socket of s, as curl would,
+// past the admin client's own checks. It returns the status and the error
+// message of the answer.
+func adminRaw(t *testing.T, s *Server, method, path string, body []byte) (int, string) {
+	t.Helper()
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", admin.SocketPath(s.cfg.DataDir))
+	}}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequest(method, "http://midfs-admin"+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e wire.Error
+	json.NewDecoder(resp.Body).Decode(&e)
+	return resp.StatusCode, e.Error
 }
 
 // wantKind checks that err, returned through the real admin socket, has
@@ -68,10 +96,10 @@ func TestAdminConflict(t *testing.T) {
 	if _, err := ac.CreateYAML(ctx, role, true); err != nil {
 		t.Errorf("create --force: %v", err)
 	}
-	if _, err := ac.AddBot(ctx, BotSpec{Name: "robot", Roles: []string{"dev"}}); err != nil {
+	if _, err := ac.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"dev"}}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = ac.AddBot(ctx, BotSpec{Name: "robot", Roles: []string{"dev"}})
+	_, err = ac.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"dev"}})
 	wantKind(t, "bots add existing", err, admin.Conflict, "already exists")
 	wantKind(t, "rm role in use", ac.Remove(ctx, "role", "dev"), admin.Conflict, "used by bots robot")
 	wantKind(t, "unlock unlocked bot", ac.UnlockBot(ctx, "robot"), admin.Conflict, "not locked")
@@ -91,19 +119,21 @@ func TestAdminInvalid(t *testing.T) {
 	wantKind(t, "bad role name", err, admin.Invalid, "bad role name")
 	_, err = ac.Get(ctx, "gadgets", "")
 	wantKind(t, "bad kind", err, admin.Invalid, "gadgets")
-	_, err = ac.AddBot(ctx, BotSpec{Name: "robot"})
+	_, err = ac.AddBot(ctx, admin.BotSpec{Name: "robot"})
 	wantKind(t, "bot without roles", err, admin.Invalid, "--roles")
-	_, err = ac.AddBot(ctx, BotSpec{Name: "robot", Roles: []string{"nosuchrole"}})
+	_, err = ac.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"nosuchrole"}})
 	wantKind(t, "bot with an unknown role", err, admin.Invalid, "nosuchrole")
-	_, err = ac.AddBot(ctx, BotSpec{Name: "robot", Roles: []string{"access"}, TokenName: "nosuchtoken"})
+	_, err = ac.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}, TokenName: "nosuchtoken"})
 	wantKind(t, "bot with an unknown token", err, admin.Invalid, "nosuchtoken")
 	wantKind(t, "bad node", ac.AddNode(ctx, identity.Node{Name: "n1", Addr: "bad addr\n"}), admin.Invalid, "")
 	_, err = ac.Export(ctx, "nope")
 	wantKind(t, "bad export type", err, admin.Invalid, "unknown export type")
 	_, err = ac.SignHost(ctx, "not a key", []string{"h"}, 0)
 	wantKind(t, "bad host key", err, admin.Invalid, "bad host public key")
-	err = ac.call(ctx, "POST", "/v1/bots", []byte(`{"name": "robot", "extra": 1}`), nil)
-	wantKind(t, "bad request body", err, admin.Invalid, "bad request body")
+	status, msg := adminRaw(t, s, "POST", "/v1/bots", []byte(`{"name": "robot", "extra": 1}`))
+	if status != http.StatusBadRequest || !strings.Contains(msg, "bad request body") {
+		t.Errorf("bad request body: %d %q, want 400 saying so", status, msg)
+	}
 }
 
 // A failure of the authority itself is a 500, not the user's fault.
@@ -112,20 +142,11 @@ func TestAdminInternal(t *testing.T) {
 	ac := dialAdmin(t, s)
 	ctx := context.Background()
 	s.st.Close() // the admin socket still serves; the store fails
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://midfs-admin/v1/resources/roles", nil)
-	if err != nil {
-		t.Fatal(err)
+	if status, msg := adminRaw(t, s, "GET", "/v1/resources/roles", nil); status != http.StatusInternalServerError {
+		t.Errorf("get roles of a closed store: %d %q, want 500", status, msg)
 	}
-	resp, err := ac.hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusInternalServerError {
-		t.Errorf("get roles of a closed store: status %d, want 500", resp.StatusCode)
-	}
-	_, err = ac.Get(ctx, "roles", "")
+	_, err := ac.Get(ctx, "roles", "")
 	wantKind(t, "get roles of a closed store", err, admin.Internal, "")
-	_, err = ac.AddBot(ctx, BotSpec{Name: "robot", Roles: []string{"access"}})
+	_, err = ac.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}})
 	wantKind(t, "bots add to a closed store", err, admin.Internal, "")
 }

@@ -1,10 +1,8 @@
 package auth
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 
@@ -22,30 +20,13 @@ func (s *Server) routes() http.Handler {
 	s.iamRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// %q: the path is decoded, so it may hold a line break.
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no API at %s %q", r.Method, r.URL.Path))
+		wire.WriteError(w, http.StatusNotFound, fmt.Sprintf("no API at %s %q", r.Method, r.URL.Path))
 	})
-	return recoverer(s, mux)
-}
-
-// recoverer turns a panic in a handler into a 500 and a log line, so a
-// malformed request never takes the authority down.
-func recoverer(s *Server, h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer func() {
-			if p := recover(); p != nil {
-				if p == http.ErrAbortHandler {
-					panic(p)
-				}
-				s.log.Error("panic in API handler", "path", r.URL.Path, "panic", fmt.Sprint(p))
-				writeError(w, http.StatusInternalServerError, "internal error; see the authority's log")
-			}
-		}()
-		h.ServeHTTP(w, r)
-	})
+	return wire.Recover(s.log, mux)
 }
 
 func (s *Server) handleCA(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, wire.CAResponse{ClusterName: s.cluster, HostCAs: [][]byte{s.host.cert.Raw}})
+	wire.WriteJSON(w, wire.CAResponse{ClusterName: s.cluster, HostCAs: [][]byte{s.host.cert.Raw}})
 }
 
 func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
@@ -63,7 +44,7 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 	s.metrics.join(wire.JoinToken, "ok")
 	s.metrics.issued("join", time.Since(start))
 	s.log.Info("bot joined", "bot", id.BotName, "method", wire.JoinToken, "generation", id.Generation, "remote", r.RemoteAddr)
-	writeJSON(w, id)
+	wire.WriteJSON(w, id)
 }
 
 // refuseJoin answers a refused or failed join of the given method: the
@@ -82,12 +63,12 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, what string, err
 	if !errors.As(err, &ref) {
 		s.log.Error(what+" failed", "err", err, "remote", r.RemoteAddr)
 		s.metrics.refused("internal")
-		writeError(w, http.StatusInternalServerError, "internal error; see the authority's log")
+		wire.WriteError(w, http.StatusInternalServerError, "internal error; see the authority's log")
 		return
 	}
 	s.metrics.refused(ref.Code)
 	s.log.Warn(what+" refused", "reason", ref.Reason, "code", ref.Code, "remote", r.RemoteAddr)
-	writeError(w, ref.Status, ref.Public)
+	wire.WriteError(w, ref.Status, ref.Public)
 }
 
 // clientBot reads the verified client certificate, if any.
@@ -126,7 +107,7 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 	s.metrics.renewal("ok")
 	s.metrics.issued("renew", time.Since(start))
 	s.log.Debug("bot renewed", "bot", id.BotName, "generation", id.Generation)
-	writeJSON(w, id)
+	wire.WriteJSON(w, id)
 }
 
 func (s *Server) handleCerts(w http.ResponseWriter, r *http.Request) {
@@ -148,7 +129,7 @@ func (s *Server) handleCerts(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.issued("certs", time.Since(start))
 	s.log.Debug("output identity issued", "bot", bc.Bot)
-	writeJSON(w, certs)
+	wire.WriteJSON(w, certs)
 }
 
 // handleNodes answers with the nodes the client may reach, or with 304
@@ -188,47 +169,12 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 // that is too large, 400 otherwise.
 func decodeRequest(w http.ResponseWriter, r *http.Request, v any) error {
 	r.Body = http.MaxBytesReader(w, r.Body, wire.MaxBody)
-	if err := decodeStrict(r.Body, v); err != nil {
+	if err := wire.DecodeStrict(r.Body, v); err != nil {
 		status := http.StatusBadRequest
-		if errors.Is(err, errTooLarge) {
+		if errors.Is(err, wire.ErrTooLarge) {
 			status = http.StatusRequestEntityTooLarge
 		}
 		return &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: status}
 	}
 	return nil
-}
-
-var errTooLarge = fmt.Errorf("request body larger than %d bytes", wire.MaxBody)
-
-// decodeStrict is the request decoder (fuzzed in fuzz_test.go).
-func decodeStrict(body io.Reader, v any) error {
-	dec := json.NewDecoder(io.LimitReader(body, wire.MaxBody+1))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return errTooLarge
-		}
-		return fmt.Errorf("bad request body: %v", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("bad request body: data after the JSON object")
-	}
-	return nil
-}
-
-func writeJSON(w http.ResponseWriter, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "internal error: "+err.Error())
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Write(b)
-}
-
-func writeError(w http.ResponseWriter, status int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(wire.Error{Error: msg})
 }

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/midfs/midfs/auth/admin"
 )
 
 // The authority's throughput over real TLS on loopback: every renewal is a
@@ -101,7 +103,7 @@ func BenchmarkJoin(b *testing.B) {
 				go func() {
 					defer wg.Done()
 					for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
-						bt, err := s.AddBot(context.Background(), BotSpec{Name: fmt.Sprintf("bot%d", i), Roles: []string{"access"}})
+						bt, err := s.AddBot(context.Background(), admin.BotSpec{Name: fmt.Sprintf("bot%d", i), Roles: []string{"access"}})
 						if err != nil {
 							b.Error(err)
 							return

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/store/sqlite"
 	"github.com/midfs/midfs/wire"
 )
@@ -117,13 +118,13 @@ func TestSIGKILLKeepsState(t *testing.T) {
 	dir := t.TempDir()
 	c := startChild(t, dir)
 	pin := c.info.Pin
-	ac, err := DialAdmin(dir)
+	ac, err := admin.Dial(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var bots []*heldBot
 	for i := range 24 {
-		bt, err := ac.AddBot(context.Background(), BotSpec{Name: fmt.Sprintf("bot%02d", i), Roles: []string{"access"}, Logins: []string{"root"}})
+		bt, err := ac.AddBot(context.Background(), admin.BotSpec{Name: fmt.Sprintf("bot%02d", i), Roles: []string{"access"}, Logins: []string{"root"}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,14 +147,14 @@ func TestSIGKILLKeepsState(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ac, err := DialAdmin(dir)
+			ac, err := admin.Dial(dir)
 			if err != nil {
 				return
 			}
 			defer ac.Close()
 			for i := 0; ; i++ {
 				name := fmt.Sprintf("added-%d-%d", round, i)
-				if _, err := ac.AddBot(context.Background(), BotSpec{Name: name, Roles: []string{"access"}}); err != nil {
+				if _, err := ac.AddBot(context.Background(), admin.BotSpec{Name: name, Roles: []string{"access"}}); err != nil {
 					return
 				}
 				mu.Lock()

@@ -29,7 +29,7 @@ func FuzzDecodeRequests(f *testing.F) {
 	f.Add([]byte(`{"public_key":null,"ttl_seconds":-1}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, v := range []any{&wire.JoinRequest{}, &wire.RenewRequest{}, &wire.CertsRequest{}} {
-			if err := decodeStrict(bytes.NewReader(body), v); err != nil {
+			if err := wire.DecodeStrict(bytes.NewReader(body), v); err != nil {
 				if err.Error() == "" {
 					t.Fatal("empty error message")
 				}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
@@ -227,9 +228,9 @@ func nodesAs(t testing.TB, s *Server, key crypto.Signer, cert []byte) ([]identit
 	return list.Nodes, status, msg
 }
 
-func addBot(t testing.TB, s *Server, name string, roles, logins []string) *BotToken {
+func addBot(t testing.TB, s *Server, name string, roles, logins []string) *admin.BotToken {
 	t.Helper()
-	bt, err := s.AddBot(context.Background(), BotSpec{Name: name, Roles: roles, Logins: logins})
+	bt, err := s.AddBot(context.Background(), admin.BotSpec{Name: name, Roles: roles, Logins: logins})
 	if err != nil {
 		t.Fatalf("AddBot: %v", err)
 	}

@@ -37,7 +37,7 @@ func (s *Server) iamRoutes(mux *http.ServeMux) {
 }
 
 func (j *iamJoin) handleChallenge(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, wire.IAMChallenge{Challenge: j.challenges.Issue()})
+	wire.WriteJSON(w, wire.IAMChallenge{Challenge: j.challenges.Issue()})
 }
 
 func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
@@ -68,7 +68,7 @@ func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
 	j.s.metrics.issued("join", time.Since(start))
 	j.s.log.Info("bot joined", "bot", bi.BotName, "method", wire.JoinIAM, "token", req.Token,
 		"aws_account", id.Account, "aws_arn", id.Arn, "remote", r.RemoteAddr)
-	writeJSON(w, bi)
+	wire.WriteJSON(w, bi)
 }
 
 // verify runs every check of an IAM join in order and returns the bot the

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/iam/ststest"
 	"github.com/midfs/midfs/wire"
 )
@@ -82,7 +83,7 @@ func startIAM(t testing.TB) *iamEnv {
 	if _, err := e.s.CreateYAML(ctx, []byte(iamTokenYAML), false); err != nil {
 		t.Fatalf("create iam token: %v", err)
 	}
-	if _, err := e.s.AddBot(ctx, BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root"}, TokenName: "iam-token"}); err != nil {
+	if _, err := e.s.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root"}, TokenName: "iam-token"}); err != nil {
 		t.Fatalf("bots add: %v", err)
 	}
 	return e

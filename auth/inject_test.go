@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/identity"
 )
 
@@ -28,7 +29,7 @@ func oneLine(t *testing.T, what string, err error, want string) {
 func TestAdminRefusesNodesThatWouldBreakSSHConfig(t *testing.T) {
 	s := startTest(t)
 	ctx := context.Background()
-	ac, err := DialAdmin(s.cfg.DataDir)
+	ac, err := admin.Dial(s.cfg.DataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +75,7 @@ func TestAdminRefusesNodesThatWouldBreakSSHConfig(t *testing.T) {
 func TestAdminRefusesBadYAMLValues(t *testing.T) {
 	s := startTest(t)
 	ctx := context.Background()
-	ac, err := DialAdmin(s.cfg.DataDir)
+	ac, err := admin.Dial(s.cfg.DataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,19 +119,19 @@ func TestAdminRefusesBadYAMLValues(t *testing.T) {
 func TestAdminRefusesBadLogins(t *testing.T) {
 	s := startTest(t)
 	ctx := context.Background()
-	ac, err := DialAdmin(s.cfg.DataDir)
+	ac, err := admin.Dial(s.cfg.DataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ac.Close()
 	for _, login := range []string{"ro\x00ot", "root\r", "a b", "-oProxyCommand", "x\ny", strings.Repeat("a", 33), "", "{{internal.logins}}", "root,admin", "%u"} {
-		_, err := ac.AddBot(ctx, BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{login}})
+		_, err := ac.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{login}})
 		oneLine(t, "login "+login, err, "bad login")
 	}
 	if bots, err := ac.Get(ctx, "bots", ""); err != nil || len(bots.Bots) != 0 {
 		t.Errorf("a bot was made with a refused login: %+v %v", bots, err)
 	}
-	if _, err := ac.AddBot(ctx, BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root", "ubuntu", "svc.deploy", strings.Repeat("a", 32)}}); err != nil {
+	if _, err := ac.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root", "ubuntu", "svc.deploy", strings.Repeat("a", 32)}}); err != nil {
 		t.Errorf("good logins refused: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
@@ -124,7 +125,7 @@ func TestNodeListETag(t *testing.T) {
 	changed("a node was removed", "api")
 	role("dev")
 	changed("the role's node_labels changed", "db")
-	if _, err := s.AddBot(ctx, BotSpec{Name: "robot", Roles: []string{"access"}, Replace: true}); err != nil {
+	if _, err := s.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}, Replace: true}); err != nil {
 		t.Fatal(err)
 	}
 	changed("the bot's roles changed", "api", "db")
@@ -177,7 +178,7 @@ func TestAdminGetOfManyNodes(t *testing.T) {
 	const n = 50000
 	s := startTest(t)
 	addNodes(t, s, n)
-	ac, err := DialAdmin(s.cfg.DataDir)
+	ac, err := admin.Dial(s.cfg.DataDir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,41 +18,9 @@ import (
 	"github.com/midfs/midfs/wire"
 )
 
-// BotSpec asks for a bot and, unless TokenName names a delegated token, a
-// one-time join token for it.
-type BotSpec struct {
-	Name      string        `json:"name"`
-	Roles     []string      `json:"roles"`
-	Logins    []string      `json:"logins,omitempty"`
-	TokenName string        `json:"token_name,omitempty"` // bind to this existing iam token instead of making a one-time token
-	TTL       time.Duration `json:"ttl,omitempty"`        // of the one-time token; default 1h
-	Replace   bool          `json:"replace,omitempty"`    // bot exists: update it and issue a new token instead of failing
-}
-
-// BotToken is what `bots add` prints: how the new bot joins.
-type BotToken struct {
-	Bot         string    `json:"bot"`
-	Token       string    `json:"token,omitempty"` // the one-time secret; empty for a delegated token
-	TokenName   string    `json:"token_name"`      // as `get tokens` lists it
-	JoinMethod  string    `json:"join_method"`
-	Expires     time.Time `json:"expires,omitzero"` // zero: never
-	CAPin       string    `json:"ca_pin"`
-	AuthServer  string    `json:"auth_server"`
-	ClusterName string    `json:"cluster_name"`
-}
-
-// Status is what `midfs status` prints.
-type Status struct {
-	ClusterName   string `json:"cluster_name"`
-	Version       string `json:"version"`
-	CAPin         string `json:"ca_pin"`
-	Addr          string `json:"addr"`
-	AdvertiseAddr string `json:"advertise_addr"`
-}
-
 // Status describes the running authority.
-func (s *Server) Status(ctx context.Context) (*Status, error) {
-	return &Status{ClusterName: s.cluster, Version: s.cfg.Version, CAPin: s.CAPin(), Addr: s.Addr(), AdvertiseAddr: s.advertise}, nil
+func (s *Server) Status(ctx context.Context) (*admin.Status, error) {
+	return &admin.Status{ClusterName: s.cluster, Version: s.cfg.Version, CAPin: s.CAPin(), Addr: s.Addr(), AdvertiseAddr: s.advertise}, nil
 }
 
 // maxJoinTTL bounds how long a one-time token may wait to be used.
@@ -70,7 +38,7 @@ func checkLogins(logins []string) error {
 // AddBot makes a bot (in one transaction with its token). Unknown roles,
 // an existing bot (without Replace) or an unsuitable delegated token are
 // errors, and then nothing is stored.
-func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
+func (s *Server) AddBot(ctx context.Context, spec admin.BotSpec) (*admin.BotToken, error) {
 	if err := policy.CheckName("bot", spec.Name); err != nil {
 		return nil, admin.Mark(admin.Invalid, err)
 	}
@@ -87,7 +55,7 @@ func (s *Server) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 		return nil, admin.Errorf(admin.Invalid, "bad token --ttl %s: give a duration between 1s and %s", spec.TTL, maxJoinTTL)
 	}
 	now := s.cfg.Now()
-	out := &BotToken{Bot: spec.Name, CAPin: s.CAPin(), AuthServer: s.advertise, ClusterName: s.cluster}
+	out := &admin.BotToken{Bot: spec.Name, CAPin: s.CAPin(), AuthServer: s.advertise, ClusterName: s.cluster}
 	var secret string
 	var rolesChanged bool // of an existing bot: the nodes it may see change
 	defer func() {
@@ -453,28 +421,19 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 	return err
 }
 
-// Export types of `midfs auth export`.
-const (
-	ExportUser    = "user"     // SSH user CA: a TrustedUserCAKeys line
-	ExportHost    = "host"     // SSH host CA: a known_hosts @cert-authority line
-	ExportTLSUser = "tls-user" // PEM
-	ExportTLSHost = "tls-host" // PEM
-	ExportDB      = "db"       // PEM
-)
-
 // Export prints a CA in the form its consumers read.
 func (s *Server) Export(ctx context.Context, typ string) (string, error) {
 	switch typ {
-	case ExportUser:
+	case admin.ExportUser:
 		return string(ssh.MarshalAuthorizedKey(s.user.signer.PublicKey())), nil
-	case ExportHost:
+	case admin.ExportHost:
 		b, err := identity.KnownHosts(s.cluster, []identity.CA{s.host.public()})
 		return string(b), err
-	case ExportTLSUser:
+	case admin.ExportTLSUser:
 		return string(identity.CertsPEM([]identity.CA{s.user.public()})), nil
-	case ExportTLSHost:
+	case admin.ExportTLSHost:
 		return string(identity.CertsPEM([]identity.CA{s.host.public()})), nil
-	case ExportDB:
+	case admin.ExportDB:
 		return string(identity.CertsPEM([]identity.CA{s.db.public()})), nil
 	}
 	return "", admin.Errorf(admin.Invalid, "unknown export type %q: want user, host, tls-user, tls-host or db", typ)

@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/auth/store/sqlite"
@@ -39,8 +40,7 @@ type Server struct {
 
 	https     *http.Server
 	httpsLn   net.Listener
-	admin     *http.Server
-	adminLn   net.Listener
+	adminSrv  *http.Server
 	advertise string
 
 	lastDropWarn atomic.Int64 // unix ns
@@ -76,7 +76,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
-		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", AdminSocket(cfg.DataDir))
+		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", admin.SocketPath(cfg.DataDir))
 	return s, nil
 }
 
@@ -102,9 +102,9 @@ func (s *Server) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err1 := s.https.Shutdown(ctx)
-		err2 := s.admin.Shutdown(ctx)
+		err2 := s.adminSrv.Shutdown(ctx)
 		s.wg.Wait()
-		os.Remove(AdminSocket(s.cfg.DataDir))
+		os.Remove(admin.SocketPath(s.cfg.DataDir))
 		err3 := s.st.Close()
 		s.closeErr = errors.Join(err1, err2, err3)
 		s.log.Info("authority stopped", "cluster", s.cluster)
@@ -273,6 +273,23 @@ func (s *Server) serveHTTPS() error {
 		defer s.wg.Done()
 		if err := s.https.Serve(s.httpsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("HTTPS API stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// serveAdmin serves the admin API (package admin) on DATA_DIR/admin.sock.
+func (s *Server) serveAdmin() error {
+	ln, err := admin.Listen(admin.SocketPath(s.cfg.DataDir))
+	if err != nil {
+		return err
+	}
+	s.adminSrv = admin.NewServer(s, s.log)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.adminSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("admin socket stopped", "err", err)
 		}
 	}()
 	return nil

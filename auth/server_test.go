@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -15,6 +16,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store/sqlite"
 	"github.com/midfs/midfs/identity"
@@ -194,7 +196,7 @@ func TestRacingJoinsGetOneIdentity(t *testing.T) {
 func TestExpiredTokenRefused(t *testing.T) {
 	clock := newFakeClock()
 	s := startTest(t, func(c *Config) { c.Now = clock.Now })
-	bt, err := s.AddBot(context.Background(), BotSpec{Name: "robot", Roles: []string{"access"}, TTL: 10 * time.Minute})
+	bt, err := s.AddBot(context.Background(), admin.BotSpec{Name: "robot", Roles: []string{"access"}, TTL: 10 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +319,7 @@ func TestRemovedBotIsRefused(t *testing.T) {
 	ctx := context.Background()
 	bt := addBot(t, s, "robot", []string{"access"}, []string{"root"})
 	id := join(t, s, bt.Token)
-	bt2, err := s.AddBot(ctx, BotSpec{Name: "robot", Roles: []string{"access"}, Replace: true})
+	bt2, err := s.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}, Replace: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,17 +346,17 @@ func TestRemovedBotIsRefused(t *testing.T) {
 func TestAddBotErrors(t *testing.T) {
 	s := startTest(t)
 	ctx := context.Background()
-	if _, err := s.AddBot(ctx, BotSpec{Name: "ghost", Roles: []string{"nope"}}); err == nil || !strings.Contains(err.Error(), "nope") {
+	if _, err := s.AddBot(ctx, admin.BotSpec{Name: "ghost", Roles: []string{"nope"}}); err == nil || !strings.Contains(err.Error(), "nope") {
 		t.Errorf("unknown role: %v", err)
 	}
 	if bots, _ := s.Bots(ctx); len(bots) != 0 {
 		t.Errorf("a bot was made despite the unknown role: %+v", bots)
 	}
 	addBot(t, s, "robot", []string{"access"}, nil)
-	if _, err := s.AddBot(ctx, BotSpec{Name: "robot", Roles: []string{"access"}}); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if _, err := s.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}}); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("duplicate bot: %v", err)
 	}
-	for _, bad := range []BotSpec{
+	for _, bad := range []admin.BotSpec{
 		{Name: "bad name", Roles: []string{"access"}},
 		{Name: "x", Roles: nil},
 		{Name: "x", Roles: []string{"access"}, Logins: []string{"ro ot"}},
@@ -529,7 +531,7 @@ func TestStartErrors(t *testing.T) {
 func TestAdminClient(t *testing.T) {
 	s := startTest(t)
 	ctx := context.Background()
-	ac, err := DialAdmin(s.cfg.DataDir)
+	ac, err := admin.Dial(s.cfg.DataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -538,11 +540,11 @@ func TestAdminClient(t *testing.T) {
 	if err != nil || st.CAPin != s.CAPin() || st.ClusterName != "test.example.com" {
 		t.Fatalf("status %+v %v", st, err)
 	}
-	bt, err := ac.AddBot(ctx, BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root"}})
+	bt, err := ac.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root"}})
 	if err != nil || len(bt.Token) != 64 {
 		t.Fatalf("add bot %+v %v", bt, err)
 	}
-	if _, err := ac.AddBot(ctx, BotSpec{Name: "ghost", Roles: []string{"nope"}}); err == nil || !strings.Contains(err.Error(), `"nope"`) {
+	if _, err := ac.AddBot(ctx, admin.BotSpec{Name: "ghost", Roles: []string{"nope"}}); err == nil || !strings.Contains(err.Error(), `"nope"`) {
 		t.Errorf("unknown role over the socket: %v", err)
 	}
 	if err := ac.AddNode(ctx, identity.Node{Name: "n1", Addr: "127.0.0.1:22", Labels: map[string]string{"a": "b"}}); err != nil {
@@ -555,7 +557,7 @@ func TestAdminClient(t *testing.T) {
 	if _, err := ac.Get(ctx, "nodes", "n2"); err == nil {
 		t.Error("get of a missing node succeeded")
 	}
-	line, err := ac.Export(ctx, ExportUser)
+	line, err := ac.Export(ctx, admin.ExportUser)
 	if err != nil || !strings.HasPrefix(line, "ecdsa-sha2-nistp256 ") {
 		t.Errorf("export user: %q %v", line, err)
 	}
@@ -569,7 +571,7 @@ func TestAdminClient(t *testing.T) {
 		t.Error("removing a missing bot succeeded")
 	}
 
-	if _, err := DialAdmin(t.TempDir()); err == nil || !strings.Contains(err.Error(), "midfs auth start") {
+	if _, err := admin.Dial(t.TempDir()); err == nil || !strings.Contains(err.Error(), "midfs auth start") {
 		t.Errorf("dial without an authority: %v", err)
 	}
 }
@@ -620,11 +622,11 @@ func TestStateFilesAreOwnerOnly(t *testing.T) {
 	// A killed authority leaves a -wal with data and a -shm behind; make
 	// them what older versions made.
 	c := startChild(t, dir)
-	ac, err := DialAdmin(dir)
+	ac, err := admin.Dial(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ac.AddBot(context.Background(), BotSpec{Name: "robot2", Roles: []string{"access"}, Logins: []string{"root"}}); err != nil {
+	if _, err := ac.AddBot(context.Background(), admin.BotSpec{Name: "robot2", Roles: []string{"access"}, Logins: []string{"root"}}); err != nil {
 		t.Fatal(err)
 	}
 	ac.Close()
@@ -677,7 +679,7 @@ func TestResourceYAMLOverOneMiBIsRefused(t *testing.T) {
 	const oneMiB = 1 << 20
 	s := startTest(t)
 	ctx := context.Background()
-	ac, err := DialAdmin(s.cfg.DataDir)
+	ac, err := admin.Dial(s.cfg.DataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -687,7 +689,7 @@ func TestResourceYAMLOverOneMiBIsRefused(t *testing.T) {
 		"in process":   func() error { _, err := s.CreateYAML(ctx, big, false); return err },
 		"admin client": func() error { _, err := ac.CreateYAML(ctx, big, false); return err },
 		// as curl would send it, past the admin client's own check
-		"admin socket": func() error { return ac.call(ctx, "POST", "/v1/resources", big, nil) },
+		"admin socket": func() error { _, msg := adminRaw(t, s, "POST", "/v1/resources", big); return errors.New(msg) },
 	} {
 		err := create()
 		if err == nil || !strings.Contains(err.Error(), "larger than 1 MiB") || strings.Contains(err.Error(), "\n") {

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/joiner"
@@ -90,7 +91,7 @@ func startAuth(t *testing.T, dir, listen string) *authority {
 // addBot makes a bot with logins root and alice and returns its token.
 func (a *authority) addBot(t *testing.T, name string) string {
 	t.Helper()
-	tok, err := a.AddBot(context.Background(), auth.BotSpec{Name: name, Roles: []string{"access"}, Logins: []string{"root", "alice"}, Replace: true})
+	tok, err := a.AddBot(context.Background(), admin.BotSpec{Name: name, Roles: []string{"access"}, Logins: []string{"root", "alice"}, Replace: true})
 	if err != nil {
 		t.Fatal(err)
 	}

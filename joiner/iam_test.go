@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/iam/ststest"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/joiner"
@@ -58,7 +59,7 @@ spec:
 `), false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AddBot(ctx, auth.BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root"}, TokenName: "iam-token"}); err != nil {
+	if _, err := s.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root"}, TokenName: "iam-token"}); err != nil {
 		t.Fatal(err)
 	}
 	return s, sts

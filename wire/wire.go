@@ -1,7 +1,9 @@
 // Package wire holds the JSON messages of the authority's HTTPS API and the
 // constants both ends need (join methods, the TTL cap, the server name): the
 // only thing, besides identity, that the authority (auth) and the agent
-// (joiner) share. Byte slices travel as base64 (encoding/json's default).
+// (joiner) share, and the helpers both of the authority's HTTP servers (the
+// HTTPS API and the admin socket) read requests and write answers with.
+// Byte slices travel as base64 (encoding/json's default).
 // Anything may import wire; wire imports only identity and the standard
 // library.
 package wire

@@ -1,10 +1,12 @@
-// Package admin is the room of the authority's admin socket: the kinds of
-// its errors, and how they travel as HTTP statuses between the authority
-// (package auth serves the socket) and the command line (which reads the
-// kind back to tell "not there" from "already there" from a bad request).
+// Package admin is the room of the authority's admin socket
+// (DATA_DIR/admin.sock): the server that serves an Authority (package auth's
+// Server) to root over it, the Client the command line uses, the requests
+// and answers they exchange, and the kinds of its errors, which travel as
+// HTTP statuses (400 invalid, 404 not found, 409 conflict, 500 internal) so
+// that the command line can tell "not there" from "already there" from a
+// bad request.
 //
-// It imports only the standard library; auth and cmd import it, never the
-// other way round.
+// It imports policy, identity and wire, never auth: auth and cmd import it.
 package admin
 
 import (

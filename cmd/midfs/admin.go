@@ -17,6 +17,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/service/diag"
@@ -34,7 +35,7 @@ func adminCommands() []*cli.Command {
 				{
 					Name:   "export",
 					Usage:  "print a CA: user (sshd TrustedUserCAKeys), host (known_hosts), tls-user, tls-host, db (PEM)",
-					Flags:  []cli.Flag{dataDirFlag(), &cli.StringFlag{Name: "type", Value: auth.ExportUser, Usage: "`user|host|tls-user|tls-host|db`: which CA"}},
+					Flags:  []cli.Flag{dataDirFlag(), &cli.StringFlag{Name: "type", Value: admin.ExportUser, Usage: "`user|host|tls-user|tls-host|db`: which CA"}},
 					Action: withAdmin(authExport),
 				},
 				{
@@ -79,21 +80,21 @@ func adminCommands() []*cli.Command {
 					Name:   "ls",
 					Usage:  "list bots",
 					Flags:  []cli.Flag{dataDirFlag(), formatFlag()},
-					Action: withAdmin(func(c *cli.Context, ac *auth.AdminClient) error { return getResources(c, ac, "bots") }),
+					Action: withAdmin(func(c *cli.Context, ac *admin.Client) error { return getResources(c, ac, "bots") }),
 				},
 				{
 					Name:      "rm",
 					Usage:     "remove a bot: its identities and tokens are refused from then on",
 					ArgsUsage: "NAME",
 					Flags:     []cli.Flag{dataDirFlag()},
-					Action:    onName("bot", "removed", (*auth.AdminClient).RemoveBot),
+					Action:    onName("bot", "removed", (*admin.Client).RemoveBot),
 				},
 				{
 					Name:      "unlock",
 					Usage:     "clear a bot's generation lock",
 					ArgsUsage: "NAME",
 					Flags:     []cli.Flag{dataDirFlag()},
-					Action:    onName("bot", "unlocked", (*auth.AdminClient).UnlockBot),
+					Action:    onName("bot", "unlocked", (*admin.Client).UnlockBot),
 				},
 			},
 		},
@@ -112,7 +113,7 @@ func adminCommands() []*cli.Command {
 			Usage:     "show roles, tokens, bots or nodes",
 			ArgsUsage: "roles|tokens|bots|nodes[/NAME]",
 			Flags:     []cli.Flag{dataDirFlag(), formatFlag()},
-			Action: withAdmin(func(c *cli.Context, ac *auth.AdminClient) error {
+			Action: withAdmin(func(c *cli.Context, ac *admin.Client) error {
 				ref, err := oneArg(c, "roles|tokens|bots|nodes[/NAME]")
 				if err != nil {
 					return err
@@ -147,13 +148,13 @@ func adminCommands() []*cli.Command {
 					Usage:     "remove a node",
 					ArgsUsage: "NAME",
 					Flags:     []cli.Flag{dataDirFlag()},
-					Action:    onName("node", "removed", (*auth.AdminClient).RemoveNode),
+					Action:    onName("node", "removed", (*admin.Client).RemoveNode),
 				},
 				{
 					Name:   "ls",
 					Usage:  "list nodes",
 					Flags:  []cli.Flag{dataDirFlag(), formatFlag()},
-					Action: withAdmin(func(c *cli.Context, ac *auth.AdminClient) error { return getResources(c, ac, "nodes") }),
+					Action: withAdmin(func(c *cli.Context, ac *admin.Client) error { return getResources(c, ac, "nodes") }),
 				},
 			},
 		},
@@ -169,9 +170,9 @@ func formatFlag() cli.Flag {
 }
 
 // withAdmin connects to the admin socket before running action.
-func withAdmin(action func(*cli.Context, *auth.AdminClient) error) cli.ActionFunc {
+func withAdmin(action func(*cli.Context, *admin.Client) error) cli.ActionFunc {
 	return func(c *cli.Context) error {
-		ac, err := auth.DialAdmin(c.String("data-dir"))
+		ac, err := admin.Dial(c.String("data-dir"))
 		if err != nil {
 			return fail(exitAuthority, err)
 		}
@@ -182,8 +183,8 @@ func withAdmin(action func(*cli.Context, *auth.AdminClient) error) cli.ActionFun
 
 // onName runs do on the one NAME argument of a command, then says so:
 // "bot NAME removed".
-func onName(noun, done string, do func(*auth.AdminClient, context.Context, string) error) cli.ActionFunc {
-	return withAdmin(func(c *cli.Context, ac *auth.AdminClient) error {
+func onName(noun, done string, do func(*admin.Client, context.Context, string) error) cli.ActionFunc {
+	return withAdmin(func(c *cli.Context, ac *admin.Client) error {
 		name, err := oneArg(c, "NAME")
 		if err != nil {
 			return err
@@ -281,7 +282,7 @@ func authStart(c *cli.Context) error {
 	return nil
 }
 
-func status(c *cli.Context, ac *auth.AdminClient) error {
+func status(c *cli.Context, ac *admin.Client) error {
 	st, err := ac.Status(c.Context)
 	if err != nil {
 		return fail(exitAuthority, err)
@@ -294,7 +295,7 @@ func status(c *cli.Context, ac *auth.AdminClient) error {
 	return t.print(c.App.Writer)
 }
 
-func botsAdd(c *cli.Context, ac *auth.AdminClient) error {
+func botsAdd(c *cli.Context, ac *admin.Client) error {
 	name, err := oneArg(c, "NAME")
 	if err != nil {
 		return err
@@ -303,7 +304,7 @@ func botsAdd(c *cli.Context, ac *auth.AdminClient) error {
 	if len(roles) == 0 {
 		return failf(exitUsage, "bots add %s: give its roles with --roles, e.g. --roles=access (see `midfs get roles`)", name)
 	}
-	bt, err := ac.AddBot(c.Context, auth.BotSpec{
+	bt, err := ac.AddBot(c.Context, admin.BotSpec{
 		Name: name, Roles: roles, Logins: splitList(c.String("logins")),
 		TokenName: c.String("token"), TTL: c.Duration("ttl"),
 	})
@@ -315,7 +316,7 @@ func botsAdd(c *cli.Context, ac *auth.AdminClient) error {
 }
 
 // printBotToken prints what `tctl bots add` prints, for midfs mount.
-func printBotToken(w io.Writer, bt *auth.BotToken, now time.Time) {
+func printBotToken(w io.Writer, bt *admin.BotToken, now time.Time) {
 	if bt.JoinMethod == wire.JoinToken {
 		fmt.Fprintf(w, "The bot token: %s\n", bt.Token)
 		fmt.Fprintf(w, "This token will expire in %s, at %s.\n", humanDuration(bt.Expires.Sub(now)), bt.Expires.UTC().Format(time.RFC3339))
@@ -348,7 +349,7 @@ func humanDuration(d time.Duration) string {
 	return fmt.Sprintf("%d hours %d minutes", h, m)
 }
 
-func create(c *cli.Context, ac *auth.AdminClient) error {
+func create(c *cli.Context, ac *admin.Client) error {
 	file := c.String("file")
 	if file == "" {
 		if c.NArg() != 1 {
@@ -386,7 +387,7 @@ func splitRef(ref string) (kind, name string, err error) {
 	return kind, name, err
 }
 
-func getResources(c *cli.Context, ac *auth.AdminClient, ref string) error {
+func getResources(c *cli.Context, ac *admin.Client, ref string) error {
 	kind, name, err := splitRef(ref)
 	if err != nil {
 		return fail(exitUsage, err)
@@ -402,7 +403,7 @@ func getResources(c *cli.Context, ac *auth.AdminClient, ref string) error {
 	return printResources(c.App.Writer, kind, res, format)
 }
 
-func remove(c *cli.Context, ac *auth.AdminClient) error {
+func remove(c *cli.Context, ac *admin.Client) error {
 	ref, err := oneArg(c, "KIND/NAME")
 	if err != nil {
 		return err
@@ -421,7 +422,7 @@ func remove(c *cli.Context, ac *auth.AdminClient) error {
 	return nil
 }
 
-func nodesAdd(c *cli.Context, ac *auth.AdminClient) error {
+func nodesAdd(c *cli.Context, ac *admin.Client) error {
 	name, err := oneArg(c, "NAME")
 	if err != nil {
 		return err
@@ -444,7 +445,7 @@ func nodesAdd(c *cli.Context, ac *auth.AdminClient) error {
 	return nil
 }
 
-func authExport(c *cli.Context, ac *auth.AdminClient) error {
+func authExport(c *cli.Context, ac *admin.Client) error {
 	text, err := ac.Export(c.Context, c.String("type"))
 	if err != nil {
 		return fail(exitUsage, err)
@@ -455,7 +456,7 @@ func authExport(c *cli.Context, ac *auth.AdminClient) error {
 
 // authSign makes the host key here, in the CLI, so the authority never
 // sees it; only the public key travels over the admin socket.
-func authSign(c *cli.Context, ac *auth.AdminClient) error {
+func authSign(c *cli.Context, ac *admin.Client) error {
 	if f := c.String("format"); f != "openssh" {
 		return failf(exitUsage, "auth sign: --format=%s not supported; use --format=openssh", f)
 	}

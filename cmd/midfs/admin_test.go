@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
 	"github.com/midfs/midfs/identity"
@@ -336,7 +337,7 @@ func TestSSHDTrustsExportAndSign(t *testing.T) {
 	}
 
 	login := func(bot string, logins string, user string) (string, error) {
-		bt, err := s.AddBot(context.Background(), auth.BotSpec{Name: bot, Roles: []string{"access"}, Logins: splitList(logins)})
+		bt, err := s.AddBot(context.Background(), admin.BotSpec{Name: bot, Roles: []string{"access"}, Logins: splitList(logins)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -404,7 +405,7 @@ func writeOutputIdentity(t *testing.T, s *auth.Server, token, dir string) {
 
 func hostCA(t *testing.T, s *auth.Server) *x509.Certificate {
 	t.Helper()
-	pemText, err := s.Export(context.Background(), auth.ExportTLSHost)
+	pemText, err := s.Export(context.Background(), admin.ExportTLSHost)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/fs"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/joiner"
@@ -387,7 +388,7 @@ func startEmbedded(ctx context.Context, p *mountPlan, svc *running) (*auth.Serve
 		login = u.Username
 	}
 	name := machineBotName()
-	tok, err := s.AddBot(ctx, auth.BotSpec{Name: name, Roles: []string{"access"}, Logins: []string{login}, Replace: true})
+	tok, err := s.AddBot(ctx, admin.BotSpec{Name: name, Roles: []string{"access"}, Logins: []string{login}, Replace: true})
 	if err != nil {
 		s.Close()
 		return nil, failf(exitAuthority, "embedded authority: cannot make bot %s: %v", name, err)

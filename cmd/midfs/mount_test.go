@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth"
+	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
 	"github.com/midfs/midfs/fs"
 	"github.com/midfs/midfs/identity"
@@ -175,7 +176,7 @@ func TestMountRefusesBadFlags(t *testing.T) {
 // botToken makes a bot on s and returns its one-time token.
 func botToken(t *testing.T, s *auth.Server) string {
 	t.Helper()
-	tok, err := s.AddBot(context.Background(), auth.BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root"}, Replace: true})
+	tok, err := s.AddBot(context.Background(), admin.BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root"}, Replace: true})
 	if err != nil {
 		t.Fatal(err)
 	}

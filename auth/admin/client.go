@@ -1,4 +1,4 @@
-package auth
+package admin
 
 import (
 	"bytes"
@@ -14,22 +14,21 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
 
-// AdminClient talks to a running authority over its admin socket. Its
-// methods mirror the Server's.
-type AdminClient struct {
+// Client talks to a running authority over its admin socket. Its methods
+// mirror Authority's.
+type Client struct {
 	hc *http.Client
 }
 
-// DialAdmin connects to the admin socket of dataDir. Errors say what to do:
+// Dial connects to the admin socket of dataDir. Errors say what to do:
 // start the authority, pick the right --data-dir, or run as root.
-func DialAdmin(dataDir string) (*AdminClient, error) {
-	path := AdminSocket(dataDir)
+func Dial(dataDir string) (*Client, error) {
+	path := SocketPath(dataDir)
 	c, err := net.DialTimeout("unix", path, 5*time.Second)
 	switch {
 	case err == nil:
@@ -50,19 +49,19 @@ func DialAdmin(dataDir string) (*AdminClient, error) {
 		},
 		MaxIdleConns: 1,
 	}
-	return &AdminClient{hc: &http.Client{Transport: tr, Timeout: time.Minute}}, nil
+	return &Client{hc: &http.Client{Transport: tr, Timeout: time.Minute}}, nil
 }
 
 // Close releases idle connections.
-func (c *AdminClient) Close() error {
+func (c *Client) Close() error {
 	c.hc.CloseIdleConnections()
 	return nil
 }
 
 // call sends one admin request; body is JSON-encoded unless it is []byte.
 // An error answer comes back as an error of the kind its status says (see
-// admin.KindOf), so that callers can tell "not found" from "already exists".
-func (c *AdminClient) call(ctx context.Context, method, path string, body, out any) error {
+// KindOf), so that callers can tell "not found" from "already exists".
+func (c *Client) call(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
 	if b, ok := body.([]byte); ok {
 		rd = bytes.NewReader(b)
@@ -83,16 +82,16 @@ func (c *AdminClient) call(ctx context.Context, method, path string, body, out a
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		data, err := io.ReadAll(io.LimitReader(resp.Body, maxAdminBody))
+		data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 		if err != nil {
 			return fmt.Errorf("admin socket: %w", err)
 		}
-		kind := admin.KindOfStatus(resp.StatusCode)
+		kind := KindOfStatus(resp.StatusCode)
 		var e wire.Error
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return admin.Mark(kind, errors.New(e.Error))
+			return Mark(kind, errors.New(e.Error))
 		}
-		return admin.Errorf(kind, "admin socket: %s", resp.Status)
+		return Errorf(kind, "admin socket: %s", resp.Status)
 	}
 	if out == nil {
 		return nil
@@ -106,31 +105,31 @@ func (c *AdminClient) call(ctx context.Context, method, path string, body, out a
 }
 
 // Status describes the authority.
-func (c *AdminClient) Status(ctx context.Context) (*Status, error) {
+func (c *Client) Status(ctx context.Context) (*Status, error) {
 	var st Status
 	return &st, c.call(ctx, "GET", "/v1/status", nil, &st)
 }
 
 // AddBot makes a bot and its join token.
-func (c *AdminClient) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
+func (c *Client) AddBot(ctx context.Context, spec BotSpec) (*BotToken, error) {
 	var t BotToken
 	return &t, c.call(ctx, "POST", "/v1/bots", spec, &t)
 }
 
 // RemoveBot deletes a bot.
-func (c *AdminClient) RemoveBot(ctx context.Context, name string) error {
+func (c *Client) RemoveBot(ctx context.Context, name string) error {
 	return c.call(ctx, "DELETE", "/v1/bots/"+url.PathEscape(name), nil, nil)
 }
 
 // UnlockBot clears a bot's lock.
-func (c *AdminClient) UnlockBot(ctx context.Context, name string) error {
+func (c *Client) UnlockBot(ctx context.Context, name string) error {
 	return c.call(ctx, "POST", "/v1/bots/"+url.PathEscape(name)+"/unlock", nil, nil)
 }
 
 // CreateYAML stores the resources of a YAML file.
-func (c *AdminClient) CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error) {
+func (c *Client) CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error) {
 	if len(data) > policy.MaxResourceYAML { // the authority would refuse it after reading 1 MiB
-		return nil, admin.Mark(admin.Invalid, policy.ErrResourcesTooLarge)
+		return nil, Mark(Invalid, policy.ErrResourcesTooLarge)
 	}
 	var done []string
 	err := c.call(ctx, "POST", "/v1/resources?force="+fmt.Sprint(force), data, &done)
@@ -138,7 +137,7 @@ func (c *AdminClient) CreateYAML(ctx context.Context, data []byte, force bool) (
 }
 
 // Get lists resources of a kind, or the one named.
-func (c *AdminClient) Get(ctx context.Context, kind, name string) (*policy.Resources, error) {
+func (c *Client) Get(ctx context.Context, kind, name string) (*policy.Resources, error) {
 	path := "/v1/resources/" + url.PathEscape(kind)
 	if name != "" {
 		path += "/" + url.PathEscape(name)
@@ -148,29 +147,29 @@ func (c *AdminClient) Get(ctx context.Context, kind, name string) (*policy.Resou
 }
 
 // Remove deletes a resource.
-func (c *AdminClient) Remove(ctx context.Context, kind, name string) error {
+func (c *Client) Remove(ctx context.Context, kind, name string) error {
 	return c.call(ctx, "DELETE", "/v1/resources/"+url.PathEscape(kind)+"/"+url.PathEscape(name), nil, nil)
 }
 
 // AddNode adds or updates a node.
-func (c *AdminClient) AddNode(ctx context.Context, n identity.Node) error {
+func (c *Client) AddNode(ctx context.Context, n identity.Node) error {
 	return c.call(ctx, "POST", "/v1/nodes", nodeRequest{Node: n}, nil)
 }
 
 // RemoveNode deletes a node.
-func (c *AdminClient) RemoveNode(ctx context.Context, name string) error {
+func (c *Client) RemoveNode(ctx context.Context, name string) error {
 	return c.Remove(ctx, policy.KindNode, name)
 }
 
 // Export returns a CA in the form of typ (see Export* constants).
-func (c *AdminClient) Export(ctx context.Context, typ string) (string, error) {
+func (c *Client) Export(ctx context.Context, typ string) (string, error) {
 	var t textResponse
 	err := c.call(ctx, "GET", "/v1/export/"+url.PathEscape(typ), nil, &t)
 	return t.Text, err
 }
 
 // SignHost has the host CA sign a host public key (authorized_keys form).
-func (c *AdminClient) SignHost(ctx context.Context, publicKey string, hosts []string, ttl time.Duration) (string, error) {
+func (c *Client) SignHost(ctx context.Context, publicKey string, hosts []string, ttl time.Duration) (string, error) {
 	var t textResponse
 	err := c.call(ctx, "POST", "/v1/sign/host", signHostRequest{PublicKey: publicKey, Hosts: hosts, TTL: ttl}, &t)
 	return t.Text, err
