@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/midfs/midfs/auth/iam/ststest"
+	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -62,19 +63,19 @@ func (l *logBuffer) String() string {
 type iamEnv struct {
 	s       *Server
 	sts     *ststest.Server
-	clock   *fakeClock
+	clock   *clock.Fake
 	log     *logBuffer
 	metrics *prometheus.Registry
 }
 
 func startIAM(t testing.TB) *iamEnv {
 	t.Helper()
-	e := &iamEnv{sts: ststest.Start(iamBot, iamOtherAccount, iamOtherRole), clock: newFakeClock(), log: &logBuffer{}, metrics: prometheus.NewRegistry()}
+	e := &iamEnv{sts: ststest.Start(iamBot, iamOtherAccount, iamOtherRole), clock: clock.NewFake(time.Now().Truncate(time.Second)), log: &logBuffer{}, metrics: prometheus.NewRegistry()}
 	t.Cleanup(e.sts.Close)
 	e.s = startTest(t, func(c *Config) {
 		c.STSEndpoint = e.sts.URL
 		c.InsecureTestMode = true
-		c.Now = e.clock.Now
+		c.Clock = e.clock
 		c.Logger = slog.New(slog.NewTextHandler(e.log, nil))
 		c.Metrics = e.metrics
 	})
@@ -225,7 +226,7 @@ func TestIAMJoinRefusals(t *testing.T) {
 		}},
 		{name: "expired challenge", reason: "iam_challenge_expired", do: func(t *testing.T, e *iamEnv) (int, string) {
 			ch := e.challenge(t)
-			e.clock.Add(61 * time.Second)
+			e.clock.Advance(61 * time.Second)
 			_, status, msg := e.join(t, "iam-token", ch, signed(t, iamBot, ch))
 			return status, msg
 		}},

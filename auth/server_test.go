@@ -18,6 +18,7 @@ import (
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store/sqlite"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -192,13 +193,13 @@ func TestRacingJoinsGetOneIdentity(t *testing.T) {
 }
 
 func TestExpiredTokenRefused(t *testing.T) {
-	clock := newFakeClock()
-	s := startTest(t, func(c *Config) { c.Now = clock.Now })
+	clk := clock.NewFake(time.Now().Truncate(time.Second))
+	s := startTest(t, func(c *Config) { c.Clock = clk })
 	bt, err := s.AddBot(context.Background(), BotSpec{Name: "robot", Roles: []string{"access"}, TTL: 10 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock.Add(11 * time.Minute)
+	clk.Advance(11 * time.Minute)
 	if _, status, msg := tryJoin(t, s, bt.Token); status != 403 || !strings.HasPrefix(msg, joinRefusedMsg+" (ref ") {
 		t.Errorf("expired token: %d %q", status, msg)
 	}
@@ -581,16 +582,16 @@ func TestReadBotCertRejectsOthers(t *testing.T) {
 }
 
 func TestLongExpiredTokensAreSweptAtStart(t *testing.T) {
-	clock := newFakeClock()
+	clk := clock.NewFake(time.Now().Truncate(time.Second))
 	dir := t.TempDir()
-	cfg := Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(t), Now: clock.Now}
+	cfg := Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(t), Clock: clk}
 	s, err := Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	addBot(t, s, "old", []string{"access"}, nil)
 	s.Close()
-	clock.Add(tokenGrace + 2*time.Hour)
+	clk.Advance(tokenGrace + 2*time.Hour)
 	s, err = Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
