@@ -14,6 +14,7 @@ import (
 
 	"github.com/midfs/midfs/auth/iam/ststest"
 	"github.com/midfs/midfs/identity/clock"
+	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -27,50 +28,19 @@ var (
 		Account: "111111111111", Arn: "arn:aws:sts::111111111111:assumed-role/developer/alice"}
 )
 
-const iamTokenYAML = `kind: token
-version: v2
-metadata:
-  name: iam-token
-spec:
-  roles: [Bot]
-  bot_name: robot
-  join_method: iam
-  allow:
-    - aws_account: "111111111111"
-      aws_arn: "arn:aws:sts::111111111111:assumed-role/midfs-bot/i-*"
-`
-
-// logBuffer keeps what the authority logs, for tests to search.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // iamEnv is an authority in test mode wired to an STS stand-in, with the
 // iam token of the seed guide and bot robot bound to it.
 type iamEnv struct {
 	s       *Server
 	sts     *ststest.Server
 	clock   *clock.Fake
-	log     *logBuffer
+	log     *testenv.LogBuffer
 	metrics *prometheus.Registry
 }
 
 func startIAM(t testing.TB) *iamEnv {
 	t.Helper()
-	e := &iamEnv{sts: ststest.Start(iamBot, iamOtherAccount, iamOtherRole), clock: clock.NewFake(time.Now().Truncate(time.Second)), log: &logBuffer{}, metrics: prometheus.NewRegistry()}
+	e := &iamEnv{sts: ststest.Start(iamBot, iamOtherAccount, iamOtherRole), clock: clock.NewFake(time.Now().Truncate(time.Second)), log: &testenv.LogBuffer{}, metrics: prometheus.NewRegistry()}
 	t.Cleanup(e.sts.Close)
 	e.s = startTest(t, func(c *Config) {
 		c.STSEndpoint = e.sts.URL
@@ -80,7 +50,7 @@ func startIAM(t testing.TB) *iamEnv {
 		c.Metrics = e.metrics
 	})
 	ctx := context.Background()
-	if _, err := e.s.CreateYAML(ctx, []byte(iamTokenYAML), false); err != nil {
+	if _, err := e.s.CreateYAML(ctx, []byte(testenv.IAMTokenYAML), false); err != nil {
 		t.Fatalf("create iam token: %v", err)
 	}
 	if _, err := e.s.AddBot(ctx, BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root"}, TokenName: "iam-token"}); err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/midfs/midfs/auth/store/sqlite"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/identity/clock"
+	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -615,7 +616,7 @@ func TestStateFilesAreOwnerOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	addBot(t, s, "robot", []string{"access"}, []string{"root"})
-	checkOwnerOnly(t, dir)
+	testenv.CheckOwnerOnly(t, dir, sqlite.File, sqlite.File+"-wal", sqlite.File+"-shm")
 	s.Close()
 
 	// A killed authority leaves a -wal with data and a -shm behind; make
@@ -642,33 +643,7 @@ func TestStateFilesAreOwnerOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	checkOwnerOnly(t, dir)
-}
-
-// checkOwnerOnly fails unless dir holds the database with its -wal and
-// -shm, and nothing in it is open to group or others.
-func checkOwnerOnly(t *testing.T, dir string) {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]bool{}
-	for _, e := range ents {
-		fi, err := e.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		seen[e.Name()] = true
-		if fi.Mode().Perm()&0o077 != 0 {
-			t.Errorf("%s is %v: state files must be for the owner only", e.Name(), fi.Mode())
-		}
-	}
-	for _, name := range []string{sqlite.File, sqlite.File + "-wal", sqlite.File + "-shm"} {
-		if !seen[name] {
-			t.Errorf("no %s in the data dir (have %v)", name, seen)
-		}
-	}
+	testenv.CheckOwnerOnly(t, dir, sqlite.File, sqlite.File+"-wal", sqlite.File+"-shm")
 }
 
 // TestResourceYAMLOverOneMiBIsRefused: parsing YAML takes tens of times its
