@@ -40,6 +40,17 @@ func startTest(t testing.TB, mod ...func(*Config)) *Server {
 	return s
 }
 
+// dialAdmin connects to s's admin socket for the rest of the test.
+func dialAdmin(t testing.TB, s *Server) *AdminClient {
+	t.Helper()
+	ac, err := DialAdmin(s.cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ac.Close() })
+	return ac
+}
+
 // client is a bare API client: one identity (or none), fresh connections.
 type client struct {
 	addr string

@@ -16,11 +16,7 @@ func TestNotFoundDoesNotEchoLineBreaks(t *testing.T) {
 	if err != nil || status != 404 || strings.ContainsAny(msg, "\r\n") || !strings.Contains(msg, `\r\n`) {
 		t.Errorf("API 404: %d %q %v", status, msg, err)
 	}
-	ac, err := DialAdmin(s.cfg.DataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
+	ac := dialAdmin(t, s)
 	err = ac.call(context.Background(), "GET", "/v1/nope%0Aforged%20line", nil, nil)
 	if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), `\n`) {
 		t.Errorf("admin 404: %q", err)

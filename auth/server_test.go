@@ -531,11 +531,7 @@ func TestStartErrors(t *testing.T) {
 func TestAdminClient(t *testing.T) {
 	s := startTest(t)
 	ctx := context.Background()
-	ac, err := DialAdmin(s.cfg.DataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
+	ac := dialAdmin(t, s)
 	st, err := ac.Status(ctx)
 	if err != nil || st.CAPin != s.CAPin() || st.ClusterName != "test.example.com" {
 		t.Fatalf("status %+v %v", st, err)
@@ -653,11 +649,7 @@ func TestResourceYAMLOverOneMiBIsRefused(t *testing.T) {
 	const oneMiB = 1 << 20
 	s := startTest(t)
 	ctx := context.Background()
-	ac, err := DialAdmin(s.cfg.DataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
+	ac := dialAdmin(t, s)
 	big := roleYAMLOfSize(t, "big", oneMiB+1)
 	for name, create := range map[string]func() error{
 		"in process":   func() error { _, err := s.CreateYAML(ctx, big, false); return err },
