@@ -15,7 +15,7 @@ import (
 )
 
 // dialAdmin connects to the admin socket of a test authority.
-func dialAdmin(t *testing.T, s *Server) *admin.Client {
+func dialAdmin(t testing.TB, s *Server) *admin.Client {
 	t.Helper()
 	ac, err := admin.Dial(s.cfg.DataDir)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/midfs/midfs/auth/iam"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -42,7 +43,7 @@ type Config struct {
 	BotTTL        time.Duration // the bot's own identity: 1h
 	Version       string        // printed by `midfs status`
 	Logger        *slog.Logger
-	Now           func() time.Time      // nil: time.Now (tests use a fake clock)
+	Clock         clock.Clock           // nil: clock.Real() (tests use a clock.Fake)
 	Metrics       prometheus.Registerer // nil: no metrics
 
 	// MaxConns caps the open connections of the HTTPS API (about 45 KB
@@ -83,8 +84,8 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if c.Now == nil {
-		c.Now = time.Now
+	if c.Clock == nil {
+		c.Clock = clock.Real()
 	}
 	if c.Version == "" {
 		c.Version = "dev"

@@ -27,7 +27,7 @@ type iamJoin struct {
 
 // iamRoutes registers wire.PathIAMChallenge and wire.PathIAMJoin.
 func (s *Server) iamRoutes(mux *http.ServeMux) {
-	j := &iamJoin{s: s, challenges: iam.NewChallenges(s.cfg.Now), sts: iam.NewForwarder(s.cfg.STSEndpoint, s.cfg.InsecureTestMode)}
+	j := &iamJoin{s: s, challenges: iam.NewChallenges(s.cfg.Clock), sts: iam.NewForwarder(s.cfg.STSEndpoint, s.cfg.InsecureTestMode)}
 	if s.cfg.STSEndpoint != "" {
 		s.log.Warn("TEST MODE: IAM joins are verified by the STS endpoint given with --sts-endpoint, whose TLS certificate is NOT checked; never run an authority like this in production",
 			"sts_endpoint", s.cfg.STSEndpoint)
@@ -89,7 +89,7 @@ func (j *iamJoin) verify(r *http.Request, req *wire.IAMJoinRequest) (string, iam
 		return "", iam.CallerIdentity{}, iam.Refuse(iam.ReasonInternal, "token lookup: %v", err)
 	case tok.JoinMethod != wire.JoinIAM:
 		return "", iam.CallerIdentity{}, iam.Refuse(iam.ReasonTokenNotIAM, "token %s is for join method %s", tok.Name, tok.JoinMethod)
-	case !tok.Expires.IsZero() && !j.s.cfg.Now().Before(tok.Expires):
+	case !tok.Expires.IsZero() && !j.s.cfg.Clock.Now().Before(tok.Expires):
 		return "", iam.CallerIdentity{}, iam.Refuse(iam.ReasonTokenExpired, "token %s expired at %s", tok.Name, tok.Expires.UTC().Format(time.RFC3339))
 	}
 	if _, err := parsePublicKey(req.PublicKey); err != nil {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/iam/ststest"
+	"github.com/midfs/midfs/identity/clock"
+	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -27,60 +29,29 @@ var (
 		Account: "111111111111", Arn: "arn:aws:sts::111111111111:assumed-role/developer/alice"}
 )
 
-const iamTokenYAML = `kind: token
-version: v2
-metadata:
-  name: iam-token
-spec:
-  roles: [Bot]
-  bot_name: robot
-  join_method: iam
-  allow:
-    - aws_account: "111111111111"
-      aws_arn: "arn:aws:sts::111111111111:assumed-role/midfs-bot/i-*"
-`
-
-// logBuffer keeps what the authority logs, for tests to search.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // iamEnv is an authority in test mode wired to an STS stand-in, with the
 // iam token of the seed guide and bot robot bound to it.
 type iamEnv struct {
 	s       *Server
 	sts     *ststest.Server
-	clock   *fakeClock
-	log     *logBuffer
+	clock   *clock.Fake
+	log     *testenv.LogBuffer
 	metrics *prometheus.Registry
 }
 
 func startIAM(t testing.TB) *iamEnv {
 	t.Helper()
-	e := &iamEnv{sts: ststest.Start(iamBot, iamOtherAccount, iamOtherRole), clock: newFakeClock(), log: &logBuffer{}, metrics: prometheus.NewRegistry()}
+	e := &iamEnv{sts: ststest.Start(iamBot, iamOtherAccount, iamOtherRole), clock: clock.NewFake(time.Now().Truncate(time.Second)), log: &testenv.LogBuffer{}, metrics: prometheus.NewRegistry()}
 	t.Cleanup(e.sts.Close)
 	e.s = startTest(t, func(c *Config) {
 		c.STSEndpoint = e.sts.URL
 		c.InsecureTestMode = true
-		c.Now = e.clock.Now
+		c.Clock = e.clock
 		c.Logger = slog.New(slog.NewTextHandler(e.log, nil))
 		c.Metrics = e.metrics
 	})
 	ctx := context.Background()
-	if _, err := e.s.CreateYAML(ctx, []byte(iamTokenYAML), false); err != nil {
+	if _, err := e.s.CreateYAML(ctx, []byte(testenv.IAMTokenYAML), false); err != nil {
 		t.Fatalf("create iam token: %v", err)
 	}
 	if _, err := e.s.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root"}, TokenName: "iam-token"}); err != nil {
@@ -226,7 +197,7 @@ func TestIAMJoinRefusals(t *testing.T) {
 		}},
 		{name: "expired challenge", reason: "iam_challenge_expired", do: func(t *testing.T, e *iamEnv) (int, string) {
 			ch := e.challenge(t)
-			e.clock.Add(61 * time.Second)
+			e.clock.Advance(61 * time.Second)
 			_, status, msg := e.join(t, "iam-token", ch, signed(t, iamBot, ch))
 			return status, msg
 		}},

@@ -29,11 +29,7 @@ func oneLine(t *testing.T, what string, err error, want string) {
 func TestAdminRefusesNodesThatWouldBreakSSHConfig(t *testing.T) {
 	s := startTest(t)
 	ctx := context.Background()
-	ac, err := admin.Dial(s.cfg.DataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
+	ac := dialAdmin(t, s)
 	for _, c := range []struct {
 		node identity.Node
 		want string
@@ -75,11 +71,7 @@ func TestAdminRefusesNodesThatWouldBreakSSHConfig(t *testing.T) {
 func TestAdminRefusesBadYAMLValues(t *testing.T) {
 	s := startTest(t)
 	ctx := context.Background()
-	ac, err := admin.Dial(s.cfg.DataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
+	ac := dialAdmin(t, s)
 	for _, c := range []struct{ yaml, want string }{
 		{"kind: node\nmetadata:\n  name: evil\nspec:\n  addr: \"10.0.0.1\\n    ProxyCommand touch /tmp/pwned\\n#:22\"\n", "HOST:PORT"},
 		{"kind: node\nmetadata:\n  name: spaced\nspec:\n  addr: 10.0.0.1 x:22\n", "HOST:PORT"},
@@ -119,11 +111,7 @@ func TestAdminRefusesBadYAMLValues(t *testing.T) {
 func TestAdminRefusesBadLogins(t *testing.T) {
 	s := startTest(t)
 	ctx := context.Background()
-	ac, err := admin.Dial(s.cfg.DataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
+	ac := dialAdmin(t, s)
 	for _, login := range []string{"ro\x00ot", "root\r", "a b", "-oProxyCommand", "x\ny", strings.Repeat("a", 33), "", "{{internal.logins}}", "root,admin", "%u"} {
 		_, err := ac.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{login}})
 		oneLine(t, "login "+login, err, "bad login")

@@ -178,11 +178,7 @@ func TestAdminGetOfManyNodes(t *testing.T) {
 	const n = 50000
 	s := startTest(t)
 	addNodes(t, s, n)
-	ac, err := admin.Dial(s.cfg.DataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
+	ac := dialAdmin(t, s)
 	res, err := ac.Get(context.Background(), "nodes", "")
 	if err != nil || len(res.Nodes) != n {
 		t.Fatalf("get nodes: %v; want %d nodes", err, n)

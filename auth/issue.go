@@ -198,7 +198,7 @@ func noLoginPrincipal() string {
 
 // signHostKey signs an SSH host certificate for the given principals.
 func (s *Server) signHostKey(pub ssh.PublicKey, hosts []string, ttl time.Duration) (*ssh.Certificate, error) {
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	cert := &ssh.Certificate{
 		Key:             pub,
 		CertType:        ssh.HostCert,

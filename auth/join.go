@@ -64,7 +64,7 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 	}
 	secret := hashToken(req.Token)
 	kh := keyHash(req.PublicKey)
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	var bot *store.Bot
 	err = s.st.Update(ctx, func(tx store.Tx) error {
 		t, err := tx.TokenBySecret(ctx, secret)
@@ -136,7 +136,7 @@ func (s *Server) renew(ctx context.Context, bc *botCert, req *wire.RenewRequest)
 		return nil, &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400}
 	}
 	kh := keyHash(req.PublicKey)
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	var bot *store.Bot
 	var locked *refusal
 	var gen uint64
@@ -207,7 +207,7 @@ func (s *Server) checkCurrent(ctx context.Context, bc *botCert) (*store.Bot, err
 	}
 	var locked *refusal
 	err = s.st.Update(ctx, func(tx store.Tx) (err error) {
-		locked, err = s.lockCopied(ctx, tx, b, bc.Generation, s.cfg.Now())
+		locked, err = s.lockCopied(ctx, tx, b, bc.Generation, s.cfg.Clock.Now())
 		return err
 	})
 	if err != nil {
@@ -260,7 +260,7 @@ func (s *Server) certs(ctx context.Context, bc *botCert, req *wire.CertsRequest)
 	if err != nil {
 		return nil, err
 	}
-	return s.issueOutput(b, roles, pub, ttl, s.cfg.Now())
+	return s.issueOutput(b, roles, pub, ttl, s.cfg.Clock.Now())
 }
 
 // nodes lists, encoded, the nodes the bot's roles let it see in the
@@ -298,5 +298,5 @@ func (s *Server) issueBotIdentity(ctx context.Context, botName string, pub crypt
 	if b.Locked != "" {
 		return nil, refuseToken("bot_locked", fmt.Sprintf("bot %s is locked: %s", b.Name, b.Locked))
 	}
-	return s.issueBotTLS(b, pub, b.Generation, false, s.cfg.Now())
+	return s.issueBotTLS(b, pub, b.Generation, false, s.cfg.Clock.Now())
 }

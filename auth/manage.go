@@ -54,7 +54,7 @@ func (s *Server) AddBot(ctx context.Context, spec admin.BotSpec) (*admin.BotToke
 	if spec.TTL < 0 || spec.TTL > maxJoinTTL {
 		return nil, admin.Errorf(admin.Invalid, "bad token --ttl %s: give a duration between 1s and %s", spec.TTL, maxJoinTTL)
 	}
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	out := &admin.BotToken{Bot: spec.Name, CAPin: s.CAPin(), AuthServer: s.advertise, ClusterName: s.cluster}
 	var secret string
 	var rolesChanged bool // of an existing bot: the nodes it may see change
@@ -205,7 +205,7 @@ func (s *Server) CreateYAML(ctx context.Context, data []byte, force bool) ([]str
 
 // Create stores parsed resources in one transaction.
 func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) ([]string, error) {
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	var done []string
 	if len(res.Roles) > 0 || len(res.Nodes) > 0 {
 		defer s.inv.changed()

@@ -165,7 +165,7 @@ const tokenGrace = 7 * 24 * time.Hour
 // sweepTokens drops tokens that expired more than tokenGrace ago: no join
 // can use them, and one-time tokens would otherwise pile up forever.
 func (s *Server) sweepTokens(ctx context.Context) error {
-	cutoff := s.cfg.Now().Add(-tokenGrace)
+	cutoff := s.cfg.Clock.Now().Add(-tokenGrace)
 	return s.st.Update(ctx, func(tx store.Tx) error {
 		n, err := tx.RemoveExpiredTokens(ctx, cutoff)
 		if err != nil {
@@ -183,7 +183,7 @@ func (s *Server) initState(ctx context.Context) error {
 	if cluster == "" {
 		cluster = defaultClusterName()
 	}
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	var cas []store.CA
 	for _, kind := range []string{caUser, caHost, caDB} {
 		a, keyDER, err := newAuthority(kind, cluster, now)
@@ -244,7 +244,7 @@ func (s *Server) serveHTTPS() error {
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    pool,
 		MinVersion:   tls.VersionTLS12,
-		Time:         s.cfg.Now,
+		Time:         s.cfg.Clock.Now,
 		// A resumed TLS session carries the client certificate of the
 		// handshake it resumes: a renewal must present the current bot
 		// identity, never the one before, or the bot locks itself.
@@ -317,7 +317,7 @@ func (s *Server) serverCert(addr net.Addr) (tls.Certificate, error) {
 	if ta, ok := addr.(*net.TCPAddr); ok && !ta.IP.IsUnspecified() {
 		ips = append(ips, ta.IP)
 	}
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	der, err := s.host.signTLS(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: wire.ServerName, Organization: []string{s.cluster}},
 		DNSNames:    dns,

@@ -20,6 +20,8 @@ import (
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store/sqlite"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/identity/clock"
+	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -194,13 +196,13 @@ func TestRacingJoinsGetOneIdentity(t *testing.T) {
 }
 
 func TestExpiredTokenRefused(t *testing.T) {
-	clock := newFakeClock()
-	s := startTest(t, func(c *Config) { c.Now = clock.Now })
+	clk := clock.NewFake(time.Now().Truncate(time.Second))
+	s := startTest(t, func(c *Config) { c.Clock = clk })
 	bt, err := s.AddBot(context.Background(), admin.BotSpec{Name: "robot", Roles: []string{"access"}, TTL: 10 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock.Add(11 * time.Minute)
+	clk.Advance(11 * time.Minute)
 	if _, status, msg := tryJoin(t, s, bt.Token); status != 403 || !strings.HasPrefix(msg, joinRefusedMsg+" (ref ") {
 		t.Errorf("expired token: %d %q", status, msg)
 	}
@@ -531,11 +533,7 @@ func TestStartErrors(t *testing.T) {
 func TestAdminClient(t *testing.T) {
 	s := startTest(t)
 	ctx := context.Background()
-	ac, err := admin.Dial(s.cfg.DataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
+	ac := dialAdmin(t, s)
 	st, err := ac.Status(ctx)
 	if err != nil || st.CAPin != s.CAPin() || st.ClusterName != "test.example.com" {
 		t.Fatalf("status %+v %v", st, err)
@@ -583,16 +581,16 @@ func TestReadBotCertRejectsOthers(t *testing.T) {
 }
 
 func TestLongExpiredTokensAreSweptAtStart(t *testing.T) {
-	clock := newFakeClock()
+	clk := clock.NewFake(time.Now().Truncate(time.Second))
 	dir := t.TempDir()
-	cfg := Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(t), Now: clock.Now}
+	cfg := Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(t), Clock: clk}
 	s, err := Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	addBot(t, s, "old", []string{"access"}, nil)
 	s.Close()
-	clock.Add(tokenGrace + 2*time.Hour)
+	clk.Advance(tokenGrace + 2*time.Hour)
 	s, err = Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -616,7 +614,7 @@ func TestStateFilesAreOwnerOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	addBot(t, s, "robot", []string{"access"}, []string{"root"})
-	checkOwnerOnly(t, dir)
+	testenv.CheckOwnerOnly(t, dir, sqlite.File, sqlite.File+"-wal", sqlite.File+"-shm")
 	s.Close()
 
 	// A killed authority leaves a -wal with data and a -shm behind; make
@@ -643,33 +641,7 @@ func TestStateFilesAreOwnerOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	checkOwnerOnly(t, dir)
-}
-
-// checkOwnerOnly fails unless dir holds the database with its -wal and
-// -shm, and nothing in it is open to group or others.
-func checkOwnerOnly(t *testing.T, dir string) {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]bool{}
-	for _, e := range ents {
-		fi, err := e.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		seen[e.Name()] = true
-		if fi.Mode().Perm()&0o077 != 0 {
-			t.Errorf("%s is %v: state files must be for the owner only", e.Name(), fi.Mode())
-		}
-	}
-	for _, name := range []string{sqlite.File, sqlite.File + "-wal", sqlite.File + "-shm"} {
-		if !seen[name] {
-			t.Errorf("no %s in the data dir (have %v)", name, seen)
-		}
-	}
+	testenv.CheckOwnerOnly(t, dir, sqlite.File, sqlite.File+"-wal", sqlite.File+"-shm")
 }
 
 // TestResourceYAMLOverOneMiBIsRefused: parsing YAML takes tens of times its
@@ -679,11 +651,7 @@ func TestResourceYAMLOverOneMiBIsRefused(t *testing.T) {
 	const oneMiB = 1 << 20
 	s := startTest(t)
 	ctx := context.Background()
-	ac, err := admin.Dial(s.cfg.DataDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
+	ac := dialAdmin(t, s)
 	big := roleYAMLOfSize(t, "big", oneMiB+1)
 	for name, create := range map[string]func() error{
 		"in process":   func() error { _, err := s.CreateYAML(ctx, big, false); return err },

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/midfs/midfs/internal/testenv"
 )
 
 // TestAuthorityAsANewUserMeetsIt walks the authority's part of the README:
@@ -98,41 +100,16 @@ func TestAdminSocketOnlyForRoot(t *testing.T) {
 // SQLite keeps beside it all hold the CA keys; none is readable by other
 // users, whether the authority runs alone or inside `midfs mount`.
 func TestStateFilesAreOwnerOnly(t *testing.T) {
+	dbFiles := []string{"midfs.db", "midfs.db-wal", "midfs.db-shm"}
 	a := startAuthority(t)
 	a.addBot("robot", "access", "root")
-	checkOwnerOnly(t, a.dataDir)
+	testenv.CheckOwnerOnly(t, a.dataDir, dbFiles...)
 
 	dataDir := t.TempDir()
 	dir := filepath.Join(publicDir(t), "mnt")
 	os.Mkdir(dir, 0o755)
 	startMount(t, dir, "--data-dir="+dataDir)
-	checkOwnerOnly(t, dataDir)
-}
-
-// checkOwnerOnly fails unless dir holds the database with its -wal and
-// -shm, and nothing in it is open to group or others.
-func checkOwnerOnly(t *testing.T, dir string) {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]bool{}
-	for _, e := range ents {
-		fi, err := e.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		seen[e.Name()] = true
-		if fi.Mode().Perm()&0o077 != 0 {
-			t.Errorf("%s/%s is %v: state files must be for the owner only", dir, e.Name(), fi.Mode())
-		}
-	}
-	for _, name := range []string{"midfs.db", "midfs.db-wal", "midfs.db-shm"} {
-		if !seen[name] {
-			t.Errorf("no %s in %s (have %v)", name, dir, seen)
-		}
-	}
+	testenv.CheckOwnerOnly(t, dataDir, dbFiles...)
 }
 
 // TestIdleConnectionFloodIsBounded: anyone who can reach the port can open

@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/midfs/midfs/internal/testenv"
 )
 
 // benchHelperEnv makes the test binary, re-executed, act as a reader
@@ -135,7 +137,7 @@ func benchMount(b *testing.B, a *authority, dir, bot string) *agent {
 	b.Helper()
 	args := append([]string{"mount", dir, "--log-format=json", "--storage=memory"},
 		a.mountArgs(a.addBot(bot, "access", "root"))...)
-	ag := &agent{t: b, dir: dir, logs: &logBuffer{}, done: make(chan struct{})}
+	ag := &agent{t: b, dir: dir, logs: &testenv.LogBuffer{}, done: make(chan struct{})}
 	ag.cmd = exec.Command(midfsBin, args...)
 	ag.cmd.Stdout, ag.cmd.Stderr = ag.logs, ag.logs
 	if err := ag.cmd.Start(); err != nil {
@@ -247,7 +249,7 @@ func BenchmarkMountToFirstRead(b *testing.B) {
 		// The reader is polling; a bot and its token are ready; go.
 		tok := a.addBot(fmt.Sprintf("mount%d", i), "access", "root")
 		args := append([]string{"mount", dir, "--log-format=json", "--storage=memory"}, a.mountArgs(tok)...)
-		ag := &agent{t: b, dir: dir, logs: &logBuffer{}, done: make(chan struct{})}
+		ag := &agent{t: b, dir: dir, logs: &testenv.LogBuffer{}, done: make(chan struct{})}
 		ag.cmd = exec.Command(midfsBin, args...)
 		ag.cmd.Stdout, ag.cmd.Stderr = ag.logs, ag.logs
 		b.StartTimer()

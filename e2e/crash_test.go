@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/joiner"
 )
 
@@ -137,10 +138,10 @@ func spin(d time.Duration) {
 
 // waitLogged waits until logs has a line with message msg after offset off.
 // It polls often: the kill that follows must land within a millisecond.
-func waitLogged(t *testing.T, logs *logBuffer, off int, msg string) {
+func waitLogged(t *testing.T, logs *testenv.LogBuffer, off int, msg string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	for len(logTimes(logs.since(off), msg)) == 0 {
+	for len(logTimes(logs.Since(off), msg)) == 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for the authority to log %q", msg)
 		}

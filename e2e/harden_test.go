@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/midfs/midfs/internal/testenv"
 )
 
 // TestAgentNeverDumpsCore crashes an agent the way Go crashes hardest
@@ -48,7 +50,7 @@ func TestAgentNeverDumpsCore(t *testing.T) {
 	dir := filepath.Join(publicDir(t), "mnt")
 	os.Mkdir(dir, 0o755)
 	args := append([]string{"mount", dir, "--storage=memory"}, a.mountArgs(a.addBot("robot", "access", "root"))...)
-	ag := &agent{t: t, dir: dir, logs: &logBuffer{}, done: make(chan struct{})}
+	ag := &agent{t: t, dir: dir, logs: &testenv.LogBuffer{}, done: make(chan struct{})}
 	ag.cmd = exec.Command(midfsBin, args...)
 	ag.cmd.Dir = cwd
 	ag.cmd.Env = append(os.Environ(), "GOTRACEBACK=crash")

@@ -17,7 +17,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -125,37 +124,6 @@ func mustRun(t testing.TB, args ...string) string {
 	return r.stdout
 }
 
-// logBuffer collects a child's stderr for assertions and for the secret scan.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// Len is how many bytes were logged so far; since(Len()) is what comes after.
-func (l *logBuffer) Len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Len()
-}
-
-func (l *logBuffer) since(off int) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.buf.Bytes()[off:])
-}
-
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
@@ -205,7 +173,7 @@ type authority struct {
 	pin     string
 	args    []string
 	cmd     *exec.Cmd
-	logs    *logBuffer
+	logs    *testenv.LogBuffer
 	done    chan struct{}
 	bots    int // bots made by mountRobot, for unique names
 }
@@ -213,7 +181,7 @@ type authority struct {
 // startAuthority starts an authority on a loopback port with its own data dir.
 func startAuthority(t testing.TB, extra ...string) *authority {
 	t.Helper()
-	a := &authority{t: t, dataDir: t.TempDir(), logs: &logBuffer{}}
+	a := &authority{t: t, dataDir: t.TempDir(), logs: &testenv.LogBuffer{}}
 	a.addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	a.args = append([]string{"auth", "start", "--data-dir", a.dataDir, "--listen", a.addr,
 		"--cluster-name", cluster, "--log-format", "json", "--log-level", "debug"}, extra...)
@@ -308,7 +276,7 @@ type agent struct {
 	t    testing.TB
 	dir  string
 	cmd  *exec.Cmd
-	logs *logBuffer
+	logs *testenv.LogBuffer
 	done chan struct{}
 	err  error
 }
@@ -339,7 +307,7 @@ func startMount(t testing.TB, dir string, args ...string) *agent {
 
 func startMountNoWait(t testing.TB, dir string, args ...string) *agent {
 	t.Helper()
-	ag := &agent{t: t, dir: dir, logs: &logBuffer{}, done: make(chan struct{})}
+	ag := &agent{t: t, dir: dir, logs: &testenv.LogBuffer{}, done: make(chan struct{})}
 	full := append([]string{"mount", dir, "--log-format=json", "--log-level=debug"}, args...)
 	ag.cmd = exec.Command(midfsBin, full...)
 	ag.cmd.Stdout, ag.cmd.Stderr = ag.logs, ag.logs
@@ -454,7 +422,7 @@ func tail(s string, n int) string {
 type sshd struct {
 	port int
 	cmd  *exec.Cmd
-	logs *logBuffer
+	logs *testenv.LogBuffer
 }
 
 // startSSHD signs a host key for names and starts sshd on a free port.
@@ -473,7 +441,7 @@ func startSSHD(t testing.TB, a *authority, names ...string) *sshd {
 	if err := os.WriteFile(filepath.Join(dir, "user_ca.pub"), []byte(ca), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := &sshd{port: freePort(t), logs: &logBuffer{}}
+	s := &sshd{port: freePort(t), logs: &testenv.LogBuffer{}}
 	cfg := fmt.Sprintf(`Port %d
 ListenAddress 127.0.0.1
 HostKey %[2]s/host

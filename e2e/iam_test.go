@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/midfs/midfs/auth/iam/ststest"
+	"github.com/midfs/midfs/internal/testenv"
 )
 
 // The IAM walk-through of the README, with the real binary: the authority
@@ -19,19 +20,6 @@ var iamE2ECaller = ststest.Caller{
 	Account: "111111111111", Arn: "arn:aws:sts::111111111111:assumed-role/midfs-bot/i-0123456789abcdef0",
 }
 
-const iamE2EToken = `kind: token
-version: v2
-metadata:
-  name: iam-token
-spec:
-  roles: [Bot]
-  bot_name: robot
-  join_method: iam
-  allow:
-    - aws_account: "111111111111"
-      aws_arn: "arn:aws:sts::111111111111:assumed-role/midfs-bot/i-*"
-`
-
 // iamAuthority starts an authority whose STS is a stand-in knowing the
 // test caller, with iam-token and bot robot bound to it.
 func iamAuthority(t *testing.T) (*authority, *ststest.Server) {
@@ -40,7 +28,7 @@ func iamAuthority(t *testing.T) (*authority, *ststest.Server) {
 	t.Cleanup(sts.Close)
 	a := startAuthority(t, "--sts-endpoint="+sts.URL, "--insecure-test-mode")
 	yaml := filepath.Join(t.TempDir(), "iam-token.yaml")
-	if err := os.WriteFile(yaml, []byte(iamE2EToken), 0o600); err != nil {
+	if err := os.WriteFile(yaml, []byte(testenv.IAMTokenYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a.admin("create", "-f", yaml)

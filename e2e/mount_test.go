@@ -23,6 +23,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
+
+	"github.com/midfs/midfs/internal/testenv"
 )
 
 var servedFiles = []string{"identity", "key", "key-cert.pub", "key.pub", "known_hosts", "ssh_config",
@@ -378,7 +380,7 @@ func TestSIGTERMDuringRenewalsAndReads(t *testing.T) {
 		token := a.addBot("robot"+strconv.Itoa(round), "access", "root")
 		ag := startMount(t, dir, append(a.mountArgs(token), "--storage=memory", "--renewal-interval=1s")...)
 		here := []*exec.Cmd{readLoop(t, dir, false, nil), readLoop(t, dir, false, nil)}
-		thereErr := &logBuffer{}
+		thereErr := &testenv.LogBuffer{}
 		there := readLoop(t, dir, true, thereErr)
 		thereDone := make(chan error, 1)
 		go func() { thereDone <- there.Wait() }()

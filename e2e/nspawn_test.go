@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/midfs/midfs/internal/testenv"
 )
 
 // machine is a booted container: systemd is its PID 1.
@@ -28,7 +30,7 @@ type machine struct {
 	leader  int    // host pid of the container's systemd
 	booted  bool   // boot finished: systemd handles a poweroff request
 	nspawn  *exec.Cmd
-	console *logBuffer
+	console *testenv.LogBuffer
 	done    chan struct{}
 }
 
@@ -101,7 +103,7 @@ func bootMachine(t testing.TB, opts machineOptions) *machine {
 	}
 	b := make([]byte, 4)
 	rand.Read(b)
-	m := &machine{t: t, name: "midfs-e2e-" + hex.EncodeToString(b), console: &logBuffer{}, done: make(chan struct{})}
+	m := &machine{t: t, name: "midfs-e2e-" + hex.EncodeToString(b), console: &testenv.LogBuffer{}, done: make(chan struct{})}
 
 	// A cgroup of its own under ours: nspawn hands the container the
 	// subtree it runs in.

@@ -30,6 +30,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"golang.org/x/sys/unix"
+
+	"github.com/midfs/midfs/internal/testenv"
 )
 
 // agentConfig writes an agent config file (0600, as it holds a token).
@@ -346,7 +348,7 @@ func TestSystemdNotifyAgent(t *testing.T) {
 	cleanupMount(t, dir)
 	diag := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	cfg := agentConfig(t, a, a.addBot("robot", "access", "root"), "mountpoint: "+dir, "diag_addr: "+diag)
-	logs := &logBuffer{}
+	logs := &testenv.LogBuffer{}
 	cmd := exec.Command(midfsBin, "mount", "--config="+cfg)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.addr)
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -384,7 +386,7 @@ func TestSystemdNotifyAgent(t *testing.T) {
 
 func TestSystemdNotifyAuthority(t *testing.T) {
 	n := listenNotify(t)
-	logs := &logBuffer{}
+	logs := &testenv.LogBuffer{}
 	dataDir := t.TempDir()
 	cmd := exec.Command(midfsBin, "auth", "start", "--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)))
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.addr)
@@ -581,7 +583,7 @@ func TestAgentRunsWithTheUnitsCapabilities(t *testing.T) {
 	a := startAuthority(t)
 	dir := publicDir(t)
 	cleanupMount(t, dir)
-	logs := &logBuffer{}
+	logs := &testenv.LogBuffer{}
 	cmd := exec.Command(setpriv, "--bounding-set=-all,+sys_admin,+ipc_lock", "--inh-caps=-all", "--no-new-privs",
 		midfsBin, "mount", dir, "--storage=keyring", "--log-format=json")
 	cmd.Args = append(cmd.Args, a.mountArgs(a.addBot("robot", "access", "root"))...)
@@ -848,7 +850,7 @@ func TestUnitsSandboxFitsWhatMidfsDoes(t *testing.T) {
 	os.Chown(dataDir, int(nobody), int(nobody))
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 
-	authLogs := &logBuffer{}
+	authLogs := &testenv.LogBuffer{}
 	authTrace := filepath.Join(work, "auth.trace")
 	auth := exec.Command(strace, "-f", "-qq", "-o", authTrace, setpriv,
 		fmt.Sprintf("--reuid=%d", nobody), fmt.Sprintf("--regid=%d", nobody), "--clear-groups",
@@ -877,7 +879,7 @@ func TestUnitsSandboxFitsWhatMidfsDoes(t *testing.T) {
 	dir := publicDir(t)
 	cleanupMount(t, dir)
 	agentTrace := filepath.Join(work, "agent.trace")
-	agentLogs := &logBuffer{}
+	agentLogs := &testenv.LogBuffer{}
 	agentDiag := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	ag := exec.Command(strace, "-f", "-qq", "-o", agentTrace, setpriv,
 		"--bounding-set=-all,+sys_admin,+ipc_lock", "--inh-caps=-all", "--no-new-privs",

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/midfs/midfs/internal/testenv"
 )
 
 // spyEnv makes the test binary, re-executed, act as a local user who reads
@@ -99,7 +101,7 @@ func TestPrintedJoinCommandHidesTheToken(t *testing.T) {
 	// terminal: the shell's own argv holds no part of it.
 	sh := exec.Command("sh")
 	sh.Stdin = strings.NewReader(script + "\n")
-	logs := &logBuffer{}
+	logs := &testenv.LogBuffer{}
 	sh.Stdout, sh.Stderr = logs, logs
 	sh.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := sh.Start(); err != nil {

@@ -37,6 +37,7 @@ import (
 
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/identity/clock"
+	"github.com/midfs/midfs/internal/testenv"
 )
 
 const roleEnv = "MIDFS_FSTEST_ROLE"
@@ -401,24 +402,7 @@ type server struct {
 	cmd    *exec.Cmd
 	in     io.WriteCloser
 	out    *bufio.Reader
-	stderr *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	stderr *testenv.LogBuffer
 }
 
 // startServer mounts a tree in a fresh directory from a child process and
@@ -440,7 +424,7 @@ func startServer(t testing.TB, cfg serveConfig) *server {
 	b, _ := json.Marshal(cfg)
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), roleEnv+"=serve", "MIDFS_FSTEST_CONFIG="+string(b))
-	s := &server{t: t, dir: cfg.Dir, cmd: cmd, stderr: &syncBuffer{}}
+	s := &server{t: t, dir: cfg.Dir, cmd: cmd, stderr: &testenv.LogBuffer{}}
 	cmd.Stderr = s.stderr
 	var err error
 	if s.in, err = cmd.StdinPipe(); err != nil {

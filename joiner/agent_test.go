@@ -27,31 +27,12 @@ import (
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/identity/clock"
+	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/joiner"
 )
 
-// logBuffer collects log lines of a test (to look for secrets) and shows
-// them when the test fails.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b.Write(p)
-	return len(p), nil
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func newLog(t *testing.T) (*slog.Logger, *logBuffer) {
-	lb := &logBuffer{}
+func newLog(t *testing.T) (*slog.Logger, *testenv.LogBuffer) {
+	lb := &testenv.LogBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Log("logs:\n" + lb.String())

@@ -8,37 +8,14 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/wire"
 )
 
 const testSecret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-
-// isolateAWS gives the SDK only what the test sets: no shared files, no
-// instance metadata, no region.
-func isolateAWS(t *testing.T) {
-	t.Helper()
-	dir := t.TempDir()
-	for k, v := range map[string]string{
-		"AWS_CONFIG_FILE":             filepath.Join(dir, "config"),
-		"AWS_SHARED_CREDENTIALS_FILE": filepath.Join(dir, "credentials"),
-		"AWS_EC2_METADATA_DISABLED":   "true",
-		"AWS_ACCESS_KEY_ID":           "",
-		"AWS_SECRET_ACCESS_KEY":       "",
-		"AWS_SESSION_TOKEN":           "",
-		"AWS_REGION":                  "",
-		"AWS_DEFAULT_REGION":          "",
-		"AWS_PROFILE":                 "",
-		"AWS_ENDPOINT_URL":            "",
-		"AWS_ENDPOINT_URL_STS":        "",
-		"AWS_USE_FIPS_ENDPOINT":       "",
-	} {
-		t.Setenv(k, v)
-	}
-}
 
 func setCreds(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", "ASIAEXAMPLEEXAMPLE01")
@@ -65,7 +42,7 @@ func sign(t *testing.T, fips bool) (*http.Request, []byte) {
 }
 
 func TestSignedRequestCarriesTheSignedChallengeAndNoSecret(t *testing.T) {
-	isolateAWS(t)
+	testenv.IsolateAWS(t)
 	setCreds(t)
 	t.Setenv("AWS_REGION", "eu-west-1")
 	req, raw := sign(t, false)
@@ -94,7 +71,7 @@ func TestSignedRequestCarriesTheSignedChallengeAndNoSecret(t *testing.T) {
 }
 
 func TestRegionFallsBackToUSEast1AndFIPSEndpoints(t *testing.T) {
-	isolateAWS(t)
+	testenv.IsolateAWS(t)
 	setCreds(t)
 	for _, tc := range []struct {
 		region string
@@ -115,7 +92,7 @@ func TestRegionFallsBackToUSEast1AndFIPSEndpoints(t *testing.T) {
 }
 
 func TestRegionFromSharedConfig(t *testing.T) {
-	isolateAWS(t)
+	testenv.IsolateAWS(t)
 	setCreds(t)
 	if err := os.WriteFile(os.Getenv("AWS_CONFIG_FILE"), []byte("[default]\nregion = ap-southeast-2\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -126,7 +103,7 @@ func TestRegionFromSharedConfig(t *testing.T) {
 }
 
 func TestCustomSTSEndpointIsIgnored(t *testing.T) {
-	isolateAWS(t)
+	testenv.IsolateAWS(t)
 	setCreds(t)
 	t.Setenv("AWS_REGION", "us-east-2")
 	t.Setenv("AWS_ENDPOINT_URL_STS", "https://sts.example.internal")
@@ -136,7 +113,7 @@ func TestCustomSTSEndpointIsIgnored(t *testing.T) {
 }
 
 func TestNoAWSCredentialsIsAConfigError(t *testing.T) {
-	isolateAWS(t)
+	testenv.IsolateAWS(t)
 	_, err := joinIAM(context.Background(), &Config{Token: "iam-token"}, nil, nil)
 	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "no AWS credentials") || strings.Contains(err.Error(), "\n") {
 		t.Errorf("got %v; want one line of kind ErrConfig about AWS credentials", err)

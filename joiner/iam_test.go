@@ -21,6 +21,7 @@ import (
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/iam/ststest"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/joiner"
 	"github.com/midfs/midfs/wire"
 )
@@ -32,7 +33,7 @@ var iamCaller = ststest.Caller{
 
 // startIAMAuthority runs an authority whose STS is a stand-in knowing
 // iamCaller, with the seed guide's iam-token and bot robot.
-func startIAMAuthority(t *testing.T, log *logBuffer) (*auth.Server, *ststest.Server) {
+func startIAMAuthority(t *testing.T, log *testenv.LogBuffer) (*auth.Server, *ststest.Server) {
 	t.Helper()
 	sts := ststest.Start(iamCaller)
 	t.Cleanup(sts.Close)
@@ -45,18 +46,7 @@ func startIAMAuthority(t *testing.T, log *logBuffer) (*auth.Server, *ststest.Ser
 	}
 	t.Cleanup(func() { s.Close() })
 	ctx := context.Background()
-	if _, err := s.CreateYAML(ctx, []byte(`kind: token
-version: v2
-metadata:
-  name: iam-token
-spec:
-  roles: [Bot]
-  bot_name: robot
-  join_method: iam
-  allow:
-    - aws_account: "111111111111"
-      aws_arn: "arn:aws:sts::111111111111:assumed-role/midfs-bot/i-*"
-`), false); err != nil {
+	if _, err := s.CreateYAML(ctx, []byte(testenv.IAMTokenYAML), false); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}, Logins: []string{"root"}, TokenName: "iam-token"}); err != nil {
@@ -68,18 +58,15 @@ spec:
 // awsEnv sets test AWS credentials in the environment and nothing else
 // the SDK could pick up.
 func awsEnv(t *testing.T, c ststest.Caller) {
-	dir := t.TempDir()
-	for k, v := range map[string]string{
-		"AWS_ACCESS_KEY_ID": c.AccessKeyID, "AWS_SECRET_ACCESS_KEY": c.SecretAccessKey, "AWS_SESSION_TOKEN": c.SessionToken,
-		"AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", "AWS_PROFILE": "",
-		"AWS_CONFIG_FILE": filepath.Join(dir, "config"), "AWS_SHARED_CREDENTIALS_FILE": filepath.Join(dir, "credentials"),
-	} {
-		t.Setenv(k, v)
-	}
+	testenv.IsolateAWS(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", c.AccessKeyID)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", c.SecretAccessKey)
+	t.Setenv("AWS_SESSION_TOKEN", c.SessionToken)
+	t.Setenv("AWS_REGION", "us-east-1")
 }
 
 func TestIAMJoinThroughTheAgent(t *testing.T) {
-	log := &logBuffer{}
+	log := &testenv.LogBuffer{}
 	s, sts := startIAMAuthority(t, log)
 	awsEnv(t, iamCaller)
 	agent, err := joiner.Join(context.Background(), joiner.Config{
@@ -134,7 +121,7 @@ func TestIAMJoinThroughTheAgent(t *testing.T) {
 }
 
 func TestIAMJoinRefusedByTheAuthorityIsFinal(t *testing.T) {
-	log := &logBuffer{}
+	log := &testenv.LogBuffer{}
 	s, _ := startIAMAuthority(t, log)
 	stranger := iamCaller
 	stranger.SecretAccessKey = "not-the-secret-sts-knows"

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/midfs/midfs/internal/atomicfile"
 )
 
 // Store keeps the renewable bot identity across restarts of the agent, so
@@ -98,37 +100,9 @@ func (d *dirStore) Save(blob []byte, _ time.Time) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, ".bot-*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after a successful rename this removes nothing
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(blob); err != nil {
-		f.Close()
-		return err
-	}
-	// fsync before rename: after a crash the file is the old blob or the
-	// new one, never a torn one (a torn one would lose the bot).
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, d.path); err != nil {
-		return err
-	}
-	if df, err := os.Open(dir); err == nil {
-		df.Sync()
-		df.Close()
-	}
-	return nil
+	// After a crash the file is the old blob or the new one, never a torn
+	// one (a torn one would lose the bot).
+	return atomicfile.Write(d.path, blob, 0o600)
 }
 
 func (d *dirStore) Delete() error {

@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -358,7 +359,7 @@ const ChallengeTTL = time.Minute
 // shared key, wall-clock expiries, a replica id in the sequence number and
 // a shared record of taken challenges.
 type Challenges struct {
-	now   func() time.Time
+	clock clock.Clock
 	start time.Time // expiries count from here
 	key   [32]byte
 	seq   atomic.Uint64
@@ -374,11 +375,12 @@ type Challenges struct {
 
 const challengeLen = 8 + 8 + sha256.Size // sequence number, expiry, MAC
 
-func NewChallenges(now func() time.Time) *Challenges {
-	if now == nil {
-		now = time.Now
+// NewChallenges starts a challenge issuer on clk (nil: the real clock).
+func NewChallenges(clk clock.Clock) *Challenges {
+	if clk == nil {
+		clk = clock.Real()
 	}
-	c := &Challenges{now: now, start: now(), taken: map[uint64]uint64{}, takenBefore: map[uint64]uint64{}, periodEnd: ChallengeTTL}
+	c := &Challenges{clock: clk, start: clk.Now(), taken: map[uint64]uint64{}, takenBefore: map[uint64]uint64{}, periodEnd: ChallengeTTL}
 	rand.Read(c.key[:])
 	return c
 }
@@ -431,7 +433,7 @@ func (c *Challenges) rotate(now time.Duration) {
 	c.periodEnd = now + ChallengeTTL
 }
 
-func (c *Challenges) sinceStart() time.Duration { return c.now().Sub(c.start) }
+func (c *Challenges) sinceStart() time.Duration { return c.clock.Now().Sub(c.start) }
 
 func (c *Challenges) mac(msg []byte) []byte {
 	h := hmac.New(sha256.New, c.key[:])

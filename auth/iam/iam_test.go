@@ -13,6 +13,7 @@ import (
 
 	"github.com/midfs/midfs/auth/iam/ststest"
 	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -171,8 +172,7 @@ func TestParseCallerIdentity(t *testing.T) {
 }
 
 func TestChallengesAreSingleUseAndShortLived(t *testing.T) {
-	start, elapsed := time.Now(), time.Duration(0)
-	now := func() time.Time { return start.Add(elapsed) }
+	now := clock.NewFake(time.Now())
 	c := NewChallenges(now)
 	a, b := c.Issue(), c.Issue()
 	if a == b || len(a) != 64 {
@@ -184,7 +184,7 @@ func TestChallengesAreSingleUseAndShortLived(t *testing.T) {
 	if r := c.Take(a); r == nil || r.Reason != ReasonChallengeUnknown {
 		t.Errorf("replayed challenge: %v, want %s", r, ReasonChallengeUnknown)
 	}
-	elapsed += ChallengeTTL
+	now.Advance(ChallengeTTL)
 	for range 2 {
 		if r := c.Take(b); r == nil || r.Reason != ReasonChallengeExpired {
 			t.Errorf("challenge a minute old: %v, want %s", r, ReasonChallengeExpired)
@@ -212,8 +212,7 @@ func TestChallengesAreSingleUseAndShortLived(t *testing.T) {
 // usable again before it expires; what it keeps of taken challenges is gone
 // two TTLs later.
 func TestChallengesSurviveAFloodAndReplaysStayRefused(t *testing.T) {
-	start, elapsed := time.Now(), time.Duration(0)
-	now := func() time.Time { return start.Add(elapsed) }
+	now := clock.NewFake(time.Now())
 	c := NewChallenges(now)
 	mine, spent := c.Issue(), c.Issue()
 	if r := c.Take(spent); r != nil {
@@ -235,19 +234,19 @@ func TestChallengesSurviveAFloodAndReplaysStayRefused(t *testing.T) {
 	// periods of the record of taken challenges fall.
 	for issued := time.Duration(0); issued < 3*ChallengeTTL; issued += 7 * time.Second {
 		ch := c.Issue()
-		elapsed += 5 * time.Second
+		now.Advance(5 * time.Second)
 		if r := c.Take(ch); r != nil {
 			t.Fatalf("fresh challenge refused: %v", r)
 		}
 		for at := 5 * time.Second; at < ChallengeTTL; at += 11 * time.Second {
-			elapsed += 11 * time.Second
+			now.Advance(11 * time.Second)
 			if r := c.Take(ch); r == nil {
 				t.Fatalf("challenge replayed %v after it was issued was accepted", at+11*time.Second)
 			}
 		}
-		elapsed += 2 * time.Second
+		now.Advance(2 * time.Second)
 	}
-	elapsed += 2 * ChallengeTTL
+	now.Advance(2 * ChallengeTTL)
 	c.Take(c.Issue())
 	if n := len(c.taken) + len(c.takenBefore); n != 1 {
 		t.Errorf("%d words of taken challenges kept two TTLs later, want the 1 just taken", n)

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/internal/atomicfile"
 	"github.com/midfs/midfs/service/diag"
 	"github.com/midfs/midfs/wire"
 )
@@ -499,35 +499,10 @@ func authSign(c *cli.Context, ac *admin.Client) error {
 		{out + ".pub", ssh.MarshalAuthorizedKey(pub), 0o644},
 		{out + "-cert.pub", []byte(cert), 0o644},
 	} {
-		if err := writeFileAtomic(f.path, f.data, f.mode); err != nil {
+		if err := atomicfile.Write(f.path, f.data, f.mode); err != nil {
 			return fail(exitFailure, err)
 		}
 	}
 	fmt.Fprintf(c.App.Writer, "wrote %s, %s.pub and %s-cert.pub (host certificate for %s)\n", out, out, out, strings.Join(hosts, ", "))
-	return nil
-}
-
-// writeFileAtomic writes data with mode to a new file beside path and
-// renames it over path, so sshd never reads half a key.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
 	return nil
 }

@@ -1,5 +1,7 @@
-// Package testenv holds what tests of several packages share about the
-// machine they run on. Only _test.go files import it.
+// Package testenv holds what tests of several packages share: about the
+// machine they run on (FUSE, the AWS environment), and helpers they would
+// otherwise each copy (a log buffer, the IAM token of the seed guide, the
+// owner-only check of a state directory). Only _test.go files import it.
 //
 // A developer without root still gets a green `go test ./...`: tests that
 // need FUSE mounts skip. CI must not: with CI=true (set by .ci/run, and by

@@ -27,6 +27,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/midfs/midfs/identity/clock"
 )
 
 // Caller is one set of test AWS credentials and who STS says they are.
@@ -43,8 +45,9 @@ type Caller struct {
 type Server struct {
 	*httptest.Server
 
-	// Now is the clock the 15-minute freshness check uses; time.Now if nil.
-	Now func() time.Time
+	// Clock is the clock the 15-minute freshness check uses; the real
+	// clock if nil.
+	Clock clock.Clock
 
 	mu      sync.Mutex
 	callers map[string]Caller
@@ -90,8 +93,8 @@ func (s *Server) record(r Result) {
 }
 
 func (s *Server) now() time.Time {
-	if s.Now != nil {
-		return s.Now()
+	if s.Clock != nil {
+		return s.Clock.Now()
 	}
 	return time.Now()
 }
