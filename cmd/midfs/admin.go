@@ -18,6 +18,7 @@ import (
 
 	"github.com/midfs/midfs/auth"
 	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/cmd/midfs/internal/output"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/service/diag"
 	"github.com/midfs/midfs/wire"
@@ -286,12 +287,12 @@ func status(c *cli.Context, ac *auth.AdminClient) error {
 	if err != nil {
 		return fail(exitAuthority, err)
 	}
-	var t table
-	t.row("Cluster", st.ClusterName)
-	t.row("Version", st.Version)
-	t.row("Address", st.Addr+" (advertised as "+st.AdvertiseAddr+")")
-	t.row("CA pin", st.CAPin)
-	return t.print(c.App.Writer)
+	var t output.Table
+	t.Row("Cluster", st.ClusterName)
+	t.Row("Version", st.Version)
+	t.Row("Address", st.Addr+" (advertised as "+st.AdvertiseAddr+")")
+	t.Row("CA pin", st.CAPin)
+	return t.Print(c.App.Writer)
 }
 
 func botsAdd(c *cli.Context, ac *auth.AdminClient) error {
@@ -399,7 +400,7 @@ func getResources(c *cli.Context, ac *auth.AdminClient, ref string) error {
 	if err != nil {
 		return fail(exitFailure, err)
 	}
-	return printResources(c.App.Writer, kind, res, format)
+	return output.Resources(c.App.Writer, kind, res, format)
 }
 
 func remove(c *cli.Context, ac *auth.AdminClient) error {
