@@ -213,11 +213,9 @@ func runMount(c *cli.Context) error {
 	if err != nil {
 		return failf(exitFUSE, "%v", err)
 	}
-	unmounted := make(chan struct{})
-	go func() { srv.Wait(); close(unmounted) }()
 	defer func() {
 		select {
-		case <-unmounted:
+		case <-srv.Done():
 			return // unmounted from outside: nothing left to undo
 		default:
 		}
@@ -227,15 +225,10 @@ func runMount(c *cli.Context) error {
 	}()
 
 	svc.WatchAgent(func() diag.AgentStatus { return agentStatusOf(agent.Status()) })
-	runCtx, stopRun := context.WithCancel(context.Background())
-	ran := make(chan struct{})
-	go func() {
-		defer close(ran)
-		agent.Run(runCtx, func(id *identity.Identity, nodes []identity.Node) {
-			srv.Publish(&fs.Snapshot{Identity: id, Nodes: nodes})
-		})
-	}()
-	defer func() { stopRun(); <-ran }()
+	stopRenewing := agent.Start(func(id *identity.Identity, nodes []identity.Node) {
+		srv.Publish(&fs.Snapshot{Identity: id, Nodes: nodes})
+	})
+	defer stopRenewing()
 
 	if err := svc.Mounted(p.dir); err != nil {
 		return failf(exitFUSE, "%v", err)
@@ -251,7 +244,7 @@ func runMount(c *cli.Context) error {
 			log.Info("stopping: unmounting", "dir", p.dir)
 			svc.Stopping()
 			return nil
-		case <-unmounted:
+		case <-srv.Done():
 			log.Warn("unmounted from outside; stopping", "dir", p.dir)
 			svc.Stopping()
 			return nil
