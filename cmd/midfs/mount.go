@@ -207,7 +207,7 @@ func runMount(c *cli.Context) error {
 	st := agent.Status()
 	srv, err := fs.Mount(fs.Options{
 		Dir: p.dir, UID: p.uid, GID: p.gid, Readers: p.readers,
-		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer, XattrPID: strconv.Itoa(os.Getpid())},
+		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer, fs.XattrPID: strconv.Itoa(os.Getpid())},
 		Logger: log, OnOpen: svc.OnOpen, Debug: p.debug,
 	}, &fs.Snapshot{Identity: id, Nodes: nodes})
 	if err != nil {
