@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 			panic(err)
 		}
 		midfsBin = filepath.Join(dir, "midfs")
-		out, err := exec.Command("go", "build", "-o", midfsBin, "../cmd/midfs").CombinedOutput()
+		out, err := exec.Command("go", "build", "-tags", "urfave_cli_no_docs", "-o", midfsBin, "../cmd/midfs").CombinedOutput()
 		if err != nil {
 			fmt.Printf("e2e: building midfs: %v\n%s", err, out)
 			os.Exit(1)

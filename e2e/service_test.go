@@ -985,6 +985,13 @@ func TestMakeInstallLayout(t *testing.T) {
 			t.Errorf("make install did not install %s: %v", f, err)
 		}
 	}
+	// The man page comes from the checkout; its generator (md2man,
+	// blackfriday) is not linked into the binary.
+	if b, err := exec.Command("go", "version", "-m", filepath.Join(dest, "usr/local/bin/midfs")).CombinedOutput(); err != nil {
+		t.Errorf("go version -m: %v\n%s", err, b)
+	} else if m := regexp.MustCompile(`(?m)^\s*dep\s+\S*(md2man|blackfriday)\S*`).Find(b); m != nil {
+		t.Errorf("the installed binary links the man-page generator: %s", bytes.TrimSpace(m))
+	}
 	for _, u := range []string{"midfs-auth.service", "midfs@.service"} {
 		unit := readFile(filepath.Join(dest, "usr/local/lib/systemd/system", u))
 		if !strings.Contains(unit, "ExecStart=/usr/local/bin/midfs ") || strings.Contains(unit, "/usr/bin/midfs") {

@@ -101,6 +101,7 @@ type Server struct {
 
 	connID    string      // FUSE connection number, to abort a mount that will not unmount
 	unmounted atomic.Bool // Unmount was called, or the kernel ended the mount (umount from outside)
+	done      chan struct{}
 }
 
 // Mount serves first at opts.Dir and returns once the kernel answers for the
@@ -123,6 +124,7 @@ func Mount(opts Options, first *Snapshot) (*Server, error) {
 	go func() {
 		srv.Serve()
 		s.unmounted.Store(true) // umount(8) from outside ends up here too
+		close(s.done)
 	}()
 	// Nothing to wait for, and nothing of this mount to touch: once mount(2)
 	// has returned (NewServer), the kernel holds every request for the
@@ -150,7 +152,7 @@ func newServer(opts Options, first *Snapshot) (*Server, error) {
 	if opts.Clock == nil {
 		opts.Clock = clock.Real()
 	}
-	s := &Server{opts: opts, log: opts.Logger, pins: newPinTable()}
+	s := &Server{opts: opts, log: opts.Logger, pins: newPinTable(), done: make(chan struct{})}
 	g, err := s.newGeneration(first)
 	if err != nil {
 		return nil, fmt.Errorf("cannot serve the first identity: %w", err)
@@ -266,8 +268,9 @@ func unmountSoon(dir string) error {
 	return err
 }
 
-// Wait blocks until the filesystem is unmounted.
-func (s *Server) Wait() { s.fuse.Wait() }
+// Done is closed once the filesystem is unmounted and served no more,
+// whether by Unmount or by umount(8) from outside.
+func (s *Server) Done() <-chan struct{} { return s.done }
 
 // generation is one published snapshot with what Getattr needs precomputed,
 // and the bytes of the files without secrets: rendered once, shared by every

@@ -241,6 +241,9 @@ func serveMain() int {
 			}
 			fake.Advance(d)
 			fmt.Println("ok")
+		case "done": // waits for Done, for as long as the test lets it
+			<-srv.Done()
+			fmt.Println("done")
 		case "opens":
 			mu.Lock()
 			b, _ := json.Marshal(opens)
@@ -251,7 +254,7 @@ func serveMain() int {
 				fmt.Println("error", err)
 				return 1
 			}
-			srv.Wait()
+			<-srv.Done()
 			fmt.Println("bye")
 			return 0
 		default:

@@ -160,8 +160,8 @@ func TestUnescapeMountinfo(t *testing.T) {
 	}
 }
 
-// umount(8) from outside ends the server's loop; a later renewal and
-// Unmount are then quiet no-ops.
+// umount(8) from outside ends the server's loop and closes Done (the agent
+// stops on it); a later renewal and Unmount are then quiet no-ops.
 func TestUnmountFromOutside(t *testing.T) {
 	requireRoot(t)
 	s := startServer(t, serveConfig{})
@@ -182,6 +182,9 @@ func TestUnmountFromOutside(t *testing.T) {
 	}
 	if !waitGone() {
 		t.Fatal("still mounted after umount")
+	}
+	if got := s.do("done"); got != "done" {
+		t.Fatalf("Done after an outside umount: %s", got)
 	}
 	s.publish()
 	if got := s.do("quit"); got != "bye" {

@@ -115,35 +115,25 @@ func join(t *testing.T, cfg joiner.Config) *joiner.Agent {
 
 // runner runs an agent's loop on a fake clock and collects what it publishes.
 type runner struct {
-	t      *testing.T
-	clock  *clock.Fake
-	ag     *joiner.Agent
-	mu     sync.Mutex
-	pubs   []*identity.Identity
-	nodes  [][]identity.Node
-	cancel context.CancelFunc
-	done   chan struct{}
+	t     *testing.T
+	clock *clock.Fake
+	ag    *joiner.Agent
+	mu    sync.Mutex
+	pubs  []*identity.Identity
+	nodes [][]identity.Node
+	stop  func()
 }
 
 func run(t *testing.T, ag *joiner.Agent, clock *clock.Fake) *runner {
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &runner{t: t, clock: clock, ag: ag, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		ag.Run(ctx, func(id *identity.Identity, nodes []identity.Node) {
-			r.mu.Lock()
-			r.pubs = append(r.pubs, id)
-			r.nodes = append(r.nodes, nodes)
-			r.mu.Unlock()
-		})
-	}()
+	r := &runner{t: t, clock: clock, ag: ag}
+	r.stop = ag.Start(func(id *identity.Identity, nodes []identity.Node) {
+		r.mu.Lock()
+		r.pubs = append(r.pubs, id)
+		r.nodes = append(r.nodes, nodes)
+		r.mu.Unlock()
+	})
 	t.Cleanup(r.stop)
 	return r
-}
-
-func (r *runner) stop() {
-	r.cancel()
-	<-r.done
 }
 
 func (r *runner) published() int {

@@ -142,6 +142,18 @@ func (a *Agent) RenewNow() {
 	}
 }
 
+// Start runs Run in the background until stop is called; stop returns once
+// Run has, so publish is not called after it.
+func (a *Agent) Start(publish func(*identity.Identity, []identity.Node)) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.Run(ctx, publish)
+	}()
+	return func() { cancel(); <-done }
+}
+
 // Run renews every RenewInterval and refreshes the node list every
 // NodesInterval, calling publish with every new identity and every changed
 // node list. On failure it keeps the current identity, retries with

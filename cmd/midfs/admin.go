@@ -18,6 +18,7 @@ import (
 	"github.com/midfs/midfs/auth"
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/cmd/midfs/internal/output"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/internal/atomicfile"
 	"github.com/midfs/midfs/service/diag"
@@ -287,12 +288,12 @@ func status(c *cli.Context, ac *admin.Client) error {
 	if err != nil {
 		return fail(exitAuthority, err)
 	}
-	var t table
-	t.row("Cluster", st.ClusterName)
-	t.row("Version", st.Version)
-	t.row("Address", st.Addr+" (advertised as "+st.AdvertiseAddr+")")
-	t.row("CA pin", st.CAPin)
-	return t.print(c.App.Writer)
+	var t output.Table
+	t.Row("Cluster", st.ClusterName)
+	t.Row("Version", st.Version)
+	t.Row("Address", st.Addr+" (advertised as "+st.AdvertiseAddr+")")
+	t.Row("CA pin", st.CAPin)
+	return t.Print(c.App.Writer)
 }
 
 func botsAdd(c *cli.Context, ac *admin.Client) error {
@@ -400,7 +401,7 @@ func getResources(c *cli.Context, ac *admin.Client, ref string) error {
 	if err != nil {
 		return fail(exitFailure, err)
 	}
-	return printResources(c.App.Writer, kind, res, format)
+	return output.Resources(c.App.Writer, kind, res, format)
 }
 
 func remove(c *cli.Context, ac *admin.Client) error {

@@ -457,3 +457,22 @@ func TestCreateRefusesYAMLOverOneMiB(t *testing.T) {
 		t.Error("the role of the refused YAML was stored")
 	}
 }
+
+// TestStatusAligns: every value of `midfs status` starts in one column,
+// the CA pin's included.
+func TestStatusAligns(t *testing.T) {
+	s := startAuth(t)
+	out := mustCLI(t, s.DataDir(), "status")
+	lines := strings.Split(out, "\n")
+	col := map[string]int{}
+	for _, want := range []string{testCluster, s.Addr(), s.CAPin()} {
+		for _, line := range lines {
+			if i := strings.Index(line, want); i > 0 {
+				col[want] = i
+			}
+		}
+	}
+	if len(col) != 3 || col[s.CAPin()] != col[testCluster] || col[s.Addr()] != col[testCluster] {
+		t.Errorf("status: values start at columns %v, want one column:\n%s", col, out)
+	}
+}

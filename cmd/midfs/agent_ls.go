@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/midfs/midfs/cmd/midfs/internal/output"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/joiner"
 )
@@ -58,7 +58,7 @@ func runLs(c *cli.Context) error {
 		}
 		return failf(exitFailure, "the authority at %s refused to list nodes: %v", addr, err)
 	}
-	return printNodes(c.App.Writer, nodes)
+	return output.Nodes(c.App.Writer, nodes)
 }
 
 // readMountIdentity reads the output identity the way any client of the
@@ -111,15 +111,4 @@ func mountAuthServer(dir string) (string, error) {
 		return "", failf(exitUsage, "%s does not name its authority (%s: %v): give --auth-server=HOST:PORT", dir, XattrAuthServer, err)
 	}
 	return string(buf[:n]), nil
-}
-
-// printNodes prints the table of `tsh ls`: Node Name, Address, Labels.
-// `midfs get nodes` prints the same.
-func printNodes(w io.Writer, nodes []identity.Node) error {
-	var t table
-	t.header("Node Name", "Address", "Labels")
-	for _, n := range nodes {
-		t.row(n.Name, n.Addr, identity.FormatLabels(n.Labels))
-	}
-	return t.print(w)
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -104,13 +103,13 @@ func parseMount(c *cli.Context, mountpoint string) (*mountPlan, error) {
 		return nil, failf(exitUsage, "bad mountpoint %q: %v", mountpoint, err)
 	}
 	p := &mountPlan{dir: dir, dataDir: c.String("data-dir"), storage: c.String("storage"), debug: c.Bool("debug-fuse")}
-	if p.uid, p.gid, err = parseOwner(c.String("owner")); err != nil {
-		return nil, fail(exitUsage, err)
+	if p.uid, p.gid, err = fs.ParseOwner(c.String("owner")); err != nil {
+		return nil, failf(exitUsage, "bad --owner %q: %v", c.String("owner"), err)
 	}
 	for _, r := range c.StringSlice("reader") {
-		rd, err := parseReader(r)
+		rd, err := fs.ParseReader(r)
 		if err != nil {
-			return nil, fail(exitUsage, err)
+			return nil, failf(exitUsage, "bad --reader %q: %v", r, err)
 		}
 		p.readers = append(p.readers, rd)
 	}
@@ -153,84 +152,6 @@ func parseMount(c *cli.Context, mountpoint string) (*mountPlan, error) {
 		return nil, failf(exitUsage, "%v", err)
 	}
 	return p, nil
-}
-
-// parseOwner reads USER[:GROUP] (names or numbers); empty means the
-// running user and group. A user alone brings its primary group.
-func parseOwner(s string) (uid, gid uint32, err error) {
-	if s == "" {
-		return uint32(os.Getuid()), uint32(os.Getgid()), nil
-	}
-	name, group, hasGroup := strings.Cut(s, ":")
-	uid, primary, err := lookupUser(name)
-	if err != nil {
-		return 0, 0, fmt.Errorf("bad --owner %q: %v", s, err)
-	}
-	gid = primary
-	if hasGroup {
-		if gid, err = lookupGroup(group); err != nil {
-			return 0, 0, fmt.Errorf("bad --owner %q: %v", s, err)
-		}
-	}
-	return uid, gid, nil
-}
-
-// parseReader reads USER or @GROUP (names or numbers).
-func parseReader(s string) (fs.Reader, error) {
-	if g, ok := strings.CutPrefix(s, "@"); ok {
-		gid, err := lookupGroup(g)
-		if err != nil {
-			return fs.Reader{}, fmt.Errorf("bad --reader %q: %v", s, err)
-		}
-		return fs.Reader{GID: gid, IsGroup: true}, nil
-	}
-	uid, _, err := lookupUser(s)
-	if err != nil {
-		return fs.Reader{}, fmt.Errorf("bad --reader %q: %v (write @NAME for a group)", s, err)
-	}
-	return fs.Reader{UID: uid}, nil
-}
-
-// lookupUser finds a user by name or number. A number need not exist in
-// /etc/passwd (containers and LDAP-less hosts); its primary group is then
-// the same number.
-func lookupUser(s string) (uid, gid uint32, err error) {
-	if s == "" {
-		return 0, 0, errors.New("empty user name")
-	}
-	u, lerr := user.Lookup(s)
-	if lerr != nil {
-		u, lerr = user.LookupId(s)
-	}
-	if lerr != nil {
-		n, perr := strconv.ParseUint(s, 10, 32)
-		if perr != nil {
-			return 0, 0, fmt.Errorf("no user %q on this machine", s)
-		}
-		return uint32(n), uint32(n), nil
-	}
-	uid64, _ := strconv.ParseUint(u.Uid, 10, 32)
-	gid64, _ := strconv.ParseUint(u.Gid, 10, 32)
-	return uint32(uid64), uint32(gid64), nil
-}
-
-func lookupGroup(s string) (uint32, error) {
-	if s == "" {
-		return 0, errors.New("empty group name")
-	}
-	g, err := user.LookupGroup(s)
-	if err != nil {
-		g, err = user.LookupGroupId(s)
-	}
-	if err != nil {
-		n, perr := strconv.ParseUint(s, 10, 32)
-		if perr != nil {
-			return 0, fmt.Errorf("no group %q on this machine", s)
-		}
-		return uint32(n), nil
-	}
-	n, _ := strconv.ParseUint(g.Gid, 10, 32)
-	return uint32(n), nil
 }
 
 // runMount: flags, mountpoint check, join, mount, renew until a signal.
@@ -287,17 +208,15 @@ func runMount(c *cli.Context) error {
 	st := agent.Status()
 	srv, err := fs.Mount(fs.Options{
 		Dir: p.dir, UID: p.uid, GID: p.gid, Readers: p.readers,
-		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer, XattrPID: strconv.Itoa(os.Getpid())},
+		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer, fs.XattrPID: strconv.Itoa(os.Getpid())},
 		Logger: log, OnOpen: svc.OnOpen, Debug: p.debug,
 	}, &fs.Snapshot{Identity: id, Nodes: nodes})
 	if err != nil {
 		return failf(exitFUSE, "%v", err)
 	}
-	unmounted := make(chan struct{})
-	go func() { srv.Wait(); close(unmounted) }()
 	defer func() {
 		select {
-		case <-unmounted:
+		case <-srv.Done():
 			return // unmounted from outside: nothing left to undo
 		default:
 		}
@@ -307,15 +226,10 @@ func runMount(c *cli.Context) error {
 	}()
 
 	svc.WatchAgent(func() diag.AgentStatus { return agentStatusOf(agent.Status()) })
-	runCtx, stopRun := context.WithCancel(context.Background())
-	ran := make(chan struct{})
-	go func() {
-		defer close(ran)
-		agent.Run(runCtx, func(id *identity.Identity, nodes []identity.Node) {
-			srv.Publish(&fs.Snapshot{Identity: id, Nodes: nodes})
-		})
-	}()
-	defer func() { stopRun(); <-ran }()
+	stopRenewing := agent.Start(func(id *identity.Identity, nodes []identity.Node) {
+		srv.Publish(&fs.Snapshot{Identity: id, Nodes: nodes})
+	})
+	defer stopRenewing()
 
 	if err := svc.Mounted(p.dir); err != nil {
 		return failf(exitFUSE, "%v", err)
@@ -331,7 +245,7 @@ func runMount(c *cli.Context) error {
 			log.Info("stopping: unmounting", "dir", p.dir)
 			svc.Stopping()
 			return nil
-		case <-unmounted:
+		case <-srv.Done():
 			log.Warn("unmounted from outside; stopping", "dir", p.dir)
 			svc.Stopping()
 			return nil

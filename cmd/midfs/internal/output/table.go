@@ -1,4 +1,7 @@
-package main
+// Package output prints what midfs's commands show: the one table printer
+// (status, get, ls) and admin resources as a table, YAML or JSON. Only
+// cmd/midfs imports it.
+package output
 
 import (
 	"fmt"
@@ -7,14 +10,14 @@ import (
 	"text/tabwriter"
 )
 
-// table is the one printer of every table midfs shows (status, get, ls):
+// Table is the one printer of every table midfs shows (status, get, ls):
 // columns aligned by text/tabwriter, two spaces apart, and a dashed line
 // under the header when there is one.
-type table struct {
+type Table struct {
 	rows [][]string
 }
 
-func (t *table) header(cols ...string) {
+func (t *Table) Header(cols ...string) {
 	dashes := make([]string, len(cols))
 	for i, c := range cols {
 		dashes[i] = strings.Repeat("-", len(c))
@@ -22,9 +25,9 @@ func (t *table) header(cols ...string) {
 	t.rows = append(t.rows, cols, dashes)
 }
 
-func (t *table) row(cols ...string) { t.rows = append(t.rows, cols) }
+func (t *Table) Row(cols ...string) { t.rows = append(t.rows, cols) }
 
-func (t *table) print(w io.Writer) error {
+func (t *Table) Print(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, r := range t.rows {
 		fmt.Fprintln(tw, strings.Join(r, "\t"))

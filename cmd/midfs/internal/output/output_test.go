@@ -1,4 +1,4 @@
-package main
+package output
 
 import (
 	"bytes"
@@ -8,25 +8,6 @@ import (
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 )
-
-// TestStatusAligns: every value of `midfs status` starts in one column,
-// the CA pin's included.
-func TestStatusAligns(t *testing.T) {
-	s := startAuth(t)
-	out := mustCLI(t, s.DataDir(), "status")
-	lines := strings.Split(out, "\n")
-	col := map[string]int{}
-	for _, want := range []string{testCluster, s.Addr(), s.CAPin()} {
-		for _, line := range lines {
-			if i := strings.Index(line, want); i > 0 {
-				col[want] = i
-			}
-		}
-	}
-	if len(col) != 3 || col[s.CAPin()] != col[testCluster] || col[s.Addr()] != col[testCluster] {
-		t.Errorf("status: values start at columns %v, want one column:\n%s", col, out)
-	}
-}
 
 // TestNodeTablesAgree: `midfs get nodes` and `midfs ls` print the same
 // nodes the same way.
@@ -42,10 +23,10 @@ func TestNodeTablesAgree(t *testing.T) {
 		res.Nodes = append(res.Nodes, r)
 	}
 	var get, ls bytes.Buffer
-	if err := printResources(&get, policy.KindNode, res, "text"); err != nil {
+	if err := Resources(&get, policy.KindNode, res, "text"); err != nil {
 		t.Fatal(err)
 	}
-	if err := printNodes(&ls, nodes); err != nil {
+	if err := Nodes(&ls, nodes); err != nil {
 		t.Fatal(err)
 	}
 	if get.String() != ls.String() {

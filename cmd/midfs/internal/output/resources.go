@@ -1,4 +1,4 @@
-package main
+package output
 
 import (
 	"bytes"
@@ -17,9 +17,9 @@ import (
 	"github.com/midfs/midfs/identity"
 )
 
-// printResources prints resources as a table (text), YAML documents or a
+// Resources prints resources as a table (text), YAML documents or a
 // JSON array.
-func printResources(w io.Writer, kind string, res *policy.Resources, format string) error {
+func Resources(w io.Writer, kind string, res *policy.Resources, format string) error {
 	switch format {
 	case "json":
 		items := res.Items()
@@ -45,24 +45,24 @@ func printResources(w io.Writer, kind string, res *policy.Resources, format stri
 		_, err := w.Write(buf.Bytes())
 		return err
 	}
-	var t table
+	var t Table
 	switch kind {
 	case policy.KindRole:
-		t.header("Role", "Allowed to login as", "Node Labels", "Access to resources")
+		t.Header("Role", "Allowed to login as", "Node Labels", "Access to resources")
 		for _, r := range res.Roles {
-			t.row(r.Metadata.Name, strings.Join(r.Spec.Allow.Logins, ","), formatSelector(r.Spec.Allow.NodeLabels), formatRules(r.Spec.Allow.Rules))
+			t.Row(r.Metadata.Name, strings.Join(r.Spec.Allow.Logins, ","), formatSelector(r.Spec.Allow.NodeLabels), formatRules(r.Spec.Allow.Rules))
 		}
 	case policy.KindToken:
-		t.header("Token", "Type", "Bot", "Expires", "State")
+		t.Header("Token", "Type", "Bot", "Expires", "State")
 		for _, tk := range res.Tokens {
 			expires := "never"
 			if tk.Metadata.Expires != nil {
 				expires = tk.Metadata.Expires.Format(time.RFC3339)
 			}
-			t.row(tk.Metadata.Name, tk.Spec.JoinMethod, tk.Spec.BotName, expires, tokenState(tk))
+			t.Row(tk.Metadata.Name, tk.Spec.JoinMethod, tk.Spec.BotName, expires, tokenState(tk))
 		}
 	case policy.KindBot:
-		t.header("Bot", "Roles", "Logins", "Generation", "Status")
+		t.Header("Bot", "Roles", "Logins", "Generation", "Status")
 		for _, b := range res.Bots {
 			var logins []string
 			for _, tr := range b.Spec.Traits {
@@ -70,16 +70,16 @@ func printResources(w io.Writer, kind string, res *policy.Resources, format stri
 					logins = tr.Values
 				}
 			}
-			t.row(b.Metadata.Name, strings.Join(b.Spec.Roles, ","), strings.Join(logins, ","), strconv.FormatUint(b.Status.Generation, 10), botState(b))
+			t.Row(b.Metadata.Name, strings.Join(b.Spec.Roles, ","), strings.Join(logins, ","), strconv.FormatUint(b.Status.Generation, 10), botState(b))
 		}
 	case policy.KindNode:
 		var nodes []identity.Node
 		for _, n := range res.Nodes {
 			nodes = append(nodes, identity.Node{Name: n.Metadata.Name, Addr: n.Spec.Addr, Labels: n.Metadata.Labels})
 		}
-		return printNodes(w, nodes)
+		return Nodes(w, nodes)
 	}
-	return t.print(w)
+	return t.Print(w)
 }
 
 func tokenState(t policy.TokenResource) string {
@@ -128,4 +128,15 @@ func formatRules(rules []policy.Rule) string {
 		}
 	}
 	return strings.Join(parts, ",")
+}
+
+// Nodes prints the table of `tsh ls`: Node Name, Address, Labels.
+// `midfs get nodes` prints the same.
+func Nodes(w io.Writer, nodes []identity.Node) error {
+	var t Table
+	t.Header("Node Name", "Address", "Labels")
+	for _, n := range nodes {
+		t.Row(n.Name, n.Addr, identity.FormatLabels(n.Labels))
+	}
+	return t.Print(w)
 }
