@@ -241,6 +241,16 @@ func serveMain() int {
 			}
 			fake.Advance(d)
 			fmt.Println("ok")
+		case "released": // waits until the kernel has released every handle
+			deadline := time.Now().Add(10 * time.Second)
+			for srv.pins.handles() > 0 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			if n := srv.pins.handles(); n > 0 {
+				fmt.Println("error", n, "handles still open after 10s")
+				continue
+			}
+			fmt.Println("ok")
 		case "done": // waits for Done, for as long as the test lets it
 			<-srv.Done()
 			fmt.Println("done")

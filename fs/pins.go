@@ -88,6 +88,18 @@ func (t *pinTable) sweep(now time.Time) {
 	}
 }
 
+// handles is the number of handles the pins hold, for tests: the kernel
+// sends RELEASE after close(2) returns, so a test waits for it here.
+func (t *pinTable) handles() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, p := range t.byTGID {
+		n += p.open
+	}
+	return n
+}
+
 // size is the number of pins held, for tests.
 func (t *pinTable) size() int {
 	t.mu.Lock()
