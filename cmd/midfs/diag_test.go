@@ -4,13 +4,13 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"strings"
 	"testing"
 
+	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/service/diag"
 )
 
@@ -22,17 +22,6 @@ func serveWired(t *testing.T, d *diag.Server) string {
 	}
 	t.Cleanup(d.Close)
 	return "http://" + d.Addr()
-}
-
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
 }
 
 func TestDiagAddrInUseIsAUsageError(t *testing.T) {
@@ -78,7 +67,7 @@ func TestDiagIdleConnectionsAreBounded(t *testing.T) {
 	if n, most := openFDs(t), before+idleHTTP+idleTCP+diagMaxConns+1; n > most {
 		t.Errorf("%d files open after %d idle connections, want at most %d", n, idleHTTP+idleTCP, most)
 	}
-	if code, _ := get(t, base+"/livez"); code != 200 {
+	if code, _ := testenv.HTTPGet(t, base+"/livez"); code != 200 {
 		t.Errorf("/livez among idle connections: %d", code)
 	}
 }

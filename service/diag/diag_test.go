@@ -2,7 +2,6 @@ package diag
 
 import (
 	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -11,6 +10,8 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/midfs/midfs/internal/testenv"
 )
 
 // fakeAgent stands in for the joiner's status, changed by the test.
@@ -35,20 +36,9 @@ func serveDiag(t *testing.T, d *Server) string {
 	return "http://" + d.Addr()
 }
 
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
-}
-
 func readyzOf(t *testing.T, base string) (int, Readyz) {
 	t.Helper()
-	code, body := get(t, base+"/readyz")
+	code, body := testenv.HTTPGet(t, base+"/readyz")
 	var r Readyz
 	if err := json.Unmarshal([]byte(body), &r); err != nil {
 		t.Fatalf("/readyz is not JSON: %v: %s", err, body)
@@ -93,7 +83,7 @@ func TestReadyzFollowsTheAgent(t *testing.T) {
 	if code != 503 || r.Services["identity"].Status != Unhealthy || !strings.Contains(r.Services["identity"].Reason, "expired") {
 		t.Fatalf("expired: %d %+v", code, r)
 	}
-	if c, body := get(t, base+"/readyz/identity"); c != 503 || !strings.Contains(body, "expired") {
+	if c, body := testenv.HTTPGet(t, base+"/readyz/identity"); c != 503 || !strings.Contains(body, "expired") {
 		t.Fatalf("/readyz/identity: %d %s", c, body)
 	}
 
@@ -101,10 +91,10 @@ func TestReadyzFollowsTheAgent(t *testing.T) {
 	if code, r = readyzOf(t, base); code != 200 {
 		t.Fatalf("recovered: %d %+v", code, r)
 	}
-	if c, body := get(t, base+"/readyz/nope"); c != 404 || !strings.Contains(body, "identity") {
+	if c, body := testenv.HTTPGet(t, base+"/readyz/nope"); c != 404 || !strings.Contains(body, "identity") {
 		t.Fatalf("/readyz/nope: %d %s", c, body)
 	}
-	if c, body := get(t, base+"/livez"); c != 200 || strings.TrimSpace(body) != "OK" {
+	if c, body := testenv.HTTPGet(t, base+"/livez"); c != 200 || strings.TrimSpace(body) != "OK" {
 		t.Fatalf("/livez: %d %q", c, body)
 	}
 }
@@ -120,7 +110,7 @@ func TestMetricsParseAndCount(t *testing.T) {
 	d.OnOpen("identity", "denied")
 	base := serveDiag(t, d)
 
-	_, body := get(t, base+"/metrics")
+	_, body := testenv.HTTPGet(t, base+"/metrics")
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(strings.NewReader(body))
 	if err != nil {
