@@ -5,9 +5,11 @@ import (
 	"testing"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
 )
 
-// TestHelpFitsAndNamesValues: every command's --help fits in helpWidth
+// TestHelpFitsAndNamesValues: every command's --help fits in cliconfig.HelpWidth
 // columns, and every flag that takes a value says what the value is
 // (`--storage keyring|memory|dir:PATH`, not urfave/cli's `--storage value`).
 func TestHelpFitsAndNamesValues(t *testing.T) {
@@ -31,7 +33,7 @@ func TestHelpFitsAndNamesValues(t *testing.T) {
 			continue
 		}
 		for _, line := range strings.Split(r.out, "\n") {
-			if len(line) > helpWidth {
+			if len(line) > cliconfig.HelpWidth {
 				t.Errorf("midfs %s --help: a line of %d columns:\n%s", strings.Join(p, " "), len(line), line)
 			}
 		}
@@ -50,7 +52,7 @@ func checkPlaceholders(t *testing.T, cmd string, flags []cli.Flag) {
 		if !ok || !df.TakesValue() {
 			continue
 		}
-		name, _ := placeholder(df.GetUsage())
+		name, _ := cliconfig.Placeholder(df.GetUsage())
 		_, isDuration := f.(*cli.DurationFlag)
 		switch {
 		case name == "":

@@ -48,7 +48,7 @@ func newApp() *cli.App {
 	addServiceFlags(app) // service_wiring.go: --config, --diag-addr, completion, cleanup
 	addEnvVars(app)
 	setUsageErrors(app)
-	setHelp()
+	cliconfig.SetHelp()
 	return app
 }
 

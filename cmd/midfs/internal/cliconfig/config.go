@@ -2,9 +2,12 @@
 // besides the command line's own parsing: from a YAML config file whose
 // keys are the flag names (Load), and from a command line with flags after
 // positional arguments (PermuteArgs); with the lookups and typo distance
-// both need. It is generic over the commands' cli.Flag lists and knows no
-// command of midfs. It imports the standard library, urfave/cli and YAML;
-// being internal to cmd/midfs, only that command imports it.
+// both need; and how the command line presents itself: the help layout
+// (SetHelp) and the shell completion scripts. It is generic over the
+// commands' cli.Flag lists and knows no command of midfs (the completion
+// scripts only name the binary). It imports the standard library,
+// urfave/cli and YAML; being internal to cmd/midfs, only that command
+// imports it.
 package cliconfig
 
 import (

@@ -1,4 +1,4 @@
-package main
+package cliconfig
 
 import (
 	"io"
@@ -7,32 +7,32 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// helpWidth is the widest line of any --help: urfave/cli's own layout puts
+// HelpWidth is the widest line of any --help: urfave/cli's own layout puts
 // every flag's usage after the longest flag name, on one unbroken line.
-const helpWidth = 100
+const HelpWidth = 100
 
 // flagNameWidth caps the column of flag names; a longer entry puts its
 // usage on the next line instead of pushing every usage to the right.
 const flagNameWidth = 30
 
-// setHelp makes urfave/cli wrap every help text at helpWidth and print
+// SetHelp makes urfave/cli wrap every help text at HelpWidth and print
 // flags with printFlags. urfave/cli keeps its printer in a package
 // variable, so this holds for every App in the process.
-func setHelp() {
+func SetHelp() {
 	flags := strings.NewReplacer(
 		`{{template "visibleFlagCategoryTemplate" .}}`, `{{printFlags .VisibleFlags}}`,
 		`{{template "visibleFlagTemplate" .}}`, `{{printFlags .VisibleFlags}}`,
 	)
 	cli.HelpPrinter = func(w io.Writer, templ string, data any) {
 		cli.HelpPrinterCustom(w, flags.Replace(templ), data, map[string]any{
-			"wrapAt":     func() int { return helpWidth },
+			"wrapAt":     func() int { return HelpWidth },
 			"printFlags": printFlags,
 		})
 	}
 }
 
 // printFlags lays flags out in two columns, names and usage, the usage
-// wrapped at helpWidth. It writes no tabs: urfave/cli runs the help
+// wrapped at HelpWidth. It writes no tabs: urfave/cli runs the help
 // through a tabwriter, which would realign the columns.
 func printFlags(flags []cli.Flag) string {
 	names := make([]string, len(flags))
@@ -53,7 +53,7 @@ func printFlags(flags []cli.Flag) string {
 		} else {
 			b.WriteString(strings.Repeat(" ", col+2-len(names[i])))
 		}
-		b.WriteString(strings.Join(wrapWords(flagUsage(f), helpWidth-len(pad)), "\n"+pad))
+		b.WriteString(strings.Join(wrapWords(flagUsage(f), HelpWidth-len(pad)), "\n"+pad))
 	}
 	return b.String()
 }
@@ -71,7 +71,7 @@ func flagNames(f cli.Flag) string {
 	}
 	s := strings.Join(names, ", ")
 	if df, ok := f.(cli.DocGenerationFlag); ok && df.TakesValue() {
-		if ph, _ := placeholder(df.GetUsage()); ph != "" {
+		if ph, _ := Placeholder(df.GetUsage()); ph != "" {
 			s += " " + ph
 		}
 	}
@@ -85,7 +85,7 @@ func flagUsage(f cli.Flag) string {
 	if !ok {
 		return ""
 	}
-	_, usage := placeholder(df.GetUsage())
+	_, usage := Placeholder(df.GetUsage())
 	if _, isBool := f.(*cli.BoolFlag); !isBool && df.GetDefaultText() != "" {
 		usage += " (default: " + df.GetDefaultText() + ")"
 	}
@@ -98,11 +98,11 @@ func flagUsage(f cli.Flag) string {
 	return usage
 }
 
-// placeholder splits the placeholder out of a usage written as
+// Placeholder splits the placeholder out of a usage written as
 // "`HOST:PORT` of the authority", urfave/cli's convention. A usage that
 // starts with it and a colon ("`token|iam`: how ...") lists the values
 // only once, in the names column.
-func placeholder(usage string) (name, text string) {
+func Placeholder(usage string) (name, text string) {
 	before, rest, ok := strings.Cut(usage, "`")
 	if !ok {
 		return "", usage
