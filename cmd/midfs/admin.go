@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -312,42 +311,8 @@ func botsAdd(c *cli.Context, ac *admin.Client) error {
 	if err != nil {
 		return fail(exitFailure, err)
 	}
-	printBotToken(c.App.Writer, bt, time.Now())
+	output.BotToken(c.App.Writer, bt, time.Now())
 	return nil
-}
-
-// printBotToken prints what `tctl bots add` prints, for midfs mount.
-func printBotToken(w io.Writer, bt *admin.BotToken, now time.Time) {
-	if bt.JoinMethod == wire.JoinToken {
-		fmt.Fprintf(w, "The bot token: %s\n", bt.Token)
-		fmt.Fprintf(w, "This token will expire in %s, at %s.\n", humanDuration(bt.Expires.Sub(now)), bt.Expires.UTC().Format(time.RFC3339))
-		fmt.Fprintf(w, "It works once; `midfs get tokens` lists it as %s.\n", bt.TokenName)
-	} else {
-		fmt.Fprintf(w, "Bot %s joins with the %s token %s; there is no secret to copy.\n", bt.Bot, bt.JoinMethod, bt.TokenName)
-	}
-	fmt.Fprintf(w, "The CA pin: %s\n\n", bt.CAPin)
-	fmt.Fprintf(w, "Run this on the bot's machine to join the cluster %s and serve its identity:\n\n", bt.ClusterName)
-	if bt.JoinMethod == wire.JoinToken {
-		// echo is built into every shell: the token reaches midfs through a
-		// pipe and never shows in any process's argv.
-		fmt.Fprintf(w, "echo %s | midfs mount /opt/machine-id --auth-server=%s --token=- --ca-pin=%s\n\n", bt.Token, bt.AuthServer, bt.CAPin)
-		fmt.Fprintf(w, "(or keep the token in a file only root can read and give --token-file=FILE; never --token=TOKEN,\nwhich every local user can read from the process list)\n")
-	} else {
-		fmt.Fprintf(w, "midfs mount /opt/machine-id --auth-server=%s --join-method=%s --token=%s --ca-pin=%s\n", bt.AuthServer, bt.JoinMethod, bt.TokenName, bt.CAPin)
-	}
-}
-
-// humanDuration prints "60 minutes" or "2 hours 30 minutes".
-func humanDuration(d time.Duration) string {
-	d = d.Round(time.Minute)
-	if d < 2*time.Hour {
-		return fmt.Sprintf("%d minutes", int(d.Minutes()))
-	}
-	h, m := int(d.Hours()), int(d.Minutes())%60
-	if m == 0 {
-		return fmt.Sprintf("%d hours", h)
-	}
-	return fmt.Sprintf("%d hours %d minutes", h, m)
 }
 
 func create(c *cli.Context, ac *admin.Client) error {

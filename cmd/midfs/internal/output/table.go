@@ -1,6 +1,6 @@
 // Package output prints what midfs's commands show: the one table printer
-// (status, get, ls) and admin resources as a table, YAML or JSON. Only
-// cmd/midfs imports it.
+// (status, get, ls), admin resources as a table, YAML or JSON, and the
+// join instructions `bots add` prints. Only cmd/midfs imports it.
 package output
 
 import (
