@@ -118,7 +118,7 @@ func TestMountRefusesBadTokenInput(t *testing.T) {
 		"missing file": {"--token-file=" + filepath.Join(dir, "nope")},
 		"empty file":   {"--token-file=" + write("empty", " \n")},
 		"two words":    {"--token-file=" + write("two", "abc def\n")},
-		"huge file":    {"--token-file=" + write("huge", strings.Repeat("a", maxTokenInput+1))},
+		"huge file":    {"--token-file=" + write("huge", strings.Repeat("a", joiner.MaxTokenInput+1))},
 		"both":         {"--token-file=" + write("ok", "abc"), "--token=abc"},
 		"embedded":     {"--token-file=" + write("ok2", "abc")},
 	} {

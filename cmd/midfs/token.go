@@ -1,23 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/midfs/midfs/joiner"
 	"github.com/midfs/midfs/wire"
 )
-
-// maxTokenInput bounds what is read from a token file or standard input: a
-// token is 64 hex digits, an iam token name at most a few hundred bytes.
-const maxTokenInput = 4 << 10
 
 // safeTokenForms is the hint for anyone who put the secret where others can read it.
 const safeTokenForms = "--token-file=FILE, the MIDFS_TOKEN variable, or --token=- (standard input)"
@@ -58,29 +51,13 @@ func readTokenFile(path, method string, log *slog.Logger) (string, error) {
 	return readToken(f, "--token-file "+path)
 }
 
-// readToken reads one token from r: surrounding white space is dropped, and
-// anything else than one word is refused, so that a wrong file is not sent.
+// readToken is joiner.ReadToken with the usage exit code.
 func readToken(r io.Reader, from string) (string, error) {
 	if r == nil {
 		r = os.Stdin
 	}
-	data, err := io.ReadAll(io.LimitReader(bufio.NewReader(r), maxTokenInput+1))
-	if err != nil {
-		return "", failf(exitUsage, "cannot read the join token from %s: %v", from, err)
-	}
-	tok := string(bytes.TrimSpace(data))
-	switch {
-	case len(data) > maxTokenInput:
-		err = fmt.Errorf("is longer than %d bytes", maxTokenInput)
-	case tok == "":
-		err = errors.New("is empty")
-	case strings.ContainsFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f }):
-		err = errors.New("holds more than one word")
-	}
-	if err != nil {
-		return "", failf(exitUsage, "the join token from %s %v: give the token that `midfs bots add` printed, alone", from, err)
-	}
-	return tok, nil
+	tok, err := joiner.ReadToken(r, from)
+	return tok, fail(exitUsage, err)
 }
 
 // inCommandLine says whether s can be read from this process's argv by
