@@ -295,7 +295,7 @@ func (s *Server) newGeneration(snap *Snapshot) (*generation, error) {
 	s.reportBadNodes(snap.Nodes)
 	g := &generation{snap: snap, at: s.opts.Clock.Now(), sizes: make([]int64, len(identity.Files)), public: make([][]byte, len(identity.Files))}
 	for i, f := range identity.Files {
-		b, err := identity.Render(f.Name, id, snap.Nodes, s.opts.Dir)
+		b, err := identity.Render(f.Name, id, snap.Nodes, identity.Paths{Dir: s.opts.Dir})
 		if err != nil {
 			return nil, fmt.Errorf("render %s: %w", f.Name, err)
 		}
@@ -336,5 +336,5 @@ func (g *generation) render(i int, dir string) ([]byte, error) {
 	if b := g.public[i]; b != nil {
 		return b, nil
 	}
-	return identity.Render(identity.Files[i].Name, g.snap.Identity, g.snap.Nodes, dir)
+	return identity.Render(identity.Files[i].Name, g.snap.Identity, g.snap.Nodes, identity.Paths{Dir: dir})
 }
