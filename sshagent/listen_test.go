@@ -1,0 +1,147 @@
+package sshagent
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func listenAt(t *testing.T, path string, mode os.FileMode) (*Server, error) {
+	t.Helper()
+	key, cert := issue(t, time.Now(), time.Hour)
+	s, err := Listen(Options{Path: path, UID: 65534, GID: 65534, Mode: mode, Allow: anyone}, key, cert)
+	if err == nil {
+		t.Cleanup(func() { s.Close() })
+	}
+	return s, err
+}
+
+// The socket appears with its owner and mode, never with the process's.
+func TestSocketOwnerAndMode(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the socket away")
+	}
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	if _, err := listenAt(t, path, 0o660); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Lstat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFSOCK || st.Mode&0o7777 != 0o660 || st.Uid != 65534 || st.Gid != 65534 {
+		t.Errorf("socket mode %o owner %d:%d, want a socket 0660 65534:65534", st.Mode, st.Uid, st.Gid)
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 1 {
+		t.Errorf("the socket's directory holds %d entries, want the socket alone", len(entries))
+	}
+}
+
+// What sits at the path decides: a file or a live socket is left alone
+// with one line; a stale socket (its agent killed) is replaced.
+func TestWhatSitsAtThePath(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the socket away")
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, []byte("mine"), 0o600)
+	if _, err := listenAt(t, file, 0o600); err == nil || !strings.Contains(err.Error(), "is not a socket") {
+		t.Errorf("over a regular file: %v", err)
+	}
+	if b, _ := os.ReadFile(file); string(b) != "mine" {
+		t.Errorf("the file was changed: %q", b)
+	}
+
+	live := filepath.Join(dir, "live.sock")
+	first, err := listenAt(t, live, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := listenAt(t, live, 0o600); err == nil || !strings.Contains(err.Error(), "another process serves") {
+		t.Errorf("over a live agent: %v", err)
+	}
+	if c, err := net.Dial("unix", live); err != nil {
+		t.Errorf("the live agent lost its socket: %v", err)
+	} else {
+		c.Close()
+	}
+	first.Close()
+
+	stale := filepath.Join(dir, "stale.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close() // as a killed agent leaves it
+	if _, err := listenAt(t, stale, 0o600); err != nil {
+		t.Fatalf("over a stale socket: %v", err)
+	}
+	if c, err := net.Dial("unix", stale); err != nil {
+		t.Errorf("the new socket does not answer: %v", err)
+	} else {
+		c.Close()
+	}
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != "file stale.sock" {
+		t.Errorf("left in the directory: %q, want file and stale.sock (live.sock went with its agent)", names)
+	}
+}
+
+// Close leaves a socket that is not the one it placed.
+func TestCloseLeavesAnotherSocket(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the socket away")
+	}
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	s, err := listenAt(t, path, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(path)
+	os.WriteFile(path, []byte("someone else's"), 0o600)
+	s.Close()
+	if b, _ := os.ReadFile(path); string(b) != "someone else's" {
+		t.Errorf("Close removed or changed a file it did not place")
+	}
+}
+
+// A directory where another user could swap the socket is refused; a
+// sticky one (/tmp) is not.
+func TestSocketDirectoryMustBeSafe(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the socket away")
+	}
+	base := t.TempDir()
+	open := filepath.Join(base, "open")
+	os.Mkdir(open, 0o777)
+	os.Chmod(open, 0o777)
+	if _, err := listenAt(t, filepath.Join(open, "agent.sock"), 0o600); err == nil || !strings.Contains(err.Error(), "writable by other users") {
+		t.Errorf("in a 0777 directory: %v", err)
+	}
+	if entries, _ := os.ReadDir(open); len(entries) != 0 {
+		t.Errorf("a refused listen left %d entries behind", len(entries))
+	}
+	os.Chmod(open, os.ModeSticky|0o777)
+	if _, err := listenAt(t, filepath.Join(open, "agent.sock"), 0o600); err != nil {
+		t.Errorf("in a sticky 1777 directory: %v", err)
+	}
+	theirs := filepath.Join(base, "theirs")
+	os.Mkdir(theirs, 0o755)
+	os.Chown(theirs, 4000, 4000)
+	if _, err := listenAt(t, filepath.Join(theirs, "agent.sock"), 0o600); err == nil || !strings.Contains(err.Error(), "belongs to uid 4000") {
+		t.Errorf("in another user's directory: %v", err)
+	}
+	if _, err := listenAt(t, filepath.Join(base, "missing", "agent.sock"), 0o600); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("in a missing directory: %v", err)
+	}
+}
