@@ -21,6 +21,29 @@ import (
 // The socket's directory must not let other users rename or remove entries
 // (checkDir); otherwise none of this would hold.
 
+// CheckPath says whether Listen could make a socket at path, without making
+// it: the directory is safe, and nothing but a stale socket sits at the
+// path. A caller checks this before work that would be wasted (a join that
+// spends a one-time token).
+func CheckPath(path string) error {
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("socket path %q is not absolute", path)
+	}
+	if err := checkDir(filepath.Dir(path)); err != nil {
+		return err
+	}
+	_, mode, err := lstatID(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case mode&unix.S_IFMT != unix.S_IFSOCK:
+		return fmt.Errorf("%s exists and is not a socket: remove it or pick another path", path)
+	}
+	return checkStale(path)
+}
+
 // fileID names one file: what was placed, so that only it is removed.
 type fileID struct{ dev, ino uint64 }
 

@@ -53,6 +53,9 @@ func TestWhatSitsAtThePath(t *testing.T) {
 	if _, err := listenAt(t, file, 0o600); err == nil || !strings.Contains(err.Error(), "is not a socket") {
 		t.Errorf("over a regular file: %v", err)
 	}
+	if err := CheckPath(file); err == nil || !strings.Contains(err.Error(), "is not a socket") {
+		t.Errorf("CheckPath of a regular file: %v", err)
+	}
 	if b, _ := os.ReadFile(file); string(b) != "mine" {
 		t.Errorf("the file was changed: %q", b)
 	}
@@ -64,6 +67,9 @@ func TestWhatSitsAtThePath(t *testing.T) {
 	}
 	if _, err := listenAt(t, live, 0o600); err == nil || !strings.Contains(err.Error(), "another process serves") {
 		t.Errorf("over a live agent: %v", err)
+	}
+	if err := CheckPath(live); err == nil || !strings.Contains(err.Error(), "another process serves") {
+		t.Errorf("CheckPath of a live agent's socket: %v", err)
 	}
 	if c, err := net.Dial("unix", live); err != nil {
 		t.Errorf("the live agent lost its socket: %v", err)
@@ -79,6 +85,9 @@ func TestWhatSitsAtThePath(t *testing.T) {
 	}
 	ln.SetUnlinkOnClose(false)
 	ln.Close() // as a killed agent leaves it
+	if err := CheckPath(stale); err != nil {
+		t.Errorf("CheckPath of a stale socket: %v", err)
+	}
 	if _, err := listenAt(t, stale, 0o600); err != nil {
 		t.Fatalf("over a stale socket: %v", err)
 	}
@@ -143,5 +152,10 @@ func TestSocketDirectoryMustBeSafe(t *testing.T) {
 	}
 	if _, err := listenAt(t, filepath.Join(base, "missing", "agent.sock"), 0o600); err == nil || !strings.Contains(err.Error(), "does not exist") {
 		t.Errorf("in a missing directory: %v", err)
+	}
+	for _, dir := range []string{filepath.Join(base, "missing"), theirs} {
+		if err := CheckPath(filepath.Join(dir, "agent.sock")); err == nil {
+			t.Errorf("CheckPath in %s: no error", dir)
+		}
 	}
 }

@@ -164,6 +164,10 @@ func TestMountRefusesBadFlags(t *testing.T) {
 		{"m", "--auth-server=h:1", pin, "--owner=no-such-user-here"},
 		{"m", "--auth-server=h:1", pin, "--reader=@no-such-group-here"},
 		{"m", "--auth-server=h:1", pin, "--join-method=kerberos"},
+		{"m", "--auth-server=h:1", pin, "--key-files=false"},
+		{"/m", "--auth-server=h:1", pin, "--ssh-agent=/m/agent.sock"},
+		{"/m", "--auth-server=h:1", pin, "--ssh-agent=/run/${HOME}.sock"},
+		{"/m", "--auth-server=h:1", pin, "--ssh-agent=/run/a\nb.sock"},
 	} {
 		_, err := parseMountArgs(t, args...)
 		var e *exitError
@@ -202,6 +206,45 @@ func TestMountBadMountpointJoinsNothing(t *testing.T) {
 		r := runCLI(t, "", "mount", dir, "--auth-server="+s.Addr(), "--token="+token, "--ca-pin="+s.CAPin(), "--storage=memory")
 		if r.code != exitMountPoint || !strings.Contains(r.err, dir) {
 			t.Errorf("mount %s: %s; want exit %d naming the path", dir, r, exitMountPoint)
+		}
+	}
+	tokenStillWorks(t, s, token)
+}
+
+// --ssh-agent and --key-files: read from flags, and --key-files=false
+// without an agent is one line naming what it needs.
+func TestMountAgentFlags(t *testing.T) {
+	pin := "--ca-pin=sha256:" + strings.Repeat("ab", 32)
+	p, err := parseMountArgs(t, "/opt/machine-id", "--auth-server=h:1", "--token=x", pin, "--ssh-agent=/run/robot.agent", "--key-files=false")
+	if err != nil || p.agent != "/run/robot.agent" || p.keyFiles {
+		t.Fatalf("plan agent %q key files %v: %v", p.agent, p.keyFiles, err)
+	}
+	p, err = parseMountArgs(t, "/opt/machine-id", "--auth-server=h:1", "--token=x", pin)
+	if err != nil || p.agent != "" || !p.keyFiles {
+		t.Fatalf("by default: plan agent %q key files %v: %v", p.agent, p.keyFiles, err)
+	}
+	_, err = parseMountArgs(t, "/opt/machine-id", "--auth-server=h:1", "--token=x", pin, "--key-files=false")
+	if err == nil || err.Error() != "--key-files=false needs --ssh-agent=PATH: without the key files, ssh can only sign through the agent socket" {
+		t.Errorf("--key-files=false alone: %v", err)
+	}
+}
+
+// A socket path the agent cannot use is refused before the join, so the
+// one-time token still works.
+func TestMountBadAgentSocketJoinsNothing(t *testing.T) {
+	s := startAuth(t)
+	token := botToken(t, s)
+	base := t.TempDir()
+	file := filepath.Join(base, "file")
+	os.WriteFile(file, nil, 0o644)
+	open := filepath.Join(base, "open")
+	os.Mkdir(open, 0o777)
+	os.Chmod(open, 0o777)
+	for _, sock := range []string{file, filepath.Join(base, "missing", "agent.sock"), filepath.Join(open, "agent.sock")} {
+		r := runCLI(t, "", "mount", t.TempDir(), "--auth-server="+s.Addr(), "--token="+token, "--ca-pin="+s.CAPin(),
+			"--storage=memory", "--ssh-agent="+sock)
+		if r.code != exitUsage || !strings.Contains(r.err, "--ssh-agent") || strings.Count(strings.TrimSpace(r.err), "\n") != 0 {
+			t.Errorf("mount --ssh-agent=%s: %s; want exit %d and one line", sock, r, exitUsage)
 		}
 	}
 	tokenStillWorks(t, s, token)
