@@ -152,7 +152,8 @@ func TestSSHAgentToolsWithKeyFilesHidden(t *testing.T) {
 			"ANSIBLE_REMOTE_TEMP=" + filepath.Join(home, "remote-tmp"), "ANSIBLE_SSH_CONTROL_PATH_DIR=" + cp,
 			"ANSIBLE_NOCOLOR=1", "ANSIBLE_PYTHON_INTERPRETER=/usr/bin/python3", "ANSIBLE_CONFIG=" + filepath.Join(home, "ansible.cfg")}
 		os.WriteFile(filepath.Join(home, "ansible.cfg"), nil, 0o644) // none of the machine's
-		args := []string{"all", "-i", host + ",", "-u", "root", "--ssh-common-args", strings.Join(opts, " ")} // no spaces in these paths
+		// Ansible splits these itself and takes no quotes; the paths hold no spaces.
+		args := []string{"all", "-i", host + ",", "-u", "root", "--ssh-common-args", strings.Join(opts, " ")}
 		// ping runs Python on the node: copied there over sftp, run over ssh.
 		if out := command(t, env, home, "ansible", append(args, "-m", "ping")...); !strings.Contains(out, `"ping": "pong"`) {
 			t.Errorf("ansible -m ping:\n%s", out)
