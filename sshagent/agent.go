@@ -15,6 +15,7 @@ package sshagent
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/rand"
 	"errors"
@@ -254,7 +255,9 @@ func (s *Server) handle(c *net.UnixConn) {
 	}
 	// Like an open of key: every connection is worth an audit line, with
 	// who made it.
-	s.log.Debug("ssh-agent connection", "path", s.opts.Path, "uid", p.UID, "pid", p.PID, "comm", comm(p.PID), "result", result)
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("ssh-agent connection", "path", s.opts.Path, "uid", p.UID, "pid", p.PID, "comm", comm(p.PID), "result", result)
+	}
 	if err != nil {
 		s.log.Warn("ssh-agent connection refused: no peer credentials", "err", err)
 	}

@@ -1,6 +1,7 @@
 package sshagent
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,12 +19,18 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 
+	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/identity/clock"
 )
 
-// issue makes a key and a user certificate for it valid from a minute
-// before now for ttl, as the authority does.
-func issue(t testing.TB, now time.Time, ttl time.Duration) (*ecdsa.PrivateKey, *ssh.Certificate) {
+// issue makes an ECDSA key and a user certificate for it valid from a
+// minute before now for ttl, as the authority does.
+func issue(t testing.TB, now time.Time, ttl time.Duration) (crypto.Signer, *ssh.Certificate) {
+	t.Helper()
+	return issueAlg(t, identity.ECDSA, now, ttl)
+}
+
+func issueAlg(t testing.TB, alg identity.Algorithm, now time.Time, ttl time.Duration) (crypto.Signer, *ssh.Certificate) {
 	t.Helper()
 	ca, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -33,7 +40,7 @@ func issue(t testing.TB, now time.Time, ttl time.Duration) (*ecdsa.PrivateKey, *
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := identity.GenerateKey(alg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,6 +183,37 @@ func TestListsSignsAndChangesNothing(t *testing.T) {
 	}
 	if a.seen.get(a.seen.signs, SignOK) != 3 || a.seen.get(a.seen.signs, SignUnknownKey) != 1 || a.seen.get(a.seen.connects, ResultOK) != 1 {
 		t.Errorf("reported connections %v, signatures %v", a.seen.connects, a.seen.signs)
+	}
+}
+
+// Every key algorithm signs, RSA with the SHA-2 algorithm the client asks
+// for (OpenSSH asks for rsa-sha2-512 or -256, never SHA-1).
+func TestSignsWithEveryAlgorithm(t *testing.T) {
+	for _, alg := range []identity.Algorithm{identity.ECDSA, identity.Ed25519, identity.RSA} {
+		key, cert := issueAlg(t, alg, time.Now(), time.Hour)
+		s, err := Listen(Options{Path: filepath.Join(t.TempDir(), "agent.sock"), Mode: 0o600, Allow: anyone}, key, cert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		client := dial(t, s.opts.Path)
+		data := []byte("data")
+		for _, flags := range []agent.SignatureFlags{0, agent.SignatureFlagRsaSha256, agent.SignatureFlagRsaSha512} {
+			if alg != identity.RSA && flags != 0 {
+				continue
+			}
+			sig, err := client.SignWithFlags(cert, data, flags)
+			if err != nil {
+				t.Fatalf("%s flags %d: %v", alg, flags, err)
+			}
+			if err := cert.Key.Verify(data, sig); err != nil {
+				t.Errorf("%s flags %d: signature %s does not verify: %v", alg, flags, sig.Format, err)
+			}
+			want := map[agent.SignatureFlags]string{agent.SignatureFlagRsaSha256: ssh.KeyAlgoRSASHA256, agent.SignatureFlagRsaSha512: ssh.KeyAlgoRSASHA512}[flags]
+			if want != "" && sig.Format != want {
+				t.Errorf("%s flags %d: signature format %s, want %s", alg, flags, sig.Format, want)
+			}
+		}
+		s.Close()
 	}
 }
 
