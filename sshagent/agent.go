@@ -48,6 +48,11 @@ type Options struct {
 	// ResultDenied; OnSign of every signature request with a Sign* result.
 	OnConnect func(result string)
 	OnSign    func(result string)
+	// Replace lets Listen replace a socket that another process listens on,
+	// for a successor taking over from the agent it replaces (an upgrade):
+	// new connections come here at once, the predecessor finishes those it
+	// has, and its Close leaves the socket alone, as it is no longer its.
+	Replace bool
 }
 
 // Connection and signature results reported to OnConnect and OnSign.
@@ -139,7 +144,7 @@ func Listen(opts Options, key crypto.Signer, cert *ssh.Certificate) (*Server, er
 	}
 	s := &Server{opts: opts, log: opts.Logger, slots: make(chan struct{}, maxConns),
 		keys: []*heldKey{first}, conns: map[*net.UnixConn]struct{}{}}
-	if s.ln, s.file, err = listen(opts.Path, opts.UID, opts.GID, opts.Mode); err != nil {
+	if s.ln, s.file, err = listen(opts.Path, opts.UID, opts.GID, opts.Mode, opts.Replace); err != nil {
 		return nil, err
 	}
 	s.wg.Add(1)

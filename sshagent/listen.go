@@ -17,7 +17,8 @@ import (
 // there, and renamed into place with renameat2, which never replaces a name
 // another process made meanwhile (RENAME_NOREPLACE). A socket left at the
 // path by a killed agent (nobody listens: ECONNREFUSED) is swapped out
-// (RENAME_EXCHANGE) and removed only if it is the very file found stale.
+// (RENAME_EXCHANGE) and removed only if it is the very file found stale;
+// with replace, so is a live one (Options.Replace).
 // The socket's directory must not let other users rename or remove entries
 // (checkDir); otherwise none of this would hold.
 
@@ -57,7 +58,7 @@ func lstatID(path string) (fileID, uint32, error) {
 
 // listen makes the socket at path, owned by uid:gid with mode, and returns
 // its listener and the file it placed.
-func listen(path string, uid, gid uint32, mode os.FileMode) (*net.UnixListener, fileID, error) {
+func listen(path string, uid, gid uint32, mode os.FileMode, replace bool) (*net.UnixListener, fileID, error) {
 	dir := filepath.Dir(path)
 	if err := checkDir(dir); err != nil {
 		return nil, fileID{}, err
@@ -77,7 +78,7 @@ func listen(path string, uid, gid uint32, mode os.FileMode) (*net.UnixListener, 
 	ln.SetUnlinkOnClose(false) // the name it was bound to is gone once placed
 	id, err := setUp(staged, uid, gid, mode)
 	if err == nil {
-		err = place(staged, path, id)
+		err = place(staged, path, replace)
 	}
 	if err != nil {
 		ln.Close()
@@ -101,8 +102,9 @@ func setUp(staged string, uid, gid uint32, mode os.FileMode) (fileID, error) {
 	return id, err
 }
 
-// place renames staged to path, replacing only a stale socket.
-func place(staged, path string, ours fileID) error {
+// place renames staged to path, replacing only a stale socket, or with
+// replace any socket.
+func place(staged, path string, replace bool) error {
 	for range 3 { // the path may come and go under us; then look again
 		err := unix.Renameat2(unix.AT_FDCWD, staged, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE)
 		if err == nil {
@@ -120,17 +122,19 @@ func place(staged, path string, ours fileID) error {
 		case mode&unix.S_IFMT != unix.S_IFSOCK:
 			return fmt.Errorf("%s exists and is not a socket: remove it or pick another path", path)
 		}
-		if err := checkStale(path); err != nil {
-			return err
+		if !replace {
+			if err := checkStale(path); err != nil {
+				return err
+			}
 		}
 		if err := unix.Renameat2(unix.AT_FDCWD, staged, unix.AT_FDCWD, path, unix.RENAME_EXCHANGE); err != nil {
-			return fmt.Errorf("cannot replace the stale socket %s: %w", path, err)
+			return fmt.Errorf("cannot replace the socket %s: %w", path, err)
 		}
 		if got, _, err := lstatID(staged); err != nil || got != old {
 			// Not the file found stale: someone made another meanwhile.
 			// Give it its name back.
 			unix.Renameat2(unix.AT_FDCWD, staged, unix.AT_FDCWD, path, unix.RENAME_EXCHANGE)
-			return fmt.Errorf("%s changed while the stale socket there was replaced; try again", path)
+			return fmt.Errorf("%s changed while the socket there was replaced; try again", path)
 		}
 		return nil
 	}

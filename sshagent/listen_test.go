@@ -106,6 +106,40 @@ func TestWhatSitsAtThePath(t *testing.T) {
 	}
 }
 
+// A successor (Replace) takes the socket over from a live agent: new
+// connections reach it, the predecessor keeps the one it has, and the
+// predecessor's Close leaves the successor's socket in place.
+func TestReplaceTakesTheSocketOver(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the socket away")
+	}
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	old, _ := start(t, filepath.Dir(path), 0o600, anyone)
+	held := dial(t, path)
+	key, cert := issue(t, time.Now(), time.Hour)
+	if _, err := Listen(Options{Path: path, Mode: 0o600, Allow: anyone}, key, cert); err == nil {
+		t.Fatal("a second agent took a live socket without Replace")
+	}
+	successor, err := Listen(Options{Path: path, Mode: 0o600, Allow: anyone, Replace: true}, key, cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer successor.Close()
+	if keys, err := dial(t, path).List(); err != nil || len(keys) != 2 || string(keys[0].Blob) != string(cert.Marshal()) {
+		t.Errorf("a new connection does not reach the successor: %v", err)
+	}
+	if keys, err := held.List(); err != nil || len(keys) != 2 || string(keys[0].Blob) == string(cert.Marshal()) {
+		t.Errorf("the predecessor's open connection broke: %v", err)
+	}
+	old.Close()
+	if _, err := dial(t, path).List(); err != nil {
+		t.Errorf("the predecessor's Close removed the successor's socket: %v", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 1 {
+		t.Errorf("%d entries left beside the socket", len(entries)-1)
+	}
+}
+
 // Close leaves a socket that is not the one it placed.
 func TestCloseLeavesAnotherSocket(t *testing.T) {
 	if os.Geteuid() != 0 {
