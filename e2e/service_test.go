@@ -628,18 +628,29 @@ func TestAgentRunsWithTheUnitsCapabilities(t *testing.T) {
 }
 
 // A full run at debug level, authority and agent, with joins, renewals,
-// SIGHUP, reads of every file, a restart and shutdown: no log line holds
-// the token or any private key.
+// SIGHUP, reads of every file, signatures through the agent socket (and a
+// refused one), a restart and shutdown: no log line holds the token or any
+// private key.
 func TestLogsHoldNoSecrets(t *testing.T) {
 	a := startAuthority(t)
 	token := a.addBot("robot", "access", "root")
 	dir := publicDir(t)
-	ag := startMount(t, dir, append(a.mountArgs(token), "--storage=keyring", "--certificate-ttl=6s", "--renewal-interval=2s")...)
+	sock := filepath.Join(publicDir(t), "robot.agent")
+	ag := startMount(t, dir, append(a.mountArgs(token), "--storage=keyring", "--certificate-ttl=6s", "--renewal-interval=2s",
+		"--ssh-agent="+sock)...)
+	data := filepath.Join(publicDir(t), "data")
+	os.WriteFile(data, []byte("data"), 0o644)
 	var keys [][]byte
 	for i := 0; i < 3; i++ {
 		keys = append(keys, ag.read("key"))
 		for _, f := range []string{"identity", "key-cert.pub", "tlscert", "ssh_config", "known_hosts"} {
 			ag.read(f)
+		}
+		for _, args := range [][]string{{"ssh-keygen", "-Y", "sign", "-n", "file", "-f", ag.file("key.pub"), data}, {"ssh-add", "-D"}} {
+			os.Remove(data + ".sig")
+			cmd := exec.Command(args[0], args[1:]...)
+			cmd.Env = append(envWithout("SSH_AUTH_SOCK"), "SSH_AUTH_SOCK="+sock)
+			cmd.Run() // ssh-add -D is refused; only the logs matter here
 		}
 		ag.cmd.Process.Signal(syscall.SIGHUP)
 		waitFor(t, "a new key after SIGHUP", 30*time.Second, func() bool { return !bytes.Equal(ag.read("key"), keys[i]) })
@@ -660,8 +671,8 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	}
 
 	all := a.logs.String() + ag.logs.String() + ag2.logs.String()
-	if !strings.Contains(all, `"level":"DEBUG"`) {
-		t.Fatal("the run did not log at debug level; the scan would prove little")
+	if !strings.Contains(all, `"level":"DEBUG"`) || !strings.Contains(all, `"msg":"ssh-agent signature"`) || !strings.Contains(all, "read-only") {
+		t.Fatal("the run did not log at debug level, or nothing of the agent socket; the scan would prove little")
 	}
 	secrets := map[string]string{"token": token}
 	for i, k := range keys {
