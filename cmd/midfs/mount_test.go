@@ -250,6 +250,17 @@ func TestMountBadAgentSocketJoinsNothing(t *testing.T) {
 	tokenStillWorks(t, s, token)
 }
 
+// midfs ls of a tree without the key files says why it cannot list, in one
+// line, and where the nodes are to be seen.
+func TestLsWithoutKeyFiles(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, identity.FileSSHPub), []byte("ecdsa-sha2-nistp256 AAAA\n"), 0o644)
+	r := runCLI(t, "", "ls", "--mount", dir)
+	if r.code != exitFailure || !strings.Contains(r.err, "--key-files=false") || !strings.Contains(r.err, "ssh_config") || strings.Count(strings.TrimSpace(r.err), "\n") != 0 {
+		t.Errorf("midfs ls without key: %s", r)
+	}
+}
+
 func TestMountWrongPinJoinsNothing(t *testing.T) {
 	s, other := startAuth(t), startAuth(t)
 	token := botToken(t, s)
