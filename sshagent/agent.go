@@ -303,12 +303,17 @@ func (s *Server) list() []*agent.Key {
 	return out
 }
 
-// find returns the held key named by blob (its certificate or plain key).
-func (s *Server) find(blob []byte) *heldKey {
+// find returns the held key named by blob (its certificate or plain key),
+// unless it was retired longer than retiredKeyGrace ago. Only the
+// certificate of what it returns may be read outside the lock.
+func (s *Server) find(blob []byte, now time.Time) *heldKey {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, h := range s.keys {
 		if bytes.Equal(blob, h.blobs[0]) || bytes.Equal(blob, h.blobs[1]) {
+			if !h.retired.IsZero() && now.Sub(h.retired) >= retiredKeyGrace {
+				return nil
+			}
 			return h
 		}
 	}
@@ -316,13 +321,13 @@ func (s *Server) find(blob []byte) *heldKey {
 }
 
 func (s *Server) sign(p Peer, key ssh.PublicKey, data []byte, flags agent.SignatureFlags) (*ssh.Signature, error) {
-	h := s.find(key.Marshal())
 	now := s.opts.Clock.Now()
+	h := s.find(key.Marshal(), now)
 	var sig *ssh.Signature
 	var err error
 	result := SignOK
 	switch {
-	case h == nil || !h.retired.IsZero() && now.Sub(h.retired) >= retiredKeyGrace:
+	case h == nil:
 		result, err = SignUnknownKey, errors.New("no such key in midfs's agent (renewed since it was listed?)")
 	case !now.Before(h.expires()):
 		result, err = SignExpired, fmt.Errorf("the certificate of this key expired at %s", h.expires().UTC().Format(time.RFC3339))

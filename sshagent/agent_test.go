@@ -353,3 +353,36 @@ func TestCloseRemovesTheSocket(t *testing.T) {
 		t.Errorf("a connection still answers after Close")
 	}
 }
+
+// Signatures and renewals at once: after each List a renewal runs while
+// the client asks for a signature with what it listed, which must succeed
+// and verify (and the race detector sees Publish and Sign overlap).
+func TestSignWhileRenewing(t *testing.T) {
+	a, _ := start(t, t.TempDir(), 0o600, anyone)
+	renew := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range renew {
+			key, cert := issue(t, a.clock.Now(), time.Hour)
+			a.Publish(key, cert)
+		}
+	}()
+	client := dial(t, a.path)
+	for range 100 {
+		keys, err := client.List()
+		if err != nil || len(keys) == 0 {
+			t.Fatalf("list: %d keys, %v", len(keys), err)
+		}
+		renew <- struct{}{}
+		pub, err := ssh.ParsePublicKey(keys[0].Blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := signs(t, client, pub); err != nil {
+			t.Fatalf("the key listed a moment ago does not sign: %v", err)
+		}
+	}
+	close(renew)
+	<-done
+}
