@@ -20,6 +20,7 @@ import (
 
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/seal"
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/auth/store/postgres"
 	"github.com/midfs/midfs/auth/store/sqlite"
@@ -38,6 +39,9 @@ type Server struct {
 	db      *authority
 	metrics *metrics
 	inv     *inventory
+	// seal, if set, seals the CA keys in the state; sealPath is its file.
+	seal     *seal.Key
+	sealPath string
 
 	https     *http.Server
 	httpsLn   net.Listener
@@ -58,11 +62,16 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	// Before the state is opened: a bad key file changes nothing.
+	sk, skPath, err := loadSealKey(cfg.CAKeySeal)
+	if err != nil {
+		return nil, err
+	}
 	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), inv: newInventory()}
+	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), inv: newInventory(), seal: sk, sealPath: skPath}
 	if err := s.loadOrInit(ctx); err != nil {
 		st.Close()
 		return nil, err
@@ -77,7 +86,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
-		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", admin.SocketPath(cfg.DataDir))
+		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", admin.SocketPath(cfg.DataDir), "ca_keys_sealed", s.seal != nil)
 	return s, nil
 }
 
@@ -159,7 +168,12 @@ func (s *Server) loadOrInit(ctx context.Context) error {
 		return err
 	}
 	for _, ca := range cas {
-		a, err := loadAuthority(ca.Kind, ca.KeyDER, ca.CertDER)
+		keyDER, err := s.openKey(cluster, ca)
+		if err != nil {
+			return err
+		}
+		a, err := loadAuthority(ca.Kind, keyDER, ca.CertDER)
+		clear(keyDER)
 		clear(ca.KeyDER)
 		if err != nil {
 			return err
@@ -175,6 +189,10 @@ func (s *Server) loadOrInit(ctx context.Context) error {
 	}
 	if s.user == nil || s.host == nil || s.db == nil {
 		return fmt.Errorf("authority state in %s is missing a CA; restore it from a backup", s.cfg.DataDir)
+	}
+	// Writes only once every CA key opened: a wrong seal key changes nothing.
+	if err := s.sealStoredKeys(ctx); err != nil {
+		return err
 	}
 	return s.sweepTokens(ctx)
 }
@@ -210,7 +228,14 @@ func (s *Server) initState(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		cas = append(cas, store.CA{Kind: kind, KeyDER: keyDER, CertDER: a.cert.Raw})
+		stored, err := s.storedKey(cluster, kind, keyDER)
+		if s.seal != nil {
+			clear(keyDER)
+		}
+		if err != nil {
+			return err
+		}
+		cas = append(cas, store.CA{Kind: kind, KeyDER: stored, CertDER: a.cert.Raw})
 	}
 	return s.st.Update(ctx, func(tx store.Tx) error {
 		made, err := tx.Init(ctx, cluster, cas, policy.BuiltinRoles())

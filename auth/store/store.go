@@ -155,6 +155,10 @@ type Tx interface {
 	// Restore writes a whole state (moved from another backend) as it
 	// was, into a state that has no cluster yet; ErrConflict if it has.
 	Restore(ctx context.Context, d *Dump) error
+	// PutCA replaces the key and certificate of the stored CA of ca.Kind
+	// (the authority seals the keys of an existing cluster with it);
+	// ErrNotFound if there is none.
+	PutCA(ctx context.Context, ca CA) error
 
 	// AddBot stores a new bot; ErrConflict if one of that name exists.
 	AddBot(ctx context.Context, b *Bot) error
@@ -195,7 +199,7 @@ type Tx interface {
 // CA is one stored certificate authority.
 type CA struct {
 	Kind    string // user, host or db
-	KeyDER  []byte // PKCS #8 private key
+	KeyDER  []byte // PKCS #8 private key, or sealed (package auth/seal); stored as given
 	CertDER []byte
 }
 

@@ -341,6 +341,14 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 	return nil
 }
 
+func (t *txn) PutCA(ctx context.Context, ca store.CA) error {
+	n, err := t.exec(ctx, `UPDATE cas SET key_der = $1, cert_der = $2 WHERE kind = $3`, ca.KeyDER, ca.CertDER, ca.Kind)
+	if err == nil && n == 0 {
+		return fmt.Errorf("%s CA: %w", ca.Kind, store.ErrNotFound)
+	}
+	return err
+}
+
 func (t *txn) AddBot(ctx context.Context, b *store.Bot) error {
 	n, err := t.exec(ctx, `INSERT INTO bots(name, roles, logins, instance, token_name, created) VALUES ($1, $2, $3, $4, $5, $6)
 		ON CONFLICT (name) DO NOTHING`,

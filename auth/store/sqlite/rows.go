@@ -370,6 +370,14 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 	return nil
 }
 
+func (t *txn) PutCA(ctx context.Context, ca store.CA) error {
+	n, err := t.exec(ctx, `UPDATE cas SET key_der = ?, cert_der = ? WHERE kind = ?`, ca.KeyDER, ca.CertDER, ca.Kind)
+	if err == nil && n == 0 {
+		return fmt.Errorf("%s CA: %w", ca.Kind, store.ErrNotFound)
+	}
+	return err
+}
+
 func (t *txn) AddBot(ctx context.Context, b *store.Bot) error {
 	_, err := t.exec(ctx, `INSERT INTO bots(name, roles, logins, instance, token_name, created) VALUES (?, ?, ?, ?, ?, ?)`,
 		b.Name, mustJSON(b.Roles), mustJSON(nonNil(b.Logins)), b.Instance, b.TokenName, b.Created.Unix())

@@ -56,6 +56,7 @@ func Run(t *testing.T, b Backend) {
 		{"UpdateFinishesWhenCancelled", testCancelled},
 		{"VersionsMoveWithTheInventory", testVersions},
 		{"ChangedTellsOfEveryHandlesChanges", testChanged},
+		{"PutCAReplacesAStoredCA", testPutCA},
 		{"DumpAndRestore", testDumpRestore},
 		{"AnotherClusterIsRefused", testOtherCluster},
 		{"StateOutlivesItsHandles", testReopen},
@@ -632,6 +633,33 @@ func testTokenUsedOnce(t *testing.T, s *state) {
 	if b.Instance != tok.UsedInstance || string(b.LastKeyHash) != string(tok.UsedKeyHash) {
 		t.Fatalf("the bot's instance %q and key do not match the token's user %q", b.Instance, tok.UsedInstance)
 	}
+}
+
+// The authority seals the CA keys of an existing cluster with PutCA: the
+// bytes come back as given, on every handle; a kind never stored is
+// ErrNotFound, nothing written.
+func testPutCA(t *testing.T, s *state) {
+	a, b := s.handle(), s.handle()
+	initState(t, a)
+	sealed := store.CA{Kind: "host", KeyDER: []byte("MSK1 sealed host key"), CertDER: []byte("host cert")}
+	update(t, a, func(tx store.Tx) error { return tx.PutCA(bg, sealed) })
+	cas, err := b.CAs(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"user": "user key", "host": "MSK1 sealed host key", "db": "db key"}
+	for _, ca := range cas {
+		if string(ca.KeyDER) != want[ca.Kind] {
+			t.Errorf("%s CA key %q after PutCA of the host CA, want %q", ca.Kind, ca.KeyDER, want[ca.Kind])
+		}
+	}
+	if len(cas) != 3 {
+		t.Errorf("%d CAs after PutCA, want 3", len(cas))
+	}
+	err = a.Update(bg, func(tx store.Tx) error {
+		return tx.PutCA(bg, store.CA{Kind: "other", KeyDER: []byte("k"), CertDER: []byte("c")})
+	})
+	wantNotFound(t, "PutCA of a kind never stored", err)
 }
 
 // The authority's renewal: read the bot, refuse unless it is at the
