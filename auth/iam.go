@@ -6,6 +6,7 @@ package auth
 // identity. The checks themselves are in package auth/iam.
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -32,8 +33,8 @@ func (s *Server) iamRoutes(mux *http.ServeMux) {
 		s.log.Warn("TEST MODE: IAM joins are verified by the STS endpoint given with --sts-endpoint, whose TLS certificate is NOT checked; never run an authority like this in production",
 			"sts_endpoint", s.cfg.STSEndpoint)
 	}
-	mux.HandleFunc("POST "+wire.PathIAMChallenge, j.handleChallenge)
-	mux.HandleFunc("POST "+wire.PathIAMJoin, j.handleJoin)
+	mux.HandleFunc("POST "+wire.PathIAMChallenge, s.needsDB(j.handleChallenge))
+	mux.HandleFunc("POST "+wire.PathIAMJoin, s.needsDB(j.handleJoin))
 }
 
 func (j *iamJoin) handleChallenge(w http.ResponseWriter, r *http.Request) {
@@ -121,6 +122,11 @@ func (j *iamJoin) refuse(w http.ResponseWriter, r *http.Request, ref string, f *
 		public = fmt.Sprintf("bad IAM join request (ref %s): %s", ref, iam.Truncate(f.Detail, 200))
 		status = http.StatusBadRequest
 	case iam.ReasonInternal:
+		if j.s.dbw.check(context.WithoutCancel(r.Context())) != nil {
+			j.s.log.Warn("iam join failed: no database", "reason", f.Detail, "ref", ref)
+			j.s.answerNoDB(w)
+			return
+		}
 		public = fmt.Sprintf("internal error (ref %s); see the authority's log", ref)
 		status = http.StatusInternalServerError
 	case iam.ReasonSTSUnreachable:

@@ -39,6 +39,7 @@ type Server struct {
 	db      *authority
 	metrics *metrics
 	inv     *inventory
+	dbw     *dbWatch // the database connection; the API waits for it
 	// seal, if set, seals the CA keys in the state; sealPath is its file.
 	seal     *seal.Key
 	sealPath string
@@ -76,6 +77,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	s.dbw = newDBWatch(st, cfg.Clock, s.log, s.inv.changed)
 	if err := s.serveHTTPS(); err != nil {
 		st.Close()
 		return nil, err
@@ -85,6 +87,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	go s.dbw.run()
 	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
 		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", admin.SocketPath(cfg.DataDir), "ca_keys_sealed", s.seal != nil)
 	return s, nil
@@ -114,6 +117,7 @@ func (s *Server) Close() error {
 		err1 := s.https.Shutdown(ctx)
 		err2 := s.adminSrv.Shutdown(ctx)
 		s.wg.Wait()
+		s.dbw.close()
 		os.Remove(admin.SocketPath(s.cfg.DataDir))
 		err3 := s.st.Close()
 		s.closeErr = errors.Join(err1, err2, err3)

@@ -275,6 +275,12 @@ func authStart(c *cli.Context) error {
 		}
 		return diag.Health{Status: diag.Healthy, UpdatedAt: time.Now()}
 	})
+	svc.Diag().AddCheck("database", func() diag.Health {
+		if h := s.DBHealth(); !h.Up {
+			return diag.Health{Status: diag.Unhealthy, Reason: h.Reason + "; answering 503", UpdatedAt: h.Since}
+		}
+		return diag.Health{Status: diag.Healthy, Reason: "database answers", UpdatedAt: time.Now()}
+	})
 	svc.Ready("serving " + s.ClusterName() + " on " + s.Addr())
 	<-ctx.Done()
 	svc.Stopping()
