@@ -189,6 +189,14 @@ type Tx interface {
 	// says how many.
 	RemoveExpiredTokens(ctx context.Context, cutoff time.Time) (int64, error)
 
+	// SpendChallenge records the identifier of a taken IAM challenge until
+	// expires; false (nothing changed) if it is recorded already. It is
+	// what makes a challenge single-use across replicas.
+	SpendChallenge(ctx context.Context, id []byte, expires time.Time) (bool, error)
+	// RemoveSpentChallenges forgets challenges recorded until before
+	// cutoff and says how many.
+	RemoveSpentChallenges(ctx context.Context, cutoff time.Time) (int64, error)
+
 	PutRole(ctx context.Context, r policy.Role) error   // adds or replaces
 	PutNode(ctx context.Context, n identity.Node) error // adds or replaces
 	// Remove removes a resource of kind (a policy.Kind*); false if there
@@ -232,7 +240,8 @@ type Token struct {
 }
 
 // Dump is a whole state: what `midfs auth migrate` moves from one backend
-// to another. Every stored table is in it.
+// to another. Every stored table is in it but the spent IAM challenges,
+// which matter for a minute and only to the replicas that took them.
 type Dump struct {
 	ClusterName string
 	ClusterID   string

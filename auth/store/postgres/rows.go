@@ -428,6 +428,19 @@ func (t *txn) RemoveExpiredTokens(ctx context.Context, cutoff time.Time) (int64,
 	return t.exec(ctx, `DELETE FROM tokens WHERE expires < $1`, seconds(cutoff))
 }
 
+// SpendChallenge: of two transactions inserting one id, the second waits
+// for the first on the primary key and then inserts nothing (or, under
+// SERIALIZABLE, fails and is run again by Update, to find the row): one
+// of them gets true, at any isolation level.
+func (t *txn) SpendChallenge(ctx context.Context, id []byte, expires time.Time) (bool, error) {
+	n, err := t.exec(ctx, `INSERT INTO spent_challenges(id, expires) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING`, id, expires)
+	return n == 1, err
+}
+
+func (t *txn) RemoveSpentChallenges(ctx context.Context, cutoff time.Time) (int64, error) {
+	return t.exec(ctx, `DELETE FROM spent_challenges WHERE expires < $1`, cutoff)
+}
+
 func (t *txn) PutRole(ctx context.Context, r policy.Role) error {
 	if _, err := t.exec(ctx, `INSERT INTO roles(name, spec) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec`,
 		r.Metadata.Name, mustJSON(r)); err != nil {

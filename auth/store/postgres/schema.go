@@ -65,6 +65,14 @@ CREATE TABLE nodes (
 	addr   text NOT NULL,
 	labels jsonb NOT NULL DEFAULT '{}'
 );`,
+	// 2: IAM challenges taken, so that replicas sharing a challenge key
+	// take each one once.
+	`
+CREATE TABLE spent_challenges (
+	id      bytea PRIMARY KEY,
+	expires timestamptz NOT NULL
+);
+CREATE INDEX spent_challenges_expires ON spent_challenges (expires);`,
 }
 
 // migrateLock is the advisory lock key under which replicas migrate, one

@@ -440,6 +440,15 @@ func (t *txn) RemoveExpiredTokens(ctx context.Context, cutoff time.Time) (int64,
 	return t.exec(ctx, `DELETE FROM tokens WHERE expires != 0 AND expires < ?`, cutoff.Unix())
 }
 
+func (t *txn) SpendChallenge(ctx context.Context, id []byte, expires time.Time) (bool, error) {
+	n, err := t.exec(ctx, `INSERT OR IGNORE INTO spent_challenges(id, expires) VALUES (?, ?)`, id, expires.Unix()+1)
+	return n == 1, err
+}
+
+func (t *txn) RemoveSpentChallenges(ctx context.Context, cutoff time.Time) (int64, error) {
+	return t.exec(ctx, `DELETE FROM spent_challenges WHERE expires < ?`, cutoff.Unix())
+}
+
 func (t *txn) PutRole(ctx context.Context, r policy.Role) error {
 	if _, err := t.exec(ctx, `INSERT OR REPLACE INTO roles(name, spec) VALUES (?, ?)`, r.Metadata.Name, mustJSON(r)); err != nil {
 		return err

@@ -82,6 +82,13 @@ CREATE TABLE versions (
 );
 INSERT INTO meta(key, value)
 	SELECT 'cluster_id', lower(hex(randomblob(16))) FROM meta WHERE key = 'cluster_name';`,
+	// 3: IAM challenges taken, for replicas that share a challenge key.
+	`
+CREATE TABLE spent_challenges (
+	id      BLOB PRIMARY KEY,
+	expires INTEGER NOT NULL
+);
+CREATE INDEX spent_challenges_expires ON spent_challenges(expires);`,
 }
 
 // Store is the SQLite state. Reads go straight to the pool (WAL lets them

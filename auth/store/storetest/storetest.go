@@ -57,6 +57,7 @@ func Run(t *testing.T, b Backend) {
 		{"VersionsMoveWithTheInventory", testVersions},
 		{"ChangedTellsOfEveryHandlesChanges", testChanged},
 		{"PutCAReplacesAStoredCA", testPutCA},
+		{"AChallengeIsSpentExactlyOnce", testSpendChallenge},
 		{"DumpAndRestore", testDumpRestore},
 		{"AnotherClusterIsRefused", testOtherCluster},
 		{"StateOutlivesItsHandles", testReopen},
@@ -660,6 +661,50 @@ func testPutCA(t *testing.T, s *state) {
 		return tx.PutCA(bg, store.CA{Kind: "other", KeyDER: []byte("k"), CertDER: []byte("c")})
 	})
 	wantNotFound(t, "PutCA of a kind never stored", err)
+}
+
+// Replicas taking one IAM challenge at once, over three handles: one
+// records it. Records are forgotten once past their expiry.
+func testSpendChallenge(t *testing.T, s *state) {
+	handles := []store.Store{s.handle(), s.handle(), s.handle()}
+	initState(t, handles[0])
+	id := []byte("challenge-0123456")
+	ok, errs := spread(handles, 60, func(i int, st store.Store) error {
+		return st.Update(bg, func(tx store.Tx) error {
+			fresh, err := tx.SpendChallenge(bg, id, at.Add(time.Minute))
+			if err == nil && !fresh {
+				err = errRefused
+			}
+			return err
+		})
+	})
+	for _, err := range errs {
+		if err != errRefused {
+			t.Fatalf("a take failed other than by refusal: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d takes recorded one challenge as new, want exactly 1", ok)
+	}
+	update(t, handles[1], func(tx store.Tx) error {
+		if fresh, err := tx.SpendChallenge(bg, []byte("later"), at.Add(time.Hour)); err != nil || !fresh {
+			return fmt.Errorf("another challenge: %v %v", fresh, err)
+		}
+		n, err := tx.RemoveSpentChallenges(bg, at.Add(2*time.Minute))
+		if err == nil && n != 1 {
+			err = fmt.Errorf("RemoveSpentChallenges removed %d, want the 1 expired", n)
+		}
+		return err
+	})
+	update(t, handles[2], func(tx store.Tx) error {
+		if fresh, err := tx.SpendChallenge(bg, id, at.Add(time.Hour)); err != nil || !fresh {
+			return fmt.Errorf("a forgotten challenge is not new again: %v %v", fresh, err)
+		}
+		if fresh, err := tx.SpendChallenge(bg, []byte("later"), at.Add(time.Hour)); err != nil || fresh {
+			return fmt.Errorf("an unexpired record was forgotten: %v %v", fresh, err)
+		}
+		return nil
+	})
 }
 
 // The authority's renewal: read the bot, refuse unless it is at the
