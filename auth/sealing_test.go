@@ -49,6 +49,7 @@ func caKeyForms(t testing.TB, s *Server) map[string][]byte {
 		forms[a.kind+" CA private scalar"] = d
 		forms[a.kind+" CA private scalar, hex"] = []byte(hex.EncodeToString(d))
 		forms[a.kind+" CA key PEM"] = []byte(base64.StdEncoding.EncodeToString(der)[:64])
+		forms[a.kind+" CA key DER, hex (as pg_dump writes bytea)"] = []byte(hex.EncodeToString(der))
 	}
 	return forms
 }

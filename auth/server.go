@@ -68,6 +68,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if sk == nil && cfg.DB != "" {
+		return nil, fmt.Errorf("--db: a shared database needs --ca-key-seal=FILE (or the systemd credential %s), so that whoever reads the database or its backups gets no CA key; make one with `openssl rand -hex 32 > FILE && chmod 600 FILE` and give every replica the same", seal.CredentialName)
+	}
 	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, err
