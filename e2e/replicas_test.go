@@ -345,6 +345,7 @@ func TestReplicasOnPostgreSQLKeepAFleetServing(t *testing.T) {
 				ok, why = false, "an ssh login through every mount"
 			}
 			if ok {
+				t.Logf("%s: %v", what, time.Since(since).Round(100*time.Millisecond))
 				return
 			}
 			if time.Now().After(deadline) {
