@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/wire"
@@ -117,6 +119,21 @@ func (w *dbWatch) health() DBHealth {
 
 // DBHealth says whether this replica reaches its database (/readyz).
 func (s *Server) DBHealth() DBHealth { return s.dbw.health() }
+
+// registerDBMetric exports the database state for alerts.
+func (s *Server) registerDBMetric(reg prometheus.Registerer) {
+	if reg == nil {
+		return
+	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "midfs_auth_database_up", Help: "1 while this replica reaches its database, 0 while it answers 503 for want of it.",
+	}, func() float64 {
+		if s.dbw.health().Up {
+			return 1
+		}
+		return 0
+	}))
+}
 
 // dbUnavailableMsg is what a client reads while its replica has no
 // database. Agents move to another replica by themselves.

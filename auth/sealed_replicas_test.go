@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/midfs/midfs/internal/pgtest"
 	"github.com/midfs/midfs/wire"
 )
@@ -71,7 +73,24 @@ func TestPgDumpHoldsNoCAPrivateKey(t *testing.T) {
 // itself when the database does.
 func TestReplicaWithoutItsDatabaseAnswers503AndRecovers(t *testing.T) {
 	srv := pgtest.Start(t)
-	s := startReplica(t, srv.URL(srv.NewDB(t)), sealKeyFile(t))
+	reg := prometheus.NewRegistry()
+	s := startReplica(t, srv.URL(srv.NewDB(t)), sealKeyFile(t), func(c *Config) { c.Metrics = reg })
+	dbUp := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "midfs_auth_database_up" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no midfs_auth_database_up")
+		return -1
+	}
+	if dbUp() != 1 {
+		t.Fatal("midfs_auth_database_up is not 1 with the database up")
+	}
 	bt := addBot(t, s, "robot", []string{"access"}, []string{"root"})
 	id := join(t, s, bt.Token)
 
@@ -85,8 +104,8 @@ func TestReplicaWithoutItsDatabaseAnswers503AndRecovers(t *testing.T) {
 	if !strings.Contains(msg, "cannot reach its database; try another replica") {
 		t.Errorf("503 answer %q", msg)
 	}
-	if h := s.DBHealth(); h.Up || !strings.Contains(h.Reason, "database unreachable since") {
-		t.Errorf("DBHealth without the database: %+v", h)
+	if h := s.DBHealth(); h.Up || !strings.Contains(h.Reason, "database unreachable since") || dbUp() != 0 {
+		t.Errorf("DBHealth without the database: %+v, midfs_auth_database_up %v", h, dbUp())
 	}
 	c := newClient(t, s, nil, nil)
 	defer c.close()
@@ -103,7 +122,7 @@ func TestReplicaWithoutItsDatabaseAnswers503AndRecovers(t *testing.T) {
 		next, status, _ = id.tryRenew(t, s)
 		return status == http.StatusOK
 	})
-	if next.gen != 2 || !s.DBHealth().Up {
+	if next.gen != 2 || !s.DBHealth().Up || dbUp() != 1 {
 		t.Errorf("after recovery: generation %d, health %+v", next.gen, s.DBHealth())
 	}
 }

@@ -81,6 +81,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.dbw = newDBWatch(st, cfg.Clock, s.log, s.inv.changed)
+	s.registerDBMetric(cfg.Metrics)
 	if err := s.serveHTTPS(); err != nil {
 		st.Close()
 		return nil, err
