@@ -111,10 +111,10 @@ func Open(ctx context.Context, url string, opts store.Options) (*Store, error) {
 		log = slog.Default()
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("database %s: %s", where, oneLine(err))
-	}
 	st := &Store{reader: reader{q: pool}, pool: pool, where: where, log: log}
+	if err != nil {
+		return nil, st.fail(err)
+	}
 	if err := st.migrate(ctx, opts.Cluster); err != nil {
 		pool.Close()
 		return nil, err
@@ -122,7 +122,7 @@ func Open(ctx context.Context, url string, opts store.Options) (*Store, error) {
 	v, err := st.Versions(ctx)
 	if err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("database %s: %s", where, oneLine(err))
+		return nil, st.fail(err)
 	}
 	st.Seen(v)
 	interval := opts.PollInterval
@@ -166,20 +166,36 @@ func durableCommits(ctx context.Context, c *pgx.Conn) error {
 func (st *Store) migrate(ctx context.Context, cluster string) error {
 	tx, err := st.pool.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("database %s: %s", st.where, oneLine(err))
+		return st.fail(err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	if err := migrate(ctx, tx, st.where, cluster); err != nil {
-		if errors.Is(err, store.ErrSchemaNewer) || errors.Is(err, store.ErrOtherCluster) {
-			return err
-		}
-		return fmt.Errorf("database %s: %s", st.where, oneLine(err))
+	if err := migrate(ctx, tx, cluster); err != nil {
+		return st.fail(err)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("database %s: %s", st.where, oneLine(err))
+		return st.fail(err)
 	}
 	return nil
 }
+
+// fail names the database in err, on one line, keeping what errors.Is
+// finds in it.
+func (st *Store) fail(err error) error {
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		// pgx's own line repeats user and database; keep the cause.
+		err = fmt.Errorf("cannot connect: %s", errors.Unwrap(ce))
+	}
+	return &openError{msg: "database " + st.where + ": " + oneLine(err), err: err}
+}
+
+type openError struct {
+	msg string
+	err error
+}
+
+func (e *openError) Error() string { return e.msg }
+func (e *openError) Unwrap() error { return e.err }
 
 // Close waits for the Updates in flight, refuses new ones, and closes the
 // connections.
