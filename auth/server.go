@@ -46,6 +46,8 @@ type Server struct {
 
 	lastDropWarn atomic.Int64 // unix ns
 
+	stopping chan struct{} // closed by Close: background work ends
+
 	closeOnce sync.Once
 	closeErr  error
 	wg        sync.WaitGroup
@@ -62,17 +64,32 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), inv: newInventory()}
+	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), stopping: make(chan struct{})}
 	if err := s.loadOrInit(ctx); err != nil {
 		st.Close()
 		return nil, err
 	}
+	id, err := st.ClusterID(ctx)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("read authority state: %w", err)
+	}
+	s.inv = newInventory(ctx, st, id, s.log)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.inv.follow(st.Changed(store.TopicInventory), s.stopping)
+	}()
 	if err := s.serveHTTPS(); err != nil {
+		close(s.stopping)
+		s.wg.Wait()
 		st.Close()
 		return nil, err
 	}
 	if err := s.serveAdmin(); err != nil {
 		s.https.Close()
+		close(s.stopping)
+		s.wg.Wait()
 		st.Close()
 		return nil, err
 	}
@@ -104,6 +121,7 @@ func (s *Server) Close() error {
 		defer cancel()
 		err1 := s.https.Shutdown(ctx)
 		err2 := s.adminSrv.Shutdown(ctx)
+		close(s.stopping)
 		s.wg.Wait()
 		os.Remove(admin.SocketPath(s.cfg.DataDir))
 		err3 := s.st.Close()
