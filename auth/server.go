@@ -13,7 +13,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,7 +96,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
-		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", admin.SocketPath(cfg.DataDir))
+		"ca_pin", s.CAPin(), "state", stateName(cfg), "admin_socket", admin.SocketPath(cfg.DataDir))
 	return s, nil
 }
 
@@ -148,6 +150,18 @@ func openStore(ctx context.Context, cfg Config) (store.Store, error) {
 	}
 	// Not quoted: it may hold a password.
 	return nil, errors.New("bad --db: want postgres://USER@HOST:PORT/DATABASE?OPTIONS, or no --db for SQLite in --data-dir")
+}
+
+// stateName says where the state is, for the log: never a password.
+func stateName(cfg Config) string {
+	if cfg.DB == "" {
+		return filepath.Join(cfg.DataDir, sqlite.File)
+	}
+	u, err := url.Parse(cfg.DB)
+	if err != nil {
+		return "postgres"
+	}
+	return u.Redacted()
 }
 
 // loadOrInit reads the cluster name and CAs, making them (and the built-in

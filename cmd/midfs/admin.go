@@ -223,10 +223,13 @@ func authStartCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "start",
 		Usage: "run the authority: HTTPS API for bots, admin socket for the commands above",
-		Description: "Makes the CAs on first start (kept in --data-dir/midfs.db) and serves until SIGINT or SIGTERM.\n" +
+		Description: "Makes the CAs on first start (kept in --data-dir/midfs.db, or in the PostgreSQL database --db names, " +
+			"which several replicas may share) and serves until SIGINT or SIGTERM.\n" +
 			exitHelp(exitUsage, exitAuthority),
 		Flags: []cli.Flag{
 			dataDirFlag(),
+			&cli.StringFlag{Name: "db", Usage: "`URL` of a PostgreSQL database that replicas of this authority share, postgres://USER@HOST:PORT/DB?OPTIONS " +
+				"(a password is best in ~/.pgpass, PGPASSFILE, MIDFS_DB or the config file); default: SQLite in --data-dir"},
 			&cli.StringFlag{Name: "listen", Value: auth.DefaultListen, Usage: "`HOST:PORT` of the HTTPS API"},
 			&cli.StringFlag{Name: "advertise-addr", Usage: "`HOST:PORT` bots reach the API at, printed by `bots add` (default: the listen IP, or this host's name)"},
 			&cli.StringFlag{Name: "cluster-name", Usage: "`NAME` of the cluster, fixed at first start (default: this host's name)"},
@@ -248,8 +251,10 @@ func authStart(c *cli.Context) error {
 	svc := serviceOf(c)
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	warnPasswordInArgv(c.String("db"), slog.Default())
 	s, err := auth.Start(ctx, auth.Config{
 		DataDir:          c.String("data-dir"),
+		DB:               c.String("db"),
 		Listen:           c.String("listen"),
 		AdvertiseAddr:    c.String("advertise-addr"),
 		ClusterName:      c.String("cluster-name"),

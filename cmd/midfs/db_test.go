@@ -1,0 +1,37 @@
+package main
+
+import (
+	"net"
+	"strings"
+	"testing"
+)
+
+// auth start --db (or MIDFS_DB, or db: in the config file) that names no
+// usable database fails at once with one line that never shows the
+// password, the authority's exit code, and nothing served.
+func TestAuthStartWithABadDatabase(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	const secret = "s3cret-pw"
+	for _, c := range []struct {
+		what, db, env, want string
+	}{
+		{"another scheme", "mysql://midfs:" + secret + "@db/midfs", "", "bad --db"},
+		{"nothing listening", "postgres://midfs:" + secret + "@" + closed + "/midfs", "", "connection refused"},
+		{"MIDFS_DB, unparsable", "", "postgres://midfs:" + secret + "@127.0.0.1:port/midfs", "bad database URL"},
+	} {
+		args := []string{"auth", "start", "--listen=127.0.0.1:0"}
+		if c.db != "" {
+			args = append(args, "--db="+c.db)
+		}
+		t.Setenv("MIDFS_DB", c.env)
+		r := runCLI(t, t.TempDir(), args...)
+		if r.code != exitAuthority || strings.ContainsAny(r.err, "\r\n") || !strings.Contains(r.err, c.want) || strings.Contains(r.err+r.out, secret) {
+			t.Errorf("%s: %s; want exit %d and one line with %q, without the password", c.what, r, exitAuthority, c.want)
+		}
+	}
+}
