@@ -8,9 +8,11 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/auth/store/storetest"
+	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/internal/pgtest"
 )
 
@@ -152,5 +154,99 @@ func TestReplicasStartingAtOnceMigrateOnce(t *testing.T) {
 	var v string
 	if err := st.pool.QueryRow(bg, `SELECT value FROM meta WHERE key = 'schema_version'`).Scan(&v); err != nil || v != fmt.Sprint(len(migrations)) {
 		t.Fatalf("schema version %q, %v", v, err)
+	}
+}
+
+func waitChanged(t *testing.T, ch <-chan struct{}, within time.Duration, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(within):
+		t.Fatalf("%s: not within %v", what, within)
+	}
+}
+
+func initCluster(t *testing.T, st store.Store) {
+	t.Helper()
+	err := st.Update(bg, func(tx store.Tx) error {
+		_, err := tx.Init(bg, "test.example.com", nil, nil)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A change that sends no notification (a pooler that drops them) is still
+// noticed, by the poll, within Options.PollInterval.
+func TestChangesWithoutNotificationArePolled(t *testing.T) {
+	srv := pgtest.Shared(t)
+	db := srv.NewDB(t)
+	const poll = 300 * time.Millisecond
+	st, err := Open(bg, srv.URL(db), store.Options{PollInterval: poll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	initCluster(t, st)
+	ch := st.Changed(store.TopicInventory)
+	for len(ch) > 0 {
+		<-ch
+	}
+	srv.Exec(t, db, `INSERT INTO versions VALUES ('inventory', 1) ON CONFLICT (topic) DO UPDATE SET version = versions.version + 1`)
+	waitChanged(t, ch, 10*poll, "a change without a notification")
+}
+
+// After the database server restarts, replicas follow each other's
+// changes again by notification (the poll is kept out of it here).
+func TestNotificationsResumeAfterTheServerRestarts(t *testing.T) {
+	srv := pgtest.Start(t)
+	url := srv.NewURL(t)
+	opts := store.Options{PollInterval: time.Hour}
+	a, err := Open(bg, url, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Open(bg, url, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	initCluster(t, a)
+	ch := b.Changed(store.TopicInventory)
+	putNode := func(name string) error {
+		return a.Update(bg, func(tx store.Tx) error { return tx.PutNode(bg, identity.Node{Name: name, Addr: "10.0.0.1:22"}) })
+	}
+	if err := putNode("before"); err != nil {
+		t.Fatal(err)
+	}
+	waitChanged(t, ch, 10*time.Second, "a notification")
+	srv.Stop(t)
+	if err := putNode("during"); err == nil {
+		t.Fatal("a change committed while the server was down")
+	}
+	srv.Restart(t)
+	// The pool connects again by itself; the listener after its backoff.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if err := putNode("after"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("changes still fail 30 s after the server came back")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for {
+		select {
+		case <-ch:
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no notification 30 s after the server came back")
+		}
+		putNode("after")
 	}
 }
