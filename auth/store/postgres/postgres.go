@@ -81,6 +81,9 @@ type Store struct {
 	closed bool
 	stop   context.CancelFunc
 	bg     sync.WaitGroup // listener and poller
+
+	listening     chan struct{} // closed once the listener first listens
+	listeningOnce sync.Once
 }
 
 var _ store.Store = (*Store)(nil)
@@ -111,7 +114,7 @@ func Open(ctx context.Context, url string, opts store.Options) (*Store, error) {
 		log = slog.Default()
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	st := &Store{reader: reader{q: pool}, pool: pool, where: where, log: log}
+	st := &Store{reader: reader{q: pool}, pool: pool, where: where, log: log, listening: make(chan struct{})}
 	if err != nil {
 		return nil, st.fail(err)
 	}
@@ -373,6 +376,7 @@ func (st *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
 	if v, err := st.Versions(ctx); err == nil {
 		st.Seen(v)
 	}
+	st.listeningOnce.Do(func() { close(st.listening) })
 	for {
 		n, err := c.WaitForNotification(ctx)
 		if err != nil {
