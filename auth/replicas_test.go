@@ -23,7 +23,12 @@ import (
 // socket) of its own.
 func startReplicas(t testing.TB, n int, mod ...func(*Config)) []*Server {
 	t.Helper()
-	url := pgtest.Shared(t).NewURL(t)
+	return startReplicasOn(t, pgtest.Shared(t).NewURL(t), n, mod...)
+}
+
+// startReplicasOn starts n replicas at once on the database at url.
+func startReplicasOn(t testing.TB, url string, n int, mod ...func(*Config)) []*Server {
+	t.Helper()
 	out := make([]*Server, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup

@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -157,11 +156,7 @@ func stateName(cfg Config) string {
 	if cfg.DB == "" {
 		return filepath.Join(cfg.DataDir, sqlite.File)
 	}
-	u, err := url.Parse(cfg.DB)
-	if err != nil {
-		return "postgres"
-	}
-	return u.Redacted()
+	return redactURL(cfg.DB)
 }
 
 // loadOrInit reads the cluster name and CAs, making them (and the built-in

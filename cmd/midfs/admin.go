@@ -32,6 +32,7 @@ func adminCommands() []*cli.Command {
 			Usage: "run the authority, export its CAs, sign host keys",
 			Subcommands: []*cli.Command{
 				authStartCommand(),
+				authMigrateCommand(),
 				{
 					Name:   "export",
 					Usage:  "print a CA: user (sshd TrustedUserCAKeys), host (known_hosts), tls-user, tls-host, db (PEM)",
@@ -242,6 +243,39 @@ func authStartCommand() *cli.Command {
 		},
 		Action: authStart,
 	}
+}
+
+func authMigrateCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "migrate",
+		Usage: "move a stopped authority's SQLite state into an empty PostgreSQL database, for replicas",
+		Description: "Copies the CAs, roles, bots (at their generations), tokens (used or not) and nodes as they are: " +
+			"nothing is issued anew, so agents go on renewing through authorities started with --db. " +
+			"Stop the authority first; the SQLite state is then marked moved, and an authority started on it refuses.\n" +
+			exitHelp(exitUsage, exitFailure),
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "from", Usage: "`sqlite:PATH` of the state: the authority's data directory (or its midfs.db)"},
+			&cli.StringFlag{Name: "to", Usage: "`URL` of the database, postgres://USER@HOST:PORT/DB?OPTIONS (a password is best in ~/.pgpass)"},
+		},
+		Action: authMigrate,
+	}
+}
+
+func authMigrate(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return failf(exitUsage, "auth migrate takes no arguments, got %q", strings.Join(c.Args().Slice(), " "))
+	}
+	if c.String("from") == "" || c.String("to") == "" {
+		return failf(exitUsage, "auth migrate needs --from=sqlite:PATH and --to=postgres://USER@HOST:PORT/DB")
+	}
+	warnPasswordInArgv(c.String("to"), slog.Default())
+	m, err := auth.Migrate(c.Context, c.String("from"), c.String("to"))
+	if err != nil {
+		return fail(exitFailure, err)
+	}
+	fmt.Fprintf(c.App.Writer, "moved cluster %s to %s: %d CAs, %d roles, %d bots, %d tokens, %d nodes\n", m.Cluster, m.To, m.CAs, m.Roles, m.Bots, m.Tokens, m.Nodes)
+	fmt.Fprintf(c.App.Writer, "start the replicas with --db=%s (and the password where ~/.pgpass or the config file gives it)\n", m.To)
+	return nil
 }
 
 func authStart(c *cli.Context) error {

@@ -35,3 +35,16 @@ func TestAuthStartWithABadDatabase(t *testing.T) {
 		}
 	}
 }
+
+// auth migrate says what it needs, and a source that holds no state is one
+// line.
+func TestAuthMigrateRefusals(t *testing.T) {
+	if r := runCLI(t, "", "auth", "migrate", "--to=postgres://db/midfs"); r.code != exitUsage || !strings.Contains(r.err, "--from=sqlite:PATH") {
+		t.Errorf("auth migrate without --from: %s", r)
+	}
+	empty := t.TempDir()
+	r := runCLI(t, "", "auth", "migrate", "--from=sqlite:"+empty, "--to=postgres://midfs:pw@127.0.0.1:1/midfs")
+	if r.code != exitFailure || strings.ContainsAny(r.err, "\r\n") || !strings.Contains(r.err, "no midfs state in "+empty) {
+		t.Errorf("auth migrate from an empty dir: %s", r)
+	}
+}
