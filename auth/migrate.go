@@ -17,8 +17,8 @@ import (
 
 // Moved is what Migrate moved.
 type Moved struct {
-	Cluster string
-	To      string // the database, without its password
+	Cluster                         string
+	To                              string // the database, without its password
 	CAs, Roles, Bots, Tokens, Nodes int
 }
 

@@ -15,7 +15,6 @@ import (
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/internal/pgtest"
-	"github.com/midfs/midfs/wire"
 )
 
 // startReplicas starts n authorities at once on one new PostgreSQL
@@ -87,13 +86,15 @@ func TestReplicasStartedAtOnceMakeOneCluster(t *testing.T) {
 }
 
 // A thousand joins with one one-time token, at once, spread over three
-// replicas: exactly one identity.
+// replicas: exactly one identity. Each joiner tries again with its key
+// after an error that is not an answer (a timeout on a loaded machine), as
+// the agent does, so every one ends with an answer.
 func TestOneTokenJoinsOnceAcrossReplicas(t *testing.T) {
 	rs := startReplicas(t, 3)
 	tok := addBot(t, rs[0], "robot", []string{"access"}, nil).Token
 	const n = 1000
 	var mu sync.Mutex
-	statuses := map[int]int{}
+	answers := map[int]int{}
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	for i := range n {
@@ -102,21 +103,22 @@ func TestOneTokenJoinsOnceAcrossReplicas(t *testing.T) {
 			defer wg.Done()
 			_, pub := newKey(t)
 			<-start
-			c := newClient(t, rs[i%3], nil, nil)
-			defer c.close()
-			status, _, err := c.do("POST", wire.PathJoin, wire.JoinRequest{Token: tok, PublicKey: pub}, nil)
-			if err != nil {
-				status = -1
+			status := 0
+			for try := 0; try < 10 && (status == 0 || status >= 500); try++ {
+				var err error
+				if status, _, err = joinOnce(t, rs[(i+try)%3], tok, pub); err != nil {
+					status = 0
+				}
 			}
 			mu.Lock()
-			statuses[status]++
+			answers[status]++
 			mu.Unlock()
 		}()
 	}
 	close(start)
 	wg.Wait()
-	if statuses[200] != 1 || statuses[403] != n-1 {
-		t.Fatalf("answers to %d joins with one token over 3 replicas: %v; want one 200, the rest 403", n, statuses)
+	if answers[200] != 1 || answers[403] != n-1 {
+		t.Fatalf("answers to %d joiners with one token over 3 replicas: %v; want one 200, the rest 403", n, answers)
 	}
 }
 

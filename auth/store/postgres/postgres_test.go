@@ -22,7 +22,7 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 // handles on one database standing for several replicas.
 func TestConformance(t *testing.T) {
 	srv := pgtest.Shared(t)
-	storetest.Run(t, storetest.Backend{New: func(t *testing.T) storetest.Opener {
+	storetest.Run(t, storetest.Backend{New: func(t testing.TB) storetest.Opener {
 		url := srv.NewURL(t)
 		return func(o store.Options) (store.Store, error) { return Open(context.Background(), url, o) }
 	}})
@@ -242,4 +242,16 @@ func TestNotificationsResumeAfterTheServerRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitChanged(t, ch, 10*time.Second, "a notification after the restart")
+}
+
+func BenchmarkRenewal(b *testing.B) {
+	srv := pgtest.Start(b, pgtest.Options{Durable: true})
+	for _, n := range []int{1, 8} {
+		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
+			storetest.BenchmarkRenewal(b, storetest.Backend{New: func(t testing.TB) storetest.Opener {
+				url := srv.NewURL(t)
+				return func(o store.Options) (store.Store, error) { return Open(bg, url, o) }
+			}}, n)
+		})
+	}
 }
