@@ -151,6 +151,7 @@ func Mount(opts Options, first *Snapshot) (*Server, error) {
 		return nil, err
 	}
 	s := newServer(opts, st)
+	opts.Keep("state", st.fd)
 	g, err := s.newGeneration(first)
 	if err != nil {
 		s.closeState()
@@ -226,7 +227,6 @@ func newServer(opts Options, st *state) *Server {
 		s.files = append(s.files, n)
 		s.byIdx[i] = n
 	}
-	opts.Keep("state", st.fd)
 	return s
 }
 

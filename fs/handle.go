@@ -45,6 +45,9 @@ func parseFH(fh uint64) fileHandle {
 // however late and in whichever process, sees the same bytes.
 func (s *Server) read(fh uint64, dest []byte, off uint64) (fuse.ReadResult, fuse.Status) {
 	h := parseFH(fh)
+	if testHookRead != nil {
+		testHookRead(h.idx)
+	}
 	g := s.generation(h.gen)
 	if g == nil || h.idx >= len(g.files) {
 		// A handle holds its generation alive (pins.go); this is a bug.
@@ -71,3 +74,6 @@ func (s *Server) release(fh uint64) {
 	}
 	s.collectSoon()
 }
+
+// testHookRead, set by tests only, runs at the start of every read.
+var testHookRead func(idx int)
