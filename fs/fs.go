@@ -121,12 +121,13 @@ type Server struct {
 	gens    map[uint64]*generation
 	current atomic.Pointer[generation]
 
-	publishMu sync.Mutex      // serializes Publish and collect; Handover holds it
+	publishMu sync.Mutex      // serializes Publish and collect
 	badNodes  map[string]bool // guarded by publishMu: nodes left out of ssh_config, already logged
+	held      *Snapshot       // guarded by publishMu: published during a Handover, for Continue
 
 	gate           sync.RWMutex   // every request holds it shared; Handover takes it to stop answering
-	settles        sync.WaitGroup // invalidations in flight (cache.go)
-	frozen         atomic.Bool    // Handover: no more invalidations, no collection
+	settling       sync.RWMutex   // held shared by each invalidation in flight (cache.go)
+	frozen         atomic.Bool    // Handover: nothing published, invalidated or collected
 	collectPending atomic.Bool
 
 	connID     string      // FUSE connection number, to abort a mount that will not unmount
@@ -283,6 +284,10 @@ func (s *Server) Publish(snap *Snapshot) {
 	s.publishMu.Lock()
 	defer s.publishMu.Unlock()
 	if s.unmounted.Load() {
+		return
+	}
+	if s.frozen.Load() {
+		s.held = snap // a successor serves its own; Continue serves this one
 		return
 	}
 	g, err := s.newGeneration(snap)
@@ -485,12 +490,12 @@ func (s *Server) collectSoon() {
 // settleLater runs an invalidation outside the FUSE request that found it
 // due (cache.go), unless a handover has stopped them.
 func (s *Server) settleLater(n *fileNode) {
-	if s.frozen.Load() || s.unmounted.Load() {
-		return
-	}
-	s.settles.Add(1)
 	go func() {
-		defer s.settles.Done()
+		s.settling.RLock()
+		defer s.settling.RUnlock()
+		if s.frozen.Load() || s.unmounted.Load() {
+			return
+		}
 		n.cache.settle(n)
 	}()
 }

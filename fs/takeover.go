@@ -237,13 +237,13 @@ func (s *Server) Handover(timeout time.Duration) (map[string]*os.File, error) {
 	s.publishMu.Lock()
 	s.frozen.Store(true)
 	s.handedOver.Store(true)
-	s.settles.Wait()
+	s.publishMu.Unlock()
+	s.settling.Lock() // the invalidations in flight end; later ones see frozen
+	s.settling.Unlock()
 	if s.CanResend() {
 		s.gate.Lock() // waits for the requests in hand; the next ones wait
 	} else if err := s.drainNonblocking(timeout); err != nil {
-		s.handedOver.Store(false)
-		s.frozen.Store(false)
-		s.publishMu.Unlock()
+		s.thaw()
 		return nil, err
 	}
 	fds := map[string]*os.File{"fuse": s.dev, "state": s.st.fd}
@@ -257,22 +257,34 @@ func (s *Server) Handover(timeout time.Duration) (map[string]*os.File, error) {
 
 // Continue serves again after a Handover that no successor took.
 func (s *Server) Continue() error {
-	defer s.publishMu.Unlock()
-	s.frozen.Store(false)
-	s.handedOver.Store(false)
 	if s.CanResend() {
 		s.gate.Unlock()
-		return nil
+	} else {
+		srv, err := s.replayInit()
+		if err != nil {
+			return err
+		}
+		s.fuseMu.Lock()
+		s.fuse = srv
+		s.fuseMu.Unlock()
+		s.handedOver.Store(false)
+		s.Start()
 	}
-	srv, err := s.replayInit()
-	if err != nil {
-		return err
-	}
-	s.fuseMu.Lock()
-	s.fuse = srv
-	s.fuseMu.Unlock()
-	s.Start()
+	s.thaw()
 	return nil
+}
+
+// thaw ends a Handover's freeze and publishes what came meanwhile.
+func (s *Server) thaw() {
+	s.publishMu.Lock()
+	s.frozen.Store(false)
+	s.handedOver.Store(false)
+	held := s.held
+	s.held = nil
+	s.publishMu.Unlock()
+	if held != nil {
+		s.Publish(held)
+	}
 }
 
 // drainNonblocking stops this process reading the connection while it
