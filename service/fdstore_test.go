@@ -1,7 +1,7 @@
 package service
 
 import (
-	"bytes"
+	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -97,9 +97,12 @@ func fileWith(t *testing.T, s string) *os.File {
 // has taken them; the new one returns from Resumed only once the old one
 // is gone (here: has closed its end, as its exit does).
 func TestHandoverPassesDescriptors(t *testing.T) {
-	out := &bytes.Buffer{}
 	r, w, _ := os.Pipe()
-	go io.Copy(out, r)
+	line := make(chan string, 1)
+	go func() {
+		l, _ := bufio.NewReader(r).ReadString('\n')
+		line <- strings.TrimSpace(l)
+	}()
 	stdout := os.Stdout
 	os.Stdout = w // the successor writes where this process's stdout is
 	env := append(os.Environ(), "MIDFS_SVCTEST_ROLE=successor")
@@ -114,12 +117,13 @@ func TestHandoverPassesDescriptors(t *testing.T) {
 		t.Fatal(err)
 	}
 	unix.Close(succ.conn) // what the old process's exit does
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(out.String(), "\n") && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := strings.TrimSpace(out.String()); got != "fuse=alpha state=beta" {
-		t.Errorf("the new process got %q", got)
+	select {
+	case got := <-line:
+		if got != "fuse=alpha state=beta" {
+			t.Errorf("the new process got %q", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the new process did not go on after the old one closed its end")
 	}
 }
 
