@@ -125,10 +125,13 @@ type Server struct {
 	badNodes  map[string]bool // guarded by publishMu: nodes left out of ssh_config, already logged
 	held      *Snapshot       // guarded by publishMu: published during a Handover, for Continue
 
-	gate           sync.RWMutex   // every request holds it shared; Handover takes it to stop answering
-	settling       sync.RWMutex   // held shared by each invalidation in flight (cache.go)
-	frozen         atomic.Bool    // Handover: nothing published, invalidated or collected
+	gate           sync.RWMutex // every request holds it shared; Handover takes it to stop answering
+	settling       sync.RWMutex // held shared by each invalidation in flight (cache.go)
+	frozen         atomic.Bool  // Handover: nothing published, invalidated or collected
 	collectPending atomic.Bool
+
+	xattrMu    sync.Mutex
+	rootXattrs atomic.Pointer[map[string]string] // set by SetXattr
 
 	connID     string      // FUSE connection number, to abort a mount that will not unmount
 	unmounted  atomic.Bool // Unmount was called, or the kernel ended the mount (umount from outside)

@@ -278,14 +278,34 @@ func (r *rawFS) ReleaseDir(in *fuse.ReleaseIn) {}
 // generation it read before (see pins.go), so a waiter can poll it.
 const XattrCertSerial = "user.midfs.cert_serial"
 
-// xattrs is what the root serves: the static Options.Xattrs and the serial.
+// xattrs is what the root serves: Options.Xattrs (or what SetXattr made
+// of them) and the serial.
 func (s *Server) xattrs() map[string]string {
-	m := maps.Clone(s.opts.Xattrs)
+	var m map[string]string
+	if p := s.rootXattrs.Load(); p != nil {
+		m = maps.Clone(*p)
+	} else {
+		m = maps.Clone(s.opts.Xattrs)
+	}
 	if m == nil {
 		m = map[string]string{}
 	}
 	m[XattrCertSerial] = s.current.Load().serial
 	return m
+}
+
+// SetXattr changes one of the xattrs Options.Xattrs put on the root.
+func (s *Server) SetXattr(name, value string) {
+	s.xattrMu.Lock()
+	defer s.xattrMu.Unlock()
+	m := map[string]string{}
+	if p := s.rootXattrs.Load(); p != nil {
+		m = maps.Clone(*p)
+	} else if s.opts.Xattrs != nil {
+		m = maps.Clone(s.opts.Xattrs)
+	}
+	m[name] = value
+	s.rootXattrs.Store(&m)
 }
 
 // Nothing lives in a file but its bytes: xattrs are the root's.
