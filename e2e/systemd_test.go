@@ -17,9 +17,14 @@ import (
 
 // bootWithUnits boots a container with the binary under test as
 // /usr/bin/midfs (where the units look) and the units of contrib/.
-func bootWithUnits(t *testing.T) *machine {
+func bootWithUnits(t *testing.T, extra ...map[string]string) *machine {
 	t.Helper()
 	binds := map[string]string{"/usr/bin/midfs": midfsBin}
+	for _, e := range extra {
+		for inside, host := range e {
+			binds[inside] = host
+		}
+	}
 	for _, u := range []string{"midfs@.service", "midfs-auth.service"} {
 		abs, err := filepath.Abs(filepath.Join("..", "contrib", u))
 		if err != nil {
@@ -117,8 +122,8 @@ func TestAgentUnitKeepsIdentityAcrossRestarts(t *testing.T) {
 	}
 	served("systemctl restart", pid)
 
-	// A crash: Restart=on-failure brings it back after RestartSec=, and
-	// ExecStopPost= clears the dead mount before that.
+	// A crash: Restart=on-failure brings it back after RestartSec=, and it
+	// takes the mount over from the unit's file descriptor store.
 	st := m.unit(unit, "MainPID", "NRestarts")
 	m.mustRun("kill", "-KILL", st["MainPID"])
 	waitFor(t, "systemd to restart the killed agent", 60*time.Second, func() bool {

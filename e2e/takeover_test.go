@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/midfs/midfs/joiner"
 	"golang.org/x/sys/unix"
 )
 
@@ -172,4 +173,141 @@ func stopAgentAt(t *testing.T, dir string, logs *logFile) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Under a real systemd, midfs@.service keeps its mount across `systemctl
+// restart` and across kill -9 (Restart=): the unit's file descriptor store
+// holds the FUSE connection and the filesystem's state, and each start
+// takes them back, while a reader inside the container reads every file
+// and ssh logs in through the mount, both in loops.
+func TestAgentUnitRestartsAndCrashesUnderLoad(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := bootWithUnits(t, map[string]string{"/usr/local/bin/midfs-e2e-load": self})
+	addr, pin := startAuthUnit(t, m)
+	out := m.mustRun("midfs", "bots", "add", "robot", "--roles=access", "--logins=root")
+	tok := tokenRe.FindStringSubmatch(out)
+	if tok == nil {
+		t.Fatalf("no token in `bots add` output:\n%s", out)
+	}
+	mnt := "/opt/" + m.name
+	forgetStoredIn(t, addr, mnt)
+	if err := os.MkdirAll(m.path(mnt), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m.writeFile("/etc/midfs/robot.yaml", fmt.Sprintf("mountpoint: %s\nauth_server: %s\nca_pin: %s\ntoken: %s\nlog_level: debug\n", mnt, addr, pin, tok[1]), 0o600)
+	const unit = "midfs@robot.service"
+	if out, err := m.run("systemctl", "start", unit); err != nil {
+		t.Fatalf("systemctl start %s: %v\n%s\n%s", unit, err, out, m.journal(unit))
+	}
+	login := startSSHDIn(t, m, mnt)
+
+	ld := startLoad(t, m.command("/usr/local/bin/midfs-e2e-load"), mnt)
+	lg := startLogins(login)
+	taken := 0
+	tookOver := func(how string, oldPID string) {
+		t.Helper()
+		st := m.unit(unit, "ActiveState", "MainPID")
+		if st["ActiveState"] != "active" || st["MainPID"] == oldPID || st["MainPID"] == "0" {
+			t.Fatalf("after %s: %s is %v; its log:\n%s", how, unit, st, tail(m.journal(unit), 30))
+		}
+		taken++
+		if n := strings.Count(m.journal(unit), "took the mount over from the service manager's store"); n != taken {
+			t.Fatalf("after %s: %d takeovers logged, want %d:\n%s", how, n, taken, tail(m.journal(unit), 30))
+		}
+	}
+
+	start := time.Now()
+	for i := range *takeovers {
+		// Restarts in a row would hit the unit's start rate limit, which
+		// is not what this test is about; reset-failed resets it.
+		m.mustRun("systemctl", "reset-failed", unit)
+		pid := m.unit(unit, "MainPID")["MainPID"]
+		if out, err := m.run("systemctl", "restart", unit); err != nil {
+			t.Fatalf("restart %d: %v\n%s\n%s", i+1, err, out, tail(m.journal(unit), 30))
+		}
+		tookOver(fmt.Sprintf("restart %d", i+1), pid)
+	}
+	t.Logf("%d systemctl restarts in %v", *takeovers, time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	for i := range *takeovers {
+		m.mustRun("systemctl", "reset-failed", unit)
+		st := m.unit(unit, "MainPID", "NRestarts")
+		m.mustRun("kill", "-KILL", st["MainPID"])
+		waitFor(t, fmt.Sprintf("systemd to restart the agent after kill %d", i+1), 60*time.Second, func() bool {
+			now := m.unit(unit, "ActiveState", "NRestarts")
+			return now["NRestarts"] != st["NRestarts"] && now["ActiveState"] == "active"
+		})
+		tookOver(fmt.Sprintf("kill -9 %d", i+1), st["MainPID"])
+	}
+	t.Logf("%d kill -9s in %v", *takeovers, time.Since(start).Round(time.Millisecond))
+	lg.finish(t)
+	ld.finish().check(t, "the reader in the container")
+
+	if out, err := m.run("systemctl", "stop", unit); err != nil {
+		t.Fatalf("systemctl stop %s: %v\n%s", unit, err, out)
+	}
+	if out, _ := m.run("findmnt", "-n", mnt); out != "" {
+		t.Fatalf("still mounted after systemctl stop: %s", out)
+	}
+}
+
+// startSSHDIn starts an sshd inside m that trusts its authority, adds it
+// as node-name, waits until the mount at mnt lists it, and returns a login
+// through the mount's ssh_config.
+func startSSHDIn(t *testing.T, m *machine, mnt string) func() (string, error) {
+	t.Helper()
+	m.mustRun("mkdir", "-p", "/etc/ssh/e2e", "/run/sshd")
+	m.mustRun("midfs", "auth", "sign", "--host=node-name."+cluster+",node-name", "--format=openssh", "--out=/etc/ssh/e2e/host")
+	m.writeFile("/etc/ssh/e2e/user_ca.pub", m.mustRun("midfs", "auth", "export", "--type=user"), 0o644)
+	m.writeFile("/etc/ssh/e2e/sshd_config", `Port 2222
+ListenAddress 127.0.0.1
+HostKey /etc/ssh/e2e/host
+HostCertificate /etc/ssh/e2e/host-cert.pub
+TrustedUserCAKeys /etc/ssh/e2e/user_ca.pub
+AuthorizedKeysFile none
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+PidFile /run/e2e-sshd.pid
+`, 0o600)
+	// The container's root is the host's: its ~/.bashrc may take seconds
+	// (pyenv), which every login would pay. The container's is empty.
+	m.writeFile("/root/.bashrc", "", 0o644)
+	m.mustRun("systemd-run", "--unit=e2e-sshd", "--", "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/e2e/sshd_config")
+	waitFor(t, "sshd in the container to listen", 30*time.Second, func() bool {
+		_, err := m.run("bash", "-c", "echo >/dev/tcp/127.0.0.1/2222")
+		return err == nil
+	})
+	m.mustRun("midfs", "nodes", "add", "node-name", "--addr=127.0.0.1:2222")
+	waitFor(t, "the node in the mount's ssh_config", 60*time.Second, func() bool {
+		out, _ := m.run("cat", mnt+"/ssh_config")
+		return strings.Contains(out, "Host node-name."+cluster)
+	})
+	login := func() (string, error) {
+		return m.run("ssh", "-F", mnt+"/ssh_config", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+			"-o", "IdentityAgent=none", "-o", "ConnectTimeout=10", "root@node-name."+cluster, "true")
+	}
+	if out, err := login(); err != nil {
+		t.Fatalf("ssh into the container's sshd: %v\n%s\n%s", err, out, m.journal("e2e-sshd.service"))
+	}
+	return login
+}
+
+// forgetStoredIn removes, at the end of the test, the bot identity an
+// agent of authority addr at mnt keeps in root's kernel keyring, which the
+// container shares with the host.
+func forgetStoredIn(t *testing.T, addr, mnt string) {
+	store, err := joiner.OpenStore("keyring", joiner.StoreName(addr, mnt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := store.Delete(); err != nil {
+			t.Errorf("cannot remove the test's key from the user keyring: %v", err)
+		}
+	})
 }
