@@ -109,6 +109,7 @@ type Server struct {
 	files  []*fileNode // the files in the tree
 	byIdx  []*fileNode // indexed like identity.Files; nil for a file not served
 	pins  *pinTable
+	jrnl  *journal
 	st    *state
 	raw   *rawFS
 
@@ -222,6 +223,7 @@ func newServer(opts Options, st *state) *Server {
 		log: opts.Logger, st: st, gens: map[uint64]*generation{}, done: make(chan struct{})}
 	s.raw = &rawFS{RawFileSystem: fuse.NewDefaultRawFileSystem(), s: s}
 	s.pins = newPinTable(st)
+	s.jrnl = newJournal(st)
 	s.byIdx = make([]*fileNode, len(identity.Files))
 	for i, f := range identity.Files {
 		if !s.serves(f) {

@@ -169,10 +169,15 @@ func (r *rawFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut)
 		s.reportOpen(n, caller, ResultDenied)
 		return fuse.EACCES
 	}
+	if fh, flags, ok := s.jrnl.handled(in.Unique); ok {
+		out.Fh, out.OpenFlags = fh, flags // see journal.go
+		return fuse.OK
+	}
 	h := fileHandle{idx: n.idx}
 	h.slot, h.gen = s.pins.acquire(threadGroup(caller.Pid), s.currentID, s.opts.Clock.Now())
 	out.OpenFlags, h.cached = n.cache.open(h.gen)
 	out.Fh = h.fh()
+	s.jrnl.record(in.Unique, out.Fh, out.OpenFlags)
 	s.reportOpen(n, caller, ResultOK)
 	return fuse.OK
 }
@@ -186,7 +191,11 @@ func (r *rawFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.
 func (r *rawFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 	r.s.gate.RLock() // see Handover
 	defer r.s.gate.RUnlock()
+	if _, _, ok := r.s.jrnl.handled(in.Unique); ok {
+		return // see journal.go
+	}
 	r.s.release(in.Fh)
+	r.s.jrnl.record(in.Unique, in.Fh, 0)
 }
 
 // Flush and Fsync have nothing to write out.

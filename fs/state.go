@@ -42,9 +42,11 @@ type stateHeader struct {
 	currentGen uint64 // the generation new opens get
 	// pinsHigh is one past the highest pin slot ever used: slots above it
 	// are untouched, so their pages are never faulted in.
-	pinsHigh uint32
-	dirLen   uint32
-	dir      [4096]byte // the mountpoint, to refuse the state of another mount
+	pinsHigh    uint32
+	dirLen      uint32
+	dir         [4096]byte // the mountpoint, to refuse the state of another mount
+	journalNext uint32     // the journal entry written next (journal.go)
+	_           uint32
 }
 
 // fileState is one file's kernel cache accounting (see cache.go).
@@ -71,12 +73,21 @@ const (
 	slotMapped             // in the TGID map: gives affinity
 )
 
+// journalEntry is one handled request that changed the state (journal.go).
+type journalEntry struct {
+	result uint64 // the file handle
+	flags  uint32 // FOPEN flags answered
+	_      uint32
+	unique uint64 // the request's, without FUSE_UNIQUE_RESEND; written last
+}
+
 // stateLayout is the whole state memfd. It is never allocated: it is the
 // type of the shared mapping.
 type stateLayout struct {
-	hdr   stateHeader
-	files [maxFiles]fileState
-	pins  [pinSlots]pinSlot
+	hdr     stateHeader
+	files   [maxFiles]fileState
+	journal [journalLen]journalEntry
+	pins    [pinSlots]pinSlot
 }
 
 const stateSize = int(unsafe.Sizeof(stateLayout{}))

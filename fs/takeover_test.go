@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/midfs/midfs/identity"
 )
 
@@ -336,5 +337,49 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A request the kernel resends after the process that handled it died
+// before its reply arrived is answered as it was, and changes nothing
+// twice: no pin or cache count is held or let go of two times.
+func TestResentRequestsAreHandledOnce(t *testing.T) {
+	ca, _ := newTestCA()
+	s := testServer(t, ca)
+	open := func(unique uint64) fuse.OpenOut {
+		t.Helper()
+		var out fuse.OpenOut
+		in := &fuse.OpenIn{InHeader: fuse.InHeader{Unique: unique, NodeId: s.child("key-cert.pub").nodeID(), Caller: fuse.Caller{Pid: uint32(os.Getpid())}}}
+		if st := s.raw.Open(nil, in, &out); st != fuse.OK {
+			t.Fatalf("open: %v", st)
+		}
+		return out
+	}
+	first := open(41)
+	if s.pins.handles() != 1 {
+		t.Fatalf("%d handles after one open", s.pins.handles())
+	}
+	// A successor, over the same state, gets the OPEN again.
+	next := newServer(s.opts, s.st)
+	next.gens, next.files = s.gens, s.files
+	next.current.Store(s.current.Load())
+	again := func(unique uint64) fuse.OpenOut {
+		var out fuse.OpenOut
+		in := &fuse.OpenIn{InHeader: fuse.InHeader{Unique: unique, NodeId: s.child("key-cert.pub").nodeID(), Caller: fuse.Caller{Pid: uint32(os.Getpid())}}}
+		next.raw.Open(nil, in, &out)
+		return out
+	}
+	if got := again(41 | uniqueResend); got != first || next.pins.handles() != 1 {
+		t.Errorf("a resent open: %+v and %d handles, want %+v and 1", got, next.pins.handles(), first)
+	}
+	if got := again(42 | uniqueResend); got.Fh == 0 || next.pins.handles() != 2 {
+		t.Errorf("a resent open never handled before must be handled: %+v, %d handles", got, next.pins.handles())
+	}
+	rel := &fuse.ReleaseIn{InHeader: fuse.InHeader{Unique: 43}, Fh: first.Fh}
+	next.raw.Release(nil, rel)
+	rel.Unique |= uniqueResend
+	next.raw.Release(nil, rel)
+	if next.pins.handles() != 1 {
+		t.Errorf("%d handles after one of two was released twice, want 1", next.pins.handles())
 	}
 }
