@@ -235,11 +235,11 @@ func (s *Server) Handover(timeout time.Duration) (map[string]*os.File, error) {
 		return nil, errors.New("this mount's FUSE connection cannot be handed over (see the log at mount)")
 	}
 	s.publishMu.Lock()
+	s.settling.Lock() // the invalidations in flight end; later ones see frozen
 	s.frozen.Store(true)
 	s.handedOver.Store(true)
-	s.publishMu.Unlock()
-	s.settling.Lock() // the invalidations in flight end; later ones see frozen
 	s.settling.Unlock()
+	s.publishMu.Unlock()
 	if s.CanResend() {
 		s.gate.Lock() // waits for the requests in hand; the next ones wait
 	} else if err := s.drainNonblocking(timeout); err != nil {
