@@ -255,8 +255,8 @@ func (rep loadReport) check(t *testing.T, who string) {
 	}
 }
 
-// logins is a loop of ssh logins through the mount.
-type logins struct {
+// loginLoop is a loop of ssh logins through the mount, each by login.
+type loginLoop struct {
 	stop     chan struct{}
 	done     chan struct{}
 	ok, bad  atomic.Int64
@@ -264,10 +264,10 @@ type logins struct {
 	longest  atomic.Int64 // ns
 }
 
-// startLogins runs login (one ssh login; an error is a failed login) in a
+// startLoginLoop runs login (one ssh login; an error is a failed login) in a
 // loop until finish.
-func startLogins(login func() (string, error)) *logins {
-	l := &logins{stop: make(chan struct{}), done: make(chan struct{})}
+func startLoginLoop(login func() (string, error)) *loginLoop {
+	l := &loginLoop{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
 		for {
@@ -292,7 +292,7 @@ func startLogins(login func() (string, error)) *logins {
 	return l
 }
 
-func (l *logins) finish(t *testing.T) {
+func (l *loginLoop) finish(t *testing.T) {
 	t.Helper()
 	close(l.stop)
 	<-l.done

@@ -107,7 +107,7 @@ func TestUpgradeUnderReadersAndLogins(t *testing.T) {
 	waitFor(t, "the node in ssh_config", 30*time.Second, func() bool { return strings.Contains(string(logs.read("ssh_config")), "node-name") })
 
 	loads := []*load{startLoad(t, exec.Command(os.Args[0]), dir), startLoad(t, exec.Command(os.Args[0]), dir)}
-	lg := startLogins(func() (string, error) { return sshRun(t, dir, "root@node-name."+cluster, "true") })
+	lg := startLoginLoop(func() (string, error) { return sshLoginNoShell(t, dir, "root@node-name."+cluster) })
 	waitFor(t, "a first login", 30*time.Second, func() bool { return lg.ok.Load() > 0 || lg.bad.Load() > 0 })
 
 	start := time.Now()
@@ -205,7 +205,7 @@ func TestAgentUnitRestartsAndCrashesUnderLoad(t *testing.T) {
 	login := startSSHDIn(t, m, mnt)
 
 	ld := startLoad(t, m.command("/usr/local/bin/midfs-e2e-load"), mnt)
-	lg := startLogins(login)
+	lg := startLoginLoop(login)
 	taken := 0
 	tookOver := func(how string, oldPID string) {
 		t.Helper()
@@ -273,10 +273,8 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 UsePAM no
 PidFile /run/e2e-sshd.pid
+Subsystem sftp internal-sftp
 `, 0o600)
-	// The container's root is the host's: its ~/.bashrc may take seconds
-	// (pyenv), which every login would pay. The container's is empty.
-	m.writeFile("/root/.bashrc", "", 0o644)
 	m.mustRun("systemd-run", "--unit=e2e-sshd", "--", "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/e2e/sshd_config")
 	waitFor(t, "sshd in the container to listen", 30*time.Second, func() bool {
 		_, err := m.run("bash", "-c", "echo >/dev/tcp/127.0.0.1/2222")
@@ -287,9 +285,11 @@ PidFile /run/e2e-sshd.pid
 		out, _ := m.run("cat", mnt+"/ssh_config")
 		return strings.Contains(out, "Host node-name."+cluster)
 	})
+	// A whole login, then sshd's built-in sftp server, which ends at once:
+	// no shell (see sshLogin).
 	login := func() (string, error) {
-		return m.run("ssh", "-F", mnt+"/ssh_config", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-			"-o", "IdentityAgent=none", "-o", "ConnectTimeout=10", "root@node-name."+cluster, "true")
+		args := append(append([]string{"ssh", "-s"}, sshOptions(mnt)...), "-o", "IdentityAgent=none", "root@node-name."+cluster, "sftp")
+		return m.run(args...)
 	}
 	if out, err := login(); err != nil {
 		t.Fatalf("ssh into the container's sshd: %v\n%s\n%s", err, out, m.journal("e2e-sshd.service"))

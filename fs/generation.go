@@ -19,23 +19,31 @@ import (
 // handle was opened on, a private key included. The memfd is zeroed before
 // it is let go, once no handle, pin or open can reach the generation.
 type generation struct {
-	id     uint64
-	at     time.Time // publication time: mtime and ctime of every file
-	serial string    // of the TLS certificate: XattrCertSerial
-	sizes  []int64   // indexed like identity.Files
-	files  [][]byte  // indexed like identity.Files; views into mem
-	mem    []byte    // the shared mapping of fd
-	fd     *os.File
+	id      uint64
+	at      time.Time // publication time: mtime and ctime of every file
+	serial  string    // of the TLS certificate: XattrCertSerial
+	expires time.Time // when the first of its certificates runs out
+	sizes   []int64   // indexed like identity.Files
+	files   [][]byte  // indexed like identity.Files; views into mem
+	mem     []byte    // the shared mapping of fd
+	fd      *os.File
 }
 
 // The memfd of a generation: a header, then the bytes of the files.
 //
-//	magic [16]byte, id u64, at (Unix ns) i64, files u32, serial length u32,
-//	serial [64]byte, then per file: offset u64, length u64
+//	magic [16]byte, id u64, at (Unix ns) i64, expires (Unix ns) i64,
+//	files u32, serial length u32, serial [64]byte,
+//	then per file: offset u64, length u64
 const (
 	genMagic     = "midfs/gen/v1\x00\x00\x00\x00"
 	genSerialMax = 64
-	genHeader    = 16 + 8 + 8 + 4 + 4 + genSerialMax
+	genOffID     = 16
+	genOffAt     = genOffID + 8
+	genOffExp    = genOffAt + 8
+	genOffFiles  = genOffExp + 8
+	genOffSerLen = genOffFiles + 4
+	genOffSerial = genOffSerLen + 4
+	genHeader    = genOffSerial + genSerialMax
 )
 
 // genName is how a generation's memfd is named where it is kept (systemd's
@@ -98,11 +106,12 @@ func renderGeneration(snap *Snapshot, paths identity.Paths, serves func(identity
 	}
 	le := binary.LittleEndian
 	copy(mem, genMagic)
-	le.PutUint64(mem[16:], id)
-	le.PutUint64(mem[24:], uint64(at.UnixNano()))
-	le.PutUint32(mem[32:], uint32(len(bufs)))
-	le.PutUint32(mem[36:], uint32(len(serial)))
-	copy(mem[40:], serial)
+	le.PutUint64(mem[genOffID:], id)
+	le.PutUint64(mem[genOffAt:], uint64(at.UnixNano()))
+	le.PutUint64(mem[genOffExp:], uint64(ident.Expires().UnixNano()))
+	le.PutUint32(mem[genOffFiles:], uint32(len(bufs)))
+	le.PutUint32(mem[genOffSerLen:], uint32(len(serial)))
+	copy(mem[genOffSerial:], serial)
 	off := genHeader + 16*len(bufs)
 	for i, b := range bufs {
 		le.PutUint64(mem[genHeader+16*i:], uint64(off))
@@ -140,13 +149,14 @@ func parseGeneration(fd *os.File, mem []byte) (*generation, error) {
 	if string(mem[:16]) != genMagic {
 		return bad("no magic")
 	}
-	n := int(le.Uint32(mem[32:]))
-	sl := int(le.Uint32(mem[36:]))
+	n := int(le.Uint32(mem[genOffFiles:]))
+	sl := int(le.Uint32(mem[genOffSerLen:]))
 	if n != len(identity.Files) || sl > genSerialMax || genHeader+16*n > len(mem) {
 		return bad("its files are not this midfs's")
 	}
 	g := &generation{
-		id: le.Uint64(mem[16:]), at: time.Unix(0, int64(le.Uint64(mem[24:]))), serial: string(mem[40 : 40+sl]),
+		id: le.Uint64(mem[genOffID:]), at: time.Unix(0, int64(le.Uint64(mem[genOffAt:]))),
+		expires: time.Unix(0, int64(le.Uint64(mem[genOffExp:]))), serial: string(mem[genOffSerial : genOffSerial+sl]),
 		sizes: make([]int64, n), files: make([][]byte, n), mem: mem, fd: fd,
 	}
 	for i := range n {

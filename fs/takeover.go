@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/midfs/midfs/identity"
 )
 
 // Taking a mount over. The kernel keeps a FUSE connection alive for as long
@@ -68,6 +71,34 @@ func (s *Server) keepDevice(srv *fuse.Server, before map[int]bool) error {
 	s.st.hdr.initLen = uint32(copy(s.st.hdr.init[:], unsafe.Slice((*byte)(unsafe.Pointer(ks)), n)))
 	s.opts.Keep("fuse", s.dev)
 	return nil
+}
+
+// issuanceFiles come from one issuance (the key and its certificates);
+// every other file comes from the cluster's CAs and the node list.
+var issuanceFiles = map[string]bool{identity.FileIdentity: true, identity.FileKey: true,
+	identity.FileSSHCert: true, identity.FileSSHPub: true, identity.FileTLSCert: true}
+
+// Keeps says whether the generation a takeover found can go on serving in
+// place of snap: its certificates stay valid past until, and every file but
+// the issuance's own is what snap would serve (the same node list, CAs and
+// cluster). A restart then changes nothing readers see: a process that read
+// a certificate before it and reads the key after it, as ssh does across a
+// login, gets one issuance however long the restart took.
+func (s *Server) Keeps(snap *Snapshot, until time.Time) bool {
+	g := s.current.Load()
+	if snap == nil || snap.Identity == nil || !g.expires.After(until) {
+		return false
+	}
+	for i, f := range identity.Files {
+		if issuanceFiles[f.Name] {
+			continue
+		}
+		b, err := identity.Render(f.Name, snap.Identity, snap.Nodes, s.paths())
+		if err != nil || !bytes.Equal(b, g.files[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // kernelInit is the INIT the kernel sent at mount time.

@@ -336,12 +336,20 @@ func runMount(c *cli.Context) error {
 		}
 		defer sock.Close()
 	}
-	if srv == nil {
-		if srv, err = fs.Mount(opts, &fs.Snapshot{Identity: id, Nodes: nodes}); err != nil {
+	snap := &fs.Snapshot{Identity: id, Nodes: nodes}
+	switch {
+	case srv == nil:
+		if srv, err = fs.Mount(opts, snap); err != nil {
 			return failf(exitFUSE, "%v", err)
 		}
-	} else {
-		srv.Publish(&fs.Snapshot{Identity: id, Nodes: nodes})
+	case sock == nil && srv.Keeps(snap, st.NextRenewal.Add(p.join.RenewInterval)):
+		// Valid through the next renewal, and one more should that fail:
+		// readers see nothing change (see fs.Server.Keeps). Not with an
+		// agent socket: it serves the key just joined, and key.pub must
+		// name that key.
+		log.Info("serving on the issuance taken over until the next renewal", "dir", p.dir)
+	default:
+		srv.Publish(snap)
 	}
 
 	svc.WatchAgent(func() diag.AgentStatus { return agentStatusOf(agent.Status()) })
