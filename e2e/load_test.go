@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -300,4 +301,39 @@ func (l *loginLoop) finish(t *testing.T) {
 	if l.bad.Load() != 0 || l.ok.Load() == 0 {
 		t.Errorf("%d of %d ssh logins failed; first: %v", l.bad.Load(), l.ok.Load()+l.bad.Load(), l.firstBad.Load())
 	}
+}
+
+// gaps are the times from each line of the agents' JSON log whose msg is
+// from to the next whose msg is to: how long no agent answered.
+func gaps(log, from, to string) []time.Duration {
+	var out []time.Duration
+	var start time.Time
+	for _, line := range strings.Split(log, "\n") {
+		var l struct {
+			Time time.Time `json:"time"`
+			Msg  string    `json:"msg"`
+		}
+		if json.Unmarshal([]byte(line), &l) != nil {
+			continue
+		}
+		switch {
+		case l.Msg == from:
+			start = l.Time
+		case l.Msg == to && !start.IsZero():
+			out = append(out, l.Time.Sub(start))
+			start = time.Time{}
+		}
+	}
+	return out
+}
+
+// spread is "min/median/max" of ds, for a test's log.
+func spread(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "none"
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	r := func(d time.Duration) string { return d.Round(100 * time.Microsecond).String() }
+	return r(s[0]) + "/" + r(s[len(s)/2]) + "/" + r(s[len(s)-1])
 }

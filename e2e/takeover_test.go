@@ -131,6 +131,8 @@ func TestUpgradeUnderReadersAndLogins(t *testing.T) {
 	if n := strings.Count(agentLog.String(), "took the mount over from the agent before"); n != *takeovers {
 		t.Errorf("%d takeovers logged, want %d", n, *takeovers)
 	}
+	t.Logf("from the old agent's last word to the new one serving, min/median/max: %s",
+		spread(gaps(agentLog.String(), "upgraded: the new agent serves the mount; exiting", "credential filesystem taken over")))
 }
 
 // newLogFile is a log buffer that agents started by other agents (an
@@ -232,17 +234,26 @@ func TestAgentUnitRestartsAndCrashesUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d systemctl restarts in %v", *takeovers, time.Since(start).Round(time.Millisecond))
 	start = time.Now()
+	var afterKill []time.Duration
 	for i := range *takeovers {
 		m.mustRun("systemctl", "reset-failed", unit)
 		st := m.unit(unit, "MainPID", "NRestarts")
+		killed := time.Now()
 		m.mustRun("kill", "-KILL", st["MainPID"])
 		waitFor(t, fmt.Sprintf("systemd to restart the agent after kill %d", i+1), 60*time.Second, func() bool {
 			now := m.unit(unit, "ActiveState", "NRestarts")
 			return now["NRestarts"] != st["NRestarts"] && now["ActiveState"] == "active"
 		})
 		tookOver(fmt.Sprintf("kill -9 %d", i+1), st["MainPID"])
+		if g := gaps("{\"msg\":\"killed\",\"time\":\""+killed.Format(time.RFC3339Nano)+"\"}\n"+lastLine(m.journal(unit), "credential filesystem taken over"),
+			"killed", "credential filesystem taken over"); len(g) == 1 {
+			afterKill = append(afterKill, g[0])
+		}
 	}
 	t.Logf("%d kill -9s in %v", *takeovers, time.Since(start).Round(time.Millisecond))
+	t.Logf("from kill -9 to the next agent serving, min/median/max: %s", spread(afterKill))
+	t.Logf("from SIGUSR1 to the next agent serving, min/median/max: %s",
+		spread(gaps(m.journal(unit), "restarting: the mount stays, in the service manager's file descriptor store", "credential filesystem taken over")))
 	lg.finish(t)
 	ld.finish().check(t, "the reader in the container")
 
@@ -310,4 +321,15 @@ func forgetStoredIn(t *testing.T, addr, mnt string) {
 			t.Errorf("cannot remove the test's key from the user keyring: %v", err)
 		}
 	})
+}
+
+// lastLine is the last line of log that holds s.
+func lastLine(log, s string) string {
+	lines := strings.Split(log, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], s) {
+			return lines[i]
+		}
+	}
+	return ""
 }
