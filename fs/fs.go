@@ -108,10 +108,10 @@ type Server struct {
 	log    *slog.Logger
 	files  []*fileNode // the files in the tree
 	byIdx  []*fileNode // indexed like identity.Files; nil for a file not served
-	pins  *pinTable
-	jrnl  *journal
-	st    *state
-	raw   *rawFS
+	pins   *pinTable
+	jrnl   *journal
+	st     *state
+	raw    *rawFS
 
 	fuseMu sync.Mutex
 	fuse   *fuse.Server  // serving the connection; a new one after Continue
