@@ -159,33 +159,46 @@ func lockResources(locks []wire.Lock, id string) []policy.LockResource {
 
 // lockSet is what GET /v1/locks serves, cheap at any number of nodes: the
 // locks in force, encoded once, re-read from the store only after a
-// change, when one of them expires, or when maxAge has passed (a change
-// made by another process on the same store). The ETag is a hash of the
-// answer, so it changes exactly when the answer does; an unchanged list
-// costs a pointer load and a string comparison.
+// change (this authority's, at once; another replica's, when the store
+// tells, within its poll bound: watchLocks) or when one of them expires.
+// The ETag is a hash of the answer, so it changes exactly when the answer
+// does; an unchanged list costs a pointer load and a string comparison.
 type lockSet struct {
 	version atomic.Uint64 // moves after every committed change of locks
 	mu      sync.Mutex    // serializes loads
 	snap    atomic.Pointer[lockSnap]
 }
 
-// lockSnapMaxAge bounds how long a change made outside this process takes
-// to reach the list.
-const lockSnapMaxAge = 5 * time.Second
-
 type lockSnap struct {
 	version uint64
-	loaded  time.Time       // monotonic: when it was read
 	until   time.Time       // the first expiry among the locks; zero: none
 	bots    map[string]bool // bots with a lock in force
 	body    []byte          // wire.LockList
 	etag    string
 }
 
+// changed is called once a change of the locks has committed.
 func (ls *lockSet) changed() { ls.version.Add(1) }
 
 func (sn *lockSnap) fresh(v uint64, now time.Time) bool {
-	return sn.version >= v && (sn.until.IsZero() || now.Before(sn.until)) && time.Since(sn.loaded) < lockSnapMaxAge
+	return sn.version >= v && (sn.until.IsZero() || now.Before(sn.until))
+}
+
+// follow moves the lock list on whenever changes says the locks changed
+// (through this authority or another on the same state), until stop is
+// closed or changes is.
+func (ls *lockSet) follow(changes, stop <-chan struct{}) {
+	for {
+		select {
+		case _, ok := <-changes:
+			if !ok {
+				return
+			}
+			ls.changed()
+		case <-stop:
+			return
+		}
+	}
 }
 
 // current returns the locks in force at now.
@@ -201,12 +214,11 @@ func (ls *lockSet) current(ctx context.Context, q store.Reader, now time.Time) (
 	}
 	// The version is read before the store (see inventory.at).
 	v = ls.version.Load()
-	loaded := time.Now()
 	all, err := q.Locks(ctx, "")
 	if err != nil {
 		return nil, err
 	}
-	sn := &lockSnap{version: v, loaded: loaded, bots: map[string]bool{}}
+	sn := &lockSnap{version: v, bots: map[string]bool{}}
 	list := wire.LockList{Locks: []wire.Lock{}}
 	for _, l := range all {
 		if !l.InForce(now) {

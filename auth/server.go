@@ -95,7 +95,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		defer s.wg.Done()
 		s.inv.follow(st.Changed(store.TopicInventory), s.stopping)
 	}()
-	s.dbw = newDBWatch(st, cfg.Clock, s.log, s.inv.changed)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.locks.follow(st.Changed(store.TopicLocks), s.stopping)
+	}()
+	s.dbw = newDBWatch(st, cfg.Clock, s.log, func() { s.inv.changed(); s.locks.changed() })
 	s.registerDBMetric(cfg.Metrics)
 	if err := s.serveHTTPS(); err != nil {
 		close(s.stopping)

@@ -52,9 +52,9 @@ type simNode struct {
 	seen atomic.Int64 // 1 once it fetched a list
 }
 
-// fleet polls GET /v1/locks from fleetNodes nodes, each every interval,
+// lockFleet polls GET /v1/locks from fleetNodes nodes, each every interval,
 // their first polls spread evenly over one interval.
-type fleet struct {
+type lockFleet struct {
 	b     *testing.B
 	url   string
 	ca    string
@@ -67,8 +67,8 @@ type fleet struct {
 	wg    sync.WaitGroup
 }
 
-func startFleet(b *testing.B, a *authority, tlsCfg *tls.Config, n int, interval time.Duration) *fleet {
-	f := &fleet{b: b, url: "https://" + a.addr + wire.PathLocks, ca: "https://" + a.addr + wire.PathCA, stop: make(chan struct{})}
+func startFleet(b *testing.B, a *authority, tlsCfg *tls.Config, n int, interval time.Duration) *lockFleet {
+	f := &lockFleet{b: b, url: "https://" + a.addr + wire.PathLocks, ca: "https://" + a.addr + wire.PathCA, stop: make(chan struct{})}
 	for i := range n {
 		nd := &simNode{hc: &http.Client{Timeout: time.Minute, Transport: &http.Transport{
 			TLSClientConfig: tlsCfg, MaxIdleConnsPerHost: 1, IdleConnTimeout: 2 * interval}}}
@@ -92,7 +92,7 @@ func startFleet(b *testing.B, a *authority, tlsCfg *tls.Config, n int, interval 
 // longer than that, so it stays open (the authority closes connections
 // idle for 30 s). A failed request is retried after a second, then two, up
 // to the interval, as the node agent does.
-func (f *fleet) run(nd *simNode, offset, interval time.Duration) {
+func (f *lockFleet) run(nd *simNode, offset, interval time.Duration) {
 	defer f.wg.Done()
 	t := time.NewTimer(offset)
 	defer t.Stop()
@@ -120,7 +120,7 @@ func (f *fleet) run(nd *simNode, offset, interval time.Duration) {
 }
 
 // heartbeat stands in for the node agent's heartbeat.
-func (f *fleet) heartbeat(nd *simNode) bool {
+func (f *lockFleet) heartbeat(nd *simNode) bool {
 	resp, err := nd.hc.Get(f.ca)
 	if err != nil {
 		f.fail(err)
@@ -131,12 +131,12 @@ func (f *fleet) heartbeat(nd *simNode) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-func (f *fleet) fail(err error) {
+func (f *lockFleet) fail(err error) {
 	f.fails.Add(1)
 	f.first.CompareAndSwap(nil, err.Error())
 }
 
-func (f *fleet) poll(nd *simNode) bool {
+func (f *lockFleet) poll(nd *simNode) bool {
 	req, _ := http.NewRequest("GET", f.url, nil)
 	if nd.etag != "" {
 		req.Header.Set("If-None-Match", nd.etag)
@@ -167,7 +167,7 @@ func (f *fleet) poll(nd *simNode) bool {
 }
 
 // count is how many nodes fetched the list at least once.
-func (f *fleet) count() int {
+func (f *lockFleet) count() int {
 	n := 0
 	for _, nd := range f.nodes {
 		n += int(nd.seen.Load())
@@ -176,7 +176,7 @@ func (f *fleet) count() int {
 }
 
 // connected says whether every node has fetched the list once.
-func (f *fleet) connected() bool {
+func (f *lockFleet) connected() bool {
 	for _, nd := range f.nodes {
 		if nd.seen.Load() == 0 {
 			return false

@@ -68,6 +68,9 @@ const (
 	// node list shows: PutNode, PutRole, Remove of a node or role,
 	// SetBotGrants, Init and Restore move it.
 	TopicInventory = "inventory"
+	// TopicLocks moves with every committed change of the locks: PutLock,
+	// Remove of a lock, RemoveExpiredLocks that removed one, and Restore.
+	TopicLocks = "locks"
 )
 
 // Store is the authority's state. Several Stores may be open on one state
@@ -261,6 +264,7 @@ type Dump struct {
 	Bots        []*Bot
 	Tokens      []*Token
 	Nodes       []identity.Node
+	Locks       []wire.Lock
 }
 
 // DumpState reads a whole state; inside Update, all of it at one moment.
@@ -289,6 +293,9 @@ func DumpState(ctx context.Context, r Reader) (*Dump, error) {
 		return nil, err
 	}
 	if d.Nodes, err = r.Nodes(ctx); err != nil {
+		return nil, err
+	}
+	if d.Locks, err = r.Locks(ctx, ""); err != nil {
 		return nil, err
 	}
 	return &d, nil

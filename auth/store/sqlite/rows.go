@@ -387,6 +387,11 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 			return err
 		}
 	}
+	for _, l := range d.Locks {
+		if err := t.putLock(ctx, l); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -493,13 +498,24 @@ func (t *txn) putNode(ctx context.Context, n identity.Node) error {
 }
 
 func (t *txn) PutLock(ctx context.Context, l wire.Lock) error {
+	if err := t.putLock(ctx, l); err != nil {
+		return err
+	}
+	return t.bump(ctx, store.TopicLocks)
+}
+
+func (t *txn) putLock(ctx context.Context, l wire.Lock) error {
 	_, err := t.exec(ctx, `INSERT INTO locks(name, bot, message, created, expires) VALUES (?, ?, ?, ?, ?)`,
 		l.ID, l.Bot, l.Message, l.Created.Unix(), zeroOrUnix(l.Expires))
 	return err
 }
 
 func (t *txn) RemoveExpiredLocks(ctx context.Context, cutoff time.Time) (int64, error) {
-	return t.exec(ctx, `DELETE FROM locks WHERE expires != 0 AND expires < ?`, cutoff.Unix())
+	n, err := t.exec(ctx, `DELETE FROM locks WHERE expires != 0 AND expires < ?`, cutoff.Unix())
+	if err != nil || n == 0 {
+		return n, err
+	}
+	return n, t.bump(ctx, store.TopicLocks)
 }
 
 func (t *txn) Remove(ctx context.Context, kind, name string) (bool, error) {
@@ -511,12 +527,13 @@ func (t *txn) Remove(ctx context.Context, kind, name string) (bool, error) {
 	if err != nil || n == 0 {
 		return false, err
 	}
-	if kind == policy.KindRole || kind == policy.KindNode {
-		if err := t.bump(ctx, store.TopicInventory); err != nil {
-			return false, err
-		}
+	switch kind {
+	case policy.KindRole, policy.KindNode:
+		err = t.bump(ctx, store.TopicInventory)
+	case policy.KindLock:
+		err = t.bump(ctx, store.TopicLocks)
 	}
-	return true, nil
+	return err == nil, err
 }
 
 // isUnique says whether err is a UNIQUE or PRIMARY KEY violation, by its
