@@ -258,6 +258,8 @@ func authMigrateCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "from", Usage: "`sqlite:PATH` of the state: the authority's data directory (or its midfs.db)"},
 			&cli.StringFlag{Name: "to", Usage: "`URL` of the database, postgres://USER@HOST:PORT/DB?OPTIONS (a password is best in ~/.pgpass)"},
+			&cli.StringFlag{Name: "ca-key-seal", Usage: "seal the CA private keys moved into the database with the 32-byte key in `FILE`, " +
+				"the one the replicas start with (default: the systemd credential ca-key-seal)"},
 		},
 		Action: authMigrate,
 	}
@@ -271,7 +273,7 @@ func authMigrate(c *cli.Context) error {
 		return failf(exitUsage, "auth migrate needs --from=sqlite:PATH and --to=postgres://USER@HOST:PORT/DB")
 	}
 	warnPasswordInArgv(c.String("to"), slog.Default())
-	m, err := auth.Migrate(c.Context, c.String("from"), c.String("to"))
+	m, err := auth.Migrate(c.Context, c.String("from"), c.String("to"), c.String("ca-key-seal"))
 	if err != nil {
 		return fail(exitFailure, err)
 	}
