@@ -449,11 +449,15 @@ func isConflict(err error) bool {
 // connecting again (with backoff) after it is lost; after each connect it
 // reads the versions, so a change made while it was away is not missed.
 func (st *Store) listen(ctx context.Context, cfg *pgx.ConnConfig) {
-	wait := 100 * time.Millisecond
+	const first = 100 * time.Millisecond
+	wait := first
 	for ctx.Err() == nil {
-		err := st.listenOnce(ctx, cfg)
+		listened, err := st.listenOnce(ctx, cfg)
 		if ctx.Err() != nil {
 			return
+		}
+		if listened {
+			wait = first // an outage is timed from its start, not from the first one
 		}
 		st.log.Warn("lost the database's change notifications; connecting again (changes are polled meanwhile)", "database", st.where, "err", oneLine(err))
 		select {
@@ -465,23 +469,29 @@ func (st *Store) listen(ctx context.Context, cfg *pgx.ConnConfig) {
 	}
 }
 
-func (st *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
+// listenOnce says whether it got as far as listening. The versions are
+// read on the listening connection itself: a pool connection may still be
+// a dead one from before an outage, and a change missed here would wait
+// for the next poll.
+func (st *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig) (bool, error) {
 	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer c.Close(context.WithoutCancel(ctx))
 	if _, err := c.Exec(ctx, `LISTEN `+notifyChannel); err != nil {
-		return err
+		return false, err
 	}
-	if v, err := st.Versions(ctx); err == nil {
-		st.Seen(v)
+	v, err := (reader{q: c}).Versions(ctx)
+	if err != nil {
+		return false, err
 	}
+	st.Seen(v)
 	st.listeningOnce.Do(func() { close(st.listening) })
 	for {
 		n, err := c.WaitForNotification(ctx)
 		if err != nil {
-			return err
+			return true, err
 		}
 		topic, v, ok := strings.Cut(n.Payload, " ")
 		if !ok {
