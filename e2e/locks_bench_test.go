@@ -198,7 +198,7 @@ func (f *lockFleet) connected() bool {
 //	reach-s         from `midfs lock` returning to the last node holding the lock (a node
 //	                may fetch it before the command returns: then its time is negative)
 //	p50-reach-s     the median node
-//	req/s           requests the authority answered per second, steady
+//	polls/s         lock polls the authority answered per second, steady (as many stand-ins again)
 //	failed-polls    polls that failed (retried after 1 s, 2 s, ... as the node agent does)
 //
 // The fleet runs in the benchmark's process, so its own CPU (10,000 TLS
@@ -266,7 +266,7 @@ func BenchmarkLocksAt10kNodes(b *testing.B) {
 		b.ReportMetric(100*fanout, "lock-cpu-%")
 		b.ReportMetric(slices.Max(reach), "reach-s")
 		b.ReportMetric(median(reach), "p50-reach-s")
-		b.ReportMetric(rate, "req/s")
+		b.ReportMetric(rate, "polls/s")
 		b.ReportMetric(float64(f.fails.Load()), "failed-polls")
 		b.ReportMetric(float64(n), "nodes")
 		a.admin("rm", "locks/"+m[1])
