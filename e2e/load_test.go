@@ -218,11 +218,15 @@ func startLoad(t *testing.T, cmd *exec.Cmd, dir string) *load {
 		t.Fatal(err)
 	}
 	l.out = bufio.NewReader(stdout)
+	// Run through nsenter, the load is nsenter's child, which may outlive
+	// a killed nsenter and hold its output open: do not wait for that.
+	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if l.cmd.ProcessState == nil {
+			l.in.Close() // the load stops at the end of its input
 			l.cmd.Process.Signal(syscall.SIGKILL)
 			l.cmd.Wait()
 		}
@@ -266,9 +270,10 @@ type loginLoop struct {
 }
 
 // startLoginLoop runs login (one ssh login; an error is a failed login) in a
-// loop until finish.
-func startLoginLoop(login func() (string, error)) *loginLoop {
+// loop until finish, or the end of the test.
+func startLoginLoop(t *testing.T, login func() (string, error)) *loginLoop {
 	l := &loginLoop{stop: make(chan struct{}), done: make(chan struct{})}
+	t.Cleanup(l.halt)
 	go func() {
 		defer close(l.done)
 		for {
@@ -293,13 +298,21 @@ func startLoginLoop(login func() (string, error)) *loginLoop {
 	return l
 }
 
-func (l *loginLoop) finish(t *testing.T) {
-	t.Helper()
-	close(l.stop)
+func (l *loginLoop) halt() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
 	<-l.done
-	t.Logf("%d ssh logins, %d failed, the longest took %v", l.ok.Load()+l.bad.Load(), l.bad.Load(), time.Duration(l.longest.Load()).Round(time.Millisecond))
+}
+
+func (l *loginLoop) finish(t *testing.T, how string) {
+	t.Helper()
+	l.halt()
+	t.Logf("%d ssh logins %s, %d failed, the longest took %v", l.ok.Load()+l.bad.Load(), how, l.bad.Load(), time.Duration(l.longest.Load()).Round(time.Millisecond))
 	if l.bad.Load() != 0 || l.ok.Load() == 0 {
-		t.Errorf("%d of %d ssh logins failed; first: %v", l.bad.Load(), l.ok.Load()+l.bad.Load(), l.firstBad.Load())
+		t.Errorf("%d of %d ssh logins %s failed; first: %v", l.bad.Load(), l.ok.Load()+l.bad.Load(), how, l.firstBad.Load())
 	}
 }
 

@@ -93,22 +93,46 @@ func TestUpgradeUnderReadersAndLogins(t *testing.T) {
 	os.Mkdir(dir, 0o755)
 	forgetStored(t, a, dir) // the default --storage=keyring: every new agent restarts from it
 	logs := &agent{t: t, dir: dir}
-	cmd := exec.Command(installed, append([]string{"mount", dir, "--log-format=json", "--log-level=debug"}, a.mountArgs(a.addBot("robot", "access", "root"))...)...)
+	// With an ssh-agent socket too: it is handed over with the mount.
+	// A short path: a socket's is at most 107 bytes.
+	sockDir, err := os.MkdirTemp("/run", "midfs-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "agent.sock")
+	cmd := exec.Command(installed, append([]string{"mount", dir, "--log-format=json", "--log-level=debug", "--ssh-agent=" + sock},
+		a.mountArgs(a.addBot("robot", "access", "root"))...)...)
 	agentLog := newLogFile(t)
 	cmd.Stdout, cmd.Stderr = agentLog, agentLog
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go cmd.Wait()
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
 	t.Cleanup(func() { stopAgentAt(t, dir, agentLog) })
 	waitFor(t, "the mount", 60*time.Second, func() bool {
+		select {
+		case <-exited:
+			t.Fatalf("the agent exited:\n%s", agentLog)
+		default:
+		}
 		return mounted(dir) && exec.Command("test", "-r", filepath.Join(dir, "key.pub")).Run() == nil
 	})
 	waitFor(t, "the node in ssh_config", 30*time.Second, func() bool { return strings.Contains(string(logs.read("ssh_config")), "node-name") })
 
 	loads := []*load{startLoad(t, exec.Command(os.Args[0]), dir), startLoad(t, exec.Command(os.Args[0]), dir)}
-	lg := startLoginLoop(func() (string, error) { return sshLoginNoShell(t, dir, "root@node-name."+cluster) })
-	waitFor(t, "a first login", 30*time.Second, func() bool { return lg.ok.Load() > 0 || lg.bad.Load() > 0 })
+	target := "root@node-name." + cluster
+	// With the key file: ssh_config names key.pub for the agent, so name
+	// the key itself.
+	lg := startLoginLoop(t, func() (string, error) {
+		return sshWith(t, append(sshOptions(dir), "-o", "IdentityAgent=none", "-i", filepath.Join(dir, "key"), "-s"), target, "sftp")
+	})
+	// Through the agent socket, which ssh_config names.
+	lgAgent := startLoginLoop(t, func() (string, error) { return sshWith(t, append(sshOptions(dir), "-s"), target, "sftp") })
+	waitFor(t, "a first login each way", 30*time.Second, func() bool {
+		return (lg.ok.Load() > 0 || lg.bad.Load() > 0) && (lgAgent.ok.Load() > 0 || lgAgent.bad.Load() > 0)
+	})
 
 	start := time.Now()
 	for i := range *takeovers {
@@ -124,7 +148,8 @@ func TestUpgradeUnderReadersAndLogins(t *testing.T) {
 		}
 	}
 	t.Logf("%d upgrades in %v", *takeovers, time.Since(start).Round(time.Millisecond))
-	lg.finish(t)
+	lg.finish(t, "with the key file")
+	lgAgent.finish(t, "through the ssh-agent socket")
 	for i, l := range loads {
 		l.finish().check(t, fmt.Sprintf("reader %d", i+1))
 	}
@@ -199,15 +224,18 @@ func TestAgentUnitRestartsAndCrashesUnderLoad(t *testing.T) {
 	if err := os.MkdirAll(m.path(mnt), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	m.writeFile("/etc/midfs/robot.yaml", fmt.Sprintf("mountpoint: %s\nauth_server: %s\nca_pin: %s\ntoken: %s\nlog_level: debug\n", mnt, addr, pin, tok[1]), 0o600)
+	// With an ssh-agent socket too: it is kept in the store with the mount.
+	m.writeFile("/etc/midfs/robot.yaml", fmt.Sprintf("mountpoint: %s\nauth_server: %s\nca_pin: %s\ntoken: %s\nlog_level: debug\nssh_agent: /run/midfs-robot.agent\n",
+		mnt, addr, pin, tok[1]), 0o600)
 	const unit = "midfs@robot.service"
 	if out, err := m.run("systemctl", "start", unit); err != nil {
 		t.Fatalf("systemctl start %s: %v\n%s\n%s", unit, err, out, m.journal(unit))
 	}
-	login := startSSHDIn(t, m, mnt)
+	login, loginAgent := startSSHDIn(t, m, mnt)
 
 	ld := startLoad(t, m.command("/usr/local/bin/midfs-e2e-load"), mnt)
-	lg := startLoginLoop(login)
+	lg := startLoginLoop(t, login)
+	lgAgent := startLoginLoop(t, loginAgent)
 	taken := 0
 	tookOver := func(how string, oldPID string) {
 		t.Helper()
@@ -254,7 +282,8 @@ func TestAgentUnitRestartsAndCrashesUnderLoad(t *testing.T) {
 	t.Logf("from kill -9 to the next agent serving, min/median/max: %s", spread(afterKill))
 	t.Logf("from SIGUSR1 to the next agent serving, min/median/max: %s",
 		spread(gaps(m.journal(unit), "restarting: the mount stays, in the service manager's file descriptor store", "credential filesystem taken over")))
-	lg.finish(t)
+	lg.finish(t, "with the key file")
+	lgAgent.finish(t, "through the ssh-agent socket")
 	ld.finish().check(t, "the reader in the container")
 
 	if out, err := m.run("systemctl", "stop", unit); err != nil {
@@ -267,8 +296,9 @@ func TestAgentUnitRestartsAndCrashesUnderLoad(t *testing.T) {
 
 // startSSHDIn starts an sshd inside m that trusts its authority, adds it
 // as node-name, waits until the mount at mnt lists it, and returns a login
-// through the mount's ssh_config.
-func startSSHDIn(t *testing.T, m *machine, mnt string) func() (string, error) {
+// through the mount's ssh_config with the key file, and one through the
+// ssh-agent socket it names.
+func startSSHDIn(t *testing.T, m *machine, mnt string) (keyFile, agent func() (string, error)) {
 	t.Helper()
 	m.mustRun("mkdir", "-p", "/etc/ssh/e2e", "/run/sshd")
 	m.mustRun("midfs", "auth", "sign", "--host=node-name."+cluster+",node-name", "--format=openssh", "--out=/etc/ssh/e2e/host")
@@ -297,15 +327,21 @@ Subsystem sftp internal-sftp
 		return strings.Contains(out, "Host node-name."+cluster)
 	})
 	// A whole login, then sshd's built-in sftp server, which ends at once:
-	// no shell (see sshLogin).
-	login := func() (string, error) {
-		args := append(append([]string{"ssh", "-s"}, sshOptions(mnt)...), "-o", "IdentityAgent=none", "root@node-name."+cluster, "sftp")
-		return m.run(args...)
+	// no shell (a busy machine's root ~/.bashrc can take seconds). ssh_config names key.pub for the
+	// agent: the key file login names the key itself.
+	login := func(opts ...string) func() (string, error) {
+		return func() (string, error) {
+			args := append(append(append([]string{"ssh", "-s"}, sshOptions(mnt)...), opts...), "root@node-name."+cluster, "sftp")
+			return m.run(args...)
+		}
 	}
-	if out, err := login(); err != nil {
-		t.Fatalf("ssh into the container's sshd: %v\n%s\n%s", err, out, m.journal("e2e-sshd.service"))
+	keyFile, agent = login("-o", "IdentityAgent=none", "-i", mnt+"/key"), login()
+	for _, l := range []func() (string, error){keyFile, agent} {
+		if out, err := l(); err != nil {
+			t.Fatalf("ssh into the container's sshd: %v\n%s\n%s", err, out, m.journal("e2e-sshd.service"))
+		}
 	}
-	return login
+	return keyFile, agent
 }
 
 // forgetStoredIn removes, at the end of the test, the bot identity an

@@ -11,6 +11,7 @@ import (
 	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 
 	"github.com/midfs/midfs/identity"
@@ -99,6 +100,27 @@ func (s *Server) Keeps(snap *Snapshot, until time.Time) bool {
 		}
 	}
 	return true
+}
+
+// Issuance is the key and certificates the tree serves now, read back from
+// its files, for an ssh-agent socket to sign with what key.pub names; ok is
+// false when the tree serves no key file (NoKeyFiles).
+func (s *Server) Issuance() (id *identity.Identity, ok bool) {
+	g := s.current.Load()
+	files := map[string][]byte{}
+	for i, f := range identity.Files {
+		files[f.Name] = g.files[i]
+	}
+	key, err := identity.ParsePrivateKeyPEM(files[identity.FileKey])
+	if err != nil {
+		return nil, false
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey(files[identity.FileSSHCert])
+	cert, isCert := pub.(*ssh.Certificate)
+	if err != nil || !isCert {
+		return nil, false
+	}
+	return &identity.Identity{Key: key, SSHCert: cert}, true
 }
 
 // kernelInit is the INIT the kernel sent at mount time.

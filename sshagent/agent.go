@@ -31,6 +31,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/sys/unix"
 
 	"github.com/midfs/midfs/identity/clock"
 )
@@ -126,6 +127,94 @@ func (h *heldKey) usable(now time.Time, grace time.Duration) bool {
 // Listen makes the socket at opts.Path and serves key and cert on it until
 // Close.
 func Listen(opts Options, key crypto.Signer, cert *ssh.Certificate) (*Server, error) {
+	return serveOn(opts, key, cert, func(s *Server) (err error) {
+		s.ln, s.file, err = listen(opts.Path, opts.UID, opts.GID, opts.Mode, opts.Replace)
+		return err
+	})
+}
+
+// Adopt serves key and cert on the listening socket f that a predecessor
+// kept (Listener) and left at opts.Path: clients that connected while no
+// process accepted waited in its queue, and are served now. The socket at
+// the path is removed at Close as if this Server had placed it. f stays the
+// caller's.
+func Adopt(opts Options, f *os.File, key crypto.Signer, cert *ssh.Certificate) (*Server, error) {
+	return serveOn(opts, key, cert, func(s *Server) error {
+		l, err := net.FileListener(f)
+		if err != nil {
+			return fmt.Errorf("adopt the ssh-agent socket: %w", err)
+		}
+		ln, ok := l.(*net.UnixListener)
+		if !ok {
+			l.Close()
+			return fmt.Errorf("adopt the ssh-agent socket: a %T is no Unix socket", l)
+		}
+		ln.SetUnlinkOnClose(false)
+		if s.file, _, err = lstatID(opts.Path); err != nil {
+			ln.Close()
+			return fmt.Errorf("adopt the ssh-agent socket: %w", err)
+		}
+		s.ln = ln
+		return nil
+	})
+}
+
+// Listener is a copy of the listening socket's descriptor, to keep while no
+// agent runs (a restart, an upgrade) and Adopt in the next one.
+func (s *Server) Listener() (*os.File, error) {
+	raw, err := s.ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var dup int
+	var derr error
+	if err := raw.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, derr
+	}
+	return os.NewFile(uintptr(dup), "ssh-agent"), nil
+}
+
+// Retire stops accepting connections, for a successor that adopts the
+// socket (Listener, taken before): clients that connect from now on wait
+// in its queue. It returns once the connections in progress have ended
+// (an ssh's lasts through its authentication), or after timeout. The
+// socket stays at its path.
+func (s *Server) Retire(timeout time.Duration) {
+	s.ln.Close() // this descriptor only: the socket lives on in the successor's
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		s.log.Warn("ssh-agent socket: connections still open after retiring; they end with this process", "after", timeout)
+	}
+}
+
+// Reopen accepts again on f (Listener) after a Retire whose successor did
+// not take over.
+func (s *Server) Reopen(f *os.File) error {
+	l, err := net.FileListener(f)
+	if err != nil {
+		return err
+	}
+	ln, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		return fmt.Errorf("a %T is no Unix socket", l)
+	}
+	ln.SetUnlinkOnClose(false)
+	s.ln = ln
+	s.wg.Add(1)
+	go s.serve()
+	return nil
+}
+
+// serveOn makes a Server for key and cert, gets its socket from open, and
+// serves.
+func serveOn(opts Options, key crypto.Signer, cert *ssh.Certificate, open func(*Server) error) (*Server, error) {
 	if !filepath.IsAbs(opts.Path) {
 		return nil, fmt.Errorf("socket path %q is not absolute", opts.Path)
 	}
@@ -144,7 +233,7 @@ func Listen(opts Options, key crypto.Signer, cert *ssh.Certificate) (*Server, er
 	}
 	s := &Server{opts: opts, log: opts.Logger, slots: make(chan struct{}, maxConns),
 		keys: []*heldKey{first}, conns: map[*net.UnixConn]struct{}{}}
-	if s.ln, s.file, err = listen(opts.Path, opts.UID, opts.GID, opts.Mode, opts.Replace); err != nil {
+	if err := open(s); err != nil {
 		return nil, err
 	}
 	s.wg.Add(1)

@@ -386,3 +386,95 @@ func TestSignWhileRenewing(t *testing.T) {
 	close(renew)
 	<-done
 }
+
+// A successor adopts the listening socket its predecessor kept: a client
+// that connected while no agent accepted waits, and is served by the
+// successor, which removes the socket at its Close.
+func TestAdoptedSocketServesWhoWaited(t *testing.T) {
+	a, _ := start(t, t.TempDir(), 0o600, anyone)
+	f, err := a.Listener()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	a.ln.Close() // the predecessor is gone, without its Close
+	a.wg.Wait()
+
+	listed := make(chan []*agent.Key, 1)
+	go func() {
+		c, err := net.Dial("unix", a.path)
+		if err != nil {
+			listed <- nil
+			return
+		}
+		defer c.Close()
+		keys, _ := agent.NewClient(c).List()
+		listed <- keys
+	}()
+	key, cert := issue(t, time.Now(), time.Hour)
+	b, err := Adopt(Options{Path: a.path, Mode: 0o600, Allow: anyone}, f, key, cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case keys := <-listed:
+		if len(keys) != 2 || string(keys[0].Blob) != string(cert.Marshal()) {
+			t.Fatalf("the client that waited got %v, want the successor's certificate and key", keys)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client that connected meanwhile was never served")
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(a.path); !os.IsNotExist(err) {
+		t.Errorf("the adopted socket is left at its path: %v", err)
+	}
+}
+
+// A retired agent lets the connections in progress finish, returns once
+// they have, and after Reopen serves the clients that connected meanwhile.
+func TestRetireThenReopen(t *testing.T) {
+	a, _ := start(t, t.TempDir(), 0o600, anyone)
+	conn, err := net.Dial("unix", a.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inProgress := agent.NewClient(conn)
+	if _, err := inProgress.List(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := a.Listener()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	retired := make(chan struct{})
+	go func() { a.Retire(10 * time.Second); close(retired) }()
+	// The connection in progress is still served, and Retire waits for it.
+	if keys, err := inProgress.List(); err != nil || len(keys) != 2 {
+		t.Fatalf("a connection in progress while retiring: %v %v", keys, err)
+	}
+	select {
+	case <-retired:
+		t.Fatal("Retire returned while a connection was open")
+	default:
+	}
+	conn.Close()
+	<-retired
+	listed := make(chan error, 1)
+	go func() {
+		c, err := net.Dial("unix", a.path)
+		if err == nil {
+			defer c.Close()
+			_, err = agent.NewClient(c).List()
+		}
+		listed <- err
+	}()
+	if err := a.Reopen(f); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-listed; err != nil {
+		t.Fatalf("the client that connected while retired: %v", err)
+	}
+}

@@ -205,10 +205,13 @@ func parseAgentFlags(c *cli.Context, p *mountPlan) error {
 const sshAgentFile = "ssh-agent"
 
 // listenAgent serves id's key on the --ssh-agent socket, admitting
-// connections by the rule that decides opens of key (fs.Access).
-func listenAgent(p *mountPlan, svc *running, id *identity.Identity) (*sshagent.Server, error) {
+// connections by the rule that decides opens of key (fs.Access). A socket
+// the agent before kept (takeover.go) is adopted: clients that connected
+// while no agent ran are served now. The socket is kept in the service
+// manager's store, like the mount.
+func listenAgent(p *mountPlan, svc *running, id *identity.Identity, from *takeover) (*sshagent.Server, error) {
 	acc := fs.Access{UID: p.uid, GID: p.gid, Readers: p.readers}
-	s, err := sshagent.Listen(sshagent.Options{
+	opts := sshagent.Options{
 		Path: p.agent, UID: p.uid, GID: p.gid, Mode: acc.SocketMode(),
 		Allow: func(peer sshagent.Peer) bool {
 			return acc.Allows(peer.UID, peer.GID, func() []uint32 { return peer.Groups })
@@ -216,9 +219,28 @@ func listenAgent(p *mountPlan, svc *running, id *identity.Identity) (*sshagent.S
 		Logger:    slog.Default(),
 		OnConnect: func(result string) { svc.OnOpen(sshAgentFile, result) },
 		OnSign:    svc.OnSign,
-	}, id.Key, id.SSHCert)
-	if err != nil {
-		return nil, failf(exitUsage, "--ssh-agent: %v", err)
+		// The socket at the path is the agent's before, whose mount this
+		// one took over.
+		Replace: from.any(),
+	}
+	var s *sshagent.Server
+	var err error
+	if ln := from.agentSocket(); ln != nil {
+		defer ln.Close()
+		if s, err = sshagent.Adopt(opts, ln, id.Key, id.SSHCert); err != nil {
+			slog.Warn("cannot adopt the ssh-agent socket of the agent before; making a new one", "err", err)
+		}
+	}
+	if s == nil {
+		if s, err = sshagent.Listen(opts, id.Key, id.SSHCert); err != nil {
+			return nil, failf(exitUsage, "--ssh-agent: %v", err)
+		}
+	}
+	if svc.FDStore() {
+		if ln, err := s.Listener(); err == nil {
+			svc.Keep(sshAgentFile, ln)
+			ln.Close()
+		}
 	}
 	return s, nil
 }
@@ -261,7 +283,9 @@ func runMount(c *cli.Context) error {
 	if err := fs.CheckCanMount(); err != nil {
 		return fail(exitFUSE, err)
 	}
-	if p.agent != "" {
+	// Taking over, the socket there is the agent before's: still open in
+	// the service manager's store or handed over, and adopted or replaced.
+	if p.agent != "" && !from.any() {
 		if err := sshagent.CheckPath(p.agent); err != nil {
 			return failf(exitUsage, "bad --ssh-agent: %v", err)
 		}
@@ -328,25 +352,35 @@ func runMount(c *cli.Context) error {
 	}
 	id, nodes := agent.Current()
 	st := agent.Status()
+	snap := &fs.Snapshot{Identity: id, Nodes: nodes}
+	// After a takeover, the issuance taken over serves on while it is
+	// valid through the next renewal and one more should that fail:
+	// readers see nothing change (see fs.Server.Keeps). The agent socket
+	// then signs with its key, which key.pub names.
+	served := id
+	keep := srv != nil && srv.Keeps(snap, st.NextRenewal.Add(p.join.RenewInterval))
+	if keep && p.agent != "" {
+		if served, keep = srv.Issuance(); !keep {
+			served = id
+		}
+	}
 	// The socket first: once the tree is visible, its ssh_config names it.
 	var sock *sshagent.Server
 	if p.agent != "" {
-		if sock, err = listenAgent(p, svc, id); err != nil {
+		if sock, err = listenAgent(p, svc, served, from); err != nil {
 			return err
 		}
 		defer sock.Close()
+	} else if ln := from.agentSocket(); ln != nil {
+		ln.Close() // the agent before had a socket; this one has none
+		svc.Drop(sshAgentFile)
 	}
-	snap := &fs.Snapshot{Identity: id, Nodes: nodes}
 	switch {
 	case srv == nil:
 		if srv, err = fs.Mount(opts, snap); err != nil {
 			return failf(exitFUSE, "%v", err)
 		}
-	case sock == nil && srv.Keeps(snap, st.NextRenewal.Add(p.join.RenewInterval)):
-		// Valid through the next renewal, and one more should that fail:
-		// readers see nothing change (see fs.Server.Keeps). Not with an
-		// agent socket: it serves the key just joined, and key.pub must
-		// name that key.
+	case keep:
 		log.Info("serving on the issuance taken over until the next renewal", "dir", p.dir)
 	default:
 		srv.Publish(snap)
@@ -386,7 +420,7 @@ func runMount(c *cli.Context) error {
 			log.Info("SIGHUP: renewing now")
 			agent.RenewNow()
 		case sig := <-handover:
-			done, keep := handOver(sig, srv, svc, p, exe, log)
+			done, keep := handOver(sig, srv, sock, svc, p, exe, log)
 			if keep {
 				// Readers wait until this process is gone (the next one
 				// serves only then, fs/takeover.go): exit now, without

@@ -13,6 +13,7 @@ import (
 
 	"github.com/midfs/midfs/fs"
 	"github.com/midfs/midfs/service"
+	"github.com/midfs/midfs/sshagent"
 )
 
 // The agent keeps its mount across its own restarts and upgrades (fs/state.go,
@@ -119,6 +120,7 @@ func systemdUnit(pid int) string {
 type takeover struct {
 	pred   *service.Predecessor
 	stored map[string]*os.File
+	agent  *os.File // the --ssh-agent socket's listener, taken out of the descriptors
 }
 
 func takeoverOf(svc *running, pred *service.Predecessor) *takeover {
@@ -127,6 +129,23 @@ func takeoverOf(svc *running, pred *service.Predecessor) *takeover {
 
 // any says whether a mount is there to take over.
 func (t *takeover) any() bool { return t.pred != nil || t.stored != nil }
+
+// agentSocket is the --ssh-agent socket the agent before listened on, once:
+// the caller adopts it or closes it.
+func (t *takeover) agentSocket() *os.File {
+	ln := t.agent
+	t.agent = nil
+	return ln
+}
+
+// split takes the ssh-agent socket out of fds, which are the mount's then.
+func (t *takeover) split(fds map[string]*os.File) map[string]*os.File {
+	if ln := fds[sshAgentFile]; ln != nil {
+		t.agent = ln
+		delete(fds, sshAgentFile)
+	}
+	return fds
+}
 
 // resume takes the mount over, and serves it, before anything else is
 // done: readers wait meanwhile. It returns nil without an error when there
@@ -139,7 +158,7 @@ func (t *takeover) resume(opts fs.Options, svc *running, log *slog.Logger) (*fs.
 		if err != nil {
 			return nil, err
 		}
-		srv, err := fs.Resume(opts, fds)
+		srv, err := fs.Resume(opts, t.split(fds))
 		if err != nil {
 			t.pred.Failed(err)
 			return nil, err
@@ -153,7 +172,7 @@ func (t *takeover) resume(opts fs.Options, svc *running, log *slog.Logger) (*fs.
 		for name := range t.stored {
 			names = append(names, name)
 		}
-		srv, err := fs.Resume(opts, t.stored)
+		srv, err := fs.Resume(opts, t.split(t.stored))
 		if err != nil {
 			log.Error("cannot take the mount over from the service manager's store; mounting anew, which readers notice",
 				"dir", opts.Dir, "err", err)
@@ -171,13 +190,14 @@ func (t *takeover) resume(opts fs.Options, svc *running, log *slog.Logger) (*fs.
 
 // handOver answers SIGUSR1 and SIGUSR2. stop: the agent is to exit; keep:
 // without unmounting, since another process has or will have the mount.
-func handOver(sig os.Signal, srv *fs.Server, svc *running, p *mountPlan, exe string, log *slog.Logger) (stop, keep bool) {
+func handOver(sig os.Signal, srv *fs.Server, sock *sshagent.Server, svc *running, p *mountPlan, exe string, log *slog.Logger) (stop, keep bool) {
 	if sig == syscall.SIGUSR1 {
 		// systemd's RestartKillSignal=: a restart is coming.
 		if !svc.FDStore() {
 			log.Warn("SIGUSR1 leaves the mount to the service manager's file descriptor store, which this service has not (FileDescriptorStoreMax=): unmounting")
 			return true, false
 		}
+		retire(sock) // its listener is in the store already
 		if _, err := srv.Handover(handoverTimeout); err != nil {
 			log.Error("cannot leave the mount to the restart; unmounting", "err", err)
 			return true, false
@@ -185,15 +205,24 @@ func handOver(sig os.Signal, srv *fs.Server, svc *running, p *mountPlan, exe str
 		log.Info("restarting: the mount stays, in the service manager's file descriptor store", "dir", p.dir)
 		return true, true
 	}
-	if err := upgrade(srv, svc, p, exe, log); err != nil {
+	if err := upgrade(srv, sock, svc, p, exe, log); err != nil {
 		log.Error("not upgraded; serving on", "err", err)
 		return false, false
 	}
 	return true, true
 }
 
+// retire stops the ssh-agent socket accepting (the next agent adopts it)
+// and lets the connections in progress end: an ssh whose authentication
+// this agent began finishes it here.
+func retire(sock *sshagent.Server) {
+	if sock != nil {
+		sock.Retire(5 * time.Second)
+	}
+}
+
 // upgrade starts exe to take the mount over and hands it over.
-func upgrade(srv *fs.Server, svc *running, p *mountPlan, exe string, log *slog.Logger) error {
+func upgrade(srv *fs.Server, sock *sshagent.Server, svc *running, p *mountPlan, exe string, log *slog.Logger) error {
 	switch {
 	case svc.FDStore():
 		return fmt.Errorf("run by systemd: `systemctl restart` upgrades, and keeps the mount")
@@ -207,15 +236,38 @@ func upgrade(srv *fs.Server, svc *running, p *mountPlan, exe string, log *slog.L
 	if err != nil {
 		return err
 	}
+	// The ssh-agent socket first, while the mount still answers: from
+	// now on its clients wait in its queue until the new agent has joined
+	// and adopts it, and those in the middle of a login finish it here.
+	var agentLn *os.File
+	reopen := func() {}
+	if sock != nil {
+		if agentLn, err = sock.Listener(); err != nil {
+			succ.Abort()
+			return fmt.Errorf("keep the ssh-agent socket: %w", err)
+		}
+		defer agentLn.Close()
+		retire(sock)
+		reopen = func() {
+			if err := sock.Reopen(agentLn); err != nil {
+				log.Error("the ssh-agent socket does not accept again", "err", err)
+			}
+		}
+	}
 	fds, err := srv.Handover(handoverTimeout)
 	if err != nil {
+		reopen()
 		succ.Abort()
 		return err
+	}
+	if agentLn != nil {
+		fds[sshAgentFile] = agentLn
 	}
 	if err := succ.Hand(fds, handoverTimeout); err != nil {
 		if cerr := srv.Continue(); cerr != nil {
 			log.Error("cannot serve again after a failed handover", "err", cerr)
 		}
+		reopen()
 		return err
 	}
 	log.Info("upgraded: the new agent serves the mount; exiting", "dir", p.dir, "pid", succ.Pid())
