@@ -133,6 +133,11 @@ func (s *Server) registerDBMetric(reg prometheus.Registerer) {
 		}
 		return 0
 	}))
+	if r, ok := s.st.(interface{ Retries() uint64 }); ok {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "midfs_auth_store_retries_total", Help: "Changes run again after a serialization conflict with another (PostgreSQL).",
+		}, func() float64 { return float64(r.Retries()) }))
+	}
 }
 
 // dbUnavailableMsg is what a client reads while its replica has no

@@ -38,6 +38,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -89,7 +90,15 @@ type Store struct {
 	listeningOnce sync.Once
 
 	pinger *pinger // Ping's own connection
+
+	retries atomic.Uint64 // attempts run again after a serialization conflict
 }
+
+// Retries says how many Update attempts were run again after losing a
+// serialization conflict: a few are the price of SERIALIZABLE; many mean
+// transactions that read more than they need, or a row that everyone
+// writes.
+func (st *Store) Retries() uint64 { return st.retries.Load() }
 
 var _ store.Store = (*Store)(nil)
 
@@ -248,6 +257,7 @@ func (st *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
 		if !retry {
 			return err
 		}
+		st.retries.Add(1)
 		if attempt == maxAttempts {
 			return fmt.Errorf("store: gave up after %d serialization conflicts: %w", attempt, err)
 		}

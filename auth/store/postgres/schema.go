@@ -83,6 +83,17 @@ CREATE TABLE locks (
 	expires timestamptz
 );
 CREATE INDEX locks_bot ON locks (bot);`,
+	// 4: room on every page for the rows' next versions. A renewal
+	// rewrites its bot's row, a join its token's and bot's; with room on
+	// the page, PostgreSQL writes the new version beside the old one and
+	// leaves the indexes alone (a HOT update). Without, it also inserts
+	// into each index, and an insert into an index page another
+	// SERIALIZABLE transaction has read (any bot or token on that page)
+	// is a conflict: 8 concurrent joins of different bots ran again 0.55
+	// times per join on average; with room, 0.1.
+	`
+ALTER TABLE bots SET (fillfactor = 50);
+ALTER TABLE tokens SET (fillfactor = 70);`,
 }
 
 // migrateLock is the advisory lock key under which replicas migrate, one
