@@ -17,6 +17,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST "+wire.PathRenew, s.handleRenew)
 	mux.HandleFunc("POST "+wire.PathCerts, s.handleCerts)
 	mux.HandleFunc("GET "+wire.PathNodes, s.handleNodes)
+	mux.HandleFunc("POST "+wire.PathHostCert, s.handleHostCert)
+	mux.HandleFunc("POST "+wire.PathHeartbeat, s.handleHeartbeat)
 	s.iamRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// %q: the path is decoded, so it may hold a line break.
@@ -113,6 +115,9 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleCerts(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	bc, err := s.clientBot(r)
+	if err == nil {
+		err = checkBotOnly(bc)
+	}
 	if err != nil {
 		s.refuse(w, r, "certs", err)
 		return
@@ -140,10 +145,14 @@ func (s *Server) handleCerts(w http.ResponseWriter, r *http.Request) {
 // again since) is checked for every list sent, and at every renewal.
 func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 	bc, err := s.clientBot(r)
+	if err == nil {
+		err = checkBotOnly(bc)
+	}
 	if err != nil {
 		s.refuse(w, r, "nodes", err)
 		return
 	}
+	s.inv.expire(s.cfg.Clock.Now())
 	v := s.inv.version.Load()
 	tag := s.inv.etag(v)
 	if etagMatches(r.Header.Get("If-None-Match"), tag) {
@@ -162,6 +171,49 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 	if err := writeNodeList(w, list, s.https.WriteTimeout); err != nil {
 		s.log.Debug("node list not sent whole", "bot", bc.Bot, "nodes", len(list), "err", err)
 	}
+}
+
+// handleHostCert signs a node's host key (node identities only).
+func (s *Server) handleHostCert(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	bc, err := s.clientBot(r)
+	if err != nil {
+		s.refuse(w, r, "host certificate", err)
+		return
+	}
+	var req wire.HostCertRequest
+	if err := decodeRequest(w, r, &req); err != nil {
+		s.refuse(w, r, "host certificate", err)
+		return
+	}
+	certs, err := s.hostCert(r.Context(), bc, &req)
+	if err != nil {
+		s.refuse(w, r, "host certificate", err)
+		return
+	}
+	s.metrics.issued("hostcert", time.Since(start))
+	s.log.Debug("host certificate issued", "node", bc.Node)
+	wire.WriteJSON(w, certs)
+}
+
+// handleHeartbeat keeps a node in the inventory (node identities only).
+func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
+	bc, err := s.clientBot(r)
+	if err != nil {
+		s.refuse(w, r, "heartbeat", err)
+		return
+	}
+	var hb wire.Heartbeat
+	if err := decodeRequest(w, r, &hb); err != nil {
+		s.refuse(w, r, "heartbeat", err)
+		return
+	}
+	ans, err := s.heartbeat(r.Context(), bc, &hb)
+	if err != nil {
+		s.refuse(w, r, "heartbeat", err)
+		return
+	}
+	wire.WriteJSON(w, ans)
 }
 
 // decodeRequest reads one JSON object of at most wire.MaxBody bytes with no

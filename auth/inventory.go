@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -28,15 +29,29 @@ import (
 //
 // An agent polls with the ETag of its last list: while nothing changed it
 // gets 304 Not Modified, which costs no database query and no encoding.
+//
+// Nodes that joined (`midfs node start`) are in it only while they
+// heartbeat: live holds, in memory, until when each stays. A heartbeat
+// that brings a node (back) in, and the first look at the time after a
+// node's stay ran out (expire), move the version too, so that polls with
+// If-None-Match see it come and go. Heartbeats that only extend a stay
+// change nothing bots see and move nothing.
 type inventory struct {
 	epoch   string
 	version atomic.Uint64
 
 	mu   sync.Mutex // serializes loads
 	snap atomic.Pointer[invSnapshot]
+
+	liveMu sync.Mutex
+	live   map[string]time.Time // joined node -> when it leaves unless it heartbeats
+	// nextExpiry (unix ns) is no later than the earliest time in live, so
+	// that expire costs one atomic load until a stay may have run out.
+	nextExpiry atomic.Int64
 }
 
-// invSnapshot is every node and role as read at (or after) a version.
+// invSnapshot is every node bots may see (typed by an administrator, or
+// joined and heartbeating) and every role, as read at (or after) a version.
 type invSnapshot struct {
 	version uint64
 	nodes   []identity.Node // sorted by name
@@ -47,7 +62,87 @@ type invSnapshot struct {
 func newInventory() *inventory {
 	b := make([]byte, 8)
 	rand.Read(b)
-	return &inventory{epoch: hex.EncodeToString(b)}
+	inv := &inventory{epoch: hex.EncodeToString(b), live: map[string]time.Time{}}
+	inv.nextExpiry.Store(math.MaxInt64)
+	return inv
+}
+
+// restore takes the stays of joined nodes from the store, at start.
+func (inv *inventory) restore(nodes []store.Node, now time.Time) {
+	for _, n := range nodes {
+		if n.Agent && n.Expires.After(now) {
+			inv.heartbeat(n.Name, n.Expires)
+		}
+	}
+}
+
+// heartbeat keeps a joined node in the inventory until expires, and says
+// whether it was out of it (the caller then moves the version, once the
+// heartbeat is committed).
+func (inv *inventory) heartbeat(node string, expires time.Time) (cameIn bool) {
+	inv.liveMu.Lock()
+	defer inv.liveMu.Unlock()
+	_, was := inv.live[node]
+	inv.live[node] = expires
+	if ns := expires.UnixNano(); ns < inv.nextExpiry.Load() {
+		inv.nextExpiry.Store(ns)
+	}
+	return !was
+}
+
+// forget drops a removed node from the joined nodes.
+func (inv *inventory) forget(node string) {
+	inv.liveMu.Lock()
+	delete(inv.live, node)
+	inv.liveMu.Unlock()
+}
+
+// expire drops the joined nodes whose stay ran out by now, and moves the
+// version if any did. Called before every answer that depends on the
+// inventory, it needs no timer: no one notices a node leave before asking.
+func (inv *inventory) expire(now time.Time) {
+	if now.UnixNano() < inv.nextExpiry.Load() {
+		return
+	}
+	inv.liveMu.Lock()
+	left := false
+	next := int64(math.MaxInt64)
+	for name, until := range inv.live {
+		if !now.Before(until) {
+			delete(inv.live, name)
+			left = true
+			continue
+		}
+		next = min(next, until.UnixNano())
+	}
+	inv.nextExpiry.Store(next)
+	inv.liveMu.Unlock()
+	if left {
+		inv.changed()
+	}
+}
+
+// stay says until when a joined node stays in the inventory, and whether
+// it is in it.
+func (inv *inventory) stay(node string) (time.Time, bool) {
+	inv.liveMu.Lock()
+	defer inv.liveMu.Unlock()
+	t, ok := inv.live[node]
+	return t, ok
+}
+
+// inInventory says which stored nodes bots may see: every node typed by an
+// administrator, and the joined nodes that heartbeat.
+func (inv *inventory) inInventory(nodes []store.Node) []identity.Node {
+	inv.liveMu.Lock()
+	defer inv.liveMu.Unlock()
+	out := make([]identity.Node, 0, len(nodes))
+	for _, n := range nodes {
+		if _, live := inv.live[n.Name]; !n.Agent || live {
+			out = append(out, n.Node)
+		}
+	}
+	return out
 }
 
 // changed is called once a change of nodes, roles or a bot's roles has
@@ -76,10 +171,11 @@ func (inv *inventory) at(ctx context.Context, q store.Reader, v uint64) (*invSna
 	// what that version names, and a change committing meanwhile moves the
 	// version past it, so the next request loads again.
 	cur := inv.version.Load()
-	nodes, err := q.Nodes(ctx)
+	stored, err := q.Nodes(ctx)
 	if err != nil {
 		return nil, err
 	}
+	nodes := inv.inInventory(stored)
 	roles, err := q.AllRoles(ctx)
 	if err != nil {
 		return nil, err

@@ -134,6 +134,11 @@ func (s *Server) loadOrInit(ctx context.Context) error {
 		s.log.Error("the stored cluster name fails the checks: agents will refuse to serve known_hosts and ssh_config", "err", err)
 	}
 	s.cluster = cluster
+	nodes, err := s.st.Nodes(ctx)
+	if err != nil {
+		return fmt.Errorf("read the inventory: %w", err)
+	}
+	s.inv.restore(nodes, s.cfg.Clock.Now())
 	cas, err := s.st.CAs(ctx)
 	if err != nil {
 		return err

@@ -74,7 +74,8 @@ type Reader interface {
 	// Roles returns the named roles in the order named.
 	Roles(ctx context.Context, names []string) ([]policy.Role, error)
 	AllRoles(ctx context.Context) ([]policy.Role, error) // by name
-	Nodes(ctx context.Context) ([]identity.Node, error)  // by name
+	Node(ctx context.Context, name string) (*Node, error)
+	Nodes(ctx context.Context) ([]Node, error) // by name
 	// Exists says whether a resource of kind (a policy.Kind*) is stored.
 	Exists(ctx context.Context, kind, name string) (bool, error)
 }
@@ -118,8 +119,8 @@ type Tx interface {
 	// says how many.
 	RemoveExpiredTokens(ctx context.Context, cutoff time.Time) (int64, error)
 
-	PutRole(ctx context.Context, r policy.Role) error   // adds or replaces
-	PutNode(ctx context.Context, n identity.Node) error // adds or replaces
+	PutRole(ctx context.Context, r policy.Role) error // adds or replaces
+	PutNode(ctx context.Context, n Node) error        // adds or replaces
 	// Remove removes a resource of kind (a policy.Kind*); false if there
 	// was none.
 	Remove(ctx context.Context, kind, name string) (bool, error)
@@ -145,11 +146,31 @@ type Bot struct {
 	Created     time.Time
 }
 
+// Node is a stored node: an entry of the inventory bots see, typed by an
+// administrator (`midfs nodes add`, Agent false) or registered by the node
+// itself (`midfs node start`, Agent true). Only an agent's node enforces
+// access at its sshd, and it stays in what bots see only while it
+// heartbeats.
+type Node struct {
+	identity.Node
+	Agent bool
+	// Expires is when an agent's node leaves the inventory unless it
+	// heartbeats again; zero until its first heartbeat.
+	Expires time.Time
+	// TokenLabels are the labels of the token the node joined with: they
+	// override the node's own labels of the same keys.
+	TokenLabels map[string]string
+}
+
 // Token is a stored join token. Expires is zero for tokens that never
 // expire (delegated tokens without metadata.expires).
 type Token struct {
-	Name         string
-	BotName      string
+	Name    string
+	BotName string // empty for node tokens: a node names itself when it joins
+	// Role is what the token joins: policy.TokenRoleBot (also when empty,
+	// as in tokens stored before nodes joined) or policy.TokenRoleNode.
+	Role         string
+	Labels       map[string]string // node tokens: labels the node gets
 	JoinMethod   string
 	Allow        []policy.AllowRule
 	Expires      time.Time

@@ -13,7 +13,6 @@ import (
 
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store"
-	"github.com/midfs/midfs/identity"
 )
 
 // querier is what both *sql.DB and *sql.Tx offer.
@@ -114,17 +113,20 @@ func (r reader) Bots(ctx context.Context) ([]*store.Bot, error) {
 	return queryAll(ctx, r, `SELECT `+botCols+` FROM bots ORDER BY name`, scanBot)
 }
 
-const tokenCols = `name, secret_hash, bot_name, join_method, allow, expires, created, used, used_key_hash, used_instance`
+const tokenCols = `name, secret_hash, bot_name, join_method, allow, expires, created, used, used_key_hash, used_instance, role, labels`
 
 func scanToken(row rowScanner) (*store.Token, error) {
 	var t store.Token
-	var allow string
+	var allow, labels string
 	var expires, created, used int64
-	if err := row.Scan(&t.Name, &t.SecretHash, &t.BotName, &t.JoinMethod, &allow, &expires, &created, &used, &t.UsedKeyHash, &t.UsedInstance); err != nil {
+	if err := row.Scan(&t.Name, &t.SecretHash, &t.BotName, &t.JoinMethod, &allow, &expires, &created, &used, &t.UsedKeyHash, &t.UsedInstance, &t.Role, &labels); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal([]byte(allow), &t.Allow); err != nil {
 		return nil, fmt.Errorf("token %s: stored allow rules: %w", t.Name, err)
+	}
+	if err := json.Unmarshal([]byte(labels), &t.Labels); err != nil {
+		return nil, fmt.Errorf("token %s: stored labels: %w", t.Name, err)
 	}
 	t.Expires = unixOrZero(expires)
 	t.Used = unixOrZero(used)
@@ -197,20 +199,38 @@ func (r reader) AllRoles(ctx context.Context) ([]policy.Role, error) {
 	return queryAll(ctx, r, `SELECT spec FROM roles ORDER BY name`, scanRole)
 }
 
-func scanNode(row rowScanner) (identity.Node, error) {
-	var n identity.Node
-	var labels string
-	if err := row.Scan(&n.Name, &n.Addr, &labels); err != nil {
+const nodeCols = `name, addr, labels, agent, expires, token_labels`
+
+func scanNode(row rowScanner) (store.Node, error) {
+	var n store.Node
+	var labels, tokenLabels string
+	var expires int64
+	if err := row.Scan(&n.Name, &n.Addr, &labels, &n.Agent, &expires, &tokenLabels); err != nil {
 		return n, err
 	}
 	if err := json.Unmarshal([]byte(labels), &n.Labels); err != nil {
 		return n, fmt.Errorf("node %s: stored labels: %w", n.Name, err)
 	}
+	if err := json.Unmarshal([]byte(tokenLabels), &n.TokenLabels); err != nil {
+		return n, fmt.Errorf("node %s: stored token labels: %w", n.Name, err)
+	}
+	n.Expires = unixOrZero(expires)
 	return n, nil
 }
 
-func (r reader) Nodes(ctx context.Context) ([]identity.Node, error) {
-	return queryAll(ctx, r, `SELECT name, addr, labels FROM nodes ORDER BY name`, scanNode)
+func (r reader) Node(ctx context.Context, name string) (*store.Node, error) {
+	n, err := scanNode(r.q.QueryRowContext(r.ctx(ctx), `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("node %q: %w", name, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
+
+func (r reader) Nodes(ctx context.Context) ([]store.Node, error) {
+	return queryAll(ctx, r, `SELECT `+nodeCols+` FROM nodes ORDER BY name`, scanNode)
 }
 
 // tables maps a resource kind to its table.
@@ -307,8 +327,12 @@ func (t *txn) PutToken(ctx context.Context, tok *store.Token, replace bool) erro
 	if replace {
 		verb = "INSERT OR REPLACE"
 	}
-	_, err := t.exec(ctx, verb+` INTO tokens(name, secret_hash, bot_name, join_method, allow, expires, created) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		tok.Name, tok.SecretHash, tok.BotName, tok.JoinMethod, mustJSON(nonNil(tok.Allow)), zeroOrUnix(tok.Expires), tok.Created.Unix())
+	role := tok.Role
+	if role == "" {
+		role = policy.TokenRoleBot
+	}
+	_, err := t.exec(ctx, verb+` INTO tokens(name, secret_hash, bot_name, join_method, allow, expires, created, role, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		tok.Name, tok.SecretHash, tok.BotName, tok.JoinMethod, mustJSON(nonNil(tok.Allow)), zeroOrUnix(tok.Expires), tok.Created.Unix(), role, mustJSON(nonNilMap(tok.Labels)))
 	return err
 }
 
@@ -336,12 +360,9 @@ func (t *txn) PutRole(ctx context.Context, r policy.Role) error {
 	return err
 }
 
-func (t *txn) PutNode(ctx context.Context, n identity.Node) error {
-	labels := n.Labels
-	if labels == nil {
-		labels = map[string]string{}
-	}
-	_, err := t.exec(ctx, `INSERT OR REPLACE INTO nodes(name, addr, labels) VALUES (?, ?, ?)`, n.Name, n.Addr, mustJSON(labels))
+func (t *txn) PutNode(ctx context.Context, n store.Node) error {
+	_, err := t.exec(ctx, `INSERT OR REPLACE INTO nodes(`+nodeCols+`) VALUES (?, ?, ?, ?, ?, ?)`,
+		n.Name, n.Addr, mustJSON(nonNilMap(n.Labels)), n.Agent, zeroOrUnix(n.Expires), mustJSON(nonNilMap(n.TokenLabels)))
 	return err
 }
 
@@ -374,4 +395,11 @@ func nonNil[T any](s []T) []T {
 		return []T{}
 	}
 	return s
+}
+
+func nonNilMap(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
 }

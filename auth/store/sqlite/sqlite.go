@@ -59,14 +59,48 @@ CREATE TABLE IF NOT EXISTS tokens (
 	created       INTEGER NOT NULL,
 	used          INTEGER NOT NULL DEFAULT 0,
 	used_key_hash BLOB,
-	used_instance TEXT NOT NULL DEFAULT ''
+	used_instance TEXT NOT NULL DEFAULT '',
+	role          TEXT NOT NULL DEFAULT 'Bot',
+	labels        TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS nodes (
-	name   TEXT PRIMARY KEY,
-	addr   TEXT NOT NULL,
-	labels TEXT NOT NULL DEFAULT '{}'
+	name         TEXT PRIMARY KEY,
+	addr         TEXT NOT NULL,
+	labels       TEXT NOT NULL DEFAULT '{}',
+	agent        INTEGER NOT NULL DEFAULT 0,
+	expires      INTEGER NOT NULL DEFAULT 0,
+	token_labels TEXT NOT NULL DEFAULT '{}'
 );
 `
+
+// added are the columns added to tables after their first version, for
+// databases made before: CREATE TABLE IF NOT EXISTS leaves those alone.
+// The defaults give old rows their meaning (tokens join bots, nodes were
+// typed by an administrator).
+var added = []struct{ table, column, def string }{
+	{"tokens", "role", "TEXT NOT NULL DEFAULT 'Bot'"},
+	{"tokens", "labels", "TEXT NOT NULL DEFAULT '{}'"},
+	{"nodes", "agent", "INTEGER NOT NULL DEFAULT 0"},
+	{"nodes", "expires", "INTEGER NOT NULL DEFAULT 0"},
+	{"nodes", "token_labels", "TEXT NOT NULL DEFAULT '{}'"},
+}
+
+// addColumns adds the columns of added that a table lacks.
+func addColumns(db *sql.DB) error {
+	for _, a := range added {
+		var n int
+		err := db.QueryRow(`SELECT count(*) FROM pragma_table_info(?) WHERE name = ?`, a.table, a.column).Scan(&n)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			if _, err := db.Exec(`ALTER TABLE ` + a.table + ` ADD COLUMN ` + a.column + ` ` + a.def); err != nil {
+				return fmt.Errorf("add column %s.%s: %w", a.table, a.column, err)
+			}
+		}
+	}
+	return nil
+}
 
 // Store is the SQLite state. Reads go straight to the pool (WAL lets them
 // run beside the writer); every change goes through the one writer, which
@@ -106,6 +140,10 @@ func Open(dir string) (*Store, error) {
 	if _, err := db.Exec(schema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w (is it a midfs database?)", path, err)
+	}
+	if err := addColumns(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	return &Store{reader: reader{q: db}, db: db, w: newWriter(db)}, nil
 }
