@@ -150,6 +150,12 @@ func (s *Session) Get(ctx context.Context, path, etag string, out any) (string, 
 // holds, low enough that a broken authority cannot exhaust the agent.
 const maxGetBytes = 16 << 20
 
+// Retry runs op until it succeeds, fails for good (anything not
+// Retryable), or deadline passes (then an error of kind ErrUnreachable).
+func (s *Session) Retry(ctx context.Context, deadline time.Time, op func(context.Context) error) error {
+	return s.retry(ctx, deadline, op)
+}
+
 // Close drops kept-alive connections.
 func (s *Session) Close() { s.api.close() }
 

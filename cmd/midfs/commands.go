@@ -11,6 +11,7 @@ func commands() []*cli.Command {
 	var cmds []*cli.Command
 	cmds = append(cmds, adminCommands()...) // admin.go: auth, status, bots, create, get, rm, nodes
 	cmds = append(cmds, agentCommands()...) // mount.go: mount, ls, renew
+	cmds = append(cmds, nodeCommand())      // node.go: node start
 	return cmds
 }
 
