@@ -198,9 +198,6 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 			a.Close()
 		}
 	}()
-	if err := a.dir.make(); err != nil {
-		return nil, err
-	}
 	key, err := loadHostKey(cfg.HostKeyStore)
 	if err != nil {
 		a.log.Warn("cannot read the stored host key; making a new one (sshd needs a reload to use it)", "store", cfg.HostKeyStore.String(), "err", err)
@@ -257,6 +254,9 @@ func (e *joinerConfigError) Is(target error) bool { return target == joiner.ErrC
 func (a *Agent) serveHostKey(key crypto.Signer) error {
 	h, err := newHostAgent(key)
 	if err != nil {
+		return err
+	}
+	if err := a.dir.make(); err != nil {
 		return err
 	}
 	pub := h.signer.PublicKey()

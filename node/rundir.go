@@ -105,9 +105,15 @@ type fragmentLine struct {
 
 func baseLines(d runDir) []fragmentLine {
 	line := func(kw, name string) fragmentLine { return fragmentLine{kw, d.path(name), d.path(name)} }
+	// HostKey names the private key, which is not there: sshd, finding
+	// no file, reads NAME.pub and signs through HostKeyAgent. Naming the
+	// .pub itself works too, but sshd then first reads it as a private
+	// key and logs, at every connection, that it is unprotected (0644) or
+	// unreadable as a private key (0600).
+	hostKey := fragmentLine{"HostKey", strings.TrimSuffix(d.path(FileHostKey), ".pub"), d.path(FileHostKey)}
 	return []fragmentLine{
 		line("HostKeyAgent", FileAgentSocket),
-		line("HostKey", FileHostKey),
+		hostKey,
 		line("HostCertificate", FileHostCert),
 		line("TrustedUserCAKeys", FileUserCAs),
 	}
