@@ -152,7 +152,7 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, "nodes", err)
 		return
 	}
-	s.inv.expire(s.cfg.Clock.Now())
+	s.inv.expire(r.Context(), s.st, s.cfg.Clock.Now())
 	v := s.inv.version.Load()
 	tag := s.inv.etag(v)
 	if etagMatches(r.Header.Get("If-None-Match"), tag) {

@@ -43,8 +43,10 @@ type inventory struct {
 	mu   sync.Mutex // serializes loads
 	snap atomic.Pointer[invSnapshot]
 
-	liveMu sync.Mutex
-	live   map[string]time.Time // joined node -> when it leaves unless it heartbeats
+	now      func() time.Time // the authority's clock
+	liveMu   sync.Mutex
+	live     map[string]time.Time // joined node -> when it leaves unless it heartbeats
+	expireMu sync.Mutex           // one expire reads the store at a time
 	// nextExpiry (unix ns) is no later than the earliest time in live, so
 	// that expire costs one atomic load until a stay may have run out.
 	nextExpiry atomic.Int64
@@ -59,19 +61,29 @@ type invSnapshot struct {
 	roles   map[string]policy.Role
 }
 
-func newInventory() *inventory {
+func newInventory(now func() time.Time) *inventory {
 	b := make([]byte, 8)
 	rand.Read(b)
-	inv := &inventory{epoch: hex.EncodeToString(b), live: map[string]time.Time{}}
+	inv := &inventory{epoch: hex.EncodeToString(b), now: now, live: map[string]time.Time{}}
 	inv.nextExpiry.Store(math.MaxInt64)
 	return inv
 }
 
-// restore takes the stays of joined nodes from the store, at start.
-func (inv *inventory) restore(nodes []store.Node, now time.Time) {
+// learn takes the stays of joined nodes from stored rows (at start, at
+// every load, before dropping any): a heartbeat that reached another
+// replica is in the store, not in this one's memory. A stay only grows.
+func (inv *inventory) learn(nodes []store.Node, now time.Time) {
+	inv.liveMu.Lock()
+	defer inv.liveMu.Unlock()
 	for _, n := range nodes {
-		if n.Agent && n.Expires.After(now) {
-			inv.heartbeat(n.Name, n.Expires)
+		if !n.Agent || !n.Expires.After(now) {
+			continue
+		}
+		if until, ok := inv.live[n.Name]; !ok || n.Expires.After(until) {
+			inv.live[n.Name] = n.Expires
+			if ns := n.Expires.UnixNano(); !ok && ns < inv.nextExpiry.Load() {
+				inv.nextExpiry.Store(ns)
+			}
 		}
 	}
 }
@@ -100,10 +112,20 @@ func (inv *inventory) forget(node string) {
 // expire drops the joined nodes whose stay ran out by now, and moves the
 // version if any did. Called before every answer that depends on the
 // inventory, it needs no timer: no one notices a node leave before asking.
-func (inv *inventory) expire(now time.Time) {
+// Until a stay may have run out it costs one atomic load; then the stays
+// are read again from q first (learn), once at a time.
+func (inv *inventory) expire(ctx context.Context, q store.Reader, now time.Time) {
 	if now.UnixNano() < inv.nextExpiry.Load() {
 		return
 	}
+	inv.expireMu.Lock()
+	defer inv.expireMu.Unlock()
+	if now.UnixNano() < inv.nextExpiry.Load() {
+		return // done while this one waited
+	}
+	if stored, err := q.Nodes(ctx); err == nil {
+		inv.learn(stored, now)
+	} // else decide from what this replica knows
 	inv.liveMu.Lock()
 	left := false
 	next := int64(math.MaxInt64)
@@ -175,6 +197,7 @@ func (inv *inventory) at(ctx context.Context, q store.Reader, v uint64) (*invSna
 	if err != nil {
 		return nil, err
 	}
+	inv.learn(stored, inv.now())
 	nodes := inv.inInventory(stored)
 	roles, err := q.AllRoles(ctx)
 	if err != nil {

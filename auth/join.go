@@ -163,6 +163,7 @@ func (s *Server) renew(ctx context.Context, bc *botCert, req *wire.RenewRequest)
 	var locked *refusal
 	var gen uint64
 	err = s.st.Update(ctx, func(tx store.Tx) error {
+		bot, locked = nil, nil // fn may run again (store.Store)
 		b, err := s.checkBot(ctx, tx, bc)
 		if err != nil {
 			return err

@@ -228,6 +228,7 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 		defer s.inv.changed()
 	}
 	err := s.st.Update(ctx, func(tx store.Tx) error {
+		done = nil // fn may run again (store.Store)
 		// put stores one resource with save, refusing to replace one
 		// that exists unless force is set.
 		put := func(kind, name string, save func() error) error {
@@ -345,7 +346,7 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources,
 		if err != nil {
 			return nil, err
 		}
-		s.inv.expire(s.cfg.Clock.Now())
+		s.inv.expire(ctx, s.st, s.cfg.Clock.Now())
 		for _, n := range nodes {
 			if name == "" || n.Name == name {
 				res.Nodes = append(res.Nodes, s.nodeResource(n))

@@ -241,7 +241,14 @@ func (s *Server) heartbeat(ctx context.Context, bc *botCert, hb *wire.Heartbeat)
 		if err := identity.CheckNode(node); err != nil {
 			return &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400}
 		}
-		changed = row.Addr != node.Addr || !maps.Equal(row.Labels, node.Labels)
+		// Only a node that comes in, or changes, moves what bots see
+		// (and, through the store's inventory topic, every replica's
+		// copy); a heartbeat of a node that stays only extends its stay.
+		changed = !row.Expires.After(now) || row.Addr != node.Addr || !maps.Equal(row.Labels, node.Labels)
+		if !changed {
+			_, err := tx.ExtendNode(ctx, bc.Node, expires)
+			return err
+		}
 		row.Node, row.Expires = node, expires
 		return tx.PutNode(ctx, *row)
 	})

@@ -40,6 +40,10 @@ const (
 	// PathNodes answers GET, over mTLS with a bot or output identity, with
 	// the nodes that identity's roles may reach.
 	PathNodes = "/v1/nodes"
+	// PathLocks answers GET, over mTLS with any identity the cluster
+	// issued (a node's or a bot's), with the LockList in force, and with
+	// 304 Not Modified when If-None-Match names the list the caller holds.
+	PathLocks = "/v1/locks"
 	// PathIAMChallenge answers POST with a single-use IAMChallenge.
 	PathIAMChallenge = "/v1/join/iam/challenge"
 	// PathIAMJoin answers POST IAMJoinRequest with a non-renewable BotIdentity.
@@ -158,6 +162,27 @@ type Certs struct {
 // NodeList is the answer to GET PathNodes.
 type NodeList struct {
 	Nodes []identity.Node `json:"nodes"`
+}
+
+// Lock refuses a bot everywhere: at the authority (renewals, certificates,
+// node lists) and at every enforcing node, whatever certificates it holds.
+type Lock struct {
+	ID      string    `json:"id"`
+	Bot     string    `json:"bot"`
+	Message string    `json:"message,omitempty"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires,omitzero"` // zero: until removed
+}
+
+// InForce says whether the lock applies at now: it has no expiry, or it
+// has not reached it.
+func (l *Lock) InForce(now time.Time) bool {
+	return l.Expires.IsZero() || now.Before(l.Expires)
+}
+
+// LockList is the answer to GET PathLocks.
+type LockList struct {
+	Locks []Lock `json:"locks"`
 }
 
 // IAMChallenge is an unguessable, single-use, short-lived challenge that the

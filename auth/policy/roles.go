@@ -71,41 +71,10 @@ func AllowedLogins(roles []Role, botLogins []string) []string {
 	return slices.Sorted(maps.Keys(allowed))
 }
 
-// NodeVisible says whether some role allows the node and none denies it.
+// NodeVisible says whether some role allows the node and none denies it:
+// NodeAllowed over the rules the roles give a bot's certificate, so that
+// the nodes a bot's ssh_config lists and those that let it in are decided
+// by one function on one input.
 func NodeVisible(roles []Role, n identity.Node) bool {
-	allowed := false
-	for _, r := range roles {
-		if labelsMatch(r.Spec.Deny.NodeLabels, n.Labels) {
-			return false
-		}
-		if labelsMatch(r.Spec.Allow.NodeLabels, n.Labels) {
-			allowed = true
-		}
-	}
-	return allowed
-}
-
-// labelsMatch: an empty selector matches nothing; '*': '*' matches every
-// node; otherwise every key of the selector must be a label of the node
-// with a value the selector accepts (a pattern, see Match).
-func labelsMatch(sel Labels, labels map[string]string) bool {
-	if len(sel) == 0 {
-		return false
-	}
-	for key, vals := range sel {
-		if key == "*" {
-			if !slices.Contains(vals, "*") {
-				return false
-			}
-			continue
-		}
-		v, ok := labels[key]
-		if !ok {
-			return false
-		}
-		if !slices.ContainsFunc(vals, func(want string) bool { return Match(want, v) }) {
-			return false
-		}
-	}
-	return true
+	return NodeAllowed(RulesOf(roles), n.Labels)
 }

@@ -9,6 +9,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -22,9 +23,15 @@ import (
 // and File-shm beside it.
 const File = "midfs.db"
 
-// schema is the whole state. Times are Unix seconds. JSON columns hold
-// string lists and allow rules; nothing in them is ever queried by SQL.
-const schema = `
+// migrations make the state, one version each: migrations[i] takes a
+// state at version i to i+1, and PRAGMA user_version says where a state
+// is. A released migration is never edited; a change is a new one. Times
+// are Unix seconds. JSON columns hold string lists and allow rules;
+// nothing in them is ever queried by SQL.
+var migrations = []string{
+	// 1: the state as midfs first wrote it (without a version, so IF NOT
+	// EXISTS takes such a state to version 1 unchanged).
+	`
 CREATE TABLE IF NOT EXISTS meta (
 	key   TEXT PRIMARY KEY,
 	value TEXT NOT NULL
@@ -59,47 +66,32 @@ CREATE TABLE IF NOT EXISTS tokens (
 	created       INTEGER NOT NULL,
 	used          INTEGER NOT NULL DEFAULT 0,
 	used_key_hash BLOB,
-	used_instance TEXT NOT NULL DEFAULT '',
-	role          TEXT NOT NULL DEFAULT 'Bot',
-	labels        TEXT NOT NULL DEFAULT '{}'
+	used_instance TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS nodes (
-	name         TEXT PRIMARY KEY,
-	addr         TEXT NOT NULL,
-	labels       TEXT NOT NULL DEFAULT '{}',
-	agent        INTEGER NOT NULL DEFAULT 0,
-	expires      INTEGER NOT NULL DEFAULT 0,
-	token_labels TEXT NOT NULL DEFAULT '{}'
+	name   TEXT PRIMARY KEY,
+	addr   TEXT NOT NULL,
+	labels TEXT NOT NULL DEFAULT '{}'
+);`,
+	// 2: versions of what handles cache, and the cluster's random ID
+	// (made here for a state initialised before IDs existed).
+	`
+CREATE TABLE versions (
+	topic   TEXT PRIMARY KEY,
+	version INTEGER NOT NULL
 );
-`
-
-// added are the columns added to tables after their first version, for
-// databases made before: CREATE TABLE IF NOT EXISTS leaves those alone.
-// The defaults give old rows their meaning (tokens join bots, nodes were
-// typed by an administrator).
-var added = []struct{ table, column, def string }{
-	{"tokens", "role", "TEXT NOT NULL DEFAULT 'Bot'"},
-	{"tokens", "labels", "TEXT NOT NULL DEFAULT '{}'"},
-	{"nodes", "agent", "INTEGER NOT NULL DEFAULT 0"},
-	{"nodes", "expires", "INTEGER NOT NULL DEFAULT 0"},
-	{"nodes", "token_labels", "TEXT NOT NULL DEFAULT '{}'"},
-}
-
-// addColumns adds the columns of added that a table lacks.
-func addColumns(db *sql.DB) error {
-	for _, a := range added {
-		var n int
-		err := db.QueryRow(`SELECT count(*) FROM pragma_table_info(?) WHERE name = ?`, a.table, a.column).Scan(&n)
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			if _, err := db.Exec(`ALTER TABLE ` + a.table + ` ADD COLUMN ` + a.column + ` ` + a.def); err != nil {
-				return fmt.Errorf("add column %s.%s: %w", a.table, a.column, err)
-			}
-		}
-	}
-	return nil
+INSERT INTO meta(key, value)
+	SELECT 'cluster_id', lower(hex(randomblob(16))) FROM meta WHERE key = 'cluster_name';`,
+	// 3: nodes that join: node tokens (role Node, the labels they give),
+	// and nodes that registered themselves (agent), their heartbeat
+	// deadline and their token's labels. The defaults keep the meaning
+	// of older rows: tokens join bots, nodes were typed by an admin.
+	`
+ALTER TABLE tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'Bot';
+ALTER TABLE tokens ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE nodes ADD COLUMN agent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN expires INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN token_labels TEXT NOT NULL DEFAULT '{}';`,
 }
 
 // Store is the SQLite state. Reads go straight to the pool (WAL lets them
@@ -109,14 +101,18 @@ type Store struct {
 	reader // over the pool
 	db     *sql.DB
 	w      *writer
+	store.Watchers
+	stopPoll context.CancelFunc
+	polled   chan struct{}
 }
 
 var _ store.Store = (*Store)(nil)
 
-// Open opens or creates DATA_DIR/midfs.db. synchronous=FULL makes a
-// commit durable before the client hears of it: a token is never reported
-// used and then lost by a power cut.
-func Open(dir string) (*Store, error) {
+// Open opens or creates DATA_DIR/midfs.db, bringing its tables to this
+// version of midfs (see migrate). synchronous=FULL makes a commit durable
+// before the client hears of it: a token is never reported used and then
+// lost by a power cut.
+func Open(dir string, opts store.Options) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", dir, err)
 	}
@@ -137,15 +133,77 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(8)
-	if _, err := db.Exec(schema); err != nil {
+	if err := migrate(db, path, opts.Cluster); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("open %s: %w (is it a midfs database?)", path, err)
+		return nil, err
 	}
-	if err := addColumns(db); err != nil {
+	st := &Store{reader: reader{q: db}, db: db}
+	v, err := st.Versions(context.Background())
+	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	return &Store{reader: reader{q: db}, db: db, w: newWriter(db)}, nil
+	st.Seen(v)
+	st.w = newWriter(db)
+	// Another process on the same file (never the authority's set-up,
+	// but tests open two handles) is noticed by polling.
+	interval := opts.PollInterval
+	if interval <= 0 {
+		interval = store.DefaultPollInterval
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	st.stopPoll, st.polled = cancel, make(chan struct{})
+	go func() {
+		defer close(st.polled)
+		st.Poll(ctx, st.reader, interval, log)
+	}()
+	return st, nil
+}
+
+// migrate brings the state to the last version in migrations, in one
+// transaction that holds SQLite's write lock, so two openers at once run
+// each migration once. A state newer than this binary, or of another
+// cluster than the one asked for, is refused before anything is written.
+func migrate(db *sql.DB, path, cluster string) error {
+	tx, err := db.Begin()
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	defer tx.Rollback()
+	var version int
+	if err := tx.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil {
+		return fmt.Errorf("open %s: %w (is it a midfs database?)", path, err)
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("%s: %w (schema version %d; this midfs knows up to %d): run a midfs at least as new as the one that last wrote it",
+			path, store.ErrSchemaNewer, version, len(migrations))
+	}
+	if cluster != "" {
+		var stored string
+		err := tx.QueryRow(`SELECT value FROM meta WHERE key = 'cluster_name'`).Scan(&stored)
+		if err == nil && stored != cluster {
+			return fmt.Errorf("%s holds cluster %q, not %q (--cluster-name): %w; check --data-dir", path, stored, cluster, store.ErrOtherCluster)
+		}
+	}
+	for v := version; v < len(migrations); v++ {
+		if _, err := tx.Exec(migrations[v]); err != nil {
+			return fmt.Errorf("open %s: schema version %d: %w (is it a midfs database?)", path, v+1, err)
+		}
+	}
+	if version == len(migrations) {
+		return nil
+	}
+	if _, err := tx.Exec(fmt.Sprintf(`PRAGMA user_version = %d`, len(migrations))); err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	return nil
 }
 
 // restrictStateFiles makes the database and the -wal and -shm files beside
@@ -171,13 +229,25 @@ func restrictStateFiles(path string) error {
 // the database.
 func (st *Store) Close() error {
 	st.w.close()
+	st.stopPoll()
+	<-st.polled
+	st.Watchers.Close()
 	return st.db.Close()
 }
 
 // Update runs fn in a write transaction, batched with other writers (see
-// store.Store for what callers may rely on).
+// store.Store for what callers may rely on). fn runs once: the one writer
+// never meets a serialization conflict.
 func (st *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
-	return st.w.do(func(tx *sql.Tx) error {
-		return fn(&txn{reader: reader{q: tx, detach: true}, tx: tx})
+	var t *txn
+	err := st.w.do(func(tx *sql.Tx) error {
+		t = &txn{reader: reader{q: tx, detach: true}, tx: tx}
+		return fn(t)
 	})
+	if err == nil && t != nil {
+		for topic, v := range t.bumped {
+			st.Fire(topic, v)
+		}
+	}
+	return err
 }
