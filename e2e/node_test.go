@@ -65,10 +65,34 @@ type testNode struct {
 	sshdDone chan struct{}
 }
 
+func (n *testNode) bin() string         { return filepath.Join(n.dir, "midfs") }
 func (n *testNode) addr() string        { return "127.0.0.1:" + strconv.Itoa(n.port) }
 func (n *testNode) runDir() string      { return filepath.Join(n.dir, "run") }
 func (n *testNode) fragment() string    { return filepath.Join(n.dir, "sshd_config.d", "midfs-node.conf") }
 func (n *testNode) sshdPidFile() string { return filepath.Join(n.dir, "sshd.pid") }
+
+// safeDir is a directory of a node's files that sshd accepts: sshd runs
+// its AuthorizedPrincipalsCommand (`midfs node authorize`) only from a
+// path that root owns and no one else may write, which rules out /tmp,
+// and the hook, as user nobody, must reach the run directory. It holds a
+// copy of the binary under test, which `node start` names in the fragment.
+func safeDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/run", "midfs-e2e-node-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	data, err := os.ReadFile(midfsBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "midfs"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
 
 // nodeAgent is one run of `midfs node start`.
 type nodeAgent struct {
@@ -83,7 +107,7 @@ type nodeAgent struct {
 // entries removed at the end of the test (the keyring is the machine's).
 func newNode(t testing.TB, a *authority, name string, extra ...string) *testNode {
 	t.Helper()
-	n := &testNode{t: t, a: a, name: name, port: freePort(t), dir: t.TempDir()}
+	n := &testNode{t: t, a: a, name: name, port: freePort(t), dir: safeDir(t)}
 	os.MkdirAll(filepath.Dir(n.fragment()), 0o755)
 	n.args = append([]string{"node", "start", "--auth-server=" + a.addr, "--ca-pin=" + a.pin, "--name=" + name,
 		"--addr=" + n.addr(), "--sshd-config=" + n.fragment(), "--run-dir=" + n.runDir(),
@@ -111,7 +135,7 @@ func (n *testNode) start(token string) *nodeAgent {
 		args = append(args, "--token=-")
 	}
 	ag := &nodeAgent{logs: &testenv.LogBuffer{}, stdout: &testenv.LogBuffer{}, done: make(chan struct{})}
-	ag.cmd = exec.Command(midfsBin, args...)
+	ag.cmd = exec.Command(n.bin(), args...)
 	ag.cmd.Stdin = strings.NewReader(token + "\n")
 	ag.cmd.Stdout, ag.cmd.Stderr = ag.stdout, ag.logs
 	if err := ag.cmd.Start(); err != nil {
@@ -615,7 +639,7 @@ func TestNodeBadInput(t *testing.T) {
 		if c.name == "wrong token" {
 			stdin = strings.Repeat("0", 64)
 		}
-		cmd := exec.Command(midfsBin, append(append(append([]string{}, n.args...), "--storage=memory", "--join-timeout=5s"), c.args...)...)
+		cmd := exec.Command(n.bin(), append(append(append([]string{}, n.args...), "--storage=memory", "--join-timeout=5s"), c.args...)...)
 		cmd.Stdin = strings.NewReader(stdin + "\n")
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr

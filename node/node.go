@@ -31,6 +31,8 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -72,6 +74,10 @@ type Config struct {
 	SSHDPidFile string // reload sshd with SIGHUP to this pid
 	SSHDUnit    string // or with systemctl reload UNIT
 
+	// Binary is the midfs that sshd runs as its AuthorizedPrincipalsCommand
+	// (`midfs node authorize`); default: this process's executable.
+	Binary string
+
 	HeartbeatInterval time.Duration // default DefaultHeartbeat
 	LocksInterval     time.Duration // default DefaultLocksInterval
 	// HostKeyStore keeps the host key across restarts (the keyring); with
@@ -105,6 +111,9 @@ func (c *Config) Check() error {
 			return err
 		}
 	}
+	if err := checkHookPath(c.Binary); err != nil {
+		return err
+	}
 	if c.SSHDPidFile != "" && c.SSHDUnit != "" {
 		return errors.New("give --sshd-pid-file or --sshd-unit, not both: one way to reload sshd")
 	}
@@ -126,6 +135,13 @@ func (c *Config) setDefaults() error {
 	}
 	if c.HostKeyStore == nil {
 		c.HostKeyStore = joiner.MemoryStore()
+	}
+	if c.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("cannot tell where this midfs is, for sshd's AuthorizedPrincipalsCommand: %v", err)
+		}
+		c.Binary = exe
 	}
 	if c.Join.Logger == nil {
 		c.Join.Logger = slog.Default()
@@ -154,8 +170,15 @@ type Agent struct {
 	hostCert *ssh.Certificate
 	cluster  string
 	labels   map[string]string // as the authority sees the node (the token's over its own)
+	userCAs  []string          // authorized_keys lines, as user_ca.pub holds them
 	fragment bool              // written (or found current) at least once
 	botDue   bool              // the next renewal round starts with the node's identity
+
+	// Enforcement (enforcement.go).
+	locks        []wire.Lock
+	locksTag     string // ETag of the locks held
+	locksFetched time.Time
+	stateWritten bool // by this process, since it started
 	// Printed is the Include line, once the fragment was written anew:
 	// for the command to show the operator.
 	Printed string
@@ -231,6 +254,15 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 	if err := a.sess.Retry(ctx, deadline, a.heartbeat); err != nil {
 		return nil, err
 	}
+	a.restoreLocks()
+	if err := a.sess.Retry(ctx, deadline, a.fetchLocks); err != nil {
+		// Enforce what is known (the last locks, or none at a first
+		// start) rather than leave sshd without a decision: Run asks again.
+		a.log.Error("cannot fetch the locks; enforcing the last ones known", "err", err, "locks", len(a.locks))
+	}
+	if err := a.writeStateIfChanged(false); err != nil {
+		return nil, err
+	}
 	if err := a.writeFragment(); err != nil {
 		return nil, err
 	}
@@ -284,10 +316,12 @@ func (a *Agent) refreshHostCert(ctx context.Context) error {
 		return err
 	}
 	var cas []byte
+	var lines []string
 	for _, line := range hc.UserCAs {
 		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line)); err != nil {
 			return fmt.Errorf("the authority sent a user CA that does not parse: %v", err)
 		}
+		lines = append(lines, strings.TrimSpace(line))
 		cas = append(cas, strings.TrimSpace(line)+"\n"...)
 	}
 	// The CAs first: a new CA must be trusted before a certificate
@@ -299,6 +333,14 @@ func (a *Agent) refreshHostCert(ctx context.Context) error {
 		return err
 	}
 	a.hostCert, a.cluster = cert, hc.ClusterName
+	if !slices.Equal(lines, a.userCAs) {
+		a.userCAs = lines
+		if a.stateWritten {
+			if err := a.writeState(); err != nil {
+				return err
+			}
+		}
+	}
 	a.log.Info("host certificate", "principals", strings.Join(cert.ValidPrincipals, ","), "serial", cert.Serial,
 		"expires", time.Unix(int64(cert.ValidBefore), 0).UTC().Format(time.RFC3339))
 	return nil
@@ -358,6 +400,9 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 			a.log.Info("labels as the authority sees the node", "labels", identity.FormatLabels(ans.Labels))
 		}
 		a.labels = ans.Labels
+		if a.stateWritten {
+			return a.writeState()
+		}
 	}
 	return nil
 }
@@ -365,8 +410,9 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 // writeFragment writes the sshd_config fragment, and the Include line to
 // print when it changed.
 func (a *Agent) writeFragment() error {
-	lines := baseLines(a.dir)
-	content := fragment(a.cfg.Name, a.cluster, a.dir, nil)
+	extra := enforcementLines(a.dir, a.cfg.Binary)
+	lines := append(baseLines(a.dir), extra...)
+	content := fragment(a.cfg.Name, a.cluster, a.dir, extra)
 	changed, err := writeFragment(a.cfg.SSHDConfig, content, lines)
 	if err != nil {
 		return err

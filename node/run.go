@@ -58,6 +58,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	tasks := []*task{
 		{name: "renewal", every: a.cfg.Join.RenewInterval, next: now.Add(a.cfg.Join.RenewInterval), do: a.renew},
 		{name: "heartbeat", every: a.cfg.HeartbeatInterval, next: now.Add(a.cfg.HeartbeatInterval), do: a.heartbeatTask},
+		// Half a heartbeat after the heartbeats, so that the node's
+		// connection to the authority is never idle long enough to close.
+		{name: "locks", every: a.cfg.LocksInterval, next: now.Add(a.cfg.LocksInterval + a.cfg.HeartbeatInterval/2), do: a.fetchLocks},
 	}
 	for {
 		due := tasks[0]
