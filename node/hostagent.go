@@ -96,7 +96,8 @@ func serveAgent(path string, h *hostAgent, log *slog.Logger) (*agentServer, erro
 	// The socket outlives this listener under its final name: do not
 	// remove it on Close (a restart renames its own over it).
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, 0o600); err == nil {
+	err = os.Chmod(tmp, 0o600)
+	if err == nil {
 		err = os.Rename(tmp, path)
 	}
 	if err != nil {
