@@ -20,7 +20,7 @@ import (
 func bootWithUnits(t *testing.T) *machine {
 	t.Helper()
 	binds := map[string]string{"/usr/bin/midfs": midfsBin}
-	for _, u := range []string{"midfs@.service", "midfs-auth.service"} {
+	for _, u := range []string{"midfs@.service", "midfs-auth.service", "midfs-node.service"} {
 		abs, err := filepath.Abs(filepath.Join("..", "contrib", u))
 		if err != nil {
 			t.Fatal(err)
