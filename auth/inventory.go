@@ -46,6 +46,7 @@ type inventory struct {
 	now      func() time.Time // the authority's clock
 	liveMu   sync.Mutex
 	live     map[string]time.Time // joined node -> when it leaves unless it heartbeats
+	extended map[string]time.Time // stays extended since they were last written to the store
 	expireMu sync.Mutex           // one expire reads the store at a time
 	// nextExpiry (unix ns) is no later than the earliest time in live, so
 	// that expire costs one atomic load until a stay may have run out.
@@ -64,7 +65,7 @@ type invSnapshot struct {
 func newInventory(now func() time.Time) *inventory {
 	b := make([]byte, 8)
 	rand.Read(b)
-	inv := &inventory{epoch: hex.EncodeToString(b), now: now, live: map[string]time.Time{}}
+	inv := &inventory{epoch: hex.EncodeToString(b), now: now, live: map[string]time.Time{}, extended: map[string]time.Time{}}
 	inv.nextExpiry.Store(math.MaxInt64)
 	return inv
 }
@@ -88,24 +89,58 @@ func (inv *inventory) learn(nodes []store.Node, now time.Time) {
 	}
 }
 
-// heartbeat keeps a joined node in the inventory until expires, and says
-// whether it was out of it (the caller then moves the version, once the
-// heartbeat is committed).
+// heartbeat keeps a joined node in the inventory until expires, a stay
+// just written to the store, and says whether it was out of it.
 func (inv *inventory) heartbeat(node string, expires time.Time) (cameIn bool) {
 	inv.liveMu.Lock()
 	defer inv.liveMu.Unlock()
 	_, was := inv.live[node]
 	inv.live[node] = expires
+	delete(inv.extended, node) // written with the heartbeat
 	if ns := expires.UnixNano(); ns < inv.nextExpiry.Load() {
 		inv.nextExpiry.Store(ns)
 	}
 	return !was
 }
 
+// extend extends the stay of a joined node that is in the inventory and
+// stays as it is, and keeps it for the store (takeExtended).
+func (inv *inventory) extend(node string, expires time.Time) {
+	inv.liveMu.Lock()
+	defer inv.liveMu.Unlock()
+	inv.live[node] = expires
+	inv.extended[node] = expires
+}
+
+// takeExtended hands over the stays extended since the last call.
+func (inv *inventory) takeExtended() map[string]time.Time {
+	inv.liveMu.Lock()
+	defer inv.liveMu.Unlock()
+	if len(inv.extended) == 0 {
+		return nil
+	}
+	out := inv.extended
+	inv.extended = map[string]time.Time{}
+	return out
+}
+
+// requeue gives back stays that could not be written, unless newer ones
+// came meanwhile.
+func (inv *inventory) requeue(stays map[string]time.Time) {
+	inv.liveMu.Lock()
+	defer inv.liveMu.Unlock()
+	for n, t := range stays {
+		if cur, ok := inv.extended[n]; !ok || t.After(cur) {
+			inv.extended[n] = t
+		}
+	}
+}
+
 // forget drops a removed node from the joined nodes.
 func (inv *inventory) forget(node string) {
 	inv.liveMu.Lock()
 	delete(inv.live, node)
+	delete(inv.extended, node)
 	inv.liveMu.Unlock()
 }
 

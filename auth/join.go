@@ -105,7 +105,7 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 			return refuseToken("token_used", fmt.Sprintf("token %s for bot %s was already used at %s", t.Name, name, t.Used.UTC().Format(time.RFC3339)))
 		}
 		if req.Node != nil {
-			if err := claimNodeName(ctx, tx, req.Node.Name, now); err != nil {
+			if err := s.claimNodeName(ctx, tx, req.Node.Name, now); err != nil {
 				return err
 			}
 			if b == nil {

@@ -129,9 +129,10 @@ func nodeOf(info *wire.NodeInfo, tokenLabels map[string]string) identity.Node {
 }
 
 // claimNodeName refuses a join under a name that another node holds: one
-// typed by an administrator, or one that still heartbeats. Taking it would
-// send its bots to the new node, with a host certificate for its name.
-func claimNodeName(ctx context.Context, tx store.Tx, name string, now time.Time) error {
+// typed by an administrator, or one that still heartbeats (by the store, or
+// by this authority's memory, a second ahead of it). Taking it would send
+// its bots to the new node, with a host certificate for its name.
+func (s *Server) claimNodeName(ctx context.Context, tx store.Tx, name string, now time.Time) error {
 	n, err := tx.Node(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
@@ -145,9 +146,13 @@ func claimNodeName(ctx context.Context, tx store.Tx, name string, now time.Time)
 	if !n.Agent {
 		return taken(fmt.Sprintf("node %s is in the inventory, typed by an administrator; to let it join, remove it first with `midfs nodes rm %s`", name, name))
 	}
-	if n.Expires.After(now) {
+	until := n.Expires
+	if t, ok := s.inv.stay(name); ok && t.After(until) {
+		until = t
+	}
+	if until.After(now) {
 		return taken(fmt.Sprintf("node %s is online under an earlier join (it heartbeats until %s); stop that node agent, or run `midfs nodes rm %s`, then join again",
-			name, n.Expires.UTC().Format(time.RFC3339), name))
+			name, until.UTC().Format(time.RFC3339), name))
 	}
 	return nil
 }
@@ -226,28 +231,32 @@ func (s *Server) heartbeat(ctx context.Context, bc *botCert, hb *wire.Heartbeat)
 	}
 	now := s.cfg.Clock.Now()
 	expires := now.Add(nodeStay(interval))
-	var node identity.Node
-	changed := false
-	err := s.st.Update(ctx, func(tx store.Tx) error {
+	row, err := s.st.Node(ctx, bc.Node)
+	if err != nil || !row.Agent {
+		return nil, nodeMissing(bc.Node, err)
+	}
+	node := nodeOf(&wire.NodeInfo{Name: bc.Node, Addr: hb.Addr, Labels: hb.Labels}, row.TokenLabels)
+	if err := identity.CheckNode(node); err != nil {
+		return nil, &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400}
+	}
+	// A node that stays, unchanged, only extends its stay: in memory at
+	// once, in the store within a second (flushStays), with no version
+	// moved. Only a node that comes in, or changes, moves what bots see
+	// (and, through the store's inventory topic, every replica's copy).
+	until, live := s.inv.stay(bc.Node)
+	stays := (live && until.After(now)) || row.Expires.After(now)
+	if stays && row.Addr == node.Addr && maps.Equal(row.Labels, node.Labels) {
+		s.inv.extend(bc.Node, expires)
+		return &wire.HeartbeatAnswer{Labels: node.Labels, Expires: expires}, nil
+	}
+	err = s.st.Update(ctx, func(tx store.Tx) error {
 		row, err := tx.Node(ctx, bc.Node)
-		if errors.Is(err, store.ErrNotFound) || (err == nil && !row.Agent) {
-			return &refusal{Code: "node_missing", Reason: fmt.Sprintf("node %s heartbeats but is not in the inventory as a joined node", bc.Node),
-				Public: fmt.Sprintf("node %s was removed from the inventory (midfs nodes rm); join it again with a new token", bc.Node), Status: 403}
-		}
-		if err != nil {
-			return err
+		if err != nil || !row.Agent {
+			return nodeMissing(bc.Node, err)
 		}
 		node = nodeOf(&wire.NodeInfo{Name: bc.Node, Addr: hb.Addr, Labels: hb.Labels}, row.TokenLabels)
 		if err := identity.CheckNode(node); err != nil {
 			return &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400}
-		}
-		// Only a node that comes in, or changes, moves what bots see
-		// (and, through the store's inventory topic, every replica's
-		// copy); a heartbeat of a node that stays only extends its stay.
-		changed = !row.Expires.After(now) || row.Addr != node.Addr || !maps.Equal(row.Labels, node.Labels)
-		if !changed {
-			_, err := tx.ExtendNode(ctx, bc.Node, expires)
-			return err
 		}
 		row.Node, row.Expires = node, expires
 		return tx.PutNode(ctx, *row)
@@ -255,11 +264,63 @@ func (s *Server) heartbeat(ctx context.Context, bc *botCert, hb *wire.Heartbeat)
 	if err != nil {
 		return nil, err
 	}
-	if s.inv.heartbeat(bc.Node, expires) || changed {
-		s.inv.changed()
-		s.log.Info("node in the inventory", "node", node.Name, "addr", node.Addr, "labels", identity.FormatLabels(node.Labels), "until", expires.UTC().Format(time.RFC3339))
-	}
+	s.inv.heartbeat(bc.Node, expires)
+	s.inv.changed()
+	s.log.Info("node in the inventory", "node", node.Name, "addr", node.Addr, "labels", identity.FormatLabels(node.Labels), "until", expires.UTC().Format(time.RFC3339))
 	return &wire.HeartbeatAnswer{Labels: node.Labels, Expires: expires}, nil
+}
+
+// nodeMissing is the refusal of a heartbeat of a node that is not in the
+// inventory as a joined node (removed by an administrator, or typed by one
+// after it was removed); err is the store's.
+func nodeMissing(node string, err error) error {
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	return &refusal{Code: "node_missing", Reason: fmt.Sprintf("node %s heartbeats but is not in the inventory as a joined node", node),
+		Public: fmt.Sprintf("node %s was removed from the inventory (midfs nodes rm); join it again with a new token", node), Status: 403}
+}
+
+// stayFlush is how often the stays that heartbeats extended are written to
+// the store: one commit a second, for any number of nodes, instead of one
+// per heartbeat. What a crash loses is a second of extensions, which the
+// next heartbeats make up; other replicas see a stay a second late, well
+// within the half interval a stay has to spare.
+const stayFlush = time.Second
+
+// flushStays writes the extended stays to the store until stop is closed,
+// and once more then.
+func (s *Server) flushStays(stop <-chan struct{}) {
+	t := time.NewTicker(stayFlush)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			s.flushStaysOnce()
+			return
+		case <-t.C:
+			s.flushStaysOnce()
+		}
+	}
+}
+
+func (s *Server) flushStaysOnce() {
+	pending := s.inv.takeExtended()
+	if len(pending) == 0 {
+		return
+	}
+	err := s.st.Update(context.Background(), func(tx store.Tx) error {
+		for name, until := range pending {
+			if _, err := tx.ExtendNode(context.Background(), name, until); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("cannot write the nodes' heartbeats to the state; trying again", "err", err, "nodes", len(pending))
+		s.inv.requeue(pending)
+	}
 }
 
 // removeJoinedNode drops what a joined node holds besides its inventory

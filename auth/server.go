@@ -46,6 +46,9 @@ type Server struct {
 
 	lastDropWarn atomic.Int64 // unix ns
 
+	stopFlush chan struct{} // ends flushStays
+	flushed   chan struct{} // closed when it has
+
 	closeOnce sync.Once
 	closeErr  error
 	wg        sync.WaitGroup
@@ -76,6 +79,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	s.stopFlush, s.flushed = make(chan struct{}), make(chan struct{})
+	go func() { defer close(s.flushed); s.flushStays(s.stopFlush) }()
 	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
 		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", admin.SocketPath(cfg.DataDir))
 	return s, nil
@@ -105,6 +110,8 @@ func (s *Server) Close() error {
 		err1 := s.https.Shutdown(ctx)
 		err2 := s.adminSrv.Shutdown(ctx)
 		s.wg.Wait()
+		close(s.stopFlush) // with a last write of the heartbeats' stays
+		<-s.flushed
 		os.Remove(admin.SocketPath(s.cfg.DataDir))
 		err3 := s.st.Close()
 		s.closeErr = errors.Join(err1, err2, err3)
