@@ -23,6 +23,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -41,6 +42,7 @@ import (
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/joiner"
+	"github.com/midfs/midfs/sshagent"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -163,7 +165,7 @@ type Agent struct {
 
 	hostKey crypto.Signer
 	hostPub ssh.PublicKey
-	agent   *agentServer
+	agent   *sshagent.Server
 
 	// Owned by Start, then by Run.
 	sess     *joiner.Session
@@ -226,10 +228,10 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 		a.log.Warn("cannot read the stored host key; making a new one (sshd needs a reload to use it)", "store", cfg.HostKeyStore.String(), "err", err)
 	}
 	if key != nil {
-		if err := a.serveHostKey(key); err != nil {
+		if err := a.setHostKey(key); err != nil {
 			return nil, err
 		}
-		a.log.Info("serving the stored host key to sshd", "store", cfg.HostKeyStore.String())
+		a.serveEarly()
 	}
 	if a.sess, err = joiner.OpenSession(ctx, cfg.Join); err != nil {
 		return nil, err
@@ -241,9 +243,12 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 		if err := saveHostKey(cfg.HostKeyStore, key); err != nil {
 			a.log.Warn("cannot keep the host key for restarts; a restart will make a new one, and sshd needs a reload then", "store", cfg.HostKeyStore.String(), "err", err)
 		}
-		if err := a.serveHostKey(key); err != nil {
+		if err := a.setHostKey(key); err != nil {
 			return nil, err
 		}
+	}
+	if err := a.dir.make(); err != nil {
+		return nil, err
 	}
 	// The authority just answered: what fails now is a refusal, or the
 	// network for as long as a join may take.
@@ -281,25 +286,60 @@ type joinerConfigError struct{ err error }
 func (e *joinerConfigError) Error() string        { return e.err.Error() }
 func (e *joinerConfigError) Is(target error) bool { return target == joiner.ErrConfig }
 
-// serveHostKey writes the host public key and serves the private key on
-// the agent socket.
-func (a *Agent) serveHostKey(key crypto.Signer) error {
-	h, err := newHostAgent(key)
+// setHostKey takes the host key this process serves.
+func (a *Agent) setHostKey(key crypto.Signer) error {
+	pub, err := ssh.NewPublicKey(key.Public())
 	if err != nil {
-		return err
+		return fmt.Errorf("host key: %w", err)
+	}
+	a.hostKey, a.hostPub = key, pub
+	return nil
+}
+
+// serveEarly serves the host key at once on a restart, with the
+// certificate the process before left in the run directory (while it is
+// valid): sshd signs again before the authority is asked anything.
+func (a *Agent) serveEarly() {
+	b, err := os.ReadFile(a.dir.path(FileHostCert))
+	if err != nil {
+		return
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey(b)
+	cert, ok := pub.(*ssh.Certificate)
+	if err != nil || !ok || !bytes.Equal(cert.Key.Marshal(), a.hostPub.Marshal()) || !a.clock.Now().Before(time.Unix(int64(cert.ValidBefore), 0)) {
+		return
+	}
+	if err := a.serveHostKey(cert); err != nil {
+		a.log.Warn("cannot serve the stored host key before joining; it is served once the node has joined", "err", err)
+		return
+	}
+	a.log.Info("serving the stored host key to sshd", "store", a.cfg.HostKeyStore.String())
+}
+
+// serveHostKey writes the host public key and serves the private key to
+// sshd on the agent socket (sshagent: read-only, only root connects),
+// with cert, its current host certificate: the agent signs with the key
+// only while a certificate for it is valid.
+func (a *Agent) serveHostKey(cert *ssh.Certificate) error {
+	if a.agent != nil {
+		a.agent.Publish(a.hostKey, cert)
+		return nil
 	}
 	if err := a.dir.make(); err != nil {
 		return err
 	}
-	pub := h.signer.PublicKey()
-	if err := a.dir.write(FileHostKey, ssh.MarshalAuthorizedKey(pub)); err != nil {
+	if err := a.dir.write(FileHostKey, ssh.MarshalAuthorizedKey(a.hostPub)); err != nil {
 		return err
 	}
-	srv, err := serveAgent(a.dir.path(FileAgentSocket), h, a.log)
+	srv, err := sshagent.Listen(sshagent.Options{
+		Path: a.dir.path(FileAgentSocket), Mode: 0o600,
+		Allow:  func(p sshagent.Peer) bool { return p.UID == 0 }, // sshd's monitor, which signs
+		Logger: a.log, Clock: a.clock,
+	}, a.hostKey, cert)
 	if err != nil {
-		return err
+		return fmt.Errorf("host key agent socket: %w", err)
 	}
-	a.hostKey, a.hostPub, a.agent = key, pub, srv
+	a.agent = srv
 	return nil
 }
 
@@ -330,6 +370,9 @@ func (a *Agent) refreshHostCert(ctx context.Context) error {
 		return err
 	}
 	if err := a.dir.write(FileHostCert, ssh.MarshalAuthorizedKey(cert)); err != nil {
+		return err
+	}
+	if err := a.serveHostKey(cert); err != nil {
 		return err
 	}
 	a.hostCert, a.cluster = cert, hc.ClusterName

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
 
 	"github.com/midfs/midfs/auth"
 	"github.com/midfs/midfs/auth/admin"
@@ -112,6 +114,20 @@ func TestStartServesSSHDAndRestartsWithoutToken(t *testing.T) {
 	hostPub, _ := os.ReadFile(filepath.Join(run, node.FileHostKey))
 	if !strings.HasPrefix(string(hostPub), string(ssh.MarshalAuthorizedKey(cert.Key))[:40]) {
 		t.Fatalf("host_key.pub %q is not the certificate's key", hostPub)
+	}
+	// sshd signs with the host key through the socket.
+	conn, err := net.Dial("unix", filepath.Join(run, node.FileAgentSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("session id and the rest of the key exchange")
+	sig, err := agent.NewClient(conn).Sign(cert.Key, data)
+	conn.Close()
+	if err != nil || cert.Key.Verify(data, sig) != nil {
+		t.Fatalf("signing with the host key through the socket: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(run, node.FileAgentSocket)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("agent socket: %v %v; want 0600, for root only", fi.Mode(), err)
 	}
 	st, err := enforce.Load(run)
 	if err != nil || st.Node != "web" || st.Cluster != "node.example" || st.Labels["env"] != "prod" || st.Labels["team"] != "web" || len(st.UserCAs) != 1 {
