@@ -214,7 +214,16 @@ LogLevel VERBOSE
 	}
 	n.sshdDone = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(n.sshd, n.sshdDone)
-	n.t.Cleanup(func() { n.sshd.Process.Kill(); <-n.sshdDone })
+	n.t.Cleanup(func() {
+		n.sshd.Process.Kill()
+		<-n.sshdDone
+		if n.t.Failed() {
+			n.t.Logf("sshd of node %s:\n%s", n.name, tail(n.sshdLogs.String(), 25))
+			if n.agent != nil {
+				n.t.Logf("node agent %s:\n%s", n.name, tail(n.agent.logs.String(), 25))
+			}
+		}
+	})
 	waitFor(n.t, "sshd to listen", 10*time.Second, func() bool { return dialable(n.addr()) })
 }
 
@@ -356,29 +365,38 @@ func (l *loginLoop) wait() { <-l.done }
 // as ssh-keyscan sees it.
 func presented(t testing.TB, addr string) string {
 	t.Helper()
+	serial, err := tryPresented(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serial
+}
+
+// tryPresented is presented for a moment when sshd may not answer (a
+// reload closes its listening socket for a moment).
+func tryPresented(addr string) (string, error) {
 	host, port, _ := strings.Cut(addr, ":")
 	out, err := exec.Command("ssh-keyscan", "-c", "-p", port, host).Output()
 	if err != nil {
-		t.Fatalf("ssh-keyscan -c %s: %v", addr, err)
+		return "", fmt.Errorf("ssh-keyscan -c %s: %v", addr, err)
 	}
 	// "[HOST] TYPE BASE64": a host name only in some versions.
 	f := strings.Fields(string(out))
 	i := slicesIndexFunc(f, func(s string) bool { return strings.HasSuffix(s, "-cert-v01@openssh.com") })
 	if i < 0 || i+1 >= len(f) {
-		t.Fatalf("ssh-keyscan -c %s printed no certificate: %q", addr, out)
+		return "", fmt.Errorf("ssh-keyscan -c %s printed no certificate: %q", addr, out)
 	}
-	line := f[i] + " " + f[i+1]
 	cmd := exec.Command("ssh-keygen", "-L", "-f", "-")
-	cmd.Stdin = strings.NewReader(line)
+	cmd.Stdin = strings.NewReader(f[i] + " " + f[i+1])
 	info, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("ssh-keygen -L of the presented certificate: %v", err)
+		return "", fmt.Errorf("ssh-keygen -L of the presented certificate: %v", err)
 	}
 	m := regexp.MustCompile(`Serial: (\d+)`).FindSubmatch(info)
 	if m == nil || !strings.Contains(string(info), "host certificate") {
-		t.Fatalf("sshd at %s presents no host certificate:\n%s", addr, info)
+		return "", fmt.Errorf("sshd at %s presents no host certificate:\n%s", addr, info)
 	}
-	return string(m[1])
+	return string(m[1]), nil
 }
 
 // The host certificate renews every two seconds while a bot logs in
@@ -558,8 +576,9 @@ func TestNodeSSHDReload(t *testing.T) {
 	if err := long.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "sshd to present a renewed certificate after a reload", 30*time.Second, func() bool {
-		return presented(t, n.addr()) != first
+	waitFor(t, "sshd to present a renewed certificate after a reload", time.Minute, func() bool {
+		serial, err := tryPresented(n.addr())
+		return err == nil && serial != first
 	})
 	if !strings.Contains(n.agent.logs.String(), `"msg":"sshd reloaded`) {
 		t.Errorf("the node agent did not say it reloaded sshd:\n%s", tail(n.agent.logs.String(), 10))
@@ -585,7 +604,7 @@ func TestNodeRestart(t *testing.T) {
 
 	stop := make(chan struct{})
 	loop := startLoginLoop(t, bot, "web", stop)
-	waitFor(t, "logins", 30*time.Second, func() bool { return loop.ok.Load() >= 2 })
+	waitFor(t, "logins", 2*time.Minute, func() bool { return loop.ok.Load() >= 2 })
 	for _, how := range []string{"SIGTERM", "SIGKILL"} {
 		before := loop.ok.Load()
 		if how == "SIGTERM" {
@@ -598,7 +617,7 @@ func TestNodeRestart(t *testing.T) {
 		if !strings.Contains(n.agent.logs.String(), "restarting from the stored bot identity") {
 			t.Fatalf("after %s the node agent did not restart from the keyring:\n%s", how, tail(n.agent.logs.String(), 10))
 		}
-		waitFor(t, "logins after the restart", 30*time.Second, func() bool { return loop.ok.Load() >= before+2 })
+		waitFor(t, "logins after the restart", 2*time.Minute, func() bool { return loop.ok.Load() >= before+2 })
 	}
 	close(stop)
 	loop.wait()
