@@ -3,10 +3,10 @@ package auth
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/http"
 	"strconv"
@@ -22,22 +22,33 @@ import (
 
 // inventory is what GET /v1/nodes serves, kept cheap at any size: every
 // node (encoded once) and every role, read from the store only after a
-// change, and a version that moves on after every committed change of what
-// any bot may see (nodes, roles, a bot's roles). The version lives in this
-// process, the only writer of its store; the epoch makes versions of an
-// earlier run of the authority unequal to this run's.
+// change, and the stored version of the inventory (store.TopicInventory),
+// which every committed change of what any bot may see (nodes, roles, a
+// bot's roles) moves on, whichever replica commits it.
+//
+// The version is kept in memory: after this replica's own changes it is
+// read at once (changed), after another replica's when the store says so
+// (follow: at once with PostgreSQL's notifications, within
+// store.DefaultPollInterval without them). Since the version and the
+// cluster ID are the same on every replica, so is the ETag: an agent that
+// polls one replica and then another gets 304 Not Modified from both.
 //
 // An agent polls with the ETag of its last list: while nothing changed it
 // gets 304 Not Modified, which costs no database query and no encoding.
 //
 // Nodes that joined (`midfs node start`) are in it only while they
-// heartbeat: live holds, in memory, until when each stays. A heartbeat
-// that brings a node (back) in, and the first look at the time after a
-// node's stay ran out (expire), move the version too, so that polls with
-// If-None-Match see it come and go. Heartbeats that only extend a stay
-// change nothing bots see and move nothing.
+// heartbeat: live holds, in memory, until when each stays, learnt from
+// this replica's heartbeats and from the store (where every replica
+// writes them, within a second). A heartbeat that brings a node (back)
+// in writes its row, which moves the version; the first replica to see a
+// node's stay run out (expire) rewrites it, for the same effect. A
+// heartbeat that only extends a stay changes nothing bots see and moves
+// nothing.
 type inventory struct {
-	epoch   string
+	st      store.Reader
+	w       store.Store // to record that a node left (recordLeft)
+	log     *slog.Logger
+	cluster string // cluster ID: tags of another state never match
 	version atomic.Uint64
 
 	mu   sync.Mutex // serializes loads
@@ -53,8 +64,7 @@ type inventory struct {
 	nextExpiry atomic.Int64
 }
 
-// invSnapshot is every node bots may see (typed by an administrator, or
-// joined and heartbeating) and every role, as read at (or after) a version.
+// invSnapshot is every node and role as read at (or after) a version.
 type invSnapshot struct {
 	version uint64
 	nodes   []identity.Node // sorted by name
@@ -62,12 +72,51 @@ type invSnapshot struct {
 	roles   map[string]policy.Role
 }
 
-func newInventory(now func() time.Time) *inventory {
-	b := make([]byte, 8)
-	rand.Read(b)
-	inv := &inventory{epoch: hex.EncodeToString(b), now: now, live: map[string]time.Time{}, extended: map[string]time.Time{}}
+func newInventory(ctx context.Context, st store.Store, clusterID string, log *slog.Logger, now func() time.Time) *inventory {
+	inv := &inventory{st: st, w: st, cluster: clusterID, log: log, now: now,
+		live: map[string]time.Time{}, extended: map[string]time.Time{}}
 	inv.nextExpiry.Store(math.MaxInt64)
+	inv.refresh(ctx)
 	return inv
+}
+
+// changed is called once a change of nodes, roles or a bot's roles has
+// committed here: the new version is read before the client is answered,
+// so its next poll sees a new ETag.
+func (inv *inventory) changed() { inv.refresh(context.Background()) }
+
+// follow refreshes the version whenever the store says the inventory
+// changed, until the store closes the channel or stop is closed.
+func (inv *inventory) follow(changes <-chan struct{}, stop <-chan struct{}) {
+	for {
+		select {
+		case _, ok := <-changes:
+			if !ok {
+				return
+			}
+			inv.refresh(context.Background())
+		case <-stop:
+			return
+		}
+	}
+}
+
+// refresh reads the stored version; it never moves the one in memory
+// back. If the store cannot be read, the version stays until the store's
+// next signal (it polls on through an outage).
+func (inv *inventory) refresh(ctx context.Context) {
+	vs, err := inv.st.Versions(ctx)
+	if err != nil {
+		inv.log.Warn("cannot read the inventory version; node lists may show the last one read until the state is readable", "err", err)
+		return
+	}
+	v := vs[store.TopicInventory]
+	for {
+		cur := inv.version.Load()
+		if v <= cur || inv.version.CompareAndSwap(cur, v) {
+			return
+		}
+	}
 }
 
 // learn takes the stays of joined nodes from stored rows (at start, at
@@ -149,7 +198,7 @@ func (inv *inventory) forget(node string) {
 // inventory, it needs no timer: no one notices a node leave before asking.
 // Until a stay may have run out it costs one atomic load; then the stays
 // are read again from q first (learn), once at a time.
-func (inv *inventory) expire(ctx context.Context, q store.Reader, now time.Time) {
+func (inv *inventory) expire(ctx context.Context, now time.Time) {
 	if now.UnixNano() < inv.nextExpiry.Load() {
 		return
 	}
@@ -158,25 +207,49 @@ func (inv *inventory) expire(ctx context.Context, q store.Reader, now time.Time)
 	if now.UnixNano() < inv.nextExpiry.Load() {
 		return // done while this one waited
 	}
-	if stored, err := q.Nodes(ctx); err == nil {
+	if stored, err := inv.st.Nodes(ctx); err == nil {
 		inv.learn(stored, now)
 	} // else decide from what this replica knows
 	inv.liveMu.Lock()
-	left := false
+	var left []string
 	next := int64(math.MaxInt64)
 	for name, until := range inv.live {
 		if !now.Before(until) {
 			delete(inv.live, name)
-			left = true
+			delete(inv.extended, name)
+			left = append(left, name)
 			continue
 		}
 		next = min(next, until.UnixNano())
 	}
 	inv.nextExpiry.Store(next)
 	inv.liveMu.Unlock()
-	if left {
-		inv.changed()
+	for _, name := range left {
+		inv.recordLeft(ctx, name)
 	}
+}
+
+// recordLeft moves the stored inventory version for a node that left by
+// its stay running out, which no write recorded: every replica, and every
+// agent's If-None-Match, must see the change. Rewriting the node's row as
+// it is moves the version (store.TopicInventory); two replicas noticing
+// the same node only cost agents a second fetch of their list.
+func (inv *inventory) recordLeft(ctx context.Context, name string) {
+	err := inv.w.Update(ctx, func(tx store.Tx) error {
+		n, err := tx.Node(ctx, name)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil // removed: that moved the version already
+		}
+		if err != nil {
+			return err
+		}
+		return tx.PutNode(ctx, *n)
+	})
+	if err != nil {
+		inv.log.Warn("cannot record that a node left the inventory; node lists may show it until the next change", "node", name, "err", err)
+	}
+	inv.log.Info("node left the inventory: its heartbeats stopped", "node", name)
+	inv.changed()
 }
 
 // stay says until when a joined node stays in the inventory, and whether
@@ -188,29 +261,24 @@ func (inv *inventory) stay(node string) (time.Time, bool) {
 	return t, ok
 }
 
-// inInventory says which stored nodes bots may see: every node typed by an
-// administrator, and the joined nodes that heartbeat.
-func (inv *inventory) inInventory(nodes []store.Node) []identity.Node {
+// inInventory says which stored nodes bots may see at now: every node
+// typed by an administrator, and the joined nodes that heartbeat.
+func (inv *inventory) inInventory(nodes []store.Node, now time.Time) []identity.Node {
 	inv.liveMu.Lock()
 	defer inv.liveMu.Unlock()
 	out := make([]identity.Node, 0, len(nodes))
 	for _, n := range nodes {
-		if _, live := inv.live[n.Name]; !n.Agent || live {
+		if until, live := inv.live[n.Name]; !n.Agent || (live && until.After(now)) {
 			out = append(out, n.Node)
 		}
 	}
 	return out
 }
 
-// changed is called once a change of nodes, roles or a bot's roles has
-// committed (never before: a load between the bump and the commit would
-// keep the old state under the new version).
-func (inv *inventory) changed() { inv.version.Add(1) }
-
 // etag names what a bot sees at version v. Every change that could alter
 // any bot's list moves the version, so the tag needs nothing of the bot.
 func (inv *inventory) etag(v uint64) string {
-	return fmt.Sprintf(`"%s-%d"`, inv.epoch, v)
+	return fmt.Sprintf(`"%s-%d"`, inv.cluster, v)
 }
 
 // at returns a snapshot at least as new as version v, reading the store if
@@ -232,8 +300,9 @@ func (inv *inventory) at(ctx context.Context, q store.Reader, v uint64) (*invSna
 	if err != nil {
 		return nil, err
 	}
-	inv.learn(stored, inv.now())
-	nodes := inv.inInventory(stored)
+	now := inv.now()
+	inv.learn(stored, now)
+	nodes := inv.inInventory(stored, now)
 	roles, err := q.AllRoles(ctx)
 	if err != nil {
 		return nil, err

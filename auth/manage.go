@@ -346,7 +346,7 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources,
 		if err != nil {
 			return nil, err
 		}
-		s.inv.expire(ctx, s.st, s.cfg.Clock.Now())
+		s.inv.expire(ctx, s.cfg.Clock.Now())
 		for _, n := range nodes {
 			if name == "" || n.Name == name {
 				res.Nodes = append(res.Nodes, s.nodeResource(n))

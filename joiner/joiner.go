@@ -54,6 +54,8 @@ type Status struct {
 	Failing      bool // the last renewal attempt failed
 	NodesUpdated time.Time
 	Nodes        int
+	// AuthServer is the replica of the authority the agent talks to now.
+	AuthServer string
 	// Renewals counts renewal attempts of the loop, successful or not;
 	// RenewalsFailed the failed ones.
 	Renewals       uint64
@@ -111,6 +113,7 @@ func (a *Agent) Status() Status {
 	defer a.mu.Unlock()
 	st := a.status
 	st.BotName, st.ClusterName, st.Generation, st.BotExpires = info.BotName, info.ClusterName, info.Generation, info.Expires
+	st.AuthServer = a.sess.auth.peek()
 	return st
 }
 

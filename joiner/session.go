@@ -36,6 +36,7 @@ type Session struct {
 	pins      []string
 	keys      *identity.KeySource
 	tokenHash string
+	auth      *authorities // the replicas, one of them current
 
 	bot *bot
 	api *apiClient // authenticates with bot
@@ -62,9 +63,12 @@ func newSession(cfg Config) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	servers, _ := ParseAuthServers(cfg.AuthServer) // checked by withDefaults
+	log := cfg.Logger.With("component", "joiner")
 	s := &Session{
-		cfg: cfg, log: cfg.Logger.With("component", "joiner"), clock: cfg.Clock,
+		cfg: cfg, log: log, clock: cfg.Clock,
 		keys: identity.NewKeySource(cfg.Algorithm), tokenHash: tokenHash(cfg.Token),
+		auth: newAuthorities(servers, cfg.Resolver, log, cfg.Clock),
 	}
 	if cfg.CAPin != "" {
 		s.pins, _ = parsePins(cfg.CAPin) // checked by withDefaults
@@ -141,7 +145,7 @@ func (s *Session) Get(ctx context.Context, path, etag string, out any) (string, 
 	}
 	// Not strict: a later authority may add fields.
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxGetBytes)).Decode(out); err != nil {
-		return "", fmt.Errorf("the authority at %s answered %s with bad JSON: %v", s.api.addr, path, err)
+		return "", fmt.Errorf("the authority at %s answered %s with bad JSON: %v", resp.Request.URL.Host, path, err)
 	}
 	return resp.Header.Get("ETag"), nil
 }
@@ -204,7 +208,7 @@ func (s *Session) restore(ctx context.Context, deadline time.Time) error {
 	switch {
 	case err != nil:
 		return discard("discarding an unreadable stored bot identity", "error", err)
-	case st.AuthServer != s.cfg.AuthServer:
+	case !sameAuthority(st.AuthServer, s.cfg.AuthServer):
 		return discard("discarding the stored bot identity of another authority", "stored", st.AuthServer)
 	case s.cfg.Token != "" && st.TokenHash != s.tokenHash:
 		return discard("a new join token was given: discarding the stored bot identity and joining again", "bot", st.BotName)
@@ -234,7 +238,6 @@ func (s *Session) restore(ctx context.Context, deadline time.Time) error {
 // join checks the pin and trades the token (or the AWS identity) for a
 // bot identity.
 func (s *Session) join(ctx context.Context, deadline time.Time) error {
-	addr := s.cfg.AuthServer
 	if s.cfg.Token == "" && s.pending != nil {
 		return &kindError{kind: ErrConfig, msg: fmt.Sprintf(
 			"the last start was stopped during its join and %s keeps no token: give the same --token again to finish that join", s.cfg.Store)}
@@ -250,18 +253,11 @@ func (s *Session) join(ctx context.Context, deadline time.Time) error {
 	if len(s.pins) == 0 {
 		return &kindError{kind: ErrConfig, msg: "refusing to send the join token to an authority nobody vouched for: give --ca-pin=sha256:... as printed by `midfs bots add` and `midfs status`"}
 	}
-	var cas []*x509.Certificate
-	err := s.retry(ctx, deadline, func(ctx context.Context) (err error) {
-		cas, err = fetchCAs(ctx, addr)
-		return err
-	})
+	cas, err := s.pinnedCAs(ctx, deadline)
 	if err != nil {
 		return err
 	}
-	if err := checkPins(addr, s.pins, cas); err != nil {
-		return err
-	}
-	api := newAPIClient(addr, certPool(cas), nil, nil)
+	api := newAPIClient(s.auth, certPool(cas), nil, nil)
 	defer api.close()
 	// Every retry sends the same public key, and so does a restart after a
 	// crash (the key is stored before it is sent): the authority answers a
@@ -301,8 +297,34 @@ func (s *Session) join(ctx context.Context, deadline time.Time) error {
 	s.pending = nil
 	s.setBot(b)
 	s.save()
-	s.log.Info("joined the authority", "bot", b.name, "cluster", b.cluster, "method", s.cfg.JoinMethod, "generation", b.generation, "addr", addr)
+	s.log.Info("joined the authority", "bot", b.name, "cluster", b.cluster, "method", s.cfg.JoinMethod, "generation", b.generation, "addr", s.auth.peek())
 	return nil
+}
+
+// pinnedCAs fetches the host CAs from a replica and checks them against
+// the pins, once: every later connection, to any replica, must present a
+// server certificate of these CAs. A replica whose CAs do not match (a
+// wrong entry in the list) is passed over while others are left to try.
+func (s *Session) pinnedCAs(ctx context.Context, deadline time.Time) ([]*x509.Certificate, error) {
+	var cas []*x509.Certificate
+	mismatches := 0
+	err := s.retry(ctx, deadline, func(ctx context.Context) error {
+		addr := s.auth.current(ctx)
+		got, err := fetchCAs(ctx, s.auth)
+		if err != nil {
+			return err
+		}
+		if err := checkPins(addr, s.pins, got); err != nil {
+			if mismatches++; mismatches < s.auth.count(ctx) {
+				s.auth.fail(addr, err)
+				return &retryable{err}
+			}
+			return err
+		}
+		cas = got
+		return nil
+	})
+	return cas, err
 }
 
 func (s *Session) joinOnce(ctx context.Context, api *apiClient, pub []byte) (*wire.BotIdentity, error) {
@@ -343,7 +365,7 @@ func (s *Session) renewBot(ctx context.Context) error {
 		err = s.api.call(ctx, http.MethodPost, wire.PathRenew, wire.RenewRequest{PublicKey: pub}, &r)
 		bi = &r
 	} else {
-		api := newAPIClient(s.cfg.AuthServer, certPool(b.hostCAs), nil, nil)
+		api := newAPIClient(s.auth, certPool(b.hostCAs), nil, nil)
 		bi, err = joinIAM(ctx, &s.cfg, api, pub)
 		api.close()
 	}
@@ -373,7 +395,7 @@ func (s *Session) renewBot(ctx context.Context) error {
 func (s *Session) setBot(b *bot) {
 	s.api.close()
 	s.bot = b
-	s.api = newAPIClient(s.cfg.AuthServer, certPool(b.hostCAs), b.key, b.cert)
+	s.api = newAPIClient(s.auth, certPool(b.hostCAs), b.key, b.cert)
 	s.mu.Lock()
 	s.info = SessionInfo{BotName: b.name, ClusterName: b.cluster, Generation: b.generation, Expires: b.expires()}
 	s.mu.Unlock()
