@@ -324,17 +324,17 @@ func TestNodesJoinAndLeave(t *testing.T) {
 	}
 }
 
-// loginLoop logs in to node again and again until stop is closed, and
+// nodeLogins logs in to node again and again until stop is closed, and
 // counts the logins and the failures (the first few kept).
-type loginLoop struct {
+type nodeLogins struct {
 	ok, failed atomic.Int64
 	mu         sync.Mutex
 	errs       []string
 	done       chan struct{}
 }
 
-func startLoginLoop(t testing.TB, bot *agent, node string, stop <-chan struct{}) *loginLoop {
-	l := &loginLoop{done: make(chan struct{})}
+func startNodeLogins(t testing.TB, bot *agent, node string, stop <-chan struct{}) *nodeLogins {
+	l := &nodeLogins{done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
 		for {
@@ -359,7 +359,7 @@ func startLoginLoop(t testing.TB, bot *agent, node string, stop <-chan struct{})
 	return l
 }
 
-func (l *loginLoop) wait() { <-l.done }
+func (l *nodeLogins) wait() { <-l.done }
 
 // presented is the serial of the host certificate sshd at addr presents,
 // as ssh-keyscan sees it.
@@ -410,7 +410,7 @@ func TestNodeCertRenewal(t *testing.T) {
 	bot := mountRobot(t, a, "access", "root")
 
 	stop := make(chan struct{})
-	loop := startLoginLoop(t, bot, "web", stop)
+	loop := startNodeLogins(t, bot, "web", stop)
 	serials := map[string]bool{presented(t, n.addr()): true}
 	waitFor(t, "sshd to present three renewed host certificates over 5 logins", 3*time.Minute, func() bool {
 		serials[presented(t, n.addr())] = true
@@ -603,7 +603,7 @@ func TestNodeRestart(t *testing.T) {
 	hostKey := storedHostKey(t, a, "web")
 
 	stop := make(chan struct{})
-	loop := startLoginLoop(t, bot, "web", stop)
+	loop := startNodeLogins(t, bot, "web", stop)
 	waitFor(t, "logins", 2*time.Minute, func() bool { return loop.ok.Load() >= 2 })
 	for _, how := range []string{"SIGTERM", "SIGKILL"} {
 		before := loop.ok.Load()
