@@ -143,7 +143,12 @@ func (n *testNode) start(token string) *nodeAgent {
 	}
 	go func() { ag.err = ag.cmd.Wait(); close(ag.done) }()
 	n.agent = ag
-	n.t.Cleanup(func() { ag.stop(n.t) })
+	n.t.Cleanup(func() {
+		ag.stop(n.t)
+		if n.t.Failed() && n.sshd == nil {
+			n.t.Logf("node agent %s:\n%s\n%s", n.name, tail(ag.logs.String(), 25), ag.stdout)
+		}
+	})
 	waitFor(n.t, "node "+n.name+" to serve sshd", 60*time.Second, func() bool {
 		select {
 		case <-ag.done:
@@ -685,4 +690,65 @@ func TestNodeBadInput(t *testing.T) {
 	if out, err := sshTo(t, bot, "web", "true"); err != nil {
 		t.Fatalf("login after the bad starts: %v\n%s", err, out)
 	}
+}
+
+var lockRe = regexp.MustCompile(`Created lock (\S+):`)
+
+// The nodes enforce, with no call to the authority per login: a bot whose
+// role allows every node but denies env=prod is refused by prod's sshd
+// ("Permission denied (publickey)") even when it names prod's address
+// itself; a lock refuses it on dev within the node's lock interval, with
+// the certificate it held before the lock, and so does dev while the
+// authority is down; removing the lock lets it in again.
+func TestNodesEnforce(t *testing.T) {
+	a := startAuthority(t)
+	role := filepath.Join(t.TempDir(), "role.yaml")
+	os.WriteFile(role, []byte(noProdRole), 0o644)
+	a.admin("create", "-f", role)
+	dev := startNode(t, a, "dev", "env=dev", "--locks-interval=2s")
+	prod := startNode(t, a, "prod", "env=prod", "--locks-interval=2s")
+	bot := mountRobot(t, a, "no-prod", "root")
+	login := func(node *testNode, extra ...string) (string, error) {
+		t.Helper()
+		args := append([]string{"-F", filepath.Join(bot.dir, "ssh_config"), "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+			"-o", "IdentityAgent=none", "-o", "ConnectTimeout=10"}, extra...)
+		args = append(args, "root@"+node.name+"."+cluster, "true")
+		out, err := exec.Command("ssh", args...).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := login(dev); err != nil {
+		t.Fatalf("login on dev: %v\n%s", err, out)
+	}
+	_, port, _ := strings.Cut(prod.addr(), ":")
+	// HostKeyAlias: ssh checks the host key against the name it connects
+	// to; a bot that wants in names prod's certificate's name.
+	out, err := login(prod, "-o", "HostName=127.0.0.1", "-o", "Port="+port, "-o", "HostKeyAlias=prod."+cluster)
+	if err == nil || !strings.Contains(out, "Permission denied (publickey)") {
+		t.Fatalf("login on prod, whose labels the role denies, by its address: %v\n%s", err, out)
+	}
+
+	cert := bot.read("key-cert.pub") // issued before the lock
+	m := lockRe.FindStringSubmatch(a.admin("lock", "--bot=robot", "--message=e2e"))
+	if m == nil {
+		t.Fatal("no lock ID in the output of `midfs lock`")
+	}
+	locked := time.Now()
+	waitFor(t, "dev to refuse the locked bot", time.Minute, func() bool {
+		out, err := login(dev)
+		return err != nil && strings.Contains(out, "Permission denied (publickey)")
+	})
+	t.Logf("dev refused the locked bot %v after the lock", time.Since(locked).Round(time.Millisecond))
+	if got := bot.read("key-cert.pub"); !bytes.Equal(got, cert) {
+		t.Fatal("the bot's certificate changed: the test wants one issued before the lock")
+	}
+	a.stop()
+	if out, err := login(dev); err == nil || !strings.Contains(out, "Permission denied (publickey)") {
+		t.Fatalf("with the authority down, dev let the locked bot in: %v\n%s", err, out)
+	}
+	a.start()
+	a.admin("rm", "locks/"+m[1])
+	waitFor(t, "dev to let the bot in again", time.Minute, func() bool {
+		_, err := login(dev)
+		return err == nil
+	})
 }
