@@ -21,6 +21,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -146,4 +147,65 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 		b.StopTimer()
 		b.ReportMetric(float64(cpuTime(b, pid)-cpu0)/float64(time.Microsecond)/float64(b.N), "us/req")
 	})
+}
+
+// BenchmarkNodeLogin is what a node set up by `midfs node start` adds to a
+// login, as an operator sees it: `ssh -F MNT/ssh_config root@NODE.CLUSTER
+// true` to a stock sshd that includes the node's fragment (the host key
+// signed through the agent socket, the enforcement hook
+// AuthorizedPrincipalsCommand, the KRL), and the same login to an sshd set
+// up by hand as before nodes joined (host key and certificate files,
+// TrustedUserCAKeys only). The two alternate, in turns that swap which goes
+// first, so machine noise hits both alike.
+//
+//	ms/login        median login to the joined node
+//	plain-ms/login  median login to the hand-made one
+//	x-plain         the ratio of the two medians
+//	diff-ms         median of the paired differences (goal: <= 10 ms)
+func BenchmarkNodeLogin(b *testing.B) {
+	a := startAuthority(b)
+	startNode(b, a, "joined", "env=dev")
+	plain := startSSHD(b, a, "plain."+cluster, "plain")
+	a.admin("nodes", "add", "plain", "--addr="+plain.addr(), "--labels=env=dev")
+	dir := newMountDir(b, publicDir(b), 0)
+	ag := benchMount(b, a, dir, "node-login")
+	waitServed(b, ag)
+	waitFor(b, "both nodes in ssh_config", 30*time.Second, func() bool {
+		cfg := string(ag.read("ssh_config"))
+		return strings.Contains(cfg, "joined."+cluster) && strings.Contains(cfg, "plain."+cluster)
+	})
+	login := func(node string) float64 {
+		t0 := time.Now()
+		out, err := sshRun(b, dir, "root@"+node+"."+cluster, "true")
+		el := time.Since(t0)
+		if err != nil {
+			b.Fatalf("ssh to %s: %v\n%s", node, err, out)
+		}
+		return ms(el)
+	}
+	login("joined") // warm: the first connection pays for the page cache
+	login("plain")
+	var withNode, without []float64
+	turn := 0
+	for b.Loop() {
+		for range loginPairs {
+			turn++
+			if turn%2 == 0 {
+				withNode = append(withNode, login("joined"))
+				without = append(without, login("plain"))
+			} else {
+				without = append(without, login("plain"))
+				withNode = append(withNode, login("joined"))
+			}
+		}
+	}
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(median(withNode), "ms/login")
+	b.ReportMetric(median(without), "plain-ms/login")
+	b.ReportMetric(median(withNode)/median(without), "x-plain")
+	diffs := make([]float64, len(withNode))
+	for i := range withNode {
+		diffs[i] = withNode[i] - without[i]
+	}
+	b.ReportMetric(median(diffs), "diff-ms")
 }
