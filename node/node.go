@@ -173,7 +173,6 @@ type Agent struct {
 	cluster  string
 	labels   map[string]string // as the authority sees the node (the token's over its own)
 	userCAs  []string          // authorized_keys lines, as user_ca.pub holds them
-	fragment bool              // written (or found current) at least once
 	botDue   bool              // the next renewal round starts with the node's identity
 
 	// Enforcement (enforcement.go).
@@ -412,22 +411,10 @@ func (a *Agent) checkHostCert(hc *wire.HostCerts) (*ssh.Certificate, error) {
 		return bad("cluster name %q", hc.ClusterName)
 	}
 	want := []string{a.cfg.Name + "." + hc.ClusterName, a.cfg.Name}
-	if !equalStrings(cert.ValidPrincipals, want) {
+	if !slices.Equal(cert.ValidPrincipals, want) {
 		return bad("principals %v, want %v", cert.ValidPrincipals, want)
 	}
 	return cert, nil
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // heartbeat tells the authority the node is alive, where and with which
@@ -460,7 +447,6 @@ func (a *Agent) writeFragment() error {
 	if err != nil {
 		return err
 	}
-	a.fragment = true
 	if changed {
 		a.Printed = "Include " + a.cfg.SSHDConfig
 		a.log.Info("wrote the sshd_config fragment; sshd_config must include it (at the top), and sshd be reloaded once", "fragment", a.cfg.SSHDConfig, "line", a.Printed)

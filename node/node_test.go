@@ -230,3 +230,57 @@ func TestStartRefusesWhatCannotWork(t *testing.T) {
 	}
 	a.Close()
 }
+
+// While the authority is down the node agent keeps serving sshd what it
+// has and says it is failing; once the authority is back it recovers by
+// itself, with the same identity.
+func TestRunRidesOutTheAuthorityGoingAway(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "auth")
+	start := func(listen string) *auth.Server {
+		s, err := auth.Start(context.Background(), auth.Config{DataDir: dataDir, Listen: listen, ClusterName: "node.example", Logger: quiet()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := start("127.0.0.1:0")
+	addr := s.Addr()
+	dir := t.TempDir()
+	cfg := config(t, s, dir, nodeToken(t, s, nil))
+	cfg.HeartbeatInterval = time.Second
+	a, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.Run(ctx)
+	s.Close()
+	waitUntil(t, "the node agent to notice the authority is gone", func() bool { return a.Status().Failing })
+	conn, err := net.Dial("unix", filepath.Join(cfg.RunDir, node.FileAgentSocket))
+	if err != nil {
+		t.Fatalf("the host key is no longer served while the authority is down: %v", err)
+	}
+	keys, err := agent.NewClient(conn).List()
+	conn.Close()
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("agent socket while the authority is down: %v %v", keys, err)
+	}
+	s = start(addr)
+	defer s.Close()
+	waitUntil(t, "the node agent to recover", func() bool { return !a.Status().Failing })
+	a.RenewNow()
+	before := a.Status().LastRenewal
+	waitUntil(t, "a renewal after the authority came back", func() bool { return a.Status().LastRenewal.After(before) })
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -15,14 +15,32 @@ type Status struct {
 	HostCertExpires time.Time
 	LastRenewal     time.Time
 	LastHeartbeat   time.Time
-	LastError       string // of the last failed renewal or heartbeat; kept after recovery
-	Failing         bool   // the last renewal or heartbeat failed
+	LastError       string // of the last failure; kept after recovery
+	Failing         bool   // the last attempt of a renewal, heartbeat or lock fetch failed
 }
 
 // status is guarded by its own mutex: Run writes it, diagnostics read it.
 type status struct {
-	mu sync.Mutex
-	st Status
+	mu      sync.Mutex
+	st      Status
+	failing map[string]bool // by task
+}
+
+// result records the outcome of a task's attempt.
+func (s *status) result(task string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failing == nil {
+		s.failing = map[string]bool{}
+	}
+	s.failing[task] = err != nil
+	if err != nil {
+		s.st.LastError = task + ": " + err.Error()
+	}
+	s.st.Failing = false
+	for _, f := range s.failing {
+		s.st.Failing = s.st.Failing || f
+	}
 }
 
 func (s *status) update(f func(*Status)) {
@@ -83,6 +101,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		a.status.result(due.name, err)
 		now := a.clock.Now().Round(0)
 		if err != nil {
 			due.failures++
@@ -97,7 +116,6 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) failed(what string, err error, retry time.Duration, failures int) {
-	a.status.update(func(s *Status) { s.Failing, s.LastError = true, what+": "+err.Error() })
 	level := "warn"
 	if errors.Is(err, joiner.ErrRefused) {
 		level = "error"
@@ -127,7 +145,7 @@ func (a *Agent) renew(ctx context.Context) error {
 	a.botDue = true
 	a.sshd.ensure(ctx, a.hostCert)
 	a.status.update(func(s *Status) {
-		s.Failing, s.LastRenewal = false, a.clock.Now()
+		s.LastRenewal = a.clock.Now()
 		s.HostCertExpires = time.Unix(int64(a.hostCert.ValidBefore), 0)
 	})
 	return nil
@@ -137,6 +155,6 @@ func (a *Agent) heartbeatTask(ctx context.Context) error {
 	if err := a.heartbeat(ctx); err != nil {
 		return err
 	}
-	a.status.update(func(s *Status) { s.Failing, s.LastHeartbeat = false, a.clock.Now() })
+	a.status.update(func(s *Status) { s.LastHeartbeat = a.clock.Now() })
 	return nil
 }
