@@ -21,6 +21,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET "+wire.PathNodes, s.needsDB(s.handleNodes))
 	mux.HandleFunc("POST "+wire.PathHostCert, s.needsDB(s.handleHostCert))
 	mux.HandleFunc("POST "+wire.PathHeartbeat, s.needsDB(s.handleHeartbeat))
+	mux.HandleFunc("GET "+wire.PathLocks, s.needsDB(s.handleLocks))
 	s.iamRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// %q: the path is decoded, so it may hold a line break.
@@ -141,8 +142,9 @@ func (s *Server) handleCerts(w http.ResponseWriter, r *http.Request) {
 // Not Modified when its If-None-Match names the current inventory: that
 // answer needs no database and no encoding, so agents may poll often. A
 // 304 only says that the list the client holds is still the current one;
-// whether the bot may still have a list (not removed, locked or joined
-// again since) is checked for every list sent, and at every renewal.
+// whether the bot may still have a list (not removed or joined again
+// since) is checked for every list sent, and at every renewal; a lock, at
+// every request, from the locks in memory.
 func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 	bc, err := s.clientBot(r)
 	if err == nil {
@@ -153,6 +155,10 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.inv.expire(r.Context(), s.cfg.Clock.Now())
+	if err := s.checkLockedNow(r.Context(), bc.Bot); err != nil {
+		s.refuse(w, r, "nodes", err)
+		return
+	}
 	v := s.inv.version.Load()
 	tag := s.inv.etag(v)
 	if etagMatches(r.Header.Get("If-None-Match"), tag) {

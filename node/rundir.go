@@ -9,18 +9,19 @@ import (
 	"strings"
 
 	"github.com/midfs/midfs/internal/atomicfile"
+	"github.com/midfs/midfs/node/enforce"
 )
 
 // Files of the run directory that this package writes (node/enforce
 // writes state.json and revoked.krl beside them). None holds a secret: the
 // host key never leaves the process, sshd signs through agent.sock.
 const (
-	FileAgentSocket = "agent.sock"        // HostKeyAgent
-	FileHostKey     = "host_key.pub"      // HostKey (the public half: the agent signs)
-	FileHostCert    = "host_key-cert.pub" // HostCertificate
-	FileUserCAs     = "user_ca.pub"       // TrustedUserCAKeys
-	DefaultRunDir   = "/run/midfs-node"   // a tmpfs: gone at reboot, kept across restarts of the node agent
-	fragmentMode    = 0o644               // sshd reads it as root; nothing in it is secret
+	FileAgentSocket = "agent.sock"          // HostKeyAgent
+	FileHostKey     = "host_key.pub"        // HostKey (the public half: the agent signs)
+	FileHostCert    = "host_key-cert.pub"   // HostCertificate
+	FileUserCAs     = "user_ca.pub"         // TrustedUserCAKeys
+	DefaultRunDir   = enforce.DefaultRunDir // a tmpfs: gone at reboot, kept across restarts of the node agent
+	fragmentMode    = 0o644                 // sshd reads it as root; nothing in it is secret
 	runFileMode     = 0o644
 	runDirMode      = 0o755
 )

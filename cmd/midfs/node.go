@@ -18,15 +18,6 @@ import (
 	"github.com/midfs/midfs/wire"
 )
 
-// nodeCommand is the node side: `midfs node start`.
-func nodeCommand() *cli.Command {
-	return &cli.Command{
-		Name:        "node",
-		Usage:       "run this machine's sshd as a node of the cluster",
-		Subcommands: []*cli.Command{nodeStartCommand()},
-	}
-}
-
 func nodeStartCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "start",

@@ -73,7 +73,17 @@ CREATE TABLE spent_challenges (
 	expires timestamptz NOT NULL
 );
 CREATE INDEX spent_challenges_expires ON spent_challenges (expires);`,
-	// 3: nodes that join: node tokens (role Node, the labels they give),
+	// 3: locks, by their ID.
+	`
+CREATE TABLE locks (
+	name    text PRIMARY KEY,
+	bot     text NOT NULL,
+	message text NOT NULL DEFAULT '',
+	created timestamptz NOT NULL,
+	expires timestamptz
+);
+CREATE INDEX locks_bot ON locks (bot);`,
+	// 4: nodes that join: node tokens (role Node, the labels they give),
 	// and nodes that registered themselves (agent), their heartbeat
 	// deadline and their token's labels. The defaults keep the meaning of
 	// older rows: tokens join bots, nodes were typed by an admin.

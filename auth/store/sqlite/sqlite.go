@@ -89,7 +89,17 @@ CREATE TABLE spent_challenges (
 	expires INTEGER NOT NULL
 );
 CREATE INDEX spent_challenges_expires ON spent_challenges(expires);`,
-	// 4: nodes that join: node tokens (role Node, the labels they give),
+	// 4: locks, by their ID.
+	`
+CREATE TABLE locks (
+	name    TEXT PRIMARY KEY,
+	bot     TEXT NOT NULL,
+	message TEXT NOT NULL DEFAULT '',
+	created INTEGER NOT NULL,
+	expires INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX locks_bot ON locks(bot);`,
+	// 5: nodes that join: node tokens (role Node, the labels they give),
 	// and nodes that registered themselves (agent), their heartbeat
 	// deadline and their token's labels. The defaults keep the meaning
 	// of older rows: tokens join bots, nodes were typed by an admin.
