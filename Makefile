@@ -87,7 +87,7 @@ install-files:
 	install -D -m 0644 bin/completion/midfs $(DESTDIR)$(BASHCOMPDIR)/midfs
 	install -D -m 0644 bin/completion/_midfs $(DESTDIR)$(ZSHCOMPDIR)/_midfs
 	install -d $(DESTDIR)$(EXAMPLEDIR)
-	install -m 0644 contrib/agent.yaml contrib/auth.yaml contrib/fstab.example $(DESTDIR)$(EXAMPLEDIR)/
+	install -m 0644 contrib/agent.yaml contrib/auth.yaml contrib/node.yaml contrib/fstab.example $(DESTDIR)$(EXAMPLEDIR)/
 
 # A .deb for this machine's Debian, staged in dist/ and built by dpkg-deb
 # (no network, no debhelper). It installs the same tree as `make install`

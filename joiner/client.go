@@ -235,14 +235,10 @@ const (
 	minListRate = 64 << 10
 )
 
-// errNotModified is what nodes returns when the list is still the one the
-// ETag given names.
-var errNotModified = errors.New("node list not modified")
-
 // nodes fetches the nodes the client's identity may reach, sorted by name
 // so that two fetches compare equal when nothing changed, and the list's
 // ETag. With etag set it asks only for a changed list, and returns
-// errNotModified if the list is still the one etag names.
+// ErrNotModified if the list is still the one etag names.
 func (c *apiClient) nodes(ctx context.Context, etag string) ([]identity.Node, string, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -259,7 +255,7 @@ func (c *apiClient) nodes(ctx context.Context, etag string) ([]identity.Node, st
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotModified {
-		return nil, etag, errNotModified
+		return nil, etag, ErrNotModified
 	}
 	addr := resp.Request.URL.Host
 	if resp.ContentLength > maxNodeListBytes {

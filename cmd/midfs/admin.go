@@ -129,6 +129,7 @@ func adminCommands() []*cli.Command {
 			Flags:     []cli.Flag{dataDirFlag()},
 			Action:    withAdmin(remove),
 		},
+		tokensCommand(), // tokens.go
 		{
 			Name:  "nodes",
 			Usage: "the inventory of SSH nodes",
@@ -446,13 +447,9 @@ func nodesAdd(c *cli.Context, ac *admin.Client) error {
 	if c.String("addr") == "" {
 		return failf(exitUsage, "nodes add %s: give its sshd address with --addr=HOST:PORT", name)
 	}
-	labels := map[string]string{}
-	for _, kv := range splitList(c.String("labels")) {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			return failf(exitUsage, "bad label %q in --labels: want k=v[,k=v]", kv)
-		}
-		labels[k] = v
+	labels, err := identity.ParseLabels(c.String("labels"))
+	if err != nil {
+		return failf(exitUsage, "bad --labels: %v", err)
 	}
 	if err := ac.AddNode(c.Context, identity.Node{Name: name, Addr: c.String("addr"), Labels: labels}); err != nil {
 		return fail(exitFailure, err)

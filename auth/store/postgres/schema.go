@@ -94,6 +94,16 @@ CREATE INDEX locks_bot ON locks (bot);`,
 	`
 ALTER TABLE bots SET (fillfactor = 50);
 ALTER TABLE tokens SET (fillfactor = 70);`,
+	// 5: nodes that join: node tokens (role Node, the labels they give),
+	// and nodes that registered themselves (agent), their heartbeat
+	// deadline and their token's labels. The defaults keep the meaning of
+	// older rows: tokens join bots, nodes were typed by an admin.
+	`
+ALTER TABLE tokens ADD COLUMN role text NOT NULL DEFAULT 'Bot';
+ALTER TABLE tokens ADD COLUMN labels jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE nodes ADD COLUMN agent boolean NOT NULL DEFAULT false;
+ALTER TABLE nodes ADD COLUMN expires timestamptz;
+ALTER TABLE nodes ADD COLUMN token_labels jsonb NOT NULL DEFAULT '{}';`,
 }
 
 // migrateLock is the advisory lock key under which replicas migrate, one
