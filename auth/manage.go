@@ -12,6 +12,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth/admin"
+	"github.com/midfs/midfs/auth/audit"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity"
@@ -111,6 +112,9 @@ func (s *Server) AddBot(ctx context.Context, spec admin.BotSpec) (*admin.BotToke
 		if err != nil {
 			return err
 		}
+		if err := s.record(ctx, tx, botEvent(old == nil, spec)); err != nil {
+			return err
+		}
 		if secret == "" {
 			return nil
 		}
@@ -118,11 +122,15 @@ func (s *Server) AddBot(ctx context.Context, spec admin.BotSpec) (*admin.BotToke
 		if err := tx.RemoveBotTokens(ctx, spec.Name, wire.JoinToken, true); err != nil {
 			return err
 		}
-		return tx.PutToken(ctx, &store.Token{
+		err = tx.PutToken(ctx, &store.Token{
 			Name: out.TokenName, BotName: spec.Name, JoinMethod: wire.JoinToken, Expires: out.Expires,
 			SecretHash: hashToken(secret),
 			Created:    now,
 		}, false)
+		if err != nil {
+			return err
+		}
+		return s.record(ctx, tx, audit.Event{Type: audit.TokenCreated, Name: out.TokenName, Bot: spec.Name, Method: wire.JoinToken, Expires: out.Expires.UTC()})
 	})
 	if err != nil {
 		return nil, err
@@ -147,6 +155,9 @@ func (s *Server) RemoveBot(ctx context.Context, name string) error {
 		}
 		if !found {
 			return admin.Errorf(admin.NotFound, "bot %q not found; see `midfs bots ls`", name)
+		}
+		if err := s.record(ctx, tx, audit.Event{Type: audit.BotRemoved, Bot: name}); err != nil {
+			return err
 		}
 		return tx.RemoveBotTokens(ctx, name, wire.JoinToken, false)
 	})
@@ -174,6 +185,9 @@ func (s *Server) UnlockBot(ctx context.Context, name string) error {
 		if was == "" {
 			return admin.Errorf(admin.Conflict, "bot %s is not locked", name)
 		}
+		if err := s.record(ctx, tx, audit.Event{Type: audit.BotUnlocked, Bot: name, Message: was}); err != nil {
+			return err
+		}
 		return tx.SetLocked(ctx, name, "")
 	})
 	if err == nil {
@@ -189,7 +203,16 @@ func (s *Server) AddNode(ctx context.Context, n identity.Node) error {
 		return admin.Mark(admin.Invalid, err)
 	}
 	defer s.inv.changed()
-	return s.st.Update(ctx, func(tx store.Tx) error { return tx.PutNode(ctx, n) })
+	return s.st.Update(ctx, func(tx store.Tx) error {
+		existed, err := tx.Exists(ctx, policy.KindNode, n.Name)
+		if err != nil {
+			return err
+		}
+		if err := tx.PutNode(ctx, n); err != nil {
+			return err
+		}
+		return s.record(ctx, tx, nodeEvent(existed, n))
+	})
 }
 
 // CreateYAML parses resources (see ParseResources) and stores them all in
@@ -229,7 +252,7 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 				verb = "updated"
 			}
 			done = append(done, kind+"/"+name+" "+verb)
-			return nil
+			return s.record(ctx, tx, audit.Event{Type: kind + "." + verb, Name: name})
 		}
 		for _, r := range res.Roles {
 			if err := put(policy.KindRole, r.Metadata.Name, func() error { return tx.PutRole(ctx, r) }); err != nil {
@@ -413,7 +436,7 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 		if !found {
 			return admin.Errorf(admin.NotFound, "%s %q not found; see `midfs get %ss`", kind, name, kind)
 		}
-		return nil
+		return s.record(ctx, tx, audit.Event{Type: kind + ".removed", Name: name})
 	})
 	if err == nil {
 		s.log.Info("resource removed", "kind", kind, "name", name)
@@ -468,6 +491,9 @@ func (s *Server) SignHost(ctx context.Context, publicKey string, hosts []string,
 	}
 	cert, err := s.signHostKey(pub, hosts, ttl)
 	if err != nil {
+		return "", err
+	}
+	if err := s.recordAlone(ctx, hostCertEvent(cert)); err != nil {
 		return "", err
 	}
 	s.log.Info("host certificate signed", "hosts", hosts, "ttl", ttl.String())

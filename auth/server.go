@@ -37,6 +37,7 @@ type Server struct {
 	db      *authority
 	metrics *metrics
 	inv     *inventory
+	trail   *trail // the audit trail's writers (events.go)
 
 	https     *http.Server
 	httpsLn   net.Listener
@@ -62,6 +63,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), inv: newInventory()}
+	s.trail = newTrail(&cfg)
 	if err := s.loadOrInit(ctx); err != nil {
 		st.Close()
 		return nil, err
@@ -75,6 +77,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	s.startTrail()
 	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
 		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", admin.SocketPath(cfg.DataDir))
 	return s, nil
@@ -104,6 +107,7 @@ func (s *Server) Close() error {
 		err1 := s.https.Shutdown(ctx)
 		err2 := s.adminSrv.Shutdown(ctx)
 		s.wg.Wait()
+		s.stopTrail()
 		os.Remove(admin.SocketPath(s.cfg.DataDir))
 		err3 := s.st.Close()
 		s.closeErr = errors.Join(err1, err2, err3)

@@ -77,12 +77,15 @@ type Reader interface {
 	Nodes(ctx context.Context) ([]identity.Node, error)  // by name
 	// Exists says whether a resource of kind (a policy.Kind*) is stored.
 	Exists(ctx context.Context, kind, name string) (bool, error)
+
+	EventReader // the audit trail (event.go)
 }
 
 // Tx is one write transaction, valid only inside the function given to
 // Update. Its reads see its own changes.
 type Tx interface {
 	Reader
+	EventWriter // the audit trail (event.go)
 
 	// Init stores the cluster name, its CAs and the built-in roles, unless a
 	// cluster name is stored already (a concurrent first start): then it

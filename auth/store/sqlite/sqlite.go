@@ -103,7 +103,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(8)
-	if _, err := db.Exec(schema); err != nil {
+	if _, err := db.Exec(schema + eventSchema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w (is it a midfs database?)", path, err)
 	}

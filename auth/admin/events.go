@@ -1,0 +1,130 @@
+package admin
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/midfs/midfs/auth/audit"
+)
+
+// EventQuery asks for a page of the audit trail (GET /v1/events). The
+// order and paging are those of store.EventQuery.
+type EventQuery struct {
+	Since, Until time.Time
+	Types        []string
+	Bot          string
+	AfterTime    time.Time // in time order, continue after the event (AfterTime, AfterID)
+	AfterID      int64
+	ByID         bool  // ID order, after AfterID: following the trail
+	MaxID        int64 // 0: the newest event when the query runs
+	Limit        int
+	// Wait, in ID order, is how long the authority may wait for an event
+	// before it answers with none.
+	Wait time.Duration
+}
+
+// MaxEventWait bounds EventQuery.Wait, below the client's timeout.
+const MaxEventWait = 30 * time.Second
+
+// EventPage is a page of events and the ID of the newest event when the
+// query ran (what a listing bounds its later pages and a follower starts
+// after).
+type EventPage struct {
+	Events []audit.Event `json:"events"`
+	LastID int64         `json:"last_id"`
+}
+
+func (q EventQuery) values() url.Values {
+	v := url.Values{}
+	setTime := func(k string, t time.Time) {
+		if !t.IsZero() {
+			v.Set(k, t.UTC().Format(time.RFC3339Nano))
+		}
+	}
+	setInt := func(k string, n int64) {
+		if n != 0 {
+			v.Set(k, strconv.FormatInt(n, 10))
+		}
+	}
+	setTime("since", q.Since)
+	setTime("until", q.Until)
+	if len(q.Types) > 0 {
+		v.Set("type", strings.Join(q.Types, ","))
+	}
+	if q.Bot != "" {
+		v.Set("bot", q.Bot)
+	}
+	setTime("after_time", q.AfterTime)
+	setInt("after_id", q.AfterID)
+	if q.ByID {
+		v.Set("by_id", "true")
+	}
+	setInt("max_id", q.MaxID)
+	setInt("limit", int64(q.Limit))
+	if q.Wait > 0 {
+		v.Set("wait", q.Wait.String())
+	}
+	return v
+}
+
+// parseEventQuery reads the query of GET /v1/events; errors are Invalid.
+func parseEventQuery(v url.Values) (EventQuery, error) {
+	var q EventQuery
+	var err error
+	getTime := func(k string) time.Time {
+		s := v.Get(k)
+		if s == "" || err != nil {
+			return time.Time{}
+		}
+		t, e := time.Parse(time.RFC3339Nano, s)
+		if e != nil {
+			err = fmt.Errorf("bad %s %q: want an RFC 3339 time", k, s)
+		}
+		return t
+	}
+	getInt := func(k string) int64 {
+		s := v.Get(k)
+		if s == "" || err != nil {
+			return 0
+		}
+		n, e := strconv.ParseInt(s, 10, 64)
+		if e != nil || n < 0 {
+			err = fmt.Errorf("bad %s %q: want a non-negative number", k, s)
+		}
+		return n
+	}
+	q.Since, q.Until, q.AfterTime = getTime("since"), getTime("until"), getTime("after_time")
+	q.AfterID, q.MaxID, q.Limit = getInt("after_id"), getInt("max_id"), int(getInt("limit"))
+	q.Bot, q.ByID = v.Get("bot"), v.Get("by_id") == "true"
+	if err == nil {
+		q.Types, err = audit.ParseTypes(v.Get("type"))
+	}
+	if w := v.Get("wait"); w != "" && err == nil {
+		if q.Wait, err = time.ParseDuration(w); err != nil || q.Wait < 0 || q.Wait > MaxEventWait {
+			err = fmt.Errorf("bad wait %q: want a duration up to %s", w, MaxEventWait)
+		}
+	}
+	return q, Mark(Invalid, err)
+}
+
+// Events reads a page of the audit trail.
+func (c *Client) Events(ctx context.Context, q EventQuery) (*EventPage, error) {
+	var p EventPage
+	return &p, c.call(ctx, "GET", "/v1/events?"+q.values().Encode(), nil, &p)
+}
+
+// handleEvents serves GET /v1/events.
+func handleEvents(a Authority) handler {
+	return func(r *http.Request) (any, error) {
+		q, err := parseEventQuery(r.URL.Query())
+		if err != nil {
+			return nil, err
+		}
+		return a.Events(r.Context(), q)
+	}
+}
