@@ -70,6 +70,7 @@ type trail struct {
 	closing   chan struct{} // closed when the authority begins to stop
 	closeOnce sync.Once
 	wg        sync.WaitGroup
+	waiting   atomic.Int64 // followers waiting for an event
 	dropCount prometheus.Counter
 }
 
@@ -275,6 +276,9 @@ func (s *Server) Events(ctx context.Context, q admin.EventQuery) (*admin.EventPa
 	if err != nil {
 		return nil, err
 	}
+	if last == 0 && !q.ByID {
+		return &admin.EventPage{Events: []audit.Event{}}, nil // nothing stored when asked
+	}
 	sq := store.EventQuery{Since: q.Since, Until: q.Until, Types: q.Types, Bot: q.Bot,
 		After: store.EventKey{Time: q.AfterTime, ID: q.AfterID}, ByID: q.ByID, MaxID: q.MaxID, Limit: q.Limit}
 	if !q.ByID && (sq.MaxID == 0 || sq.MaxID > last) {
@@ -290,17 +294,26 @@ func (s *Server) Events(ctx context.Context, q admin.EventQuery) (*admin.EventPa
 		if len(evs) > 0 || !q.ByID || !time.Now().Before(deadline) {
 			return &admin.EventPage{Events: nonNilEvents(evs), LastID: last}, nil
 		}
-		t := time.NewTimer(min(followPoll, time.Until(deadline)))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return &admin.EventPage{Events: []audit.Event{}, LastID: last}, nil
-		case <-s.trail.closing:
-			t.Stop()
+		if !s.waitForEvents(ctx, deadline) {
 			return &admin.EventPage{Events: []audit.Event{}, LastID: last}, nil
 		}
 	}
+}
+
+// waitForEvents sleeps until the next poll of a follower; false if the
+// request or the authority ends first.
+func (s *Server) waitForEvents(ctx context.Context, deadline time.Time) bool {
+	s.trail.waiting.Add(1)
+	defer s.trail.waiting.Add(-1)
+	t := time.NewTimer(min(followPoll, time.Until(deadline)))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+	case <-s.trail.closing:
+	}
+	return false
 }
 
 func nonNilEvents(evs []audit.Event) []audit.Event {
