@@ -34,7 +34,8 @@ const (
 
 // Config configures an authority.
 type Config struct {
-	DataDir       string        // created 0700; holds midfs.db and admin.sock
+	DataDir       string        // created 0700; holds admin.sock, and midfs.db unless DB is set
+	DB            string        // "": SQLite in DataDir; postgres://...: a PostgreSQL database replicas share
 	Listen        string        // "0.0.0.0:3025" by default; tests use "127.0.0.1:0"
 	AdvertiseAddr string        // HOST:PORT printed in `bots add` output; default: listen IP, or hostname, and the port
 	ClusterName   string        // used only on first start; default: the machine's hostname

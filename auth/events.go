@@ -135,7 +135,7 @@ func (s *Server) complete(ctx context.Context, e *audit.Event) {
 	if e.Time.IsZero() {
 		e.Time = s.cfg.Clock.Now()
 	}
-	e.Time = e.Time.UTC()
+	e.Time = e.Time.UTC().Truncate(time.Microsecond) // what every backend keeps
 	if e.Actor == nil {
 		e.Actor = admin.ActorOf(ctx)
 	}
@@ -201,7 +201,7 @@ func (s *Server) writeRefusals(first audit.Event) {
 		break
 	}
 	if n := s.trail.dropped.Swap(0); n > 0 {
-		batch = append(batch, audit.Event{Type: audit.RefusalsDropped, Count: n, Time: s.cfg.Clock.Now().UTC()})
+		batch = append(batch, audit.Event{Type: audit.RefusalsDropped, Count: n, Time: s.cfg.Clock.Now().UTC().Truncate(time.Microsecond)})
 	}
 	ctx := context.Background()
 	err := s.st.Update(ctx, func(tx store.Tx) error {
@@ -266,36 +266,44 @@ func (s *Server) pruneEvents() {
 	}
 }
 
-// Events serves a page of the audit trail (`midfs events`). In ID order
-// with q.Wait, it waits up to q.Wait for an event to come.
+// Events serves a page of the audit trail (`midfs events`): of a listing
+// by time, or of following the trail, which waits up to q.Wait for an
+// event to come.
 func (s *Server) Events(ctx context.Context, q admin.EventQuery) (*admin.EventPage, error) {
 	if !q.Since.IsZero() && !q.Until.IsZero() && !q.Since.Before(q.Until) {
 		return nil, admin.Errorf(admin.Invalid, "--since %s is not before --until %s", q.Since.UTC().Format(time.RFC3339), q.Until.UTC().Format(time.RFC3339))
 	}
-	last, err := s.st.LastEventID(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if last == 0 && !q.ByID {
-		return &admin.EventPage{Events: []audit.Event{}}, nil // nothing stored when asked
-	}
 	sq := store.EventQuery{Since: q.Since, Until: q.Until, Types: q.Types, Bot: q.Bot,
-		After: store.EventKey{Time: q.AfterTime, ID: q.AfterID}, ByID: q.ByID, MaxID: q.MaxID, Limit: q.Limit}
-	if !q.ByID && (sq.MaxID == 0 || sq.MaxID > last) {
-		// Pages of one listing show the trail as it was at its first.
-		sq.MaxID = last
-	}
-	deadline := time.Now().Add(q.Wait)
-	for {
+		After: store.EventKey{Time: q.AfterTime, ID: q.AfterID}, Upto: store.EventPos(q.Upto), Limit: q.Limit}
+	if !q.Follow {
+		if sq.Upto == "" {
+			// Pages of one listing show the trail as it was at its first.
+			end, err := s.st.EventEnd(ctx)
+			if err != nil {
+				return nil, err
+			}
+			sq.Upto = end
+		}
 		evs, err := s.st.Events(ctx, sq)
+		if errors.Is(err, store.ErrBadEventPos) {
+			return nil, admin.Mark(admin.Invalid, err)
+		}
 		if err != nil {
 			return nil, err
 		}
-		if len(evs) > 0 || !q.ByID || !time.Now().Before(deadline) {
-			return &admin.EventPage{Events: nonNilEvents(evs), LastID: last}, nil
+		return &admin.EventPage{Events: nonNilEvents(evs), End: string(sq.Upto)}, nil
+	}
+	deadline := time.Now().Add(q.Wait)
+	for {
+		evs, next, err := s.st.EventsAfter(ctx, store.EventPos(q.From), sq)
+		if errors.Is(err, store.ErrBadEventPos) {
+			return nil, admin.Mark(admin.Invalid, err)
 		}
-		if !s.waitForEvents(ctx, deadline) {
-			return &admin.EventPage{Events: []audit.Event{}, LastID: last}, nil
+		if err != nil {
+			return nil, err
+		}
+		if len(evs) > 0 || !time.Now().Before(deadline) || !s.waitForEvents(ctx, deadline) {
+			return &admin.EventPage{Events: nonNilEvents(evs), Next: string(next)}, nil
 		}
 	}
 }

@@ -471,13 +471,13 @@ func TestFollowWaitsForTheNextEvent(t *testing.T) {
 	ac := dialAdmin(t, s)
 	ctx := context.Background()
 	addBot(t, s, "first", []string{"access"}, nil)
-	last, err := s.st.LastEventID(ctx)
-	if err != nil {
-		t.Fatal(err)
+	listed, err := ac.Events(ctx, admin.EventQuery{})
+	if err != nil || len(listed.Events) != 2 {
+		t.Fatalf("listing: %+v %v", listed, err)
 	}
 	got := make(chan *admin.EventPage, 1)
 	go func() {
-		p, err := ac.Events(ctx, admin.EventQuery{ByID: true, AfterID: last, Wait: admin.MaxEventWait, Types: []string{audit.BotCreated}})
+		p, err := ac.Events(ctx, admin.EventQuery{Follow: true, From: listed.End, Wait: admin.MaxEventWait, Types: []string{audit.BotCreated}})
 		if err != nil {
 			t.Error(err)
 		}
@@ -488,7 +488,11 @@ func TestFollowWaitsForTheNextEvent(t *testing.T) {
 	if p == nil || len(p.Events) != 1 || p.Events[0].Bot != "second" {
 		t.Fatalf("follower got %+v, want bot.created of second", p)
 	}
-	go ac.Events(ctx, admin.EventQuery{ByID: true, AfterID: p.Events[0].ID + 100, Wait: admin.MaxEventWait})
+	end, err := ac.Events(ctx, admin.EventQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ac.Events(ctx, admin.EventQuery{Follow: true, From: end.End, Wait: admin.MaxEventWait})
 	for s.trail.waiting.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}
@@ -527,7 +531,8 @@ func TestBadEventQueries(t *testing.T) {
 	}{
 		{admin.EventQuery{Types: []string{"bot.exploded"}}, `unknown event type "bot.exploded"`},
 		{admin.EventQuery{Since: time.Now(), Until: time.Now().Add(-time.Hour)}, "is not before --until"},
-		{admin.EventQuery{ByID: true, Wait: time.Hour}, "bad wait"},
+		{admin.EventQuery{Follow: true, Wait: time.Hour}, "bad wait"},
+		{admin.EventQuery{Follow: true, From: "nonsense"}, "bad event position"},
 	} {
 		_, err := ac.Events(ctx, c.q)
 		if err == nil || admin.KindOf(err) != admin.Invalid || !strings.Contains(err.Error(), c.want) {

@@ -72,6 +72,7 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 	var bot *store.Bot
 	var known refusal // the token and bot a refusal is about, once known
 	err = s.st.Update(ctx, func(tx store.Tx) error {
+		bot, known = nil, refusal{} // fn may run again (store.Store)
 		t, err := tx.TokenBySecret(ctx, secret)
 		if errors.Is(err, store.ErrNotFound) {
 			return refuseToken("token_unknown", "no such token")
@@ -149,6 +150,7 @@ func (s *Server) renew(ctx context.Context, bc *botCert, req *wire.RenewRequest)
 	var gen uint64
 	var retry bool
 	err = s.st.Update(ctx, func(tx store.Tx) error {
+		bot, locked, retry = nil, nil, false // fn may run again (store.Store)
 		b, err := s.checkBot(ctx, tx, bc)
 		if err != nil {
 			return err

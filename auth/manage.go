@@ -234,6 +234,7 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 		defer s.inv.changed()
 	}
 	err := s.st.Update(ctx, func(tx store.Tx) error {
+		done = nil // fn may run again (store.Store)
 		// put stores one resource with save, refusing to replace one
 		// that exists unless force is set.
 		put := func(kind, name string, save func() error) error {

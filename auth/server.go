@@ -21,6 +21,7 @@ import (
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store"
+	"github.com/midfs/midfs/auth/store/postgres"
 	"github.com/midfs/midfs/auth/store/sqlite"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
@@ -58,7 +59,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	st, err := sqlite.Open(cfg.DataDir)
+	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -114,6 +115,25 @@ func (s *Server) Close() error {
 		s.log.Info("authority stopped", "cluster", s.cluster)
 	})
 	return s.closeErr
+}
+
+// openStore opens the state cfg.DB names: SQLite in the data directory by
+// default, or a PostgreSQL database that replicas share. There a stored
+// cluster other than an explicit --cluster-name is refused, nothing
+// written: the likely cause is a --db of another cluster, in a config
+// shared by replicas. The data directory is this authority's own, and
+// keeps its cluster whatever --cluster-name says (loadOrInit warns).
+func openStore(ctx context.Context, cfg Config) (store.Store, error) {
+	opts := store.Options{Logger: cfg.Logger}
+	switch {
+	case cfg.DB == "":
+		return sqlite.Open(cfg.DataDir, opts)
+	case postgres.IsURL(cfg.DB):
+		opts.Cluster = cfg.ClusterName
+		return postgres.Open(ctx, cfg.DB, opts)
+	}
+	// Not quoted: it may hold a password.
+	return nil, errors.New("bad --db: want postgres://USER@HOST:PORT/DATABASE?OPTIONS, or no --db for SQLite in --data-dir")
 }
 
 // loadOrInit reads the cluster name and CAs, making them (and the built-in

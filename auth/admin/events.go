@@ -12,31 +12,38 @@ import (
 	"github.com/midfs/midfs/auth/audit"
 )
 
-// EventQuery asks for a page of the audit trail (GET /v1/events). The
-// order and paging are those of store.EventQuery.
+// EventQuery asks for a page of the audit trail (GET /v1/events): a page
+// of a listing by time, or of following the trail (Follow). Paging and
+// positions are those of store.EventQuery and store.EventReader.
 type EventQuery struct {
 	Since, Until time.Time
 	Types        []string
 	Bot          string
-	AfterTime    time.Time // in time order, continue after the event (AfterTime, AfterID)
-	AfterID      int64
-	ByID         bool  // ID order, after AfterID: following the trail
-	MaxID        int64 // 0: the newest event when the query runs
-	Limit        int
-	// Wait, in ID order, is how long the authority may wait for an event
-	// before it answers with none.
+	// A listing goes on after the event (AfterTime, AfterID) and stops at
+	// Upto, the End of its first page ("" on the first page).
+	AfterTime time.Time
+	AfterID   int64
+	Upto      string
+	// Following goes on from From (a listing's End, or the Next of the
+	// page before).
+	Follow bool
+	From   string
+	Limit  int
+	// Wait, when following, is how long the authority may wait for an
+	// event before it answers with none.
 	Wait time.Duration
 }
 
 // MaxEventWait bounds EventQuery.Wait, below the client's timeout.
 const MaxEventWait = 30 * time.Second
 
-// EventPage is a page of events and the ID of the newest event when the
-// query ran (what a listing bounds its later pages and a follower starts
-// after).
+// EventPage is a page of events. End, in a listing, is where it stops
+// (the end of the trail when its first page was read): where following it
+// starts. Next, when following, is where to go on from.
 type EventPage struct {
 	Events []audit.Event `json:"events"`
-	LastID int64         `json:"last_id"`
+	End    string        `json:"end,omitempty"`
+	Next   string        `json:"next,omitempty"`
 }
 
 func (q EventQuery) values() url.Values {
@@ -56,15 +63,19 @@ func (q EventQuery) values() url.Values {
 	if len(q.Types) > 0 {
 		v.Set("type", strings.Join(q.Types, ","))
 	}
-	if q.Bot != "" {
-		v.Set("bot", q.Bot)
+	setString := func(k, s string) {
+		if s != "" {
+			v.Set(k, s)
+		}
 	}
+	setString("bot", q.Bot)
 	setTime("after_time", q.AfterTime)
 	setInt("after_id", q.AfterID)
-	if q.ByID {
-		v.Set("by_id", "true")
+	setString("upto", q.Upto)
+	if q.Follow {
+		v.Set("follow", "true")
 	}
-	setInt("max_id", q.MaxID)
+	setString("from", q.From)
 	setInt("limit", int64(q.Limit))
 	if q.Wait > 0 {
 		v.Set("wait", q.Wait.String())
@@ -99,8 +110,8 @@ func parseEventQuery(v url.Values) (EventQuery, error) {
 		return n
 	}
 	q.Since, q.Until, q.AfterTime = getTime("since"), getTime("until"), getTime("after_time")
-	q.AfterID, q.MaxID, q.Limit = getInt("after_id"), getInt("max_id"), int(getInt("limit"))
-	q.Bot, q.ByID = v.Get("bot"), v.Get("by_id") == "true"
+	q.AfterID, q.Limit = getInt("after_id"), int(getInt("limit"))
+	q.Bot, q.Upto, q.Follow, q.From = v.Get("bot"), v.Get("upto"), v.Get("follow") == "true", v.Get("from")
 	if err == nil {
 		q.Types, err = audit.ParseTypes(v.Get("type"))
 	}

@@ -2,21 +2,38 @@ package store
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/midfs/midfs/auth/audit"
 )
 
+// The audit trail (package auth/audit says what an event is). Events are
+// written inside the transaction of the change they describe, so that the
+// event commits with the change or neither does; they are read in two
+// ways: listed by time (`midfs events --since`), and followed in the
+// order they become readable (`midfs events --follow`).
+
 // EventReader reads the audit trail.
 type EventReader interface {
-	// Events returns the stored events q selects, at most q.Limit.
+	// Events lists the events q selects, by Time then ID, at most
+	// q.PageLimit().
 	Events(ctx context.Context, q EventQuery) ([]audit.Event, error)
-	// LastEventID is the ID of the newest stored event, 0 if none.
-	LastEventID(ctx context.Context) (int64, error)
+	// EventsAfter follows the trail: the events after position pos that
+	// q's filters select (q.After and q.Upto are ignored), at most
+	// q.PageLimit(), and the position to go on from. An event is returned
+	// only once no event that would come before it can still commit, so
+	// that a follower that goes on from each answer's position sees every
+	// event exactly once, whatever its time and however many writers
+	// there are.
+	EventsAfter(ctx context.Context, pos EventPos, q EventQuery) ([]audit.Event, EventPos, error)
+	// EventEnd is the position of the end of the trail now: a listing
+	// bounded by it (EventQuery.Upto) and a follower that starts at it
+	// see every event once between them.
+	EventEnd(ctx context.Context) (EventPos, error)
 }
 
-// EventWriter writes the audit trail, inside the transaction of the change
-// an event describes: the event commits with the change, or neither does.
+// EventWriter writes the audit trail.
 type EventWriter interface {
 	// AddEvent stores e with the next ID (e.ID is ignored).
 	AddEvent(ctx context.Context, e *audit.Event) error
@@ -25,30 +42,29 @@ type EventWriter interface {
 	PruneEvents(ctx context.Context, cutoff time.Time, limit int) (int64, error)
 }
 
-// EventQuery selects events. Every filter set must hold.
-//
-// Events come in one of two orders:
-//
-//   - By time (the default): by Time, then ID; After continues a listing
-//     after the event it names. A listing of a time range made page by
-//     page sees every event of the range that committed before it began
-//     (bound it with MaxID) exactly once.
-//   - By ID (ByID): by ID, after After.ID. IDs grow in the order events
-//     commit, and a backend returns an event only once no event with a
-//     lower ID can commit any more, so that a reader that follows the
-//     trail by ID (`midfs events --follow`) misses none.
+// EventPos is a place in the trail, as a backend writes it; "" is its
+// start. It travels through the admin socket unchanged.
+type EventPos string
+
+// ErrBadEventPos: a position that the backend did not write.
+var ErrBadEventPos = errors.New("bad event position")
+
+// EventQuery selects events. Every filter that is set must hold.
 type EventQuery struct {
 	Since time.Time // Time >= Since; zero: no bound
 	Until time.Time // Time < Until; zero: no bound
 	Types []string  // Type is one of these; none: every type
 	Bot   string    // Bot is this; "": any
-	After EventKey  // continue after this event; zero: from the start
-	ByID  bool
-	MaxID int64 // ID <= MaxID; 0: no bound
-	Limit int   // at most this many; 0: DefaultEventLimit
+	// After continues a listing after the event it names; zero: from the
+	// start.
+	After EventKey
+	// Upto keeps events that become readable after the position (the
+	// first page's EventEnd) out of a listing; "": no bound.
+	Upto  EventPos
+	Limit int // at most this many; 0: DefaultEventLimit
 }
 
-// EventKey names an event's place in a listing.
+// EventKey is an event's place in a listing.
 type EventKey struct {
 	Time time.Time
 	ID   int64
@@ -57,7 +73,7 @@ type EventKey struct {
 // Key is e's place in a listing.
 func Key(e audit.Event) EventKey { return EventKey{Time: e.Time, ID: e.ID} }
 
-// DefaultEventLimit is the page size when a query gives none, and
+// DefaultEventLimit is the page size of a query that gives none, and
 // MaxEventLimit the largest a backend serves.
 const (
 	DefaultEventLimit = 1000

@@ -1,8 +1,14 @@
 // Package store is the authority's state behind one small interface: the
 // cluster name and CA keys, roles, bots, join tokens and nodes. A backend
-// (SQLite in store/sqlite; PostgreSQL next) implements Store; the authority
+// (SQLite in store/sqlite, the embedded default; PostgreSQL in
+// store/postgres, shared by replicas) implements Store; the authority
 // (package auth) holds the rules of what to read and write, so a new backend
 // is a new implementation of these methods, not an edit of every query.
+// One suite (store/storetest) checks every promise below on every backend.
+//
+// A method added here is added to both backends, with a test in storetest;
+// a table or column is a new numbered migration in each backend's list
+// (never an edit of a released one), and a table is carried by Dump.
 //
 // Only auth and its sub-packages import it. It imports policy (roles and
 // allow rules are stored as policy values) and identity (nodes), never auth.
@@ -10,7 +16,10 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/midfs/midfs/auth/policy"
@@ -26,9 +35,42 @@ var (
 	ErrConflict = errors.New("already exists")
 	// ErrClosed: the store is closing and takes no more changes.
 	ErrClosed = errors.New("authority is shutting down")
+	// ErrSchemaNewer: the state was written by a newer midfs, whose
+	// tables this one does not know; Open refuses it, writing nothing.
+	ErrSchemaNewer = errors.New("the database was written by a newer midfs")
+	// ErrOtherCluster: the state belongs to another cluster than
+	// Options.Cluster; Open refuses it, writing nothing.
+	ErrOtherCluster = errors.New("the database holds another cluster")
 )
 
-// Store is the authority's state.
+// Options are what every backend's Open takes.
+type Options struct {
+	// Cluster, if set, is the cluster the opener serves: a state that
+	// holds another cluster's name is refused (ErrOtherCluster) before
+	// anything is written. A fresh state accepts any.
+	Cluster string
+	// PollInterval bounds how late Changed reports a change made through
+	// another handle when no faster signal arrives (0: DefaultPollInterval).
+	PollInterval time.Duration
+	// Logger gets what a backend has to say outside any call (a lost
+	// connection to the database); nil: slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultPollInterval is Options.PollInterval's default.
+const DefaultPollInterval = 5 * time.Second
+
+// Topics of Versions and Changed.
+const (
+	// TopicInventory moves with every committed change of what any bot's
+	// node list shows: PutNode, PutRole, Remove of a node or role,
+	// SetBotGrants, Init and Restore move it.
+	TopicInventory = "inventory"
+)
+
+// Store is the authority's state. Several Stores may be open on one state
+// (replicas on one PostgreSQL database; for tests, two handles on one
+// SQLite file): every guarantee holds across them.
 //
 // The guarantees callers rely on:
 //
@@ -37,11 +79,20 @@ var (
 //     or none is. An error from fn undoes fn's changes only (a backend may
 //     commit several callers' functions together, but never lets one undo
 //     another's) and is returned as it is.
+//   - fn may run more than once: a backend that loses a serialization
+//     conflict undoes the attempt and runs fn again. Only the last run's
+//     changes and result count, so fn sets every result it hands out on
+//     each run and keeps nothing from an earlier one.
 //   - A commit is durable before Update returns nil: a change the client
 //     was told about survives a crash or power cut.
 //   - Update waits until fn has run and its changes are committed or
 //     undone, even when ctx is cancelled: a change, once queued, is never
-//     left half-known to its caller.
+//     left half-known to its caller. (A database server that goes away
+//     during a commit leaves its outcome unknown: Update then returns an
+//     error though the change may have committed. The authority's writes
+//     are safe to retry, for that reason among others.)
+//   - Once Update has returned nil, every read of every Store on the
+//     state sees the change.
 //
 // From these the authority builds its promises: a one-time token is used
 // exactly once (UseToken inside Update); a bot's generation moves exactly
@@ -54,6 +105,13 @@ var (
 type Store interface {
 	Reader
 	Update(ctx context.Context, fn func(Tx) error) error
+	// Changed returns a channel that receives a value after a change of
+	// topic committed, through this Store or another on the same state:
+	// at once for this Store's own changes, and within the backend's
+	// bound (Options.PollInterval at most) for another's. One value may
+	// stand for several changes; read Versions for where things are. The
+	// channel is closed by Close.
+	Changed(topic string) <-chan struct{}
 	Close() error
 }
 
@@ -64,6 +122,12 @@ type Reader interface {
 	Ping(ctx context.Context) error
 	// ClusterName is fixed by Init; ErrNotFound before it.
 	ClusterName(ctx context.Context) (string, error)
+	// ClusterID is a random name made by Init and kept by Restore: two
+	// states of one cluster name made apart never share it.
+	ClusterID(ctx context.Context) (string, error)
+	// Versions says how many changes each topic (Topic*) has seen; a
+	// topic never changed is absent.
+	Versions(ctx context.Context) (map[string]uint64, error)
 	CAs(ctx context.Context) ([]CA, error)
 
 	Bot(ctx context.Context, name string) (*Bot, error)
@@ -87,10 +151,13 @@ type Tx interface {
 	Reader
 	EventWriter // the audit trail (event.go)
 
-	// Init stores the cluster name, its CAs and the built-in roles, unless a
-	// cluster name is stored already (a concurrent first start): then it
-	// changes nothing and returns false.
+	// Init stores the cluster name, a new ClusterID, its CAs and the
+	// built-in roles, unless a cluster name is stored already (a
+	// concurrent first start): then it changes nothing and returns false.
 	Init(ctx context.Context, cluster string, cas []CA, roles []policy.Role) (bool, error)
+	// Restore writes a whole state (moved from another backend) as it
+	// was, into a state that has no cluster yet; ErrConflict if it has.
+	Restore(ctx context.Context, d *Dump) error
 
 	// AddBot stores a new bot; ErrConflict if one of that name exists.
 	AddBot(ctx context.Context, b *Bot) error
@@ -161,4 +228,55 @@ type Token struct {
 	Used         time.Time // zero while unused; only one-time tokens get used
 	UsedKeyHash  []byte
 	UsedInstance string
+}
+
+// Dump is a whole state: what `midfs auth migrate` moves from one backend
+// to another. Every stored table is in it.
+type Dump struct {
+	ClusterName string
+	ClusterID   string
+	Versions    map[string]uint64
+	CAs         []CA
+	Roles       []policy.Role
+	Bots        []*Bot
+	Tokens      []*Token
+	Nodes       []identity.Node
+}
+
+// DumpState reads a whole state; inside Update, all of it at one moment.
+func DumpState(ctx context.Context, r Reader) (*Dump, error) {
+	var d Dump
+	var err error
+	if d.ClusterName, err = r.ClusterName(ctx); err != nil {
+		return nil, err
+	}
+	if d.ClusterID, err = r.ClusterID(ctx); err != nil {
+		return nil, err
+	}
+	if d.Versions, err = r.Versions(ctx); err != nil {
+		return nil, err
+	}
+	if d.CAs, err = r.CAs(ctx); err != nil {
+		return nil, err
+	}
+	if d.Roles, err = r.AllRoles(ctx); err != nil {
+		return nil, err
+	}
+	if d.Bots, err = r.Bots(ctx); err != nil {
+		return nil, err
+	}
+	if d.Tokens, err = r.Tokens(ctx); err != nil {
+		return nil, err
+	}
+	if d.Nodes, err = r.Nodes(ctx); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// NewClusterID makes a ClusterID (Init's).
+func NewClusterID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }

@@ -68,9 +68,9 @@ func events(c *cli.Context) error {
 	defer stop()
 	w := bufio.NewWriter(c.App.Writer)
 	defer w.Flush()
-	last, err := listEvents(ctx, ac, q, w, format)
+	end, err := listEvents(ctx, ac, q, w, format)
 	if err == nil && follow {
-		err = followEvents(ctx, ac, q, last, w, format)
+		err = followEvents(ctx, ac, q, end, w, format)
 	}
 	if err != nil && ctx.Err() == nil {
 		return fail(exitFailure, err)
@@ -100,36 +100,31 @@ func eventQuery(c *cli.Context, now time.Time) (admin.EventQuery, error) {
 }
 
 // listEvents prints the events q selects, page by page, as the trail was
-// when the first page was read; it returns the ID of the newest event
-// then, where following starts.
-func listEvents(ctx context.Context, ac *admin.Client, q admin.EventQuery, w *bufio.Writer, format string) (int64, error) {
-	first := true
-	var last int64
+// when the first page was read; it returns where the listing ended, where
+// following starts.
+func listEvents(ctx context.Context, ac *admin.Client, q admin.EventQuery, w *bufio.Writer, format string) (string, error) {
 	for {
 		p, err := ac.Events(ctx, q)
 		if err != nil {
-			return 0, err
+			return "", err
 		}
-		if first {
-			first, last = false, p.LastID
-			q.MaxID = last
-		}
+		q.Upto = p.End
 		if err := printEvents(w, p.Events, format); err != nil {
-			return 0, err
+			return "", err
 		}
 		if len(p.Events) < q.Limit {
-			return last, nil
+			return p.End, nil
 		}
 		e := p.Events[len(p.Events)-1]
 		q.AfterTime, q.AfterID = e.Time, e.ID
 	}
 }
 
-// followEvents prints events after ID after, in the order they were
-// committed, until ctx ends. The authority holds each request until an
-// event comes or followWait passes.
-func followEvents(ctx context.Context, ac *admin.Client, q admin.EventQuery, after int64, w *bufio.Writer, format string) error {
-	fq := admin.EventQuery{Types: q.Types, Bot: q.Bot, ByID: true, AfterID: after, Limit: eventsPage, Wait: followWait}
+// followEvents prints the events after position from, in the order they
+// were committed, until ctx ends. The authority holds each request until
+// an event comes or followWait passes.
+func followEvents(ctx context.Context, ac *admin.Client, q admin.EventQuery, from string, w *bufio.Writer, format string) error {
+	fq := admin.EventQuery{Types: q.Types, Bot: q.Bot, Follow: true, From: from, Limit: eventsPage, Wait: followWait}
 	for ctx.Err() == nil {
 		p, err := ac.Events(ctx, fq)
 		if err != nil {
@@ -138,9 +133,7 @@ func followEvents(ctx context.Context, ac *admin.Client, q admin.EventQuery, aft
 		if err := printEvents(w, p.Events, format); err != nil {
 			return err
 		}
-		if n := len(p.Events); n > 0 {
-			fq.AfterID = p.Events[n-1].ID
-		}
+		fq.From = p.Next
 	}
 	return nil
 }

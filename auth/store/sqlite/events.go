@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,16 +22,16 @@ import (
 // which is the ID, ends each index entry, so (time, id) order needs no
 // sort), by bot, and by type, each then by time.
 const eventSchema = `
-CREATE TABLE IF NOT EXISTS events (
+CREATE TABLE events (
 	id   INTEGER PRIMARY KEY AUTOINCREMENT,
 	time INTEGER NOT NULL,
 	type TEXT NOT NULL,
 	bot  TEXT NOT NULL DEFAULT '',
 	data TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_time ON events(time);
-CREATE INDEX IF NOT EXISTS events_bot ON events(bot, time);
-CREATE INDEX IF NOT EXISTS events_type ON events(type, time);
+CREATE INDEX events_time ON events(time);
+CREATE INDEX events_bot ON events(bot, time);
+CREATE INDEX events_type ON events(type, time);
 `
 
 // unixNano is t in the time column; the zero time is the smallest value.
@@ -54,15 +55,92 @@ func (t *txn) PruneEvents(ctx context.Context, cutoff time.Time, limit int) (int
 	return t.exec(ctx, `DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < ? ORDER BY time LIMIT ?)`, cutoff.UnixNano(), limit)
 }
 
-func (r reader) LastEventID(ctx context.Context) (int64, error) {
+// A position is the ID of the last event before it: with one writer per
+// file, IDs are given in commit order, so an event with a higher ID than
+// one already read can never commit earlier.
+
+func parsePos(pos store.EventPos) (int64, error) {
+	if pos == "" {
+		return 0, nil
+	}
+	id, err := strconv.ParseInt(string(pos), 10, 64)
+	if err != nil || id < 0 {
+		return 0, fmt.Errorf("%w %q", store.ErrBadEventPos, pos)
+	}
+	return id, nil
+}
+
+func (r reader) EventEnd(ctx context.Context) (store.EventPos, error) {
 	var id int64
 	err := r.q.QueryRowContext(r.ctx(ctx), `SELECT coalesce(max(id), 0) FROM events`).Scan(&id)
-	return id, err
+	return store.EventPos(strconv.FormatInt(id, 10)), err
 }
 
 func (r reader) Events(ctx context.Context, q store.EventQuery) ([]audit.Event, error) {
-	query, args := eventSQL(q)
-	rows, err := r.q.QueryContext(r.ctx(ctx), query, args...)
+	upto, err := parsePos(q.Upto)
+	if err != nil {
+		return nil, err
+	}
+	w := filters(q)
+	if q.Upto != "" {
+		w.cond(`id <= ?`, upto)
+	}
+	if !q.After.Time.IsZero() || q.After.ID != 0 {
+		w.cond(`(time, id) > (?, ?)`, unixNano(q.After.Time), q.After.ID)
+	}
+	return r.queryEvents(ctx, w, `time, id`, q.PageLimit())
+}
+
+func (r reader) EventsAfter(ctx context.Context, pos store.EventPos, q store.EventQuery) ([]audit.Event, store.EventPos, error) {
+	after, err := parsePos(pos)
+	if err != nil {
+		return nil, pos, err
+	}
+	w := filters(q)
+	w.cond(`id > ?`, after)
+	evs, err := r.queryEvents(ctx, w, `id`, q.PageLimit())
+	if err != nil || len(evs) == 0 {
+		return nil, pos, err
+	}
+	return evs, store.EventPos(strconv.FormatInt(evs[len(evs)-1].ID, 10)), nil
+}
+
+// where is the WHERE clause of a query being built.
+type where struct {
+	conds []string
+	args  []any
+}
+
+func (w *where) cond(c string, args ...any) {
+	w.conds = append(w.conds, c)
+	w.args = append(w.args, args...)
+}
+
+// filters is the clause of q's filters.
+func filters(q store.EventQuery) *where {
+	w := &where{}
+	if !q.Since.IsZero() {
+		w.cond(`time >= ?`, unixNano(q.Since))
+	}
+	if !q.Until.IsZero() {
+		w.cond(`time < ?`, unixNano(q.Until))
+	}
+	if len(q.Types) > 0 {
+		w.cond(`type IN (?`+strings.Repeat(`, ?`, len(q.Types)-1)+`)`, anys(q.Types)...)
+	}
+	if q.Bot != "" {
+		w.cond(`bot = ?`, q.Bot)
+	}
+	return w
+}
+
+func (r reader) queryEvents(ctx context.Context, w *where, order string, limit int) ([]audit.Event, error) {
+	query := `SELECT id, time, type, bot, data FROM events`
+	if len(w.conds) > 0 {
+		query += ` WHERE ` + strings.Join(w.conds, ` AND `)
+	}
+	query += ` ORDER BY ` + order + ` LIMIT ?`
+	rows, err := r.q.QueryContext(r.ctx(ctx), query, append(w.args, limit)...)
 	if err != nil {
 		return nil, err
 	}
@@ -84,44 +162,6 @@ func (r reader) Events(ctx context.Context, q store.EventQuery) ([]audit.Event, 
 		out = append(out, e)
 	}
 	return out, rows.Err()
-}
-
-// eventSQL builds the query of q. With a single writer, IDs are given in
-// commit order, so the ByID order needs nothing more to miss no event.
-func eventSQL(q store.EventQuery) (string, []any) {
-	var where []string
-	var args []any
-	cond := func(c string, a ...any) {
-		where = append(where, c)
-		args = append(args, a...)
-	}
-	if !q.Since.IsZero() {
-		cond(`time >= ?`, unixNano(q.Since))
-	}
-	if !q.Until.IsZero() {
-		cond(`time < ?`, unixNano(q.Until))
-	}
-	if len(q.Types) > 0 {
-		cond(`type IN (?`+strings.Repeat(`, ?`, len(q.Types)-1)+`)`, anys(q.Types)...)
-	}
-	if q.Bot != "" {
-		cond(`bot = ?`, q.Bot)
-	}
-	if q.MaxID > 0 {
-		cond(`id <= ?`, q.MaxID)
-	}
-	order := `time, id`
-	if q.ByID {
-		order = `id`
-		cond(`id > ?`, q.After.ID)
-	} else if !q.After.Time.IsZero() || q.After.ID != 0 {
-		cond(`(time, id) > (?, ?)`, unixNano(q.After.Time), q.After.ID)
-	}
-	sql := `SELECT id, time, type, bot, data FROM events`
-	if len(where) > 0 {
-		sql += ` WHERE ` + strings.Join(where, ` AND `)
-	}
-	return sql + ` ORDER BY ` + order + ` LIMIT ?`, append(args, q.PageLimit())
 }
 
 func anys(s []string) []any {

@@ -63,7 +63,7 @@ func queryAll[T any](ctx context.Context, r reader, query string, scan func(rowS
 
 func (r reader) Ping(ctx context.Context) error {
 	var one int
-	return r.q.QueryRowContext(r.ctx(ctx), `SELECT 1 FROM meta LIMIT 1`).Scan(&one)
+	return r.q.QueryRowContext(r.ctx(ctx), `SELECT count(*) FROM meta`).Scan(&one)
 }
 
 func (r reader) ClusterName(ctx context.Context) (string, error) {
@@ -73,6 +73,33 @@ func (r reader) ClusterName(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("cluster name: %w", store.ErrNotFound)
 	}
 	return cluster, err
+}
+
+func (r reader) ClusterID(ctx context.Context) (string, error) {
+	var id string
+	err := r.q.QueryRowContext(r.ctx(ctx), `SELECT value FROM meta WHERE key = 'cluster_id'`).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("cluster ID: %w", store.ErrNotFound)
+	}
+	return id, err
+}
+
+func (r reader) Versions(ctx context.Context) (map[string]uint64, error) {
+	rows, err := r.q.QueryContext(r.ctx(ctx), `SELECT topic, version FROM versions`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]uint64{}
+	for rows.Next() {
+		var topic string
+		var v uint64
+		if err := rows.Scan(&topic, &v); err != nil {
+			return nil, err
+		}
+		out[topic] = v
+	}
+	return out, rows.Err()
 }
 
 func (r reader) CAs(ctx context.Context) ([]store.CA, error) {
@@ -242,7 +269,27 @@ func (r reader) Exists(ctx context.Context, kind, name string) (bool, error) {
 // txn implements store.Tx over one savepoint of the writer's transaction.
 type txn struct {
 	reader
-	tx *sql.Tx
+	tx     *sql.Tx
+	bumped map[string]uint64 // topics whose version this txn moved, to where
+}
+
+// bump moves topic's version on by one.
+func (t *txn) bump(ctx context.Context, topic string) error {
+	var v uint64
+	err := t.tx.QueryRowContext(t.ctx(ctx), `INSERT INTO versions(topic, version) VALUES (?, 1)
+		ON CONFLICT(topic) DO UPDATE SET version = version + 1 RETURNING version`, topic).Scan(&v)
+	if err != nil {
+		return err
+	}
+	t.touched(topic, v)
+	return nil
+}
+
+func (t *txn) touched(topic string, version uint64) {
+	if t.bumped == nil {
+		t.bumped = map[string]uint64{}
+	}
+	t.bumped[topic] = version
 }
 
 // exec runs a change and says how many rows it touched.
@@ -262,6 +309,9 @@ func (t *txn) Init(ctx context.Context, cluster string, cas []store.CA, roles []
 	if err != nil || n == 0 {
 		return false, err
 	}
+	if _, err := t.exec(ctx, `INSERT INTO meta(key, value) VALUES ('cluster_id', ?)`, store.NewClusterID()); err != nil {
+		return false, err
+	}
 	for _, ca := range cas {
 		if _, err := t.exec(ctx, `INSERT INTO cas(kind, key_der, cert_der) VALUES (?, ?, ?)`, ca.Kind, ca.KeyDER, ca.CertDER); err != nil {
 			return false, err
@@ -275,6 +325,51 @@ func (t *txn) Init(ctx context.Context, cluster string, cas []store.CA, roles []
 	return true, nil
 }
 
+func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
+	n, err := t.exec(ctx, `INSERT OR IGNORE INTO meta(key, value) VALUES ('cluster_name', ?), ('cluster_id', ?)`, d.ClusterName, d.ClusterID)
+	if err != nil {
+		return err
+	}
+	if n != 2 {
+		return fmt.Errorf("restore: %w: the state already holds a cluster", store.ErrConflict)
+	}
+	for topic, v := range d.Versions {
+		if _, err := t.exec(ctx, `INSERT INTO versions(topic, version) VALUES (?, ?)`, topic, v); err != nil {
+			return err
+		}
+		t.touched(topic, v)
+	}
+	for _, ca := range d.CAs {
+		if _, err := t.exec(ctx, `INSERT INTO cas(kind, key_der, cert_der) VALUES (?, ?, ?)`, ca.Kind, ca.KeyDER, ca.CertDER); err != nil {
+			return err
+		}
+	}
+	for _, r := range d.Roles {
+		if _, err := t.exec(ctx, `INSERT INTO roles(name, spec) VALUES (?, ?)`, r.Metadata.Name, mustJSON(r)); err != nil {
+			return err
+		}
+	}
+	for _, b := range d.Bots {
+		if _, err := t.exec(ctx, `INSERT INTO bots(`+botCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			b.Name, mustJSON(nonNil(b.Roles)), mustJSON(nonNil(b.Logins)), b.Instance, b.Generation, b.LastKeyHash, b.Locked, b.TokenName, b.Created.Unix()); err != nil {
+			return err
+		}
+	}
+	for _, tok := range d.Tokens {
+		if _, err := t.exec(ctx, `INSERT INTO tokens(`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			tok.Name, tok.SecretHash, tok.BotName, tok.JoinMethod, mustJSON(nonNil(tok.Allow)), zeroOrUnix(tok.Expires), tok.Created.Unix(),
+			zeroOrUnix(tok.Used), tok.UsedKeyHash, tok.UsedInstance); err != nil {
+			return err
+		}
+	}
+	for _, n := range d.Nodes {
+		if err := t.putNode(ctx, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (t *txn) AddBot(ctx context.Context, b *store.Bot) error {
 	_, err := t.exec(ctx, `INSERT INTO bots(name, roles, logins, instance, token_name, created) VALUES (?, ?, ?, ?, ?, ?)`,
 		b.Name, mustJSON(b.Roles), mustJSON(nonNil(b.Logins)), b.Instance, b.TokenName, b.Created.Unix())
@@ -284,7 +379,10 @@ func (t *txn) AddBot(ctx context.Context, b *store.Bot) error {
 func (t *txn) SetBotGrants(ctx context.Context, name string, roles, logins []string, tokenName string) error {
 	_, err := t.exec(ctx, `UPDATE bots SET roles = ?, logins = ?, token_name = ? WHERE name = ?`,
 		mustJSON(roles), mustJSON(nonNil(logins)), tokenName, name)
-	return err
+	if err != nil {
+		return err
+	}
+	return t.bump(ctx, store.TopicInventory)
 }
 
 func (t *txn) Rejoin(ctx context.Context, name, instance string, keyHash []byte) error {
@@ -303,12 +401,15 @@ func (t *txn) SetLocked(ctx context.Context, name, reason string) error {
 }
 
 func (t *txn) PutToken(ctx context.Context, tok *store.Token, replace bool) error {
-	verb := "INSERT"
+	q := `INSERT INTO tokens(name, secret_hash, bot_name, join_method, allow, expires, created) VALUES (?, ?, ?, ?, ?, ?, ?)`
 	if replace {
-		verb = "INSERT OR REPLACE"
+		// Not INSERT OR REPLACE: that would also delete another token
+		// whose secret hash this one repeats, where a conflict is due.
+		q += ` ON CONFLICT(name) DO UPDATE SET secret_hash = excluded.secret_hash, bot_name = excluded.bot_name,
+			join_method = excluded.join_method, allow = excluded.allow, expires = excluded.expires, created = excluded.created,
+			used = 0, used_key_hash = NULL, used_instance = ''`
 	}
-	_, err := t.exec(ctx, verb+` INTO tokens(name, secret_hash, bot_name, join_method, allow, expires, created) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		tok.Name, tok.SecretHash, tok.BotName, tok.JoinMethod, mustJSON(nonNil(tok.Allow)), zeroOrUnix(tok.Expires), tok.Created.Unix())
+	_, err := t.exec(ctx, q, tok.Name, tok.SecretHash, tok.BotName, tok.JoinMethod, mustJSON(nonNil(tok.Allow)), zeroOrUnix(tok.Expires), tok.Created.Unix())
 	return err
 }
 
@@ -332,11 +433,20 @@ func (t *txn) RemoveExpiredTokens(ctx context.Context, cutoff time.Time) (int64,
 }
 
 func (t *txn) PutRole(ctx context.Context, r policy.Role) error {
-	_, err := t.exec(ctx, `INSERT OR REPLACE INTO roles(name, spec) VALUES (?, ?)`, r.Metadata.Name, mustJSON(r))
-	return err
+	if _, err := t.exec(ctx, `INSERT OR REPLACE INTO roles(name, spec) VALUES (?, ?)`, r.Metadata.Name, mustJSON(r)); err != nil {
+		return err
+	}
+	return t.bump(ctx, store.TopicInventory)
 }
 
 func (t *txn) PutNode(ctx context.Context, n identity.Node) error {
+	if err := t.putNode(ctx, n); err != nil {
+		return err
+	}
+	return t.bump(ctx, store.TopicInventory)
+}
+
+func (t *txn) putNode(ctx context.Context, n identity.Node) error {
 	labels := n.Labels
 	if labels == nil {
 		labels = map[string]string{}
@@ -351,7 +461,15 @@ func (t *txn) Remove(ctx context.Context, kind, name string) (bool, error) {
 		return false, err
 	}
 	n, err := t.exec(ctx, `DELETE FROM `+tbl+` WHERE name = ?`, name)
-	return n > 0, err
+	if err != nil || n == 0 {
+		return false, err
+	}
+	if kind == policy.KindRole || kind == policy.KindNode {
+		if err := t.bump(ctx, store.TopicInventory); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // isUnique says whether err is a UNIQUE or PRIMARY KEY violation, by its

@@ -9,6 +9,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -22,9 +23,15 @@ import (
 // and File-shm beside it.
 const File = "midfs.db"
 
-// schema is the whole state. Times are Unix seconds. JSON columns hold
-// string lists and allow rules; nothing in them is ever queried by SQL.
-const schema = `
+// migrations make the state, one version each: migrations[i] takes a
+// state at version i to i+1, and PRAGMA user_version says where a state
+// is. A released migration is never edited; a change is a new one. Times
+// are Unix seconds. JSON columns hold string lists and allow rules;
+// nothing in them is ever queried by SQL.
+var migrations = []string{
+	// 1: the state as midfs first wrote it (without a version, so IF NOT
+	// EXISTS takes such a state to version 1 unchanged).
+	`
 CREATE TABLE IF NOT EXISTS meta (
 	key   TEXT PRIMARY KEY,
 	value TEXT NOT NULL
@@ -65,8 +72,19 @@ CREATE TABLE IF NOT EXISTS nodes (
 	name   TEXT PRIMARY KEY,
 	addr   TEXT NOT NULL,
 	labels TEXT NOT NULL DEFAULT '{}'
+);`,
+	// 2: versions of what handles cache, and the cluster's random ID
+	// (made here for a state initialised before IDs existed).
+	`
+CREATE TABLE versions (
+	topic   TEXT PRIMARY KEY,
+	version INTEGER NOT NULL
 );
-`
+INSERT INTO meta(key, value)
+	SELECT 'cluster_id', lower(hex(randomblob(16))) FROM meta WHERE key = 'cluster_name';`,
+	// 3: the audit trail (events.go).
+	eventSchema,
+}
 
 // Store is the SQLite state. Reads go straight to the pool (WAL lets them
 // run beside the writer); every change goes through the one writer, which
@@ -75,14 +93,18 @@ type Store struct {
 	reader // over the pool
 	db     *sql.DB
 	w      *writer
+	store.Watchers
+	stopPoll context.CancelFunc
+	polled   chan struct{}
 }
 
 var _ store.Store = (*Store)(nil)
 
-// Open opens or creates DATA_DIR/midfs.db. synchronous=FULL makes a
-// commit durable before the client hears of it: a token is never reported
-// used and then lost by a power cut.
-func Open(dir string) (*Store, error) {
+// Open opens or creates DATA_DIR/midfs.db, bringing its tables to this
+// version of midfs (see migrate). synchronous=FULL makes a commit durable
+// before the client hears of it: a token is never reported used and then
+// lost by a power cut.
+func Open(dir string, opts store.Options) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", dir, err)
 	}
@@ -103,11 +125,77 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(8)
-	if _, err := db.Exec(schema + eventSchema); err != nil {
+	if err := migrate(db, path, opts.Cluster); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("open %s: %w (is it a midfs database?)", path, err)
+		return nil, err
 	}
-	return &Store{reader: reader{q: db}, db: db, w: newWriter(db)}, nil
+	st := &Store{reader: reader{q: db}, db: db}
+	v, err := st.Versions(context.Background())
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	st.Seen(v)
+	st.w = newWriter(db)
+	// Another process on the same file (never the authority's set-up,
+	// but tests open two handles) is noticed by polling.
+	interval := opts.PollInterval
+	if interval <= 0 {
+		interval = store.DefaultPollInterval
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	st.stopPoll, st.polled = cancel, make(chan struct{})
+	go func() {
+		defer close(st.polled)
+		st.Poll(ctx, st.reader, interval, log)
+	}()
+	return st, nil
+}
+
+// migrate brings the state to the last version in migrations, in one
+// transaction that holds SQLite's write lock, so two openers at once run
+// each migration once. A state newer than this binary, or of another
+// cluster than the one asked for, is refused before anything is written.
+func migrate(db *sql.DB, path, cluster string) error {
+	tx, err := db.Begin()
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	defer tx.Rollback()
+	var version int
+	if err := tx.QueryRow(`PRAGMA user_version`).Scan(&version); err != nil {
+		return fmt.Errorf("open %s: %w (is it a midfs database?)", path, err)
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("%s: %w (schema version %d; this midfs knows up to %d): run a midfs at least as new as the one that last wrote it",
+			path, store.ErrSchemaNewer, version, len(migrations))
+	}
+	if cluster != "" {
+		var stored string
+		err := tx.QueryRow(`SELECT value FROM meta WHERE key = 'cluster_name'`).Scan(&stored)
+		if err == nil && stored != cluster {
+			return fmt.Errorf("%s holds cluster %q, not %q (--cluster-name): %w; check --data-dir", path, stored, cluster, store.ErrOtherCluster)
+		}
+	}
+	for v := version; v < len(migrations); v++ {
+		if _, err := tx.Exec(migrations[v]); err != nil {
+			return fmt.Errorf("open %s: schema version %d: %w (is it a midfs database?)", path, v+1, err)
+		}
+	}
+	if version == len(migrations) {
+		return nil
+	}
+	if _, err := tx.Exec(fmt.Sprintf(`PRAGMA user_version = %d`, len(migrations))); err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	return nil
 }
 
 // restrictStateFiles makes the database and the -wal and -shm files beside
@@ -133,13 +221,25 @@ func restrictStateFiles(path string) error {
 // the database.
 func (st *Store) Close() error {
 	st.w.close()
+	st.stopPoll()
+	<-st.polled
+	st.Watchers.Close()
 	return st.db.Close()
 }
 
 // Update runs fn in a write transaction, batched with other writers (see
-// store.Store for what callers may rely on).
+// store.Store for what callers may rely on). fn runs once: the one writer
+// never meets a serialization conflict.
 func (st *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
-	return st.w.do(func(tx *sql.Tx) error {
-		return fn(&txn{reader: reader{q: tx, detach: true}, tx: tx})
+	var t *txn
+	err := st.w.do(func(tx *sql.Tx) error {
+		t = &txn{reader: reader{q: tx, detach: true}, tx: tx}
+		return fn(t)
 	})
+	if err == nil && t != nil {
+		for topic, v := range t.bumped {
+			st.Fire(topic, v)
+		}
+	}
+	return err
 }

@@ -12,7 +12,7 @@ import (
 // A second token with a secret already in use is a conflict the authority
 // can name, told apart by SQLite's result code, and is not stored.
 func TestPutTokenWithASecretInUseIsAConflict(t *testing.T) {
-	st, err := Open(t.TempDir())
+	st, err := Open(t.TempDir(), store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

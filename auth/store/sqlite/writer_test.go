@@ -18,7 +18,7 @@ import (
 func TestStoreCloseAnswersEveryWriter(t *testing.T) {
 	for round := 0; round < 20; round++ {
 		dir := t.TempDir()
-		st, err := Open(dir)
+		st, err := Open(dir, store.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -57,7 +57,7 @@ func TestStoreCloseAnswersEveryWriter(t *testing.T) {
 		case <-time.After(time.Minute):
 			t.Fatalf("round %d: a writer was never answered after the store closed", round)
 		}
-		st, err = Open(dir)
+		st, err = Open(dir, store.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,139 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/midfs/midfs/auth/store"
+)
+
+// migrations make the state, one version each: migrations[i] takes a state
+// at version i to i+1; meta's schema_version says where a state is. A
+// released migration is never edited; a change is a new one. JSON columns
+// hold string lists, labels, allow rules and role specs; nothing in them is
+// queried by SQL.
+var migrations = []string{
+	// 1: the state of midfs 0.x when replicas came.
+	`
+CREATE TABLE meta (
+	key   text PRIMARY KEY,
+	value text NOT NULL
+);
+CREATE TABLE versions (
+	topic   text PRIMARY KEY,
+	version bigint NOT NULL
+);
+CREATE TABLE cas (
+	kind     text PRIMARY KEY,
+	key_der  bytea NOT NULL,
+	cert_der bytea NOT NULL
+);
+CREATE TABLE roles (
+	name text PRIMARY KEY,
+	spec jsonb NOT NULL
+);
+CREATE TABLE bots (
+	name          text PRIMARY KEY,
+	roles         jsonb NOT NULL,
+	logins        jsonb NOT NULL,
+	instance      text NOT NULL,
+	generation    bigint NOT NULL DEFAULT 0,
+	last_key_hash bytea,
+	locked        text NOT NULL DEFAULT '',
+	token_name    text NOT NULL DEFAULT '',
+	created       timestamptz NOT NULL
+);
+CREATE TABLE tokens (
+	name          text PRIMARY KEY,
+	secret_hash   bytea UNIQUE,
+	bot_name      text NOT NULL,
+	join_method   text NOT NULL,
+	allow         jsonb NOT NULL DEFAULT '[]',
+	expires       timestamptz,
+	created       timestamptz NOT NULL,
+	used          timestamptz,
+	used_key_hash bytea,
+	used_instance text NOT NULL DEFAULT ''
+);
+CREATE INDEX tokens_bot_name ON tokens (bot_name);
+CREATE TABLE nodes (
+	name   text PRIMARY KEY,
+	addr   text NOT NULL,
+	labels jsonb NOT NULL DEFAULT '{}'
+);`,
+	// 2: the audit trail (events.go).
+	eventSchema,
+}
+
+// migrateLock is the advisory lock key under which replicas migrate, one
+// at a time ("midfs" in ASCII).
+const migrateLock = 0x6d69646673
+
+// migrate brings the state to the last version in migrations. Replicas
+// starting at once on an empty database queue on an advisory lock, held by
+// the transaction, so each migration runs once and DDL commits with the
+// version that names it. A state newer than this binary, or of another
+// cluster than the one asked for, is refused before anything is written.
+func migrate(ctx context.Context, tx pgx.Tx, where, cluster string) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(migrateLock)); err != nil {
+		return err
+	}
+	version, err := schemaVersion(ctx, tx, where)
+	if err != nil {
+		return err
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("database %s: %w (schema version %d; this midfs knows up to %d): run a midfs at least as new as the one that last wrote it",
+			where, store.ErrSchemaNewer, version, len(migrations))
+	}
+	if cluster != "" && version > 0 {
+		var stored string
+		err := tx.QueryRow(ctx, `SELECT value FROM meta WHERE key = 'cluster_name'`).Scan(&stored)
+		if err == nil && stored != cluster {
+			return fmt.Errorf("database %s holds cluster %q, not %q (--cluster-name): %w; check --db", where, stored, cluster, store.ErrOtherCluster)
+		}
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+	}
+	for v := version; v < len(migrations); v++ {
+		if _, err := tx.Exec(ctx, migrations[v]); err != nil {
+			return fmt.Errorf("database %s: schema version %d: %w", where, v+1, err)
+		}
+	}
+	if version == len(migrations) {
+		return nil
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO meta(key, value) VALUES ('schema_version', $1)
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value`, strconv.Itoa(len(migrations)))
+	return err
+}
+
+// schemaVersion reads the state's version: 0 for an empty database. A
+// database with a meta table but no version is not midfs's.
+func schemaVersion(ctx context.Context, tx pgx.Tx, where string) (int, error) {
+	var hasMeta bool
+	if err := tx.QueryRow(ctx, `SELECT to_regclass('meta') IS NOT NULL`).Scan(&hasMeta); err != nil {
+		return 0, err
+	}
+	if !hasMeta {
+		return 0, nil
+	}
+	var s string
+	err := tx.QueryRow(ctx, `SELECT value FROM meta WHERE key = 'schema_version'`).Scan(&s)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("database %s has a table meta but no midfs schema version: it is not a midfs database; check --db", where)
+	}
+	if err != nil {
+		return 0, err
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, fmt.Errorf("database %s: bad midfs schema version %q", where, s)
+	}
+	return v, nil
+}
