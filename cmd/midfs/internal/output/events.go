@@ -99,7 +99,7 @@ func textValue(raw json.RawMessage) string {
 }
 
 func quoteIfNeeded(s string) string {
-	if s == "" || strings.ContainsAny(s, " \t\"=\\") || strconv.Quote(s) != `"`+s+`"` {
+	if s == "" || strings.ContainsAny(s, " \t\"\\") || strconv.Quote(s) != `"`+s+`"` {
 		return strconv.Quote(s)
 	}
 	return s
