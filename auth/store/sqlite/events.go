@@ -81,11 +81,17 @@ func (r reader) Events(ctx context.Context, q store.EventQuery) ([]audit.Event, 
 	if err != nil {
 		return nil, err
 	}
+	after := !q.After.Time.IsZero() || q.After.ID != 0
+	if after && !q.After.Time.Before(q.Since) {
+		// The page starts at After, which implies Since: without it,
+		// the index range of the query is the page's, not the window's.
+		q.Since = time.Time{}
+	}
 	w := filters(q)
 	if q.Upto != "" {
-		w.cond(`id <= ?`, upto)
+		w.cond(`+id <= ?`, upto) // + keeps the ID out of the index choice
 	}
-	if !q.After.Time.IsZero() || q.After.ID != 0 {
+	if after {
 		w.cond(`(time, id) > (?, ?)`, unixNano(q.After.Time), q.After.ID)
 	}
 	return r.queryEvents(ctx, w, `time, id`, q.PageLimit())
