@@ -57,6 +57,11 @@ type Config struct {
 	AuditRetention time.Duration
 	auditOff       bool // tests only: no audit trail, the benchmarks' baseline
 
+	// CAKeySeal is the file of the seal key (package auth/seal) that seals
+	// the CA private keys in the state. Empty: the systemd credential
+	// ca-key-seal if the service has one, else the keys are stored unsealed.
+	CAKeySeal string
+
 	// STSEndpoint replaces the AWS STS endpoint for IAM joins; only for
 	// tests, so it is refused unless InsecureTestMode is set.
 	STSEndpoint      string

@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"go/ast"
 	"go/parser"
@@ -594,4 +595,11 @@ func iamReasons() []string {
 
 func nodeOf(name, addr, k, v string) identity.Node {
 	return identity.Node{Name: name, Addr: addr, Labels: map[string]string{k: v}}
+}
+
+// jsonEqual says whether a and b encode to the same JSON.
+func jsonEqual(a, b any) bool {
+	ja, err1 := json.Marshal(a)
+	jb, err2 := json.Marshal(b)
+	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }

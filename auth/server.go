@@ -14,12 +14,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/seal"
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/auth/store/postgres"
 	"github.com/midfs/midfs/auth/store/sqlite"
@@ -38,7 +40,11 @@ type Server struct {
 	db      *authority
 	metrics *metrics
 	inv     *inventory
-	trail   *trail // the audit trail's writers (events.go)
+	dbw     *dbWatch // the database connection; the API waits for it
+	// seal, if set, seals the CA keys in the state; sealPath is its file.
+	seal     *seal.Key
+	sealPath string
+	trail    *trail // the audit trail's writers (events.go)
 
 	https     *http.Server
 	httpsLn   net.Listener
@@ -46,6 +52,8 @@ type Server struct {
 	advertise string
 
 	lastDropWarn atomic.Int64 // unix ns
+
+	stopping chan struct{} // closed by Close: background work ends
 
 	closeOnce sync.Once
 	closeErr  error
@@ -59,28 +67,54 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	// Before the state is opened: a bad key file changes nothing.
+	sk, skPath, err := loadSealKey(cfg.CAKeySeal)
+	if err != nil {
+		return nil, err
+	}
+	if sk == nil && cfg.DB != "" {
+		return nil, fmt.Errorf("--db: a shared database needs --ca-key-seal=FILE (or the systemd credential %s), so that whoever reads the database or its backups gets no CA key; make one with `openssl rand -hex 32 > FILE && chmod 600 FILE` and give every replica the same", seal.CredentialName)
+	}
 	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), inv: newInventory()}
+	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), stopping: make(chan struct{}), seal: sk, sealPath: skPath}
 	s.trail = newTrail(&cfg)
 	if err := s.loadOrInit(ctx); err != nil {
 		st.Close()
 		return nil, err
 	}
+	id, err := st.ClusterID(ctx)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("read authority state: %w", err)
+	}
+	s.inv = newInventory(ctx, st, id, s.log)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.inv.follow(st.Changed(store.TopicInventory), s.stopping)
+	}()
+	s.dbw = newDBWatch(st, cfg.Clock, s.log, s.inv.changed)
+	s.registerDBMetric(cfg.Metrics)
 	if err := s.serveHTTPS(); err != nil {
+		close(s.stopping)
+		s.wg.Wait()
 		st.Close()
 		return nil, err
 	}
 	if err := s.serveAdmin(); err != nil {
 		s.https.Close()
+		close(s.stopping)
+		s.wg.Wait()
 		st.Close()
 		return nil, err
 	}
+	go s.dbw.run()
 	s.startTrail()
 	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
-		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", admin.SocketPath(cfg.DataDir))
+		"ca_pin", s.CAPin(), "state", stateName(cfg), "admin_socket", admin.SocketPath(cfg.DataDir), "ca_keys_sealed", s.seal != nil)
 	return s, nil
 }
 
@@ -107,8 +141,10 @@ func (s *Server) Close() error {
 		defer cancel()
 		err1 := s.https.Shutdown(ctx)
 		err2 := s.adminSrv.Shutdown(ctx)
+		close(s.stopping)
 		s.wg.Wait()
 		s.stopTrail()
+		s.dbw.close()
 		os.Remove(admin.SocketPath(s.cfg.DataDir))
 		err3 := s.st.Close()
 		s.closeErr = errors.Join(err1, err2, err3)
@@ -134,6 +170,14 @@ func openStore(ctx context.Context, cfg Config) (store.Store, error) {
 	}
 	// Not quoted: it may hold a password.
 	return nil, errors.New("bad --db: want postgres://USER@HOST:PORT/DATABASE?OPTIONS, or no --db for SQLite in --data-dir")
+}
+
+// stateName says where the state is, for the log: never a password.
+func stateName(cfg Config) string {
+	if cfg.DB == "" {
+		return filepath.Join(cfg.DataDir, sqlite.File)
+	}
+	return redactURL(cfg.DB)
 }
 
 // loadOrInit reads the cluster name and CAs, making them (and the built-in
@@ -163,7 +207,12 @@ func (s *Server) loadOrInit(ctx context.Context) error {
 		return err
 	}
 	for _, ca := range cas {
-		a, err := loadAuthority(ca.Kind, ca.KeyDER, ca.CertDER)
+		keyDER, err := s.openKey(cluster, ca)
+		if err != nil {
+			return err
+		}
+		a, err := loadAuthority(ca.Kind, keyDER, ca.CertDER)
+		clear(keyDER)
 		clear(ca.KeyDER)
 		if err != nil {
 			return err
@@ -179,6 +228,10 @@ func (s *Server) loadOrInit(ctx context.Context) error {
 	}
 	if s.user == nil || s.host == nil || s.db == nil {
 		return fmt.Errorf("authority state in %s is missing a CA; restore it from a backup", s.cfg.DataDir)
+	}
+	// Writes only once every CA key opened: a wrong seal key changes nothing.
+	if err := s.sealStoredKeys(ctx); err != nil {
+		return err
 	}
 	return s.sweepTokens(ctx)
 }
@@ -214,7 +267,14 @@ func (s *Server) initState(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		cas = append(cas, store.CA{Kind: kind, KeyDER: keyDER, CertDER: a.cert.Raw})
+		stored, err := s.storedKey(cluster, kind, keyDER)
+		if s.seal != nil {
+			clear(keyDER)
+		}
+		if err != nil {
+			return err
+		}
+		cas = append(cas, store.CA{Kind: kind, KeyDER: stored, CertDER: a.cert.Raw})
 	}
 	return s.st.Update(ctx, func(tx store.Tx) error {
 		made, err := tx.Init(ctx, cluster, cas, policy.BuiltinRoles())

@@ -90,3 +90,38 @@ func (q EventQuery) PageLimit() int {
 	}
 	return q.Limit
 }
+
+// CopyEvents appends the trail of from to to, by time, in transactions of
+// at most MaxEventLimit events, and says how many it copied: what `midfs
+// auth migrate` does once the state is moved. The events get new IDs in
+// to, in the order of their times.
+func CopyEvents(ctx context.Context, from Reader, to Store) (int64, error) {
+	end, err := from.EventEnd(ctx)
+	if err != nil {
+		return 0, err
+	}
+	q := EventQuery{Upto: end, Limit: MaxEventLimit}
+	var n int64
+	for {
+		page, err := from.Events(ctx, q)
+		if err != nil {
+			return n, err
+		}
+		err = to.Update(ctx, func(tx Tx) error {
+			for i := range page {
+				if err := tx.AddEvent(ctx, &page[i]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return n, err
+		}
+		n += int64(len(page))
+		if len(page) < q.Limit {
+			return n, nil
+		}
+		q.After = Key(page[len(page)-1])
+	}
+}

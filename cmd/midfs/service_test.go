@@ -41,7 +41,7 @@ func TestContribExampleConfigsLoad(t *testing.T) {
 		args []string
 		want map[string]string
 	}{
-		{"agent.yaml", []string{"mount"}, map[string]string{"auth-server": "auth.example.com:3025", "storage": "keyring", "diag-addr": "127.0.0.1:3001"}},
+		{"agent.yaml", []string{"mount"}, map[string]string{"storage": "keyring", "diag-addr": "127.0.0.1:3001"}},
 		{"auth.yaml", []string{"auth", "start"}, map[string]string{"listen": "0.0.0.0:3025", "cluster-name": "example.com"}},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
@@ -54,6 +54,9 @@ func TestContribExampleConfigsLoad(t *testing.T) {
 					}
 				}
 				if tc.file == "agent.yaml" {
+					if got := c.StringSlice("auth-server"); !reflect.DeepEqual(got, []string{"auth.example.com:3025"}) {
+						t.Errorf("auth-server = %q", got)
+					}
 					if got := c.StringSlice("reader"); !reflect.DeepEqual(got, []string{"deploy", "@ssh-users"}) {
 						t.Errorf("readers = %q", got)
 					}
@@ -101,12 +104,13 @@ func TestEveryFlagHasAConfigKey(t *testing.T) {
 // The options of an fstab line reach the real flags of `midfs mount`.
 func TestHelperOptionsMapToFlags(t *testing.T) {
 	req, err := mounthelper.ParseArgs([]string{"/etc/midfs/robot.yaml", "/opt/machine-id", "-o",
-		"rw,defaults,_netdev,nofail,x-systemd.automount,allow_other,owner=alice:staff,reader=bob,reader=@wheel,certificate_ttl=30m,debug_fuse,token=s3cret,log=/var/log/m.log",
+		"rw,defaults,_netdev,nofail,x-systemd.automount,allow_other,owner=alice:staff,reader=bob,reader=@wheel,certificate_ttl=30m,debug_fuse,token=s3cret,log=/var/log/m.log,ssh_agent=/run/m.agent,key_files=false",
 		"-n"}, mountFlagLookup())
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"--owner=alice:staff", "--reader=bob", "--reader=@wheel", "--certificate-ttl=30m", "--debug-fuse"}
+	want := []string{"--owner=alice:staff", "--reader=bob", "--reader=@wheel", "--certificate-ttl=30m", "--debug-fuse",
+		"--ssh-agent=/run/m.agent", "--key-files=false"}
 	if !reflect.DeepEqual(req.Flags, want) {
 		t.Errorf("flags %q\nwant  %q", req.Flags, want)
 	}

@@ -87,9 +87,11 @@ func TestReadyzFollowsTheAgent(t *testing.T) {
 		t.Fatalf("/readyz/identity: %d %s", c, body)
 	}
 
-	agent.set(func(s *AgentStatus) { s.Expires, s.LastRenewal, s.LastError = now.Add(time.Hour), now, "" })
-	if code, r = readyzOf(t, base); code != 200 {
-		t.Fatalf("recovered: %d %+v", code, r)
+	agent.set(func(s *AgentStatus) {
+		s.Expires, s.LastRenewal, s.LastError, s.AuthServer = now.Add(time.Hour), now, "", "10.0.0.2:3025"
+	})
+	if code, r = readyzOf(t, base); code != 200 || !strings.Contains(r.Services["renewal"].Reason, "10.0.0.2:3025") {
+		t.Fatalf("recovered, through another replica: %d %+v", code, r)
 	}
 	if c, body := testenv.HTTPGet(t, base+"/readyz/nope"); c != 404 || !strings.Contains(body, "identity") {
 		t.Fatalf("/readyz/nope: %d %s", c, body)
@@ -108,6 +110,9 @@ func TestMetricsParseAndCount(t *testing.T) {
 	d.OnOpen("key", "ok")
 	d.OnOpen("key", "ok")
 	d.OnOpen("identity", "denied")
+	d.OnSign("ok")
+	d.OnSign("expired")
+	d.OnSign("ok")
 	base := serveDiag(t, d)
 
 	_, body := testenv.HTTPGet(t, base+"/metrics")
@@ -151,6 +156,12 @@ func TestMetricsParseAndCount(t *testing.T) {
 	}
 	if v := value("midfs_agent_opens_total", map[string]string{"file": "identity", "result": "denied"}); v != 1 {
 		t.Errorf("opens identity denied %v", v)
+	}
+	if v := value("midfs_agent_ssh_signatures_total", map[string]string{"result": "ok"}); v != 2 {
+		t.Errorf("ssh signatures ok %v", v)
+	}
+	if v := value("midfs_agent_ssh_signatures_total", map[string]string{"result": "expired"}); v != 1 {
+		t.Errorf("ssh signatures expired %v", v)
 	}
 	if _, ok := fams["process_resident_memory_bytes"]; !ok {
 		t.Error("process metrics missing")

@@ -28,7 +28,7 @@ type Backend struct {
 	// New makes a fresh, empty state for one test and returns how to
 	// open a handle on it; every call opens another handle (another
 	// replica) on the same state. The suite closes the handles.
-	New func(t *testing.T) Opener
+	New func(t testing.TB) Opener
 }
 
 // Opener opens one more handle on a state.
@@ -56,6 +56,8 @@ func Run(t *testing.T, b Backend) {
 		{"UpdateFinishesWhenCancelled", testCancelled},
 		{"VersionsMoveWithTheInventory", testVersions},
 		{"ChangedTellsOfEveryHandlesChanges", testChanged},
+		{"PutCAReplacesAStoredCA", testPutCA},
+		{"AChallengeIsSpentExactlyOnce", testSpendChallenge},
 		{"DumpAndRestore", testDumpRestore},
 		{"AnotherClusterIsRefused", testOtherCluster},
 		{"StateOutlivesItsHandles", testReopen},
@@ -635,6 +637,77 @@ func testTokenUsedOnce(t *testing.T, s *state) {
 	}
 }
 
+// The authority seals the CA keys of an existing cluster with PutCA: the
+// bytes come back as given, on every handle; a kind never stored is
+// ErrNotFound, nothing written.
+func testPutCA(t *testing.T, s *state) {
+	a, b := s.handle(), s.handle()
+	initState(t, a)
+	sealed := store.CA{Kind: "host", KeyDER: []byte("MSK1 sealed host key"), CertDER: []byte("host cert")}
+	update(t, a, func(tx store.Tx) error { return tx.PutCA(bg, sealed) })
+	cas, err := b.CAs(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"user": "user key", "host": "MSK1 sealed host key", "db": "db key"}
+	for _, ca := range cas {
+		if string(ca.KeyDER) != want[ca.Kind] {
+			t.Errorf("%s CA key %q after PutCA of the host CA, want %q", ca.Kind, ca.KeyDER, want[ca.Kind])
+		}
+	}
+	if len(cas) != 3 {
+		t.Errorf("%d CAs after PutCA, want 3", len(cas))
+	}
+	err = a.Update(bg, func(tx store.Tx) error {
+		return tx.PutCA(bg, store.CA{Kind: "other", KeyDER: []byte("k"), CertDER: []byte("c")})
+	})
+	wantNotFound(t, "PutCA of a kind never stored", err)
+}
+
+// Replicas taking one IAM challenge at once, over three handles: one
+// records it. Records are forgotten once past their expiry.
+func testSpendChallenge(t *testing.T, s *state) {
+	handles := []store.Store{s.handle(), s.handle(), s.handle()}
+	initState(t, handles[0])
+	id := []byte("challenge-0123456")
+	ok, errs := spread(handles, 60, func(i int, st store.Store) error {
+		return st.Update(bg, func(tx store.Tx) error {
+			fresh, err := tx.SpendChallenge(bg, id, at.Add(time.Minute))
+			if err == nil && !fresh {
+				err = errRefused
+			}
+			return err
+		})
+	})
+	for _, err := range errs {
+		if err != errRefused {
+			t.Fatalf("a take failed other than by refusal: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d takes recorded one challenge as new, want exactly 1", ok)
+	}
+	update(t, handles[1], func(tx store.Tx) error {
+		if fresh, err := tx.SpendChallenge(bg, []byte("later"), at.Add(time.Hour)); err != nil || !fresh {
+			return fmt.Errorf("another challenge: %v %v", fresh, err)
+		}
+		n, err := tx.RemoveSpentChallenges(bg, at.Add(2*time.Minute))
+		if err == nil && n != 1 {
+			err = fmt.Errorf("RemoveSpentChallenges removed %d, want the 1 expired", n)
+		}
+		return err
+	})
+	update(t, handles[2], func(tx store.Tx) error {
+		if fresh, err := tx.SpendChallenge(bg, id, at.Add(time.Hour)); err != nil || !fresh {
+			return fmt.Errorf("a forgotten challenge is not new again: %v %v", fresh, err)
+		}
+		if fresh, err := tx.SpendChallenge(bg, []byte("later"), at.Add(time.Hour)); err != nil || fresh {
+			return fmt.Errorf("an unexpired record was forgotten: %v %v", fresh, err)
+		}
+		return nil
+	})
+}
+
 // The authority's renewal: read the bot, refuse unless it is at the
 // presented generation, advance it. Many presenting one generation at
 // once, over three handles: one moves it, by exactly one.
@@ -1059,4 +1132,44 @@ func cmpString(a, b string) int {
 		return 1
 	}
 	return 0
+}
+
+// BenchmarkRenewal measures the store's part of a renewal, as the
+// authority runs it (read the bot, advance its generation, in one Update),
+// from clients concurrent Updates over one handle.
+func BenchmarkRenewal(b *testing.B, be Backend, clients int) {
+	st, err := be.New(b)(store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	initState(b, st)
+	for i := range clients {
+		addBot(b, st, fmt.Sprintf("bot%d", i))
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("bot%d", i)
+			for next.Add(1) <= int64(b.N) {
+				err := st.Update(bg, func(tx store.Tx) error {
+					bot, err := tx.Bot(bg, name)
+					if err != nil {
+						return err
+					}
+					_, err = tx.AdvanceGeneration(bg, name, bot.Generation, []byte("key hash of 32 bytes, more or less"))
+					return err
+				})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
