@@ -35,7 +35,9 @@ func TestMain(m *testing.M) {
 		runChild(dir)
 		return
 	}
-	os.Exit(pgtest.Main(m))
+	code := pgtest.Main(m)
+	removeEventFills() // events_bench_test.go
+	os.Exit(code)
 }
 
 // childInfo is what a child authority prints once it serves.
