@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -126,6 +127,21 @@ func parseEventQuery(v url.Values) (EventQuery, error) {
 // Events reads a page of the audit trail.
 func (c *Client) Events(ctx context.Context, q EventQuery) (*EventPage, error) {
 	var p EventPage
+	return &p, c.call(ctx, "GET", "/v1/events?"+q.values().Encode(), nil, &p)
+}
+
+// EventLines is an EventPage whose events are left as the authority
+// encoded them: the JSON of audit.Event, the line `midfs events
+// --format=json` prints, which need not be decoded to be printed.
+type EventLines struct {
+	Events []json.RawMessage `json:"events"`
+	End    string            `json:"end,omitempty"`
+	Next   string            `json:"next,omitempty"`
+}
+
+// EventLines reads a page of the audit trail as EventLines.
+func (c *Client) EventLines(ctx context.Context, q EventQuery) (*EventLines, error) {
+	var p EventLines
 	return &p, c.call(ctx, "GET", "/v1/events?"+q.values().Encode(), nil, &p)
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"os/signal"
 	"strings"
@@ -104,7 +105,7 @@ func eventQuery(c *cli.Context, now time.Time) (admin.EventQuery, error) {
 // following starts.
 func listEvents(ctx context.Context, ac *admin.Client, q admin.EventQuery, w *bufio.Writer, format string) (string, error) {
 	for {
-		p, err := ac.Events(ctx, q)
+		p, err := ac.EventLines(ctx, q)
 		if err != nil {
 			return "", err
 		}
@@ -115,8 +116,11 @@ func listEvents(ctx context.Context, ac *admin.Client, q admin.EventQuery, w *bu
 		if len(p.Events) < q.Limit {
 			return p.End, nil
 		}
-		e := p.Events[len(p.Events)-1]
-		q.AfterTime, q.AfterID = e.Time, e.ID
+		var last audit.Event
+		if err := json.Unmarshal(p.Events[len(p.Events)-1], &last); err != nil {
+			return "", err
+		}
+		q.AfterTime, q.AfterID = last.Time, last.ID
 	}
 }
 
@@ -126,7 +130,7 @@ func listEvents(ctx context.Context, ac *admin.Client, q admin.EventQuery, w *bu
 func followEvents(ctx context.Context, ac *admin.Client, q admin.EventQuery, from string, w *bufio.Writer, format string) error {
 	fq := admin.EventQuery{Types: q.Types, Bot: q.Bot, Follow: true, From: from, Limit: eventsPage, Wait: followWait}
 	for ctx.Err() == nil {
-		p, err := ac.Events(ctx, fq)
+		p, err := ac.EventLines(ctx, fq)
 		if err != nil {
 			return err
 		}
@@ -138,9 +142,9 @@ func followEvents(ctx context.Context, ac *admin.Client, q admin.EventQuery, fro
 	return nil
 }
 
-func printEvents(w *bufio.Writer, evs []audit.Event, format string) error {
+func printEvents(w *bufio.Writer, evs []json.RawMessage, format string) error {
 	for _, e := range evs {
-		if err := output.Event(w, e, format); err != nil {
+		if err := output.EventLine(w, e, format); err != nil {
 			return err
 		}
 	}

@@ -8,33 +8,38 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-
-	"github.com/midfs/midfs/auth/audit"
+	"time"
 )
 
-// Event prints one audit event on one line: as JSON (the stable form of
-// audit.Event, for a SIEM) or as text, "TIME TYPE key=value ...", with the
-// fields of the JSON form in its order (an actor's as actor.uid=...).
-func Event(w io.Writer, e audit.Event, format string) error {
-	b, err := json.Marshal(e)
-	if err != nil {
+// EventLine prints one audit event, given as the JSON of audit.Event,
+// on one line: as that JSON (the stable form, for a SIEM) or as text,
+// "TIME TYPE key=value ...", with the fields of the JSON in its order (an
+// actor's as actor.uid=...).
+func EventLine(w io.Writer, raw []byte, format string) error {
+	if format == "json" {
+		if _, err := w.Write(raw); err != nil {
+			return err
+		}
+		_, err := w.Write([]byte{'\n'})
 		return err
 	}
-	if format == "json" {
-		b = append(b, '\n')
-		_, err = w.Write(b)
+	var head struct {
+		Time time.Time `json:"time"`
+		Type string    `json:"type"`
+	}
+	if err := json.Unmarshal(raw, &head); err != nil {
 		return err
 	}
 	var line strings.Builder
-	line.WriteString(e.Time.UTC().Format("2006-01-02T15:04:05.000Z07:00"))
-	line.WriteString(" " + e.Type)
-	dec := json.NewDecoder(bytes.NewReader(b))
+	line.WriteString(head.Time.UTC().Format("2006-01-02T15:04:05.000Z07:00"))
+	line.WriteString(" " + head.Type)
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	if err := flatten(dec, "", &line); err != nil {
 		return err
 	}
 	line.WriteByte('\n')
-	_, err = io.WriteString(w, line.String())
+	_, err := io.WriteString(w, line.String())
 	return err
 }
 
