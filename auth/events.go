@@ -10,6 +10,7 @@ package auth
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
@@ -291,7 +292,7 @@ func (s *Server) Events(ctx context.Context, q admin.EventQuery) (*admin.EventPa
 		if err != nil {
 			return nil, err
 		}
-		return &admin.EventPage{Events: nonNilEvents(evs), End: string(sq.Upto)}, nil
+		return &admin.EventPage{Events: eventJSON(evs), End: string(sq.Upto)}, nil
 	}
 	deadline := time.Now().Add(q.Wait)
 	for {
@@ -303,7 +304,7 @@ func (s *Server) Events(ctx context.Context, q admin.EventQuery) (*admin.EventPa
 			return nil, err
 		}
 		if len(evs) > 0 || !time.Now().Before(deadline) || !s.waitForEvents(ctx, deadline) {
-			return &admin.EventPage{Events: nonNilEvents(evs), Next: string(next)}, nil
+			return &admin.EventPage{Events: eventJSON(evs), Next: string(next)}, nil
 		}
 	}
 }
@@ -324,11 +325,13 @@ func (s *Server) waitForEvents(ctx context.Context, deadline time.Time) bool {
 	return false
 }
 
-func nonNilEvents(evs []audit.Event) []audit.Event {
-	if evs == nil {
-		return []audit.Event{}
+// eventJSON hands stored events on as they were stored.
+func eventJSON(evs []store.StoredEvent) []json.RawMessage {
+	out := make([]json.RawMessage, len(evs))
+	for i, e := range evs {
+		out[i] = e.JSON
 	}
-	return evs
+	return out
 }
 
 type sourceKey struct{}

@@ -127,7 +127,7 @@ func BenchmarkEventsSince1h(b *testing.B) {
 				printed = 0
 				q := admin.EventQuery{Since: time.Now().Add(-time.Hour), Limit: 5000}
 				for {
-					p, err := ac.EventLines(ctx, q)
+					p, err := ac.Events(ctx, q)
 					if err != nil {
 						b.Fatal(err)
 					}

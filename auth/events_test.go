@@ -44,11 +44,17 @@ func trailOf(t testing.TB, s *Server) []audit.Event {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out = append(out, page...)
+		for _, se := range page {
+			e, err := se.Event()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, e)
+		}
 		if len(page) < q.Limit {
 			return out
 		}
-		q.After = store.Key(page[len(page)-1])
+		q.After = page[len(page)-1].Key()
 	}
 }
 
@@ -486,8 +492,11 @@ func TestFollowWaitsForTheNextEvent(t *testing.T) {
 	}()
 	addBot(t, s, "second", []string{"access"}, nil)
 	p := <-got
-	if p == nil || len(p.Events) != 1 || p.Events[0].Bot != "second" {
-		t.Fatalf("follower got %+v, want bot.created of second", p)
+	if p == nil {
+		t.Fatal("the follower got no page")
+	}
+	if evs, err := p.Decode(); err != nil || len(evs) != 1 || evs[0].Bot != "second" {
+		t.Fatalf("follower got %+v %v, want bot.created of second", evs, err)
 	}
 	end, err := ac.Events(ctx, admin.EventQuery{})
 	if err != nil {

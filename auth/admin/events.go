@@ -38,13 +38,26 @@ type EventQuery struct {
 // MaxEventWait bounds EventQuery.Wait, below the client's timeout.
 const MaxEventWait = 30 * time.Second
 
-// EventPage is a page of events. End, in a listing, is where it stops
-// (the end of the trail when its first page was read): where following it
-// starts. Next, when following, is where to go on from.
+// EventPage is a page of events, each as the JSON of audit.Event: the
+// line `midfs events --format=json` prints, which need not be decoded to
+// be printed. End, in a listing, is where it stops (the end of the trail
+// when its first page was read): where following it starts. Next, when
+// following, is where to go on from.
 type EventPage struct {
-	Events []audit.Event `json:"events"`
-	End    string        `json:"end,omitempty"`
-	Next   string        `json:"next,omitempty"`
+	Events []json.RawMessage `json:"events"`
+	End    string            `json:"end,omitempty"`
+	Next   string            `json:"next,omitempty"`
+}
+
+// Decode decodes the page's events.
+func (p *EventPage) Decode() ([]audit.Event, error) {
+	out := make([]audit.Event, len(p.Events))
+	for i, raw := range p.Events {
+		if err := json.Unmarshal(raw, &out[i]); err != nil {
+			return nil, fmt.Errorf("event page: %w", err)
+		}
+	}
+	return out, nil
 }
 
 func (q EventQuery) values() url.Values {
@@ -127,21 +140,6 @@ func parseEventQuery(v url.Values) (EventQuery, error) {
 // Events reads a page of the audit trail.
 func (c *Client) Events(ctx context.Context, q EventQuery) (*EventPage, error) {
 	var p EventPage
-	return &p, c.call(ctx, "GET", "/v1/events?"+q.values().Encode(), nil, &p)
-}
-
-// EventLines is an EventPage whose events are left as the authority
-// encoded them: the JSON of audit.Event, the line `midfs events
-// --format=json` prints, which need not be decoded to be printed.
-type EventLines struct {
-	Events []json.RawMessage `json:"events"`
-	End    string            `json:"end,omitempty"`
-	Next   string            `json:"next,omitempty"`
-}
-
-// EventLines reads a page of the audit trail as EventLines.
-func (c *Client) EventLines(ctx context.Context, q EventQuery) (*EventLines, error) {
-	var p EventLines
 	return &p, c.call(ctx, "GET", "/v1/events?"+q.values().Encode(), nil, &p)
 }
 

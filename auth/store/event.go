@@ -1,8 +1,12 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/midfs/midfs/auth/audit"
@@ -18,7 +22,7 @@ import (
 type EventReader interface {
 	// Events lists the events q selects, by Time then ID, at most
 	// q.PageLimit().
-	Events(ctx context.Context, q EventQuery) ([]audit.Event, error)
+	Events(ctx context.Context, q EventQuery) ([]StoredEvent, error)
 	// EventsAfter follows the trail: the events after position pos that
 	// q's filters select (q.After and q.Upto are ignored), at most
 	// q.PageLimit(), and the position to go on from. An event is returned
@@ -26,7 +30,7 @@ type EventReader interface {
 	// that a follower that goes on from each answer's position sees every
 	// event exactly once, whatever its time and however many writers
 	// there are.
-	EventsAfter(ctx context.Context, pos EventPos, q EventQuery) ([]audit.Event, EventPos, error)
+	EventsAfter(ctx context.Context, pos EventPos, q EventQuery) ([]StoredEvent, EventPos, error)
 	// EventEnd is the position of the end of the trail now: a listing
 	// bounded by it (EventQuery.Upto) and a follower that starts at it
 	// see every event once between them.
@@ -70,8 +74,55 @@ type EventKey struct {
 	ID   int64
 }
 
+// StoredEvent is an event as read: its place, and its JSON (audit.Event's
+// encoding, its ID included), which a listing hands on as it is: a page
+// of events is not decoded and encoded again on its way to the admin
+// socket.
+type StoredEvent struct {
+	ID   int64
+	Time time.Time
+	JSON json.RawMessage
+}
+
 // Key is e's place in a listing.
-func Key(e audit.Event) EventKey { return EventKey{Time: e.Time, ID: e.ID} }
+func (e StoredEvent) Key() EventKey { return EventKey{Time: e.Time, ID: e.ID} }
+
+// Event decodes e.
+func (e StoredEvent) Event() (audit.Event, error) {
+	var ev audit.Event
+	if err := json.Unmarshal(e.JSON, &ev); err != nil {
+		return ev, fmt.Errorf("stored event %d: %w", e.ID, err)
+	}
+	return ev, nil
+}
+
+// EncodeEvent is what a backend stores of e: its JSON without the ID,
+// which the backend gives (audit.Event's first field).
+func EncodeEvent(e *audit.Event) ([]byte, error) {
+	c := *e
+	c.ID = 0
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("event %s: %w", e.Type, err)
+	}
+	const zeroID = `{"id":0,`
+	if !bytes.HasPrefix(b, []byte(zeroID)) {
+		return nil, fmt.Errorf("event %s: its JSON does not start with its ID", e.Type)
+	}
+	return append([]byte{'{'}, b[len(zeroID):]...), nil
+}
+
+// StoredJSON is the JSON of the event with ID id that EncodeEvent made
+// data of.
+func StoredJSON(id int64, data []byte) json.RawMessage {
+	out := make([]byte, 0, len(data)+24)
+	out = append(out, `{"id":`...)
+	out = strconv.AppendInt(out, id, 10)
+	if len(data) > 2 {
+		out = append(out, ',')
+	}
+	return append(out, data[1:]...)
+}
 
 // DefaultEventLimit is the page size of a query that gives none, and
 // MaxEventLimit the largest a backend serves.
@@ -108,8 +159,12 @@ func CopyEvents(ctx context.Context, from Reader, to Store) (int64, error) {
 			return n, err
 		}
 		err = to.Update(ctx, func(tx Tx) error {
-			for i := range page {
-				if err := tx.AddEvent(ctx, &page[i]); err != nil {
+			for _, se := range page {
+				e, err := se.Event()
+				if err != nil {
+					return err
+				}
+				if err := tx.AddEvent(ctx, &e); err != nil {
 					return err
 				}
 			}
@@ -122,6 +177,6 @@ func CopyEvents(ctx context.Context, from Reader, to Store) (int64, error) {
 		if len(page) < q.Limit {
 			return n, nil
 		}
-		q.After = Key(page[len(page)-1])
+		q.After = page[len(page)-1].Key()
 	}
 }

@@ -105,7 +105,7 @@ func eventQuery(c *cli.Context, now time.Time) (admin.EventQuery, error) {
 // following starts.
 func listEvents(ctx context.Context, ac *admin.Client, q admin.EventQuery, w *bufio.Writer, format string) (string, error) {
 	for {
-		p, err := ac.EventLines(ctx, q)
+		p, err := ac.Events(ctx, q)
 		if err != nil {
 			return "", err
 		}
@@ -130,7 +130,7 @@ func listEvents(ctx context.Context, ac *admin.Client, q admin.EventQuery, w *bu
 func followEvents(ctx context.Context, ac *admin.Client, q admin.EventQuery, from string, w *bufio.Writer, format string) error {
 	fq := admin.EventQuery{Types: q.Types, Bot: q.Bot, Follow: true, From: from, Limit: eventsPage, Wait: followWait}
 	for ctx.Err() == nil {
-		p, err := ac.EventLines(ctx, fq)
+		p, err := ac.Events(ctx, fq)
 		if err != nil {
 			return err
 		}

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -26,7 +25,7 @@ CREATE TABLE events (
 	at   timestamptz NOT NULL,
 	type text NOT NULL,
 	bot  text NOT NULL DEFAULT '',
-	data jsonb NOT NULL,
+	data text NOT NULL,
 	xid  xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
 CREATE INDEX events_at ON events (at, id);
@@ -35,9 +34,9 @@ CREATE INDEX events_type ON events (type, at, id);
 CREATE INDEX events_xid ON events (xid, id);`
 
 func (t *txn) AddEvent(ctx context.Context, e *audit.Event) error {
-	data, err := json.Marshal(e)
+	data, err := store.EncodeEvent(e)
 	if err != nil {
-		return fmt.Errorf("event %s: %w", e.Type, err)
+		return err
 	}
 	_, err = t.exec(ctx, `INSERT INTO events(at, type, bot, data) VALUES ($1, $2, $3, $4)`, e.Time, e.Type, e.Bot, data)
 	return err
@@ -78,7 +77,7 @@ func (r reader) EventEnd(ctx context.Context) (store.EventPos, error) {
 	return store.EventPos(xmin + ":0"), nil
 }
 
-func (r reader) Events(ctx context.Context, q store.EventQuery) ([]audit.Event, error) {
+func (r reader) Events(ctx context.Context, q store.EventQuery) ([]store.StoredEvent, error) {
 	w := filters(q)
 	if q.Upto != "" {
 		p, err := parsePos(q.Upto)
@@ -94,7 +93,7 @@ func (r reader) Events(ctx context.Context, q store.EventQuery) ([]audit.Event, 
 	return evs, err
 }
 
-func (r reader) EventsAfter(ctx context.Context, from store.EventPos, q store.EventQuery) ([]audit.Event, store.EventPos, error) {
+func (r reader) EventsAfter(ctx context.Context, from store.EventPos, q store.EventQuery) ([]store.StoredEvent, store.EventPos, error) {
 	p, err := parsePos(from)
 	if err != nil {
 		return nil, from, err
@@ -144,8 +143,8 @@ func filters(q store.EventQuery) *where {
 
 // queryEvents runs the query and returns its events and the (xid, id) of
 // the last.
-func (r reader) queryEvents(ctx context.Context, w *where, order string, limit int) ([]audit.Event, pos, error) {
-	sql := `SELECT id, at, type, bot, data, xid::text FROM events`
+func (r reader) queryEvents(ctx context.Context, w *where, order string, limit int) ([]store.StoredEvent, pos, error) {
+	sql := `SELECT id, at, data, xid::text FROM events`
 	if len(w.conds) > 0 {
 		sql += ` WHERE ` + strings.Join(w.conds, ` AND `)
 	}
@@ -155,24 +154,19 @@ func (r reader) queryEvents(ctx context.Context, w *where, order string, limit i
 		return nil, pos{}, err
 	}
 	defer rows.Close()
-	var out []audit.Event
+	var out []store.StoredEvent
 	var last pos
 	for rows.Next() {
-		var e audit.Event
 		var at time.Time
-		var typ, bot, xid string
 		var data []byte
-		if err := rows.Scan(&last.id, &at, &typ, &bot, &data, &xid); err != nil {
+		var xid string
+		if err := rows.Scan(&last.id, &at, &data, &xid); err != nil {
 			return nil, pos{}, err
-		}
-		if err := json.Unmarshal(data, &e); err != nil {
-			return nil, pos{}, fmt.Errorf("stored event %d: %w", last.id, err)
 		}
 		if last.xid, err = strconv.ParseUint(xid, 10, 64); err != nil {
 			return nil, pos{}, fmt.Errorf("stored event %d: xid %q", last.id, xid)
 		}
-		e.ID, e.Time, e.Type, e.Bot = last.id, at.UTC(), typ, bot
-		out = append(out, e)
+		out = append(out, store.StoredEvent{ID: last.id, Time: at.UTC(), JSON: store.StoredJSON(last.id, data)})
 	}
 	return out, last, rows.Err()
 }

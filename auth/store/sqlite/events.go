@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math"
 	"strconv"
@@ -43,9 +42,9 @@ func unixNano(t time.Time) int64 {
 }
 
 func (t *txn) AddEvent(ctx context.Context, e *audit.Event) error {
-	data, err := json.Marshal(e)
+	data, err := store.EncodeEvent(e)
 	if err != nil {
-		return fmt.Errorf("event %s: %w", e.Type, err)
+		return err
 	}
 	_, err = t.exec(ctx, `INSERT INTO events(time, type, bot, data) VALUES (?, ?, ?, ?)`, e.Time.UnixNano(), e.Type, e.Bot, data)
 	return err
@@ -76,7 +75,7 @@ func (r reader) EventEnd(ctx context.Context) (store.EventPos, error) {
 	return store.EventPos(strconv.FormatInt(id, 10)), err
 }
 
-func (r reader) Events(ctx context.Context, q store.EventQuery) ([]audit.Event, error) {
+func (r reader) Events(ctx context.Context, q store.EventQuery) ([]store.StoredEvent, error) {
 	upto, err := parsePos(q.Upto)
 	if err != nil {
 		return nil, err
@@ -97,7 +96,7 @@ func (r reader) Events(ctx context.Context, q store.EventQuery) ([]audit.Event, 
 	return r.queryEvents(ctx, w, `time, id`, q.PageLimit())
 }
 
-func (r reader) EventsAfter(ctx context.Context, pos store.EventPos, q store.EventQuery) ([]audit.Event, store.EventPos, error) {
+func (r reader) EventsAfter(ctx context.Context, pos store.EventPos, q store.EventQuery) ([]store.StoredEvent, store.EventPos, error) {
 	after, err := parsePos(pos)
 	if err != nil {
 		return nil, pos, err
@@ -140,8 +139,8 @@ func filters(q store.EventQuery) *where {
 	return w
 }
 
-func (r reader) queryEvents(ctx context.Context, w *where, order string, limit int) ([]audit.Event, error) {
-	query := `SELECT id, time, type, bot, data FROM events`
+func (r reader) queryEvents(ctx context.Context, w *where, order string, limit int) ([]store.StoredEvent, error) {
+	query := `SELECT id, time, data FROM events`
 	if len(w.conds) > 0 {
 		query += ` WHERE ` + strings.Join(w.conds, ` AND `)
 	}
@@ -151,21 +150,17 @@ func (r reader) queryEvents(ctx context.Context, w *where, order string, limit i
 		return nil, err
 	}
 	defer rows.Close()
-	var out []audit.Event
+	var out []store.StoredEvent
 	for rows.Next() {
-		var e audit.Event
 		var id, ns int64
-		var typ, bot string
 		var data []byte
-		if err := rows.Scan(&id, &ns, &typ, &bot, &data); err != nil {
+		if err := rows.Scan(&id, &ns, &data); err != nil {
 			return nil, err
 		}
-		if err := json.Unmarshal(data, &e); err != nil {
-			return nil, fmt.Errorf("stored event %d: %w", id, err)
+		if out == nil {
+			out = make([]store.StoredEvent, 0, limit)
 		}
-		// The columns are what the event was filtered by.
-		e.ID, e.Time, e.Type, e.Bot = id, time.Unix(0, ns).UTC(), typ, bot
-		out = append(out, e)
+		out = append(out, store.StoredEvent{ID: id, Time: time.Unix(0, ns).UTC(), JSON: store.StoredJSON(id, data)})
 	}
 	return out, rows.Err()
 }

@@ -50,12 +50,30 @@ func listAll(t testing.TB, r store.Reader, q store.EventQuery) []audit.Event {
 		if err != nil {
 			t.Fatalf("Events: %v", err)
 		}
-		out = append(out, page...)
+		out = append(out, decode(t, page)...)
 		if len(page) < q.PageLimit() {
 			return out
 		}
-		q.After = store.Key(page[len(page)-1])
+		q.After = page[len(page)-1].Key()
 	}
+}
+
+// decode decodes stored events, checking that each one's JSON tells its
+// place as the backend does.
+func decode(t testing.TB, page []store.StoredEvent) []audit.Event {
+	t.Helper()
+	out := make([]audit.Event, len(page))
+	for i, se := range page {
+		e, err := se.Event()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.ID != se.ID || !e.Time.Equal(se.Time) {
+			t.Fatalf("stored event %d at %s reads as %d at %s: %s", se.ID, se.Time, e.ID, e.Time, se.JSON)
+		}
+		out[i] = e
+	}
+	return out
 }
 
 func generations(evs []audit.Event) []uint64 {
@@ -185,8 +203,8 @@ func testEventListingEnd(t *testing.T, s *state) {
 		t.Fatal(err)
 	}
 	addEvents(t, st, audit.Event{Type: audit.BotRenewed, Time: t0, Generation: 98}, audit.Event{Type: audit.BotRenewed, Time: t0.Add(time.Hour), Generation: 99})
-	q.After = store.Key(page[1])
-	listed := append(page, listAll(t, st, q)...)
+	q.After = page[1].Key()
+	listed := append(decode(t, page), listAll(t, st, q)...)
 	if got := generations(listed); !slices.Equal(got, []uint64{0, 1, 2, 3, 4}) {
 		t.Errorf("listing bounded at its start: %v", got)
 	}
@@ -194,7 +212,7 @@ func testEventListingEnd(t *testing.T, s *state) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := generations(followed); !slices.Equal(got, []uint64{98, 99}) {
+	if got := generations(decode(t, followed)); !slices.Equal(got, []uint64{98, 99}) {
 		t.Errorf("following from the listing's end: %v, want 98 99", got)
 	}
 }
@@ -211,7 +229,7 @@ func testEventFollow(t *testing.T, s *state) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return generations(evs), next
+		return generations(decode(t, evs)), next
 	}
 	if got, next := follow("", store.EventQuery{}); len(got) != 0 || next != "" {
 		t.Fatalf("an empty trail: %v, position %q", got, next)
@@ -244,6 +262,16 @@ func testEventFollowManyWriters(t *testing.T, s *state) {
 	done := make(chan struct{})
 	seen := map[uint64]int{}
 	followed := make(chan error, 1)
+	count := func(evs []store.StoredEvent) error { // on the follower's goroutine
+		for _, se := range evs {
+			e, err := se.Event()
+			if err != nil {
+				return err
+			}
+			seen[e.Generation]++
+		}
+		return nil
+	}
 	go func() {
 		var pos store.EventPos
 		for {
@@ -251,8 +279,8 @@ func testEventFollowManyWriters(t *testing.T, s *state) {
 			case <-done:
 				// One more look after the last commit.
 				evs, _, err := handles[1].EventsAfter(bg, pos, store.EventQuery{Limit: store.MaxEventLimit})
-				for _, e := range evs {
-					seen[e.Generation]++
+				if err == nil {
+					err = count(evs)
 				}
 				followed <- err
 				return
@@ -263,8 +291,9 @@ func testEventFollowManyWriters(t *testing.T, s *state) {
 				followed <- err
 				return
 			}
-			for _, e := range evs {
-				seen[e.Generation]++
+			if err := count(evs); err != nil {
+				followed <- err
+				return
 			}
 			pos = next
 		}
@@ -334,8 +363,11 @@ func testEventPrune(t *testing.T, s *state) {
 	}
 	prune(t0.Add(24*time.Hour), 10)
 	addEvents(t, st, audit.Event{Type: audit.BotRenewed, Time: t0, Generation: 7})
-	evs, _, err := st.EventsAfter(bg, pos, store.EventQuery{})
-	if err != nil || len(evs) != 1 || evs[0].Generation != 7 || evs[0].ID <= 5 {
-		t.Fatalf("after pruning everything, following from the old end: %+v %v", evs, err)
+	page, _, err := st.EventsAfter(bg, pos, store.EventQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evs := decode(t, page); len(evs) != 1 || evs[0].Generation != 7 || evs[0].ID <= 5 {
+		t.Fatalf("after pruning everything, following from the old end: %+v", evs)
 	}
 }
