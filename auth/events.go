@@ -429,3 +429,7 @@ func hostCertEvent(c *ssh.Certificate) audit.Event {
 	return audit.Event{Type: audit.CertIssued, Cert: "host", SSHSerial: c.Serial, Principals: c.ValidPrincipals,
 		TTL: int64(c.ValidBefore-c.ValidAfter) - 60, Expires: time.Unix(int64(c.ValidBefore), 0).UTC()}
 }
+
+func lockEvent(l wire.Lock) audit.Event {
+	return audit.Event{Type: audit.LockCreated, Name: l.ID, Bot: l.Bot, Message: l.Message, Expires: l.Expires.UTC()}
+}

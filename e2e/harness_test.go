@@ -434,6 +434,12 @@ type sshd struct {
 // startSSHD signs a host key for names and starts sshd on a free port.
 func startSSHD(t testing.TB, a *authority, names ...string) *sshd {
 	t.Helper()
+	return startSSHDWith(t, a, "", names...)
+}
+
+// startSSHDWith is startSSHD with more lines for sshd_config.
+func startSSHDWith(t testing.TB, a *authority, extraConfig string, names ...string) *sshd {
+	t.Helper()
 	bin, err := exec.LookPath("sshd")
 	if err != nil {
 		if bin, err = exec.LookPath("/usr/sbin/sshd"); err != nil {
@@ -463,7 +469,7 @@ StrictModes no
 PidFile %[2]s/sshd.pid
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
-`, s.port, dir)
+`, s.port, dir) + extraConfig
 	cfgPath := filepath.Join(dir, "sshd_config")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -488,6 +494,14 @@ func (s *sshd) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
 func sshRun(t testing.TB, mnt, target string, command ...string) (string, error) {
 	t.Helper()
 	return sshWith(t, append(sshOptions(mnt), "-o", "IdentityAgent=none"), target, command...)
+}
+
+// sshLoginNoShell logs in through the mount and starts sshd's built-in sftp
+// server, which ends at once (no input): a whole login that runs no shell,
+// so it does not take the seconds a busy machine's root ~/.bashrc may.
+func sshLoginNoShell(t testing.TB, mnt, target string) (string, error) {
+	t.Helper()
+	return sshWith(t, append(sshOptions(mnt), "-o", "IdentityAgent=none", "-s"), target, "sftp")
 }
 
 // sshOptions are the options every test ssh runs with: the mount's

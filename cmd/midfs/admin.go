@@ -85,7 +85,7 @@ func adminCommands() []*cli.Command {
 				},
 				{
 					Name:      "rm",
-					Usage:     "remove a bot: its identities and tokens are refused from then on",
+					Usage:     "remove a bot: its identities and tokens are refused from then on, and it is locked until its certificates expire",
 					ArgsUsage: "NAME",
 					Flags:     []cli.Flag{dataDirFlag()},
 					Action:    onName("bot", "removed", (*admin.Client).RemoveBot),
@@ -111,11 +111,11 @@ func adminCommands() []*cli.Command {
 		},
 		{
 			Name:      "get",
-			Usage:     "show roles, tokens, bots or nodes",
-			ArgsUsage: "roles|tokens|bots|nodes[/NAME]",
+			Usage:     "show roles, tokens, bots, nodes or locks",
+			ArgsUsage: "roles|tokens|bots|nodes|locks[/NAME]",
 			Flags:     []cli.Flag{dataDirFlag(), formatFlag()},
 			Action: withAdmin(func(c *cli.Context, ac *admin.Client) error {
-				ref, err := oneArg(c, "roles|tokens|bots|nodes[/NAME]")
+				ref, err := oneArg(c, "roles|tokens|bots|nodes|locks[/NAME]")
 				if err != nil {
 					return err
 				}
@@ -124,8 +124,8 @@ func adminCommands() []*cli.Command {
 		},
 		{
 			Name:      "rm",
-			Usage:     "remove a role, token or node",
-			ArgsUsage: "roles/NAME|tokens/NAME|nodes/NAME",
+			Usage:     "remove a role, token, node or lock",
+			ArgsUsage: "roles/NAME|tokens/NAME|nodes/NAME|locks/ID",
 			Flags:     []cli.Flag{dataDirFlag()},
 			Action:    withAdmin(remove),
 		},
@@ -259,6 +259,8 @@ func authMigrateCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "from", Usage: "`sqlite:PATH` of the state: the authority's data directory (or its midfs.db)"},
 			&cli.StringFlag{Name: "to", Usage: "`URL` of the database, postgres://USER@HOST:PORT/DB?OPTIONS (a password is best in ~/.pgpass)"},
+			&cli.StringFlag{Name: "ca-key-seal", Usage: "seal the CA private keys moved into the database with the 32-byte key in `FILE`, " +
+				"the one the replicas start with (default: the systemd credential ca-key-seal)"},
 		},
 		Action: authMigrate,
 	}
@@ -272,7 +274,7 @@ func authMigrate(c *cli.Context) error {
 		return failf(exitUsage, "auth migrate needs --from=sqlite:PATH and --to=postgres://USER@HOST:PORT/DB")
 	}
 	warnPasswordInArgv(c.String("to"), slog.Default())
-	m, err := auth.Migrate(c.Context, c.String("from"), c.String("to"))
+	m, err := auth.Migrate(c.Context, c.String("from"), c.String("to"), c.String("ca-key-seal"))
 	if err != nil {
 		return fail(exitFailure, err)
 	}

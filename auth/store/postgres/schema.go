@@ -73,7 +73,17 @@ CREATE TABLE spent_challenges (
 	expires timestamptz NOT NULL
 );
 CREATE INDEX spent_challenges_expires ON spent_challenges (expires);`,
-	// 3: the audit trail (events.go).
+	// 3: locks, by their ID.
+	`
+CREATE TABLE locks (
+	name    text PRIMARY KEY,
+	bot     text NOT NULL,
+	message text NOT NULL DEFAULT '',
+	created timestamptz NOT NULL,
+	expires timestamptz
+);
+CREATE INDEX locks_bot ON locks (bot);`,
+	// 4: the audit trail (events.go).
 	eventSchema,
 }
 

@@ -89,7 +89,17 @@ CREATE TABLE spent_challenges (
 	expires INTEGER NOT NULL
 );
 CREATE INDEX spent_challenges_expires ON spent_challenges(expires);`,
-	// 4: the audit trail (events.go).
+	// 4: locks, by their ID.
+	`
+CREATE TABLE locks (
+	name    TEXT PRIMARY KEY,
+	bot     TEXT NOT NULL,
+	message TEXT NOT NULL DEFAULT '',
+	created INTEGER NOT NULL,
+	expires INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX locks_bot ON locks(bot);`,
+	// 5: the audit trail (events.go).
 	eventSchema,
 }
 
