@@ -206,9 +206,34 @@ func TestTrailOfABotsLife(t *testing.T) {
 			order = append(order, e.Type)
 		}
 	}
-	want := []string{audit.BotCreated, audit.TokenCreated, audit.BotJoined, audit.BotRenewed, audit.CertIssued, audit.GenerationLocked, audit.BotUnlocked, audit.BotRemoved}
+	// bots rm locks the bot until its certificates expire.
+	want := []string{audit.BotCreated, audit.TokenCreated, audit.BotJoined, audit.BotRenewed, audit.CertIssued, audit.GenerationLocked, audit.BotUnlocked, audit.BotRemoved, audit.LockCreated}
 	if !slices.Equal(order, want) {
 		t.Errorf("events in order %v, want %v", order, want)
+	}
+}
+
+// A lock and its removal are recorded with who did them, the lock's ID,
+// its bot, message and end.
+func TestTrailOfLocks(t *testing.T) {
+	s := startTest(t)
+	ac := dialAdmin(t, s)
+	ctx := context.Background()
+	addBot(t, s, "robot", []string{"access"}, nil)
+	l, err := ac.AddLock(ctx, admin.LockSpec{Bot: "robot", Message: "incident 42", TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ac.Remove(ctx, "locks", l.ID); err != nil {
+		t.Fatal(err)
+	}
+	evs := trailOf(t, s)
+	made, gone := one(t, evs, audit.LockCreated), one(t, evs, audit.LockRemoved)
+	if made.Actor == nil || made.Name != l.ID || made.Bot != "robot" || made.Message != "incident 42" || !made.Expires.Equal(l.Expires) {
+		t.Errorf("lock.created: %+v; the lock: %+v", made, l)
+	}
+	if gone.Actor == nil || gone.Name != l.ID {
+		t.Errorf("lock.removed: %+v", gone)
 	}
 }
 
