@@ -156,8 +156,8 @@ func BenchmarkEventsSince1h(b *testing.B) {
 // take a while to write), copied into each benchmark's data directory.
 var eventFills struct {
 	sync.Mutex
-	dirs map[string]string // name: directory
-	at   time.Time         // the now of every fill
+	dirs map[string]string    // name: directory
+	at   map[string]time.Time // name: the now of its fill
 }
 
 // copyEventFill copies the fill of name (made at its first use: a million
@@ -173,12 +173,12 @@ func copyEventFill(b *testing.B, name string, recent int, dir string) {
 			b.Fatal(err)
 		}
 		if eventFills.dirs == nil {
-			eventFills.dirs, eventFills.at = map[string]string{}, time.Now()
+			eventFills.dirs, eventFills.at = map[string]string{}, map[string]time.Time{}
 		}
-		eventFills.dirs[name] = src
-		fillEvents(b, src, 1_000_000, recent, eventFills.at)
+		eventFills.dirs[name], eventFills.at[name] = src, time.Now()
+		fillEvents(b, src, eventFillSize, recent, eventFills.at[name])
 	}
-	if since := time.Since(eventFills.at); since > 10*time.Minute {
+	if since := time.Since(eventFills.at[name]); since > 10*time.Minute {
 		b.Logf("the fill is %s old: fewer of its recent events are in the last hour", since.Round(time.Second))
 	}
 	for _, f := range []string{sqlite.File, sqlite.File + "-wal"} {
@@ -194,6 +194,9 @@ func copyEventFill(b *testing.B, name string, recent int, dir string) {
 		}
 	}
 }
+
+// eventFillSize is how many events a fill holds.
+var eventFillSize = 1_000_000
 
 func removeEventFills() {
 	for _, d := range eventFills.dirs {
