@@ -1,9 +1,12 @@
 package admin
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -47,6 +50,41 @@ type EventPage struct {
 	Events []json.RawMessage `json:"events"`
 	End    string            `json:"end,omitempty"`
 	Next   string            `json:"next,omitempty"`
+}
+
+// An EventPage travels as JSON lines, one event each, with the positions
+// in headers: the lines are the events as stored, which neither end has
+// to decode (a busy hour is 100,000 of them).
+const (
+	eventEndHeader  = "Midfs-Events-End"
+	eventNextHeader = "Midfs-Events-Next"
+)
+
+func (p *EventPage) writeHTTP(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Content-Type", "application/x-ndjson")
+	h.Set(eventEndHeader, p.End)
+	h.Set(eventNextHeader, p.Next)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	for _, e := range p.Events {
+		bw.Write(e)
+		bw.WriteByte('\n')
+	}
+	bw.Flush()
+}
+
+func (p *EventPage) readHTTP(resp *http.Response) error {
+	p.End, p.Next = resp.Header.Get(eventEndHeader), resp.Header.Get(eventNextHeader)
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("admin socket: events: %w", err)
+	}
+	for len(body) > 0 {
+		line, rest, _ := bytes.Cut(body, []byte{'\n'})
+		p.Events = append(p.Events, json.RawMessage(line))
+		body = rest
+	}
+	return nil
 }
 
 // Decode decodes the page's events.

@@ -104,6 +104,9 @@ func peerActor(c net.Conn) *audit.Actor {
 
 type handler func(r *http.Request) (any, error)
 
+// selfWriter is an answer that is not one JSON object (EventPage).
+type selfWriter interface{ writeHTTP(w http.ResponseWriter) }
+
 func routes(a Authority, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	handle := func(pattern string, h handler) {
@@ -127,6 +130,10 @@ func routes(a Authority, log *slog.Logger) http.Handler {
 					log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 				}
 				wire.WriteError(w, kind.Status(), err.Error())
+				return
+			}
+			if sw, ok := v.(selfWriter); ok {
+				sw.writeHTTP(w)
 				return
 			}
 			wire.WriteJSON(w, v)
