@@ -8,11 +8,12 @@
 //
 // A method added here is added to both backends, with a test in storetest;
 // a table or column is a new numbered migration in each backend's list
-// (never an edit of a released one), and a table is carried by Dump.
+// (never an edit of a released one), and a table is carried by Dump (the
+// audit trail, too large to hold in memory, by CopyEvents).
 //
 // Only auth and its sub-packages import it. It imports policy (roles and
-// allow rules are stored as policy values), identity (nodes) and wire
-// (locks), never auth.
+// allow rules are stored as policy values), identity (nodes), wire
+// (locks) and audit (events), never auth.
 package store
 
 import (
