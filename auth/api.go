@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/midfs/midfs/auth/audit"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -27,7 +28,7 @@ func (s *Server) routes() http.Handler {
 		// %q: the path is decoded, so it may hold a line break.
 		wire.WriteError(w, http.StatusNotFound, fmt.Sprintf("no API at %s %q", r.Method, r.URL.Path))
 	})
-	return wire.Recover(s.log, mux)
+	return wire.Recover(s.log, withSourceAddr(mux))
 }
 
 func (s *Server) handleCA(w http.ResponseWriter, r *http.Request) {
@@ -59,6 +60,7 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 // internal error.
 func (s *Server) refuseJoin(w http.ResponseWriter, r *http.Request, method string, err error) {
 	s.metrics.join(method, "refused")
+	s.recordRefusal(r.Context(), audit.JoinRefused, method, err)
 	s.refuse(w, r, "join", err)
 }
 
@@ -90,6 +92,7 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	fail := func(err error) {
 		s.metrics.renewal("refused")
+		s.recordRefusal(r.Context(), audit.RenewRefused, "", err)
 		s.refuse(w, r, "renewal", err)
 	}
 	bc, err := s.clientBot(r)

@@ -110,9 +110,12 @@ func (a *authority) public() identity.CA {
 	return ca
 }
 
-// signTLS issues a leaf certificate for pub.
+// signTLS issues a leaf certificate for pub, with a random serial unless
+// tmpl has one.
 func (a *authority) signTLS(tmpl *x509.Certificate, pub crypto.PublicKey) ([]byte, error) {
-	tmpl.SerialNumber = randomSerial()
+	if tmpl.SerialNumber == nil {
+		tmpl.SerialNumber = randomSerial()
+	}
 	return x509.CreateCertificate(rand.Reader, tmpl, a.cert, pub, a.key)
 }
 

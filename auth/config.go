@@ -52,6 +52,11 @@ type Config struct {
 	// MaxConns, or half the open-file limit if that is lower.
 	MaxConns int
 
+	// AuditRetention is how long audit events are kept (at least an
+	// hour); 0: DefaultAuditRetention.
+	AuditRetention time.Duration
+	auditOff       bool // tests only: no audit trail, the benchmarks' baseline
+
 	// CAKeySeal is the file of the seal key (package auth/seal) that seals
 	// the CA private keys in the state. Empty: the systemd credential
 	// ca-key-seal if the service has one, else the keys are stored unsealed.
@@ -86,6 +91,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxConns == 0 {
 		c.MaxConns = defaultMaxConns()
+	}
+	if c.AuditRetention == 0 {
+		c.AuditRetention = DefaultAuditRetention
+	}
+	if c.AuditRetention < minAuditRetention {
+		return fmt.Errorf("bad --audit-retention %s: keep events at least %s (the default is %s)", c.AuditRetention, minAuditRetention, DefaultAuditRetention)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/midfs/midfs/auth/admin"
+	"github.com/midfs/midfs/auth/audit"
 	"github.com/midfs/midfs/auth/store/sqlite"
 	"github.com/midfs/midfs/internal/pgtest"
 	"github.com/midfs/midfs/wire"
@@ -34,7 +35,9 @@ func TestMain(m *testing.M) {
 		runChild(dir)
 		return
 	}
-	os.Exit(pgtest.Main(m))
+	code := pgtest.Main(m)
+	removeEventFills() // events_bench_test.go
+	os.Exit(code)
 }
 
 // childInfo is what a child authority prints once it serves.
@@ -106,7 +109,8 @@ type heldBot struct {
 
 // TestSIGKILLKeepsState kills a real authority process at random moments
 // while bots join, renew and get added, restarts it, and checks what the
-// clients were told against what the state holds: same CAs; a token whose
+// clients were told against what the state holds, and the audit trail
+// against the state (checkEvents): same CAs; a token whose
 // join was answered is used and its bot is at generation >= 1; a token is
 // either used with a joined bot or still valid; no answered renewal is
 // lost; a bot whose addition was answered exists; the database is intact;
@@ -299,5 +303,53 @@ func checkState(t *testing.T, dir string, bots []*heldBot, added []string) {
 		if n != 1 {
 			t.Errorf("bot %s has %d tokens, want 1", name, n)
 		}
+	}
+	checkEvents(t, db)
+}
+
+// checkEvents checks the audit trail against the state beside it: every
+// committed change has its event (a join per used token, a renewal per
+// generation past the first, a bot.created per bot) and no event tells of
+// a change that is not there.
+func checkEvents(t *testing.T, db *sql.DB) {
+	t.Helper()
+	count := func(q string, args ...any) int {
+		t.Helper()
+		var n int
+		if err := db.QueryRow(q, args...).Scan(&n); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		return n
+	}
+	rows, err := db.Query(`SELECT name, generation FROM bots`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gens := map[string]int{}
+	for rows.Next() {
+		var name string
+		var gen int
+		rows.Scan(&name, &gen)
+		gens[name] = gen
+	}
+	rows.Close()
+	const changes = `SELECT count(*) FROM events WHERE type = ? AND bot = ? AND json_extract(data, '$.retry') IS NULL`
+	for name, gen := range gens {
+		joins, renewals := count(changes, audit.BotJoined, name), count(changes, audit.BotRenewed, name)
+		if wantJoins := min(gen, 1); joins != wantJoins || renewals != max(gen-1, 0) {
+			t.Errorf("bot %s at generation %d: %d joins and %d renewals in the trail, want %d and %d", name, gen, joins, renewals, wantJoins, max(gen-1, 0))
+		}
+		if n := count(`SELECT count(*) FROM events WHERE type = ? AND bot = ?`, audit.BotCreated, name); n != 1 {
+			t.Errorf("bot %s: %d bot.created events, want 1", name, n)
+		}
+		if top := count(`SELECT coalesce(max(json_extract(data, '$.generation')), 0) FROM events WHERE type = ? AND bot = ?`, audit.BotRenewed, name); gen > 1 && top != gen {
+			t.Errorf("bot %s at generation %d: the newest renewal in the trail is to %d", name, gen, top)
+		}
+	}
+	if n := count(`SELECT count(*) FROM events WHERE type = ? AND bot NOT IN (SELECT name FROM bots)`, audit.BotCreated); n != 0 {
+		t.Errorf("%d bot.created events of bots that are not stored", n)
+	}
+	if n := count(`SELECT count(*) FROM events WHERE type = ? AND json_extract(data, '$.name') NOT IN (SELECT name FROM tokens)`, audit.TokenCreated); n != 0 {
+		t.Errorf("%d token.created events of tokens that are not stored", n)
 	}
 }

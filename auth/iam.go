@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/midfs/midfs/auth/audit"
 	"github.com/midfs/midfs/auth/iam"
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/wire"
@@ -104,6 +105,10 @@ func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
 		j.s.refuseJoin(w, r, wire.JoinIAM, err)
 		return
 	}
+	if err := j.s.recordIAMJoin(r.Context(), bi, req.Token, id); err != nil {
+		j.s.refuseJoin(w, r, wire.JoinIAM, err)
+		return
+	}
 	j.s.metrics.join(wire.JoinIAM, "ok")
 	j.s.metrics.issued("join", time.Since(start))
 	j.s.log.Info("bot joined", "bot", bi.BotName, "method", wire.JoinIAM, "token", req.Token,
@@ -173,12 +178,15 @@ func (j *iamJoin) refuse(w http.ResponseWriter, r *http.Request, ref string, f *
 		status = http.StatusServiceUnavailable
 	}
 	j.s.metrics.join(wire.JoinIAM, "refused")
-	j.s.refuse(w, r, "iam join", &refusal{
+	rf := &refusal{
 		Code:   "iam_" + string(f.Reason),
 		Reason: fmt.Sprintf("%s [ref %s]", f.Detail, ref),
 		Public: public,
 		Status: status,
-	})
+		ref:    ref,
+	}
+	j.s.recordRefusal(r.Context(), audit.JoinRefused, wire.JoinIAM, rf)
+	j.s.refuse(w, r, "iam join", rf)
 }
 
 // newRefusalRef is a short random reference joining a client's error line

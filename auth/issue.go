@@ -13,6 +13,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"fmt"
+	"math/big"
 	"slices"
 	"strconv"
 	"strings"
@@ -101,7 +102,8 @@ func readBotCert(c *x509.Certificate) (*botCert, error) {
 }
 
 // issueBotTLS makes the bot's own identity certificate.
-func (s *Server) issueBotTLS(bot *store.Bot, pub crypto.PublicKey, gen uint64, renewable bool, now time.Time) (*wire.BotIdentity, error) {
+// serial is chosen before, for the audit event of the issuance.
+func (s *Server) issueBotTLS(bot *store.Bot, pub crypto.PublicKey, gen uint64, renewable bool, now time.Time, serial *big.Int) (*wire.BotIdentity, error) {
 	subject := pkix.Name{
 		CommonName:   botUser(bot.Name),
 		Organization: bot.Roles,
@@ -113,11 +115,12 @@ func (s *Server) issueBotTLS(bot *store.Bot, pub crypto.PublicKey, gen uint64, r
 		},
 	}
 	der, err := s.user.signTLS(&x509.Certificate{
-		Subject:     subject,
-		NotBefore:   now.Add(-time.Minute),
-		NotAfter:    now.Add(s.cfg.BotTTL),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		SerialNumber: serial,
+		Subject:      subject,
+		NotBefore:    now.Add(-time.Minute),
+		NotAfter:     now.Add(s.cfg.BotTTL),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}, pub)
 	if err != nil {
 		return nil, fmt.Errorf("issue bot identity: %w", err)

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/midfs/midfs/auth/audit"
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/wire"
 )
@@ -26,6 +27,8 @@ type refusal struct {
 	Reason string // for the authority's log; never holds a secret
 	Public string // the one line the client gets
 	Status int
+
+	ref, bot, token string // for the audit trail: the client's reference; the bot and token, when known
 }
 
 func (r *refusal) Error() string { return r.Public }
@@ -34,7 +37,7 @@ func (r *refusal) Error() string { return r.Public }
 // carries too, as the IAM join does, so an operator can find the reason.
 func refuseToken(code, reason string) *refusal {
 	ref := newRefusalRef()
-	return &refusal{Code: code, Reason: reason + " [ref " + ref + "]", Public: joinRefusedMsg + " (ref " + ref + ")", Status: 403}
+	return &refusal{Code: code, Reason: reason + " [ref " + ref + "]", Public: joinRefusedMsg + " (ref " + ref + ")", Status: 403, ref: ref}
 }
 
 // joinRefusal turns a lock's refusal into the generic one joins give (the
@@ -76,8 +79,11 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 	secret := hashToken(req.Token)
 	kh := keyHash(req.PublicKey)
 	now := s.cfg.Clock.Now()
+	serial := randomSerial()
 	var bot *store.Bot
+	var known refusal // the token and bot a refusal is about, once known
 	err = s.st.Update(ctx, func(tx store.Tx) error {
+		bot, known = nil, refusal{} // fn may run again (store.Store)
 		t, err := tx.TokenBySecret(ctx, secret)
 		if errors.Is(err, store.ErrNotFound) {
 			return refuseToken("token_unknown", "no such token")
@@ -85,6 +91,7 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 		if err != nil {
 			return err
 		}
+		known.token, known.bot = t.Name, t.BotName
 		switch {
 		case t.JoinMethod != wire.JoinToken:
 			return refuseToken("token_method", fmt.Sprintf("token %s is for join method %s", t.Name, t.JoinMethod))
@@ -113,7 +120,7 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 			if b != nil && bytes.Equal(t.UsedKeyHash, kh) && t.UsedInstance == b.Instance && b.Generation == 1 {
 				s.log.Info("token join retried with the same key: issuing the identity again", "bot", b.Name, "token", t.Name)
 				bot = b
-				return nil
+				return s.record(ctx, tx, s.joinEvent(b, t, serial, now, true))
 			}
 			return refuseToken("token_used", fmt.Sprintf("token %s for bot %s was already used at %s", t.Name, name, t.Used.UTC().Format(time.RFC3339)))
 		}
@@ -146,12 +153,12 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 			}
 		}
 		bot = b
-		return nil
+		return s.record(ctx, tx, s.joinEvent(b, t, serial, now, false))
 	})
 	if err != nil {
-		return nil, err
+		return nil, aboutToken(err, known)
 	}
-	return s.issueBotTLS(bot, pub, 1, true, now)
+	return s.issueBotTLS(bot, pub, 1, true, now, serial)
 }
 
 // renew trades a renewable bot identity at the stored generation for the
@@ -172,11 +179,13 @@ func (s *Server) renew(ctx context.Context, bc *botCert, req *wire.RenewRequest)
 	}
 	kh := keyHash(req.PublicKey)
 	now := s.cfg.Clock.Now()
+	serial := randomSerial()
 	var bot *store.Bot
 	var locked *refusal
 	var gen uint64
+	var retry bool
 	err = s.st.Update(ctx, func(tx store.Tx) error {
-		bot, locked = nil, nil // fn may run again (store.Store)
+		bot, locked, retry = nil, nil, false // fn may run again (store.Store)
 		b, err := s.checkBot(ctx, tx, bc)
 		if err != nil {
 			return err
@@ -197,6 +206,7 @@ func (s *Server) renew(ctx context.Context, bc *botCert, req *wire.RenewRequest)
 			// stored again): issue it again.
 			gen = b.Generation
 			s.log.Info("renewal retried with the same key: issuing it again", "bot", b.Name, "generation", gen)
+			retry = true
 		default:
 			// Refused, yet the lock must be committed: an error from
 			// here would undo it.
@@ -204,7 +214,7 @@ func (s *Server) renew(ctx context.Context, bc *botCert, req *wire.RenewRequest)
 			return err
 		}
 		bot = b
-		return nil
+		return s.record(ctx, tx, s.botIdentityEvent(audit.BotRenewed, b, gen, serial, now, retry))
 	})
 	if err != nil {
 		return nil, err
@@ -212,7 +222,7 @@ func (s *Server) renew(ctx context.Context, bc *botCert, req *wire.RenewRequest)
 	if locked != nil {
 		return nil, locked
 	}
-	return s.issueBotTLS(bot, pub, gen, true, now)
+	return s.issueBotTLS(bot, pub, gen, true, now, serial)
 }
 
 // lockCopied locks bot b, whose identity was presented at generation
@@ -221,6 +231,10 @@ func (s *Server) renew(ctx context.Context, bc *botCert, req *wire.RenewRequest)
 func (s *Server) lockCopied(ctx context.Context, tx store.Tx, b *store.Bot, presented uint64, now time.Time) (*refusal, error) {
 	reason := fmt.Sprintf("generation mismatch stored=%d presented=%d, possibly a copied identity", b.Generation, presented)
 	if err := tx.SetLocked(ctx, b.Name, reason+" (locked "+now.UTC().Format(time.RFC3339)+")"); err != nil {
+		return nil, err
+	}
+	if err := s.record(ctx, tx, audit.Event{Type: audit.GenerationLocked, Time: now, Bot: b.Name, Instance: b.Instance,
+		Generation: presented, Code: "generation_mismatch", Message: reason}); err != nil {
 		return nil, err
 	}
 	s.log.Warn(fmt.Sprintf("bot %s locked: %s", b.Name, reason), "bot", b.Name, "stored", b.Generation, "presented", presented)
@@ -299,7 +313,18 @@ func (s *Server) certs(ctx context.Context, bc *botCert, req *wire.CertsRequest)
 	if err != nil {
 		return nil, err
 	}
-	return s.issueOutput(b, roles, pub, ttl, s.cfg.Clock.Now())
+	certs, err := s.issueOutput(b, roles, pub, ttl, s.cfg.Clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	ev, err := outputEvent(b, certs)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.recordAlone(ctx, ev); err != nil {
+		return nil, err
+	}
+	return certs, nil
 }
 
 // nodes lists, encoded, the nodes the bot's roles let it see in the
@@ -340,5 +365,5 @@ func (s *Server) issueBotIdentity(ctx context.Context, botName string, pub crypt
 	if err := s.checkLocks(ctx, s.st, b.Name); err != nil {
 		return nil, joinRefusal(err)
 	}
-	return s.issueBotTLS(b, pub, b.Generation, false, s.cfg.Clock.Now())
+	return s.issueBotTLS(b, pub, b.Generation, false, s.cfg.Clock.Now(), randomSerial())
 }

@@ -96,7 +96,10 @@ func (s *Server) putLock(ctx context.Context, tx store.Tx, l wire.Lock) error {
 	if _, err := tx.RemoveExpiredLocks(ctx, l.Created.Add(-lockGrace)); err != nil {
 		return err
 	}
-	return tx.PutLock(ctx, l)
+	if err := tx.PutLock(ctx, l); err != nil {
+		return err
+	}
+	return s.record(ctx, tx, lockEvent(l)) // events.go
 }
 
 // lockOf returns a lock in force on bot at now, if any.

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/midfs/midfs/auth/admin"
+	"github.com/midfs/midfs/auth/audit"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity"
@@ -119,6 +120,9 @@ func (s *Server) AddBot(ctx context.Context, spec admin.BotSpec) (*admin.BotToke
 		if err != nil {
 			return err
 		}
+		if err := s.record(ctx, tx, botEvent(old == nil, spec)); err != nil {
+			return err
+		}
 		if secret == "" {
 			return nil
 		}
@@ -126,11 +130,15 @@ func (s *Server) AddBot(ctx context.Context, spec admin.BotSpec) (*admin.BotToke
 		if err := tx.RemoveBotTokens(ctx, spec.Name, wire.JoinToken, true); err != nil {
 			return err
 		}
-		return tx.PutToken(ctx, &store.Token{
+		err = tx.PutToken(ctx, &store.Token{
 			Name: out.TokenName, BotName: spec.Name, JoinMethod: wire.JoinToken, Expires: out.Expires,
 			SecretHash: hashToken(secret),
 			Created:    now,
 		}, false)
+		if err != nil {
+			return err
+		}
+		return s.record(ctx, tx, audit.Event{Type: audit.TokenCreated, Name: out.TokenName, Bot: spec.Name, Method: wire.JoinToken, Expires: out.Expires.UTC()})
 	})
 	if err != nil {
 		return nil, err
@@ -164,6 +172,9 @@ func (s *Server) RemoveBot(ctx context.Context, name string) error {
 		if !found {
 			return admin.Errorf(admin.NotFound, "bot %q not found; see `midfs bots ls`", name)
 		}
+		if err := s.record(ctx, tx, audit.Event{Type: audit.BotRemoved, Bot: name}); err != nil {
+			return err
+		}
 		if err := tx.RemoveBotTokens(ctx, name, wire.JoinToken, false); err != nil {
 			return err
 		}
@@ -194,6 +205,9 @@ func (s *Server) UnlockBot(ctx context.Context, name string) error {
 		if was == "" {
 			return admin.Errorf(admin.Conflict, "bot %s is not locked", name)
 		}
+		if err := s.record(ctx, tx, audit.Event{Type: audit.BotUnlocked, Bot: name, Message: was}); err != nil {
+			return err
+		}
 		return tx.SetLocked(ctx, name, "")
 	})
 	if err == nil {
@@ -209,21 +223,28 @@ func (s *Server) AddNode(ctx context.Context, n identity.Node) error {
 		return admin.Mark(admin.Invalid, err)
 	}
 	defer s.inv.changed()
-	return s.st.Update(ctx, func(tx store.Tx) error { return putTypedNode(ctx, tx, n) })
+	return s.st.Update(ctx, func(tx store.Tx) error {
+		existed, err := putTypedNode(ctx, tx, n)
+		if err != nil {
+			return err
+		}
+		return s.record(ctx, tx, nodeEvent(existed, n))
+	})
 }
 
 // putTypedNode stores a node typed by an administrator, unless a node of
 // that name joined by itself: its row says what its heartbeats said, and
-// the admin's would be overwritten by the next one.
-func putTypedNode(ctx context.Context, tx store.Tx, n identity.Node) error {
+// the admin's would be overwritten by the next one. It says whether a node
+// of that name was there before.
+func putTypedNode(ctx context.Context, tx store.Tx, n identity.Node) (existed bool, err error) {
 	old, err := tx.Node(ctx, n.Name)
 	if err == nil && old.Agent {
-		return admin.Errorf(admin.Conflict, "node %s joined with `midfs node start` and registers itself; to type it by hand, remove it first with `midfs nodes rm %s`", n.Name, n.Name)
+		return true, admin.Errorf(admin.Conflict, "node %s joined with `midfs node start` and registers itself; to type it by hand, remove it first with `midfs nodes rm %s`", n.Name, n.Name)
 	}
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return err
+		return false, err
 	}
-	return tx.PutNode(ctx, store.Node{Node: n})
+	return err == nil, tx.PutNode(ctx, store.Node{Node: n})
 }
 
 // CreateYAML parses resources (see ParseResources) and stores them all in
@@ -264,7 +285,7 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 				verb = "updated"
 			}
 			done = append(done, kind+"/"+name+" "+verb)
-			return nil
+			return s.record(ctx, tx, audit.Event{Type: kind + "." + verb, Name: name})
 		}
 		for _, r := range res.Roles {
 			if err := put(policy.KindRole, r.Metadata.Name, func() error { return tx.PutRole(ctx, r) }); err != nil {
@@ -304,7 +325,10 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 			if err := identity.CheckNode(node); err != nil {
 				return admin.Mark(admin.Invalid, err)
 			}
-			if err := put(policy.KindNode, node.Name, func() error { return putTypedNode(ctx, tx, node) }); err != nil {
+			if err := put(policy.KindNode, node.Name, func() error {
+				_, err := putTypedNode(ctx, tx, node)
+				return err
+			}); err != nil {
 				return err
 			}
 		}
@@ -491,7 +515,7 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 		if !found {
 			return admin.Errorf(admin.NotFound, "%s %q not found; see `midfs get %ss`", kind, name, kind)
 		}
-		return nil
+		return s.record(ctx, tx, audit.Event{Type: kind + ".removed", Name: name})
 	})
 	if err == nil {
 		if joined {
@@ -549,6 +573,9 @@ func (s *Server) SignHost(ctx context.Context, publicKey string, hosts []string,
 	}
 	cert, err := s.signHostKey(pub, hosts, ttl)
 	if err != nil {
+		return "", err
+	}
+	if err := s.recordAlone(ctx, hostCertEvent(cert)); err != nil {
 		return "", err
 	}
 	s.log.Info("host certificate signed", "hosts", hosts, "ttl", ttl.String())

@@ -20,6 +20,7 @@ type Moved struct {
 	Cluster                         string
 	To                              string // the database, without its password
 	CAs, Roles, Bots, Tokens, Nodes int
+	Events                          int64 // of the audit trail
 }
 
 // Migrate moves the state of a stopped SQLite authority (from is
@@ -82,8 +83,14 @@ func Migrate(ctx context.Context, from, to, sealKey string) (*Moved, error) {
 		return nil, fmt.Errorf("copy into the database: %w", err)
 	}
 	m := &Moved{Cluster: d.ClusterName, To: redactURL(to), CAs: len(d.CAs), Roles: len(d.Roles), Bots: len(d.Bots), Tokens: len(d.Tokens), Nodes: len(d.Nodes)}
+	// The audit trail follows, in batches (it may hold millions of
+	// events): the state is moved whatever happens to it.
+	m.Events, err = store.CopyEvents(ctx, src, dst)
 	if err := src.MarkMoved(m.To); err != nil {
 		return m, fmt.Errorf("copied to %s, but could not mark %s moved (%v): never start an authority on it again", m.To, dir, err)
+	}
+	if err != nil {
+		return m, fmt.Errorf("moved the state to %s, and %d events of its audit trail; the rest stays in %s, readable with sqlite3 (%v)", m.To, m.Events, dir, err)
 	}
 	return m, nil
 }

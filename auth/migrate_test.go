@@ -41,6 +41,7 @@ func TestMigrateKeepsBotsRenewing(t *testing.T) {
 	if _, err := Migrate(ctx, "sqlite:"+dir, url, keyFile); err == nil || !strings.Contains(err.Error(), "stop it first") {
 		t.Fatalf("migrate while the authority serves: %v", err)
 	}
+	trail := trailOf(t, s)
 	s.Close()
 	empty := stateDump(t, srv, db)
 	if _, err := Migrate(ctx, "sqlite:"+dir, url, ""); err == nil || !strings.Contains(err.Error(), "--ca-key-seal") || strings.Contains(err.Error(), "\n") {
@@ -63,7 +64,17 @@ func TestMigrateKeepsBotsRenewing(t *testing.T) {
 		t.Fatalf("moved: %+v", moved)
 	}
 
+	if moved.Events != int64(len(trail)) || len(trail) < 8 {
+		t.Fatalf("moved %d events of a trail of %d", moved.Events, len(trail))
+	}
 	rs := startReplicasOn(t, url, 2, func(c *Config) { c.CAKeySeal = keyFile })
+	for i, e := range trailOf(t, rs[0])[:len(trail)] {
+		was := trail[i]
+		e.ID, was.ID = 0, 0
+		if !jsonEqual(e, was) {
+			t.Errorf("event %d after the move: %+v, before: %+v", i, e, was)
+		}
+	}
 	if rs[0].CAPin() != pin {
 		t.Fatalf("the replicas serve pin %s, the bots pinned %s", rs[0].CAPin(), pin)
 	}

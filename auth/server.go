@@ -45,6 +45,7 @@ type Server struct {
 	seal     *seal.Key
 	sealPath string
 	locks    *lockSet
+	trail    *trail // the audit trail's writers (events.go)
 
 	https     *http.Server
 	httpsLn   net.Listener
@@ -80,6 +81,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), locks: &lockSet{}, stopping: make(chan struct{}), seal: sk, sealPath: skPath}
+	s.trail = newTrail(&cfg)
 	if err := s.loadOrInit(ctx); err != nil {
 		st.Close()
 		return nil, err
@@ -120,6 +122,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	go s.dbw.run()
+	s.startTrail()
 	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
 		"ca_pin", s.CAPin(), "state", stateName(cfg), "admin_socket", admin.SocketPath(cfg.DataDir), "ca_keys_sealed", s.seal != nil)
 	return s, nil
@@ -150,6 +153,7 @@ func (s *Server) Close() error {
 		err2 := s.adminSrv.Shutdown(ctx)
 		close(s.stopping)
 		s.wg.Wait()
+		s.stopTrail()
 		s.dbw.close()
 		os.Remove(admin.SocketPath(s.cfg.DataDir))
 		err3 := s.st.Close()

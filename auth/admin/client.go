@@ -58,6 +58,11 @@ func (c *Client) Close() error {
 	return nil
 }
 
+// selfReader is an answer that is not one JSON object (EventPage).
+type selfReader interface {
+	readHTTP(resp *http.Response) error
+}
+
 // call sends one admin request; body is JSON-encoded unless it is []byte.
 // An error answer comes back as an error of the kind its status says (see
 // KindOf), so that callers can tell "not found" from "already exists".
@@ -95,6 +100,9 @@ func (c *Client) call(ctx context.Context, method, path string, body, out any) e
 	}
 	if out == nil {
 		return nil
+	}
+	if sr, ok := out.(selfReader); ok {
+		return sr.readHTTP(resp)
 	}
 	// No cap: root's own authority answers, and a listing grows with the
 	// inventory (`get nodes` of 100,000 nodes is about 11 MB).

@@ -6,7 +6,8 @@
 // that the command line can tell "not there" from "already there" from a
 // bad request.
 //
-// It imports policy, identity and wire, never auth: auth and cmd import it.
+// It imports policy, identity, wire and audit, never auth: auth and cmd
+// import it.
 package admin
 
 import (

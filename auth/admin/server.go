@@ -7,10 +7,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/midfs/midfs/auth/audit"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
@@ -31,6 +34,7 @@ type Authority interface {
 	AddNodeToken(ctx context.Context, spec NodeTokenSpec) (*NodeToken, error)
 	Export(ctx context.Context, typ string) (string, error)
 	SignHost(ctx context.Context, publicKey string, hosts []string, ttl time.Duration) (string, error)
+	Events(ctx context.Context, q EventQuery) (*EventPage, error) // events.go
 }
 
 // Listen makes the admin socket at path, mode 0600. It refuses when another
@@ -52,46 +56,66 @@ func Listen(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-type peerKey struct{}
-
 // NewServer serves a's admin API to root, or to the uid the authority runs
-// as, checked by SO_PEERCRED on every connection.
+// as, checked by SO_PEERCRED on every connection; the peer is the actor of
+// what its requests change (ActorOf).
 func NewServer(a Authority, log *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           routes(a, log),
 		ReadHeaderTimeout: 10 * time.Second,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, peerKey{}, peerUID(c))
+			return context.WithValue(ctx, actorKey{}, peerActor(c))
 		},
 	}
 }
 
-// peerUID is the uid of the process at the other end, or -1.
-func peerUID(c net.Conn) int {
+type actorKey struct{}
+
+// ActorOf is the admin-socket peer a request came from, for the audit
+// trail; nil for calls that did not come through the socket.
+func ActorOf(ctx context.Context) *audit.Actor {
+	a, _ := ctx.Value(actorKey{}).(*audit.Actor)
+	return a
+}
+
+// peerActor asks the kernel who is at the other end of c (SO_PEERCRED):
+// uid and pid as they were when it connected. UID is -1 if it cannot say.
+func peerActor(c net.Conn) *audit.Actor {
+	a := &audit.Actor{UID: -1, Socket: c.LocalAddr().String()}
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
-		return -1
+		return a
 	}
 	raw, err := uc.SyscallConn()
 	if err != nil {
-		return -1
+		return a
 	}
-	uid := -1
 	raw.Control(func(fd uintptr) {
 		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
-			uid = int(cred.Uid)
+			a.UID, a.PID = int(cred.Uid), int(cred.Pid)
 		}
 	})
-	return uid
+	if a.UID >= 0 {
+		if u, err := user.LookupId(strconv.Itoa(a.UID)); err == nil {
+			a.User = u.Username
+		}
+	}
+	return a
 }
 
 type handler func(r *http.Request) (any, error)
+
+// selfWriter is an answer that is not one JSON object (EventPage).
+type selfWriter interface{ writeHTTP(w http.ResponseWriter) }
 
 func routes(a Authority, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	handle := func(pattern string, h handler) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-			uid, _ := r.Context().Value(peerKey{}).(int)
+			uid := -1
+			if a := ActorOf(r.Context()); a != nil {
+				uid = a.UID
+			}
 			if uid != 0 && uid != os.Getuid() {
 				log.Warn("admin request refused", "uid", uid, "path", r.URL.Path)
 				wire.WriteError(w, http.StatusForbidden, fmt.Sprintf("the admin socket is for root; uid %d may not use it", uid))
@@ -107,6 +131,10 @@ func routes(a Authority, log *slog.Logger) http.Handler {
 					log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 				}
 				wire.WriteError(w, kind.Status(), err.Error())
+				return
+			}
+			if sw, ok := v.(selfWriter); ok {
+				sw.writeHTTP(w)
 				return
 			}
 			wire.WriteJSON(w, v)
@@ -175,6 +203,7 @@ func routes(a Authority, log *slog.Logger) http.Handler {
 		cert, err := a.SignHost(r.Context(), req.PublicKey, req.Hosts, req.TTL)
 		return textResponse{Text: cert}, err
 	})
+	handle("GET /v1/events", handleEvents(a))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// %q: the path is decoded, so it may hold a line break.
 		wire.WriteError(w, http.StatusNotFound, fmt.Sprintf("no admin API at %s %q; is the CLI newer than the authority?", r.Method, r.URL.Path))

@@ -8,11 +8,12 @@
 //
 // A method added here is added to both backends, with a test in storetest;
 // a table or column is a new numbered migration in each backend's list
-// (never an edit of a released one), and a table is carried by Dump.
+// (never an edit of a released one), and a table is carried by Dump (the
+// audit trail, too large to hold in memory, by CopyEvents).
 //
 // Only auth and its sub-packages import it. It imports policy (roles and
-// allow rules are stored as policy values), identity (nodes) and wire
-// (locks), never auth.
+// allow rules are stored as policy values), identity (nodes), wire
+// (locks) and audit (events), never auth.
 package store
 
 import (
@@ -151,12 +152,15 @@ type Reader interface {
 	Locks(ctx context.Context, bot string) ([]wire.Lock, error)
 	// Exists says whether a resource of kind (a policy.Kind*) is stored.
 	Exists(ctx context.Context, kind, name string) (bool, error)
+
+	EventReader // the audit trail (event.go)
 }
 
 // Tx is one write transaction, valid only inside the function given to
 // Update. Its reads see its own changes.
 type Tx interface {
 	Reader
+	EventWriter // the audit trail (event.go)
 
 	// Init stores the cluster name, a new ClusterID, its CAs and the
 	// built-in roles, unless a cluster name is stored already (a

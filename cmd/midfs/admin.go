@@ -239,6 +239,7 @@ func authStartCommand() *cli.Command {
 			&cli.DurationFlag{Name: "max-ttl", Value: wire.MaxTTL, Usage: "`DURATION` no credential may outlive (at most 24h)"},
 			&cli.DurationFlag{Name: "bot-ttl", Value: auth.DefaultBotTTL, Usage: "`DURATION` a bot's own renewable identity lives"},
 			&cli.IntFlag{Name: "max-connections", Usage: fmt.Sprintf("`N` open API connections at most; at the cap the one idle longest is closed (0: %d, or half the open-file limit if lower)", auth.MaxConns)},
+			&cli.DurationFlag{Name: "audit-retention", Value: auth.DefaultAuditRetention, Usage: "`DURATION` audit events are kept (`midfs events`); older ones are pruned (at least 1h)"},
 			&cli.StringFlag{Name: "ca-key-seal", Usage: "seal the CA private keys in the state with the 32-byte key in `FILE` (chmod 600; `openssl rand -hex 32`), " +
 				"the same on every replica; default: the systemd credential ca-key-seal if the service has one, else the keys are stored unsealed"},
 			&cli.StringFlag{Name: "sts-endpoint", Usage: "`URL` replacing AWS STS for IAM joins; tests only, needs --insecure-test-mode"},
@@ -252,7 +253,7 @@ func authMigrateCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "migrate",
 		Usage: "move a stopped authority's SQLite state into an empty PostgreSQL database, for replicas",
-		Description: "Copies the CAs, roles, bots (at their generations), tokens (used or not) and nodes as they are: " +
+		Description: "Copies the CAs, roles, bots (at their generations), tokens (used or not), nodes and the audit trail as they are: " +
 			"nothing is issued anew, so agents go on renewing through authorities started with --db. " +
 			"Stop the authority first; the SQLite state is then marked moved, and an authority started on it refuses.\n" +
 			exitHelp(exitUsage, exitFailure),
@@ -278,7 +279,7 @@ func authMigrate(c *cli.Context) error {
 	if err != nil {
 		return fail(exitFailure, err)
 	}
-	fmt.Fprintf(c.App.Writer, "moved cluster %s to %s: %d CAs, %d roles, %d bots, %d tokens, %d nodes\n", m.Cluster, m.To, m.CAs, m.Roles, m.Bots, m.Tokens, m.Nodes)
+	fmt.Fprintf(c.App.Writer, "moved cluster %s to %s: %d CAs, %d roles, %d bots, %d tokens, %d nodes, %d audit events\n", m.Cluster, m.To, m.CAs, m.Roles, m.Bots, m.Tokens, m.Nodes, m.Events)
 	fmt.Fprintf(c.App.Writer, "start the replicas with --db=%s (and the password where ~/.pgpass or the config file gives it)\n", m.To)
 	return nil
 }
@@ -301,6 +302,7 @@ func authStart(c *cli.Context) error {
 		MaxTTL:           c.Duration("max-ttl"),
 		BotTTL:           c.Duration("bot-ttl"),
 		MaxConns:         c.Int("max-connections"),
+		AuditRetention:   c.Duration("audit-retention"),
 		CAKeySeal:        c.String("ca-key-seal"),
 		STSEndpoint:      c.String("sts-endpoint"),
 		InsecureTestMode: c.Bool("insecure-test-mode"),

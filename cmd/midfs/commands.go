@@ -10,6 +10,7 @@ import (
 func commands() []*cli.Command {
 	var cmds []*cli.Command
 	cmds = append(cmds, adminCommands()...) // admin.go: auth, status, bots, create, get, rm, nodes
+	cmds = append(cmds, eventsCommand())    // events.go: the audit trail
 	cmds = append(cmds, agentCommands()...) // mount.go: mount, ls, renew
 	cmds = append(cmds, lockCommand())      // lock.go: lock
 	cmds = append(cmds, nodeCommands()...)  // node_authorize.go: node authorize

@@ -104,6 +104,8 @@ ALTER TABLE tokens ADD COLUMN labels jsonb NOT NULL DEFAULT '{}';
 ALTER TABLE nodes ADD COLUMN agent boolean NOT NULL DEFAULT false;
 ALTER TABLE nodes ADD COLUMN expires timestamptz;
 ALTER TABLE nodes ADD COLUMN token_labels jsonb NOT NULL DEFAULT '{}';`,
+	// 6: the audit trail (events.go).
+	eventSchema,
 }
 
 // migrateLock is the advisory lock key under which replicas migrate, one

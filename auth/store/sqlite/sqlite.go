@@ -109,6 +109,8 @@ ALTER TABLE tokens ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE nodes ADD COLUMN agent INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE nodes ADD COLUMN expires INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE nodes ADD COLUMN token_labels TEXT NOT NULL DEFAULT '{}';`,
+	// 6: the audit trail (events.go).
+	eventSchema,
 }
 
 // Store is the SQLite state. Reads go straight to the pool (WAL lets them

@@ -66,6 +66,7 @@ func Run(t *testing.T, b Backend) {
 		{"StateOutlivesItsHandles", testReopen},
 		{"CloseRefusesChanges", testClose},
 	}
+	tests = append(tests, eventTests...) // events.go
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.fn(t, &state{t: t, open: b.New(t), b: b})
