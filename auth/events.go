@@ -377,9 +377,15 @@ func outputEvent(b *store.Bot, c *wire.Certs) (audit.Event, error) {
 		TTL: int64(tc.NotAfter.Sub(tc.NotBefore.Add(time.Minute)) / time.Second), Expires: tc.NotAfter.UTC()}, nil
 }
 
-func (s *Server) joinEvent(b *store.Bot, t *store.Token, serial *big.Int, now time.Time, retry bool) audit.Event {
+// joinEvent describes a token join: of a bot, or of a node (node, as it
+// asked) whose identity is the bot row nodeBot(name).
+func (s *Server) joinEvent(b *store.Bot, t *store.Token, node *wire.NodeInfo, serial *big.Int, now time.Time, retry bool) audit.Event {
 	e := s.botIdentityEvent(audit.BotJoined, b, 1, serial, now, retry)
 	e.Method, e.Token = t.JoinMethod, t.Name
+	if node != nil {
+		n := nodeOf(node, t.Labels)
+		e.Type, e.Bot, e.Name, e.NodeAddr, e.Labels = audit.NodeJoined, "", n.Name, n.Addr, n.Labels
+	}
 	return e
 }
 

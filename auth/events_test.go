@@ -305,10 +305,10 @@ func TestTrailOfResources(t *testing.T) {
 	if err := s.Remove(ctx, "role", "dev"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddNode(ctx, nodeOf("web", "10.0.0.1:22", "env", "prod")); err != nil {
+	if err := s.AddNode(ctx, typedNode("web", "10.0.0.1:22", "env", "prod")); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddNode(ctx, nodeOf("web", "10.0.0.2:22", "env", "prod")); err != nil {
+	if err := s.AddNode(ctx, typedNode("web", "10.0.0.2:22", "env", "prod")); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Remove(ctx, "node", "web"); err != nil {
@@ -627,7 +627,7 @@ func iamReasons() []string {
 	return out
 }
 
-func nodeOf(name, addr, k, v string) identity.Node {
+func typedNode(name, addr, k, v string) identity.Node {
 	return identity.Node{Name: name, Addr: addr, Labels: map[string]string{k: v}}
 }
 
@@ -636,4 +636,68 @@ func jsonEqual(a, b any) bool {
 	ja, err1 := json.Marshal(a)
 	jb, err2 := json.Marshal(b)
 	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
+}
+
+// A joined node's life as the trail tells it: its token, its join (the
+// node's name, address and labels, not a bot), its host certificate, its
+// first heartbeat bringing it into the inventory, its departure once its
+// heartbeats stop, and its return. A heartbeat that only extends a stay
+// records nothing.
+func TestTrailOfANodesLife(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	s := startTest(t, func(c *Config) { c.Clock = clk })
+	bot := join(t, s, addBot(t, s, "robot", []string{"access"}, nil).Token)
+	info := wire.NodeInfo{Name: "web", Addr: "10.0.0.1:22", Labels: map[string]string{"env": "dev"}}
+	node := joinNode(t, s, addNodeToken(t, s, map[string]string{"env": "prod"}), info)
+	if _, status, msg := node.hostCert(t, s, hostKey(t)); status != 200 {
+		t.Fatalf("host cert: %d %s", status, msg)
+	}
+	beat := func() {
+		t.Helper()
+		if _, status, msg := node.heartbeat(t, s, wire.Heartbeat{Addr: info.Addr, Labels: info.Labels, IntervalSeconds: 10}); status != 200 {
+			t.Fatalf("heartbeat: %d %s", status, msg)
+		}
+	}
+	beat()
+	clk.Advance(9 * time.Second)
+	beat() // only extends the stay
+	clk.Advance(15 * time.Second)
+	pollNodes(t, s, bot.key, bot.cert, "") // makes the authority notice it left
+	beat()
+
+	evs := trailOf(t, s)
+	var tok audit.Event
+	for _, e := range ofType(evs, audit.TokenCreated) {
+		if e.Bot == "" {
+			tok = e
+		}
+	}
+	if !strings.HasPrefix(tok.Name, "node-") || tok.Labels["env"] != "prod" {
+		t.Errorf("the node token's event: %+v", tok)
+	}
+	j := one(t, evs, audit.NodeJoined)
+	if j.Name != "web" || j.Bot != "" || j.NodeAddr != info.Addr || j.Labels["env"] != "prod" || j.Token != tok.Name || j.Addr == "" || j.Serial == "" {
+		t.Errorf("node.joined: %+v", j)
+	}
+	var host []audit.Event
+	for _, e := range ofType(evs, audit.CertIssued) {
+		if e.Cert == "host" {
+			host = append(host, e)
+		}
+	}
+	if len(host) != 1 || host[0].Name != "web" || !slices.Contains(host[0].Principals, "web") || host[0].SSHSerial == 0 {
+		t.Errorf("host certificate events: %+v", host)
+	}
+	if g := one(t, evs, audit.NodeGone); g.Name != "web" || g.Actor != nil || g.Addr != "" {
+		t.Errorf("node.gone: %+v (no one acted: no actor, no address)", g)
+	}
+	var typesAfterJoin []string
+	for _, e := range evs {
+		if e.ID > j.ID && (e.Type == audit.NodeUpdated || e.Type == audit.NodeGone) {
+			typesAfterJoin = append(typesAfterJoin, e.Type)
+		}
+	}
+	if want := []string{audit.NodeUpdated, audit.NodeGone, audit.NodeUpdated}; !slices.Equal(typesAfterJoin, want) {
+		t.Errorf("the node's inventory events: %v, want %v (in, gone, back)", typesAfterJoin, want)
+	}
 }

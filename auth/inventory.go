@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/midfs/midfs/auth/audit"
 	"log/slog"
 	"math"
 	"net/http"
@@ -45,8 +46,10 @@ import (
 // heartbeat that only extends a stay changes nothing bots see and moves
 // nothing.
 type inventory struct {
-	st      store.Reader
-	w       store.Store // to record that a node left (recordLeft)
+	st store.Reader
+	w  store.Store // to record that a node left (recordLeft)
+	// record writes an event in a transaction (the Server's record).
+	record  func(context.Context, store.Tx, audit.Event) error
 	log     *slog.Logger
 	cluster string // cluster ID: tags of another state never match
 	version atomic.Uint64
@@ -72,8 +75,9 @@ type invSnapshot struct {
 	roles   map[string]policy.Role
 }
 
-func newInventory(ctx context.Context, st store.Store, clusterID string, log *slog.Logger, now func() time.Time) *inventory {
-	inv := &inventory{st: st, w: st, cluster: clusterID, log: log, now: now,
+func newInventory(ctx context.Context, st store.Store, clusterID string, log *slog.Logger, now func() time.Time,
+	record func(context.Context, store.Tx, audit.Event) error) *inventory {
+	inv := &inventory{st: st, w: st, cluster: clusterID, log: log, now: now, record: record,
 		live: map[string]time.Time{}, extended: map[string]time.Time{}}
 	inv.nextExpiry.Store(math.MaxInt64)
 	inv.refresh(ctx)
@@ -243,7 +247,13 @@ func (inv *inventory) recordLeft(ctx context.Context, name string) {
 		if err != nil {
 			return err
 		}
-		return tx.PutNode(ctx, *n)
+		if err := tx.PutNode(ctx, *n); err != nil {
+			return err
+		}
+		// Each replica that notices records it: with several, a
+		// departure may be recorded more than once. Not ctx: whoever
+		// asked and made this replica notice is not who acted.
+		return inv.record(context.Background(), tx, audit.Event{Type: audit.NodeGone, Name: name, NodeAddr: n.Addr})
 	})
 	if err != nil {
 		inv.log.Warn("cannot record that a node left the inventory; node lists may show it until the next change", "node", name, "err", err)

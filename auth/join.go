@@ -120,7 +120,7 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 			if b != nil && bytes.Equal(t.UsedKeyHash, kh) && t.UsedInstance == b.Instance && b.Generation == 1 {
 				s.log.Info("token join retried with the same key: issuing the identity again", "bot", b.Name, "token", t.Name)
 				bot = b
-				return s.record(ctx, tx, s.joinEvent(b, t, serial, now, true))
+				return s.record(ctx, tx, s.joinEvent(b, t, req.Node, serial, now, true))
 			}
 			return refuseToken("token_used", fmt.Sprintf("token %s for bot %s was already used at %s", t.Name, name, t.Used.UTC().Format(time.RFC3339)))
 		}
@@ -153,7 +153,7 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 			}
 		}
 		bot = b
-		return s.record(ctx, tx, s.joinEvent(b, t, serial, now, false))
+		return s.record(ctx, tx, s.joinEvent(b, t, req.Node, serial, now, false))
 	})
 	if err != nil {
 		return nil, aboutToken(err, known)

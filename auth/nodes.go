@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/midfs/midfs/auth/audit"
 	"maps"
 	"strings"
 	"time"
@@ -77,10 +78,15 @@ func (s *Server) AddNodeToken(ctx context.Context, spec admin.NodeTokenSpec) (*a
 		Expires: now.Add(spec.TTL).Truncate(time.Second), CAPin: s.CAPin(), AuthServer: s.advertise, ClusterName: s.cluster,
 	}
 	err := s.st.Update(ctx, func(tx store.Tx) error {
-		return tx.PutToken(ctx, &store.Token{
+		err := tx.PutToken(ctx, &store.Token{
 			Name: out.TokenName, Role: policy.TokenRoleNode, Labels: spec.Labels, JoinMethod: wire.JoinToken,
 			Expires: out.Expires, SecretHash: hash, Created: now,
 		}, false)
+		if err != nil {
+			return err
+		}
+		return s.record(ctx, tx, audit.Event{Type: audit.TokenCreated, Name: out.TokenName, Method: wire.JoinToken,
+			Labels: spec.Labels, Expires: out.Expires.UTC()})
 	})
 	if err != nil {
 		return nil, err
@@ -207,6 +213,11 @@ func (s *Server) hostCert(ctx context.Context, bc *botCert, req *wire.HostCertRe
 	if err != nil {
 		return nil, fmt.Errorf("sign host certificate: %w", err)
 	}
+	ev := hostCertEvent(cert)
+	ev.Name = bc.Node
+	if err := s.recordAlone(ctx, ev); err != nil {
+		return nil, err
+	}
 	return &wire.HostCerts{
 		ClusterName: s.cluster,
 		HostCert:    string(ssh.MarshalAuthorizedKey(cert)),
@@ -259,7 +270,10 @@ func (s *Server) heartbeat(ctx context.Context, bc *botCert, hb *wire.Heartbeat)
 			return &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400}
 		}
 		row.Node, row.Expires = node, expires
-		return tx.PutNode(ctx, *row)
+		if err := tx.PutNode(ctx, *row); err != nil {
+			return err
+		}
+		return s.record(ctx, tx, audit.Event{Type: audit.NodeUpdated, Name: node.Name, NodeAddr: node.Addr, Labels: node.Labels})
 	})
 	if err != nil {
 		return nil, err

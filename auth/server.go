@@ -91,7 +91,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, fmt.Errorf("read authority state: %w", err)
 	}
-	s.inv = newInventory(ctx, st, id, s.log, cfg.Clock.Now)
+	s.inv = newInventory(ctx, st, id, s.log, cfg.Clock.Now, s.record)
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
