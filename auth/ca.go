@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/hex"
 	"fmt"
 	"math/big"
 	"time"
@@ -124,6 +125,14 @@ func (a *authority) signSSH(cert *ssh.Certificate) error {
 	}
 	cert.Serial = serial.Uint64()
 	return cert.SignCert(rand.Reader, a.signer)
+}
+
+// newCAID names a new CA in the store: random, so that the CAs of a
+// rotation's two halves never share one.
+func newCAID() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 func randomSerial() *big.Int {

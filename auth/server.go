@@ -210,7 +210,7 @@ func (s *Server) initState(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		cas = append(cas, store.CA{Kind: kind, KeyDER: keyDER, CertDER: a.cert.Raw})
+		cas = append(cas, store.CA{ID: newCAID(), Kind: kind, KeyDER: keyDER, CertDER: a.cert.Raw, Created: now})
 	}
 	return s.st.Update(ctx, func(tx store.Tx) error {
 		made, err := tx.Init(ctx, cluster, cas, policy.BuiltinRoles())

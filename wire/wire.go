@@ -99,6 +99,9 @@ type CertsRequest struct {
 type CA struct {
 	TLS []byte `json:"tls"`           // DER certificate
 	SSH string `json:"ssh,omitempty"` // authorized_keys line; empty for the database CA
+	// Signing marks, among the CAs of a kind, the one that signs new
+	// certificates (see CASet); the others are trusted only.
+	Signing bool `json:"signing,omitempty"`
 }
 
 // Certs is the output identity: what the mount serves.
@@ -111,8 +114,11 @@ type Certs struct {
 	DatabaseCAs []CA   `json:"database_cas"`
 }
 
-// NodeList is the answer to GET PathNodes.
+// NodeList is the answer to GET PathNodes. Its ETag moves with the CAs
+// too, so that an agent polling with If-None-Match sees a rotation's
+// phase change at its next poll.
 type NodeList struct {
+	CAs   *CASet          `json:"cas,omitempty"`
 	Nodes []identity.Node `json:"nodes"`
 }
 

@@ -102,14 +102,6 @@ func (r reader) Versions(ctx context.Context) (map[string]uint64, error) {
 	return out, rows.Err()
 }
 
-func (r reader) CAs(ctx context.Context) ([]store.CA, error) {
-	return queryAll(ctx, r, `SELECT kind, key_der, cert_der FROM cas`, func(row rowScanner) (store.CA, error) {
-		var ca store.CA
-		err := row.Scan(&ca.Kind, &ca.KeyDER, &ca.CertDER)
-		return ca, err
-	})
-}
-
 const botCols = `name, roles, logins, instance, generation, last_key_hash, locked, token_name, created`
 
 func scanBot(row rowScanner) (*store.Bot, error) {
@@ -312,10 +304,8 @@ func (t *txn) Init(ctx context.Context, cluster string, cas []store.CA, roles []
 	if _, err := t.exec(ctx, `INSERT INTO meta(key, value) VALUES ('cluster_id', ?)`, store.NewClusterID()); err != nil {
 		return false, err
 	}
-	for _, ca := range cas {
-		if _, err := t.exec(ctx, `INSERT INTO cas(kind, key_der, cert_der) VALUES (?, ?, ?)`, ca.Kind, ca.KeyDER, ca.CertDER); err != nil {
-			return false, err
-		}
+	if err := t.initCAs(ctx, cas); err != nil {
+		return false, err
 	}
 	for _, r := range roles {
 		if err := t.PutRole(ctx, r); err != nil {
@@ -340,7 +330,12 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 		t.touched(topic, v)
 	}
 	for _, ca := range d.CAs {
-		if _, err := t.exec(ctx, `INSERT INTO cas(kind, key_der, cert_der) VALUES (?, ?, ?)`, ca.Kind, ca.KeyDER, ca.CertDER); err != nil {
+		if err := t.insertCA(ctx, ca); err != nil {
+			return err
+		}
+	}
+	for _, r := range d.Rotations {
+		if err := t.putRotation(ctx, r); err != nil {
 			return err
 		}
 	}
