@@ -26,7 +26,11 @@ func (s *Server) routes() http.Handler {
 }
 
 func (s *Server) handleCA(w http.ResponseWriter, r *http.Request) {
-	wire.WriteJSON(w, wire.CAResponse{ClusterName: s.cluster, HostCAs: [][]byte{s.host.cert.Raw}})
+	var hostCAs [][]byte
+	for _, a := range s.caSet().kinds[caHost].all {
+		hostCAs = append(hostCAs, a.cert.Raw)
+	}
+	wire.WriteJSON(w, wire.CAResponse{ClusterName: s.cluster, HostCAs: hostCAs})
 }
 
 func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
@@ -144,6 +148,8 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, "nodes", err)
 		return
 	}
+	// The version is read before the CAs (loadCAs moves it after it
+	// switched them), so the list sent under a tag is at least as new.
 	v := s.inv.version.Load()
 	tag := s.inv.etag(v)
 	if etagMatches(r.Header.Get("If-None-Match"), tag) {
@@ -159,7 +165,7 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.nodeList("full")
 	w.Header().Set("ETag", tag)
-	if err := writeNodeList(w, list, s.https.WriteTimeout); err != nil {
+	if err := writeNodeList(w, s.caSet().wireJSON, list, s.https.WriteTimeout); err != nil {
 		s.log.Debug("node list not sent whole", "bot", bc.Bot, "nodes", len(list), "err", err)
 	}
 }

@@ -26,8 +26,9 @@ const (
 	caDB   = "db"
 )
 
-// caValidity is how long a CA certificate is valid. CAs are never rotated
-// by midfs, so this is long; the pin covers the key, not the dates.
+// caValidity is how long a CA certificate is valid: long, since a CA is
+// replaced by rotating it (rotate.go), not by letting it expire; the pin
+// covers the key, not the dates.
 const caValidity = 10 * 365 * 24 * time.Hour
 
 // Teleport's X.509 subject OIDs (lib/tlsca/ca.go), so that tools which read
@@ -43,6 +44,7 @@ var (
 // authority is one certificate authority: a key, its self-signed X.509
 // certificate and, for the user and host CAs, the SSH signer over the same key.
 type authority struct {
+	id     string // in the store
 	kind   string
 	key    crypto.Signer
 	cert   *x509.Certificate

@@ -133,10 +133,11 @@ func etagMatches(header, tag string) bool {
 // plus one second per listWriteRate bytes (100,000 nodes are about 8 MB).
 const listWriteRate = 64 << 10
 
-// writeNodeList streams {"nodes":[...]} from pre-encoded nodes, with a
-// Content-Length, so no answer is ever built whole in memory.
-func writeNodeList(w http.ResponseWriter, encoded [][]byte, writeTimeout time.Duration) error {
-	size := len(`{"nodes":[]}`) + max(len(encoded)-1, 0)
+// writeNodeList streams {"cas":...,"nodes":[...]} (a wire.NodeList) from
+// the pre-encoded CA set and nodes, with a Content-Length, so no answer is
+// ever built whole in memory.
+func writeNodeList(w http.ResponseWriter, cas []byte, encoded [][]byte, writeTimeout time.Duration) error {
+	size := len(`{"cas":,"nodes":[]}`) + len(cas) + max(len(encoded)-1, 0)
 	for _, b := range encoded {
 		size += len(b)
 	}
@@ -145,7 +146,9 @@ func writeNodeList(w http.ResponseWriter, encoded [][]byte, writeTimeout time.Du
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(size))
 	bw := bufio.NewWriterSize(w, 32<<10)
-	bw.WriteString(`{"nodes":[`)
+	bw.WriteString(`{"cas":`)
+	bw.Write(cas)
+	bw.WriteString(`,"nodes":[`)
 	for i, b := range encoded {
 		if i > 0 {
 			bw.WriteByte(',')

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -33,9 +34,6 @@ type Server struct {
 	log     *slog.Logger
 	st      store.Store
 	cluster string
-	user    *authority
-	host    *authority
-	db      *authority
 	metrics *metrics
 	inv     *inventory
 
@@ -45,6 +43,13 @@ type Server struct {
 	advertise string
 
 	lastDropWarn atomic.Int64 // unix ns
+
+	// The CAs in use (cas.go), swapped whole by loadCAs under caMu;
+	// rotations moves them on (rotate.go).
+	caset     atomic.Pointer[caSet]
+	caMu      sync.Mutex
+	listening net.Addr // the HTTPS API's address, for its certificate
+	rotations rotator
 
 	closeOnce sync.Once
 	closeErr  error
@@ -62,12 +67,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), inv: newInventory()}
+	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), inv: newInventory(), rotations: newRotator()}
 	if err := s.loadOrInit(ctx); err != nil {
 		st.Close()
 		return nil, err
 	}
-	if err := s.serveHTTPS(); err != nil {
+	if err := s.serveHTTPS(ctx); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -76,6 +81,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	s.startRotations()
 	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
 		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", admin.SocketPath(cfg.DataDir))
 	return s, nil
@@ -93,8 +99,11 @@ func (s *Server) DataDir() string { return s.cfg.DataDir }
 // ClusterName is fixed at first start.
 func (s *Server) ClusterName() string { return s.cluster }
 
-// CAPin is the pin over the host CA's certificate; it never changes.
-func (s *Server) CAPin() string { return identity.SPKIPin(s.host.cert) }
+// CAPin is the pin over the host CA's certificate, as --ca-pin takes it:
+// during a rotation of the host CA, the pins of both, comma-separated (a
+// joining agent checks every host CA the authority presents). It changes
+// when a rotation of the host CA ends.
+func (s *Server) CAPin() string { return strings.Join(s.caSet().pins(), ",") }
 
 // Close stops serving and closes the state. In-flight requests get a few
 // seconds to finish.
@@ -102,6 +111,7 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		s.stopRotations()
 		err1 := s.https.Shutdown(ctx)
 		err2 := s.adminSrv.Shutdown(ctx)
 		s.wg.Wait()
@@ -154,28 +164,6 @@ func (s *Server) loadOrInit(ctx context.Context) error {
 		s.log.Error("the stored cluster name fails the checks: agents will refuse to serve known_hosts and ssh_config", "err", err)
 	}
 	s.cluster = cluster
-	cas, err := s.st.CAs(ctx)
-	if err != nil {
-		return err
-	}
-	for _, ca := range cas {
-		a, err := loadAuthority(ca.Kind, ca.KeyDER, ca.CertDER)
-		clear(ca.KeyDER)
-		if err != nil {
-			return err
-		}
-		switch ca.Kind {
-		case caUser:
-			s.user = a
-		case caHost:
-			s.host = a
-		case caDB:
-			s.db = a
-		}
-	}
-	if s.user == nil || s.host == nil || s.db == nil {
-		return fmt.Errorf("authority state in %s is missing a CA; restore it from a backup", s.cfg.DataDir)
-	}
 	return s.sweepTokens(ctx)
 }
 
@@ -243,38 +231,26 @@ func (s *Server) droppedConn() {
 	}
 }
 
-// serveHTTPS listens on cfg.Listen with a server certificate issued now by
-// the host CA and kept only in memory.
-func (s *Server) serveHTTPS() error {
+// serveHTTPS listens on cfg.Listen with a server certificate issued by the
+// host CA that signs and kept only in memory, and trusts client
+// certificates of every user CA: both, during a rotation (see apiTLS).
+func (s *Server) serveHTTPS(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w (is another authority running? pick another --listen)", s.cfg.Listen, err)
 	}
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	s.advertise = advertiseAddr(s.cfg.AdvertiseAddr, s.cfg.Listen, port)
-	cert, err := s.serverCert(ln.Addr())
-	if err != nil {
+	s.listening = ln.Addr()
+	if err := s.loadCAs(ctx); err != nil {
 		ln.Close()
 		return err
 	}
-	pool := x509.NewCertPool()
-	pool.AddCert(s.user.cert)
+	// Each handshake takes the configuration of the CAs in use at that
+	// moment, so that a phase change reaches the next connection.
 	tlsCfg := &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    pool,
-		MinVersion:   tls.VersionTLS12,
-		Time:         s.cfg.Clock.Now,
-		// A resumed TLS session carries the client certificate of the
-		// handshake it resumes: a renewal must present the current bot
-		// identity, never the one before, or the bot locks itself.
-		SessionTicketsDisabled: true,
-		// Classic X25519 (P-256 for old clients) instead of the hybrid
-		// post-quantum exchange: it takes about 15% of a renewal's CPU, and
-		// nothing on this channel stays secret for long (join tokens work
-		// once within an hour, IAM challenges once within a minute, private
-		// keys never travel).
-		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256},
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return s.caSet().tls, nil },
+		MinVersion:         tls.VersionTLS12,
 	}
 	s.https = &http.Server{
 		Handler: s.routes(),
@@ -298,6 +274,28 @@ func (s *Server) serveHTTPS() error {
 	return nil
 }
 
+// apiTLS is the HTTPS API's TLS configuration with a server certificate
+// and the CAs trusted for client certificates.
+func (s *Server) apiTLS(cert tls.Certificate, clientCAs *x509.CertPool) *tls.Config {
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    clientCAs,
+		MinVersion:   tls.VersionTLS12,
+		Time:         s.cfg.Clock.Now,
+		// A resumed TLS session carries the client certificate of the
+		// handshake it resumes: a renewal must present the current bot
+		// identity, never the one before, or the bot locks itself.
+		SessionTicketsDisabled: true,
+		// Classic X25519 (P-256 for old clients) instead of the hybrid
+		// post-quantum exchange: it takes about 15% of a renewal's CPU, and
+		// nothing on this channel stays secret for long (join tokens work
+		// once within an hour, IAM challenges once within a minute, private
+		// keys never travel).
+		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256},
+	}
+}
+
 // serveAdmin serves the admin API (package admin) on DATA_DIR/admin.sock.
 func (s *Server) serveAdmin() error {
 	ln, err := admin.Listen(admin.SocketPath(s.cfg.DataDir))
@@ -316,8 +314,8 @@ func (s *Server) serveAdmin() error {
 }
 
 // serverCert names every way a client may reach this authority; clients
-// that pin the host CA ask for wire.ServerName.
-func (s *Server) serverCert(addr net.Addr) (tls.Certificate, error) {
+// that pin the host CA ask for wire.ServerName. host signs it.
+func (s *Server) serverCert(host *authority, addr net.Addr) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err
@@ -338,7 +336,7 @@ func (s *Server) serverCert(addr net.Addr) (tls.Certificate, error) {
 		ips = append(ips, ta.IP)
 	}
 	now := s.cfg.Clock.Now()
-	der, err := s.host.signTLS(&x509.Certificate{
+	der, err := host.signTLS(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: wire.ServerName, Organization: []string{s.cluster}},
 		DNSNames:    dns,
 		IPAddresses: ips,
@@ -351,26 +349,6 @@ func (s *Server) serverCert(addr net.Addr) (tls.Certificate, error) {
 		return tls.Certificate{}, fmt.Errorf("issue HTTPS certificate: %w", err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
-}
-
-// cas returns the cluster's CAs as identities carry them.
-func (s *Server) cas() identity.CAs {
-	return identity.CAs{
-		User:     []identity.CA{s.user.public()},
-		Host:     []identity.CA{s.host.public()},
-		Database: []identity.CA{s.db.public()},
-	}
-}
-
-func wireCAs(cas []identity.CA) []wire.CA {
-	out := make([]wire.CA, len(cas))
-	for i, ca := range cas {
-		out[i].TLS = ca.TLS.Raw
-		if ca.SSH != nil {
-			out[i].SSH = string(sshAuthorizedKey(ca.SSH))
-		}
-	}
-	return out
 }
 
 // Check reports whether the state is readable, for health checks.

@@ -29,6 +29,7 @@ type Authority interface {
 	AddNode(ctx context.Context, n identity.Node) error
 	Export(ctx context.Context, typ string) (string, error)
 	SignHost(ctx context.Context, publicKey string, hosts []string, ttl time.Duration) (string, error)
+	Rotate(ctx context.Context, req RotateRequest) (*policy.CAResource, error)
 }
 
 // Listen makes the admin socket at path, mode 0600. It refuses when another
@@ -158,6 +159,13 @@ func routes(a Authority, log *slog.Logger) http.Handler {
 		}
 		cert, err := a.SignHost(r.Context(), req.PublicKey, req.Hosts, req.TTL)
 		return textResponse{Text: cert}, err
+	})
+	handle("POST /v1/rotate", func(r *http.Request) (any, error) {
+		var req RotateRequest
+		if err := wire.DecodeStrict(r.Body, &req); err != nil {
+			return nil, Mark(Invalid, err)
+		}
+		return a.Rotate(r.Context(), req)
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// %q: the path is decoded, so it may hold a line break.

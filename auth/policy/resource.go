@@ -218,12 +218,15 @@ type Resources struct {
 	Tokens []TokenResource `json:"tokens,omitempty"`
 	Bots   []BotResource   `json:"bots,omitempty"`
 	Nodes  []NodeResource  `json:"nodes,omitempty"`
+	CAs    []CAResource    `json:"cas,omitempty"`
 }
 
 // Len counts the resources of every kind.
-func (r *Resources) Len() int { return len(r.Roles) + len(r.Tokens) + len(r.Bots) + len(r.Nodes) }
+func (r *Resources) Len() int {
+	return len(r.Roles) + len(r.Tokens) + len(r.Bots) + len(r.Nodes) + len(r.CAs)
+}
 
-// Items lists every resource in order: roles, tokens, bots, nodes.
+// Items lists every resource in order: roles, tokens, bots, nodes, CAs.
 func (r *Resources) Items() []any {
 	var out []any
 	for _, x := range r.Roles {
@@ -236,6 +239,9 @@ func (r *Resources) Items() []any {
 		out = append(out, x)
 	}
 	for _, x := range r.Nodes {
+		out = append(out, x)
+	}
+	for _, x := range r.CAs {
 		out = append(out, x)
 	}
 	return out
@@ -481,6 +487,8 @@ func NormalizeKind(kind string) (string, error) {
 	switch k {
 	case KindRole, KindToken, KindBot, KindNode:
 		return k, nil
+	case "ca", KindCA, "cert_authoritie":
+		return KindCA, nil
 	}
-	return "", fmt.Errorf("unknown resource kind %q: want roles, tokens, bots or nodes", kind)
+	return "", fmt.Errorf("unknown resource kind %q: want roles, tokens, bots, nodes or cas", kind)
 }
