@@ -25,7 +25,7 @@ var caKinds = []string{caUser, caHost, caDB}
 // caKind is one kind of CA: one CA between rotations, two during one.
 type caKind struct {
 	rot store.Rotation
-	all []*authority // every trusted CA of the kind, oldest first
+	all []*authority // every trusted CA of the kind, the one a rotation started from first
 	// signing is the CA whose certificates are issued now. The user CA
 	// signs what clients present (bot, node and output identities), so
 	// it switches to the new CA at update_clients; the host CA signs
@@ -153,7 +153,15 @@ func readCAs(ctx context.Context, st store.Store, dataDir string) (*caSet, error
 		if n := len(k.all); n > 2 || (n == 2) == (k.rot.Phase == wire.PhaseStandby) {
 			return nil, fmt.Errorf("authority state in %s holds %d %s CAs in phase %s; restore it from a backup", dataDir, n, kind, k.rot.Phase)
 		}
-		k.signing = k.all[slices.IndexFunc(k.all, func(a *authority) bool { return a.id == k.rot.Active })]
+		// The CA the rotation started from comes first (the store's
+		// order breaks ties of creation time by ID): it is the active
+		// one until update_clients, and again from rollback on.
+		active := slices.IndexFunc(k.all, func(a *authority) bool { return a.id == k.rot.Active })
+		if first := k.rot.Phase == wire.PhaseInit || k.rot.Phase == wire.PhaseRollback; len(k.all) == 2 && (active == 0) != first {
+			k.all[0], k.all[1] = k.all[1], k.all[0]
+			active = 1 - active
+		}
+		k.signing = k.all[active]
 		if kind == caHost && k.rot.Phase == wire.PhaseUpdateClients {
 			k.signing = k.other()
 		}
