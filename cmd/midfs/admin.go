@@ -32,9 +32,10 @@ func adminCommands() []*cli.Command {
 			Usage: "run the authority, export its CAs, sign host keys",
 			Subcommands: []*cli.Command{
 				authStartCommand(),
+				authRotateCommand(),
 				{
 					Name:   "export",
-					Usage:  "print a CA: user (sshd TrustedUserCAKeys), host (known_hosts), tls-user, tls-host, db (PEM)",
+					Usage:  "print a CA (both during a rotation): user (TrustedUserCAKeys), host (known_hosts), tls-user, tls-host, db (PEM)",
 					Flags:  []cli.Flag{dataDirFlag(), &cli.StringFlag{Name: "type", Value: admin.ExportUser, Usage: "`user|host|tls-user|tls-host|db`: which CA"}},
 					Action: withAdmin(authExport),
 				},
@@ -55,7 +56,7 @@ func adminCommands() []*cli.Command {
 		},
 		{
 			Name:   "status",
-			Usage:  "print the cluster name, version and CA pin",
+			Usage:  "print the cluster name, version, CA pin and where each CA's rotation is",
 			Flags:  []cli.Flag{dataDirFlag()},
 			Action: withAdmin(status),
 		},
@@ -110,11 +111,11 @@ func adminCommands() []*cli.Command {
 		},
 		{
 			Name:      "get",
-			Usage:     "show roles, tokens, bots or nodes",
-			ArgsUsage: "roles|tokens|bots|nodes[/NAME]",
+			Usage:     "show roles, tokens, bots, nodes or CAs",
+			ArgsUsage: "roles|tokens|bots|nodes|cas[/NAME]",
 			Flags:     []cli.Flag{dataDirFlag(), formatFlag()},
 			Action: withAdmin(func(c *cli.Context, ac *admin.Client) error {
-				ref, err := oneArg(c, "roles|tokens|bots|nodes[/NAME]")
+				ref, err := oneArg(c, "roles|tokens|bots|nodes|cas[/NAME]")
 				if err != nil {
 					return err
 				}
@@ -292,6 +293,9 @@ func status(c *cli.Context, ac *admin.Client) error {
 	t.Row("Version", st.Version)
 	t.Row("Address", st.Addr+" (advertised as "+st.AdvertiseAddr+")")
 	t.Row("CA pin", st.CAPin)
+	for _, ca := range st.CAs {
+		t.Row(caTitle(ca.Spec.Type)+" CA", output.CAPhase(ca))
+	}
 	return t.Print(c.App.Writer)
 }
 

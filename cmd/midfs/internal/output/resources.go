@@ -78,6 +78,8 @@ func Resources(w io.Writer, kind string, res *policy.Resources, format string) e
 			nodes = append(nodes, identity.Node{Name: n.Metadata.Name, Addr: n.Spec.Addr, Labels: n.Metadata.Labels})
 		}
 		return Nodes(w, nodes)
+	case policy.KindCA:
+		return CAs(w, res.CAs)
 	}
 	return t.Print(w)
 }
