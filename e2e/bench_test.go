@@ -9,6 +9,7 @@ package e2e
 //	BenchmarkMountToFirstRead  ms from starting `midfs mount` to the first read of key by another process
 //	BenchmarkAgentRSS          agent VmRSS idle after mount and after a burst of opens
 //	BenchmarkSSHLogin          ssh login with the files on the mount vs copied to tmpfs, interleaved
+//	BenchmarkSSHLoginAgent     ssh login signing through the --ssh-agent socket vs with the key file, interleaved
 //
 // The per-open costs (open+read+close, stat, readdir vs tmpfs) are fs/bench_test.go's.
 //
@@ -133,10 +134,11 @@ func helperCmd(b *testing.B, args ...string) *exec.Cmd {
 // benchMount starts `midfs mount` for a fresh bot with the flags a user
 // would give (info-level logs, JSON so the benchmark can read the times),
 // without waiting. The caller stops it.
-func benchMount(b *testing.B, a *authority, dir, bot string) *agent {
+func benchMount(b *testing.B, a *authority, dir, bot string, extra ...string) *agent {
 	b.Helper()
 	args := append([]string{"mount", dir, "--log-format=json", "--storage=memory"},
 		a.mountArgs(a.addBot(bot, "access", "root"))...)
+	args = append(args, extra...)
 	ag := &agent{t: b, dir: dir, logs: &testenv.LogBuffer{}, done: make(chan struct{})}
 	ag.cmd = exec.Command(midfsBin, args...)
 	ag.cmd.Stdout, ag.cmd.Stderr = ag.logs, ag.logs
@@ -457,6 +459,69 @@ func BenchmarkSSHLogin(b *testing.B) {
 	diffs := make([]float64, len(onMount))
 	for i := range onMount {
 		diffs[i] = onMount[i] - onTmpfs[i]
+	}
+	b.ReportMetric(median(diffs), "diff-ms")
+}
+
+// BenchmarkSSHLoginAgent logs in as BenchmarkSSHLogin does, with two
+// mounts of two bots: one signs through its --ssh-agent socket with the key
+// files hidden (--key-files=false), the other with the key file (ssh run
+// with IdentityAgent=none). The two alternate, in turns that swap which
+// goes first.
+//
+//	ms/login          median login through the agent
+//	keyfile-ms/login  median login with the key file
+//	x-keyfile         the ratio of the two medians (goal: indistinguishable, ~1.0)
+//	diff-ms           median of the paired differences, agent minus key file
+func BenchmarkSSHLoginAgent(b *testing.B) {
+	a := startAuthority(b)
+	s := startSSHD(b, a, "node-name."+cluster, "node-name")
+	a.admin("nodes", "add", "node-name", "--addr="+s.addr(), "--labels=arch=x86_64")
+	base := publicDir(b)
+	withFile := benchMount(b, a, newMountDir(b, base, 0), "keyfile")
+	withAgent := benchMount(b, a, newMountDir(b, base, 1), "agent",
+		"--ssh-agent="+filepath.Join(base, "robot.agent"), "--key-files=false")
+	waitServed(b, withFile)
+	waitServed(b, withAgent)
+	target := "root@node-name." + cluster
+
+	login := func(ag *agent) float64 {
+		opts := sshOptions(ag.dir)
+		if ag == withFile {
+			opts = append(opts, "-o", "IdentityAgent=none")
+		}
+		t0 := time.Now()
+		out, err := sshWith(b, opts, target, "true")
+		el := time.Since(t0)
+		if err != nil {
+			b.Fatalf("ssh -F %s/ssh_config %s true: %v\n%s\nsshd:\n%s", ag.dir, target, err, out, tail(s.logs.String(), 10))
+		}
+		return ms(el)
+	}
+	login(withAgent) // warm both
+	login(withFile)
+
+	var viaAgent, viaFile []float64
+	turn := 0
+	for b.Loop() {
+		for range loginPairs {
+			turn++
+			if turn%2 == 0 {
+				viaAgent = append(viaAgent, login(withAgent))
+				viaFile = append(viaFile, login(withFile))
+			} else {
+				viaFile = append(viaFile, login(withFile))
+				viaAgent = append(viaAgent, login(withAgent))
+			}
+		}
+	}
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(median(viaAgent), "ms/login")
+	b.ReportMetric(median(viaFile), "keyfile-ms/login")
+	b.ReportMetric(median(viaAgent)/median(viaFile), "x-keyfile")
+	diffs := make([]float64, len(viaAgent))
+	for i := range viaAgent {
+		diffs[i] = viaAgent[i] - viaFile[i]
 	}
 	b.ReportMetric(median(diffs), "diff-ms")
 }

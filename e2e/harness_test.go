@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -456,6 +457,7 @@ UsePAM no
 StrictModes no
 PidFile %[2]s/sshd.pid
 LogLevel VERBOSE
+Subsystem sftp internal-sftp
 `, s.port, dir)
 	cfgPath := filepath.Join(dir, "sshd_config")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -480,11 +482,37 @@ func (s *sshd) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
 // key checking on, no agent and no user config getting in the way.
 func sshRun(t testing.TB, mnt, target string, command ...string) (string, error) {
 	t.Helper()
-	args := []string{"-F", filepath.Join(mnt, "ssh_config"), "-o", "StrictHostKeyChecking=yes",
-		"-o", "BatchMode=yes", "-o", "IdentityAgent=none", "-o", "ConnectTimeout=10", target}
-	args = append(args, command...)
+	return sshWith(t, append(sshOptions(mnt), "-o", "IdentityAgent=none"), target, command...)
+}
+
+// sshOptions are the options every test ssh runs with: the mount's
+// ssh_config, strict host key checking, never a prompt.
+func sshOptions(mnt string) []string {
+	return []string{"-F", filepath.Join(mnt, "ssh_config"), "-o", "StrictHostKeyChecking=yes",
+		"-o", "BatchMode=yes", "-o", "ConnectTimeout=10"}
+}
+
+// sshWith runs ssh with opts to target, with no SSH_AUTH_SOCK from the
+// test's environment: only what ssh_config and opts say.
+func sshWith(t testing.TB, opts []string, target string, command ...string) (string, error) {
+	t.Helper()
+	args := append(append(slices.Clone(opts), target), command...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "ssh", args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "ssh", args...)
+	cmd.Env = envWithout("SSH_AUTH_SOCK")
+	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// envWithout is this process's environment less the named variables.
+func envWithout(names ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(names, name) {
+			env = append(env, kv)
+		}
+	}
+	return env
 }

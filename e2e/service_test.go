@@ -577,15 +577,17 @@ func TestAgentRunsWithTheUnitsCapabilities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(unit), "\nCapabilityBoundingSet=CAP_SYS_ADMIN CAP_IPC_LOCK\n") || !strings.Contains(string(unit), "\nNoNewPrivileges=yes\n") {
+	if !strings.Contains(string(unit), "\nCapabilityBoundingSet=CAP_SYS_ADMIN CAP_IPC_LOCK CAP_CHOWN\n") || !strings.Contains(string(unit), "\nNoNewPrivileges=yes\n") {
 		t.Fatal("the unit's capability set changed; update this test with it")
 	}
 	a := startAuthority(t)
 	dir := publicDir(t)
 	cleanupMount(t, dir)
 	logs := &testenv.LogBuffer{}
-	cmd := exec.Command(setpriv, "--bounding-set=-all,+sys_admin,+ipc_lock", "--inh-caps=-all", "--no-new-privs",
-		midfsBin, "mount", dir, "--storage=keyring", "--log-format=json")
+	nobody := lookupID(t, "passwd", "nobody")
+	sock := filepath.Join(publicDir(t), "robot.agent")
+	cmd := exec.Command(setpriv, "--bounding-set=-all,+sys_admin,+ipc_lock,+chown", "--inh-caps=-all", "--no-new-privs",
+		midfsBin, "mount", dir, "--storage=keyring", "--log-format=json", "--owner=nobody", "--ssh-agent="+sock)
 	cmd.Args = append(cmd.Args, a.mountArgs(a.addBot("robot", "access", "root"))...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
@@ -596,18 +598,25 @@ func TestAgentRunsWithTheUnitsCapabilities(t *testing.T) {
 	waitFor(t, "the mount with the unit's capabilities", 60*time.Second, func() bool {
 		select {
 		case err := <-done:
-			t.Fatalf("agent with CAP_SYS_ADMIN+CAP_IPC_LOCK only exited: %v\n%s", err, logs)
+			t.Fatalf("agent with CAP_SYS_ADMIN+CAP_IPC_LOCK+CAP_CHOWN only exited: %v\n%s", err, logs)
 		default:
 		}
 		return mounted(dir)
 	})
 	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
-	if !regexp.MustCompile(`CapBnd:\s+0*204000\b`).Match(status) {
-		t.Errorf("the agent's bounding set is not CAP_SYS_ADMIN|CAP_IPC_LOCK:\n%s", status)
+	if !regexp.MustCompile(`CapBnd:\s+0*204001\b`).Match(status) {
+		t.Errorf("the agent's bounding set is not CAP_SYS_ADMIN|CAP_IPC_LOCK|CAP_CHOWN:\n%s", status)
 	}
-	nobody := lookupID(t, "passwd", "nobody")
 	if out, err := asUser(nobody, nobody, "cat", filepath.Join(dir, "key.pub")); err != nil || !strings.HasPrefix(out, "ecdsa-") {
 		t.Fatalf("another uid cannot read key.pub: %v %q", err, out)
+	}
+	// The socket is the owner's, who may use it.
+	var st syscall.Stat_t
+	if err := syscall.Lstat(sock, &st); err != nil || st.Uid != nobody || st.Mode&0o777 != 0o600 {
+		t.Errorf("the --ssh-agent socket: uid %d mode %o (%v), want nobody's, 0600", st.Uid, st.Mode&0o777, err)
+	}
+	if out, err := asUser(nobody, nobody, "env", "SSH_AUTH_SOCK="+sock, "ssh-add", "-L"); err != nil || !strings.HasPrefix(out, "ecdsa-") {
+		t.Errorf("the owner cannot use the --ssh-agent socket: %v %q", err, out)
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	if err := <-done; err != nil {
@@ -619,18 +628,29 @@ func TestAgentRunsWithTheUnitsCapabilities(t *testing.T) {
 }
 
 // A full run at debug level, authority and agent, with joins, renewals,
-// SIGHUP, reads of every file, a restart and shutdown: no log line holds
-// the token or any private key.
+// SIGHUP, reads of every file, signatures through the agent socket (and a
+// refused one), a restart and shutdown: no log line holds the token or any
+// private key.
 func TestLogsHoldNoSecrets(t *testing.T) {
 	a := startAuthority(t)
 	token := a.addBot("robot", "access", "root")
 	dir := publicDir(t)
-	ag := startMount(t, dir, append(a.mountArgs(token), "--storage=keyring", "--certificate-ttl=6s", "--renewal-interval=2s")...)
+	sock := filepath.Join(publicDir(t), "robot.agent")
+	ag := startMount(t, dir, append(a.mountArgs(token), "--storage=keyring", "--certificate-ttl=6s", "--renewal-interval=2s",
+		"--ssh-agent="+sock)...)
+	data := filepath.Join(publicDir(t), "data")
+	os.WriteFile(data, []byte("data"), 0o644)
 	var keys [][]byte
 	for i := 0; i < 3; i++ {
 		keys = append(keys, ag.read("key"))
 		for _, f := range []string{"identity", "key-cert.pub", "tlscert", "ssh_config", "known_hosts"} {
 			ag.read(f)
+		}
+		for _, args := range [][]string{{"ssh-keygen", "-Y", "sign", "-n", "file", "-f", ag.file("key.pub"), data}, {"ssh-add", "-D"}} {
+			os.Remove(data + ".sig")
+			cmd := exec.Command(args[0], args[1:]...)
+			cmd.Env = append(envWithout("SSH_AUTH_SOCK"), "SSH_AUTH_SOCK="+sock)
+			cmd.Run() // ssh-add -D is refused; only the logs matter here
 		}
 		ag.cmd.Process.Signal(syscall.SIGHUP)
 		waitFor(t, "a new key after SIGHUP", 30*time.Second, func() bool { return !bytes.Equal(ag.read("key"), keys[i]) })
@@ -651,8 +671,8 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	}
 
 	all := a.logs.String() + ag.logs.String() + ag2.logs.String()
-	if !strings.Contains(all, `"level":"DEBUG"`) {
-		t.Fatal("the run did not log at debug level; the scan would prove little")
+	if !strings.Contains(all, `"level":"DEBUG"`) || !strings.Contains(all, `"msg":"ssh-agent signature"`) || !strings.Contains(all, "read-only") {
+		t.Fatal("the run did not log at debug level, or nothing of the agent socket; the scan would prove little")
 	}
 	secrets := map[string]string{"token": token}
 	for i, k := range keys {
@@ -881,11 +901,12 @@ func TestUnitsSandboxFitsWhatMidfsDoes(t *testing.T) {
 	agentTrace := filepath.Join(work, "agent.trace")
 	agentLogs := &testenv.LogBuffer{}
 	agentDiag := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	sock := filepath.Join(publicDir(t), "robot.agent")
 	ag := exec.Command(strace, "-f", "-qq", "-o", agentTrace, setpriv,
-		"--bounding-set=-all,+sys_admin,+ipc_lock", "--inh-caps=-all", "--no-new-privs",
+		"--bounding-set=-all,+sys_admin,+ipc_lock,+chown", "--inh-caps=-all", "--no-new-privs",
 		midfsBin, "mount", dir, "--auth-server="+addr, "--token="+token, "--ca-pin="+pin,
 		"--storage=keyring", "--certificate-ttl=6s", "--renewal-interval=2s",
-		"--diag-addr", agentDiag)
+		"--diag-addr", agentDiag, "--ssh-agent="+sock, "--owner=nobody", "--reader=daemon")
 	ag.Stdout, ag.Stderr = agentLogs, agentLogs
 	ag.Env = append(os.Environ(), "NOTIFY_SOCKET="+listenNotify(t).addr)
 	if err := ag.Start(); err != nil {
@@ -908,6 +929,14 @@ func TestUnitsSandboxFitsWhatMidfsDoes(t *testing.T) {
 			if _, err := os.ReadFile(filepath.Join(dir, f)); err != nil {
 				t.Fatal(err)
 			}
+		}
+		// The agent socket: a reader lists the key, a stranger is refused.
+		daemon := lookupID(t, "passwd", "daemon")
+		if out, err := asUser(daemon, daemon, "env", "SSH_AUTH_SOCK="+sock, "ssh-add", "-L"); err != nil {
+			t.Fatalf("ssh-add -L through the agent socket: %v %s", err, out)
+		}
+		if out, err := asUser(4242, 4242, "env", "SSH_AUTH_SOCK="+sock, "ssh-add", "-L"); err == nil {
+			t.Fatalf("a stranger listed the agent's keys: %s", out)
 		}
 		before := renewals(t, agentDiag)
 		waitFor(t, "a timed renewal", 30*time.Second, func() bool { return renewals(t, agentDiag) > before })

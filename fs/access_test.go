@@ -118,3 +118,44 @@ func TestRootCertSerialFollowsPublish(t *testing.T) {
 		t.Fatalf("%s stayed %s after a publish", XattrCertSerial, before)
 	}
 }
+
+// The socket mode lets every process Access admits through the kernel's
+// check and no more than it must: the peer check does the rest.
+func TestSocketModeFitsTheReaders(t *testing.T) {
+	for _, c := range []struct {
+		readers []Reader
+		want    os.FileMode
+	}{
+		{nil, 0o600},
+		{[]Reader{{GID: 1000, IsGroup: true}}, 0o660},
+		{[]Reader{{GID: 1000, IsGroup: true}, {GID: 1000, IsGroup: true}}, 0o660},
+		{[]Reader{{GID: 1000, IsGroup: true}, {GID: 3000, IsGroup: true}}, 0o666},
+		{[]Reader{{UID: 2000}}, 0o666},
+	} {
+		a := Access{UID: 1000, GID: 1000, Readers: c.readers}
+		if got := a.SocketMode(); got != c.want {
+			t.Errorf("readers %+v: socket mode %v, want %v", c.readers, got, c.want)
+		}
+	}
+}
+
+// Access.Allows reads the supplementary groups only when a group reader
+// could match, and admits by them.
+func TestAccessReadsGroupsOnlyWhenNeeded(t *testing.T) {
+	asked := 0
+	groups := func(gs ...uint32) func() []uint32 { return func() []uint32 { asked++; return gs } }
+	byUser := Access{UID: 1000, Readers: []Reader{{UID: 2000}}}
+	if byUser.Allows(5000, 5000, groups(2000)) || asked != 0 {
+		t.Errorf("user readers only: a stranger was admitted or its groups read (%d)", asked)
+	}
+	byGroup := Access{UID: 1000, Readers: []Reader{{GID: 3000, IsGroup: true}}}
+	if !byGroup.Allows(5000, 5000, groups(7, 3000)) || asked != 1 {
+		t.Errorf("a member of the reader group by its supplementary groups was refused")
+	}
+	if byGroup.Allows(5000, 5000, groups(7)) {
+		t.Errorf("a stranger was admitted")
+	}
+	if !byGroup.Allows(0, 0, nil) || !byGroup.Allows(1000, 9, nil) {
+		t.Errorf("root or the owner was refused")
+	}
+}

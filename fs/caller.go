@@ -11,47 +11,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maySeeSecrets says whether the caller may open key and identity: the
-// owner, root, a reader uid, or a member of a reader group. The kernel gives
-// us the caller's effective uid and gid but not its supplementary groups;
-// those come from /proc/<pid>/status. That read races with the caller: it is
-// blocked in open(2) while we look, but if it is killed meanwhile and its
-// pid reused, we read another process. A reused pid can only make us answer
-// for the newcomer's groups to a caller that is already gone, so the race
-// leaks nothing.
+// maySeeSecrets says whether the caller may open key and identity, by the
+// mount's Access. The kernel gives us the caller's effective uid and gid but
+// not its supplementary groups; those come from /proc/<pid>/status. That
+// read races with the caller: it is blocked in open(2) while we look, but if
+// it is killed meanwhile and its pid reused, we read another process. A
+// reused pid can only make us answer for the newcomer's groups to a caller
+// that is already gone, so the race leaks nothing.
 func (s *Server) maySeeSecrets(c *fuse.Caller) bool {
 	if c == nil {
 		return false
 	}
-	if c.Uid == 0 || c.Uid == s.opts.UID {
-		return true
-	}
-	groupReaders := false
-	for _, r := range s.opts.Readers {
-		switch {
-		case !r.IsGroup && r.UID == c.Uid:
-			return true
-		case r.IsGroup && r.GID == c.Gid:
-			return true
-		case r.IsGroup:
-			groupReaders = true
+	return s.access.Allows(c.Uid, c.Gid, func() []uint32 {
+		if c.Pid == 0 {
+			return nil
 		}
-	}
-	if !groupReaders || c.Pid == 0 {
-		return false
-	}
-	st, ok := readStatus(c.Pid)
-	if !ok {
-		return false
-	}
-	for _, g := range st.groups {
-		for _, r := range s.opts.Readers {
-			if r.IsGroup && r.GID == g {
-				return true
-			}
+		if st, ok := readStatus(c.Pid); ok {
+			return st.groups
 		}
-	}
-	return false
+		return nil
+	})
 }
 
 // reportOpen logs an open of a secret file at debug level (every open of a

@@ -11,7 +11,9 @@
 //     and its certificates always belong together.
 //   - Read-only for everyone, root included: every write-type call is EROFS.
 //   - Secret files (key, identity) open only for the owner, root and the
-//     configured readers; the decision is made in Open from the caller.
+//     configured readers; the decision is made in Open from the caller, by
+//     the rule (Access) an ssh-agent socket serving the key uses too. With
+//     NoKeyFiles they are not in the tree at all.
 //
 // Kernel caching is used where it is safe (see cache.go), so an open of an
 // unchanged file costs one FUSE round trip.
@@ -62,6 +64,12 @@ type Options struct {
 	// quick, and never touch the mount from it.
 	OnOpen func(file, result string)
 	Debug  bool // log every FUSE request (go-fuse's request log) at debug level
+	// AgentSocket, if set, is an ssh-agent socket serving the key:
+	// ssh_config names it and not the key file (identity.Paths).
+	AgentSocket string
+	// NoKeyFiles leaves key and identity out of the tree, for operators who
+	// want the private key never readable: ssh signs through AgentSocket.
+	NoKeyFiles bool
 	// Clock times the per-process pins (pins.go) and stamps each
 	// generation's mtime; nil: clock.Real(). Tests move a fake one.
 	Clock clock.Clock
@@ -87,12 +95,13 @@ var attrTimeout = 10 * time.Second // a variable so tests can watch it expire
 
 // Server is a mounted credential filesystem.
 type Server struct {
-	opts  Options
-	log   *slog.Logger
-	fuse  *fuse.Server
-	root  *dirNode
-	files []*fileNode
-	pins  *pinTable
+	opts   Options
+	access Access // who may open the secret files
+	log    *slog.Logger
+	fuse   *fuse.Server
+	root   *dirNode
+	files  []*fileNode
+	pins   *pinTable
 
 	publishMu sync.Mutex // serializes Publish
 	current   atomic.Pointer[generation]
@@ -152,7 +161,11 @@ func newServer(opts Options, first *Snapshot) (*Server, error) {
 	if opts.Clock == nil {
 		opts.Clock = clock.Real()
 	}
-	s := &Server{opts: opts, log: opts.Logger, pins: newPinTable(), done: make(chan struct{})}
+	if opts.NoKeyFiles && opts.AgentSocket == "" {
+		return nil, errors.New("without the key files, ssh_config needs an ssh-agent socket to name")
+	}
+	s := &Server{opts: opts, access: Access{UID: opts.UID, GID: opts.GID, Readers: opts.Readers},
+		log: opts.Logger, pins: newPinTable(), done: make(chan struct{})}
 	g, err := s.newGeneration(first)
 	if err != nil {
 		return nil, fmt.Errorf("cannot serve the first identity: %w", err)
@@ -160,6 +173,9 @@ func newServer(opts Options, first *Snapshot) (*Server, error) {
 	s.current.Store(g)
 	s.root = &dirNode{srv: s}
 	for i, f := range identity.Files {
+		if !s.serves(f) {
+			continue
+		}
 		s.files = append(s.files, newFileNode(s, i, f, g))
 	}
 	return s, nil
@@ -272,6 +288,15 @@ func unmountSoon(dir string) error {
 // whether by Unmount or by umount(8) from outside.
 func (s *Server) Done() <-chan struct{} { return s.done }
 
+// serves says whether f is in the tree: every file, but the secret ones
+// under NoKeyFiles.
+func (s *Server) serves(f identity.File) bool { return !f.Secret || !s.opts.NoKeyFiles }
+
+// paths is where ssh_config points ssh.
+func (s *Server) paths() identity.Paths {
+	return identity.Paths{Dir: s.opts.Dir, Agent: s.opts.AgentSocket}
+}
+
 // generation is one published snapshot with what Getattr needs precomputed,
 // and the bytes of the files without secrets: rendered once, shared by every
 // handle (ssh_config of 10,000 nodes is about 1 MB and takes milliseconds
@@ -280,8 +305,9 @@ type generation struct {
 	id     uint64
 	snap   *Snapshot
 	at     time.Time // publication time: mtime and ctime of every file
-	sizes  []int64   // indexed like identity.Files
+	sizes  []int64   // indexed like identity.Files; 0 for a file not served
 	public [][]byte  // indexed like identity.Files; nil for secret files
+	paths  identity.Paths
 }
 
 func (s *Server) newGeneration(snap *Snapshot) (*generation, error) {
@@ -293,9 +319,13 @@ func (s *Server) newGeneration(snap *Snapshot) (*generation, error) {
 		return nil, errors.New("identity lacks its key or certificates")
 	}
 	s.reportBadNodes(snap.Nodes)
-	g := &generation{snap: snap, at: s.opts.Clock.Now(), sizes: make([]int64, len(identity.Files)), public: make([][]byte, len(identity.Files))}
+	g := &generation{snap: snap, at: s.opts.Clock.Now(), sizes: make([]int64, len(identity.Files)),
+		public: make([][]byte, len(identity.Files)), paths: s.paths()}
 	for i, f := range identity.Files {
-		b, err := identity.Render(f.Name, id, snap.Nodes, s.opts.Dir)
+		if !s.serves(f) {
+			continue // never rendered: the private key stays out of every buffer
+		}
+		b, err := identity.Render(f.Name, id, snap.Nodes, g.paths)
 		if err != nil {
 			return nil, fmt.Errorf("render %s: %w", f.Name, err)
 		}
@@ -332,9 +362,9 @@ func (s *Server) reportBadNodes(nodes []identity.Node) {
 // render produces the bytes of file i in generation g. The bytes of a
 // secret file are the caller's, to clear when done; those of any other file
 // are shared and must not be changed.
-func (g *generation) render(i int, dir string) ([]byte, error) {
+func (g *generation) render(i int) ([]byte, error) {
 	if b := g.public[i]; b != nil {
 		return b, nil
 	}
-	return identity.Render(identity.Files[i].Name, g.snap.Identity, g.snap.Nodes, dir)
+	return identity.Render(identity.Files[i].Name, g.snap.Identity, g.snap.Nodes, g.paths)
 }

@@ -33,7 +33,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 		return nil, syscall.EBADF
 	}
 	if !h.rendered {
-		b, err := h.gen.render(h.node.idx, h.node.srv.opts.Dir)
+		b, err := h.gen.render(h.node.idx)
 		if err != nil {
 			h.node.srv.log.Error("cannot render file", "file", h.node.file.Name, "err", err)
 			return nil, syscall.EIO

@@ -150,6 +150,9 @@ type serveConfig struct {
 	AttrTimeout time.Duration
 	// FakeClock serves on a clock that moves only by the advance command.
 	FakeClock bool
+	// AgentSocket and NoKeyFiles are passed on as Options.
+	AgentSocket string
+	NoKeyFiles  bool
 }
 
 // serveMain mounts and then obeys one command per line on stdin:
@@ -203,6 +206,7 @@ func serveMain() int {
 	}
 	srv, err := Mount(Options{
 		Dir: cfg.Dir, UID: cfg.UID, GID: cfg.GID, Readers: cfg.Readers, Xattrs: cfg.Xattrs, Logger: log, Debug: cfg.Debug, Clock: clk,
+		AgentSocket: cfg.AgentSocket, NoKeyFiles: cfg.NoKeyFiles,
 		OnOpen: func(file, result string) {
 			mu.Lock()
 			opens[file+" "+result]++

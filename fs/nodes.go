@@ -64,8 +64,8 @@ var (
 )
 
 func (d *dirNode) OnAdd(ctx context.Context) {
-	for i, f := range d.srv.files {
-		ch := d.NewPersistentInode(ctx, f, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: uint64(2 + i)})
+	for _, f := range d.srv.files {
+		ch := d.NewPersistentInode(ctx, f, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: f.ino()})
 		d.AddChild(f.file.Name, ch, false)
 	}
 }
@@ -98,8 +98,8 @@ func (d *dirNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Attr
 func (d *dirNode) entries() []fuse.DirEntry {
 	es := make([]fuse.DirEntry, 0, len(d.srv.files)+2)
 	es = append(es, fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: 1}, fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: 1})
-	for i, f := range d.srv.files {
-		es = append(es, fuse.DirEntry{Name: f.file.Name, Mode: syscall.S_IFREG, Ino: uint64(2 + i)})
+	for _, f := range d.srv.files {
+		es = append(es, fuse.DirEntry{Name: f.file.Name, Mode: syscall.S_IFREG, Ino: f.ino()})
 	}
 	return es
 }
@@ -235,6 +235,10 @@ func newFileNode(s *Server, i int, f identity.File, g *generation) *fileNode {
 	n.cache.init(g)
 	return n
 }
+
+// ino is the file's inode number: fixed by its place in identity.Files, so
+// a file keeps its number whichever files the tree leaves out.
+func (n *fileNode) ino() uint64 { return uint64(2 + n.idx) }
 
 // Getattr reports the size of the generation whose bytes the kernel may
 // cache for this file (normally the current one; see cache.go), so stat,

@@ -23,12 +23,13 @@ const unrelatedHost = "u@nodot"
 var fixedNode = Node{Name: "fixed-node", Addr: "192.0.2.1:2200"}
 
 // optionsSSHConfigSets are the options a rendered ssh_config sets.
-var optionsSSHConfigSets = []string{"hostname", "port", "hostkeyalias", "identityfile", "certificatefile", "userknownhostsfile"}
+var optionsSSHConfigSets = []string{"hostname", "port", "hostkeyalias", "identityfile", "certificatefile", "userknownhostsfile", "identityagent"}
 
 // FuzzRenderedFiles: for any cluster name, mountpoint and node (name,
 // address, one label), what passes the checks is rendered so that the real
 // ssh reads exactly what was meant (host name, port, host key alias, the
-// three files, nothing else: no ProxyCommand, LocalCommand, Match exec),
+// three files, and with an agent socket beside the mountpoint that socket;
+// nothing else: no ProxyCommand, LocalCommand, Match exec),
 // known_hosts trusts the host CA for exactly the cluster and its hosts, and
 // what fails the checks is never written. Seeds (run by every go test) are
 // the attacks of issue 8 and their near misses.
@@ -99,24 +100,28 @@ func FuzzRenderedFiles(f *testing.F) {
 			checkKnownHosts(t, kh, cluster, hostCA)
 		}
 
-		cfg, err := SSHConfig(cluster, []Node{node, fixedNode}, dir)
-		if (err == nil) != (clusterOK && dirOK) {
-			t.Fatalf("SSHConfig(%q, %q) error %v, but the checks say cluster %v, dir %v", cluster, dir, err, CheckClusterName(cluster), CheckDir(dir))
-		}
-		if err != nil {
-			return
-		}
 		want := map[string]Node{fixedNode.Name + "." + cluster: fixedNode}
 		if nodeOK {
 			want[name+"."+cluster] = node
 		}
-		checkSSHConfigLines(t, cfg, cluster, want)
-		path := writeFile(t, cfg)
-		if got := sshG(t, path, unrelatedHost); !maps.EqualFunc(got, baseline, slices.Equal) {
-			t.Fatalf("ssh_config changes options of a host outside the cluster:\n%s", cfg)
-		}
-		for alias, n := range want {
-			checkNodeOptions(t, path, cfg, alias, n, dir, baseline)
+		// Without an agent, and with one whose path shares the mountpoint's
+		// characters.
+		for _, at := range []Paths{{Dir: dir}, {Dir: dir, Agent: dir + ".agent"}} {
+			cfg, err := SSHConfig(cluster, []Node{node, fixedNode}, at)
+			if (err == nil) != (clusterOK && dirOK) {
+				t.Fatalf("SSHConfig(%q, %+v) error %v, but the checks say cluster %v, dir %v", cluster, at, err, CheckClusterName(cluster), CheckDir(dir))
+			}
+			if err != nil {
+				return
+			}
+			checkSSHConfigLines(t, cfg, cluster, want)
+			path := writeFile(t, cfg)
+			if got := sshG(t, path, unrelatedHost); !maps.EqualFunc(got, baseline, slices.Equal) {
+				t.Fatalf("ssh_config changes options of a host outside the cluster:\n%s", cfg)
+			}
+			for alias, n := range want {
+				checkNodeOptions(t, path, cfg, alias, n, at, baseline)
+			}
 		}
 	})
 }
@@ -180,7 +185,7 @@ func checkSSHConfigLines(t *testing.T, cfg []byte, cluster string, want map[stri
 // checkNodeOptions runs ssh -G for the node's NAME.CLUSTER: it must reach
 // the inventory address with the mount's files and the alias, and have
 // every other option as it would without the file.
-func checkNodeOptions(t *testing.T, path string, cfg []byte, alias string, n Node, dir string, baseline map[string][]string) {
+func checkNodeOptions(t *testing.T, path string, cfg []byte, alias string, n Node, at Paths, baseline map[string][]string) {
 	t.Helper()
 	got := sshG(t, path, "u@"+alias)
 	host, port, _ := ParseAddr(n.Addr)
@@ -188,6 +193,7 @@ func checkNodeOptions(t *testing.T, path string, cfg []byte, alias string, n Nod
 	exact := func(want string) func(string) bool { return func(v string) bool { return v == want } }
 	// ssh -G shows IdentityFile and CertificateFile before it expands
 	// %-tokens (OpenSSH 9.2) and UserKnownHostsFile after.
+	dir := at.Dir
 	file := func(name string) func(string) bool {
 		p := filepath.Join(dir, name)
 		return func(v string) bool { return v == p || v == strings.ReplaceAll(p, "%", "%%") }
@@ -202,9 +208,13 @@ func checkNodeOptions(t *testing.T, path string, cfg []byte, alias string, n Nod
 		"userknownhostsfile": exact(filepath.Join(dir, FileKnownHosts)),
 		"updatehostkeys":     exact("false"), // ssh's default when UserKnownHostsFile or HostKeyAlias is set
 	}
+	if at.Agent != "" {
+		want["identityfile"] = file(FileSSHPub)
+		want["identityagent"] = exact(at.Agent) // shown expanded
+	}
 	for opt, ok := range want {
 		if v := got[opt]; len(v) != 1 || !ok(v[0]) {
-			t.Fatalf("ssh -G u@%s (node %q at %q, dir %q): %s %q; ssh_config:\n%s", alias, n.Name, n.Addr, dir, opt, v, cfg)
+			t.Fatalf("ssh -G u@%s (node %q at %q, paths %+v): %s %q; ssh_config:\n%s", alias, n.Name, n.Addr, at, opt, v, cfg)
 		}
 	}
 	for opt := range merged(got, baseline) {

@@ -141,7 +141,7 @@ func TestRenderGolden(t *testing.T) {
 	}
 	id := newIdentity(t, fixedKey(t, "ecdsa.pem"), caKeys, zeroReader{}, epoch)
 	for _, f := range Files {
-		got, err := Render(f.Name, id, testNodes, "/opt/machine-id")
+		got, err := Render(f.Name, id, testNodes, Paths{Dir: "/opt/machine-id"})
 		if err != nil {
 			t.Fatalf("%s: %v", f.Name, err)
 		}
@@ -164,7 +164,7 @@ func TestRenderGolden(t *testing.T) {
 }
 
 func TestSSHConfigNamesMountAndNodes(t *testing.T) {
-	b, err := SSHConfig("example.com", testNodes, "/opt/machine-id")
+	b, err := SSHConfig("example.com", testNodes, Paths{Dir: "/opt/machine-id"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +191,7 @@ func writeTree(t *testing.T, id *Identity) string {
 	t.Helper()
 	dir := t.TempDir()
 	for _, f := range Files {
-		b, err := Render(f.Name, id, testNodes, dir)
+		b, err := Render(f.Name, id, testNodes, Paths{Dir: dir})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -279,7 +279,7 @@ func TestIdentityFileSections(t *testing.T) {
 		caKeys[i], _ = GenerateKey(ECDSA)
 	}
 	id := newIdentity(t, key, caKeys, rand.Reader, time.Now())
-	b, err := Render(FileIdentity, id, nil, "/x")
+	b, err := Render(FileIdentity, id, nil, Paths{Dir: "/x"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +318,7 @@ func TestParseCertsPEMReadsWhatIsRendered(t *testing.T) {
 			t.Errorf("certificate %d is not CA %d", i, i)
 		}
 	}
-	tlscert, _ := Render(FileTLSCert, id, nil, "/x")
+	tlscert, _ := Render(FileTLSCert, id, nil, Paths{Dir: "/x"})
 	if got, err := ParseCertsPEM(tlscert); err != nil || len(got) != 1 || !got[0].Equal(id.TLSCert) {
 		t.Errorf("ParseCertsPEM(tlscert) = %v, %v", got, err)
 	}

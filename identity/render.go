@@ -47,11 +47,19 @@ var Files = []File{
 	{FileTLSCert, false},
 }
 
-// Render returns the bytes of one file. dir is the absolute path the tree is
-// served at; ssh_config names the other files by it. nodes feed ssh_config.
-// The caller owns the returned slice and should clear it when done, since
-// for key and identity it holds the private key.
-func Render(name string, id *Identity, nodes []Node, dir string) ([]byte, error) {
+// Paths are where the rendered ssh_config points ssh.
+type Paths struct {
+	Dir string // absolute path the tree is served at; ssh_config names the files in it
+	// Agent, if set, is the ssh-agent socket that serves the key: ssh_config
+	// then names it (IdentityAgent) and names key.pub rather than key, so
+	// ssh signs through the agent and never opens the private key.
+	Agent string
+}
+
+// Render returns the bytes of one file. at says where ssh_config points
+// ssh; nodes feed ssh_config. The caller owns the returned slice and should
+// clear it when done, since for key and identity it holds the private key.
+func Render(name string, id *Identity, nodes []Node, at Paths) ([]byte, error) {
 	switch name {
 	case FileKey:
 		key, err := id.keyPEM()
@@ -71,7 +79,7 @@ func Render(name string, id *Identity, nodes []Node, dir string) ([]byte, error)
 	case FileDatabaseCA:
 		return CertsPEM(id.CAs.Database), nil
 	case FileSSHConfig:
-		return SSHConfig(id.ClusterName, nodes, dir)
+		return SSHConfig(id.ClusterName, nodes, at)
 	case FileIdentity:
 		return identityFile(id)
 	}
@@ -128,24 +136,38 @@ func KnownHosts(cluster string, hostCAs []CA) ([]byte, error) {
 // its inventory address. HostKeyAlias makes ssh check the node's host
 // certificate under NAME.CLUSTER, which the @cert-authority line covers.
 //
+// With an agent socket (at.Agent), IdentityAgent names it and IdentityFile
+// names key.pub: ssh reads the public key from there (where it would open
+// key itself to look for one) and signs through the agent.
+//
 // Nothing is written that OpenSSH could read as more than the value meant:
-// the cluster name and dir are checked (an error if they fail), a node
+// the cluster name and paths are checked (an error if they fail), a node
 // that fails CheckNode is left out (the caller reports it), and file paths
 // are quoted with '"', '\' and '%' escaped.
-func SSHConfig(cluster string, nodes []Node, dir string) ([]byte, error) {
+func SSHConfig(cluster string, nodes []Node, at Paths) ([]byte, error) {
 	if err := CheckClusterName(cluster); err != nil {
 		return nil, err
 	}
-	if err := CheckDir(dir); err != nil {
+	if err := CheckDir(at.Dir); err != nil {
 		return nil, err
 	}
-	q := func(file string) string { return quotePath(filepath.Join(dir, file)) }
+	identityFile := FileKey
+	if at.Agent != "" {
+		if err := CheckAgentSocket(at.Agent); err != nil {
+			return nil, err
+		}
+		identityFile = FileSSHPub
+	}
+	q := func(file string) string { return quotePath(filepath.Join(at.Dir, file)) }
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# Begin generated midfs configuration for %s\n", cluster)
 	fmt.Fprintf(&b, "# Common flags for all %s hosts\n", cluster)
 	fmt.Fprintf(&b, "Host *.%s\n", cluster)
 	fmt.Fprintf(&b, "    UserKnownHostsFile %s\n", q(FileKnownHosts))
-	fmt.Fprintf(&b, "    IdentityFile %s\n", q(FileKey))
+	if at.Agent != "" {
+		fmt.Fprintf(&b, "    IdentityAgent %s\n", quotePath(at.Agent))
+	}
+	fmt.Fprintf(&b, "    IdentityFile %s\n", q(identityFile))
 	fmt.Fprintf(&b, "    CertificateFile %s\n", q(FileSSHCert))
 	sorted := append([]Node(nil), nodes...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
@@ -167,7 +189,8 @@ func SSHConfig(cluster string, nodes []Node, dir string) ([]byte, error) {
 
 // quotePath quotes a file name for ssh_config. Inside double quotes OpenSSH
 // takes \" and \\ as escapes, and it expands %-tokens in IdentityFile,
-// CertificateFile and UserKnownHostsFile, where %% is a literal '%'.
+// CertificateFile, UserKnownHostsFile and IdentityAgent, where %% is a
+// literal '%'.
 func quotePath(p string) string {
 	return `"` + pathEscaper.Replace(p) + `"`
 }

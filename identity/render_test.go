@@ -81,7 +81,7 @@ func TestSSHConfigSkipsNodesThatFailTheChecks(t *testing.T) {
 		{Name: "noport", Addr: "10.0.0.5"},
 		{Name: "good", Addr: "10.0.0.9:2222"},
 	}
-	b, err := Render(FileSSHConfig, id, nodes, "/opt/machine-id")
+	b, err := Render(FileSSHConfig, id, nodes, Paths{Dir: "/opt/machine-id"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +117,7 @@ func TestSSHConfigSkipsNodesThatFailTheChecks(t *testing.T) {
 func TestSSHConfigEscapesTheMountpoint(t *testing.T) {
 	id := testIdentity(t, ECDSA)
 	dir := `/mnt/my ids/%d "q" \x`
-	b, err := Render(FileSSHConfig, id, testNodes, dir)
+	b, err := Render(FileSSHConfig, id, testNodes, Paths{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,19 +135,50 @@ func TestSSHConfigEscapesTheMountpoint(t *testing.T) {
 	}
 }
 
+// With an agent socket, ssh_config names it (IdentityAgent) and names
+// key.pub, never key: ssh opens the file IdentityFile names to look for a
+// public key in it, and must never open the private key. The socket's path
+// is escaped like the files' ('%', '"', '\\', spaces).
+func TestSSHConfigNamesTheAgentAndNeverTheKey(t *testing.T) {
+	id := testIdentity(t, ECDSA)
+	at := Paths{Dir: "/opt/machine-id", Agent: `/run/my agent/%d "q" \x.sock`}
+	b, err := Render(FileSSHConfig, id, testNodes, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := sshG(t, writeFile(t, b), "root@web-1.example.com")
+	if got := opts["identityagent"]; len(got) != 1 || got[0] != at.Agent {
+		t.Errorf("identityagent %q, want %q; ssh_config:\n%s", got, at.Agent, b)
+	}
+	if got, want := opts["identityfile"], filepath.Join(at.Dir, FileSSHPub); len(got) != 1 || got[0] != want {
+		t.Errorf("identityfile %q, want only %q; ssh_config:\n%s", got, want, b)
+	}
+	if got, want := opts["certificatefile"], filepath.Join(at.Dir, FileSSHCert); len(got) != 1 || got[0] != want {
+		t.Errorf("certificatefile %q, want %q; ssh_config:\n%s", got, want, b)
+	}
+	if bytes.Contains(b, []byte(`/key"`)) {
+		t.Errorf("ssh_config with an agent names the key file:\n%s", b)
+	}
+	for _, bad := range []string{"relative.sock", "/run/${HOME}.sock", "/run/a\nProxyCommand x"} {
+		if b, err := Render(FileSSHConfig, id, nil, Paths{Dir: at.Dir, Agent: bad}); err == nil {
+			t.Errorf("ssh_config rendered for agent socket %q:\n%s", bad, b)
+		}
+	}
+}
+
 // A cluster name that would change what known_hosts or ssh_config match is
 // never written, and nor is a mountpoint ssh cannot name.
 func TestRenderRefusesBadClusterNameAndDir(t *testing.T) {
 	id := testIdentity(t, ECDSA)
 	id.ClusterName = "example.com *\n@cert-authority *"
 	for _, f := range []string{FileKnownHosts, FileSSHConfig, FileIdentity} {
-		if b, err := Render(f, id, nil, "/opt/machine-id"); err == nil {
+		if b, err := Render(f, id, nil, Paths{Dir: "/opt/machine-id"}); err == nil {
 			t.Errorf("%s rendered for cluster %q:\n%s", f, id.ClusterName, b)
 		}
 	}
 	id.ClusterName = "example.com"
 	for _, dir := range []string{"/mnt/a\nProxyCommand x", "/mnt/${HOME}", "relative"} {
-		if b, err := Render(FileSSHConfig, id, nil, dir); err == nil {
+		if b, err := Render(FileSSHConfig, id, nil, Paths{Dir: dir}); err == nil {
 			t.Errorf("ssh_config rendered for mountpoint %q:\n%s", dir, b)
 		}
 	}
@@ -159,12 +190,12 @@ func TestRenderRefusesBadClusterNameAndDir(t *testing.T) {
 func TestKeyBytesAreTheSameOnEveryOpen(t *testing.T) {
 	for _, alg := range []Algorithm{ECDSA, Ed25519, RSA} {
 		id := testIdentity(t, alg)
-		first, err := Render(FileKey, id, nil, "/x")
+		first, err := Render(FileKey, id, nil, Paths{Dir: "/x"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		again, _ := Render(FileKey, id, nil, "/x")
-		ident, _ := Render(FileIdentity, id, nil, "/x")
+		again, _ := Render(FileKey, id, nil, Paths{Dir: "/x"})
+		ident, _ := Render(FileIdentity, id, nil, Paths{Dir: "/x"})
 		if !bytes.Equal(first, again) {
 			t.Errorf("%s: key differs between two opens", alg)
 		}
@@ -172,7 +203,7 @@ func TestKeyBytesAreTheSameOnEveryOpen(t *testing.T) {
 			t.Errorf("%s: the identity file does not start with the key file's bytes", alg)
 		}
 		clear(first) // what a reader's release does: must not touch the next open
-		if third, _ := Render(FileKey, id, nil, "/x"); !bytes.Equal(third, again) {
+		if third, _ := Render(FileKey, id, nil, Paths{Dir: "/x"}); !bytes.Equal(third, again) {
 			t.Errorf("%s: clearing one open's bytes changed the next open", alg)
 		}
 	}

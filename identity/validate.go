@@ -143,14 +143,21 @@ func CheckNode(n Node) error {
 // in, or nil. Quotes, backslashes and '%' are escaped when rendered; line
 // breaks and other control characters cannot be, and neither can "${",
 // which OpenSSH expands as an environment variable in file names.
-func CheckDir(dir string) error {
+func CheckDir(dir string) error { return checkConfigPath("directory", dir) }
+
+// CheckAgentSocket says what is wrong with an ssh-agent socket path that
+// ssh_config names (IdentityAgent), or nil: the same rules as CheckDir, as
+// OpenSSH expands the same tokens in it.
+func CheckAgentSocket(path string) error { return checkConfigPath("ssh-agent socket", path) }
+
+func checkConfigPath(what, p string) error {
 	switch {
-	case !filepath.IsAbs(dir):
-		return fmt.Errorf("directory %q is not an absolute path", dir)
-	case strings.ContainsFunc(dir, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return fmt.Errorf("directory %q contains a control character (a line break, tab, ...), which ssh_config cannot name: pick another directory", dir)
-	case strings.Contains(dir, "${"):
-		return fmt.Errorf("directory %q contains \"${\", which ssh expands as an environment variable: pick another directory", dir)
+	case !filepath.IsAbs(p):
+		return fmt.Errorf("%s %q is not an absolute path", what, p)
+	case strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return fmt.Errorf("%s %q contains a control character (a line break, tab, ...), which ssh_config cannot name: pick another %s", what, p, what)
+	case strings.Contains(p, "${"):
+		return fmt.Errorf("%s %q contains \"${\", which ssh expands as an environment variable: pick another %s", what, p, what)
 	}
 	return nil
 }

@@ -61,6 +61,10 @@ func (s *Service) Metrics() prometheus.Registerer { return s.diag.Metrics() }
 // OnOpen counts an open of a served file; fs.Options.OnOpen.
 func (s *Service) OnOpen(file, result string) { s.diag.OnOpen(file, result) }
 
+// OnSign counts a signature request to the ssh-agent socket;
+// sshagent.Options.OnSign.
+func (s *Service) OnSign(result string) { s.diag.OnSign(result) }
+
 // WatchAgent serves the agent's health and metrics from status and keeps
 // systemd's STATUS= line current.
 func (s *Service) WatchAgent(status func() diag.AgentStatus) {

@@ -78,6 +78,10 @@ func readMountIdentity(dir string) (key crypto.Signer, cert *x509.Certificate, c
 	}
 	keyPEM, err := read(identity.FileKey)
 	if err != nil {
+		if _, perr := os.Stat(filepath.Join(dir, identity.FileSSHPub)); perr == nil {
+			return nil, nil, nil, failf(exitFailure, "%s serves no key (mounted with --key-files=false), and midfs ls authenticates with it; "+
+				"the nodes this identity may reach are the Host blocks of %s", dir, filepath.Join(dir, identity.FileSSHConfig))
+		}
 		return nil, nil, nil, err
 	}
 	k, err := identity.ParsePrivateKeyPEM(keyPEM)

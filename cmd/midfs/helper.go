@@ -79,11 +79,14 @@ func mountFlagLookup() mounthelper.FlagLookup {
 	}
 }
 
-// servedTree is what the probe expects of a mounted identity.
+// servedTree is what the probe expects of a mounted identity: the public
+// files, which every tree has (--key-files=false leaves the others out).
 func servedTree() mounthelper.Tree {
 	t := mounthelper.Tree{NonEmpty: identity.FileSSHPub}
 	for _, f := range identity.Files {
-		t.Files = append(t.Files, f.Name)
+		if !f.Secret {
+			t.Files = append(t.Files, f.Name)
+		}
 	}
 	return t
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/midfs/midfs/joiner"
 	"github.com/midfs/midfs/service/diag"
 	"github.com/midfs/midfs/service/harden"
+	"github.com/midfs/midfs/sshagent"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -45,6 +46,8 @@ func mountCommand() *cli.Command {
 		Description: "Joins the authority (--auth-server, --token, --ca-pin), keeps the credentials in memory,\n" +
 			"serves them at MOUNTPOINT and renews them until SIGINT or SIGTERM (SIGHUP, or `midfs renew`, renews now).\n" +
 			"Without --auth-server an authority runs inside this process, with its state in --data-dir.\n" +
+			"With --ssh-agent=PATH the key also signs through an ssh-agent socket, which ssh_config names;\n" +
+			"add --key-files=false to leave key and identity out of the tree, so no process can ever read the key.\n" +
 			exitHelp(exitUsage, exitMountPoint, exitJoinRefused, exitCAPin, exitUnreachable, exitFUSE, exitAuthority),
 		Flags:  mountFlags(),
 		Action: runMount,
@@ -64,7 +67,12 @@ func mountFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "fips", Usage: "with --join-method=iam: sign for AWS's FIPS STS endpoints (sts-fips.REGION.amazonaws.com)"},
 		&cli.StringFlag{Name: "ca-pin", Usage: "`sha256:HEX` of the authority's CA, as `midfs status` prints it; checked before the token is sent"},
 		&cli.StringFlag{Name: "owner", Usage: "`USER[:GROUP]` owning the tree (default: the user running midfs)"},
-		&cli.StringSliceFlag{Name: "reader", Aliases: []string{"readers"}, Usage: "`USER|@GROUP` that may also open key and identity"},
+		&cli.StringSliceFlag{Name: "reader", Aliases: []string{"readers"}, Usage: "`USER|@GROUP` that may also open key and identity (and use the --ssh-agent socket)"},
+		&cli.StringFlag{Name: "ssh-agent", Usage: "also serve the key through the ssh-agent protocol on a Unix socket at `PATH` " +
+			"(e.g. /run/midfs-robot.agent, in a directory only root or this user can write); ssh_config names it, " +
+			"so ssh signs without opening key. --owner, root and --reader may connect; it only lists and signs"},
+		&cli.BoolFlag{Name: "key-files", Value: true, Usage: "serve key and identity in the tree (default true). " +
+			"--key-files=false leaves them out, so the private key is never readable: ssh signs through --ssh-agent, which it needs"},
 		&cli.DurationFlag{Name: "certificate-ttl", Value: joiner.DefaultCertTTL, Usage: "`DURATION` the served credentials live (the authority caps it at 24h)"},
 		&cli.DurationFlag{Name: "renewal-interval", Value: joiner.DefaultRenewInterval, Usage: "`DURATION` between renewals; shorter than --certificate-ttl"},
 		&cli.DurationFlag{Name: "join-timeout", Value: joiner.DefaultJoinTimeout, Usage: "`DURATION` to keep retrying an unreachable authority at start before giving up"},
@@ -87,6 +95,8 @@ type mountPlan struct {
 	storage  string
 	debug    bool
 	join     joiner.Config
+	agent    string // --ssh-agent socket path, absolute; "" for none
+	keyFiles bool   // serve key and identity
 }
 
 // parseMount reads and checks every flag; errors are usage errors, and
@@ -112,6 +122,9 @@ func parseMount(c *cli.Context, mountpoint string) (*mountPlan, error) {
 			return nil, failf(exitUsage, "bad --reader %q: %v", r, err)
 		}
 		p.readers = append(p.readers, rd)
+	}
+	if err := parseAgentFlags(c, p); err != nil {
+		return nil, err
 	}
 	alg, err := identity.ParseAlgorithm(c.String("key-algorithm"))
 	if err != nil {
@@ -154,6 +167,54 @@ func parseMount(c *cli.Context, mountpoint string) (*mountPlan, error) {
 	return p, nil
 }
 
+// parseAgentFlags reads --ssh-agent and --key-files.
+func parseAgentFlags(c *cli.Context, p *mountPlan) error {
+	p.keyFiles = c.Bool("key-files")
+	if path := c.String("ssh-agent"); path != "" {
+		abs, err := filepath.Abs(path)
+		if err == nil {
+			err = identity.CheckAgentSocket(abs)
+		}
+		if err != nil {
+			return failf(exitUsage, "bad --ssh-agent %q: %v", path, err)
+		}
+		// The agent must never touch its own mount, and the tree is
+		// read-only anyway.
+		if abs == p.dir || strings.HasPrefix(abs, p.dir+"/") {
+			return failf(exitUsage, "bad --ssh-agent %q: it is inside the mountpoint %s; put the socket elsewhere, e.g. /run/midfs-robot.agent", path, p.dir)
+		}
+		p.agent = abs
+	}
+	if !p.keyFiles && p.agent == "" {
+		return failf(exitUsage, "--key-files=false needs --ssh-agent=PATH: without the key files, ssh can only sign through the agent socket")
+	}
+	return nil
+}
+
+// sshAgentFile is the name connections to the --ssh-agent socket are
+// counted under in midfs_agent_opens_total: each one is a use of the key,
+// as an open of key is.
+const sshAgentFile = "ssh-agent"
+
+// listenAgent serves id's key on the --ssh-agent socket, admitting
+// connections by the rule that decides opens of key (fs.Access).
+func listenAgent(p *mountPlan, svc *running, id *identity.Identity) (*sshagent.Server, error) {
+	acc := fs.Access{UID: p.uid, GID: p.gid, Readers: p.readers}
+	s, err := sshagent.Listen(sshagent.Options{
+		Path: p.agent, UID: p.uid, GID: p.gid, Mode: acc.SocketMode(),
+		Allow: func(peer sshagent.Peer) bool {
+			return acc.Allows(peer.UID, peer.GID, func() []uint32 { return peer.Groups })
+		},
+		Logger:    slog.Default(),
+		OnConnect: func(result string) { svc.OnOpen(sshAgentFile, result) },
+		OnSign:    svc.OnSign,
+	}, id.Key, id.SSHCert)
+	if err != nil {
+		return nil, failf(exitUsage, "--ssh-agent: %v", err)
+	}
+	return s, nil
+}
+
 // runMount: flags, mountpoint check, join, mount, renew until a signal.
 // Nothing half-done: whatever fails after the mount unmounts it.
 func runMount(c *cli.Context) error {
@@ -178,6 +239,11 @@ func runMount(c *cli.Context) error {
 	}
 	if err := fs.CheckCanMount(); err != nil {
 		return fail(exitFUSE, err)
+	}
+	if p.agent != "" {
+		if err := sshagent.CheckPath(p.agent); err != nil {
+			return failf(exitUsage, "bad --ssh-agent: %v", err)
+		}
 	}
 	// Before the first key exists.
 	harden.Process(log)
@@ -206,10 +272,19 @@ func runMount(c *cli.Context) error {
 	}
 	id, nodes := agent.Current()
 	st := agent.Status()
+	// The socket first: once the tree is visible, its ssh_config names it.
+	var sock *sshagent.Server
+	if p.agent != "" {
+		if sock, err = listenAgent(p, svc, id); err != nil {
+			return err
+		}
+		defer sock.Close()
+	}
 	srv, err := fs.Mount(fs.Options{
 		Dir: p.dir, UID: p.uid, GID: p.gid, Readers: p.readers,
 		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer, fs.XattrPID: strconv.Itoa(os.Getpid())},
 		Logger: log, OnOpen: svc.OnOpen, Debug: p.debug,
+		AgentSocket: p.agent, NoKeyFiles: !p.keyFiles,
 	}, &fs.Snapshot{Identity: id, Nodes: nodes})
 	if err != nil {
 		return failf(exitFUSE, "%v", err)
@@ -227,6 +302,12 @@ func runMount(c *cli.Context) error {
 
 	svc.WatchAgent(func() diag.AgentStatus { return agentStatusOf(agent.Status()) })
 	stopRenewing := agent.Start(func(id *identity.Identity, nodes []identity.Node) {
+		// The socket before the tree: an ssh that reads key.pub from the
+		// tree then finds that key listed by the agent (which keeps the
+		// previous one for a while too).
+		if sock != nil {
+			sock.Publish(id.Key, id.SSHCert)
+		}
 		srv.Publish(&fs.Snapshot{Identity: id, Nodes: nodes})
 	})
 	defer stopRenewing()

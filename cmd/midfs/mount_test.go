@@ -164,6 +164,10 @@ func TestMountRefusesBadFlags(t *testing.T) {
 		{"m", "--auth-server=h:1", pin, "--owner=no-such-user-here"},
 		{"m", "--auth-server=h:1", pin, "--reader=@no-such-group-here"},
 		{"m", "--auth-server=h:1", pin, "--join-method=kerberos"},
+		{"m", "--auth-server=h:1", pin, "--key-files=false"},
+		{"/m", "--auth-server=h:1", pin, "--ssh-agent=/m/agent.sock"},
+		{"/m", "--auth-server=h:1", pin, "--ssh-agent=/run/${HOME}.sock"},
+		{"/m", "--auth-server=h:1", pin, "--ssh-agent=/run/a\nb.sock"},
 	} {
 		_, err := parseMountArgs(t, args...)
 		var e *exitError
@@ -205,6 +209,56 @@ func TestMountBadMountpointJoinsNothing(t *testing.T) {
 		}
 	}
 	tokenStillWorks(t, s, token)
+}
+
+// --ssh-agent and --key-files: read from flags, and --key-files=false
+// without an agent is one line naming what it needs.
+func TestMountAgentFlags(t *testing.T) {
+	pin := "--ca-pin=sha256:" + strings.Repeat("ab", 32)
+	p, err := parseMountArgs(t, "/opt/machine-id", "--auth-server=h:1", "--token=x", pin, "--ssh-agent=/run/robot.agent", "--key-files=false")
+	if err != nil || p.agent != "/run/robot.agent" || p.keyFiles {
+		t.Fatalf("plan agent %q key files %v: %v", p.agent, p.keyFiles, err)
+	}
+	p, err = parseMountArgs(t, "/opt/machine-id", "--auth-server=h:1", "--token=x", pin)
+	if err != nil || p.agent != "" || !p.keyFiles {
+		t.Fatalf("by default: plan agent %q key files %v: %v", p.agent, p.keyFiles, err)
+	}
+	_, err = parseMountArgs(t, "/opt/machine-id", "--auth-server=h:1", "--token=x", pin, "--key-files=false")
+	if err == nil || err.Error() != "--key-files=false needs --ssh-agent=PATH: without the key files, ssh can only sign through the agent socket" {
+		t.Errorf("--key-files=false alone: %v", err)
+	}
+}
+
+// A socket path the agent cannot use is refused before the join, so the
+// one-time token still works.
+func TestMountBadAgentSocketJoinsNothing(t *testing.T) {
+	s := startAuth(t)
+	token := botToken(t, s)
+	base := t.TempDir()
+	file := filepath.Join(base, "file")
+	os.WriteFile(file, nil, 0o644)
+	open := filepath.Join(base, "open")
+	os.Mkdir(open, 0o777)
+	os.Chmod(open, 0o777)
+	for _, sock := range []string{file, filepath.Join(base, "missing", "agent.sock"), filepath.Join(open, "agent.sock")} {
+		r := runCLI(t, "", "mount", t.TempDir(), "--auth-server="+s.Addr(), "--token="+token, "--ca-pin="+s.CAPin(),
+			"--storage=memory", "--ssh-agent="+sock)
+		if r.code != exitUsage || !strings.Contains(r.err, "--ssh-agent") || strings.Count(strings.TrimSpace(r.err), "\n") != 0 {
+			t.Errorf("mount --ssh-agent=%s: %s; want exit %d and one line", sock, r, exitUsage)
+		}
+	}
+	tokenStillWorks(t, s, token)
+}
+
+// midfs ls of a tree without the key files says why it cannot list, in one
+// line, and where the nodes are to be seen.
+func TestLsWithoutKeyFiles(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, identity.FileSSHPub), []byte("ecdsa-sha2-nistp256 AAAA\n"), 0o644)
+	r := runCLI(t, "", "ls", "--mount", dir)
+	if r.code != exitFailure || !strings.Contains(r.err, "--key-files=false") || !strings.Contains(r.err, "ssh_config") || strings.Count(strings.TrimSpace(r.err), "\n") != 0 {
+		t.Errorf("midfs ls without key: %s", r)
+	}
 }
 
 func TestMountWrongPinJoinsNothing(t *testing.T) {

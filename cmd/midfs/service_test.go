@@ -101,12 +101,13 @@ func TestEveryFlagHasAConfigKey(t *testing.T) {
 // The options of an fstab line reach the real flags of `midfs mount`.
 func TestHelperOptionsMapToFlags(t *testing.T) {
 	req, err := mounthelper.ParseArgs([]string{"/etc/midfs/robot.yaml", "/opt/machine-id", "-o",
-		"rw,defaults,_netdev,nofail,x-systemd.automount,allow_other,owner=alice:staff,reader=bob,reader=@wheel,certificate_ttl=30m,debug_fuse,token=s3cret,log=/var/log/m.log",
+		"rw,defaults,_netdev,nofail,x-systemd.automount,allow_other,owner=alice:staff,reader=bob,reader=@wheel,certificate_ttl=30m,debug_fuse,token=s3cret,log=/var/log/m.log,ssh_agent=/run/m.agent,key_files=false",
 		"-n"}, mountFlagLookup())
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"--owner=alice:staff", "--reader=bob", "--reader=@wheel", "--certificate-ttl=30m", "--debug-fuse"}
+	want := []string{"--owner=alice:staff", "--reader=bob", "--reader=@wheel", "--certificate-ttl=30m", "--debug-fuse",
+		"--ssh-agent=/run/m.agent", "--key-files=false"}
 	if !reflect.DeepEqual(req.Flags, want) {
 		t.Errorf("flags %q\nwant  %q", req.Flags, want)
 	}

@@ -55,6 +55,7 @@ type Server struct {
 	mu     sync.Mutex
 	checks map[string]func() Health
 	opens  *prometheus.CounterVec
+	signs  *prometheus.CounterVec
 	srv    *http.Server
 	addr   string
 }
@@ -66,7 +67,10 @@ func New() *Server {
 	opens := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "midfs_agent_opens_total", Help: "Opens of the served files by file and result.",
 	}, []string{"file", "result"})
-	return &Server{reg: reg, now: time.Now, checks: map[string]func() Health{}, opens: opens}
+	signs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "midfs_agent_ssh_signatures_total", Help: "Signature requests to the ssh-agent socket by result.",
+	}, []string{"result"})
+	return &Server{reg: reg, now: time.Now, checks: map[string]func() Health{}, opens: opens, signs: signs}
 }
 
 // AddCheck makes name a component of /readyz; check is called per request.
@@ -218,6 +222,7 @@ func (d *Server) WatchAgent(status func() AgentStatus) {
 			return 0
 		}),
 		d.opens,
+		d.signs,
 	)
 	d.AddCheck("identity", func() Health { return identityHealth(status(), d.now()) })
 	d.AddCheck("renewal", func() Health { return renewalHealth(status()) })
@@ -245,6 +250,14 @@ func renewalHealth(s AgentStatus) Health {
 
 // OnOpen counts opens of the served files by file and result ("ok",
 // "denied", "erofs"); it is the fs package's OnOpen hook, on the open path.
+// Connections to the ssh-agent socket count here too, as file "ssh-agent":
+// each one is a use of the key, as an open of key is.
 func (d *Server) OnOpen(file, result string) {
 	d.opens.WithLabelValues(file, result).Inc()
+}
+
+// OnSign counts signature requests to the ssh-agent socket by result
+// ("ok", "expired", "unknown_key", "failed").
+func (d *Server) OnSign(result string) {
+	d.signs.WithLabelValues(result).Inc()
 }

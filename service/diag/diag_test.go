@@ -108,6 +108,9 @@ func TestMetricsParseAndCount(t *testing.T) {
 	d.OnOpen("key", "ok")
 	d.OnOpen("key", "ok")
 	d.OnOpen("identity", "denied")
+	d.OnSign("ok")
+	d.OnSign("expired")
+	d.OnSign("ok")
 	base := serveDiag(t, d)
 
 	_, body := testenv.HTTPGet(t, base+"/metrics")
@@ -151,6 +154,12 @@ func TestMetricsParseAndCount(t *testing.T) {
 	}
 	if v := value("midfs_agent_opens_total", map[string]string{"file": "identity", "result": "denied"}); v != 1 {
 		t.Errorf("opens identity denied %v", v)
+	}
+	if v := value("midfs_agent_ssh_signatures_total", map[string]string{"result": "ok"}); v != 2 {
+		t.Errorf("ssh signatures ok %v", v)
+	}
+	if v := value("midfs_agent_ssh_signatures_total", map[string]string{"result": "expired"}); v != 1 {
+		t.Errorf("ssh signatures expired %v", v)
 	}
 	if _, ok := fams["process_resident_memory_bytes"]; !ok {
 		t.Error("process metrics missing")
