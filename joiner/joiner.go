@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,8 +40,9 @@ type Agent struct {
 	// memory and in the Store) until its answer arrives: a retry, here or
 	// after a restart, sends the same request again.
 	pending crypto.Signer
-	botDue  bool   // the next renewal round starts with the bot identity
-	nodeTag string // ETag of the node list held, to ask only for a changed one
+	botDue  bool        // the next renewal round starts with the bot identity
+	nodeTag string      // ETag of the node list held, to ask only for a changed one
+	caSet   *wire.CASet // the CAs the last node list carried (rotation.go)
 
 	renewNow chan struct{}
 
@@ -309,10 +311,13 @@ func (a *Agent) restore(ctx context.Context, deadline time.Time) error {
 		return nil
 	case !a.clock.Now().Before(b.expires()):
 		return discard("the stored bot identity has expired; joining with the token", "bot", s.BotName, "expired", b.expires().Format(time.RFC3339))
-	case len(a.pins) > 0 && checkPins(a.cfg.AuthServer, a.pins, b.hostCAs) != nil:
+	case len(a.pins) > 0 && !pinsVouch(a.pins, b):
 		return discard("the stored bot identity trusts CAs that do not match the CA pin; joining again", "bot", s.BotName)
 	}
 	a.tokenHash = s.TokenHash
+	if len(a.pins) > 0 && checkPins(a.cfg.AuthServer, a.pins, b.hostCAs) == nil {
+		b.pinnedBy = strings.Join(a.pins, ",") // the pins given vouch for the CAs held: a chain starts here
+	}
 	a.pending = pending
 	a.setBot(b)
 	a.log.Info("restarting from the stored bot identity", "bot", b.name, "generation", b.generation, "renewal_in_flight", pending != nil, "store", store.String())
@@ -383,6 +388,7 @@ func (a *Agent) join(ctx context.Context, deadline time.Time) error {
 	if err != nil {
 		return err
 	}
+	b.pinnedBy = strings.Join(a.pins, ",")
 	a.pending = nil
 	a.setBot(b)
 	a.save()
@@ -445,6 +451,7 @@ func (a *Agent) renewBot(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	nb.pinnedBy = b.pinnedBy
 	a.pending = nil
 	a.setBot(nb)
 	a.save()
@@ -533,6 +540,7 @@ func (a *Agent) refreshOutput(ctx context.Context) error {
 	a.id = id
 	a.status.Expires = id.Expires()
 	a.mu.Unlock()
+	a.trustHostCAs(hostCerts(id.CAs.Host))
 	// The identity must never be lost over the node list: without one, the
 	// mount serves the last list (or none) and Run asks again.
 	if _, err := a.refreshNodes(ctx); err != nil {
@@ -545,9 +553,10 @@ func (a *Agent) refreshOutput(ctx context.Context) error {
 }
 
 // refreshNodes fetches the node list unless it is unchanged since the
-// last one, and says whether it changed.
+// last one, follows the CAs it carries (rotation.go), and says whether
+// the list or the CAs served changed.
 func (a *Agent) refreshNodes(ctx context.Context) (bool, error) {
-	nodes, tag, err := a.api.nodes(ctx, a.nodeTag)
+	nodes, cas, tag, err := a.api.nodes(ctx, a.nodeTag)
 	if errors.Is(err, errNotModified) {
 		a.mu.Lock()
 		a.status.NodesUpdated = a.clock.Now()
@@ -558,11 +567,12 @@ func (a *Agent) refreshNodes(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	a.nodeTag = tag
+	casChanged := a.followCAs(cas)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.status.NodesUpdated = a.clock.Now()
 	if sameNodes(nodes, a.nodes) {
-		return false, nil
+		return casChanged, nil
 	}
 	a.nodes, a.status.Nodes = nodes, len(nodes)
 	return true, nil
