@@ -83,8 +83,6 @@ type caSet struct {
 	hostCertBy string // ID of the host CA that signed hostCert
 }
 
-func (c *caSet) kind(k string) *caKind { return c.kinds[k] }
-
 // identity is the set as output identities carry it.
 func (c *caSet) identity() identity.CAs {
 	return identity.CAs{User: c.kinds[caUser].public(), Host: c.kinds[caHost].public(), Database: c.kinds[caDB].public()}
