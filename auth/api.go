@@ -13,10 +13,12 @@ import (
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+wire.PathCA, s.handleCA)
-	mux.HandleFunc("POST "+wire.PathJoin, s.handleJoin)
-	mux.HandleFunc("POST "+wire.PathRenew, s.handleRenew)
-	mux.HandleFunc("POST "+wire.PathCerts, s.handleCerts)
-	mux.HandleFunc("GET "+wire.PathNodes, s.handleNodes)
+	// Everything but the CAs needs the database: without it a replica
+	// answers 503 rather than from what it holds in memory.
+	mux.HandleFunc("POST "+wire.PathJoin, s.needsDB(s.handleJoin))
+	mux.HandleFunc("POST "+wire.PathRenew, s.needsDB(s.handleRenew))
+	mux.HandleFunc("POST "+wire.PathCerts, s.needsDB(s.handleCerts))
+	mux.HandleFunc("GET "+wire.PathNodes, s.needsDB(s.handleNodes))
 	s.iamRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// %q: the path is decoded, so it may hold a line break.
@@ -65,9 +67,7 @@ func (s *Server) refuseJoin(w http.ResponseWriter, r *http.Request, method strin
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, what string, err error) {
 	var ref *refusal
 	if !errors.As(err, &ref) {
-		s.log.Error(what+" failed", "err", err, "remote", r.RemoteAddr)
-		s.metrics.refused("internal")
-		wire.WriteError(w, http.StatusInternalServerError, "internal error; see the authority's log")
+		s.internalError(w, r, what, err)
 		return
 	}
 	s.metrics.refused(ref.Code)

@@ -108,8 +108,9 @@ func (c *caSet) clientCAs() *x509.CertPool {
 }
 
 // readCAs reads every CA and rotation in one transaction, so that they
-// agree, and builds the set.
-func readCAs(ctx context.Context, st store.Store, dataDir string) (*caSet, error) {
+// agree, and builds the set; open gives the PKCS #8 key of a stored CA
+// (unsealed: sealing.go), which the caller clears.
+func readCAs(ctx context.Context, st store.Store, dataDir string, open func(store.CA) ([]byte, error)) (*caSet, error) {
 	var cas []store.CA
 	var rots []store.Rotation
 	err := st.Update(ctx, func(tx store.Tx) (err error) {
@@ -136,7 +137,12 @@ func readCAs(ctx context.Context, st store.Store, dataDir string) (*caSet, error
 		if k == nil {
 			return nil, fmt.Errorf("authority state holds a %s CA (%s) but no rotation state for it; restore it from a backup", ca.Kind, ca.ID)
 		}
-		a, err := loadAuthority(ca.Kind, ca.KeyDER, ca.CertDER)
+		keyDER, err := open(ca)
+		if err != nil {
+			return nil, err
+		}
+		a, err := loadAuthority(ca.Kind, keyDER, ca.CertDER)
+		clear(keyDER)
 		if err != nil {
 			return nil, err
 		}
@@ -215,7 +221,7 @@ func (s *Server) signer(kind string) *authority { return s.caSet().kinds[kind].s
 func (s *Server) loadCAs(ctx context.Context) error {
 	s.caMu.Lock()
 	defer s.caMu.Unlock()
-	set, err := readCAs(ctx, s.st, s.cfg.DataDir)
+	set, err := readCAs(ctx, s.st, s.cfg.DataDir, func(ca store.CA) ([]byte, error) { return s.openKey(s.cluster, ca) })
 	if err != nil {
 		return err
 	}

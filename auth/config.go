@@ -52,6 +52,11 @@ type Config struct {
 	// MaxConns, or half the open-file limit if that is lower.
 	MaxConns int
 
+	// CAKeySeal is the file of the seal key (package auth/seal) that seals
+	// the CA private keys in the state. Empty: the systemd credential
+	// ca-key-seal if the service has one, else the keys are stored unsealed.
+	CAKeySeal string
+
 	// STSEndpoint replaces the AWS STS endpoint for IAM joins; only for
 	// tests, so it is refused unless InsecureTestMode is set.
 	STSEndpoint      string

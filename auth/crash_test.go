@@ -21,6 +21,7 @@ import (
 
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/store/sqlite"
+	"github.com/midfs/midfs/internal/pgtest"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -33,7 +34,7 @@ func TestMain(m *testing.M) {
 		runChild(dir)
 		return
 	}
-	os.Exit(m.Run())
+	os.Exit(pgtest.Main(m))
 }
 
 // childInfo is what a child authority prints once it serves.

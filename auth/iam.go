@@ -6,11 +6,13 @@ package auth
 // identity. The checks themselves are in package auth/iam.
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/midfs/midfs/auth/iam"
@@ -27,13 +29,51 @@ type iamJoin struct {
 
 // iamRoutes registers wire.PathIAMChallenge and wire.PathIAMJoin.
 func (s *Server) iamRoutes(mux *http.ServeMux) {
-	j := &iamJoin{s: s, challenges: iam.NewChallenges(s.cfg.Clock), sts: iam.NewForwarder(s.cfg.STSEndpoint, s.cfg.InsecureTestMode)}
+	j := &iamJoin{s: s, challenges: s.iamChallenges(), sts: iam.NewForwarder(s.cfg.STSEndpoint, s.cfg.InsecureTestMode)}
 	if s.cfg.STSEndpoint != "" {
 		s.log.Warn("TEST MODE: IAM joins are verified by the STS endpoint given with --sts-endpoint, whose TLS certificate is NOT checked; never run an authority like this in production",
 			"sts_endpoint", s.cfg.STSEndpoint)
 	}
-	mux.HandleFunc("POST "+wire.PathIAMChallenge, j.handleChallenge)
-	mux.HandleFunc("POST "+wire.PathIAMJoin, j.handleJoin)
+	mux.HandleFunc("POST "+wire.PathIAMChallenge, s.needsDB(j.handleChallenge))
+	mux.HandleFunc("POST "+wire.PathIAMJoin, s.needsDB(j.handleJoin))
+}
+
+// iamChallenges are this process's own, unless the authority has a seal
+// key: replicas share one (they all have the same seal key), derive the
+// same challenge key from it, and record taken challenges in the database,
+// so that an agent may fetch its challenge from one replica and join
+// through another, and a challenge is taken once across all of them.
+func (s *Server) iamChallenges() *iam.Challenges {
+	if s.seal == nil {
+		return iam.NewChallenges(s.cfg.Clock)
+	}
+	return iam.NewSharedChallenges(s.cfg.Clock, s.seal.Derive("iam-challenge", s.cluster), &spentChallenges{s: s})
+}
+
+// spentChallenges records taken IAM challenges in the store, and about
+// once a minute (per replica) forgets those whose record has expired.
+type spentChallenges struct {
+	s         *Server
+	lastSweep atomic.Int64 // Unix seconds
+}
+
+// spentSweepEvery is how often a replica removes expired records.
+const spentSweepEvery = time.Minute
+
+func (sc *spentChallenges) Spend(ctx context.Context, id []byte, expires time.Time) (bool, error) {
+	now := sc.s.cfg.Clock.Now()
+	last := sc.lastSweep.Load()
+	sweep := now.Unix()-last >= int64(spentSweepEvery/time.Second) && sc.lastSweep.CompareAndSwap(last, now.Unix())
+	var fresh bool
+	err := sc.s.st.Update(ctx, func(tx store.Tx) error {
+		var err error
+		if fresh, err = tx.SpendChallenge(ctx, id, expires); err != nil || !sweep {
+			return err
+		}
+		_, err = tx.RemoveSpentChallenges(ctx, now)
+		return err
+	})
+	return fresh, err
 }
 
 func (j *iamJoin) handleChallenge(w http.ResponseWriter, r *http.Request) {
@@ -76,7 +116,7 @@ func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
 func (j *iamJoin) verify(r *http.Request, req *wire.IAMJoinRequest) (string, iam.CallerIdentity, *iam.Refusal) {
 	// The challenge is spent first, whatever happens next: a request that
 	// fails a later check can never be tried again.
-	if f := j.challenges.Take(req.Challenge); f != nil {
+	if f := j.challenges.Take(r.Context(), req.Challenge); f != nil {
 		return "", iam.CallerIdentity{}, f
 	}
 	tok, err := j.s.lookupToken(r.Context(), req.Token)
@@ -121,6 +161,11 @@ func (j *iamJoin) refuse(w http.ResponseWriter, r *http.Request, ref string, f *
 		public = fmt.Sprintf("bad IAM join request (ref %s): %s", ref, iam.Truncate(f.Detail, 200))
 		status = http.StatusBadRequest
 	case iam.ReasonInternal:
+		if j.s.dbw.check(context.WithoutCancel(r.Context())) != nil {
+			j.s.log.Warn("iam join failed: no database", "reason", f.Detail, "ref", ref)
+			j.s.answerNoDB(w)
+			return
+		}
 		public = fmt.Sprintf("internal error (ref %s); see the authority's log", ref)
 		status = http.StatusInternalServerError
 	case iam.ReasonSTSUnreachable:

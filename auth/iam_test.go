@@ -39,7 +39,7 @@ type iamEnv struct {
 	metrics *prometheus.Registry
 }
 
-func startIAM(t testing.TB) *iamEnv {
+func startIAM(t testing.TB, mod ...func(*Config)) *iamEnv {
 	t.Helper()
 	e := &iamEnv{sts: ststest.Start(iamBot, iamOtherAccount, iamOtherRole), clock: clock.NewFake(time.Now().Truncate(time.Second)), log: &testenv.LogBuffer{}, metrics: prometheus.NewRegistry()}
 	t.Cleanup(e.sts.Close)
@@ -49,6 +49,9 @@ func startIAM(t testing.TB) *iamEnv {
 		c.Clock = e.clock
 		c.Logger = slog.New(slog.NewTextHandler(e.log, nil))
 		c.Metrics = e.metrics
+		for _, m := range mod {
+			m(c)
+		}
 	})
 	ctx := context.Background()
 	if _, err := e.s.CreateYAML(ctx, []byte(testenv.IAMTokenYAML), false); err != nil {

@@ -220,7 +220,14 @@ func (s *Server) newCA(kind string) (*store.CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("make a new %s CA: %w", kind, err)
 	}
-	return &store.CA{ID: newCAID(), Kind: kind, KeyDER: keyDER, CertDER: a.cert.Raw, Created: now}, nil
+	stored, err := s.storedKey(s.cluster, kind, keyDER) // sealed, if the authority has a seal key
+	if s.seal != nil {
+		clear(keyDER)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &store.CA{ID: newCAID(), Kind: kind, KeyDER: stored, CertDER: a.cert.Raw, Created: now}, nil
 }
 
 // moveRotation moves kind's rotation in one transaction to the phase that

@@ -16,6 +16,7 @@ import (
 
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/seal"
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/internal/pgtest"
@@ -458,8 +459,9 @@ func TestRotationFailsOverToAnotherReplica(t *testing.T) {
 	srv := pgtest.Start(t)
 	url := srv.NewURL(t)
 	clk := clock.NewFake(time.Now().Truncate(time.Second))
+	key := sealKeyFile(t)
 	replica := func() *Server {
-		return startTest(t, func(c *Config) { c.DB, c.Clock = url, clk })
+		return startTest(t, func(c *Config) { c.DB, c.Clock, c.CAKeySeal = url, clk, key })
 	}
 	a, b := replica(), replica()
 	rotate(t, a, admin.RotateRequest{Type: caUser, GracePeriod: 90 * time.Second})
@@ -490,5 +492,36 @@ func TestRotationFailsOverToAnotherReplica(t *testing.T) {
 	}
 	if users != 1 || b.caSet().kinds[caUser].all[0].id != b.signer(caUser).id {
 		t.Fatalf("after the rotation the state holds %d user CAs", users)
+	}
+}
+
+// With a seal key, the CA a rotation makes is stored sealed like the
+// others, and an authority restarted in the middle of the rotation opens
+// it.
+func TestRotationSealsTheNewCA(t *testing.T) {
+	dir, key := t.TempDir(), sealKeyFile(t)
+	cfg := func(c *Config) { c.DataDir, c.CAKeySeal = dir, key }
+	s := startTest(t, cfg)
+	rotate(t, s, manual(caUser, wire.PhaseInit))
+	cas, err := s.st.CAs(context.Background())
+	if err != nil || len(cas) != 4 {
+		t.Fatalf("CAs during a rotation: %d, %v", len(cas), err)
+	}
+	for _, ca := range cas {
+		if !seal.IsSealed(ca.KeyDER) {
+			t.Fatalf("the %s CA %s is stored unsealed", ca.Kind, ca.ID)
+		}
+	}
+	pins := s.caResources()[0].Spec.Keys
+	s.Close()
+	s = startTest(t, cfg)
+	if got := s.caResources()[0].Spec.Keys; len(got) != 2 || got[1].Pin != pins[1].Pin {
+		t.Fatalf("after a restart: %+v, want %+v", got, pins)
+	}
+	rotate(t, s, manual(caUser, wire.PhaseUpdateClients))
+	bt := addBot(t, s, "robot", []string{"access"}, nil)
+	certs, _ := join(t, s, bt.Token).certs(t, s)
+	if sshSigner(t, certs.SSHCert) != pins[1].SSH {
+		t.Fatal("the new CA, opened with the seal key, does not sign")
 	}
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/seal"
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/auth/store/postgres"
 	"github.com/midfs/midfs/auth/store/sqlite"
@@ -36,6 +37,10 @@ type Server struct {
 	cluster string
 	metrics *metrics
 	inv     *inventory
+	dbw     *dbWatch // the database connection; the API waits for it
+	// seal, if set, seals the CA keys in the state; sealPath is its file.
+	seal     *seal.Key
+	sealPath string
 
 	https     *http.Server
 	httpsLn   net.Listener
@@ -63,15 +68,26 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	// Before the state is opened: a bad key file changes nothing.
+	sk, skPath, err := loadSealKey(cfg.CAKeySeal)
+	if err != nil {
+		return nil, err
+	}
+	if sk == nil && cfg.DB != "" {
+		return nil, fmt.Errorf("--db: a shared database needs --ca-key-seal=FILE (or the systemd credential %s), so that whoever reads the database or its backups gets no CA key; make one with `openssl rand -hex 32 > FILE && chmod 600 FILE` and give every replica the same", seal.CredentialName)
+	}
 	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), inv: newInventory(), rotations: newRotator()}
+	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), inv: newInventory(), seal: sk, sealPath: skPath,
+		rotations: newRotator()}
 	if err := s.loadOrInit(ctx); err != nil {
 		st.Close()
 		return nil, err
 	}
+	s.dbw = newDBWatch(st, cfg.Clock, s.log, s.inv.changed)
+	s.registerDBMetric(cfg.Metrics)
 	if err := s.serveHTTPS(ctx); err != nil {
 		st.Close()
 		return nil, err
@@ -81,9 +97,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	go s.dbw.run()
 	s.startRotations()
 	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
-		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", admin.SocketPath(cfg.DataDir))
+		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", admin.SocketPath(cfg.DataDir), "ca_keys_sealed", s.seal != nil)
 	return s, nil
 }
 
@@ -115,6 +132,7 @@ func (s *Server) Close() error {
 		err1 := s.https.Shutdown(ctx)
 		err2 := s.adminSrv.Shutdown(ctx)
 		s.wg.Wait()
+		s.dbw.close()
 		os.Remove(admin.SocketPath(s.cfg.DataDir))
 		err3 := s.st.Close()
 		s.closeErr = errors.Join(err1, err2, err3)
@@ -164,6 +182,14 @@ func (s *Server) loadOrInit(ctx context.Context) error {
 		s.log.Error("the stored cluster name fails the checks: agents will refuse to serve known_hosts and ssh_config", "err", err)
 	}
 	s.cluster = cluster
+	// Every CA key is opened (loadCAs) before anything is written: a
+	// wrong seal key changes nothing.
+	if err := s.loadCAs(ctx); err != nil {
+		return err
+	}
+	if err := s.sealStoredKeys(ctx); err != nil {
+		return err
+	}
 	return s.sweepTokens(ctx)
 }
 
@@ -198,7 +224,14 @@ func (s *Server) initState(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		cas = append(cas, store.CA{ID: newCAID(), Kind: kind, KeyDER: keyDER, CertDER: a.cert.Raw, Created: now})
+		stored, err := s.storedKey(cluster, kind, keyDER)
+		if s.seal != nil {
+			clear(keyDER)
+		}
+		if err != nil {
+			return err
+		}
+		cas = append(cas, store.CA{ID: newCAID(), Kind: kind, KeyDER: stored, CertDER: a.cert.Raw, Created: now})
 	}
 	return s.st.Update(ctx, func(tx store.Tx) error {
 		made, err := tx.Init(ctx, cluster, cas, policy.BuiltinRoles())

@@ -182,8 +182,13 @@ type authority struct {
 // startAuthority starts an authority on a loopback port with its own data dir.
 func startAuthority(t testing.TB, extra ...string) *authority {
 	t.Helper()
-	a := &authority{t: t, dataDir: t.TempDir(), logs: &testenv.LogBuffer{}}
-	a.addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	return startAuthorityAt(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), extra...)
+}
+
+// startAuthorityAt is startAuthority listening on addr.
+func startAuthorityAt(t testing.TB, addr string, extra ...string) *authority {
+	t.Helper()
+	a := &authority{t: t, dataDir: t.TempDir(), logs: &testenv.LogBuffer{}, addr: addr}
 	a.args = append([]string{"auth", "start", "--data-dir", a.dataDir, "--listen", a.addr,
 		"--cluster-name", cluster, "--log-format", "json", "--log-level", "debug"}, extra...)
 	a.start()

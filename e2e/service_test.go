@@ -420,8 +420,9 @@ func httpGet(url string) (int, []byte, error) {
 type readyzBody struct {
 	Status   string `json:"status"`
 	Services map[string]struct {
-		Status string `json:"status"`
-		Reason string `json:"reason"`
+		Status    string    `json:"status"`
+		Reason    string    `json:"reason"`
+		UpdatedAt time.Time `json:"updated_at"`
 	} `json:"services"`
 }
 

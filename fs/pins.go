@@ -11,8 +11,14 @@ import (
 // group) that opens a file while it still holds a handle on this mount, or
 // within pinIdle of its last open or release, gets the generation it got
 // before. pinMaxAge bounds how long a busy process can stay on an old one.
+//
+// pinIdle covers the longest gap of one tool's reads: ssh reads the
+// certificate when it starts and the key when it signs, after connecting
+// and key exchange, which on a loaded machine takes seconds (2 s was seen
+// to be too short at a load of 20 on 2 cores). A process that comes back
+// within it reads an issuance at most pinMaxAge old, still valid.
 const (
-	pinIdle   = 2 * time.Second
+	pinIdle   = 10 * time.Second
 	pinMaxAge = 30 * time.Second
 	maxPins   = 4096 // beyond this, idle pins are dropped first, then any
 	sweepEach = time.Second

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -18,20 +19,22 @@ import (
 	"time"
 
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/wire"
 )
 
-// apiClient speaks the authority's HTTPS API. One client presents one
-// client certificate (or none): after a renewal a new client is made, so
-// that no kept-alive connection goes on presenting the previous identity.
+// apiClient speaks the authority's HTTPS API, to whichever of its
+// replicas is current (see authorities). One client presents one client
+// certificate (or none): after a renewal a new client is made, so that no
+// kept-alive connection goes on presenting the previous identity.
 type apiClient struct {
-	addr string
+	auth *authorities
 	hc   *http.Client
 }
 
 // newAPIClient trusts only roots and asks for wire.ServerName. key and
 // cert, when set, are the client certificate.
-func newAPIClient(addr string, roots *x509.CertPool, key crypto.Signer, cert *x509.Certificate) *apiClient {
+func newAPIClient(auth *authorities, roots *x509.CertPool, key crypto.Signer, cert *x509.Certificate) *apiClient {
 	conf := &tls.Config{
 		ServerName: wire.ServerName,
 		RootCAs:    roots,
@@ -54,7 +57,7 @@ func newAPIClient(addr string, roots *x509.CertPool, key crypto.Signer, cert *x5
 		IdleConnTimeout:     20 * time.Second,
 		MaxIdleConnsPerHost: 2,
 	}
-	return &apiClient{addr: addr, hc: &http.Client{Transport: tr}}
+	return &apiClient{auth: auth, hc: &http.Client{Transport: tr}}
 }
 
 // close drops kept-alive connections.
@@ -76,26 +79,49 @@ func (c *apiClient) call(ctx context.Context, method, path string, in, out any) 
 		return err
 	}
 	defer resp.Body.Close()
+	addr := resp.Request.URL.Host
 	b, err := io.ReadAll(io.LimitReader(resp.Body, wire.MaxBody+1))
 	if err != nil {
-		return &retryable{fmt.Errorf("reading the answer of the authority at %s: %v", c.addr, err)}
+		err = &retryable{fmt.Errorf("reading the answer of the authority at %s: %v", addr, err)}
+		c.auth.fail(addr, err)
+		return err
 	}
 	if len(b) > wire.MaxBody {
-		return fmt.Errorf("the authority at %s answered %s with more than %d bytes", c.addr, path, wire.MaxBody)
+		return fmt.Errorf("the authority at %s answered %s with more than %d bytes", addr, path, wire.MaxBody)
 	}
 	if out == nil {
 		return nil
 	}
 	if err := json.Unmarshal(b, out); err != nil {
-		return fmt.Errorf("the authority at %s answered %s with bad JSON: %v", c.addr, path, err)
+		return fmt.Errorf("the authority at %s answered %s with bad JSON: %v", addr, path, err)
 	}
 	return nil
 }
 
 // send makes one request with in (as JSON, unless nil) and the extra
-// header, and returns a 2xx or 304 answer for the caller to read and
-// close; any other answer becomes an error of the kinds call returns.
+// header to the current replica, and returns a 2xx or 304 answer for the
+// caller to read and close; any other answer becomes an error of the kinds
+// call returns. A failure that another replica may not share makes the
+// next replica current.
 func (c *apiClient) send(ctx context.Context, method, path string, in any, header http.Header) (*http.Response, error) {
+	addr := c.auth.current(ctx)
+	resp, err := c.sendTo(ctx, addr, method, path, in, header)
+	var pin *kindError
+	switch {
+	case isRetryable(err):
+		c.auth.fail(addr, err)
+	case errors.As(err, &pin) && pin.kind == ErrPinMismatch && c.auth.count(ctx) > 1:
+		// Not a replica of the pinned authority, but others are listed:
+		// nothing was sent to it, so try them.
+		c.auth.fail(addr, err)
+		err = &retryable{err}
+	case ctx.Err() == nil:
+		c.auth.ok(addr)
+	}
+	return resp, err
+}
+
+func (c *apiClient) sendTo(ctx context.Context, addr, method, path string, in any, header http.Header) (*http.Response, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -104,9 +130,9 @@ func (c *apiClient) send(ctx context.Context, method, path string, in any, heade
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "https://"+c.addr+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, "https://"+addr+path, body)
 	if err != nil {
-		return nil, fmt.Errorf("bad auth server address %q: %v", c.addr, err)
+		return nil, fmt.Errorf("bad auth server address %q: %v", addr, err)
 	}
 	for k, v := range header {
 		req.Header[k] = v
@@ -116,7 +142,7 @@ func (c *apiClient) send(ctx context.Context, method, path string, in any, heade
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, c.transportError(err)
+		return nil, transportError(addr, err)
 	}
 	if resp.StatusCode/100 == 2 || resp.StatusCode == http.StatusNotModified {
 		return resp, nil
@@ -124,12 +150,12 @@ func (c *apiClient) send(ctx context.Context, method, path string, in any, heade
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, wire.MaxBody))
 	if err != nil {
-		return nil, &retryable{fmt.Errorf("reading the answer of the authority at %s: %v", c.addr, err)}
+		return nil, &retryable{fmt.Errorf("reading the answer of the authority at %s: %v", addr, err)}
 	}
-	return nil, c.statusError(resp.StatusCode, b)
+	return nil, statusError(addr, resp.StatusCode, b)
 }
 
-func (c *apiClient) transportError(err error) error {
+func transportError(addr string, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
@@ -139,12 +165,12 @@ func (c *apiClient) transportError(err error) error {
 	var verify *tls.CertificateVerificationError
 	if errors.As(err, &unknown) || errors.As(err, &invalid) || errors.As(err, &hostname) || errors.As(err, &verify) {
 		return &kindError{kind: ErrPinMismatch, cause: err, msg: fmt.Sprintf(
-			"the authority at %s presents a server certificate its pinned host CA did not sign (%v); check the address, or the CA changed", c.addr, unwrapURL(err))}
+			"the authority at %s presents a server certificate its pinned host CA did not sign (%v); check the address, or the CA changed", addr, unwrapURL(err))}
 	}
-	return &retryable{fmt.Errorf("cannot reach the authority at %s: %v", c.addr, unwrapURL(err))}
+	return &retryable{fmt.Errorf("cannot reach the authority at %s: %v", addr, unwrapURL(err))}
 }
 
-func (c *apiClient) statusError(code int, body []byte) error {
+func statusError(addr string, code int, body []byte) error {
 	reason := strings.TrimSpace(string(body))
 	var e wire.Error
 	if json.Unmarshal(body, &e) == nil && e.Error != "" {
@@ -158,7 +184,7 @@ func (c *apiClient) statusError(code int, body []byte) error {
 		reason = http.StatusText(code)
 	}
 	if code >= 500 || code == http.StatusTooManyRequests || code == http.StatusRequestTimeout {
-		return &retryable{fmt.Errorf("the authority at %s answered %d: %s", c.addr, code, reason)}
+		return &retryable{fmt.Errorf("the authority at %s answered %d: %s", addr, code, reason)}
 	}
 	return &kindError{kind: ErrRefused, msg: reason}
 }
@@ -173,18 +199,28 @@ func unwrapURL(err error) error {
 	return err
 }
 
-// ListNodes asks the authority at addr which nodes the identity of key and
-// cert may reach (`midfs ls`, with the mount's own output identity).
-// hostCAs vouch for the authority. Errors are of the kinds in errors.go
-// where they apply; network errors are not retried.
-func ListNodes(ctx context.Context, addr string, key crypto.Signer, cert *x509.Certificate, hostCAs []*x509.Certificate) ([]identity.Node, error) {
-	api := newAPIClient(addr, certPool(hostCAs), key, cert)
-	defer api.close()
-	nodes, _, _, err := api.nodes(ctx, "")
-	if isRetryable(err) {
-		return nil, &kindError{kind: ErrUnreachable, cause: err, msg: err.Error()}
+// ListNodes asks the authority at authServer (one or more HOST:PORT, as
+// --auth-server takes them) which nodes the identity of key and cert may
+// reach (`midfs ls`, with the mount's own output identity). hostCAs vouch
+// for the authority. Errors are of the kinds in errors.go where they
+// apply; a network error moves on to the next replica, once each.
+func ListNodes(ctx context.Context, authServer string, key crypto.Signer, cert *x509.Certificate, hostCAs []*x509.Certificate) ([]identity.Node, error) {
+	servers, err := ParseAuthServers(authServer)
+	if err != nil {
+		return nil, err
 	}
-	return nodes, err
+	auth := newAuthorities(servers, nil, slog.New(slog.DiscardHandler), clock.Real())
+	api := newAPIClient(auth, certPool(hostCAs), key, cert)
+	defer api.close()
+	for tries := auth.count(ctx); ; tries-- {
+		nodes, _, _, err := api.nodes(ctx, "")
+		if !isRetryable(err) {
+			return nodes, err
+		}
+		if tries <= 1 || ctx.Err() != nil {
+			return nil, &kindError{kind: ErrUnreachable, cause: err, msg: err.Error()}
+		}
+	}
 }
 
 // Limits of one node list: far above any inventory midfs is made for
@@ -226,8 +262,9 @@ func (c *apiClient) nodes(ctx context.Context, etag string) ([]identity.Node, *w
 	if resp.StatusCode == http.StatusNotModified {
 		return nil, nil, etag, errNotModified
 	}
+	addr := resp.Request.URL.Host
 	if resp.ContentLength > maxNodeListBytes {
-		return nil, nil, "", fmt.Errorf("the authority at %s sent a node list of %d bytes; the most this agent takes is %d", c.addr, resp.ContentLength, maxNodeListBytes)
+		return nil, nil, "", fmt.Errorf("the authority at %s sent a node list of %d bytes; the most this agent takes is %d", addr, resp.ContentLength, maxNodeListBytes)
 	}
 	if resp.ContentLength > 0 {
 		deadline.Reset(requestTimeout + time.Duration(resp.ContentLength/minListRate)*time.Second)
@@ -236,9 +273,11 @@ func (c *apiClient) nodes(ctx context.Context, etag string) ([]identity.Node, *w
 	nodes, cas, err := decodeNodes(br)
 	if err != nil {
 		if br.broken != nil || ctx.Err() != nil {
-			return nil, nil, "", &retryable{fmt.Errorf("reading the node list from the authority at %s: %v", c.addr, err)}
+			err = &retryable{fmt.Errorf("reading the node list from the authority at %s: %v", addr, err)}
+			c.auth.fail(addr, err)
+			return nil, nil, "", err
 		}
-		return nil, nil, "", fmt.Errorf("the authority at %s sent a node list this agent does not take: %w", c.addr, err)
+		return nil, nil, "", fmt.Errorf("the authority at %s sent a node list this agent does not take: %w", addr, err)
 	}
 	slices.SortFunc(nodes, func(a, b identity.Node) int { return strings.Compare(a.Name, b.Name) })
 	return nodes, cas, resp.Header.Get("ETag"), nil

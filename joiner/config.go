@@ -43,7 +43,13 @@ const requestTimeout = 30 * time.Second
 
 // Config says how to join the authority and how to keep the identity fresh.
 type Config struct {
-	AuthServer string // host:port of the authority's HTTPS API
+	// AuthServer is the HOST:PORT of the authority's HTTPS API, or of
+	// several of its replicas separated by commas; a name may resolve to
+	// several addresses, each a replica. The agent uses one at a time and
+	// moves to another when it fails.
+	AuthServer string
+	// Resolver resolves the names in AuthServer; nil: the system's.
+	Resolver *net.Resolver
 	// Token is the join token: a one-time secret for the token method, the
 	// (public) name of an iam token for the iam method. May be empty when a
 	// stored bot identity exists.
@@ -108,8 +114,8 @@ func (c Config) withDefaults() (Config, error) {
 	bad := func(format string, args ...any) (Config, error) {
 		return c, &kindError{kind: ErrConfig, msg: fmt.Sprintf(format, args...)}
 	}
-	if _, _, err := net.SplitHostPort(c.AuthServer); err != nil {
-		return bad("bad --auth-server %q: want HOST:PORT, e.g. auth.example.com:3025", c.AuthServer)
+	if _, err := ParseAuthServers(c.AuthServer); err != nil {
+		return c, err
 	}
 	if c.JoinMethod != wire.JoinToken && c.JoinMethod != wire.JoinIAM {
 		return bad("bad --join-method %q: want token or iam", c.JoinMethod)

@@ -32,6 +32,7 @@ type Agent struct {
 	pins      []string
 	keys      *identity.KeySource
 	tokenHash string
+	auth      *authorities // the replicas, one of them current
 
 	// Owned by the goroutine in Join and then Run.
 	bot *bot
@@ -66,6 +67,8 @@ type Status struct {
 	Failing      bool // the last renewal attempt failed
 	NodesUpdated time.Time
 	Nodes        int
+	// AuthServer is the replica of the authority the agent talks to now.
+	AuthServer string
 	// Renewals counts renewal attempts of the loop, successful or not;
 	// RenewalsFailed the failed ones.
 	Renewals       uint64
@@ -82,9 +85,12 @@ func Join(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	servers, _ := ParseAuthServers(cfg.AuthServer) // checked by withDefaults
+	log := cfg.Logger.With("component", "joiner")
 	a := &Agent{
-		cfg: cfg, log: cfg.Logger.With("component", "joiner"), clock: cfg.Clock,
+		cfg: cfg, log: log, clock: cfg.Clock,
 		keys: identity.NewKeySource(cfg.Algorithm), tokenHash: tokenHash(cfg.Token),
+		auth:     newAuthorities(servers, cfg.Resolver, log, cfg.Clock),
 		renewNow: make(chan struct{}, 1),
 	}
 	if cfg.CAPin != "" {
@@ -132,8 +138,10 @@ func (a *Agent) Current() (*identity.Identity, []identity.Node) {
 // Status returns a copy of the agent's status.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.status
+	st := a.status
+	a.mu.Unlock()
+	st.AuthServer = a.auth.peek()
+	return st
 }
 
 // RenewNow asks Run to renew at once (SIGHUP). It never blocks.
@@ -299,7 +307,7 @@ func (a *Agent) restore(ctx context.Context, deadline time.Time) error {
 	switch {
 	case err != nil:
 		return discard("discarding an unreadable stored bot identity", "error", err)
-	case s.AuthServer != a.cfg.AuthServer:
+	case !sameAuthority(s.AuthServer, a.cfg.AuthServer):
 		return discard("discarding the stored bot identity of another authority", "stored", s.AuthServer)
 	case a.cfg.Token != "" && s.TokenHash != a.tokenHash:
 		return discard("a new join token was given: discarding the stored bot identity and joining again", "bot", s.BotName)
@@ -332,7 +340,6 @@ func (a *Agent) restore(ctx context.Context, deadline time.Time) error {
 // join checks the pin and trades the token (or the AWS identity) for a
 // bot identity.
 func (a *Agent) join(ctx context.Context, deadline time.Time) error {
-	addr := a.cfg.AuthServer
 	if a.cfg.Token == "" && a.pending != nil {
 		return &kindError{kind: ErrConfig, msg: fmt.Sprintf(
 			"the last start was stopped during its join and %s keeps no token: give the same --token again to finish that join", a.cfg.Store)}
@@ -344,18 +351,11 @@ func (a *Agent) join(ctx context.Context, deadline time.Time) error {
 	if len(a.pins) == 0 {
 		return &kindError{kind: ErrConfig, msg: "refusing to send the join token to an authority nobody vouched for: give --ca-pin=sha256:... as printed by `midfs bots add` and `midfs status`"}
 	}
-	var cas []*x509.Certificate
-	err := a.retry(ctx, deadline, func(ctx context.Context) (err error) {
-		cas, err = fetchCAs(ctx, addr)
-		return err
-	})
+	cas, err := a.pinnedCAs(ctx, deadline)
 	if err != nil {
 		return err
 	}
-	if err := checkPins(addr, a.pins, cas); err != nil {
-		return err
-	}
-	api := newAPIClient(addr, certPool(cas), nil, nil)
+	api := newAPIClient(a.auth, certPool(cas), nil, nil)
 	defer api.close()
 	// Every retry sends the same public key, and so does a restart after a
 	// crash (the key is stored before it is sent): the authority answers a
@@ -392,8 +392,34 @@ func (a *Agent) join(ctx context.Context, deadline time.Time) error {
 	a.pending = nil
 	a.setBot(b)
 	a.save()
-	a.log.Info("joined the authority", "bot", b.name, "cluster", b.cluster, "method", a.cfg.JoinMethod, "generation", b.generation, "addr", addr)
+	a.log.Info("joined the authority", "bot", b.name, "cluster", b.cluster, "method", a.cfg.JoinMethod, "generation", b.generation, "addr", a.auth.peek())
 	return nil
+}
+
+// pinnedCAs fetches the host CAs from a replica and checks them against
+// the pins, once: every later connection, to any replica, must present a
+// server certificate of these CAs. A replica whose CAs do not match (a
+// wrong entry in the list) is passed over while others are left to try.
+func (a *Agent) pinnedCAs(ctx context.Context, deadline time.Time) ([]*x509.Certificate, error) {
+	var cas []*x509.Certificate
+	mismatches := 0
+	err := a.retry(ctx, deadline, func(ctx context.Context) error {
+		addr := a.auth.current(ctx)
+		got, err := fetchCAs(ctx, a.auth)
+		if err != nil {
+			return err
+		}
+		if err := checkPins(addr, a.pins, got); err != nil {
+			if mismatches++; mismatches < a.auth.count(ctx) {
+				a.auth.fail(addr, err)
+				return &retryable{err}
+			}
+			return err
+		}
+		cas = got
+		return nil
+	})
+	return cas, err
 }
 
 func (a *Agent) joinOnce(ctx context.Context, api *apiClient, pub []byte) (*wire.BotIdentity, error) {
@@ -434,7 +460,7 @@ func (a *Agent) renewBot(ctx context.Context) error {
 		err = a.api.call(ctx, http.MethodPost, wire.PathRenew, wire.RenewRequest{PublicKey: pub}, &r)
 		bi = &r
 	} else {
-		api := newAPIClient(a.cfg.AuthServer, certPool(b.hostCAs), nil, nil)
+		api := newAPIClient(a.auth, certPool(b.hostCAs), nil, nil)
 		bi, err = joinIAM(ctx, &a.cfg, api, pub)
 		api.close()
 	}
@@ -465,7 +491,7 @@ func (a *Agent) renewBot(ctx context.Context) error {
 func (a *Agent) setBot(b *bot) {
 	a.api.close()
 	a.bot = b
-	a.api = newAPIClient(a.cfg.AuthServer, certPool(b.hostCAs), b.key, b.cert)
+	a.api = newAPIClient(a.auth, certPool(b.hostCAs), b.key, b.cert)
 	a.mu.Lock()
 	a.status.BotName, a.status.ClusterName = b.name, b.cluster
 	a.status.Generation, a.status.BotExpires = b.generation, b.expires()

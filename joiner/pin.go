@@ -62,10 +62,10 @@ func pinsVouch(pins []string, b *bot) bool {
 	return checkPins("", pins, b.hostCAs) == nil
 }
 
-// fetchCAs asks the authority for its host CAs over a TLS connection that
-// verifies nothing: the answer is only trusted after checkPins. Nothing
-// secret travels on this connection.
-func fetchCAs(ctx context.Context, addr string) ([]*x509.Certificate, error) {
+// fetchCAs asks the current replica of the authority for its host CAs over
+// a TLS connection that verifies nothing: the answer is only trusted after
+// checkPins. Nothing secret travels on this connection.
+func fetchCAs(ctx context.Context, auth *authorities) ([]*x509.Certificate, error) {
 	tr := &http.Transport{
 		TLSClientConfig: &tls.Config{
 			ServerName:         wire.ServerName,
@@ -76,7 +76,8 @@ func fetchCAs(ctx context.Context, addr string) ([]*x509.Certificate, error) {
 		TLSHandshakeTimeout: 10 * time.Second,
 	}
 	defer tr.CloseIdleConnections()
-	api := &apiClient{addr: addr, hc: &http.Client{Transport: tr}}
+	api := &apiClient{auth: auth, hc: &http.Client{Transport: tr}}
+	addr := auth.current(ctx)
 	var resp wire.CAResponse
 	if err := api.call(ctx, http.MethodGet, wire.PathCA, nil, &resp); err != nil {
 		return nil, err

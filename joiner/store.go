@@ -34,12 +34,14 @@ var ErrNotStored = errors.New("no stored bot identity")
 // StoreName names the stored identity of one mount of one authority: the
 // first 16 hex digits of the SHA-256 of the auth server address and the
 // absolute mountpoint. Two mounts on one machine do not share (and so do
-// not fight over) a bot identity.
+// not fight over) a bot identity. Of a list of replicas only the first
+// counts, so that replicas added after it keep the identity.
 func StoreName(authServer, mountpoint string) string {
 	if abs, err := filepath.Abs(mountpoint); err == nil {
 		mountpoint = abs
 	}
-	sum := sha256.Sum256([]byte(authServer + "\x00" + filepath.Clean(mountpoint)))
+	first, _, _ := strings.Cut(authServer, ",")
+	sum := sha256.Sum256([]byte(strings.TrimSpace(first) + "\x00" + filepath.Clean(mountpoint)))
 	return hex.EncodeToString(sum[:])[:16]
 }
 

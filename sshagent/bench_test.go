@@ -2,6 +2,7 @@ package sshagent
 
 import (
 	"crypto/rand"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"testing"
@@ -23,7 +24,8 @@ import (
 //	x-file        the ratio of the two
 func BenchmarkSignThroughTheSocket(b *testing.B) {
 	key, cert := issue(b, time.Now(), time.Hour)
-	s, err := Listen(Options{Path: filepath.Join(b.TempDir(), "agent.sock"), Mode: 0o600, Allow: anyone}, key, cert)
+	s, err := Listen(Options{Path: filepath.Join(b.TempDir(), "agent.sock"), Mode: 0o600, Allow: anyone,
+		Logger: slog.New(slog.DiscardHandler)}, key, cert)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -348,21 +348,29 @@ const ChallengeTTL = time.Minute
 
 // Challenges hands out single-use challenges without keeping them, so
 // that no flood of requests for challenges can push out the one a real
-// agent is about to use. A challenge is a sequence number and an expiry
-// under an HMAC with a key made at start, which only this process knows; a
-// taken challenge is remembered in a bit set until it has surely expired.
+// agent is about to use. A challenge is an identifier and an expiry under
+// an HMAC; a taken challenge is remembered until it has surely expired.
 //
-// The key and the clock are this process's: a restart refuses challenges
-// handed out before it (the agent retries with a fresh one), and expiries
-// are measured on the monotonic clock from start, so a wall clock step
-// cannot revive a spent challenge. Replicas of the authority would need a
-// shared key, wall-clock expiries, a replica id in the sequence number and
-// a shared record of taken challenges.
+// NewChallenges is for one authority process: the key is made at start and
+// only this process knows it, identifiers are sequence numbers, and taken
+// ones are kept in a bit set. A restart refuses challenges handed out
+// before it (the agent retries with a fresh one), and expiries are measured
+// on the monotonic clock from start, so a wall clock step cannot revive a
+// spent challenge.
+//
+// NewSharedChallenges is for replicas: every replica derives the same key
+// (from the seal key), so any replica verifies a challenge another handed
+// out; identifiers are random, expiries are wall-clock times, and taken
+// challenges are recorded in the shared database (Spender), so that a
+// challenge is taken once across all replicas. Replica clocks that differ
+// by d shift a challenge's life by d; the record outlives the expiry by
+// SpentMargin, so a clock behind by less than that cannot revive one.
 type Challenges struct {
 	clock clock.Clock
 	start time.Time // expiries count from here
 	key   [32]byte
 	seq   atomic.Uint64
+	spent Spender // shared mode; nil for one process
 
 	mu sync.Mutex
 	// Taken challenges, a bit per sequence number in words of 64: taken
@@ -373,7 +381,22 @@ type Challenges struct {
 	periodEnd          time.Duration // since start
 }
 
-const challengeLen = 8 + 8 + sha256.Size // sequence number, expiry, MAC
+// Spender records the identifiers of taken challenges for all replicas.
+// Spend records id until at least expires and reports whether it was new:
+// of two replicas spending one id at once, exactly one gets true.
+type Spender interface {
+	Spend(ctx context.Context, id []byte, expires time.Time) (bool, error)
+}
+
+// SpentMargin is how long past its expiry a taken challenge stays
+// recorded in shared mode: the most replica clocks may disagree by.
+const SpentMargin = 5 * time.Minute
+
+const (
+	challengeLen       = 8 + 8 + sha256.Size           // sequence number, expiry since start, MAC
+	sharedIDLen        = 16                            // random identifier of a shared challenge
+	sharedChallengeLen = sharedIDLen + 8 + sha256.Size // identifier, expiry in Unix ns, MAC
+)
 
 // NewChallenges starts a challenge issuer on clk (nil: the real clock).
 func NewChallenges(clk clock.Clock) *Challenges {
@@ -385,8 +408,26 @@ func NewChallenges(clk clock.Clock) *Challenges {
 	return c
 }
 
+// NewSharedChallenges starts a challenge issuer whose challenges any
+// replica holding key verifies, and whose taken challenges spent records.
+func NewSharedChallenges(clk clock.Clock, key []byte, spent Spender) *Challenges {
+	if clk == nil {
+		clk = clock.Real()
+	}
+	c := &Challenges{clock: clk, start: clk.Now(), spent: spent}
+	copy(c.key[:], key)
+	return c
+}
+
 // Issue returns a new challenge, base64 (URL alphabet) without padding.
 func (c *Challenges) Issue() string {
+	if c.spent != nil {
+		var b [sharedChallengeLen]byte
+		rand.Read(b[:sharedIDLen])
+		binary.BigEndian.PutUint64(b[sharedIDLen:sharedIDLen+8], uint64(c.clock.Now().Add(ChallengeTTL).UnixNano()))
+		copy(b[sharedIDLen+8:], c.mac(b[:sharedIDLen+8]))
+		return base64.RawURLEncoding.EncodeToString(b[:])
+	}
 	var b [challengeLen]byte
 	binary.BigEndian.PutUint64(b[0:8], c.seq.Add(1))
 	binary.BigEndian.PutUint64(b[8:16], uint64(c.sinceStart()+ChallengeTTL))
@@ -396,7 +437,10 @@ func (c *Challenges) Issue() string {
 
 // Take consumes ch: it can never be taken again, whether or not it was
 // still valid.
-func (c *Challenges) Take(ch string) *Refusal {
+func (c *Challenges) Take(ctx context.Context, ch string) *Refusal {
+	if c.spent != nil {
+		return c.takeShared(ctx, ch)
+	}
 	b, err := base64.RawURLEncoding.DecodeString(ch)
 	if err != nil || len(b) != challengeLen || !hmac.Equal(b[16:], c.mac(b[:16])) {
 		return Refuse(ReasonChallengeUnknown, "challenge not issued by this authority since it started")
@@ -414,6 +458,28 @@ func (c *Challenges) Take(ch string) *Refusal {
 		return Refuse(ReasonChallengeUnknown, "challenge already used")
 	}
 	c.taken[word] |= bit
+	return nil
+}
+
+// takeShared checks a shared challenge and records it as taken; the
+// record, not this process, decides whether it was taken before.
+func (c *Challenges) takeShared(ctx context.Context, ch string) *Refusal {
+	b, err := base64.RawURLEncoding.DecodeString(ch)
+	if err != nil || len(b) != sharedChallengeLen || !hmac.Equal(b[sharedIDLen+8:], c.mac(b[:sharedIDLen+8])) {
+		return Refuse(ReasonChallengeUnknown, "challenge not issued by a replica of this authority")
+	}
+	exp := time.Unix(0, int64(binary.BigEndian.Uint64(b[sharedIDLen:sharedIDLen+8])))
+	now := c.clock.Now()
+	if !now.Before(exp) {
+		return Refuse(ReasonChallengeExpired, "challenge expired %s ago", now.Sub(exp).Round(time.Second))
+	}
+	fresh, err := c.spent.Spend(ctx, b[:sharedIDLen], exp.Add(SpentMargin))
+	if err != nil {
+		return Refuse(ReasonInternal, "record the taken challenge: %v", err)
+	}
+	if !fresh {
+		return Refuse(ReasonChallengeUnknown, "challenge already used")
+	}
 	return nil
 }
 

@@ -172,21 +172,22 @@ func TestParseCallerIdentity(t *testing.T) {
 }
 
 func TestChallengesAreSingleUseAndShortLived(t *testing.T) {
+	ctx := context.Background()
 	now := clock.NewFake(time.Now())
 	c := NewChallenges(now)
 	a, b := c.Issue(), c.Issue()
 	if a == b || len(a) != 64 {
 		t.Fatalf("challenges %q and %q: want two different 48-byte base64 values", a, b)
 	}
-	if r := c.Take(a); r != nil {
+	if r := c.Take(ctx, a); r != nil {
 		t.Fatalf("fresh challenge refused: %v", r)
 	}
-	if r := c.Take(a); r == nil || r.Reason != ReasonChallengeUnknown {
+	if r := c.Take(ctx, a); r == nil || r.Reason != ReasonChallengeUnknown {
 		t.Errorf("replayed challenge: %v, want %s", r, ReasonChallengeUnknown)
 	}
 	now.Advance(ChallengeTTL)
 	for range 2 {
-		if r := c.Take(b); r == nil || r.Reason != ReasonChallengeExpired {
+		if r := c.Take(ctx, b); r == nil || r.Reason != ReasonChallengeExpired {
 			t.Errorf("challenge a minute old: %v, want %s", r, ReasonChallengeExpired)
 		}
 	}
@@ -200,7 +201,7 @@ func TestChallengesAreSingleUseAndShortLived(t *testing.T) {
 		"empty":                        "",
 		"right length, not base64 URL": strings.Repeat("+", 64),
 	} {
-		if r := c.Take(ch); r == nil || r.Reason != ReasonChallengeUnknown {
+		if r := c.Take(ctx, ch); r == nil || r.Reason != ReasonChallengeUnknown {
 			t.Errorf("%s challenge: %v, want %s", name, r, ReasonChallengeUnknown)
 		}
 	}
@@ -212,22 +213,23 @@ func TestChallengesAreSingleUseAndShortLived(t *testing.T) {
 // usable again before it expires; what it keeps of taken challenges is gone
 // two TTLs later.
 func TestChallengesSurviveAFloodAndReplaysStayRefused(t *testing.T) {
+	ctx := context.Background()
 	now := clock.NewFake(time.Now())
 	c := NewChallenges(now)
 	mine, spent := c.Issue(), c.Issue()
-	if r := c.Take(spent); r != nil {
+	if r := c.Take(ctx, spent); r != nil {
 		t.Fatal(r)
 	}
 	for i := range 100_000 {
 		ch := c.Issue()
 		if i%10 == 0 {
-			c.Take(ch)
+			c.Take(ctx, ch)
 		}
 	}
-	if r := c.Take(mine); r != nil {
+	if r := c.Take(ctx, mine); r != nil {
 		t.Errorf("a challenge was refused after 100,000 more were handed out: %v", r)
 	}
-	if r := c.Take(spent); r == nil {
+	if r := c.Take(ctx, spent); r == nil {
 		t.Error("a taken challenge was accepted again after a flood")
 	}
 	// Replays are refused at every moment until expiry, however the
@@ -235,19 +237,19 @@ func TestChallengesSurviveAFloodAndReplaysStayRefused(t *testing.T) {
 	for issued := time.Duration(0); issued < 3*ChallengeTTL; issued += 7 * time.Second {
 		ch := c.Issue()
 		now.Advance(5 * time.Second)
-		if r := c.Take(ch); r != nil {
+		if r := c.Take(ctx, ch); r != nil {
 			t.Fatalf("fresh challenge refused: %v", r)
 		}
 		for at := 5 * time.Second; at < ChallengeTTL; at += 11 * time.Second {
 			now.Advance(11 * time.Second)
-			if r := c.Take(ch); r == nil {
+			if r := c.Take(ctx, ch); r == nil {
 				t.Fatalf("challenge replayed %v after it was issued was accepted", at+11*time.Second)
 			}
 		}
 		now.Advance(2 * time.Second)
 	}
 	now.Advance(2 * ChallengeTTL)
-	c.Take(c.Issue())
+	c.Take(ctx, c.Issue())
 	if n := len(c.taken) + len(c.takenBefore); n != 1 {
 		t.Errorf("%d words of taken challenges kept two TTLs later, want the 1 just taken", n)
 	}

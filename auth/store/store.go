@@ -163,6 +163,10 @@ type Tx interface {
 	// Restore writes a whole state (moved from another backend) as it
 	// was, into a state that has no cluster yet; ErrConflict if it has.
 	Restore(ctx context.Context, d *Dump) error
+	// PutCA replaces the key and certificate of the stored CA of ca.ID
+	// (the authority seals the keys of an existing cluster with it);
+	// ErrNotFound if there is none.
+	PutCA(ctx context.Context, ca CA) error
 
 	// AddCA stores one more CA (a rotation's new one); ErrConflict if
 	// its ID is stored.
@@ -203,6 +207,14 @@ type Tx interface {
 	// says how many.
 	RemoveExpiredTokens(ctx context.Context, cutoff time.Time) (int64, error)
 
+	// SpendChallenge records the identifier of a taken IAM challenge until
+	// expires; false (nothing changed) if it is recorded already. It is
+	// what makes a challenge single-use across replicas.
+	SpendChallenge(ctx context.Context, id []byte, expires time.Time) (bool, error)
+	// RemoveSpentChallenges forgets challenges recorded until before
+	// cutoff and says how many.
+	RemoveSpentChallenges(ctx context.Context, cutoff time.Time) (int64, error)
+
 	PutRole(ctx context.Context, r policy.Role) error   // adds or replaces
 	PutNode(ctx context.Context, n identity.Node) error // adds or replaces
 	// Remove removes a resource of kind (a policy.Kind*); false if there
@@ -215,7 +227,7 @@ type Tx interface {
 type CA struct {
 	ID      string // random, fixed when the CA is made
 	Kind    string // user, host or db
-	KeyDER  []byte // PKCS #8 private key
+	KeyDER  []byte // PKCS #8 private key, or sealed (package auth/seal); stored as given
 	CertDER []byte
 	Created time.Time
 }
@@ -249,7 +261,8 @@ type Token struct {
 }
 
 // Dump is a whole state: what `midfs auth migrate` moves from one backend
-// to another. Every stored table is in it.
+// to another. Every stored table is in it but the spent IAM challenges,
+// which matter for a minute and only to the replicas that took them.
 type Dump struct {
 	ClusterName string
 	ClusterID   string

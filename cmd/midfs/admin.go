@@ -235,6 +235,8 @@ func authStartCommand() *cli.Command {
 			&cli.DurationFlag{Name: "max-ttl", Value: wire.MaxTTL, Usage: "`DURATION` no credential may outlive (at most 24h)"},
 			&cli.DurationFlag{Name: "bot-ttl", Value: auth.DefaultBotTTL, Usage: "`DURATION` a bot's own renewable identity lives"},
 			&cli.IntFlag{Name: "max-connections", Usage: fmt.Sprintf("`N` open API connections at most; at the cap the one idle longest is closed (0: %d, or half the open-file limit if lower)", auth.MaxConns)},
+			&cli.StringFlag{Name: "ca-key-seal", Usage: "seal the CA private keys in the state with the 32-byte key in `FILE` (chmod 600; `openssl rand -hex 32`), " +
+				"the same on every replica; default: the systemd credential ca-key-seal if the service has one, else the keys are stored unsealed"},
 			&cli.StringFlag{Name: "sts-endpoint", Usage: "`URL` replacing AWS STS for IAM joins; tests only, needs --insecure-test-mode"},
 			&cli.BoolFlag{Name: "insecure-test-mode", Usage: "allow test-only settings such as --sts-endpoint; never in production"},
 		},
@@ -258,6 +260,7 @@ func authStart(c *cli.Context) error {
 		MaxTTL:           c.Duration("max-ttl"),
 		BotTTL:           c.Duration("bot-ttl"),
 		MaxConns:         c.Int("max-connections"),
+		CAKeySeal:        c.String("ca-key-seal"),
 		STSEndpoint:      c.String("sts-endpoint"),
 		InsecureTestMode: c.Bool("insecure-test-mode"),
 		Version:          version,
@@ -272,6 +275,12 @@ func authStart(c *cli.Context) error {
 			return diag.Health{Status: diag.Unhealthy, Reason: err.Error(), UpdatedAt: time.Now()}
 		}
 		return diag.Health{Status: diag.Healthy, UpdatedAt: time.Now()}
+	})
+	svc.Diag().AddCheck("database", func() diag.Health {
+		if h := s.DBHealth(); !h.Up {
+			return diag.Health{Status: diag.Unhealthy, Reason: h.Reason + "; answering 503", UpdatedAt: h.Since}
+		}
+		return diag.Health{Status: diag.Healthy, Reason: "database answers", UpdatedAt: time.Now()}
 	})
 	svc.Ready("serving " + s.ClusterName() + " on " + s.Addr())
 	<-ctx.Done()

@@ -25,7 +25,7 @@ func lsCommand() *cli.Command {
 			"its teleport-host-ca.crt, and prints Node Name, Address and Labels.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "mount", Value: "/opt/machine-id", Usage: "`DIR` where `midfs mount` serves the identity"},
-			&cli.StringFlag{Name: "auth-server", Usage: "`HOST:PORT` of the authority (default: the one the mount names)"},
+			&cli.StringFlag{Name: "auth-server", Usage: "`HOST:PORT[,HOST:PORT..]` of the authority (default: the ones the mount names)"},
 		},
 		Action: runLs,
 	}
@@ -109,7 +109,7 @@ func readMountIdentity(dir string) (key crypto.Signer, cert *x509.Certificate, c
 
 // mountAuthServer reads the authority's address from the mount's root.
 func mountAuthServer(dir string) (string, error) {
-	buf := make([]byte, 256)
+	buf := make([]byte, 4096) // a list of replicas
 	n, err := unix.Getxattr(dir, XattrAuthServer, buf)
 	if err != nil {
 		return "", failf(exitUsage, "%s does not name its authority (%s: %v): give --auth-server=HOST:PORT", dir, XattrAuthServer, err)

@@ -58,7 +58,8 @@ func mountCommand() *cli.Command {
 // which wrapService (service_wiring.go) adds to each long-running command.
 func mountFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "auth-server", Usage: "`HOST:PORT` of the authority; without it, an authority runs inside this process"},
+		&cli.StringSliceFlag{Name: "auth-server", Usage: "`HOST:PORT` of the authority; repeat it, or separate with commas, for several replicas (a name may resolve to several); " +
+			"without it, an authority runs inside this process"},
 		&cli.StringFlag{Name: "token", Usage: "join `TOKEN` printed by `midfs bots add`, or - to read it from standard input " +
 			"(for --join-method=iam: the iam token's name). A secret here is visible to every local user: " +
 			"prefer --token-file, MIDFS_TOKEN or -. Not needed to restart from a stored bot identity"},
@@ -131,7 +132,7 @@ func parseMount(c *cli.Context, mountpoint string) (*mountPlan, error) {
 		return nil, failf(exitUsage, "bad --key-algorithm: %v", err)
 	}
 	p.join = joiner.Config{
-		AuthServer:    c.String("auth-server"),
+		AuthServer:    strings.Join(c.StringSlice("auth-server"), ","),
 		JoinMethod:    c.String("join-method"),
 		FIPS:          c.Bool("fips"),
 		CAPin:         c.String("ca-pin"),
@@ -356,7 +357,7 @@ func joinFailure(err error) error {
 func agentStatusOf(st joiner.Status) diag.AgentStatus {
 	a := diag.AgentStatus{
 		Expires: st.Expires, LastRenewal: st.LastRenewal, LastAttempt: st.LastRenewal,
-		Renewals: st.Renewals, Failures: st.RenewalsFailed,
+		Renewals: st.Renewals, Failures: st.RenewalsFailed, AuthServer: st.AuthServer,
 	}
 	if st.LastErrorAt.After(a.LastAttempt) {
 		a.LastAttempt = st.LastErrorAt

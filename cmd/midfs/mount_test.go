@@ -150,6 +150,19 @@ func TestMountDefaultsToEmbeddedAuthority(t *testing.T) {
 	}
 }
 
+// Several replicas: the flag repeated, comma-separated, or MIDFS_AUTH_SERVER.
+func TestMountTakesSeveralAuthServers(t *testing.T) {
+	pin := "--ca-pin=sha256:" + strings.Repeat("ab", 32)
+	p, err := parseMountArgs(t, "m", "--auth-server=a.example:3025", "--auth-server", "b.example:3025,10.0.0.3:3025", pin, "--storage=memory")
+	if err != nil || p.join.AuthServer != "a.example:3025,b.example:3025,10.0.0.3:3025" {
+		t.Fatalf("repeated and comma-separated --auth-server: %v %+v", err, p)
+	}
+	t.Setenv("MIDFS_AUTH_SERVER", "a.example:3025,b.example:3025")
+	if p, err := parseMountArgs(t, "m", pin, "--storage=memory"); err != nil || p.join.AuthServer != "a.example:3025,b.example:3025" {
+		t.Fatalf("MIDFS_AUTH_SERVER with two: %v %+v", err, p)
+	}
+}
+
 func TestMountRefusesBadFlags(t *testing.T) {
 	pin := "--ca-pin=sha256:" + strings.Repeat("ab", 32)
 	for _, args := range [][]string{
@@ -158,6 +171,7 @@ func TestMountRefusesBadFlags(t *testing.T) {
 		{"m", "--token=x"}, // token without --auth-server
 		{"m", "--auth-server=h:1", "--ca-pin=sha1:00"},
 		{"m", "--auth-server=nohostport"},
+		{"m", "--auth-server=h:1", "--auth-server=nohostport", pin},
 		{"m", "--auth-server=h:1", pin, "--renewal-interval=2h"},
 		{"m", "--auth-server=h:1", pin, "--storage=disk"},
 		{"m", "--auth-server=h:1", pin, "--key-algorithm=dsa"},

@@ -41,7 +41,7 @@ func TestContribExampleConfigsLoad(t *testing.T) {
 		args []string
 		want map[string]string
 	}{
-		{"agent.yaml", []string{"mount"}, map[string]string{"auth-server": "auth.example.com:3025", "storage": "keyring", "diag-addr": "127.0.0.1:3001"}},
+		{"agent.yaml", []string{"mount"}, map[string]string{"storage": "keyring", "diag-addr": "127.0.0.1:3001"}},
 		{"auth.yaml", []string{"auth", "start"}, map[string]string{"listen": "0.0.0.0:3025", "cluster-name": "example.com"}},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
@@ -54,6 +54,9 @@ func TestContribExampleConfigsLoad(t *testing.T) {
 					}
 				}
 				if tc.file == "agent.yaml" {
+					if got := c.StringSlice("auth-server"); !reflect.DeepEqual(got, []string{"auth.example.com:3025"}) {
+						t.Errorf("auth-server = %q", got)
+					}
 					if got := c.StringSlice("reader"); !reflect.DeepEqual(got, []string{"deploy", "@ssh-users"}) {
 						t.Errorf("readers = %q", got)
 					}

@@ -200,6 +200,7 @@ type AgentStatus struct {
 	LastError   string    // error of the last attempt; "" when it succeeded
 	Renewals    uint64    // renewal attempts
 	Failures    uint64    // failed renewal attempts
+	AuthServer  string    // the replica of the authority in use, if known
 }
 
 // WatchAgent registers the agent's metrics and its /readyz components:
@@ -245,7 +246,11 @@ func renewalHealth(s AgentStatus) Health {
 	if s.LastRenewal.IsZero() {
 		return Health{Status: Initializing, Reason: "not joined yet", UpdatedAt: s.LastAttempt}
 	}
-	return Health{Status: Healthy, UpdatedAt: s.LastRenewal}
+	h := Health{Status: Healthy, UpdatedAt: s.LastRenewal}
+	if s.AuthServer != "" {
+		h.Reason = "renewing through the authority at " + s.AuthServer
+	}
+	return h
 }
 
 // OnOpen counts opens of the served files by file and result ("ok",

@@ -87,9 +87,11 @@ func TestReadyzFollowsTheAgent(t *testing.T) {
 		t.Fatalf("/readyz/identity: %d %s", c, body)
 	}
 
-	agent.set(func(s *AgentStatus) { s.Expires, s.LastRenewal, s.LastError = now.Add(time.Hour), now, "" })
-	if code, r = readyzOf(t, base); code != 200 {
-		t.Fatalf("recovered: %d %+v", code, r)
+	agent.set(func(s *AgentStatus) {
+		s.Expires, s.LastRenewal, s.LastError, s.AuthServer = now.Add(time.Hour), now, "", "10.0.0.2:3025"
+	})
+	if code, r = readyzOf(t, base); code != 200 || !strings.Contains(r.Services["renewal"].Reason, "10.0.0.2:3025") {
+		t.Fatalf("recovered, through another replica: %d %+v", code, r)
 	}
 	if c, body := testenv.HTTPGet(t, base+"/readyz/nope"); c != 404 || !strings.Contains(body, "identity") {
 		t.Fatalf("/readyz/nope: %d %s", c, body)

@@ -337,6 +337,14 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 	return nil
 }
 
+func (t *txn) PutCA(ctx context.Context, ca store.CA) error {
+	n, err := t.exec(ctx, `UPDATE cas SET key_der = $1, cert_der = $2 WHERE id = $3`, ca.KeyDER, ca.CertDER, ca.ID)
+	if err == nil && n == 0 {
+		return fmt.Errorf("%s CA %s: %w", ca.Kind, ca.ID, store.ErrNotFound)
+	}
+	return err
+}
+
 func (t *txn) AddBot(ctx context.Context, b *store.Bot) error {
 	n, err := t.exec(ctx, `INSERT INTO bots(name, roles, logins, instance, token_name, created) VALUES ($1, $2, $3, $4, $5, $6)
 		ON CONFLICT (name) DO NOTHING`,
@@ -414,6 +422,19 @@ func (t *txn) RemoveBotTokens(ctx context.Context, bot, joinMethod string, unuse
 
 func (t *txn) RemoveExpiredTokens(ctx context.Context, cutoff time.Time) (int64, error) {
 	return t.exec(ctx, `DELETE FROM tokens WHERE expires < $1`, seconds(cutoff))
+}
+
+// SpendChallenge: of two transactions inserting one id, the second waits
+// for the first on the primary key and then inserts nothing (or, under
+// SERIALIZABLE, fails and is run again by Update, to find the row): one
+// of them gets true, at any isolation level.
+func (t *txn) SpendChallenge(ctx context.Context, id []byte, expires time.Time) (bool, error) {
+	n, err := t.exec(ctx, `INSERT INTO spent_challenges(id, expires) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING`, id, expires)
+	return n == 1, err
+}
+
+func (t *txn) RemoveSpentChallenges(ctx context.Context, cutoff time.Time) (int64, error) {
+	return t.exec(ctx, `DELETE FROM spent_challenges WHERE expires < $1`, cutoff)
 }
 
 func (t *txn) PutRole(ctx context.Context, r policy.Role) error {

@@ -65,7 +65,15 @@ CREATE TABLE nodes (
 	addr   text NOT NULL,
 	labels jsonb NOT NULL DEFAULT '{}'
 );`,
-	// 2: several CAs of a kind (a rotation's old and new), by a random
+	// 2: IAM challenges taken, so that replicas sharing a challenge key
+	// take each one once.
+	`
+CREATE TABLE spent_challenges (
+	id      bytea PRIMARY KEY,
+	expires timestamptz NOT NULL
+);
+CREATE INDEX spent_challenges_expires ON spent_challenges (expires);`,
+	// 3: several CAs of a kind (a rotation's old and new), by a random
 	// ID, and where each kind's rotation is. The CA a state held of each
 	// kind becomes its active one, not rotating.
 	`

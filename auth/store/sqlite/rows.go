@@ -365,6 +365,14 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 	return nil
 }
 
+func (t *txn) PutCA(ctx context.Context, ca store.CA) error {
+	n, err := t.exec(ctx, `UPDATE cas SET key_der = ?, cert_der = ? WHERE id = ?`, ca.KeyDER, ca.CertDER, ca.ID)
+	if err == nil && n == 0 {
+		return fmt.Errorf("%s CA %s: %w", ca.Kind, ca.ID, store.ErrNotFound)
+	}
+	return err
+}
+
 func (t *txn) AddBot(ctx context.Context, b *store.Bot) error {
 	_, err := t.exec(ctx, `INSERT INTO bots(name, roles, logins, instance, token_name, created) VALUES (?, ?, ?, ?, ?, ?)`,
 		b.Name, mustJSON(b.Roles), mustJSON(nonNil(b.Logins)), b.Instance, b.TokenName, b.Created.Unix())
@@ -425,6 +433,15 @@ func (t *txn) RemoveBotTokens(ctx context.Context, bot, joinMethod string, unuse
 
 func (t *txn) RemoveExpiredTokens(ctx context.Context, cutoff time.Time) (int64, error) {
 	return t.exec(ctx, `DELETE FROM tokens WHERE expires != 0 AND expires < ?`, cutoff.Unix())
+}
+
+func (t *txn) SpendChallenge(ctx context.Context, id []byte, expires time.Time) (bool, error) {
+	n, err := t.exec(ctx, `INSERT OR IGNORE INTO spent_challenges(id, expires) VALUES (?, ?)`, id, expires.Unix()+1)
+	return n == 1, err
+}
+
+func (t *txn) RemoveSpentChallenges(ctx context.Context, cutoff time.Time) (int64, error) {
+	return t.exec(ctx, `DELETE FROM spent_challenges WHERE expires < ?`, cutoff.Unix())
 }
 
 func (t *txn) PutRole(ctx context.Context, r policy.Role) error {

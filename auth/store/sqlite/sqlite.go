@@ -82,7 +82,14 @@ CREATE TABLE versions (
 );
 INSERT INTO meta(key, value)
 	SELECT 'cluster_id', lower(hex(randomblob(16))) FROM meta WHERE key = 'cluster_name';`,
-	// 3: several CAs of a kind (a rotation's old and new), by a random
+	// 3: IAM challenges taken, for replicas that share a challenge key.
+	`
+CREATE TABLE spent_challenges (
+	id      BLOB PRIMARY KEY,
+	expires INTEGER NOT NULL
+);
+CREATE INDEX spent_challenges_expires ON spent_challenges(expires);`,
+	// 4: several CAs of a kind (a rotation's old and new), by a random
 	// ID, and where each kind's rotation is. The CA a state held of each
 	// kind becomes its active one, not rotating.
 	`

@@ -58,6 +58,8 @@ func Run(t *testing.T, b Backend) {
 		{"ChangedTellsOfEveryHandlesChanges", testChanged},
 		{"CAsOfAKindAndTheirRotation", testRotation},
 		{"CAChangesMoveTheirVersion", testCAVersions},
+		{"PutCAReplacesAStoredCA", testPutCA},
+		{"AChallengeIsSpentExactlyOnce", testSpendChallenge},
 		{"DumpAndRestore", testDumpRestore},
 		{"AnotherClusterIsRefused", testOtherCluster},
 		{"StateOutlivesItsHandles", testReopen},
@@ -642,6 +644,77 @@ func testTokenUsedOnce(t *testing.T, s *state) {
 	if b.Instance != tok.UsedInstance || string(b.LastKeyHash) != string(tok.UsedKeyHash) {
 		t.Fatalf("the bot's instance %q and key do not match the token's user %q", b.Instance, tok.UsedInstance)
 	}
+}
+
+// The authority seals the CA keys of an existing cluster with PutCA: the
+// bytes come back as given, on every handle; a kind never stored is
+// ErrNotFound, nothing written.
+func testPutCA(t *testing.T, s *state) {
+	a, b := s.handle(), s.handle()
+	initState(t, a)
+	sealed := store.CA{ID: "h1", Kind: "host", KeyDER: []byte("MSK1 sealed host key"), CertDER: []byte("host cert")}
+	update(t, a, func(tx store.Tx) error { return tx.PutCA(bg, sealed) })
+	cas, err := b.CAs(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"user": "user key", "host": "MSK1 sealed host key", "db": "db key"}
+	for _, ca := range cas {
+		if string(ca.KeyDER) != want[ca.Kind] {
+			t.Errorf("%s CA key %q after PutCA of the host CA, want %q", ca.Kind, ca.KeyDER, want[ca.Kind])
+		}
+	}
+	if len(cas) != 3 {
+		t.Errorf("%d CAs after PutCA, want 3", len(cas))
+	}
+	err = a.Update(bg, func(tx store.Tx) error {
+		return tx.PutCA(bg, store.CA{ID: "none", Kind: "host", KeyDER: []byte("k"), CertDER: []byte("c")})
+	})
+	wantNotFound(t, "PutCA of a CA never stored", err)
+}
+
+// Replicas taking one IAM challenge at once, over three handles: one
+// records it. Records are forgotten once past their expiry.
+func testSpendChallenge(t *testing.T, s *state) {
+	handles := []store.Store{s.handle(), s.handle(), s.handle()}
+	initState(t, handles[0])
+	id := []byte("challenge-0123456")
+	ok, errs := spread(handles, 60, func(i int, st store.Store) error {
+		return st.Update(bg, func(tx store.Tx) error {
+			fresh, err := tx.SpendChallenge(bg, id, at.Add(time.Minute))
+			if err == nil && !fresh {
+				err = errRefused
+			}
+			return err
+		})
+	})
+	for _, err := range errs {
+		if err != errRefused {
+			t.Fatalf("a take failed other than by refusal: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d takes recorded one challenge as new, want exactly 1", ok)
+	}
+	update(t, handles[1], func(tx store.Tx) error {
+		if fresh, err := tx.SpendChallenge(bg, []byte("later"), at.Add(time.Hour)); err != nil || !fresh {
+			return fmt.Errorf("another challenge: %v %v", fresh, err)
+		}
+		n, err := tx.RemoveSpentChallenges(bg, at.Add(2*time.Minute))
+		if err == nil && n != 1 {
+			err = fmt.Errorf("RemoveSpentChallenges removed %d, want the 1 expired", n)
+		}
+		return err
+	})
+	update(t, handles[2], func(tx store.Tx) error {
+		if fresh, err := tx.SpendChallenge(bg, id, at.Add(time.Hour)); err != nil || !fresh {
+			return fmt.Errorf("a forgotten challenge is not new again: %v %v", fresh, err)
+		}
+		if fresh, err := tx.SpendChallenge(bg, []byte("later"), at.Add(time.Hour)); err != nil || fresh {
+			return fmt.Errorf("an unexpired record was forgotten: %v %v", fresh, err)
+		}
+		return nil
+	})
 }
 
 // The authority's renewal: read the bot, refuse unless it is at the
