@@ -148,10 +148,11 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, "nodes", err)
 		return
 	}
-	// The version is read before the CAs (loadCAs moves it after it
-	// switched them), so the list sent under a tag is at least as new.
-	v := s.inv.version.Load()
-	tag := s.inv.etag(v)
+	// The tag names the CAs too (their stored version, the same on every
+	// replica), so that an agent hears of a rotation's phase change at
+	// its next poll; the list sent under it carries that very set.
+	v, cas := s.inv.version.Load(), s.caSet()
+	tag := s.inv.etag(v, cas.version)
 	if etagMatches(r.Header.Get("If-None-Match"), tag) {
 		s.metrics.nodeList("not_modified")
 		w.Header().Set("ETag", tag)
@@ -165,7 +166,7 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.nodeList("full")
 	w.Header().Set("ETag", tag)
-	if err := writeNodeList(w, s.caSet().wireJSON, list, s.https.WriteTimeout); err != nil {
+	if err := writeNodeList(w, cas.wireJSON, list, s.https.WriteTimeout); err != nil {
 		s.log.Debug("node list not sent whole", "bot", bc.Bot, "nodes", len(list), "err", err)
 	}
 }

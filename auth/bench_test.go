@@ -3,45 +3,139 @@ package auth
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/midfs/midfs/auth/admin"
+	"github.com/midfs/midfs/internal/pgtest"
+	"github.com/midfs/midfs/internal/testenv"
+	"github.com/midfs/midfs/wire"
 )
 
 // The authority's throughput over real TLS on loopback: every renewal is a
 // new TLS connection with the bot's current identity (the identity changes
 // at each renewal, so connections cannot be reused), a fresh client key,
-// a write transaction (synchronous=FULL) and a certificate signature.
-// Client and server share the machine's cores, as on a 2-core VM.
+// a durable write transaction and a certificate signature. Client,
+// authorities and database share the machine's cores, as on a 2-core VM.
 //
-//	go test -run '^$' -bench 'Renew|Join' ./auth/
+// Each is measured on SQLite (the embedded default) and, in the same run,
+// on PostgreSQL with one and with three replicas (the clients spread over
+// them), the server with its durable defaults (fsync, synchronous commit),
+// as SQLite's synchronous=FULL is.
 //
-// Reports renewals/s (or joins/s), p50-ms and p99-ms per client count.
+//	go test -run '^$' -bench 'Renew|Join|Herd' ./auth/
+//
+// Reports renewals/s (or joins/s), p50-ms and p99-ms per backend and
+// client count; the herd reports how long 10,000 bots that start at once
+// take until every one holds an identity.
 
 var benchClients = []int{1, 8, 64}
 
-func BenchmarkRenew(b *testing.B) {
-	for _, n := range benchClients {
-		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
-			s := startTest(b)
-			ids := make([]*botID, n)
-			for i := range ids {
-				ids[i] = join(b, s, addBot(b, s, fmt.Sprintf("bot%d", i), []string{"access"}, []string{"root"}).Token)
-			}
-			lat := runLoad(b, n, func(i int) error {
-				next, status, msg := ids[i].tryRenew(b, s)
-				if status != 200 {
-					return fmt.Errorf("renew: %d %s", status, msg)
+// benchBackend is a state the authority is measured on.
+type benchBackend struct {
+	name     string
+	replicas int
+}
+
+func (bb benchBackend) String() string {
+	if bb.name == "sqlite" {
+		return "sqlite"
+	}
+	return fmt.Sprintf("%s/replicas=%d", bb.name, bb.replicas)
+}
+
+var benchBackends = []benchBackend{{"sqlite", 1}, {"postgres", 1}, {"postgres", 3}}
+
+// benchPG starts the PostgreSQL server of one benchmark, or returns nil
+// where none can run (then only the SQLite parts run; under CI=true it
+// fails instead).
+func benchPG(b *testing.B) *pgtest.Server {
+	if pgtest.Missing() != "" && !testenv.InCI() {
+		return nil
+	}
+	return pgtest.Start(b, pgtest.Options{Durable: true})
+}
+
+// cpu is a meter for a measurement on bb.
+func (bb benchBackend) cpu(pg *pgtest.Server) *cpu {
+	if bb.name == "sqlite" {
+		return &cpu{}
+	}
+	return &cpu{pg: pg}
+}
+
+// start starts the authorities of one measurement.
+func (bb benchBackend) start(b *testing.B, pg *pgtest.Server) []*Server {
+	b.Helper()
+	if bb.name == "sqlite" {
+		return []*Server{startTest(b)}
+	}
+	if pg == nil {
+		b.Skip(pgtest.Missing())
+	}
+	return startReplicasOn(b, pg.NewURL(b), bb.replicas)
+}
+
+// addBots makes n bots (bot1..botN) through the authorities in turn, from
+// 32 concurrent admins (concurrent adds share commits), and returns their
+// one-time tokens.
+func addBots(b *testing.B, rs []*Server, n int) []string {
+	b.Helper()
+	tokens := make([]string, n)
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
+				bt, err := rs[int(i)%len(rs)].AddBot(context.Background(), admin.BotSpec{Name: fmt.Sprintf("bot%d", i), Roles: []string{"access"}})
+				if err != nil {
+					b.Error(err)
+					return
 				}
-				ids[i] = next
-				return nil
+				tokens[i-1] = bt.Token
+			}
+		}()
+	}
+	wg.Wait()
+	if b.Failed() {
+		b.FailNow()
+	}
+	return tokens
+}
+
+func BenchmarkRenew(b *testing.B) {
+	pg := benchPG(b)
+	for _, bb := range benchBackends {
+		for _, n := range benchClients {
+			b.Run(fmt.Sprintf("%s/clients=%d", bb, n), func(b *testing.B) {
+				rs := bb.start(b, pg)
+				ids := make([]*botID, n)
+				for i, tok := range addBots(b, rs, n) {
+					ids[i] = join(b, rs[i%len(rs)], tok)
+				}
+				var turn atomic.Int64
+				renew := func(i int) error {
+					next, status, msg := ids[i].tryRenew(b, rs[int(turn.Add(1))%len(rs)])
+					if status != 200 {
+						return fmt.Errorf("renew: %d %s", status, msg)
+					}
+					ids[i] = next
+					return nil
+				}
+				warmUp(b, n, renew)
+				c := bb.cpu(pg)
+				lat := runLoad(b, n, c, renew)
+				report(b, lat, "renewals/s")
+				c.report(b, b.N)
 			})
-			report(b, lat, "renewals/s")
-		})
+		}
 	}
 }
 
@@ -92,47 +186,164 @@ func BenchmarkRenewPaced(b *testing.B) {
 }
 
 func BenchmarkJoin(b *testing.B) {
-	for _, n := range benchClients {
-		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
-			s := startTest(b)
-			tokens := make(chan string, b.N)
-			var wg sync.WaitGroup
-			var next atomic.Int64
-			for range 32 { // concurrent adds share commits
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
-						bt, err := s.AddBot(context.Background(), admin.BotSpec{Name: fmt.Sprintf("bot%d", i), Roles: []string{"access"}})
-						if err != nil {
-							b.Error(err)
-							return
-						}
-						tokens <- bt.Token
+	pg := benchPG(b)
+	for _, bb := range benchBackends {
+		for _, n := range benchClients {
+			b.Run(fmt.Sprintf("%s/clients=%d", bb, n), func(b *testing.B) {
+				rs := bb.start(b, pg)
+				tokens := addBots(b, rs, b.N+n)
+				var next atomic.Int64
+				join := func(int) error {
+					k := next.Add(1) - 1
+					_, status, msg := tryJoin(b, rs[int(k)%len(rs)], tokens[k])
+					if status != 200 {
+						return fmt.Errorf("join: %d %s", status, msg)
 					}
-				}()
-			}
-			wg.Wait()
-			close(tokens)
-			lat := runLoad(b, n, func(int) error {
-				_, status, msg := tryJoin(b, s, <-tokens)
-				if status != 200 {
-					return fmt.Errorf("join: %d %s", status, msg)
+					return nil
 				}
-				return nil
+				warmUp(b, n, join)
+				c := bb.cpu(pg)
+				lat := runLoad(b, n, c, join)
+				report(b, lat, "joins/s")
+				c.report(b, b.N)
 			})
-			report(b, lat, "joins/s")
+		}
+	}
+}
+
+// herdSize is how many bots start at once in BenchmarkHerd: a fleet that
+// boots together after an outage.
+const herdSize = 10000
+
+// BenchmarkHerd starts herdSize bots at once, each joining with its own
+// one-time token and, as the agent does, trying again after a failure
+// (a connection refused or closed under the load) with backoff and
+// jitter. It reports the time until every bot holds an identity
+// (herd-s), and the joins that had to be tried again.
+func BenchmarkHerd(b *testing.B) {
+	pg := benchPG(b)
+	for _, bb := range benchBackends {
+		b.Run(bb.String(), func(b *testing.B) {
+			var total time.Duration
+			var retries atomic.Int64
+			c := bb.cpu(pg)
+			for range b.N {
+				b.StopTimer()
+				rs := bb.start(b, pg)
+				tokens := addBots(b, rs, herdSize)
+				b.StartTimer()
+				c.start()
+				start := time.Now()
+				var wg sync.WaitGroup
+				for i, tok := range tokens {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						// One key for every try, as the agent keeps it: a
+						// try whose answer was lost is answered again.
+						_, pub := newKey(b)
+						for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+							status, msg, err := joinOnce(b, rs[i%len(rs)], tok, pub)
+							if err == nil && status == 200 {
+								return
+							}
+							if err == nil && status < 500 && status != 429 {
+								b.Errorf("join of bot %d refused: %d %s", i, status, msg)
+								return
+							}
+							retries.Add(1)
+							time.Sleep(wait/2 + rand.N(wait/2))
+						}
+					}()
+				}
+				wg.Wait()
+				total += time.Since(start)
+				c.stop()
+				b.StopTimer()
+				for _, s := range rs {
+					s.Close()
+				}
+			}
+			b.ReportMetric(total.Seconds()/float64(b.N), "herd-s")
+			b.ReportMetric(float64(herdSize*b.N)/total.Seconds(), "joins/s")
+			b.ReportMetric(float64(retries.Load())/float64(b.N), "retries")
+			c.report(b, herdSize*b.N)
 		})
 	}
 }
 
+// joinOnce sends one join; transport errors are returned, not fatal.
+func joinOnce(t testing.TB, s *Server, token string, pub []byte) (int, string, error) {
+	c := newClient(t, s, nil, nil)
+	defer c.close()
+	return c.do("POST", wire.PathJoin, wire.JoinRequest{Token: token, PublicKey: pub}, nil)
+}
+
+// cpu counts the processor time of a measurement: this process (the
+// authorities and the clients) and the database server's processes. On a
+// machine that others load too, time per operation says more than
+// operations per second.
+type cpu struct {
+	pg         *pgtest.Server // nil: SQLite, in this process
+	self, db   time.Duration
+	selfT, dbT time.Duration
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func (c *cpu) start() {
+	c.selfT = processCPU()
+	if c.pg != nil {
+		c.dbT = c.pg.CPU()
+	}
+}
+
+func (c *cpu) stop() {
+	c.self += processCPU() - c.selfT
+	if c.pg != nil {
+		c.db += c.pg.CPU() - c.dbT
+	}
+}
+
+// report adds the CPU per operation: cpu-ms (this process: authority and
+// clients) and db-cpu-ms (the database server).
+func (c *cpu) report(b *testing.B, ops int) {
+	b.ReportMetric(float64(c.self)/float64(time.Millisecond)/float64(ops), "cpu-ms/op")
+	if c.pg != nil {
+		b.ReportMetric(float64(c.db)/float64(time.Millisecond)/float64(ops), "db-cpu-ms/op")
+	}
+}
+
+// warmUp runs op once for each of n clients at once, before the
+// measurement: the state's connections are open, as in an authority that
+// has served a while.
+func warmUp(b *testing.B, n int, op func(i int) error) {
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := op(i); err != nil {
+				b.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 // runLoad runs b.N calls of op from n concurrent clients (client i calls
 // op(i) one after the other) and returns every call's latency.
-func runLoad(b *testing.B, n int, op func(i int) error) []time.Duration {
+func runLoad(b *testing.B, n int, c *cpu, op func(i int) error) []time.Duration {
 	lat := make([]time.Duration, b.N)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	b.ResetTimer()
+	c.start()
+	defer c.stop()
 	for i := range n {
 		wg.Add(1)
 		go func() {

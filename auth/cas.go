@@ -69,8 +69,9 @@ func (k *caKind) wire() []wire.CA {
 
 // caSet is every kind of CA at one moment. Never changed once published.
 type caSet struct {
-	kinds map[string]*caKind
-	wire  wire.CASet
+	version uint64 // store.TopicCAs when read: the same on every replica
+	kinds   map[string]*caKind
+	wire    wire.CASet
 	// wireJSON is wire encoded once, for the node lists that carry it.
 	wireJSON []byte
 	// tls is the HTTPS API's configuration for this set: a server
@@ -113,8 +114,12 @@ func (c *caSet) clientCAs() *x509.CertPool {
 func readCAs(ctx context.Context, st store.Store, dataDir string, open func(store.CA) ([]byte, error)) (*caSet, error) {
 	var cas []store.CA
 	var rots []store.Rotation
+	var versions map[string]uint64
 	err := st.Update(ctx, func(tx store.Tx) (err error) {
 		if cas, err = tx.CAs(ctx); err != nil {
+			return err
+		}
+		if versions, err = tx.Versions(ctx); err != nil {
 			return err
 		}
 		rots, err = tx.Rotations(ctx)
@@ -128,7 +133,7 @@ func readCAs(ctx context.Context, st store.Store, dataDir string, open func(stor
 			clear(ca.KeyDER)
 		}
 	}()
-	set := &caSet{kinds: map[string]*caKind{}}
+	set := &caSet{version: versions[store.TopicCAs], kinds: map[string]*caKind{}}
 	for _, r := range rots {
 		set.kinds[r.Kind] = &caKind{rot: r}
 	}
@@ -171,7 +176,8 @@ func readCAs(ctx context.Context, st store.Store, dataDir string, open func(stor
 		}
 	}
 	set.wire = wire.CASet{
-		User: set.kinds[caUser].wire(), Host: set.kinds[caHost].wire(), Database: set.kinds[caDB].wire(),
+		Version: set.version,
+		User:    set.kinds[caUser].wire(), Host: set.kinds[caHost].wire(), Database: set.kinds[caDB].wire(),
 		Phases: map[string]string{},
 	}
 	for _, kind := range caKinds {
@@ -216,8 +222,7 @@ func (s *Server) signer(kind string) *authority { return s.caSet().kinds[kind].s
 
 // loadCAs reads the CAs again and switches to them: what is issued, the
 // HTTPS API's certificate and trusted client CAs, and what clients are
-// told, moving the inventory's version so that agents polling their node
-// list get the new set at their next poll.
+// told (node lists, whose ETag names the CAs' version).
 func (s *Server) loadCAs(ctx context.Context) error {
 	s.caMu.Lock()
 	defer s.caMu.Unlock()
@@ -233,7 +238,6 @@ func (s *Server) loadCAs(ctx context.Context) error {
 	}
 	s.caset.Store(set)
 	if old != nil && !set.sameForClients(old) {
-		s.inv.changed()
 		s.log.Info("the CAs changed", "cas", set.describe())
 	}
 	return nil

@@ -3,10 +3,9 @@ package auth
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -21,15 +20,23 @@ import (
 
 // inventory is what GET /v1/nodes serves, kept cheap at any size: every
 // node (encoded once) and every role, read from the store only after a
-// change, and a version that moves on after every committed change of what
-// any bot may see (nodes, roles, a bot's roles). The version lives in this
-// process, the only writer of its store; the epoch makes versions of an
-// earlier run of the authority unequal to this run's.
+// change, and the stored version of the inventory (store.TopicInventory),
+// which every committed change of what any bot may see (nodes, roles, a
+// bot's roles) moves on, whichever replica commits it.
+//
+// The version is kept in memory: after this replica's own changes it is
+// read at once (changed), after another replica's when the store says so
+// (follow: at once with PostgreSQL's notifications, within
+// store.DefaultPollInterval without them). Since the version and the
+// cluster ID are the same on every replica, so is the ETag: an agent that
+// polls one replica and then another gets 304 Not Modified from both.
 //
 // An agent polls with the ETag of its last list: while nothing changed it
 // gets 304 Not Modified, which costs no database query and no encoding.
 type inventory struct {
-	epoch   string
+	st      store.Reader
+	log     *slog.Logger
+	cluster string // cluster ID: tags of another state never match
 	version atomic.Uint64
 
 	mu   sync.Mutex // serializes loads
@@ -44,21 +51,56 @@ type invSnapshot struct {
 	roles   map[string]policy.Role
 }
 
-func newInventory() *inventory {
-	b := make([]byte, 8)
-	rand.Read(b)
-	return &inventory{epoch: hex.EncodeToString(b)}
+func newInventory(ctx context.Context, st store.Reader, clusterID string, log *slog.Logger) *inventory {
+	inv := &inventory{st: st, cluster: clusterID, log: log}
+	inv.refresh(ctx)
+	return inv
 }
 
 // changed is called once a change of nodes, roles or a bot's roles has
-// committed (never before: a load between the bump and the commit would
-// keep the old state under the new version).
-func (inv *inventory) changed() { inv.version.Add(1) }
+// committed here: the new version is read before the client is answered,
+// so its next poll sees a new ETag.
+func (inv *inventory) changed() { inv.refresh(context.Background()) }
 
-// etag names what a bot sees at version v. Every change that could alter
-// any bot's list moves the version, so the tag needs nothing of the bot.
-func (inv *inventory) etag(v uint64) string {
-	return fmt.Sprintf(`"%s-%d"`, inv.epoch, v)
+// follow refreshes the version whenever the store says the inventory
+// changed, until the store closes the channel or stop is closed.
+func (inv *inventory) follow(changes <-chan struct{}, stop <-chan struct{}) {
+	for {
+		select {
+		case _, ok := <-changes:
+			if !ok {
+				return
+			}
+			inv.refresh(context.Background())
+		case <-stop:
+			return
+		}
+	}
+}
+
+// refresh reads the stored version; it never moves the one in memory
+// back. If the store cannot be read, the version stays until the store's
+// next signal (it polls on through an outage).
+func (inv *inventory) refresh(ctx context.Context) {
+	vs, err := inv.st.Versions(ctx)
+	if err != nil {
+		inv.log.Warn("cannot read the inventory version; node lists may show the last one read until the state is readable", "err", err)
+		return
+	}
+	v := vs[store.TopicInventory]
+	for {
+		cur := inv.version.Load()
+		if v <= cur || inv.version.CompareAndSwap(cur, v) {
+			return
+		}
+	}
+}
+
+// etag names what a bot sees at inventory version v with the CAs at
+// version cas (store.TopicCAs). Every change that could alter any bot's
+// list moves one of them, so the tag needs nothing of the bot.
+func (inv *inventory) etag(v, cas uint64) string {
+	return fmt.Sprintf(`"%s-%d-%d"`, inv.cluster, v, cas)
 }
 
 // at returns a snapshot at least as new as version v, reading the store if

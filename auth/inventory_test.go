@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/midfs/midfs/auth/admin"
@@ -135,9 +136,10 @@ func TestNodeListETag(t *testing.T) {
 	changed("a node it sees was removed", "api")
 }
 
-// An ETag of an earlier run of the authority never matches: its version
-// counter starts again, and the inventory may have changed in between.
-func TestNodeListETagOfEarlierRunDoesNotMatch(t *testing.T) {
+// The ETag names the stored inventory: an agent's tag still matches after
+// the authority restarts (nothing to fetch again), and never matches a
+// state made anew, even at the same version number.
+func TestNodeListETagOutlivesARestartNotARebuild(t *testing.T) {
 	dir := t.TempDir()
 	cfg := Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(t), ClusterName: "one.example"}
 	s, err := Start(context.Background(), cfg)
@@ -152,8 +154,26 @@ func TestNodeListETagOfEarlierRunDoesNotMatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
+	if a := pollNodes(t, s2, id.key, id.cert, before.etag); a.status != 304 || a.etag != before.etag {
+		t.Errorf("after a restart: %+v; want 304 with %s", a, before.etag)
+	}
+	if err := s2.AddNode(context.Background(), identity.Node{Name: "web", Addr: "10.0.0.1:22"}); err != nil {
+		t.Fatal(err)
+	}
 	if a := pollNodes(t, s2, id.key, id.cert, before.etag); a.status != 200 || a.etag == before.etag {
-		t.Errorf("after a restart: %+v; want 200 and another ETag than %s", a, before.etag)
+		t.Errorf("after a change: %+v; want 200 and another ETag than %s", a, before.etag)
+	}
+	cfg.DataDir = t.TempDir()
+	s3, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s3.Close()
+	id3 := join(t, s3, addBot(t, s3, "robot", []string{"access"}, nil).Token)
+	rebuilt := pollNodes(t, s3, id3.key, id3.cert, "")
+	version := func(tag string) string { return tag[strings.LastIndex(tag, "-"):] }
+	if version(rebuilt.etag) != version(before.etag) || rebuilt.etag == before.etag {
+		t.Errorf("a rebuilt state at the version of the first: ETag %s, first %s; want the same version and another tag", rebuilt.etag, before.etag)
 	}
 }
 

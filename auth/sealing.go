@@ -110,3 +110,36 @@ func (s *Server) sealStoredKeys(ctx context.Context) error {
 	}
 	return nil
 }
+
+// sealDump makes a state moved into a shared database (auth migrate) hold
+// its CA keys sealed with the seal key at keyPath (or the systemd
+// credential): plain keys are sealed, sealed ones must open with it. So
+// the database never receives a plain key, not even in its log for a
+// moment, nor one its replicas cannot open. Every error is one line.
+func sealDump(d *store.Dump, keyPath string) error {
+	k, path, err := loadSealKey(keyPath)
+	if err != nil {
+		return err
+	}
+	if k == nil {
+		return fmt.Errorf("a shared database needs --ca-key-seal=FILE (or the systemd credential %s), so that whoever reads it or its backups gets no CA key; make one with `openssl rand -hex 32 > FILE && chmod 600 FILE` and give every replica the same", seal.CredentialName)
+	}
+	s := &Server{seal: k, sealPath: path}
+	for i, ca := range d.CAs {
+		if seal.IsSealed(ca.KeyDER) {
+			plain, err := s.openKey(d.ClusterName, ca)
+			clear(plain)
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		sealed, err := k.SealCA(d.ClusterName, ca.Kind, ca.KeyDER)
+		if err != nil {
+			return err
+		}
+		clear(ca.KeyDER)
+		d.CAs[i].KeyDER = sealed
+	}
+	return nil
+}

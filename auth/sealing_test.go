@@ -244,3 +244,53 @@ func TestSealKeyFromTheSystemdCredential(t *testing.T) {
 		}
 	}
 }
+
+// auth migrate seals what it moves: the dump of a plain SQLite state comes
+// out sealed under the key, one sealed under another key is refused.
+func TestSealDumpSealsWhatAMoveCarries(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{DataDir: dir, Listen: "127.0.0.1:0", ClusterName: "move.example", Logger: testLogger(t)}
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forms := caKeyForms(t, s)
+	s.Close()
+	dump := func() *store.Dump {
+		st, err := sqlite.Open(dir, store.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		d, err := store.DumpState(context.Background(), st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	keyFile := sealKeyFile(t)
+	if err := sealDump(dump(), ""); err == nil || !strings.Contains(err.Error(), "--ca-key-seal") {
+		t.Errorf("sealDump without a key = %v", err)
+	}
+	d := dump()
+	if err := sealDump(d, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	k, _ := seal.Load(keyFile)
+	for _, ca := range d.CAs {
+		if by, ok := seal.SealedBy(ca.KeyDER); !ok || by != k.ID() {
+			t.Errorf("the %s CA key of the dump is not sealed under the key", ca.Kind)
+		}
+		for name, b := range forms {
+			if bytes.Contains(ca.KeyDER, b) {
+				t.Errorf("the sealed dump holds the %s", name)
+			}
+		}
+	}
+	if err := sealDump(d, keyFile); err != nil {
+		t.Errorf("a dump sealed under the key does not pass again: %v", err)
+	}
+	if err := sealDump(d, sealKeyFile(t)); err == nil || !strings.Contains(err.Error(), "is not the key the CA keys of cluster move.example were sealed with") {
+		t.Errorf("a dump sealed under another key = %v", err)
+	}
+}

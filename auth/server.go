@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,8 @@ type Server struct {
 
 	lastDropWarn atomic.Int64 // unix ns
 
+	stopping chan struct{} // closed by Close: background work ends
+
 	// The CAs in use (cas.go), swapped whole by loadCAs under caMu;
 	// rotations moves them on (rotate.go).
 	caset     atomic.Pointer[caSet]
@@ -80,27 +83,42 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), inv: newInventory(), seal: sk, sealPath: skPath,
+	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), stopping: make(chan struct{}), seal: sk, sealPath: skPath,
 		rotations: newRotator()}
 	if err := s.loadOrInit(ctx); err != nil {
 		st.Close()
 		return nil, err
 	}
+	id, err := st.ClusterID(ctx)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("read authority state: %w", err)
+	}
+	s.inv = newInventory(ctx, st, id, s.log)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.inv.follow(st.Changed(store.TopicInventory), s.stopping)
+	}()
 	s.dbw = newDBWatch(st, cfg.Clock, s.log, s.inv.changed)
 	s.registerDBMetric(cfg.Metrics)
 	if err := s.serveHTTPS(ctx); err != nil {
+		close(s.stopping)
+		s.wg.Wait()
 		st.Close()
 		return nil, err
 	}
 	if err := s.serveAdmin(); err != nil {
 		s.https.Close()
+		close(s.stopping)
+		s.wg.Wait()
 		st.Close()
 		return nil, err
 	}
 	go s.dbw.run()
 	s.startRotations()
 	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
-		"ca_pin", s.CAPin(), "data_dir", cfg.DataDir, "admin_socket", admin.SocketPath(cfg.DataDir), "ca_keys_sealed", s.seal != nil)
+		"ca_pin", s.CAPin(), "state", stateName(cfg), "admin_socket", admin.SocketPath(cfg.DataDir), "ca_keys_sealed", s.seal != nil)
 	return s, nil
 }
 
@@ -131,6 +149,7 @@ func (s *Server) Close() error {
 		s.stopRotations()
 		err1 := s.https.Shutdown(ctx)
 		err2 := s.adminSrv.Shutdown(ctx)
+		close(s.stopping)
 		s.wg.Wait()
 		s.dbw.close()
 		os.Remove(admin.SocketPath(s.cfg.DataDir))
@@ -158,6 +177,14 @@ func openStore(ctx context.Context, cfg Config) (store.Store, error) {
 	}
 	// Not quoted: it may hold a password.
 	return nil, errors.New("bad --db: want postgres://USER@HOST:PORT/DATABASE?OPTIONS, or no --db for SQLite in --data-dir")
+}
+
+// stateName says where the state is, for the log: never a password.
+func stateName(cfg Config) string {
+	if cfg.DB == "" {
+		return filepath.Join(cfg.DataDir, sqlite.File)
+	}
+	return redactURL(cfg.DB)
 }
 
 // loadOrInit reads the cluster name and CAs, making them (and the built-in

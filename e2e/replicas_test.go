@@ -48,11 +48,7 @@ type replica struct {
 // own data dir (its admin socket), HTTPS port and diagnostics port.
 func startReplicas(t *testing.T, n int, url string) []*replica {
 	t.Helper()
-	_, raw := seal.Generate()
-	keyFile := filepath.Join(t.TempDir(), "ca-key-seal")
-	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(raw)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	keyFile := sealKeyFile(t)
 	var rs []*replica
 	for range n {
 		// Ports a restart can have again: outside the kernel's range for
@@ -421,4 +417,16 @@ func TestReplicasOnPostgreSQLKeepAFleetServing(t *testing.T) {
 		}
 	}
 	t.Logf("ssh logins: %d, none failed; agents per replica at the end: %v", logins.ok.Load(), fl.on())
+}
+
+// sealKeyFile writes a new key-encryption key for --ca-key-seal, as an
+// operator would make one, into a file only its owner reads.
+func sealKeyFile(t *testing.T) string {
+	t.Helper()
+	_, raw := seal.Generate()
+	keyFile := filepath.Join(t.TempDir(), "ca-key-seal")
+	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(raw)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return keyFile
 }

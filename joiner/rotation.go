@@ -122,6 +122,9 @@ func (a *Agent) followCAs(set *wire.CASet) bool {
 	if set == nil || sameCASet(set, a.caSet) {
 		return false
 	}
+	if a.caSet != nil && set.Version < a.caSet.Version {
+		return false // from a replica that has not heard of the latest change yet
+	}
 	f, err := readCASet(set)
 	if err != nil {
 		a.log.Warn("the authority sent CAs this agent does not take; keeping the ones it has", "error", err)

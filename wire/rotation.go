@@ -32,6 +32,9 @@ const (
 // one poll. In each kind exactly one CA has Signing set: the one whose
 // certificates a client or server gets from now on.
 type CASet struct {
+	// Version moves with every change of the CAs, and is the same on
+	// every replica: an agent keeps the newest set it was sent.
+	Version  uint64            `json:"version"`
 	User     []CA              `json:"user"`
 	Host     []CA              `json:"host"`
 	Database []CA              `json:"db"`

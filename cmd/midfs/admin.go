@@ -32,6 +32,7 @@ func adminCommands() []*cli.Command {
 			Usage: "run the authority, export its CAs, sign host keys",
 			Subcommands: []*cli.Command{
 				authStartCommand(),
+				authMigrateCommand(),
 				authRotateCommand(),
 				{
 					Name:   "export",
@@ -224,10 +225,13 @@ func authStartCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "start",
 		Usage: "run the authority: HTTPS API for bots, admin socket for the commands above",
-		Description: "Makes the CAs on first start (kept in --data-dir/midfs.db) and serves until SIGINT or SIGTERM.\n" +
+		Description: "Makes the CAs on first start (kept in --data-dir/midfs.db, or in the PostgreSQL database --db names, " +
+			"which several replicas may share) and serves until SIGINT or SIGTERM.\n" +
 			exitHelp(exitUsage, exitAuthority),
 		Flags: []cli.Flag{
 			dataDirFlag(),
+			&cli.StringFlag{Name: "db", Usage: "`URL` of a PostgreSQL database that replicas of this authority share, postgres://USER@HOST:PORT/DB?OPTIONS " +
+				"(a password is best in ~/.pgpass, PGPASSFILE, MIDFS_DB or the config file); default: SQLite in --data-dir"},
 			&cli.StringFlag{Name: "listen", Value: auth.DefaultListen, Usage: "`HOST:PORT` of the HTTPS API"},
 			&cli.StringFlag{Name: "advertise-addr", Usage: "`HOST:PORT` bots reach the API at, printed by `bots add` (default: the listen IP, or this host's name)"},
 			&cli.StringFlag{Name: "cluster-name", Usage: "`NAME` of the cluster, fixed at first start (default: this host's name)"},
@@ -244,6 +248,39 @@ func authStartCommand() *cli.Command {
 	}
 }
 
+func authMigrateCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "migrate",
+		Usage: "move a stopped authority's SQLite state into an empty PostgreSQL database, for replicas",
+		Description: "Copies the CAs, roles, bots (at their generations), tokens (used or not) and nodes as they are: " +
+			"nothing is issued anew, so agents go on renewing through authorities started with --db. " +
+			"Stop the authority first; the SQLite state is then marked moved, and an authority started on it refuses.\n" +
+			exitHelp(exitUsage, exitFailure),
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "from", Usage: "`sqlite:PATH` of the state: the authority's data directory (or its midfs.db)"},
+			&cli.StringFlag{Name: "to", Usage: "`URL` of the database, postgres://USER@HOST:PORT/DB?OPTIONS (a password is best in ~/.pgpass)"},
+		},
+		Action: authMigrate,
+	}
+}
+
+func authMigrate(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return failf(exitUsage, "auth migrate takes no arguments, got %q", strings.Join(c.Args().Slice(), " "))
+	}
+	if c.String("from") == "" || c.String("to") == "" {
+		return failf(exitUsage, "auth migrate needs --from=sqlite:PATH and --to=postgres://USER@HOST:PORT/DB")
+	}
+	warnPasswordInArgv(c.String("to"), slog.Default())
+	m, err := auth.Migrate(c.Context, c.String("from"), c.String("to"))
+	if err != nil {
+		return fail(exitFailure, err)
+	}
+	fmt.Fprintf(c.App.Writer, "moved cluster %s to %s: %d CAs, %d roles, %d bots, %d tokens, %d nodes\n", m.Cluster, m.To, m.CAs, m.Roles, m.Bots, m.Tokens, m.Nodes)
+	fmt.Fprintf(c.App.Writer, "start the replicas with --db=%s (and the password where ~/.pgpass or the config file gives it)\n", m.To)
+	return nil
+}
+
 func authStart(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return failf(exitUsage, "auth start takes no arguments, got %q", strings.Join(c.Args().Slice(), " "))
@@ -251,8 +288,10 @@ func authStart(c *cli.Context) error {
 	svc := serviceOf(c)
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	warnPasswordInArgv(c.String("db"), slog.Default())
 	s, err := auth.Start(ctx, auth.Config{
 		DataDir:          c.String("data-dir"),
+		DB:               c.String("db"),
 		Listen:           c.String("listen"),
 		AdvertiseAddr:    c.String("advertise-addr"),
 		ClusterName:      c.String("cluster-name"),

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 
 	"github.com/urfave/cli/v2"
@@ -65,4 +66,17 @@ func readToken(r io.Reader, from string) (string, error) {
 func inCommandLine(s string) bool {
 	cmdline, err := os.ReadFile("/proc/self/cmdline")
 	return err == nil && bytes.Contains(cmdline, []byte(s))
+}
+
+// warnPasswordInArgv warns when a database URL with a password came on
+// the command line, where every local user can read it.
+func warnPasswordInArgv(dbURL string, log *slog.Logger) {
+	u, err := url.Parse(dbURL)
+	if err != nil || u.User == nil {
+		return
+	}
+	if pw, ok := u.User.Password(); ok && pw != "" && inCommandLine(pw) {
+		log.Warn("the database password is on the command line, where every local user can read it (ps, /proc/PID/cmdline); " +
+			"put it in ~/.pgpass (or the file PGPASSFILE names), or pass --db with MIDFS_DB or the config file")
+	}
 }

@@ -136,6 +136,21 @@ func Shared(t testing.TB) *Server {
 
 var errMissing = errors.New("PostgreSQL server binaries not found")
 
+// Missing says what keeps a server from starting here, or "" if nothing
+// does; for benchmarks that measure PostgreSQL beside something else, and
+// skip only their PostgreSQL part.
+func Missing() string {
+	if _, err := binDir(); err != nil {
+		return err.Error()
+	}
+	if os.Geteuid() == 0 {
+		if _, err := lookupUser("postgres"); err != nil {
+			return "as root, initdb needs the postgres user: " + err.Error()
+		}
+	}
+	return ""
+}
+
 // binDir finds initdb and postgres: the newest /usr/lib/postgresql/*/bin,
 // else the directory of initdb on the PATH.
 func binDir() (string, error) {
@@ -485,6 +500,45 @@ func (s *Server) Restart(t testing.TB) {
 	if err := s.run(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// CPU is the processor time the server's processes (the postmaster and
+// the backends it runs now) have used: for benchmarks that count what the
+// database costs beside what the test process does.
+func (s *Server) CPU() time.Duration {
+	s.mu.Lock()
+	proc := s.proc
+	s.mu.Unlock()
+	if proc == nil {
+		return 0
+	}
+	root := proc.Process.Pid
+	entries, _ := os.ReadDir("/proc")
+	var ticks int64
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ... utime stime: fields after the
+		// command, which may hold spaces, closed by the last ')'.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		if pid != root && ppid != root {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += ut + st
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
 }
 
 // remove stops the server and removes its directory.

@@ -63,8 +63,11 @@ const (
 	connectTimeout = 5 * time.Second
 	// defaultMaxConns is the pool size without pool_max_conns in the URL:
 	// PostgreSQL serves a connection with a process, and more than a few
-	// per core only queue in the kernel instead of in the pool.
-	defaultMaxConns = 16
+	// per core only queue in the kernel instead of in the pool. They are
+	// all opened at start and kept (unless pool_min_conns says otherwise):
+	// opening one costs a password exchange, which under a burst of
+	// requests is when the machine has the least time for it.
+	defaultMaxConns = 8
 )
 
 // Store is the PostgreSQL state.
@@ -81,6 +84,9 @@ type Store struct {
 	closed bool
 	stop   context.CancelFunc
 	bg     sync.WaitGroup // listener and poller
+
+	listening     chan struct{} // closed once the listener first listens
+	listeningOnce sync.Once
 }
 
 var _ store.Store = (*Store)(nil)
@@ -105,16 +111,19 @@ func Open(ctx context.Context, url string, opts store.Options) (*Store, error) {
 	if !strings.Contains(url, "pool_max_conns") {
 		cfg.MaxConns = defaultMaxConns
 	}
+	if !strings.Contains(url, "pool_min_conns") {
+		cfg.MinConns = cfg.MaxConns
+	}
 	cfg.AfterConnect = durableCommits
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	st := &Store{reader: reader{q: pool}, pool: pool, where: where, log: log, listening: make(chan struct{})}
 	if err != nil {
-		return nil, fmt.Errorf("database %s: %s", where, oneLine(err))
+		return nil, st.fail(err)
 	}
-	st := &Store{reader: reader{q: pool}, pool: pool, where: where, log: log}
 	if err := st.migrate(ctx, opts.Cluster); err != nil {
 		pool.Close()
 		return nil, err
@@ -122,7 +131,7 @@ func Open(ctx context.Context, url string, opts store.Options) (*Store, error) {
 	v, err := st.Versions(ctx)
 	if err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("database %s: %s", where, oneLine(err))
+		return nil, st.fail(err)
 	}
 	st.Seen(v)
 	interval := opts.PollInterval
@@ -166,20 +175,36 @@ func durableCommits(ctx context.Context, c *pgx.Conn) error {
 func (st *Store) migrate(ctx context.Context, cluster string) error {
 	tx, err := st.pool.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("database %s: %s", st.where, oneLine(err))
+		return st.fail(err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	if err := migrate(ctx, tx, st.where, cluster); err != nil {
-		if errors.Is(err, store.ErrSchemaNewer) || errors.Is(err, store.ErrOtherCluster) {
-			return err
-		}
-		return fmt.Errorf("database %s: %s", st.where, oneLine(err))
+	if err := migrate(ctx, tx, cluster); err != nil {
+		return st.fail(err)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("database %s: %s", st.where, oneLine(err))
+		return st.fail(err)
 	}
 	return nil
 }
+
+// fail names the database in err, on one line, keeping what errors.Is
+// finds in it.
+func (st *Store) fail(err error) error {
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		// pgx's own line repeats user and database; keep the cause.
+		err = fmt.Errorf("cannot connect: %s", errors.Unwrap(ce))
+	}
+	return &openError{msg: "database " + st.where + ": " + oneLine(err), err: err}
+}
+
+type openError struct {
+	msg string
+	err error
+}
+
+func (e *openError) Error() string { return e.msg }
+func (e *openError) Unwrap() error { return e.err }
 
 // Close waits for the Updates in flight, refuses new ones, and closes the
 // connections.
@@ -235,44 +260,55 @@ func backoff(attempt int) time.Duration {
 	return rand.N(ceiling) + 1
 }
 
+// txOptions begin every Update's transaction.
+var txOptions = pgx.TxOptions{IsoLevel: pgx.Serializable}
+
 // attempt runs fn once. retry says the attempt lost a serialization
 // conflict: in any statement of fn (whether or not fn passed the error
 // on) or at commit.
 func (st *Store) attempt(ctx context.Context, fn func(store.Tx) error) (t *txn, err error, retry bool) {
 	ctx, cancel := context.WithTimeout(ctx, updateTimeout)
 	defer cancel()
-	tx, err := st.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.Serializable})
+	conn, err := st.pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err), false
 	}
-	w := &watched{tx: tx}
+	// A connection left inside a transaction (an attempt cut short) is
+	// closed, not pooled.
+	defer conn.Release()
+	w := &watched{conn: conn}
 	t = &txn{reader: reader{q: w}, q: w}
 	defer func() {
 		if p := recover(); p != nil {
-			tx.Rollback(ctx)
+			w.rollback(ctx)
 			t, err, retry = nil, fmt.Errorf("internal error: %v", p), false
 		}
 	}()
 	if err = fn(t); err != nil {
-		tx.Rollback(ctx)
+		w.rollback(ctx)
 		return t, err, w.conflict || isConflict(err)
 	}
-	if tx.Conn().PgConn().TxStatus() == 'E' {
+	if w.tx == nil {
+		return t, nil, false // fn read and wrote nothing
+	}
+	if conn.Conn().PgConn().TxStatus() == 'E' {
 		// fn went on after a failed statement (which ends a PostgreSQL
 		// transaction) and returned nil: nothing it did can commit.
-		tx.Rollback(ctx)
+		w.rollback(ctx)
 		return t, errors.New("store: a statement failed inside the transaction"), w.conflict
 	}
-	if err = tx.Commit(ctx); err != nil {
+	if err = w.tx.Commit(ctx); err != nil {
 		return t, fmt.Errorf("store: %w", err), isConflict(err)
 	}
 	return t, nil, false
 }
 
-// watched is a transaction that remembers whether any statement lost a
-// serialization conflict.
+// watched is one attempt's transaction. It begins with fn's first
+// statement, sent in one round trip with it, and remembers whether any
+// statement lost a serialization conflict.
 type watched struct {
-	tx       pgx.Tx
+	conn     *pgxpool.Conn
+	tx       pgx.Tx // nil until the first statement
 	conflict bool
 }
 
@@ -283,40 +319,121 @@ func (w *watched) note(err error) error {
 	return err
 }
 
+func (w *watched) rollback(ctx context.Context) {
+	if w.tx != nil {
+		w.tx.Rollback(ctx)
+	}
+}
+
+// first sends BEGIN and the statement sql together; the caller reads the
+// statement's result from br, then closes br.
+func (w *watched) first(ctx context.Context, sql string, args []any) (pgx.BatchResults, error) {
+	var b pgx.Batch
+	b.BeginTx(txOptions)
+	b.Queue(sql, args...)
+	br := w.conn.SendBatch(ctx, &b)
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		return nil, w.note(err)
+	}
+	w.tx = br.Tx()
+	return br, nil
+}
+
 func (w *watched) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	tag, err := w.tx.Exec(ctx, sql, args...)
+	if w.tx != nil {
+		tag, err := w.tx.Exec(ctx, sql, args...)
+		return tag, w.note(err)
+	}
+	br, err := w.first(ctx, sql, args)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	return tag, w.note(err)
 }
 
 func (w *watched) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	rows, err := w.tx.Query(ctx, sql, args...)
+	if w.tx != nil {
+		rows, err := w.tx.Query(ctx, sql, args...)
+		if err != nil {
+			return nil, w.note(err)
+		}
+		return watchedRows{Rows: rows, w: w}, nil
+	}
+	br, err := w.first(ctx, sql, args)
 	if err != nil {
+		return nil, err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		br.Close()
 		return nil, w.note(err)
 	}
-	return watchedRows{rows, w}, nil
+	return watchedRows{Rows: rows, w: w, br: br}, nil
 }
 
 func (w *watched) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	return watchedRow{w.tx.QueryRow(ctx, sql, args...), w}
+	if w.tx != nil {
+		return watchedRow{row: w.tx.QueryRow(ctx, sql, args...), w: w}
+	}
+	br, err := w.first(ctx, sql, args)
+	if err != nil {
+		return errRow{err}
+	}
+	return watchedRow{row: br.QueryRow(), w: w, br: br}
 }
 
 func (w *watched) SendBatch(ctx context.Context, b *pgx.Batch) error {
+	if w.tx == nil {
+		tx, err := w.conn.BeginTx(ctx, txOptions)
+		if err != nil {
+			return w.note(err)
+		}
+		w.tx = tx
+	}
 	return w.note(w.tx.SendBatch(ctx, b).Close())
 }
 
+// watchedRows notes a conflict met while reading, and closes the batch
+// of a first statement with the rows.
 type watchedRows struct {
 	pgx.Rows
-	w *watched
+	w  *watched
+	br pgx.BatchResults // nil but for a first statement
 }
 
 func (r watchedRows) Err() error { return r.w.note(r.Rows.Err()) }
 
-type watchedRow struct {
-	pgx.Row
-	w *watched
+func (r watchedRows) Close() {
+	r.Rows.Close()
+	if r.br != nil {
+		r.w.note(r.br.Close())
+	}
 }
 
-func (r watchedRow) Scan(dest ...any) error { return r.w.note(r.Row.Scan(dest...)) }
+type watchedRow struct {
+	row pgx.Row
+	w   *watched
+	br  pgx.BatchResults // nil but for a first statement
+}
+
+func (r watchedRow) Scan(dest ...any) error {
+	err := r.row.Scan(dest...)
+	if r.br != nil {
+		if cerr := r.br.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return r.w.note(err)
+}
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
 
 // isConflict says whether err is PostgreSQL telling one of two
 // conflicting transactions to run again.
@@ -357,6 +474,7 @@ func (st *Store) listenOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
 	if v, err := st.Versions(ctx); err == nil {
 		st.Seen(v)
 	}
+	st.listeningOnce.Do(func() { close(st.listening) })
 	for {
 		n, err := c.WaitForNotification(ctx)
 		if err != nil {

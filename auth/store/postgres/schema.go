@@ -106,23 +106,25 @@ const migrateLock = 0x6d69646673
 // the transaction, so each migration runs once and DDL commits with the
 // version that names it. A state newer than this binary, or of another
 // cluster than the one asked for, is refused before anything is written.
-func migrate(ctx context.Context, tx pgx.Tx, where, cluster string) error {
+//
+// Errors say what is wrong with the database; the caller names it.
+func migrate(ctx context.Context, tx pgx.Tx, cluster string) error {
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(migrateLock)); err != nil {
 		return err
 	}
-	version, err := schemaVersion(ctx, tx, where)
+	version, err := schemaVersion(ctx, tx)
 	if err != nil {
 		return err
 	}
 	if version > len(migrations) {
-		return fmt.Errorf("database %s: %w (schema version %d; this midfs knows up to %d): run a midfs at least as new as the one that last wrote it",
-			where, store.ErrSchemaNewer, version, len(migrations))
+		return fmt.Errorf("%w (schema version %d; this midfs knows up to %d): run a midfs at least as new as the one that last wrote it",
+			store.ErrSchemaNewer, version, len(migrations))
 	}
 	if cluster != "" && version > 0 {
 		var stored string
 		err := tx.QueryRow(ctx, `SELECT value FROM meta WHERE key = 'cluster_name'`).Scan(&stored)
 		if err == nil && stored != cluster {
-			return fmt.Errorf("database %s holds cluster %q, not %q (--cluster-name): %w; check --db", where, stored, cluster, store.ErrOtherCluster)
+			return fmt.Errorf("%w, %q, not %q (--cluster-name); check --db", store.ErrOtherCluster, stored, cluster)
 		}
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return err
@@ -130,7 +132,7 @@ func migrate(ctx context.Context, tx pgx.Tx, where, cluster string) error {
 	}
 	for v := version; v < len(migrations); v++ {
 		if _, err := tx.Exec(ctx, migrations[v]); err != nil {
-			return fmt.Errorf("database %s: schema version %d: %w", where, v+1, err)
+			return fmt.Errorf("schema version %d: %w", v+1, err)
 		}
 	}
 	if version == len(migrations) {
@@ -143,7 +145,7 @@ func migrate(ctx context.Context, tx pgx.Tx, where, cluster string) error {
 
 // schemaVersion reads the state's version: 0 for an empty database. A
 // database with a meta table but no version is not midfs's.
-func schemaVersion(ctx context.Context, tx pgx.Tx, where string) (int, error) {
+func schemaVersion(ctx context.Context, tx pgx.Tx) (int, error) {
 	var hasMeta bool
 	if err := tx.QueryRow(ctx, `SELECT to_regclass('meta') IS NOT NULL`).Scan(&hasMeta); err != nil {
 		return 0, err
@@ -154,14 +156,14 @@ func schemaVersion(ctx context.Context, tx pgx.Tx, where string) (int, error) {
 	var s string
 	err := tx.QueryRow(ctx, `SELECT value FROM meta WHERE key = 'schema_version'`).Scan(&s)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, fmt.Errorf("database %s has a table meta but no midfs schema version: it is not a midfs database; check --db", where)
+		return 0, errors.New("it has a table meta but no midfs schema version: not a midfs database; check --db")
 	}
 	if err != nil {
 		return 0, err
 	}
 	v, err := strconv.Atoi(s)
 	if err != nil {
-		return 0, fmt.Errorf("database %s: bad midfs schema version %q", where, s)
+		return 0, fmt.Errorf("bad midfs schema version %q", s)
 	}
 	return v, nil
 }

@@ -1,9 +1,11 @@
 package sqlite
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
-	"fmt"
+	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,70 +13,79 @@ import (
 	"github.com/midfs/midfs/auth/store"
 )
 
-// A state written before CAs could rotate held one CA of each kind, keyed
-// by kind: opening it gives each an ID, makes it its kind's active CA, and
-// puts every kind in standby, keys and certificates unchanged.
-func TestMigrateOneCAPerKind(t *testing.T) {
-	dir := t.TempDir()
+func rawExec(t *testing.T, dir, query string) {
+	t.Helper()
 	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, File))
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := migrationIndex(t, "CREATE TABLE rotations")
-	for _, m := range migrations[:before] {
-		if _, err := db.Exec(m); err != nil {
-			t.Fatal(err)
-		}
+	defer db.Close()
+	if _, err := db.Exec(query); err != nil {
+		t.Fatalf("%s: %v", query, err)
 	}
-	for _, q := range []string{
-		fmt.Sprintf(`PRAGMA user_version = %d`, before),
-		`INSERT INTO meta(key, value) VALUES ('cluster_name', 'old.example.com'), ('cluster_id', 'abc')`,
-		`INSERT INTO cas(kind, key_der, cert_der) VALUES ('user', 'uk', 'uc'), ('host', 'hk', 'hc'), ('db', 'dk', 'dc')`,
-	} {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	db.Close()
+}
 
+// A state written before schema versions (midfs without replicas) opens
+// with everything in it, and gets a cluster ID and a versions table.
+func TestUnversionedStateIsMigrated(t *testing.T) {
+	dir := t.TempDir()
+	rawExec(t, dir, migrations[0]+`
+		INSERT INTO meta VALUES ('cluster_name', 'old.example');
+		INSERT INTO bots(name, roles, logins, instance, generation, created) VALUES ('robot', '["access"]', '[]', 'i1', 7, 1700000000);`)
 	st, err := Open(dir, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
 	ctx := context.Background()
-	cas, err := st.CAs(ctx)
-	if err != nil {
+	if name, err := st.ClusterName(ctx); err != nil || name != "old.example" {
+		t.Fatalf("cluster name after migration: %q, %v", name, err)
+	}
+	if id, err := st.ClusterID(ctx); err != nil || len(id) != 32 {
+		t.Fatalf("cluster ID after migration: %q, %v", id, err)
+	}
+	if b, err := st.Bot(ctx, "robot"); err != nil || b.Generation != 7 {
+		t.Fatalf("bot after migration: %+v, %v", b, err)
+	}
+	if _, err := st.Versions(ctx); err != nil {
 		t.Fatal(err)
-	}
-	rots, err := st.Rotations(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(cas) != 3 || len(rots) != 3 {
-		t.Fatalf("after the migration: CAs %+v, rotations %+v", cas, rots)
-	}
-	for i, kind := range []string{"db", "host", "user"} {
-		ca, r := cas[i], rots[i]
-		if ca.Kind != kind || string(ca.KeyDER) != kind[:1]+"k" || string(ca.CertDER) != kind[:1]+"c" || len(ca.ID) != 16 {
-			t.Fatalf("migrated %s CA: %+v", kind, ca)
-		}
-		if r.Kind != kind || r.Active != ca.ID || r.Phase != "standby" || r.Mode != "" || !r.Started.IsZero() {
-			t.Fatalf("migrated %s rotation: %+v, want standby with CA %s active", kind, r, ca.ID)
-		}
-	}
-	if cas[0].ID == cas[1].ID || cas[1].ID == cas[2].ID {
-		t.Fatalf("migrated CAs share an ID: %+v", cas)
 	}
 }
 
-// migrationIndex is the index of the migration that contains what.
-func migrationIndex(t *testing.T, what string) int {
-	for i, m := range migrations {
-		if strings.Contains(m, what) {
-			return i
-		}
+// A state of a newer midfs is refused with one line, and its file is left
+// as it was.
+func TestNewerSchemaIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	st, err := Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no migration contains %q", what)
-	return 0
+	st.Close()
+	rawExec(t, dir, `PRAGMA user_version = 99`)
+	before, err := os.ReadFile(filepath.Join(dir, File))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(dir, store.Options{})
+	if !errors.Is(err, store.ErrSchemaNewer) || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "schema version 99") {
+		t.Fatalf("open of a newer state: %v", err)
+	}
+	after, _ := os.ReadFile(filepath.Join(dir, File))
+	if !bytes.Equal(before, after) {
+		t.Fatal("a refused open changed the state file")
+	}
+}
+
+// Another cluster's state is refused when a cluster is named.
+func TestAnotherClusterIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	rawExec(t, dir, `PRAGMA journal_mode = WAL;`+migrations[0]+`INSERT INTO meta VALUES ('cluster_name', 'old.example');`) // as midfs leaves it
+	before, _ := os.ReadFile(filepath.Join(dir, File))
+	_, err := Open(dir, store.Options{Cluster: "new.example"})
+	if !errors.Is(err, store.ErrOtherCluster) {
+		t.Fatalf("open of another cluster's state: %v", err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, File)); !bytes.Equal(before, after) {
+		t.Fatal("a refused open migrated the state")
+	}
 }

@@ -187,6 +187,20 @@ func Open(dir string, opts store.Options) (*Store, error) {
 	return st, nil
 }
 
+// ErrMoved: the state was moved to another backend (MarkMoved); Open
+// refuses it, so that no authority issues from a copy that replicas have
+// moved on from.
+var ErrMoved = errors.New("the state was moved")
+
+// MarkMoved records that the state now lives in the database to (named
+// without its password): Open refuses it from then on.
+func (st *Store) MarkMoved(to string) error {
+	return st.w.do(func(tx *sql.Tx) error {
+		_, err := tx.Exec(`INSERT INTO meta(key, value) VALUES ('moved_to', ?)`, to)
+		return err
+	})
+}
+
 // migrate brings the state to the last version in migrations, in one
 // transaction that holds SQLite's write lock, so two openers at once run
 // each migration once. A state newer than this binary, or of another
@@ -204,6 +218,11 @@ func migrate(db *sql.DB, path, cluster string) error {
 	if version > len(migrations) {
 		return fmt.Errorf("%s: %w (schema version %d; this midfs knows up to %d): run a midfs at least as new as the one that last wrote it",
 			path, store.ErrSchemaNewer, version, len(migrations))
+	}
+	var moved string
+	if err := tx.QueryRow(`SELECT value FROM meta WHERE key = 'moved_to'`).Scan(&moved); err == nil {
+		return fmt.Errorf("%s: %w to %s by `midfs auth migrate`: start the authority with --db naming that database (this file is kept only as a backup)",
+			path, ErrMoved, moved)
 	}
 	if cluster != "" {
 		var stored string

@@ -28,7 +28,7 @@ type Backend struct {
 	// New makes a fresh, empty state for one test and returns how to
 	// open a handle on it; every call opens another handle (another
 	// replica) on the same state. The suite closes the handles.
-	New func(t *testing.T) Opener
+	New func(t testing.TB) Opener
 }
 
 // Opener opens one more handle on a state.
@@ -1152,4 +1152,44 @@ func cmpString(a, b string) int {
 		return 1
 	}
 	return 0
+}
+
+// BenchmarkRenewal measures the store's part of a renewal, as the
+// authority runs it (read the bot, advance its generation, in one Update),
+// from clients concurrent Updates over one handle.
+func BenchmarkRenewal(b *testing.B, be Backend, clients int) {
+	st, err := be.New(b)(store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	initState(b, st)
+	for i := range clients {
+		addBot(b, st, fmt.Sprintf("bot%d", i))
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("bot%d", i)
+			for next.Add(1) <= int64(b.N) {
+				err := st.Update(bg, func(tx store.Tx) error {
+					bot, err := tx.Bot(bg, name)
+					if err != nil {
+						return err
+					}
+					_, err = tx.AdvanceGeneration(bg, name, bot.Generation, []byte("key hash of 32 bytes, more or less"))
+					return err
+				})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
