@@ -490,6 +490,14 @@ func sshRun(t testing.TB, mnt, target string, command ...string) (string, error)
 	return sshWith(t, append(sshOptions(mnt), "-o", "IdentityAgent=none"), target, command...)
 }
 
+// sshLoginNoShell logs in through the mount and starts sshd's built-in sftp
+// server, which ends at once (no input): a whole login that runs no shell,
+// so it does not take the seconds a busy machine's root ~/.bashrc may.
+func sshLoginNoShell(t testing.TB, mnt, target string) (string, error) {
+	t.Helper()
+	return sshWith(t, append(sshOptions(mnt), "-o", "IdentityAgent=none", "-s"), target, "sftp")
+}
+
 // sshOptions are the options every test ssh runs with: the mount's
 // ssh_config, strict host key checking, never a prompt.
 func sshOptions(mnt string) []string {

@@ -17,9 +17,14 @@ import (
 
 // bootWithUnits boots a container with the binary under test as
 // /usr/bin/midfs (where the units look) and the units of contrib/.
-func bootWithUnits(t *testing.T) *machine {
+func bootWithUnits(t *testing.T, extra ...map[string]string) *machine {
 	t.Helper()
 	binds := map[string]string{"/usr/bin/midfs": midfsBin}
+	for _, e := range extra {
+		for inside, host := range e {
+			binds[inside] = host
+		}
+	}
 	for _, u := range []string{"midfs@.service", "midfs-auth.service"} {
 		abs, err := filepath.Abs(filepath.Join("..", "contrib", u))
 		if err != nil {
@@ -88,8 +93,10 @@ func TestAgentUnitKeepsIdentityAcrossRestarts(t *testing.T) {
 	}
 	m.writeFile("/etc/midfs/robot.yaml", cfg, 0o600) // the token is spent
 
-	// served checks the unit came back with a new process serving a
-	// freshly renewed identity, and that it came from the keyring.
+	// served checks the unit came back with a new process that restarted
+	// from the stored bot identity, and took the mount over: it serves the
+	// issuance of before (a restart changes nothing readers see) until a
+	// renewal, which it makes.
 	restarts := 0
 	served := func(how string, oldPID string) {
 		t.Helper()
@@ -98,11 +105,12 @@ func TestAgentUnitKeepsIdentityAcrossRestarts(t *testing.T) {
 			t.Fatalf("after %s: %s is %v; its log:\n%s", how, unit, st, tail(m.journal(unit), 20))
 		}
 		now, err := m.run("cat", mnt+"/key-cert.pub")
-		if err != nil || !strings.Contains(now, "-cert-v01@openssh.com") {
-			t.Fatalf("after %s the tree is not served: %v %q", how, err, now)
+		if err != nil || now != cert {
+			t.Fatalf("after %s the mount does not serve the certificate of before: %v %q", how, err, now)
 		}
-		if now == cert {
-			t.Fatalf("after %s the mount serves the certificate of before", how)
+		m.mustRun("midfs", "renew", mnt)
+		if now, _ = m.run("cat", mnt+"/key-cert.pub"); now == cert || !strings.Contains(now, "-cert-v01@openssh.com") {
+			t.Fatalf("after %s the agent does not renew: %q", how, now)
 		}
 		cert = now
 		restarts++
@@ -117,8 +125,8 @@ func TestAgentUnitKeepsIdentityAcrossRestarts(t *testing.T) {
 	}
 	served("systemctl restart", pid)
 
-	// A crash: Restart=on-failure brings it back after RestartSec=, and
-	// ExecStopPost= clears the dead mount before that.
+	// A crash: Restart=on-failure brings it back after RestartSec=, and it
+	// takes the mount over from the unit's file descriptor store.
 	st := m.unit(unit, "MainPID", "NRestarts")
 	m.mustRun("kill", "-KILL", st["MainPID"])
 	waitFor(t, "systemd to restart the killed agent", 60*time.Second, func() bool {

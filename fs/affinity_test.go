@@ -210,57 +210,109 @@ func TestPairsStayMatchedUnderFastRenewal(t *testing.T) {
 
 // The pin table's rules, with a synthetic clock.
 func TestPinRules(t *testing.T) {
-	g1, g2 := &generation{id: 1}, &generation{id: 2}
+	cur := func(id uint64) func() uint64 { return func() uint64 { return id } }
 	t0 := time.Unix(1000, 0)
-	pt := newPinTable()
+	pt := newPinTable(testState(t))
 
-	p, g := pt.acquire(42, g1, t0)
-	if g != g1 {
+	p, g := pt.acquire(42, cur(1), t0)
+	if g != 1 {
 		t.Fatal("first open must get the current generation")
 	}
 	pt.release(p, t0.Add(time.Millisecond))
-	if _, g := pt.acquire(42, g2, t0.Add(pinIdle/2)); g != g1 {
+	if _, g := pt.acquire(42, cur(2), t0.Add(pinIdle/2)); g != 1 {
 		t.Error("an open within the idle window must stay on the pinned generation")
 	}
 	// That handle is still open: the pin holds however long it idles...
-	if _, g := pt.acquire(42, g2, t0.Add(pinMaxAge-time.Second)); g != g1 {
+	if _, g := pt.acquire(42, cur(2), t0.Add(pinMaxAge-time.Second)); g != 1 {
 		t.Error("a process holding a handle must stay pinned")
 	}
 	// ...but not past the maximum age.
-	if _, g := pt.acquire(42, g2, t0.Add(pinMaxAge)); g != g2 {
+	if _, g := pt.acquire(42, cur(2), t0.Add(pinMaxAge)); g != 2 {
 		t.Error("a pin older than pinMaxAge must give way to the current generation")
 	}
 
 	// Idle past the window: current generation.
-	p, _ = pt.acquire(7, g1, t0)
+	p, _ = pt.acquire(7, cur(1), t0)
 	pt.release(p, t0)
-	if _, g := pt.acquire(7, g2, t0.Add(pinIdle)); g != g2 {
+	if _, g := pt.acquire(7, cur(2), t0.Add(pinIdle)); g != 2 {
 		t.Error("an idle process must move to the current generation")
 	}
 
-	// The kernel itself (pid 0) has no pin.
-	if p, g := pt.acquire(0, g2, t0); p != nil || g != g2 {
-		t.Error("tgid 0 must not be pinned")
+	// The kernel itself (pid 0) has no pin, but its handle holds its
+	// generation.
+	n := pt.size()
+	if p, g := pt.acquire(0, cur(3), t0); p == noSlot || g != 3 || pt.size() != n {
+		t.Error("tgid 0 must get the current generation, held by a slot that pins no process")
+	}
+	live := map[uint64]bool{}
+	pt.generations(live)
+	if !live[1] || !live[3] {
+		t.Errorf("generations held by open handles: %v, want 1 and 3 among them", live)
 	}
 
 	// Exited processes are forgotten.
-	pt2 := newPinTable()
+	pt2 := newPinTable(testState(t))
 	for i := range uint32(100) {
-		p, _ := pt2.acquire(1000+i, g1, t0)
+		p, _ := pt2.acquire(1000+i, cur(1), t0)
 		pt2.release(p, t0)
 	}
-	pt2.acquire(5, g1, t0.Add(pinIdle+sweepEach))
+	pt2.acquire(5, cur(1), t0.Add(pinIdle+sweepEach))
 	if n := pt2.size(); n != 1 {
 		t.Errorf("%d pins left after all other processes went idle, want 1", n)
 	}
 	// And the table stays bounded.
-	pt3 := newPinTable()
+	pt3 := newPinTable(testState(t))
 	for i := range uint32(maxPins + 100) {
-		pt3.acquire(1+i, g1, t0)
+		pt3.acquire(1+i, cur(1), t0)
 	}
 	if n := pt3.size(); n > maxPins {
 		t.Errorf("%d pins held, bound is %d", n, maxPins)
 	}
+}
+
+// Pins live in the state: a table over the same memory, as a successor
+// builds it, keeps every process on its generation and every handle's slot.
+func TestPinsOutliveTheTable(t *testing.T) {
+	cur := func(id uint64) func() uint64 { return func() uint64 { return id } }
+	t0 := time.Unix(1000, 0)
+	st := testState(t)
+	pt := newPinTable(st)
+	held, _ := pt.acquire(42, cur(1), t0)
+	idle, _ := pt.acquire(43, cur(1), t0)
+	pt.release(idle, t0)
+	anon, _ := pt.acquire(0, cur(1), t0)
+
+	next := newPinTable(st)
+	if _, g := next.acquire(43, cur(2), t0.Add(pinIdle/2)); g != 1 {
+		t.Error("an idle pin was lost in the successor's table")
+	}
+	if _, g := next.acquire(42, cur(2), t0.Add(pinMaxAge-time.Second)); g != 1 {
+		t.Error("a pin holding a handle was lost in the successor's table")
+	}
+	if next.handles() != 4 {
+		t.Errorf("%d handles held, want 4", next.handles())
+	}
+	next.release(held, t0)
+	next.release(anon, t0)
+	live := map[uint64]bool{}
+	next.generations(live)
+	if !live[1] {
+		t.Error("generation 1 let go while handles still hold it")
+	}
+}
+
+// testState is the state of a mount that never happens.
+func testState(t *testing.T) *state {
+	t.Helper()
+	st, err := newState("/run/midfs-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		st.unmap()
+		st.fd.Close()
+	})
+	return st
 }
 
 // The thread group of the calling thread is this process.

@@ -38,40 +38,45 @@ import (
 // While old cached handles stay open after a renewal, stat shows the old
 // size (the one those handles read); the last release moves it on.
 type inodeCache struct {
-	mu         sync.Mutex
-	attrs      *generation
-	fresh      bool
-	pages      uint64 // generation id; 0: none yet
-	cachedOpen int
-	settling   bool // an invalidation is in flight
+	mu       sync.Mutex
+	st       *fileState // in the state memory (state.go), where a successor finds it
+	settling bool       // an invalidation is in flight
 }
 
-func (c *inodeCache) init(g *generation) {
-	c.attrs, c.fresh = g, true // the kernel has cached nothing yet
+// fileState's fields, all guarded by inodeCache.mu:
+//
+//	attrsGen   the generation Getattr reports
+//	fresh      the invalidation that moved attrsGen has completed
+//	pagesGen   the generation whose bytes may be in the page cache; 0: none yet
+//	cachedOpen handles open that read through the page cache
+
+func (c *inodeCache) init(g uint64) {
+	*c.st = fileState{attrsGen: g, fresh: 1} // the kernel has cached nothing yet
 }
 
 // attrGen is the generation Getattr reports.
-func (c *inodeCache) attrGen() *generation {
+func (c *inodeCache) attrGen() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.attrs
+	return c.st.attrsGen
 }
 
 // open returns the FOPEN flags for a new handle of generation g, and whether
 // the handle reads through the page cache.
-func (c *inodeCache) open(g *generation) (flags uint32, cached bool) {
+func (c *inodeCache) open(g uint64) (flags uint32, cached bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	st := c.st
 	switch {
-	case g != c.attrs || !c.fresh:
+	case g != st.attrsGen || st.fresh == 0:
 		return fuse.FOPEN_DIRECT_IO | fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, false
-	case g.id == c.pages:
-		c.cachedOpen++
+	case g == st.pagesGen:
+		st.cachedOpen++
 		return fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, true
 	default:
 		// attrs only differs from pages while no cached handle is open.
-		c.pages = g.id
-		c.cachedOpen++
+		st.pagesGen = g
+		st.cachedOpen++
 		return fuse.FOPEN_NOFLUSH, true
 	}
 }
@@ -82,14 +87,20 @@ func (c *inodeCache) open(g *generation) (flags uint32, cached bool) {
 // brought us here.
 func (c *inodeCache) release(n *fileNode, cached bool) {
 	c.mu.Lock()
-	if cached {
-		c.cachedOpen--
+	if cached && c.st.cachedOpen > 0 {
+		c.st.cachedOpen--
 	}
-	behind := c.cachedOpen == 0 && !c.settling && (c.attrs != n.srv.current.Load() || !c.fresh)
+	behind := c.behind(n.srv.currentID())
 	c.mu.Unlock()
-	if behind && !n.srv.unmounted.Load() {
-		go c.settle(n)
+	if behind {
+		n.srv.settleLater(n)
 	}
+}
+
+// behind says whether the attributes lag the current generation and could
+// move now. c.mu is held.
+func (c *inodeCache) behind(cur uint64) bool {
+	return c.st.cachedOpen == 0 && !c.settling && (c.st.attrsGen != cur || c.st.fresh == 0)
 }
 
 // settle moves attrs to the current generation and invalidates the kernel's
@@ -99,16 +110,16 @@ func (c *inodeCache) release(n *fileNode, cached bool) {
 func (c *inodeCache) settle(n *fileNode) {
 	for {
 		c.mu.Lock()
-		cur := n.srv.current.Load()
-		if c.settling || c.cachedOpen > 0 || (c.attrs == cur && c.fresh) {
+		cur := n.srv.currentID()
+		if !c.behind(cur) {
 			c.mu.Unlock()
 			return
 		}
-		c.attrs, c.fresh, c.settling = cur, false, true
+		c.st.attrsGen, c.st.fresh, c.settling = cur, 0, true
 		c.mu.Unlock()
 
 		// Offset 0, length 0: attributes and every page.
-		st := n.NotifyContent(0, 0)
+		st := n.srv.notifyContent(n.nodeID())
 		ok := st == 0 || st == syscall.ENOENT // ENOENT: the kernel holds nothing of it
 		gone := st == syscall.ENODEV || st == syscall.ENOTCONN || st == syscall.EBADF || n.srv.unmounted.Load()
 		if !ok && !gone {
@@ -118,7 +129,9 @@ func (c *inodeCache) settle(n *fileNode) {
 
 		c.mu.Lock()
 		c.settling = false
-		c.fresh = ok
+		if ok {
+			c.st.fresh = 1
+		}
 		c.mu.Unlock()
 		if !ok {
 			return

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"bytes"
-	"context"
 	"log/slog"
 	"os"
 	"strings"
@@ -175,8 +174,8 @@ func waitForSize(t *testing.T, path string, size int64) {
 
 // The rules of inodeCache.open, one state at a time.
 func TestCacheDecisions(t *testing.T) {
-	g1, g2 := &generation{id: 1}, &generation{id: 2}
-	var c inodeCache
+	const g1, g2 = 1, 2
+	c := inodeCache{st: &testState(t).files[0]}
 	c.init(g1)
 	const (
 		direct = "direct"
@@ -194,66 +193,87 @@ func TestCacheDecisions(t *testing.T) {
 		}
 		return "invalid"
 	}
-	step := func(g *generation, want string) {
+	step := func(g uint64, want string) {
 		t.Helper()
 		if got := kind(c.open(g)); got != want {
-			t.Fatalf("open of generation %d: %s, want %s (attrs %d fresh %v pages %d open %d)", g.id, got, want, c.attrs.id, c.fresh, c.pages, c.cachedOpen)
+			t.Fatalf("open of generation %d: %s, want %s (state %+v)", g, got, want, *c.st)
 		}
 	}
 	step(g1, plain) // nothing cached yet: the kernel drops pages at open
 	step(g1, keep)  // same generation: page cache is right
 	step(g2, direct)
-	c.cachedOpen = 0
+	c.st.cachedOpen = 0
 	step(g2, direct) // attrs are still generation 1's until settled
-	c.attrs, c.fresh = g2, true
+	c.st.attrsGen, c.st.fresh = g2, 1
 	step(g2, plain) // pages hold generation 1: drop them
 	step(g2, keep)
 	step(g1, direct) // a process pinned to the old one
-	c.cachedOpen = 0
-	c.fresh = false
+	c.st.cachedOpen = 0
+	c.st.fresh = 0
 	step(g2, direct) // an invalidation is in flight
 }
 
-// Release clears the bytes of a secret file's snapshot (key, identity);
-// the other files' bytes are the generation's, rendered once and shared.
-func TestReleaseZeroesTheSnapshot(t *testing.T) {
+// A generation's bytes, the private key among them, are zeroed in the
+// memory every holder shares once nothing can reach the generation, and
+// not before: a handle holds its generation.
+func TestLostGenerationIsZeroed(t *testing.T) {
 	ca, _ := newTestCA()
+	s := testServer(t, ca)
+	old := s.current.Load()
+	// A second view of the memfd, as a successor (or systemd's store) has.
+	view, err := unix.Mmap(int(old.fd.Fd()), 0, len(old.mem), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(view)
+	key := bytes.Clone(old.files[1])
+	if !bytes.Contains(key, []byte("PRIVATE KEY")) || !bytes.Contains(view, key) {
+		t.Fatalf("generation does not hold the key file: %q", key)
+	}
+	slot, gen := s.pins.acquire(4242, s.currentID, s.opts.Clock.Now())
+	for range 2 {
+		id, err := ca.issue()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Publish(&Snapshot{Identity: id})
+	}
+	if s.generation(gen) == nil || !bytes.Contains(view, key) {
+		t.Fatal("a generation held by an open handle was let go")
+	}
+	s.pins.release(slot, s.opts.Clock.Now().Add(pinMaxAge))
+	s.pins.acquire(4243, s.currentID, s.opts.Clock.Now().Add(pinMaxAge+sweepEach)) // sweeps
+	s.publishMu.Lock()
+	s.collect()
+	s.publishMu.Unlock()
+	if s.generation(gen) != nil {
+		t.Fatal("a generation nothing reaches is kept")
+	}
+	if !bytes.Equal(view, make([]byte, len(view))) {
+		t.Error("a let-go generation's memory was not zeroed")
+	}
+	if n := len(s.gens); n != 1 {
+		t.Errorf("%d generations kept, want only the current one", n)
+	}
+}
+
+// testServer is a server over its first generation, never mounted.
+func testServer(t *testing.T, ca *testCA) *Server {
+	t.Helper()
 	id, err := ca.issue()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := newServer(Options{Dir: "/run/midfs-test", Logger: slog.New(slog.DiscardHandler)}, &Snapshot{Identity: id})
+	opts, _ := checkOptions(Options{Dir: "/run/midfs-test", Logger: slog.New(slog.DiscardHandler)})
+	s := newServer(opts, testState(t))
+	g, err := s.newGeneration(&Snapshot{Identity: id})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.unmounted.Store(true) // no kernel to notify
-	g := s.current.Load()
-	for i, n := range s.files {
-		f := n.file
-		h := &handle{node: n, gen: g}
-		dest := make([]byte, 64<<10)
-		res, errno := h.Read(context.Background(), dest, 0)
-		if errno != 0 {
-			t.Fatal(errno)
-		}
-		if int64(res.Size()) != g.sizes[i] {
-			t.Errorf("%s: read %d bytes, generation says %d", f.Name, res.Size(), g.sizes[i])
-		}
-		buf := h.buf
-		kept := bytes.Clone(buf)
-		h.Release(context.Background())
-		if f.Secret {
-			if !bytes.Equal(buf, make([]byte, len(buf))) {
-				t.Errorf("%s: snapshot not zeroed at release", f.Name)
-			}
-			if g.public[i] != nil {
-				t.Errorf("%s: a secret file is kept in the generation", f.Name)
-			}
-		} else if len(buf) > 0 && (&buf[0] != &g.public[i][0] || !bytes.Equal(buf, kept)) {
-			t.Errorf("%s: not the generation's shared bytes, or changed at release", f.Name)
-		}
-		if _, errno := h.Read(context.Background(), dest, 0); errno == 0 {
-			t.Errorf("%s: read after release succeeded", f.Name)
-		}
+	s.addGeneration(g)
+	s.setCurrent(g)
+	for _, n := range s.files {
+		n.cache.init(g.id)
 	}
+	return s
 }

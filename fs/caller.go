@@ -36,10 +36,11 @@ func (s *Server) maySeeSecrets(c *fuse.Caller) bool {
 // reportOpen logs an open of a secret file at debug level (every open of a
 // secret is worth an audit line; public files would only be noise) and
 // reports every open to the metrics hook.
-func (s *Server) reportOpen(ctx context.Context, n *fileNode, c *fuse.Caller, result string) {
+func (s *Server) reportOpen(n *fileNode, c *fuse.Caller, result string) {
 	if s.opts.OnOpen != nil {
 		s.opts.OnOpen(n.file.Name, result)
 	}
+	ctx := context.Background()
 	if !n.file.Secret || !s.log.Enabled(ctx, slog.LevelDebug) {
 		return
 	}

@@ -14,9 +14,17 @@ import (
 // dies: readers would then hang forever instead of getting ENOTCONN, and the
 // next mount could not clean the dead one up.
 func closeFUSEOnExec() {
+	for fd := range fuseFDs() {
+		unix.CloseOnExec(fd)
+	}
+}
+
+// fuseFDs is the set of this process's descriptors of /dev/fuse.
+func fuseFDs() map[int]bool {
+	fds := map[int]bool{}
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
-		return
+		return fds
 	}
 	for _, e := range ents {
 		fd, err := strconv.Atoi(e.Name())
@@ -24,7 +32,8 @@ func closeFUSEOnExec() {
 			continue
 		}
 		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
-			unix.CloseOnExec(fd)
+			fds[fd] = true
 		}
 	}
+	return fds
 }

@@ -27,9 +27,9 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
@@ -73,6 +73,14 @@ type Options struct {
 	// Clock times the per-process pins (pins.go) and stamps each
 	// generation's mtime; nil: clock.Real(). Tests move a fake one.
 	Clock clock.Clock
+	// Keep, if set, is given every descriptor that a successor of this
+	// process needs (state.go), under the name Resume knows it by, as soon
+	// as it exists, and Drop the name of each that is no longer needed.
+	// cmd/midfs hands them to systemd's file descriptor store, so that a
+	// restart, even after a kill -9, takes the mount over. Keep must not
+	// close f.
+	Keep func(name string, f *os.File)
+	Drop func(name string)
 }
 
 // Open results reported to Options.OnOpen.
@@ -98,43 +106,79 @@ type Server struct {
 	opts   Options
 	access Access // who may open the secret files
 	log    *slog.Logger
-	fuse   *fuse.Server
-	root   *dirNode
-	files  []*fileNode
+	files  []*fileNode // the files in the tree
+	byIdx  []*fileNode // indexed like identity.Files; nil for a file not served
 	pins   *pinTable
+	jrnl   *journal
+	st     *state
+	raw    *rawFS
 
-	publishMu sync.Mutex // serializes Publish
-	current   atomic.Pointer[generation]
-	lastID    uint64          // guarded by publishMu
+	fuseMu sync.Mutex
+	fuse   *fuse.Server  // serving the connection; a new one after Continue
+	dev    *os.File      // this process's own descriptor of the FUSE connection
+	served chan struct{} // closed when the current fuse server stops serving
+
+	gensMu  sync.RWMutex
+	gens    map[uint64]*generation
+	current atomic.Pointer[generation]
+
+	publishMu sync.Mutex      // serializes Publish and collect
 	badNodes  map[string]bool // guarded by publishMu: nodes left out of ssh_config, already logged
+	held      *Snapshot       // guarded by publishMu: published during a Handover, for Continue
 
-	connID    string      // FUSE connection number, to abort a mount that will not unmount
-	unmounted atomic.Bool // Unmount was called, or the kernel ended the mount (umount from outside)
-	done      chan struct{}
+	gate           sync.RWMutex // every request holds it shared; Handover takes it to stop answering
+	settling       sync.RWMutex // held shared by each invalidation in flight (cache.go)
+	frozen         atomic.Bool  // Handover: nothing published, invalidated or collected
+	collectPending atomic.Bool
+
+	xattrMu    sync.Mutex
+	rootXattrs atomic.Pointer[map[string]string] // set by SetXattr
+
+	connID     string      // FUSE connection number, to abort a mount that will not unmount
+	unmounted  atomic.Bool // Unmount was called, or the kernel ended the mount (umount from outside)
+	handedOver atomic.Bool // a successor answers now: serving ended, the mount stays
+	done       chan struct{}
 }
 
 // Mount serves first at opts.Dir and returns once the kernel answers for the
 // tree, so no reader ever sees an empty or half-mounted directory.
 func Mount(opts Options, first *Snapshot) (*Server, error) {
-	s, err := newServer(opts, first)
+	opts, err := checkOptions(opts)
 	if err != nil {
 		return nil, err
 	}
-	dir := s.opts.Dir
+	dir := opts.Dir
 	if err := CheckMountpoint(dir); err != nil {
 		return nil, err
 	}
-	srv, err := fuse.NewServer(gofs.NewNodeFS(s.root, s.nodeOptions()), dir, s.mountOptions())
+	st, err := newState(dir)
 	if err != nil {
+		return nil, err
+	}
+	s := newServer(opts, st)
+	opts.Keep("state", st.fd)
+	g, err := s.newGeneration(first)
+	if err != nil {
+		s.closeState()
+		return nil, fmt.Errorf("cannot serve the first identity: %w", err)
+	}
+	s.addGeneration(g)
+	s.setCurrent(g)
+	for _, n := range s.files {
+		n.cache.init(g.id)
+	}
+	before := fuseFDs()
+	srv, err := fuse.NewServer(s.raw, dir, s.mountOptions())
+	if err != nil {
+		s.closeState()
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
-	s.fuse = srv
 	closeFUSEOnExec()
-	go func() {
-		srv.Serve()
-		s.unmounted.Store(true) // umount(8) from outside ends up here too
-		close(s.done)
-	}()
+	if err := s.keepDevice(srv, before); err != nil {
+		// Nothing can take this mount over; serve it all the same.
+		s.log.Warn("the FUSE connection cannot be handed over: a restart will remount", "err", err)
+	}
+	s.serve(srv)
 	// Nothing to wait for, and nothing of this mount to touch: once mount(2)
 	// has returned (NewServer), the kernel holds every request for the
 	// tree until Serve has answered its INIT, so no reader sees an empty
@@ -149,10 +193,10 @@ func Mount(opts Options, first *Snapshot) (*Server, error) {
 	return s, nil
 }
 
-// newServer builds the tree serving first, without touching the kernel.
-func newServer(opts Options, first *Snapshot) (*Server, error) {
+// checkOptions fills the defaults in and checks the mountpoint's path.
+func checkOptions(opts Options) (Options, error) {
 	if !filepath.IsAbs(opts.Dir) {
-		return nil, fmt.Errorf("mountpoint %q is not an absolute path", opts.Dir)
+		return opts, fmt.Errorf("mountpoint %q is not an absolute path", opts.Dir)
 	}
 	opts.Dir = filepath.Clean(opts.Dir)
 	if opts.Logger == nil {
@@ -161,35 +205,60 @@ func newServer(opts Options, first *Snapshot) (*Server, error) {
 	if opts.Clock == nil {
 		opts.Clock = clock.Real()
 	}
+	if opts.Keep == nil {
+		opts.Keep = func(string, *os.File) {}
+	}
+	if opts.Drop == nil {
+		opts.Drop = func(string) {}
+	}
 	if opts.NoKeyFiles && opts.AgentSocket == "" {
-		return nil, errors.New("without the key files, ssh_config needs an ssh-agent socket to name")
+		return opts, errors.New("without the key files, ssh_config needs an ssh-agent socket to name")
 	}
+	return opts, nil
+}
+
+// newServer builds the tree over the state st, without touching the kernel.
+func newServer(opts Options, st *state) *Server {
 	s := &Server{opts: opts, access: Access{UID: opts.UID, GID: opts.GID, Readers: opts.Readers},
-		log: opts.Logger, pins: newPinTable(), done: make(chan struct{})}
-	g, err := s.newGeneration(first)
-	if err != nil {
-		return nil, fmt.Errorf("cannot serve the first identity: %w", err)
-	}
-	s.current.Store(g)
-	s.root = &dirNode{srv: s}
+		log: opts.Logger, st: st, gens: map[uint64]*generation{}, done: make(chan struct{})}
+	s.raw = &rawFS{RawFileSystem: fuse.NewDefaultRawFileSystem(), s: s}
+	s.pins = newPinTable(st)
+	s.jrnl = newJournal(st)
+	s.byIdx = make([]*fileNode, len(identity.Files))
 	for i, f := range identity.Files {
 		if !s.serves(f) {
 			continue
 		}
-		s.files = append(s.files, newFileNode(s, i, f, g))
+		n := newFileNode(s, i, f)
+		s.files = append(s.files, n)
+		s.byIdx[i] = n
 	}
-	return s, nil
+	return s
 }
 
-func (s *Server) nodeOptions() *gofs.Options {
-	et, nt, at := entryTimeout, negativeTimeout, attrTimeout
-	return &gofs.Options{
-		EntryTimeout:    &et,
-		NegativeTimeout: &nt,
-		AttrTimeout:     &at,
-		NullPermissions: true, // every node sets its mode itself
-		RootStableAttr:  &gofs.StableAttr{Ino: 1},
-		Logger:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+// serve runs srv until it stops, for an unmount or a handover.
+func (s *Server) serve(srv *fuse.Server) {
+	s.fuseMu.Lock()
+	s.fuse = srv
+	served := make(chan struct{})
+	s.served = served
+	s.fuseMu.Unlock()
+	go func() {
+		srv.Serve()
+		close(served)
+		if s.handedOver.Load() {
+			return
+		}
+		s.unmounted.Store(true) // umount(8) from outside ends up here too
+		s.closeDone()
+	}()
+}
+
+func (s *Server) closeDone() {
+	select {
+	case <-s.done:
+	default:
+		close(s.done)
 	}
 }
 
@@ -219,18 +288,24 @@ func (s *Server) mountOptions() *fuse.MountOptions {
 func (s *Server) Publish(snap *Snapshot) {
 	s.publishMu.Lock()
 	defer s.publishMu.Unlock()
+	if s.unmounted.Load() {
+		return
+	}
+	if s.frozen.Load() {
+		s.held = snap // a successor serves its own; Continue serves this one
+		return
+	}
 	g, err := s.newGeneration(snap)
 	if err != nil {
 		s.log.Error("new identity not served, keeping the previous one", "err", err)
 		return
 	}
-	s.current.Store(g)
-	if s.unmounted.Load() {
-		return
-	}
+	s.addGeneration(g)
+	s.setCurrent(g)
 	for _, f := range s.files {
 		f.cache.settle(f)
 	}
+	s.collect()
 	s.log.Debug("identity published", "generation", g.id)
 }
 
@@ -240,8 +315,10 @@ func (s *Server) Publish(snap *Snapshot) {
 // has nothing to do and returns nil.
 func (s *Server) Unmount() error {
 	if s.unmounted.Swap(true) {
+		s.forget()
 		return nil
 	}
+	defer s.forget()
 	dir := s.opts.Dir
 	// Opened while the mount is surely ours: once it is unmounted, its
 	// connection number may go to the next FUSE mount.
@@ -266,9 +343,45 @@ func (s *Server) Unmount() error {
 		return nil
 	}
 	abort.Write([]byte("1"))
-	s.fuse.Wait()
+	s.fuseServer().Wait()
 	s.log.Info("credential filesystem unmounted", "dir", dir)
 	return nil
+}
+
+// forget lets everything a successor would have needed go, once the mount
+// is gone: the generations are zeroed, and the descriptors dropped from
+// wherever Keep put them.
+func (s *Server) forget() {
+	s.publishMu.Lock()
+	defer s.publishMu.Unlock()
+	if s.st == nil || s.handedOver.Load() {
+		return
+	}
+	s.gensMu.Lock()
+	for id, g := range s.gens {
+		s.opts.Drop(genName(id))
+		g.wipe()
+	}
+	s.gens = map[uint64]*generation{}
+	s.gensMu.Unlock()
+	s.opts.Drop("fuse")
+	if s.dev != nil {
+		s.dev.Close()
+	}
+	s.closeState()
+}
+
+// closeState lets the state go (Keep's copy is dropped too).
+func (s *Server) closeState() {
+	s.opts.Drop("state")
+	s.st.unmap()
+	s.st.fd.Close()
+}
+
+func (s *Server) fuseServer() *fuse.Server {
+	s.fuseMu.Lock()
+	defer s.fuseMu.Unlock()
+	return s.fuse
 }
 
 // unmountSoon unmounts dir, retrying for a moment: a reader that is
@@ -297,48 +410,108 @@ func (s *Server) paths() identity.Paths {
 	return identity.Paths{Dir: s.opts.Dir, Agent: s.opts.AgentSocket}
 }
 
-// generation is one published snapshot with what Getattr needs precomputed,
-// and the bytes of the files without secrets: rendered once, shared by every
-// handle (ssh_config of 10,000 nodes is about 1 MB and takes milliseconds
-// to render). Secret files are rendered per handle and cleared at release.
-type generation struct {
-	id     uint64
-	snap   *Snapshot
-	at     time.Time // publication time: mtime and ctime of every file
-	sizes  []int64   // indexed like identity.Files; 0 for a file not served
-	public [][]byte  // indexed like identity.Files; nil for secret files
-	paths  identity.Paths
+// newGeneration renders snap as the next generation.
+func (s *Server) newGeneration(snap *Snapshot) (*generation, error) {
+	if snap != nil {
+		s.reportBadNodes(snap.Nodes)
+	}
+	s.st.hdr.lastGen++
+	if s.st.hdr.lastGen >= 1<<32 {
+		return nil, errors.New("out of generation numbers: remount")
+	}
+	return renderGeneration(snap, s.paths(), s.serves, s.st.hdr.lastGen, s.opts.Clock.Now())
 }
 
-func (s *Server) newGeneration(snap *Snapshot) (*generation, error) {
-	if snap == nil || snap.Identity == nil {
-		return nil, errors.New("no identity in the snapshot")
+// addGeneration makes g readable by ID and keeps its memfd, before
+// anything in the state can name it.
+func (s *Server) addGeneration(g *generation) {
+	s.gensMu.Lock()
+	s.gens[g.id] = g
+	s.gensMu.Unlock()
+	s.opts.Keep(genName(g.id), g.fd)
+}
+
+func (s *Server) setCurrent(g *generation) {
+	s.current.Store(g)
+	s.st.hdr.currentGen = g.id
+}
+
+func (s *Server) currentID() uint64 { return s.current.Load().id }
+
+func (s *Server) generation(id uint64) *generation {
+	s.gensMu.RLock()
+	defer s.gensMu.RUnlock()
+	return s.gens[id]
+}
+
+// collect zeroes and lets go every generation that nothing can reach: not
+// current, held by no pin or handle (pins.go), not what a file's attributes
+// report. publishMu is held: the current generation cannot change, and an
+// open can only reach the current one or one a pin holds.
+func (s *Server) collect() {
+	if s.frozen.Load() {
+		return
 	}
-	id := snap.Identity
-	if id.Key == nil || id.SSHCert == nil || id.TLSCert == nil {
-		return nil, errors.New("identity lacks its key or certificates")
+	live := map[uint64]bool{s.currentID(): true}
+	s.pins.generations(live)
+	for _, n := range s.files {
+		live[n.cache.attrGen()] = true
 	}
-	s.reportBadNodes(snap.Nodes)
-	g := &generation{snap: snap, at: s.opts.Clock.Now(), sizes: make([]int64, len(identity.Files)),
-		public: make([][]byte, len(identity.Files)), paths: s.paths()}
-	for i, f := range identity.Files {
-		if !s.serves(f) {
-			continue // never rendered: the private key stays out of every buffer
-		}
-		b, err := identity.Render(f.Name, id, snap.Nodes, g.paths)
-		if err != nil {
-			return nil, fmt.Errorf("render %s: %w", f.Name, err)
-		}
-		g.sizes[i] = int64(len(b))
-		if f.Secret {
-			clear(b)
-		} else {
-			g.public[i] = b
+	s.gensMu.Lock()
+	var dead []*generation
+	for id, g := range s.gens {
+		if !live[id] {
+			dead = append(dead, g)
+			delete(s.gens, id)
 		}
 	}
-	s.lastID++
-	g.id = s.lastID
-	return g, nil
+	s.gensMu.Unlock()
+	for _, g := range dead {
+		s.opts.Drop(genName(g.id))
+		g.wipe()
+		s.log.Debug("generation let go", "generation", g.id)
+	}
+}
+
+// collectSoon collects a moment after a release, when an old generation
+// may have lost its last handle.
+func (s *Server) collectSoon() {
+	s.gensMu.RLock()
+	n := len(s.gens)
+	s.gensMu.RUnlock()
+	if n <= 1 || s.collectPending.Swap(true) {
+		return
+	}
+	time.AfterFunc(sweepEach, func() {
+		s.collectPending.Store(false)
+		s.publishMu.Lock()
+		defer s.publishMu.Unlock()
+		if !s.unmounted.Load() {
+			s.collect()
+		}
+	})
+}
+
+// settleLater runs an invalidation outside the FUSE request that found it
+// due (cache.go), unless a handover has stopped them.
+func (s *Server) settleLater(n *fileNode) {
+	go func() {
+		s.settling.RLock()
+		defer s.settling.RUnlock()
+		if s.frozen.Load() || s.unmounted.Load() {
+			return
+		}
+		n.cache.settle(n)
+	}()
+}
+
+// notifyContent invalidates the kernel's attributes and pages of a node.
+func (s *Server) notifyContent(node uint64) syscall.Errno {
+	srv := s.fuseServer()
+	if srv == nil {
+		return syscall.ENOTCONN
+	}
+	return syscall.Errno(srv.InodeNotify(node, 0, 0))
 }
 
 // reportBadNodes logs each node that ssh_config leaves out because it fails
@@ -357,14 +530,4 @@ func (s *Server) reportBadNodes(nodes []identity.Node) {
 		}
 	}
 	s.badNodes = bad
-}
-
-// render produces the bytes of file i in generation g. The bytes of a
-// secret file are the caller's, to clear when done; those of any other file
-// are shared and must not be changed.
-func (g *generation) render(i int) ([]byte, error) {
-	if b := g.public[i]; b != nil {
-		return b, nil
-	}
-	return identity.Render(identity.Files[i].Name, g.snap.Identity, g.snap.Nodes, g.paths)
 }

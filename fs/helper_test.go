@@ -148,6 +148,10 @@ type serveConfig struct {
 	Quiet     bool // log at info level: no line per secret open
 	// AttrTimeout, if set, replaces the kernel attribute timeout.
 	AttrTimeout time.Duration
+	// NoResend makes the kernel look as if it lacked FUSE_NOTIFY_RESEND.
+	NoResend bool
+	// StallRead makes reads of that file wait forever.
+	StallRead string
 	// FakeClock serves on a clock that moves only by the advance command.
 	FakeClock bool
 	// AgentSocket and NoKeyFiles are passed on as Options.
@@ -204,7 +208,7 @@ func serveMain() int {
 		fake = clock.NewFake(time.Now())
 		clk = fake
 	}
-	srv, err := Mount(Options{
+	opts := Options{
 		Dir: cfg.Dir, UID: cfg.UID, GID: cfg.GID, Readers: cfg.Readers, Xattrs: cfg.Xattrs, Logger: log, Debug: cfg.Debug, Clock: clk,
 		AgentSocket: cfg.AgentSocket, NoKeyFiles: cfg.NoKeyFiles,
 		OnOpen: func(file, result string) {
@@ -212,7 +216,22 @@ func serveMain() int {
 			opens[file+" "+result]++
 			mu.Unlock()
 		},
-	}, &Snapshot{Identity: id, Nodes: cfg.Nodes})
+	}
+	if cfg.NoResend {
+		noResend = true
+	}
+	if cfg.StallRead != "" {
+		stallReads(cfg.StallRead)
+	}
+	if path := os.Getenv(storeEnv); path != "" {
+		opts.Keep, opts.Drop = keepIn(path)
+	}
+	var srv *Server
+	if names := os.Getenv(takeoverEnv); names != "" {
+		srv, err = takeOver(opts, names)
+	} else {
+		srv, err = Mount(opts, &Snapshot{Identity: id, Nodes: cfg.Nodes})
+	}
 	if err != nil {
 		fmt.Println("error", err)
 		return 1
@@ -258,6 +277,12 @@ func serveMain() int {
 		case "done": // waits for Done, for as long as the test lets it
 			<-srv.Done()
 			fmt.Println("done")
+		case "handover": // hands the mount to a new serving process, which answers
+			if err := handOver(srv); err != nil {
+				fmt.Println("error", err)
+				continue
+			}
+			return 0
 		case "opens":
 			mu.Lock()
 			b, _ := json.Marshal(opens)
@@ -426,6 +451,13 @@ type server struct {
 // unmounts it when the test ends.
 func startServer(t testing.TB, cfg serveConfig) *server {
 	t.Helper()
+	return startServerWith(t, cfg, nil, nil)
+}
+
+// startServerWith starts a serving process with more environment and
+// descriptors (fds 3 and up).
+func startServerWith(t testing.TB, cfg serveConfig, env []string, files []*os.File) *server {
+	t.Helper()
 	if cfg.Dir == "" {
 		cfg.Dir = filepath.Join(t.TempDir(), "mnt")
 		if err := os.Mkdir(cfg.Dir, 0o755); err != nil {
@@ -440,22 +472,30 @@ func startServer(t testing.TB, cfg serveConfig) *server {
 	}
 	b, _ := json.Marshal(cfg)
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), roleEnv+"=serve", "MIDFS_FSTEST_CONFIG="+string(b))
+	cmd.Env = append(append(os.Environ(), roleEnv+"=serve", "MIDFS_FSTEST_CONFIG="+string(b)), env...)
+	cmd.ExtraFiles = files
 	s := &server{t: t, dir: cfg.Dir, cmd: cmd, stderr: &testenv.LogBuffer{}}
 	cmd.Stderr = s.stderr
-	var err error
-	if s.in, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
+	// Pipes of our own rather than exec's: a successor the server starts
+	// (handover) inherits them and goes on answering on them after the
+	// server exits, which exec's pipes would not outlive.
+	inR, inW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.out = bufio.NewReader(stdout)
-	if err := cmd.Start(); err != nil {
+	outR, outW, err := os.Pipe()
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(s.stop)
+	cmd.Stdin, cmd.Stdout = inR, outW
+	s.in, s.out = inW, bufio.NewReader(outR)
+	err = cmd.Start()
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.stop(); outR.Close() })
 	if line := s.line(); line != "ready" {
 		t.Fatalf("server did not mount: %s\n%s", line, s.stderr)
 	}
@@ -491,7 +531,18 @@ func (s *server) stop() {
 	}
 	fmt.Fprintln(s.in, "quit")
 	done := make(chan error, 1)
-	go func() { done <- s.cmd.Wait() }()
+	go func() {
+		// Until whoever serves now (this process or a successor it handed
+		// over to) has answered and exited.
+		for l := ""; l != "bye"; {
+			line, err := s.out.ReadString('\n')
+			if err != nil {
+				break
+			}
+			l = strings.TrimSpace(line)
+		}
+		done <- s.cmd.Wait()
+	}()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):

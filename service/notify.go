@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // sd_notify without a dependency: one datagram per state change to the
@@ -49,6 +51,29 @@ func (n *notifier) notify(states ...string) error {
 	defer conn.Close()
 	_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
 	if _, err := conn.Write([]byte(strings.Join(states, "\n") + "\n")); err != nil {
+		return fmt.Errorf("sd_notify: %w", err)
+	}
+	return nil
+}
+
+// notifyFDs sends states with descriptors attached (SCM_RIGHTS), as
+// sd_pid_notify_with_fds does: "FDSTORE=1" and "FDNAME=..." put them in the
+// service manager's file descriptor store.
+func (n *notifier) notifyFDs(fds []int, states ...string) error {
+	if !n.enabled() {
+		return nil
+	}
+	if n.addr[0] != '/' && n.addr[0] != '@' {
+		return fmt.Errorf("NOTIFY_SOCKET=%q is neither a path nor an abstract socket", n.addr)
+	}
+	sock, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("sd_notify: %w", err)
+	}
+	defer unix.Close(sock)
+	msg := []byte(strings.Join(states, "\n") + "\n")
+	// x/sys names an abstract socket with a leading '@', as systemd does.
+	if err := unix.Sendmsg(sock, msg, unix.UnixRights(fds...), &unix.SockaddrUnix{Name: n.addr}, 0); err != nil {
 		return fmt.Errorf("sd_notify: %w", err)
 	}
 	return nil

@@ -29,6 +29,8 @@ import (
 // Service is one run of a long-running command as a service.
 type Service struct {
 	notify    *notifier
+	fdMax     int                 // FileDescriptorStoreMax=, from $FDSTORE
+	stored    map[string]*os.File // passed back by the service manager at start
 	diag      *diag.Server
 	child     *mounthelper.Child // set when the mount(8) helper started this process
 	readyOnce sync.Once
@@ -43,7 +45,12 @@ type Service struct {
 // mount(8) helper's pipe from the environment and unsets them, so that no
 // child process (the mount probe) mistakes itself for the service.
 func New() *Service {
-	return &Service{notify: newNotifier(), diag: diag.New(), child: mounthelper.ChildFromEnv(), done: make(chan struct{})}
+	stored, err := listenFDs()
+	if err != nil {
+		slog.Warn("ignoring the descriptors the service manager passed", "err", err)
+	}
+	return &Service{notify: newNotifier(), fdMax: fdStoreMax(), stored: stored, diag: diag.New(),
+		child: mounthelper.ChildFromEnv(), done: make(chan struct{})}
 }
 
 // Quiet is a service that tells nobody it is ready, for a command that

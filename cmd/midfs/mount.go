@@ -20,6 +20,7 @@ import (
 	"github.com/midfs/midfs/fs"
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/joiner"
+	"github.com/midfs/midfs/service"
 	"github.com/midfs/midfs/service/diag"
 	"github.com/midfs/midfs/service/harden"
 	"github.com/midfs/midfs/sshagent"
@@ -28,7 +29,7 @@ import (
 
 // agentCommands are the commands of the agent: mount, ls and renew.
 func agentCommands() []*cli.Command {
-	return []*cli.Command{mountCommand(), lsCommand(), renewCommand()}
+	return []*cli.Command{mountCommand(), lsCommand(), renewCommand(), upgradeCommand()}
 }
 
 // XattrAuthServer on the mount's root names the authority that issued the
@@ -45,6 +46,8 @@ func mountCommand() *cli.Command {
 		ArgsUsage: "MOUNTPOINT",
 		Description: "Joins the authority (--auth-server, --token, --ca-pin), keeps the credentials in memory,\n" +
 			"serves them at MOUNTPOINT and renews them until SIGINT or SIGTERM (SIGHUP, or `midfs renew`, renews now).\n" +
+			"SIGUSR2 (`midfs upgrade`) hands the mount to a new agent process; under systemd, SIGUSR1 (RestartKillSignal=)\n" +
+			"leaves it to the unit's file descriptor store for the next start, which a restart after a crash takes over too.\n" +
 			"Without --auth-server an authority runs inside this process, with its state in --data-dir.\n" +
 			"With --ssh-agent=PATH the key also signs through an ssh-agent socket, which ssh_config names;\n" +
 			"add --key-files=false to leave key and identity out of the tree, so no process can ever read the key.\n" +
@@ -102,7 +105,7 @@ type mountPlan struct {
 
 // parseMount reads and checks every flag; errors are usage errors, and
 // nothing has been touched yet.
-func parseMount(c *cli.Context, mountpoint string) (*mountPlan, error) {
+func parseMount(c *cli.Context, mountpoint string, takeover bool) (*mountPlan, error) {
 	if mountpoint == "" {
 		return nil, failf(exitUsage, "give the MOUNTPOINT, e.g. `midfs mount /opt/machine-id --auth-server=HOST:3025 --token-file=FILE --ca-pin=sha256:...`")
 	}
@@ -153,6 +156,10 @@ func parseMount(c *cli.Context, mountpoint string) (*mountPlan, error) {
 			return nil, failf(exitUsage, "--join-method=%s needs --auth-server", p.join.JoinMethod)
 		}
 		p.join.AuthServer = "127.0.0.1:1" // placeholder for Validate; the real port is known once the authority listens
+	} else if takeover && p.join.JoinMethod == wire.JoinToken {
+		// The agent before had joined: the bot identity is in --storage,
+		// and a --token=- would read a standard input that is not a user's.
+		os.Unsetenv("MIDFS_TOKEN")
 	} else if p.join.Token, err = joinToken(c, p.join.JoinMethod, slog.Default()); err != nil {
 		return nil, err
 	}
@@ -217,7 +224,9 @@ func listenAgent(p *mountPlan, svc *running, id *identity.Identity) (*sshagent.S
 }
 
 // runMount: flags, mountpoint check, join, mount, renew until a signal.
-// Nothing half-done: whatever fails after the mount unmounts it.
+// Nothing half-done: whatever fails after the mount unmounts it. A mount
+// handed over by the agent before (takeover.go) is served first, and
+// renewed once joined.
 func runMount(c *cli.Context) error {
 	// Signals first: a SIGTERM while checking or joining stops cleanly
 	// (exit 0, nothing mounted), and an early SIGHUP must not kill the
@@ -227,16 +236,27 @@ func runMount(c *cli.Context) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	handover := make(chan os.Signal, 1)
+	signal.Notify(handover, syscall.SIGUSR1, syscall.SIGUSR2)
+	defer signal.Stop(handover)
 
 	log := slog.Default()
 	svc := serviceOf(c)
-	p, err := parseMount(c, svc.mountpoint(c))
+	pred := service.PredecessorFromEnv()
+	p, err := parseMount(c, svc.mountpoint(c), pred != nil)
 	if err != nil {
+		if pred != nil {
+			pred.Failed(err)
+		}
 		return err
 	}
+	exe, _ := os.Executable() // before a new binary replaces it: what `midfs upgrade` starts
+	from := takeoverOf(svc, pred)
 	// Before joining: a bad mountpoint must not cost a one-time token.
-	if err := fs.CheckMountpoint(p.dir); err != nil {
-		return fail(exitMountPoint, err)
+	if !from.any() {
+		if err := fs.CheckMountpoint(p.dir); err != nil {
+			return fail(exitMountPoint, err)
+		}
 	}
 	if err := fs.CheckCanMount(); err != nil {
 		return fail(exitFUSE, err)
@@ -249,12 +269,47 @@ func runMount(c *cli.Context) error {
 	// Before the first key exists.
 	harden.Process(log)
 
+	opts := fs.Options{
+		Dir: p.dir, UID: p.uid, GID: p.gid, Readers: p.readers,
+		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer, fs.XattrPID: strconv.Itoa(os.Getpid()),
+			XattrVersion: version, XattrUpgrade: upgradeProto},
+		Logger: log, OnOpen: svc.OnOpen, Debug: p.debug, Keep: svc.Keep, Drop: svc.Drop,
+		AgentSocket: p.agent, NoKeyFiles: !p.keyFiles,
+	}
+	srv, err := from.resume(opts, svc, log)
+	if err != nil {
+		return failf(exitFUSE, "cannot take the mount at %s over: %v", p.dir, err)
+	}
+	if srv == nil && from.any() {
+		if err := fs.CheckMountpoint(p.dir); err != nil {
+			return fail(exitMountPoint, err)
+		}
+	}
+	defer func() {
+		if srv == nil {
+			return
+		}
+		select {
+		case <-srv.Done():
+			return // unmounted from outside: nothing left to undo
+		default:
+		}
+		if err := srv.Unmount(); err != nil {
+			log.Error("unmount failed", "dir", p.dir, "error", err)
+		}
+	}()
+
 	if p.embedded {
 		authority, err := startEmbedded(ctx, p, svc)
 		if err != nil {
 			return err
 		}
 		defer authority.Close()
+		// Its port is a new one at every start.
+		if srv != nil {
+			srv.SetXattr(XattrAuthServer, p.join.AuthServer)
+		}
+		opts.Xattrs[XattrAuthServer] = p.join.AuthServer
 	} else {
 		store, err := joiner.OpenStore(p.storage, joiner.StoreName(p.join.AuthServer, p.dir))
 		if err != nil {
@@ -281,25 +336,21 @@ func runMount(c *cli.Context) error {
 		}
 		defer sock.Close()
 	}
-	srv, err := fs.Mount(fs.Options{
-		Dir: p.dir, UID: p.uid, GID: p.gid, Readers: p.readers,
-		Xattrs: map[string]string{XattrAuthServer: p.join.AuthServer, fs.XattrPID: strconv.Itoa(os.Getpid())},
-		Logger: log, OnOpen: svc.OnOpen, Debug: p.debug,
-		AgentSocket: p.agent, NoKeyFiles: !p.keyFiles,
-	}, &fs.Snapshot{Identity: id, Nodes: nodes})
-	if err != nil {
-		return failf(exitFUSE, "%v", err)
+	snap := &fs.Snapshot{Identity: id, Nodes: nodes}
+	switch {
+	case srv == nil:
+		if srv, err = fs.Mount(opts, snap); err != nil {
+			return failf(exitFUSE, "%v", err)
+		}
+	case sock == nil && srv.Keeps(snap, st.NextRenewal.Add(p.join.RenewInterval)):
+		// Valid through the next renewal, and one more should that fail:
+		// readers see nothing change (see fs.Server.Keeps). Not with an
+		// agent socket: it serves the key just joined, and key.pub must
+		// name that key.
+		log.Info("serving on the issuance taken over until the next renewal", "dir", p.dir)
+	default:
+		srv.Publish(snap)
 	}
-	defer func() {
-		select {
-		case <-srv.Done():
-			return // unmounted from outside: nothing left to undo
-		default:
-		}
-		if err := srv.Unmount(); err != nil {
-			log.Error("unmount failed", "dir", p.dir, "error", err)
-		}
-	}()
 
 	svc.WatchAgent(func() diag.AgentStatus { return agentStatusOf(agent.Status()) })
 	stopRenewing := agent.Start(func(id *identity.Identity, nodes []identity.Node) {
@@ -334,6 +385,21 @@ func runMount(c *cli.Context) error {
 		case <-hup:
 			log.Info("SIGHUP: renewing now")
 			agent.RenewNow()
+		case sig := <-handover:
+			done, keep := handOver(sig, srv, svc, p, exe, log)
+			if keep {
+				// Readers wait until this process is gone (the next one
+				// serves only then, fs/takeover.go): exit now, without
+				// the slow goodbyes of the deferred calls. Nothing in
+				// them is needed: the mount is the next process's, and a
+				// renewal cut short is sent again from --storage.
+				svc.Stopping()
+				os.Exit(exitOK)
+			}
+			if done {
+				svc.Stopping()
+				return nil
+			}
 		}
 	}
 }

@@ -46,7 +46,7 @@ func parseMountArgs(t *testing.T, args ...string) (*mountPlan, error) {
 	var plan *mountPlan
 	var perr error
 	cliconfig.FindCommand(app.Commands, "mount").Action = func(c *cli.Context) error {
-		plan, perr = parseMount(c, c.Args().First())
+		plan, perr = parseMount(c, c.Args().First(), false)
 		return nil
 	}
 	if err := app.Run(cliconfig.PermuteArgs(app, append([]string{"midfs", "mount"}, args...))); err != nil {
@@ -98,7 +98,7 @@ func TestMountReadsTheTokenFromAFileOrStandardInput(t *testing.T) {
 	app.Reader = strings.NewReader("piped-token\n")
 	var plan *mountPlan
 	cliconfig.FindCommand(app.Commands, "mount").Action = func(c *cli.Context) (err error) {
-		plan, err = parseMount(c, c.Args().First())
+		plan, err = parseMount(c, c.Args().First(), false)
 		return err
 	}
 	if err := app.Run(cliconfig.PermuteArgs(app, append([]string{"midfs", "mount", "/m", "--token=-"}, auth...))); err != nil || plan.join.Token != "piped-token" {
