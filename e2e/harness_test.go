@@ -427,6 +427,7 @@ func tail(s string, n int) string {
 // CA and presents a host certificate from `midfs auth sign`.
 type sshd struct {
 	port int
+	dir  string // host key and certificate, user_ca.pub, sshd_config
 	cmd  *exec.Cmd
 	logs *testenv.LogBuffer
 }
@@ -447,7 +448,7 @@ func startSSHD(t testing.TB, a *authority, names ...string) *sshd {
 	if err := os.WriteFile(filepath.Join(dir, "user_ca.pub"), []byte(ca), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := &sshd{port: freePort(t), logs: &testenv.LogBuffer{}}
+	s := &sshd{port: freePort(t), dir: dir, logs: &testenv.LogBuffer{}}
 	cfg := fmt.Sprintf(`Port %d
 ListenAddress 127.0.0.1
 HostKey %[2]s/host
