@@ -19,6 +19,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST "+wire.PathRenew, s.needsDB(s.handleRenew))
 	mux.HandleFunc("POST "+wire.PathCerts, s.needsDB(s.handleCerts))
 	mux.HandleFunc("GET "+wire.PathNodes, s.needsDB(s.handleNodes))
+	mux.HandleFunc("GET "+wire.PathLocks, s.needsDB(s.handleLocks))
 	s.iamRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// %q: the path is decoded, so it may hold a line break.
@@ -140,11 +141,16 @@ func (s *Server) handleCerts(w http.ResponseWriter, r *http.Request) {
 // Not Modified when its If-None-Match names the current inventory: that
 // answer needs no database and no encoding, so agents may poll often. A
 // 304 only says that the list the client holds is still the current one;
-// whether the bot may still have a list (not removed, locked or joined
-// again since) is checked for every list sent, and at every renewal.
+// whether the bot may still have a list (not removed or joined again
+// since) is checked for every list sent, and at every renewal; a lock, at
+// every request, from the locks in memory.
 func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 	bc, err := s.clientBot(r)
 	if err != nil {
+		s.refuse(w, r, "nodes", err)
+		return
+	}
+	if err := s.checkLockedNow(r.Context(), bc.Bot); err != nil {
 		s.refuse(w, r, "nodes", err)
 		return
 	}

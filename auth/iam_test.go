@@ -238,6 +238,14 @@ func TestIAMJoinRefusals(t *testing.T) {
 			_, status, msg := e.join(t, "iam-token", ch, signed(t, iamBot, ch))
 			return status, msg
 		}},
+		{name: "bot locked", reason: "iam_bot_locked", stsCalls: 1, do: func(t *testing.T, e *iamEnv) (int, string) {
+			if _, err := e.s.AddLock(context.Background(), admin.LockSpec{Bot: "robot"}); err != nil {
+				t.Fatal(err)
+			}
+			ch := e.challenge(t)
+			_, status, msg := e.join(t, "iam-token", ch, signed(t, iamBot, ch))
+			return status, msg
+		}},
 		{name: "unknown token", reason: "iam_token_unknown", do: func(t *testing.T, e *iamEnv) (int, string) {
 			ch := e.challenge(t)
 			_, status, msg := e.join(t, "no-such-token", ch, signed(t, iamBot, ch))

@@ -141,6 +141,12 @@ func (s *Server) issueOutput(bot *store.Bot, roles []policy.Role, pub crypto.Pub
 	if err != nil {
 		return nil, fmt.Errorf("public_key cannot be used for SSH: %w", err)
 	}
+	// The node rules of the bot's roles, for enforcing nodes to check at
+	// login (node/enforce); signed with the rest of the certificate.
+	rules, err := policy.EncodeRules(policy.RulesOf(roles))
+	if err != nil {
+		return nil, fmt.Errorf("bot %s: %w", bot.Name, err)
+	}
 	sshCert := &ssh.Certificate{
 		Key:             sshPub,
 		CertType:        ssh.UserCert,
@@ -152,6 +158,7 @@ func (s *Server) issueOutput(bot *store.Bot, roles []policy.Role, pub crypto.Pub
 			"permit-pty":              "",
 			"permit-port-forwarding":  "",
 			"permit-agent-forwarding": "",
+			policy.RulesExtension:     rules,
 		}},
 	}
 	// One set for the whole issuance: both certificates from one CA, and

@@ -37,6 +37,16 @@ func refuseToken(code, reason string) *refusal {
 	return &refusal{Code: code, Reason: reason + " [ref " + ref + "]", Public: joinRefusedMsg + " (ref " + ref + ")", Status: 403}
 }
 
+// joinRefusal turns a lock's refusal into the generic one joins give (the
+// reason goes to the log); other errors pass.
+func joinRefusal(err error) error {
+	var ref *refusal
+	if errors.As(err, &ref) {
+		return refuseToken(ref.Code, ref.Reason)
+	}
+	return err
+}
+
 func hashToken(token string) []byte {
 	h := sha256.Sum256([]byte(token))
 	return h[:]
@@ -89,6 +99,9 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 		}
 		if b.Locked != "" {
 			return refuseToken("bot_locked", fmt.Sprintf("bot %s is locked: %s", b.Name, b.Locked))
+		}
+		if err := s.checkLocks(ctx, tx, b.Name); err != nil {
+			return joinRefusal(err)
 		}
 		if !t.Used.IsZero() {
 			if bytes.Equal(t.UsedKeyHash, kh) && t.UsedInstance == b.Instance && b.Generation == 1 {
@@ -233,6 +246,9 @@ func (s *Server) checkBot(ctx context.Context, q store.Reader, bc *botCert) (*st
 	if b.Locked != "" {
 		return nil, &refusal{Code: "bot_locked", Reason: fmt.Sprintf("bot %s is locked: %s", b.Name, b.Locked), Public: fmt.Sprintf("bot %s is locked (%s); an administrator must run `midfs bots unlock %s`", b.Name, b.Locked, b.Name), Status: 403}
 	}
+	if err := s.checkLocks(ctx, q, b.Name); err != nil {
+		return nil, err
+	}
 	return b, nil
 }
 
@@ -298,6 +314,9 @@ func (s *Server) issueBotIdentity(ctx context.Context, botName string, pub crypt
 	}
 	if b.Locked != "" {
 		return nil, refuseToken("bot_locked", fmt.Sprintf("bot %s is locked: %s", b.Name, b.Locked))
+	}
+	if err := s.checkLocks(ctx, s.st, b.Name); err != nil {
+		return nil, joinRefusal(err)
 	}
 	return s.issueBotTLS(b, pub, b.Generation, false, s.cfg.Clock.Now())
 }

@@ -103,6 +103,14 @@ func (s *Server) AddBot(ctx context.Context, spec admin.BotSpec) (*admin.BotToke
 			out.TokenName, out.JoinMethod = t.Name, t.JoinMethod
 			out.Expires = t.Expires
 		}
+		if old == nil {
+			// A bot removed less than a day ago stays locked, so that
+			// the certificates it still holds are refused by nodes; a
+			// new bot of its name would be refused with them.
+			if err := s.checkLocks(ctx, tx, spec.Name); err != nil {
+				return admin.Errorf(admin.Conflict, "cannot add bot %s: %w", spec.Name, err)
+			}
+		}
 		rolesChanged = old != nil && !slices.Equal(old.Roles, spec.Roles)
 		if old == nil {
 			err = tx.AddBot(ctx, &store.Bot{Name: spec.Name, Roles: spec.Roles, Logins: spec.Logins, Instance: newInstanceID(), TokenName: spec.TokenName, Created: now})
@@ -139,8 +147,13 @@ func oneTimeTokenName(bot string, hash []byte) string {
 }
 
 // RemoveBot deletes a bot and its one-time tokens: every identity it holds
-// is refused from then on, and its tokens no longer join.
+// is refused from then on, and its tokens no longer join. It also locks
+// the bot until every certificate it may hold has expired, so that
+// enforcing nodes, which never ask the authority about a login, refuse
+// them too.
 func (s *Server) RemoveBot(ctx context.Context, name string) error {
+	now := s.cfg.Clock.Now().Truncate(time.Second)
+	lock := wire.Lock{ID: newLockID(), Bot: name, Message: "bot removed", Created: now, Expires: now.Add(removedBotLockTTL)}
 	err := s.st.Update(ctx, func(tx store.Tx) error {
 		found, err := tx.Remove(ctx, policy.KindBot, name)
 		if err != nil {
@@ -149,10 +162,14 @@ func (s *Server) RemoveBot(ctx context.Context, name string) error {
 		if !found {
 			return admin.Errorf(admin.NotFound, "bot %q not found; see `midfs bots ls`", name)
 		}
-		return tx.RemoveBotTokens(ctx, name, wire.JoinToken, false)
+		if err := tx.RemoveBotTokens(ctx, name, wire.JoinToken, false); err != nil {
+			return err
+		}
+		return s.putLock(ctx, tx, lock)
 	})
 	if err == nil {
-		s.log.Info("bot removed", "bot", name)
+		s.locks.changed()
+		s.log.Info("bot removed and locked until its certificates expire", "bot", name, "lock", lock.ID, "expires", lock.Expires)
 	}
 	return err
 }
@@ -325,6 +342,12 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources,
 				res.Bots = append(res.Bots, botResource(b))
 			}
 		}
+	case policy.KindLock:
+		locks, err := s.st.Locks(ctx, "")
+		if err != nil {
+			return nil, err
+		}
+		res.Locks = lockResources(locks, name)
 	case policy.KindCA:
 		for _, ca := range s.caResources() {
 			if name == "" || ca.Metadata.Name == name {
@@ -385,7 +408,7 @@ func (s *Server) Bots(ctx context.Context) ([]policy.BotResource, error) {
 	return res.Bots, nil
 }
 
-// Remove deletes a role, token, node or bot. A role that bots use is kept:
+// Remove deletes a role, token, node, lock or bot. A role that bots use is kept:
 // removing it would silently change what they may do.
 func (s *Server) Remove(ctx context.Context, kind, name string) error {
 	kind, err := policy.NormalizeKind(kind)
@@ -400,6 +423,9 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 	}
 	if kind == policy.KindRole || kind == policy.KindNode {
 		defer s.inv.changed()
+	}
+	if kind == policy.KindLock {
+		defer s.locks.changed()
 	}
 	err = s.st.Update(ctx, func(tx store.Tx) error {
 		if kind == policy.KindRole {

@@ -13,6 +13,7 @@ type metrics struct {
 	renewals *prometheus.CounterVec
 	refusals *prometheus.CounterVec
 	lists    *prometheus.CounterVec
+	locks    *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	dropped  prometheus.Counter
 }
@@ -34,6 +35,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		lists: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "midfs_auth_node_lists_total", Help: "Node list answers, by result (full, or not_modified for an unchanged list).",
 		}, []string{"result"}),
+		locks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "midfs_auth_lock_lists_total", Help: "Lock list answers, by result (full, or not_modified for an unchanged list).",
+		}, []string{"result"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "midfs_auth_issuance_seconds", Help: "Time to answer a successful join, renewal or certs request.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
@@ -42,7 +46,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "midfs_auth_connections_dropped_total", Help: "Connections without a request in progress closed to stay within --max-connections.",
 		}),
 	}
-	reg.MustRegister(m.joins, m.renewals, m.refusals, m.lists, m.latency, m.dropped)
+	reg.MustRegister(m.joins, m.renewals, m.refusals, m.lists, m.locks, m.latency, m.dropped)
 	return m
 }
 
@@ -67,6 +71,12 @@ func (m *metrics) refused(reason string) {
 func (m *metrics) nodeList(result string) {
 	if m != nil {
 		m.lists.WithLabelValues(result).Inc()
+	}
+}
+
+func (m *metrics) lockList(result string) {
+	if m != nil {
+		m.locks.WithLabelValues(result).Inc()
 	}
 }
 

@@ -42,6 +42,7 @@ type Server struct {
 	// seal, if set, seals the CA keys in the state; sealPath is its file.
 	seal     *seal.Key
 	sealPath string
+	locks    *lockSet
 
 	https     *http.Server
 	httpsLn   net.Listener
@@ -83,7 +84,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), stopping: make(chan struct{}), seal: sk, sealPath: skPath,
+	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), locks: &lockSet{}, stopping: make(chan struct{}), seal: sk, sealPath: skPath,
 		rotations: newRotator()}
 	if err := s.loadOrInit(ctx); err != nil {
 		st.Close()
@@ -100,7 +101,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		defer s.wg.Done()
 		s.inv.follow(st.Changed(store.TopicInventory), s.stopping)
 	}()
-	s.dbw = newDBWatch(st, cfg.Clock, s.log, s.inv.changed)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.locks.follow(st.Changed(store.TopicLocks), s.stopping)
+	}()
+	s.dbw = newDBWatch(st, cfg.Clock, s.log, func() { s.inv.changed(); s.locks.changed() })
 	s.registerDBMetric(cfg.Metrics)
 	if err := s.serveHTTPS(ctx); err != nil {
 		close(s.stopping)

@@ -337,6 +337,19 @@ func TestRemovedBotIsRefused(t *testing.T) {
 	if _, status, _ := tryJoin(t, s, bt2.Token); status != 403 {
 		t.Errorf("join with a removed bot's token: %d", status)
 	}
+	// Removing locked it, so that nodes refuse the certificates it still
+	// holds; while the lock stands, a bot of its name cannot be added.
+	res, err := s.Get(ctx, "locks", "")
+	if err != nil || len(res.Locks) != 1 || res.Locks[0].Spec.Target.Bot != "robot" || res.Locks[0].Spec.Expires == nil {
+		t.Fatalf("locks after bots rm: %+v %v", res, err)
+	}
+	_, err = s.AddBot(ctx, admin.BotSpec{Name: "robot", Roles: []string{"access"}})
+	if want := "rm locks/" + res.Locks[0].Metadata.Name; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("re-adding a removed bot while its lock stands: %v, want a line naming %q", err, want)
+	}
+	if err := s.Remove(ctx, "locks", res.Locks[0].Metadata.Name); err != nil {
+		t.Fatal(err)
+	}
 	// A new bot of the same name does not take the old identity back.
 	bt3 := addBot(t, s, "robot", []string{"access"}, []string{"root"})
 	join(t, s, bt3.Token)

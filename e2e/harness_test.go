@@ -435,6 +435,12 @@ type sshd struct {
 // startSSHD signs a host key for names and starts sshd on a free port.
 func startSSHD(t testing.TB, a *authority, names ...string) *sshd {
 	t.Helper()
+	return startSSHDWith(t, a, "", names...)
+}
+
+// startSSHDWith is startSSHD with more lines for sshd_config.
+func startSSHDWith(t testing.TB, a *authority, extraConfig string, names ...string) *sshd {
+	t.Helper()
 	bin, err := exec.LookPath("sshd")
 	if err != nil {
 		if bin, err = exec.LookPath("/usr/sbin/sshd"); err != nil {
@@ -464,7 +470,7 @@ StrictModes no
 PidFile %[2]s/sshd.pid
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
-`, s.port, dir)
+`, s.port, dir) + extraConfig
 	cfgPath := filepath.Join(dir, "sshd_config")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -37,6 +37,13 @@ type BotToken struct {
 	ClusterName string    `json:"cluster_name"`
 }
 
+// LockSpec asks for a lock on a bot.
+type LockSpec struct {
+	Bot     string        `json:"bot"`
+	Message string        `json:"message,omitempty"`
+	TTL     time.Duration `json:"ttl,omitempty"` // 0: until removed
+}
+
 // Status is what `midfs status` prints.
 type Status struct {
 	ClusterName   string              `json:"cluster_name"`

@@ -126,6 +126,12 @@ func (c *Client) UnlockBot(ctx context.Context, name string) error {
 	return c.call(ctx, "POST", "/v1/bots/"+url.PathEscape(name)+"/unlock", nil, nil)
 }
 
+// AddLock locks a bot.
+func (c *Client) AddLock(ctx context.Context, spec LockSpec) (*wire.Lock, error) {
+	var l wire.Lock
+	return &l, c.call(ctx, "POST", "/v1/locks", spec, &l)
+}
+
 // CreateYAML stores the resources of a YAML file.
 func (c *Client) CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error) {
 	if len(data) > policy.MaxResourceYAML { // the authority would refuse it after reading 1 MiB

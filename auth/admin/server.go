@@ -23,6 +23,7 @@ type Authority interface {
 	AddBot(ctx context.Context, spec BotSpec) (*BotToken, error)
 	RemoveBot(ctx context.Context, name string) error
 	UnlockBot(ctx context.Context, name string) error
+	AddLock(ctx context.Context, spec LockSpec) (*wire.Lock, error)
 	CreateYAML(ctx context.Context, data []byte, force bool) ([]string, error)
 	Get(ctx context.Context, kind, name string) (*policy.Resources, error)
 	Remove(ctx context.Context, kind, name string) error
@@ -124,6 +125,13 @@ func routes(a Authority, log *slog.Logger) http.Handler {
 	})
 	handle("POST /v1/bots/{name}/unlock", func(r *http.Request) (any, error) {
 		return struct{}{}, a.UnlockBot(r.Context(), r.PathValue("name"))
+	})
+	handle("POST /v1/locks", func(r *http.Request) (any, error) {
+		var spec LockSpec
+		if err := wire.DecodeStrict(r.Body, &spec); err != nil {
+			return nil, Mark(Invalid, err)
+		}
+		return a.AddLock(r.Context(), spec)
 	})
 	handle("POST /v1/resources", func(r *http.Request) (any, error) {
 		data, err := policy.ReadResourceYAML(r.Body)

@@ -22,11 +22,13 @@ const (
 	KindToken = "token"
 	KindBot   = "bot"
 	KindNode  = "node"
+	KindLock  = "lock"
 
 	RoleVersion  = "v7"
 	TokenVersion = "v2"
 	BotVersion   = "v1"
 	NodeVersion  = "v2"
+	LockVersion  = "v2"
 )
 
 // loginsTemplate is filled from the bot's --logins.
@@ -211,6 +213,39 @@ type NodeSpec struct {
 	Addr string `json:"addr" yaml:"addr"`
 }
 
+// LockResource is a lock as `get locks` shows it (kind: lock, version: v2,
+// as Teleport's, named by its ID; the target is a bot).
+type LockResource struct {
+	Kind     string   `json:"kind" yaml:"kind"`
+	Version  string   `json:"version" yaml:"version"`
+	Metadata Metadata `json:"metadata" yaml:"metadata"`
+	Spec     LockSpec `json:"spec" yaml:"spec"`
+}
+
+// LockSpec is what a lock refuses, why, and until when.
+type LockSpec struct {
+	Target    LockTarget `json:"target" yaml:"target"`
+	Message   string     `json:"message,omitempty" yaml:"message,omitempty"`
+	Expires   *time.Time `json:"expires,omitempty" yaml:"expires,omitempty"` // nil: until removed
+	CreatedAt time.Time  `json:"created_at" yaml:"created_at"`
+}
+
+// LockTarget names what a lock refuses: a bot.
+type LockTarget struct {
+	Bot string `json:"bot" yaml:"bot"`
+}
+
+// LockResourceOf shows a lock as a resource.
+func LockResourceOf(l wire.Lock) LockResource {
+	r := LockResource{Kind: KindLock, Version: LockVersion, Metadata: Metadata{Name: l.ID},
+		Spec: LockSpec{Target: LockTarget{Bot: l.Bot}, Message: l.Message, CreatedAt: l.Created.UTC()}}
+	if !l.Expires.IsZero() {
+		e := l.Expires.UTC()
+		r.Spec.Expires = &e
+	}
+	return r
+}
+
 // Resources is a set of resources of any kind, as `create` reads them and
 // `get` returns them.
 type Resources struct {
@@ -218,15 +253,16 @@ type Resources struct {
 	Tokens []TokenResource `json:"tokens,omitempty"`
 	Bots   []BotResource   `json:"bots,omitempty"`
 	Nodes  []NodeResource  `json:"nodes,omitempty"`
+	Locks  []LockResource  `json:"locks,omitempty"`
 	CAs    []CAResource    `json:"cas,omitempty"`
 }
 
 // Len counts the resources of every kind.
 func (r *Resources) Len() int {
-	return len(r.Roles) + len(r.Tokens) + len(r.Bots) + len(r.Nodes) + len(r.CAs)
+	return len(r.Roles) + len(r.Tokens) + len(r.Bots) + len(r.Nodes) + len(r.Locks) + len(r.CAs)
 }
 
-// Items lists every resource in order: roles, tokens, bots, nodes, CAs.
+// Items lists every resource in order: roles, tokens, bots, nodes, locks, CAs.
 func (r *Resources) Items() []any {
 	var out []any
 	for _, x := range r.Roles {
@@ -239,6 +275,9 @@ func (r *Resources) Items() []any {
 		out = append(out, x)
 	}
 	for _, x := range r.Nodes {
+		out = append(out, x)
+	}
+	for _, x := range r.Locks {
 		out = append(out, x)
 	}
 	for _, x := range r.CAs {
@@ -320,7 +359,7 @@ func ParseResources(data []byte) (*Resources, error) {
 				res.Nodes = append(res.Nodes, n)
 			}
 		default:
-			err = fmt.Errorf("line %d: kind %q cannot be created from YAML; want role, token or node (bots: midfs bots add)", lines[i], kind)
+			err = fmt.Errorf("line %d: kind %q cannot be created from YAML; want role, token or node (bots: midfs bots add; locks: midfs lock)", lines[i], kind)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("document %d: %w", i+1, err)
@@ -485,10 +524,10 @@ func checkLabels(labels LabelMap) error {
 func NormalizeKind(kind string) (string, error) {
 	k := strings.TrimSuffix(strings.ToLower(kind), "s")
 	switch k {
-	case KindRole, KindToken, KindBot, KindNode:
+	case KindRole, KindToken, KindBot, KindNode, KindLock:
 		return k, nil
 	case "ca", KindCA, "cert_authoritie":
 		return KindCA, nil
 	}
-	return "", fmt.Errorf("unknown resource kind %q: want roles, tokens, bots, nodes or cas", kind)
+	return "", fmt.Errorf("unknown resource kind %q: want roles, tokens, bots, nodes, locks or cas", kind)
 }

@@ -89,3 +89,34 @@ func TestNodeVisibleIsNodeAllowed(t *testing.T) {
 		}
 	}
 }
+
+// A node reads whatever a certificate carries: DecodeRules never panics,
+// and what it accepts encodes back to rules that decode the same and
+// decide every node the same.
+func FuzzDecodeRules(f *testing.F) {
+	f.Add(`[{"allow":{"*":"*"}}]`)
+	f.Add(`[{"allow":{"env":["dev","stage-*"]},"deny":{"tier":"db"}},{}]`)
+	f.Add(`[]`)
+	f.Fuzz(func(t *testing.T, v string) {
+		rules, err := DecodeRules(v)
+		if err != nil {
+			return
+		}
+		again, err := EncodeRules(rules)
+		if err != nil {
+			if len(v) > maxRulesLen/2 {
+				return // one string per value encodes as a list: larger
+			}
+			t.Fatalf("decoded %q but cannot encode it: %v", v, err)
+		}
+		back, err := DecodeRules(again)
+		if err != nil {
+			t.Fatalf("re-encoded %q does not decode: %v", again, err)
+		}
+		for _, labels := range []map[string]string{nil, {"env": "dev"}, {"env": "prod", "tier": "db"}, {"a": ""}} {
+			if NodeAllowed(rules, labels) != NodeAllowed(back, labels) {
+				t.Fatalf("%q and %q decide %v differently", v, again, labels)
+			}
+		}
+	})
+}

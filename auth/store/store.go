@@ -1,5 +1,5 @@
 // Package store is the authority's state behind one small interface: the
-// cluster name and CA keys, roles, bots, join tokens and nodes. A backend
+// cluster name and CA keys, roles, bots, join tokens, nodes and locks. A backend
 // (SQLite in store/sqlite, the embedded default; PostgreSQL in
 // store/postgres, shared by replicas) implements Store; the authority
 // (package auth) holds the rules of what to read and write, so a new backend
@@ -11,7 +11,8 @@
 // (never an edit of a released one), and a table is carried by Dump.
 //
 // Only auth and its sub-packages import it. It imports policy (roles and
-// allow rules are stored as policy values) and identity (nodes), never auth.
+// allow rules are stored as policy values), identity (nodes) and wire
+// (locks), never auth.
 package store
 
 import (
@@ -24,6 +25,7 @@ import (
 
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
 )
 
 // Errors a backend returns (wrapped) for the authority to act on.
@@ -66,6 +68,9 @@ const (
 	// node list shows: PutNode, PutRole, Remove of a node or role,
 	// SetBotGrants, Init and Restore move it.
 	TopicInventory = "inventory"
+	// TopicLocks moves with every committed change of the locks: PutLock,
+	// Remove of a lock, RemoveExpiredLocks that removed one, and Restore.
+	TopicLocks = "locks"
 	// TopicCAs moves with every committed change of the CAs or of where
 	// their rotation is: AddCA, RemoveCA and PutRotation move it, and
 	// Restore sets it.
@@ -146,6 +151,9 @@ type Reader interface {
 	Roles(ctx context.Context, names []string) ([]policy.Role, error)
 	AllRoles(ctx context.Context) ([]policy.Role, error) // by name
 	Nodes(ctx context.Context) ([]identity.Node, error)  // by name
+	// Locks returns the locks on bot, or every lock when bot is "",
+	// expired ones too, oldest first. Times are whole seconds.
+	Locks(ctx context.Context, bot string) ([]wire.Lock, error)
 	// Exists says whether a resource of kind (a policy.Kind*) is stored.
 	Exists(ctx context.Context, kind, name string) (bool, error)
 }
@@ -217,8 +225,13 @@ type Tx interface {
 
 	PutRole(ctx context.Context, r policy.Role) error   // adds or replaces
 	PutNode(ctx context.Context, n identity.Node) error // adds or replaces
-	// Remove removes a resource of kind (a policy.Kind*); false if there
-	// was none.
+	// PutLock stores a new lock; ErrConflict if its ID is taken.
+	PutLock(ctx context.Context, l wire.Lock) error
+	// RemoveExpiredLocks removes locks that expired before cutoff and says
+	// how many.
+	RemoveExpiredLocks(ctx context.Context, cutoff time.Time) (int64, error)
+	// Remove removes a resource of kind (a policy.Kind*; a lock by its ID);
+	// false if there was none.
 	Remove(ctx context.Context, kind, name string) (bool, error)
 }
 
@@ -273,6 +286,7 @@ type Dump struct {
 	Bots        []*Bot
 	Tokens      []*Token
 	Nodes       []identity.Node
+	Locks       []wire.Lock
 }
 
 // DumpState reads a whole state; inside Update, all of it at one moment.
@@ -304,6 +318,9 @@ func DumpState(ctx context.Context, r Reader) (*Dump, error) {
 		return nil, err
 	}
 	if d.Nodes, err = r.Nodes(ctx); err != nil {
+		return nil, err
+	}
+	if d.Locks, err = r.Locks(ctx, ""); err != nil {
 		return nil, err
 	}
 	return &d, nil

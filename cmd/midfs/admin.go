@@ -86,7 +86,7 @@ func adminCommands() []*cli.Command {
 				},
 				{
 					Name:      "rm",
-					Usage:     "remove a bot: its identities and tokens are refused from then on",
+					Usage:     "remove a bot: its identities and tokens are refused from then on, and it is locked until its certificates expire",
 					ArgsUsage: "NAME",
 					Flags:     []cli.Flag{dataDirFlag()},
 					Action:    onName("bot", "removed", (*admin.Client).RemoveBot),
@@ -112,11 +112,11 @@ func adminCommands() []*cli.Command {
 		},
 		{
 			Name:      "get",
-			Usage:     "show roles, tokens, bots, nodes or CAs",
-			ArgsUsage: "roles|tokens|bots|nodes|cas[/NAME]",
+			Usage:     "show roles, tokens, bots, nodes, locks or CAs",
+			ArgsUsage: "roles|tokens|bots|nodes|locks|cas[/NAME]",
 			Flags:     []cli.Flag{dataDirFlag(), formatFlag()},
 			Action: withAdmin(func(c *cli.Context, ac *admin.Client) error {
-				ref, err := oneArg(c, "roles|tokens|bots|nodes|cas[/NAME]")
+				ref, err := oneArg(c, "roles|tokens|bots|nodes|locks|cas[/NAME]")
 				if err != nil {
 					return err
 				}
@@ -125,8 +125,8 @@ func adminCommands() []*cli.Command {
 		},
 		{
 			Name:      "rm",
-			Usage:     "remove a role, token or node",
-			ArgsUsage: "roles/NAME|tokens/NAME|nodes/NAME",
+			Usage:     "remove a role, token, node or lock",
+			ArgsUsage: "roles/NAME|tokens/NAME|nodes/NAME|locks/ID",
 			Flags:     []cli.Flag{dataDirFlag()},
 			Action:    withAdmin(remove),
 		},

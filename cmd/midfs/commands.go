@@ -11,6 +11,8 @@ func commands() []*cli.Command {
 	var cmds []*cli.Command
 	cmds = append(cmds, adminCommands()...) // admin.go: auth, status, bots, create, get, rm, nodes
 	cmds = append(cmds, agentCommands()...) // mount.go: mount, ls, renew
+	cmds = append(cmds, lockCommand())      // lock.go: lock
+	cmds = append(cmds, nodeCommands()...)  // node_authorize.go: node authorize
 	return cmds
 }
 

@@ -18,6 +18,7 @@ package enforce
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,6 +35,9 @@ import (
 	"github.com/midfs/midfs/internal/atomicfile"
 	"github.com/midfs/midfs/wire"
 )
+
+// DefaultRunDir is the node's run directory (a tmpfs under /run).
+const DefaultRunDir = "/run/midfs-node"
 
 // Files of the run directory that this package writes.
 const (
@@ -114,7 +118,7 @@ func Allowed(cert *ssh.Certificate, user string, st *State, now time.Time) (logi
 		return nil, err.Error()
 	}
 	bot, ok := strings.CutPrefix(cert.KeyId, botPrefix)
-	if !ok || bot == "" {
+	if !ok || policy.CheckName("bot", bot) != nil {
 		return nil, fmt.Sprintf("certificate key ID %q is not a midfs bot's", cert.KeyId)
 	}
 	raw, ok := cert.Extensions[policy.RulesExtension]
@@ -134,6 +138,30 @@ func Allowed(cert *ssh.Certificate, user string, st *State, now time.Time) (logi
 		}
 	}
 	return []string{user}, ""
+}
+
+// Authorize is the decision of sshd's AuthorizedPrincipalsCommand: may
+// the certificate certB64 (sshd's %k: the base64 key blob) log in as user
+// (%u) on the node whose state is in runDir, at now. A state that cannot
+// be read refuses every login.
+func Authorize(runDir, user, certB64 string, now time.Time) (logins []string, reason string) {
+	blob, err := base64.StdEncoding.DecodeString(certB64)
+	if err != nil {
+		return nil, "the key argument is not base64 (give sshd's %k)"
+	}
+	key, err := ssh.ParsePublicKey(blob)
+	if err != nil {
+		return nil, fmt.Sprintf("the key argument is not an SSH key: %v", err)
+	}
+	cert, ok := key.(*ssh.Certificate)
+	if !ok {
+		return nil, "the key is not a certificate"
+	}
+	st, err := Load(runDir)
+	if err != nil {
+		return nil, fmt.Sprintf("node state unreadable, refusing every login: %v (is midfs node start running?)", err)
+	}
+	return Allowed(cert, user, st, now)
 }
 
 // botPrefix starts the key ID of every bot certificate: bot-NAME.

@@ -13,6 +13,7 @@ import (
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
 )
 
 // querier is what both the pool and a transaction offer.
@@ -205,12 +206,33 @@ func (r reader) Nodes(ctx context.Context) ([]identity.Node, error) {
 	return queryAll(ctx, r, `SELECT name, addr, labels FROM nodes ORDER BY name COLLATE "C"`, scanNode)
 }
 
+func scanLock(row pgx.Row) (wire.Lock, error) {
+	var l wire.Lock
+	var expires *time.Time
+	if err := row.Scan(&l.ID, &l.Bot, &l.Message, &l.Created, &expires); err != nil {
+		return l, err
+	}
+	if expires != nil {
+		l.Expires = *expires
+	}
+	return l, nil
+}
+
+func (r reader) Locks(ctx context.Context, bot string) ([]wire.Lock, error) {
+	const q = `SELECT name, bot, message, created, expires FROM locks`
+	if bot == "" {
+		return queryAll(ctx, r, q+` ORDER BY created, name COLLATE "C"`, scanLock)
+	}
+	return queryAll(ctx, r, q+` WHERE bot = $1 ORDER BY created, name COLLATE "C"`, scanLock, bot)
+}
+
 // tables maps a resource kind to its table.
 var tables = map[string]string{
 	policy.KindRole:  "roles",
 	policy.KindToken: "tokens",
 	policy.KindBot:   "bots",
 	policy.KindNode:  "nodes",
+	policy.KindLock:  "locks",
 }
 
 func table(kind string) (string, error) {
@@ -325,6 +347,9 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 	}
 	for _, n := range d.Nodes {
 		batch.Queue(`INSERT INTO nodes(name, addr, labels) VALUES ($1, $2, $3)`, n.Name, n.Addr, mustJSON(nonNilMap(n.Labels)))
+	}
+	for _, l := range d.Locks {
+		batch.Queue(insertLock, l.ID, l.Bot, l.Message, seconds(l.Created), nullTime(l.Expires))
 	}
 	if err := t.q.SendBatch(ctx, &batch); err != nil {
 		return err
@@ -463,12 +488,34 @@ func (t *txn) Remove(ctx context.Context, kind, name string) (bool, error) {
 	if err != nil || n == 0 {
 		return false, err
 	}
-	if kind == policy.KindRole || kind == policy.KindNode {
-		if err := t.bump(ctx, store.TopicInventory); err != nil {
-			return false, err
-		}
+	switch kind {
+	case policy.KindRole, policy.KindNode:
+		err = t.bump(ctx, store.TopicInventory)
+	case policy.KindLock:
+		err = t.bump(ctx, store.TopicLocks)
 	}
-	return true, nil
+	return err == nil, err
+}
+
+const insertLock = `INSERT INTO locks(name, bot, message, created, expires) VALUES ($1, $2, $3, $4, $5)`
+
+func (t *txn) PutLock(ctx context.Context, l wire.Lock) error {
+	n, err := t.exec(ctx, insertLock+` ON CONFLICT DO NOTHING`, l.ID, l.Bot, l.Message, seconds(l.Created), nullTime(l.Expires))
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("lock %q: %w", l.ID, store.ErrConflict)
+	}
+	return t.bump(ctx, store.TopicLocks)
+}
+
+func (t *txn) RemoveExpiredLocks(ctx context.Context, cutoff time.Time) (int64, error) {
+	n, err := t.exec(ctx, `DELETE FROM locks WHERE expires < $1`, cutoff)
+	if err != nil || n == 0 {
+		return n, err
+	}
+	return n, t.bump(ctx, store.TopicLocks)
 }
 
 // seconds is a time as every backend keeps it: whole seconds.

@@ -73,7 +73,17 @@ CREATE TABLE spent_challenges (
 	expires timestamptz NOT NULL
 );
 CREATE INDEX spent_challenges_expires ON spent_challenges (expires);`,
-	// 3: several CAs of a kind (a rotation's old and new), by a random
+	// 3: locks, by their ID.
+	`
+CREATE TABLE locks (
+	name    text PRIMARY KEY,
+	bot     text NOT NULL,
+	message text NOT NULL DEFAULT '',
+	created timestamptz NOT NULL,
+	expires timestamptz
+);
+CREATE INDEX locks_bot ON locks (bot);`,
+	// 4: several CAs of a kind (a rotation's old and new), by a random
 	// ID, and where each kind's rotation is. The CA a state held of each
 	// kind becomes its active one, not rotating.
 	`

@@ -14,6 +14,7 @@ import (
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
 )
 
 // querier is what both *sql.DB and *sql.Tx offer.
@@ -44,8 +45,8 @@ func (r reader) ctx(ctx context.Context) context.Context {
 }
 
 // queryAll runs a query and reads every row with scan.
-func queryAll[T any](ctx context.Context, r reader, query string, scan func(rowScanner) (T, error)) ([]T, error) {
-	rows, err := r.q.QueryContext(r.ctx(ctx), query)
+func queryAll[T any](ctx context.Context, r reader, query string, scan func(rowScanner) (T, error), args ...any) ([]T, error) {
+	rows, err := r.q.QueryContext(r.ctx(ctx), query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -232,12 +233,31 @@ func (r reader) Nodes(ctx context.Context) ([]identity.Node, error) {
 	return queryAll(ctx, r, `SELECT name, addr, labels FROM nodes ORDER BY name`, scanNode)
 }
 
+func scanLock(row rowScanner) (wire.Lock, error) {
+	var l wire.Lock
+	var created, expires int64
+	if err := row.Scan(&l.ID, &l.Bot, &l.Message, &created, &expires); err != nil {
+		return l, err
+	}
+	l.Created, l.Expires = time.Unix(created, 0), unixOrZero(expires)
+	return l, nil
+}
+
+func (r reader) Locks(ctx context.Context, bot string) ([]wire.Lock, error) {
+	const q = `SELECT name, bot, message, created, expires FROM locks`
+	if bot == "" {
+		return queryAll(ctx, r, q+` ORDER BY created, name`, scanLock)
+	}
+	return queryAll(ctx, r, q+` WHERE bot = ? ORDER BY created, name`, scanLock, bot)
+}
+
 // tables maps a resource kind to its table.
 var tables = map[string]string{
 	policy.KindRole:  "roles",
 	policy.KindToken: "tokens",
 	policy.KindBot:   "bots",
 	policy.KindNode:  "nodes",
+	policy.KindLock:  "locks",
 }
 
 func table(kind string) (string, error) {
@@ -362,6 +382,11 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 			return err
 		}
 	}
+	for _, l := range d.Locks {
+		if err := t.putLock(ctx, l); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -467,6 +492,27 @@ func (t *txn) putNode(ctx context.Context, n identity.Node) error {
 	return err
 }
 
+func (t *txn) PutLock(ctx context.Context, l wire.Lock) error {
+	if err := t.putLock(ctx, l); err != nil {
+		return err
+	}
+	return t.bump(ctx, store.TopicLocks)
+}
+
+func (t *txn) putLock(ctx context.Context, l wire.Lock) error {
+	_, err := t.exec(ctx, `INSERT INTO locks(name, bot, message, created, expires) VALUES (?, ?, ?, ?, ?)`,
+		l.ID, l.Bot, l.Message, l.Created.Unix(), zeroOrUnix(l.Expires))
+	return err
+}
+
+func (t *txn) RemoveExpiredLocks(ctx context.Context, cutoff time.Time) (int64, error) {
+	n, err := t.exec(ctx, `DELETE FROM locks WHERE expires != 0 AND expires < ?`, cutoff.Unix())
+	if err != nil || n == 0 {
+		return n, err
+	}
+	return n, t.bump(ctx, store.TopicLocks)
+}
+
 func (t *txn) Remove(ctx context.Context, kind, name string) (bool, error) {
 	tbl, err := table(kind)
 	if err != nil {
@@ -476,12 +522,13 @@ func (t *txn) Remove(ctx context.Context, kind, name string) (bool, error) {
 	if err != nil || n == 0 {
 		return false, err
 	}
-	if kind == policy.KindRole || kind == policy.KindNode {
-		if err := t.bump(ctx, store.TopicInventory); err != nil {
-			return false, err
-		}
+	switch kind {
+	case policy.KindRole, policy.KindNode:
+		err = t.bump(ctx, store.TopicInventory)
+	case policy.KindLock:
+		err = t.bump(ctx, store.TopicLocks)
 	}
-	return true, nil
+	return err == nil, err
 }
 
 // isUnique says whether err is a UNIQUE or PRIMARY KEY violation, by its

@@ -89,7 +89,17 @@ CREATE TABLE spent_challenges (
 	expires INTEGER NOT NULL
 );
 CREATE INDEX spent_challenges_expires ON spent_challenges(expires);`,
-	// 4: several CAs of a kind (a rotation's old and new), by a random
+	// 4: locks, by their ID.
+	`
+CREATE TABLE locks (
+	name    TEXT PRIMARY KEY,
+	bot     TEXT NOT NULL,
+	message TEXT NOT NULL DEFAULT '',
+	created INTEGER NOT NULL,
+	expires INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX locks_bot ON locks(bot);`,
+	// 5: several CAs of a kind (a rotation's old and new), by a random
 	// ID, and where each kind's rotation is. The CA a state held of each
 	// kind becomes its active one, not rotating.
 	`

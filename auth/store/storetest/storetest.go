@@ -21,6 +21,7 @@ import (
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
 )
 
 // Backend is a backend under test.
@@ -46,6 +47,8 @@ func Run(t *testing.T, b Backend) {
 		{"Bots", testBots},
 		{"Tokens", testTokens},
 		{"RolesNodesAndRemove", testRolesNodesRemove},
+		{"Locks", testLocks},
+		{"VersionsMoveWithTheLocks", testLockVersions},
 		{"UpdateIsAllOrNothing", testAllOrNothing},
 		{"AFailedUpdateUndoesOnlyItsOwn", testFailureUndoesOnlyOwn},
 		{"OneTimeTokenIsUsedExactlyOnce", testTokenUsedOnce},
@@ -505,6 +508,126 @@ func testRolesNodesRemove(t *testing.T, s *state) {
 }
 
 var errUndo = errors.New("undo")
+
+// Locks: stored with whole-second times, listed oldest first (all, or one
+// bot's), an ID taken once, long-expired ones swept, removed by ID, seen
+// by every handle.
+func testLocks(t *testing.T, s *state) {
+	st, other := s.handle(), s.handle()
+	initState(t, st)
+	locks := []wire.Lock{
+		{ID: "b", Bot: "robot", Message: "key leaked", Created: at.Add(time.Second)},
+		{ID: "a", Bot: "other", Created: at, Expires: at.Add(time.Hour)},
+		{ID: "c", Bot: "robot", Created: at.Add(time.Second), Expires: at.Add(time.Minute)},
+	}
+	update(t, st, func(tx store.Tx) error {
+		for _, l := range locks {
+			if err := tx.PutLock(bg, l); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	ids := func(r store.Reader, bot string) string {
+		t.Helper()
+		got, err := r.Locks(bg, bot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s []string
+		for _, l := range got {
+			s = append(s, l.ID)
+		}
+		return fmt.Sprint(s)
+	}
+	if got := ids(other, ""); got != "[a b c]" {
+		t.Errorf("all locks, read by another handle: %s, want [a b c] (oldest first, then by ID)", got)
+	}
+	if got := ids(st, "robot"); got != "[b c]" {
+		t.Errorf("robot's locks: %s, want [b c]", got)
+	}
+	if got := ids(st, "nobody"); got != "[]" {
+		t.Errorf("locks of a bot without any: %s", got)
+	}
+	all, _ := st.Locks(bg, "")
+	if l := all[1]; l.ID != "b" || l.Bot != "robot" || l.Message != "key leaked" || !l.Created.Equal(locks[0].Created) || !l.Expires.IsZero() {
+		t.Errorf("stored %+v, read %+v", locks[0], l)
+	}
+	if l := all[0]; !l.Expires.Equal(locks[1].Expires) || l.Message != "" {
+		t.Errorf("stored %+v, read %+v", locks[1], l)
+	}
+	err := st.Update(bg, func(tx store.Tx) error { return tx.PutLock(bg, wire.Lock{ID: "a", Bot: "x", Created: at}) })
+	if !errors.Is(err, store.ErrConflict) {
+		t.Errorf("a second lock a: %v, want ErrConflict", err)
+	}
+	if ok, err := st.Exists(bg, policy.KindLock, "a"); !ok || err != nil {
+		t.Errorf("Exists(lock a): %v %v", ok, err)
+	}
+	update(t, st, func(tx store.Tx) error {
+		n, err := tx.RemoveExpiredLocks(bg, at.Add(30*time.Minute))
+		if n != 1 {
+			t.Errorf("swept %d locks before expiry+30m, want 1 (c)", n)
+		}
+		return err
+	})
+	if got := ids(st, ""); got != "[a b]" {
+		t.Fatalf("after the sweep: %s", got)
+	}
+	update(t, st, func(tx store.Tx) error {
+		if found, err := tx.Remove(bg, policy.KindLock, "a"); !found || err != nil {
+			t.Errorf("Remove(lock a): %v %v", found, err)
+		}
+		found, err := tx.Remove(bg, policy.KindLock, "a")
+		if found {
+			t.Error("removed lock a twice")
+		}
+		return err
+	})
+	if got := ids(other, ""); got != "[b]" {
+		t.Fatalf("after removing a: %s", got)
+	}
+}
+
+// The locks version moves with every change of the locks, and nothing
+// else; Changed(TopicLocks) tells another handle.
+func testLockVersions(t *testing.T, s *state) {
+	const poll = 200 * time.Millisecond
+	st := s.handle(store.Options{PollInterval: poll})
+	other := s.handle(store.Options{PollInterval: poll})
+	initState(t, st)
+	addBot(t, st, "b")
+	ver := func() uint64 {
+		v, err := st.Versions(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v[store.TopicLocks]
+	}
+	changed := other.Changed(store.TopicLocks)
+	for _, c := range []struct {
+		what  string
+		moves bool
+		fn    func(tx store.Tx) error
+	}{
+		{"PutLock", true, func(tx store.Tx) error {
+			return tx.PutLock(bg, wire.Lock{ID: "l1", Bot: "b", Created: at, Expires: at})
+		}},
+		{"RemoveExpiredLocks of none", false, func(tx store.Tx) error { _, err := tx.RemoveExpiredLocks(bg, at); return err }},
+		{"RemoveExpiredLocks", true, func(tx store.Tx) error { _, err := tx.RemoveExpiredLocks(bg, at.Add(time.Second)); return err }},
+		{"PutLock again", true, func(tx store.Tx) error { return tx.PutLock(bg, wire.Lock{ID: "l2", Bot: "b", Created: at}) }},
+		{"Remove lock", true, func(tx store.Tx) error { _, err := tx.Remove(bg, policy.KindLock, "l2"); return err }},
+		{"Remove of a lock that is not there", false, func(tx store.Tx) error { _, err := tx.Remove(bg, policy.KindLock, "l2"); return err }},
+		{"PutNode", false, func(tx store.Tx) error { return tx.PutNode(bg, identity.Node{Name: "n", Addr: "10.0.0.1:22"}) }},
+		{"SetLocked", false, func(tx store.Tx) error { return tx.SetLocked(bg, "b", "copied") }},
+	} {
+		before := ver()
+		update(t, st, c.fn)
+		if moved := ver() != before; moved != c.moves {
+			t.Fatalf("%s: the locks version moved: %v, want %v", c.what, moved, c.moves)
+		}
+	}
+	waitFor(t, changed, 10*poll, "another handle's Changed(locks) to fire")
+}
 
 func testAllOrNothing(t *testing.T, s *state) {
 	st := s.handle()
@@ -997,6 +1120,8 @@ func fill(t testing.TB, st store.Store) {
 			tx.PutToken(bg, &store.Token{Name: "fresh", BotName: "b", JoinMethod: "token", SecretHash: []byte("s2"), Expires: exp, Created: at}, false),
 			tx.PutNode(bg, identity.Node{Name: "web", Addr: "10.0.0.2:22", Labels: map[string]string{"env": "prod", "arch": "x86_64"}}),
 			tx.PutNode(bg, identity.Node{Name: "db", Addr: "[fd00::1]:2222"}),
+			tx.PutLock(bg, wire.Lock{ID: "l-forever", Bot: "a", Message: "key leaked", Created: at}),
+			tx.PutLock(bg, wire.Lock{ID: "l-day", Bot: "b", Created: at, Expires: exp}),
 			// The user CA halfway through a rotation.
 			tx.AddCA(bg, store.CA{ID: "u2", Kind: "user", KeyDER: []byte("new user key"), CertDER: []byte("new user cert"), Created: at.Add(time.Hour)}),
 			tx.PutRotation(bg, rotating),
@@ -1071,6 +1196,11 @@ func normal(d *store.Dump) string {
 		}
 		nodes = append(nodes, n)
 	}
+	c.Locks = nil
+	for _, l := range d.Locks {
+		l.Created, l.Expires = l.Created.UTC(), l.Expires.UTC()
+		c.Locks = append(c.Locks, l)
+	}
 	b, err := json.Marshal(struct {
 		D      store.Dump
 		Bots   []store.Bot
@@ -1087,7 +1217,7 @@ func testDumpRestore(t *testing.T, s *state) {
 	src := s.handle()
 	fill(t, src)
 	d := Dump(t, src)
-	if len(d.Bots) != 2 || len(d.Tokens) != 3 || len(d.Nodes) != 2 || len(d.Roles) != 2 || len(d.CAs) != 4 || len(d.Rotations) != 3 || d.Versions[store.TopicInventory] == 0 {
+	if len(d.Bots) != 2 || len(d.Tokens) != 3 || len(d.Nodes) != 2 || len(d.Roles) != 2 || len(d.CAs) != 4 || len(d.Rotations) != 3 || len(d.Locks) != 2 || d.Versions[store.TopicInventory] == 0 {
 		t.Fatalf("dump of a filled state lacks rows: %s", normal(d))
 	}
 	update(t, src, func(tx store.Tx) error { return tx.PutNode(bg, identity.Node{Name: "late", Addr: "10.0.0.9:22"}) })

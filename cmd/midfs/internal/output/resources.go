@@ -72,6 +72,8 @@ func Resources(w io.Writer, kind string, res *policy.Resources, format string) e
 			}
 			t.Row(b.Metadata.Name, strings.Join(b.Spec.Roles, ","), strings.Join(logins, ","), strconv.FormatUint(b.Status.Generation, 10), botState(b))
 		}
+	case policy.KindLock:
+		return lockTable(res.Locks, time.Now()).Print(w)
 	case policy.KindNode:
 		var nodes []identity.Node
 		for _, n := range res.Nodes {
