@@ -130,6 +130,7 @@ func (a *Agent) followCAs(set *wire.CASet) bool {
 		a.log.Warn("the authority sent CAs this agent does not take; keeping the ones it has", "error", err)
 		return false
 	}
+	first := a.caSet == nil
 	a.caSet = set
 	a.trustHostCAs(f.hostCAs)
 	a.mu.Lock()
@@ -139,7 +140,9 @@ func (a *Agent) followCAs(set *wire.CASet) bool {
 	}
 	id := a.id
 	a.mu.Unlock()
-	a.log.Info("the authority's CAs changed", "phases", set.Phases, "user_cas", len(f.cas.User), "host_cas", len(f.cas.Host))
+	if !first {
+		a.log.Info("the authority's CAs changed", "phases", set.Phases, "user_cas", len(f.cas.User), "host_cas", len(f.cas.Host))
+	}
 	if f.stale(id, a.bot.cert) {
 		a.log.Info("renewing now: the user CA that signs changed (CA rotation)")
 		a.RenewNow()
