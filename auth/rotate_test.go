@@ -525,3 +525,42 @@ func TestRotationSealsTheNewCA(t *testing.T) {
 		t.Fatal("the new CA, opened with the seal key, does not sign")
 	}
 }
+
+// A restart in any phase comes back in that phase, with the same CAs
+// trusted and the same one signing each kind of certificate, and the
+// rotation goes on from there.
+func TestRestartInEveryPhase(t *testing.T) {
+	dir := t.TempDir()
+	cfg := func(c *Config) { c.DataDir = dir }
+	s := startTest(t, cfg)
+	bt := addBot(t, s, "robot", []string{"access"}, nil)
+	id := join(t, s, bt.Token)
+	for _, step := range []struct{ kind, phase string }{
+		{caUser, wire.PhaseInit}, {caHost, wire.PhaseInit},
+		{caUser, wire.PhaseUpdateClients}, {caHost, wire.PhaseUpdateClients},
+		{caUser, wire.PhaseUpdateServers}, {caHost, wire.PhaseUpdateServers},
+		{caUser, wire.PhaseRollback}, {caHost, wire.PhaseStandby},
+		{caUser, wire.PhaseStandby},
+	} {
+		rotate(t, s, manual(step.kind, step.phase))
+		before, pin, hostCert := s.caResources(), s.CAPin(), s.caSet().hostCertBy
+		s.Close()
+		s = startTest(t, cfg)
+		after := s.caResources()
+		for i := range before {
+			b, a := before[i].Spec, after[i].Spec
+			if b.Rotation.Phase != a.Rotation.Phase || len(b.Keys) != len(a.Keys) {
+				t.Fatalf("after %s %s and a restart: %s is %+v, was %+v", step.kind, step.phase, a.Type, a, b)
+			}
+			for j := range b.Keys {
+				if b.Keys[j].Pin != a.Keys[j].Pin || b.Keys[j].Signing != a.Keys[j].Signing {
+					t.Fatalf("after %s %s and a restart: %s keys %+v, were %+v", step.kind, step.phase, a.Type, a.Keys, b.Keys)
+				}
+			}
+		}
+		if s.CAPin() != pin || s.caSet().hostCertBy != hostCert {
+			t.Fatalf("after %s %s and a restart: pin %s (was %s), HTTPS certificate by %s (was %s)", step.kind, step.phase, s.CAPin(), pin, s.caSet().hostCertBy, hostCert)
+		}
+		id = id.renew(t, s) // the bot goes on with the restarted authority
+	}
+}
