@@ -23,8 +23,8 @@ unit:
 # Twice: as is, then with every midfs process on one P (GOMAXPROCS=1), where
 # a FUSE server that waits on its own mount deadlocks instead of getting lucky.
 e2e: build
-	MIDFS_BIN=$(CURDIR)/bin/midfs $(GO) test -count=1 -timeout 30m -v ./e2e/...
-	GOMAXPROCS=1 MIDFS_BIN=$(CURDIR)/bin/midfs $(GO) test -count=1 -timeout 30m ./e2e/...
+	MIDFS_BIN=$(CURDIR)/bin/midfs $(GO) test -count=1 -timeout 45m -v ./e2e/...
+	GOMAXPROCS=1 MIDFS_BIN=$(CURDIR)/bin/midfs $(GO) test -count=1 -timeout 45m ./e2e/...
 
 bench: build
 	MIDFS_BIN=$(CURDIR)/bin/midfs $(GO) test -run '^$$' -bench . -benchtime 2s -timeout 30m ./...
@@ -87,7 +87,7 @@ install-files:
 	install -D -m 0644 bin/completion/midfs $(DESTDIR)$(BASHCOMPDIR)/midfs
 	install -D -m 0644 bin/completion/_midfs $(DESTDIR)$(ZSHCOMPDIR)/_midfs
 	install -d $(DESTDIR)$(EXAMPLEDIR)
-	install -m 0644 contrib/agent.yaml contrib/auth.yaml contrib/fstab.example $(DESTDIR)$(EXAMPLEDIR)/
+	install -m 0644 contrib/agent.yaml contrib/auth.yaml contrib/node.yaml contrib/fstab.example $(DESTDIR)$(EXAMPLEDIR)/
 
 # A .deb for this machine's Debian, staged in dist/ and built by dpkg-deb
 # (no network, no debhelper). It installs the same tree as `make install`

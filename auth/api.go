@@ -19,6 +19,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST "+wire.PathRenew, s.needsDB(s.handleRenew))
 	mux.HandleFunc("POST "+wire.PathCerts, s.needsDB(s.handleCerts))
 	mux.HandleFunc("GET "+wire.PathNodes, s.needsDB(s.handleNodes))
+	mux.HandleFunc("POST "+wire.PathHostCert, s.needsDB(s.handleHostCert))
+	mux.HandleFunc("POST "+wire.PathHeartbeat, s.needsDB(s.handleHeartbeat))
 	mux.HandleFunc("GET "+wire.PathLocks, s.needsDB(s.handleLocks))
 	s.iamRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -118,6 +120,9 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleCerts(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	bc, err := s.clientBot(r)
+	if err == nil {
+		err = checkBotOnly(bc)
+	}
 	if err != nil {
 		s.refuse(w, r, "certs", err)
 		return
@@ -146,10 +151,14 @@ func (s *Server) handleCerts(w http.ResponseWriter, r *http.Request) {
 // every request, from the locks in memory.
 func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 	bc, err := s.clientBot(r)
+	if err == nil {
+		err = checkBotOnly(bc)
+	}
 	if err != nil {
 		s.refuse(w, r, "nodes", err)
 		return
 	}
+	s.inv.expire(r.Context(), s.cfg.Clock.Now())
 	if err := s.checkLockedNow(r.Context(), bc.Bot); err != nil {
 		s.refuse(w, r, "nodes", err)
 		return
@@ -175,6 +184,49 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 	if err := writeNodeList(w, cas.wireJSON, list, s.https.WriteTimeout); err != nil {
 		s.log.Debug("node list not sent whole", "bot", bc.Bot, "nodes", len(list), "err", err)
 	}
+}
+
+// handleHostCert signs a node's host key (node identities only).
+func (s *Server) handleHostCert(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	bc, err := s.clientBot(r)
+	if err != nil {
+		s.refuse(w, r, "host certificate", err)
+		return
+	}
+	var req wire.HostCertRequest
+	if err := decodeRequest(w, r, &req); err != nil {
+		s.refuse(w, r, "host certificate", err)
+		return
+	}
+	certs, err := s.hostCert(r.Context(), bc, &req)
+	if err != nil {
+		s.refuse(w, r, "host certificate", err)
+		return
+	}
+	s.metrics.issued("hostcert", time.Since(start))
+	s.log.Debug("host certificate issued", "node", bc.Node)
+	wire.WriteJSON(w, certs)
+}
+
+// handleHeartbeat keeps a node in the inventory (node identities only).
+func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
+	bc, err := s.clientBot(r)
+	if err != nil {
+		s.refuse(w, r, "heartbeat", err)
+		return
+	}
+	var hb wire.Heartbeat
+	if err := decodeRequest(w, r, &hb); err != nil {
+		s.refuse(w, r, "heartbeat", err)
+		return
+	}
+	ans, err := s.heartbeat(r.Context(), bc, &hb)
+	if err != nil {
+		s.refuse(w, r, "heartbeat", err)
+		return
+	}
+	wire.WriteJSON(w, ans)
 }
 
 // decodeRequest reads one JSON object of at most wire.MaxBody bytes with no

@@ -99,6 +99,15 @@ func (c *caSet) pins() []string {
 	return out
 }
 
+// userCALines are the user CAs as sshd's TrustedUserCAKeys takes them.
+func (c *caSet) userCALines() []string {
+	var out []string
+	for _, a := range c.kinds[caUser].all {
+		out = append(out, string(sshAuthorizedKey(a.signer.PublicKey())))
+	}
+	return out
+}
+
 // clientCAs trusts every user CA for client certificates.
 func (c *caSet) clientCAs() *x509.CertPool {
 	pool := x509.NewCertPool()

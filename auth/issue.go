@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -65,7 +66,8 @@ type botCert struct {
 	Instance   string
 	Generation uint64
 	Renewable  bool
-	Output     bool // an output identity: may list nodes, may not renew or get certs
+	Output     bool   // an output identity: may list nodes, may not renew or get certs
+	Node       string // the node, for a node's identity (Bot is then "node:NAME")
 }
 
 // readBotCert reads a verified client certificate. Certificates without the
@@ -77,6 +79,9 @@ func readBotCert(c *x509.Certificate) (*botCert, error) {
 		return nil, fmt.Errorf("client certificate is not a midfs bot identity")
 	}
 	b.Instance, _ = subjectValue(c.Subject, oidBotInstance)
+	if isNodeBot(b.Bot) {
+		b.Node = strings.TrimPrefix(b.Bot, nodeBotPrefix)
+	}
 	if v, ok := subjectValue(c.Subject, oidDisallowReissue); ok && v == "true" {
 		b.Output = true
 		return &b, nil

@@ -59,7 +59,8 @@ func newInstanceID() string {
 }
 
 // joinToken redeems a one-time token for a renewable bot identity at
-// generation 1. The check and the redemption happen in one write
+// generation 1: a bot's, or with a node token the identity of the node
+// the request names. The check and the redemption happen in one write
 // transaction, so two racing joins with one token get one identity. A
 // retry with the same token and the same public key (the client lost the
 // answer) gets a fresh identity at the same generation, as long as the
@@ -90,26 +91,42 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 		case !t.Expires.IsZero() && !now.Before(t.Expires):
 			return refuseToken("token_expired", fmt.Sprintf("token %s for bot %s expired at %s", t.Name, t.BotName, t.Expires.UTC().Format(time.RFC3339)))
 		}
-		b, err := tx.Bot(ctx, t.BotName)
-		if errors.Is(err, store.ErrNotFound) {
-			return refuseToken("bot_missing", fmt.Sprintf("token %s names bot %s, which does not exist (removed?)", t.Name, t.BotName))
-		}
+		name, err := tokenTarget(t, req)
 		if err != nil {
 			return err
 		}
-		if b.Locked != "" {
+		b, err := tx.Bot(ctx, name)
+		switch {
+		case errors.Is(err, store.ErrNotFound) && req.Node != nil:
+			b = nil // a node's first join makes its identity
+		case errors.Is(err, store.ErrNotFound):
+			return refuseToken("bot_missing", fmt.Sprintf("token %s names bot %s, which does not exist (removed?)", t.Name, t.BotName))
+		case err != nil:
+			return err
+		case b.Locked != "":
 			return refuseToken("bot_locked", fmt.Sprintf("bot %s is locked: %s", b.Name, b.Locked))
 		}
-		if err := s.checkLocks(ctx, tx, b.Name); err != nil {
+		if err := s.checkLocks(ctx, tx, name); err != nil {
 			return joinRefusal(err)
 		}
 		if !t.Used.IsZero() {
-			if bytes.Equal(t.UsedKeyHash, kh) && t.UsedInstance == b.Instance && b.Generation == 1 {
+			if b != nil && bytes.Equal(t.UsedKeyHash, kh) && t.UsedInstance == b.Instance && b.Generation == 1 {
 				s.log.Info("token join retried with the same key: issuing the identity again", "bot", b.Name, "token", t.Name)
 				bot = b
 				return nil
 			}
-			return refuseToken("token_used", fmt.Sprintf("token %s for bot %s was already used at %s", t.Name, t.BotName, t.Used.UTC().Format(time.RFC3339)))
+			return refuseToken("token_used", fmt.Sprintf("token %s for bot %s was already used at %s", t.Name, name, t.Used.UTC().Format(time.RFC3339)))
+		}
+		if req.Node != nil {
+			if err := s.claimNodeName(ctx, tx, req.Node.Name, now); err != nil {
+				return err
+			}
+			if b == nil {
+				b = &store.Bot{Name: name, Created: now}
+				if err := tx.AddBot(ctx, b); err != nil {
+					return err
+				}
+			}
 		}
 		b.Instance = newInstanceID()
 		b.Generation = 1
@@ -118,10 +135,15 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 			return err
 		}
 		if !used {
-			return refuseToken("token_used", fmt.Sprintf("token %s for bot %s was used concurrently", t.Name, t.BotName))
+			return refuseToken("token_used", fmt.Sprintf("token %s for bot %s was used concurrently", t.Name, name))
 		}
 		if err := tx.Rejoin(ctx, b.Name, b.Instance, kh); err != nil {
 			return err
+		}
+		if req.Node != nil {
+			if err := joinedNode(ctx, tx, req.Node, t.Labels); err != nil {
+				return err
+			}
 		}
 		bot = b
 		return nil

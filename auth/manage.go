@@ -152,6 +152,9 @@ func oneTimeTokenName(bot string, hash []byte) string {
 // enforcing nodes, which never ask the authority about a login, refuse
 // them too.
 func (s *Server) RemoveBot(ctx context.Context, name string) error {
+	if node, ok := strings.CutPrefix(name, nodeBotPrefix); ok {
+		return admin.Errorf(admin.NotFound, "%s is the identity of node %s, not a bot: remove the node with `midfs nodes rm %s`", name, node, node)
+	}
 	now := s.cfg.Clock.Now().Truncate(time.Second)
 	lock := wire.Lock{ID: newLockID(), Bot: name, Message: "bot removed", Created: now, Expires: now.Add(removedBotLockTTL)}
 	err := s.st.Update(ctx, func(tx store.Tx) error {
@@ -207,7 +210,21 @@ func (s *Server) AddNode(ctx context.Context, n identity.Node) error {
 		return admin.Mark(admin.Invalid, err)
 	}
 	defer s.inv.changed()
-	return s.st.Update(ctx, func(tx store.Tx) error { return tx.PutNode(ctx, n) })
+	return s.st.Update(ctx, func(tx store.Tx) error { return putTypedNode(ctx, tx, n) })
+}
+
+// putTypedNode stores a node typed by an administrator, unless a node of
+// that name joined by itself: its row says what its heartbeats said, and
+// the admin's would be overwritten by the next one.
+func putTypedNode(ctx context.Context, tx store.Tx, n identity.Node) error {
+	old, err := tx.Node(ctx, n.Name)
+	if err == nil && old.Agent {
+		return admin.Errorf(admin.Conflict, "node %s joined with `midfs node start` and registers itself; to type it by hand, remove it first with `midfs nodes rm %s`", n.Name, n.Name)
+	}
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	return tx.PutNode(ctx, store.Node{Node: n})
 }
 
 // CreateYAML parses resources (see ParseResources) and stores them all in
@@ -288,7 +305,7 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 			if err := identity.CheckNode(node); err != nil {
 				return admin.Mark(admin.Invalid, err)
 			}
-			if err := put(policy.KindNode, node.Name, func() error { return tx.PutNode(ctx, node) }); err != nil {
+			if err := put(policy.KindNode, node.Name, func() error { return putTypedNode(ctx, tx, node) }); err != nil {
 				return err
 			}
 		}
@@ -338,7 +355,7 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources,
 			return nil, err
 		}
 		for _, b := range bots {
-			if name == "" || b.Name == name {
+			if (name == "" || b.Name == name) && !isNodeBot(b.Name) {
 				res.Bots = append(res.Bots, botResource(b))
 			}
 		}
@@ -359,10 +376,10 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources,
 		if err != nil {
 			return nil, err
 		}
+		s.inv.expire(ctx, s.cfg.Clock.Now())
 		for _, n := range nodes {
 			if name == "" || n.Name == name {
-				res.Nodes = append(res.Nodes, policy.NodeResource{Kind: policy.KindNode, Version: policy.NodeVersion,
-					Metadata: policy.Metadata{Name: n.Name, Labels: n.Labels}, Spec: policy.NodeSpec{Addr: n.Addr}})
+				res.Nodes = append(res.Nodes, s.nodeResource(n))
 			}
 		}
 	}
@@ -372,9 +389,33 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources,
 	return res, nil
 }
 
+// nodeResource is a node as `get nodes` shows it: typed by an
+// administrator, or joined, and then whether it heartbeats.
+func (s *Server) nodeResource(n store.Node) policy.NodeResource {
+	r := policy.NodeResource{Kind: policy.KindNode, Version: policy.NodeVersion,
+		Metadata: policy.Metadata{Name: n.Name, Labels: n.Labels}, Spec: policy.NodeSpec{Addr: n.Addr},
+		Status: &policy.NodeStatus{Enforcing: n.Agent, Online: !n.Agent}}
+	if n.Agent {
+		until, live := s.inv.stay(n.Name)
+		if !live {
+			until = n.Expires
+		}
+		r.Status.Online = live
+		if !until.IsZero() {
+			until = until.UTC()
+			r.Status.Expires = &until
+		}
+	}
+	return r
+}
+
 func tokenResource(t *store.Token) policy.TokenResource {
+	role := t.Role
+	if role == "" {
+		role = policy.TokenRoleBot
+	}
 	r := policy.TokenResource{Kind: policy.KindToken, Version: policy.TokenVersion, Metadata: policy.Metadata{Name: t.Name},
-		Spec: policy.TokenSpec{Roles: []string{"Bot"}, BotName: t.BotName, JoinMethod: t.JoinMethod, Allow: t.Allow}}
+		Spec: policy.TokenSpec{Roles: []string{role}, BotName: t.BotName, Labels: t.Labels, JoinMethod: t.JoinMethod, Allow: t.Allow}}
 	if !t.Expires.IsZero() {
 		e := t.Expires.UTC()
 		r.Metadata.Expires = &e
@@ -424,10 +465,20 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 	if kind == policy.KindRole || kind == policy.KindNode {
 		defer s.inv.changed()
 	}
+	joined := false
 	if kind == policy.KindLock {
 		defer s.locks.changed()
 	}
 	err = s.st.Update(ctx, func(tx store.Tx) error {
+		if kind == policy.KindNode {
+			n, err := tx.Node(ctx, name)
+			if err == nil && n.Agent {
+				joined = true
+				if err := removeJoinedNode(ctx, tx, name); err != nil {
+					return err
+				}
+			}
+		}
 		if kind == policy.KindRole {
 			bots, err := tx.Bots(ctx)
 			if err != nil {
@@ -453,6 +504,9 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 		return nil
 	})
 	if err == nil {
+		if joined {
+			s.inv.forget(name)
+		}
 		s.log.Info("resource removed", "kind", kind, "name", name)
 	}
 	return err

@@ -30,10 +30,15 @@ type Moved struct {
 // agents go on renewing, through the replicas, the identities they hold,
 // and keep their node lists' ETags.
 //
+// The CA keys arrive sealed with the seal key at sealKey (or the systemd
+// credential ca-key-seal), which the replicas are then started with: plain
+// keys of the SQLite state are sealed before anything is sent, so the
+// database, its log and its backups never hold one.
+//
 // The SQLite state is then marked moved, and an authority started on it
 // refuses: bots renewing with it and with the replicas would present
 // generations the other has never seen, and be locked.
-func Migrate(ctx context.Context, from, to string) (*Moved, error) {
+func Migrate(ctx context.Context, from, to, sealKey string) (*Moved, error) {
 	dir, err := sqliteDir(from)
 	if err != nil {
 		return nil, err
@@ -60,6 +65,9 @@ func Migrate(ctx context.Context, from, to string) (*Moved, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", dir, err)
+	}
+	if err := sealDump(d, sealKey); err != nil {
+		return nil, err
 	}
 	dst, err := postgres.Open(ctx, to, store.Options{Cluster: d.ClusterName})
 	if err != nil {

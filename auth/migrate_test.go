@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
@@ -32,21 +33,37 @@ func TestMigrateKeepsBotsRenewing(t *testing.T) {
 		t.Fatal(err)
 	}
 	pin, list := s.CAPin(), pollNodes(t, s, id.key, id.cert, "")
+	forms := caKeyForms(t, s)
 
-	url := pgtest.Shared(t).NewURL(t)
-	if _, err := Migrate(ctx, "sqlite:"+dir, url); err == nil || !strings.Contains(err.Error(), "stop it first") {
+	srv := pgtest.Shared(t)
+	db := srv.NewDB(t)
+	url, keyFile := srv.URL(db), sealKeyFile(t)
+	if _, err := Migrate(ctx, "sqlite:"+dir, url, keyFile); err == nil || !strings.Contains(err.Error(), "stop it first") {
 		t.Fatalf("migrate while the authority serves: %v", err)
 	}
 	s.Close()
-	moved, err := Migrate(ctx, "sqlite:"+dir+"/"+sqlite.File, url)
+	empty := stateDump(t, srv, db)
+	if _, err := Migrate(ctx, "sqlite:"+dir, url, ""); err == nil || !strings.Contains(err.Error(), "--ca-key-seal") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("migrate without a seal key: %v; want one line naming --ca-key-seal", err)
+	}
+	if !bytes.Equal(stateDump(t, srv, db), empty) {
+		t.Fatal("a move refused for want of a seal key wrote to the database")
+	}
+	moved, err := Migrate(ctx, "sqlite:"+dir+"/"+sqlite.File, url, keyFile)
 	if err != nil {
 		t.Fatal(err)
+	}
+	dump := srv.Dump(t, db)
+	for name, b := range forms {
+		if bytes.Contains(dump, b) {
+			t.Errorf("pg_dump after the move holds the %s", name)
+		}
 	}
 	if moved.Bots != 2 || moved.Tokens != 2 || moved.Nodes != 1 || moved.CAs != 3 || strings.Contains(moved.To, pgtest.Shared(t).Password) {
 		t.Fatalf("moved: %+v", moved)
 	}
 
-	rs := startReplicasOn(t, url, 2)
+	rs := startReplicasOn(t, url, 2, func(c *Config) { c.CAKeySeal = keyFile })
 	if rs[0].CAPin() != pin {
 		t.Fatalf("the replicas serve pin %s, the bots pinned %s", rs[0].CAPin(), pin)
 	}
@@ -65,7 +82,7 @@ func TestMigrateKeepsBotsRenewing(t *testing.T) {
 	if _, err := Start(ctx, cfg); !errors.Is(err, sqlite.ErrMoved) || !strings.Contains(err.Error(), "--db") {
 		t.Fatalf("an authority on the moved SQLite state: %v", err)
 	}
-	if _, err := Migrate(ctx, "sqlite:"+dir, pgtest.Shared(t).NewURL(t)); !errors.Is(err, sqlite.ErrMoved) {
+	if _, err := Migrate(ctx, "sqlite:"+dir, pgtest.Shared(t).NewURL(t), keyFile); !errors.Is(err, sqlite.ErrMoved) {
 		t.Fatalf("a second move of the state: %v", err)
 	}
 }
@@ -88,7 +105,7 @@ func TestMigrateRefusals(t *testing.T) {
 		{"sqlite:" + t.TempDir(), url, "no midfs state"},
 		{"sqlite:" + dir, "mysql://db/x", "bad --to"},
 	} {
-		_, err := Migrate(ctx, c.from, c.to)
+		_, err := Migrate(ctx, c.from, c.to, sealKeyFile(t))
 		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("migrate %s -> %s: %v; want one line with %q", c.from, c.to, err, c.want)
 		}

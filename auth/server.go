@@ -95,11 +95,15 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, fmt.Errorf("read authority state: %w", err)
 	}
-	s.inv = newInventory(ctx, st, id, s.log)
-	s.wg.Add(1)
+	s.inv = newInventory(ctx, st, id, s.log, cfg.Clock.Now)
+	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		s.inv.follow(st.Changed(store.TopicInventory), s.stopping)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.flushStays(s.stopping) // with a last write of the heartbeats' stays
 	}()
 	s.wg.Add(1)
 	go func() {

@@ -53,14 +53,14 @@ func TestMigrateToPostgresWhileAnAgentRenews(t *testing.T) {
 
 	a.stop()
 	before := lastGeneration(ag)
-	out := mustRun(t, "auth", "migrate", "--from=sqlite:"+a.dataDir, "--to="+url)
+	keyFile := sealKeyFile(t)
+	out := mustRun(t, "auth", "migrate", "--from=sqlite:"+a.dataDir, "--to="+url, "--ca-key-seal="+keyFile)
 	if !strings.Contains(out, "1 bots") || strings.Contains(out, srv.Password) {
 		t.Fatalf("auth migrate said:\n%s", out)
 	}
 	if r := run(t, "auth", "start", "--data-dir", a.dataDir, "--listen=127.0.0.1:0"); r.code == 0 || !strings.Contains(r.stderr, "moved") {
 		t.Fatalf("an authority on the moved SQLite state: %s", r)
 	}
-	keyFile := sealKeyFile(t)
 	a.args = append(a.args, "--db="+url, "--ca-key-seal="+keyFile)
 	a.start()
 	waitFor(t, "the agent to renew through the authority on PostgreSQL", 60*time.Second, func() bool {

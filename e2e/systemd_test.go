@@ -25,7 +25,7 @@ func bootWithUnits(t *testing.T, extra ...map[string]string) *machine {
 			binds[inside] = host
 		}
 	}
-	for _, u := range []string{"midfs@.service", "midfs-auth.service"} {
+	for _, u := range []string{"midfs@.service", "midfs-auth.service", "midfs-node.service"} {
 		abs, err := filepath.Abs(filepath.Join("..", "contrib", u))
 		if err != nil {
 			t.Fatal(err)

@@ -410,3 +410,25 @@ func TestWithCAsKeepsTheIssuance(t *testing.T) {
 		}
 	}
 }
+
+// --labels as users type it: every label checked, one line naming the bad one.
+func TestParseLabels(t *testing.T) {
+	got, err := ParseLabels(" env=prod, team=data,,")
+	if err != nil || len(got) != 2 || got["env"] != "prod" || got["team"] != "data" {
+		t.Fatalf("ParseLabels: %v %v", got, err)
+	}
+	if got, err := ParseLabels(""); err != nil || len(got) != 0 {
+		t.Fatalf("empty: %v %v", got, err)
+	}
+	for in, want := range map[string]string{
+		"env":             "want k=v",
+		"=prod":           "want k=v",
+		"env=prod,env=qa": "twice",
+		"bad key=x":       "bad label key",
+		"env=a\nb":        "bad value",
+	} {
+		if _, err := ParseLabels(in); err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("ParseLabels(%q): %v; want one line saying %q", in, err, want)
+		}
+	}
+}

@@ -216,3 +216,27 @@ func isGraphicASCII(s string) bool {
 	}
 	return true
 }
+
+// ParseLabels reads labels written k=v[,k=v] (as FormatLabels writes them
+// and --labels takes them) and checks each with CheckLabel. Empty items
+// are skipped; a key given twice is an error.
+func ParseLabels(s string) (map[string]string, error) {
+	labels := map[string]string{}
+	for item := range strings.SplitSeq(s, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(item, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("bad label %q: want k=v[,k=v]", item)
+		}
+		if _, dup := labels[k]; dup {
+			return nil, fmt.Errorf("label %s is given twice", k)
+		}
+		if err := CheckLabel(k, v); err != nil {
+			return nil, err
+		}
+		labels[k] = v
+	}
+	return labels, nil
+}

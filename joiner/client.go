@@ -235,15 +235,11 @@ const (
 	minListRate = 64 << 10
 )
 
-// errNotModified is what nodes returns when the list is still the one the
-// ETag given names.
-var errNotModified = errors.New("node list not modified")
-
 // nodes fetches the nodes the client's identity may reach, sorted by name
 // so that two fetches compare equal when nothing changed, the CAs the
 // answer carries (nil from an authority before CA rotation) and the list's
 // ETag. With etag set it asks only for a changed list, and returns
-// errNotModified if the list is still the one etag names.
+// ErrNotModified if the list is still the one etag names.
 func (c *apiClient) nodes(ctx context.Context, etag string) ([]identity.Node, *wire.CASet, string, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -260,7 +256,7 @@ func (c *apiClient) nodes(ctx context.Context, etag string) ([]identity.Node, *w
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotModified {
-		return nil, nil, etag, errNotModified
+		return nil, nil, etag, ErrNotModified
 	}
 	addr := resp.Request.URL.Host
 	if resp.ContentLength > maxNodeListBytes {

@@ -69,8 +69,11 @@ type Config struct {
 	NodesInterval time.Duration // node list refresh between renewals
 	JoinTimeout   time.Duration // how long to retry network errors at start
 	Store         Store         // where the bot identity survives a restart; default memory
-	Logger        *slog.Logger
-	Clock         clock.Clock // default clock.Real()
+	// Node, for the node side: join with a node token as this node. Its
+	// fields are checked by the authority (and by the node side first).
+	Node   *wire.NodeInfo
+	Logger *slog.Logger
+	Clock  clock.Clock // default clock.Real()
 }
 
 // Validate checks the configuration without contacting anyone, so that a
@@ -119,6 +122,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.JoinMethod != wire.JoinToken && c.JoinMethod != wire.JoinIAM {
 		return bad("bad --join-method %q: want token or iam", c.JoinMethod)
+	}
+	if c.Node != nil && c.JoinMethod != wire.JoinToken {
+		return bad("a node joins with a node token (`midfs tokens add --type=node`), not --join-method=%s", c.JoinMethod)
 	}
 	if _, err := identity.ParseAlgorithm(string(c.Algorithm)); err != nil {
 		return bad("%v", err)

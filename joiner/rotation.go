@@ -114,25 +114,69 @@ func sameCerts(a, b []*x509.Certificate) bool {
 	return true
 }
 
-// followCAs takes a CA set sent with a node list: it serves the new CAs
-// (true: publish), trusts the new host CAs and renews at once when its
-// certificates are of a user CA that no longer signs. A set that does not
-// parse is logged and left: the agent keeps what it has.
+// followCAs takes a CA set the authority sent. It returns nil when the
+// set is the one held, or older (from a replica that has not heard of the
+// latest change yet); otherwise the set, read, with the session already
+// trusting the authority by its host CAs. first: no set was held before.
+func (s *Session) followCAs(set *wire.CASet) (f *caFollow, first bool, err error) {
+	if set == nil || sameCASet(set, s.cas) || (s.cas != nil && set.Version < s.cas.Version) {
+		return nil, false, nil
+	}
+	if f, err = readCASet(set); err != nil {
+		return nil, false, err
+	}
+	first = s.cas == nil
+	s.cas = set
+	s.trustHostCAs(f.hostCAs)
+	if !first {
+		s.log.Info("the authority's CAs changed", "phases", set.Phases, "user_cas", len(f.cas.User), "host_cas", len(f.cas.Host))
+	}
+	return f, first, nil
+}
+
+// trustHostCAs makes the host CAs the authority sent (over a connection
+// the ones held vouched for) the ones it is trusted by from now on, and
+// keeps them with the bot identity.
+func (s *Session) trustHostCAs(hostCAs []*x509.Certificate) {
+	if len(hostCAs) == 0 || sameCerts(hostCAs, s.bot.hostCAs) {
+		return
+	}
+	nb := *s.bot
+	nb.hostCAs = hostCAs
+	s.setBot(&nb)
+	s.save()
+	s.log.Info("trusting the authority's host CAs as it sent them (CA rotation)", "host_cas", len(hostCAs))
+}
+
+// FollowCAs takes the CAs the authority sent (a node's heartbeat
+// answer): changed says whether they are new to the session, which then
+// trusts the authority by their host CAs, and renew whether its bot
+// identity is of a user CA that no longer signs (renew it now). A set
+// that does not parse is an error, and changes nothing.
+func (s *Session) FollowCAs(set *wire.CASet) (changed, renew bool, err error) {
+	f, _, err := s.followCAs(set)
+	if err != nil {
+		return false, false, fmt.Errorf("the authority sent CAs this node does not take: %v", err)
+	}
+	if f == nil {
+		return false, false, nil
+	}
+	return true, f.stale(nil, s.bot.cert), nil
+}
+
+// followCAs takes the CAs a node list carried: the mount serves them at
+// once (true: publish), and the agent renews at once when what it holds
+// is of a user CA that no longer signs. A set that does not parse is
+// logged and left: the agent keeps what it has.
 func (a *Agent) followCAs(set *wire.CASet) bool {
-	if set == nil || sameCASet(set, a.caSet) {
-		return false
-	}
-	if a.caSet != nil && set.Version < a.caSet.Version {
-		return false // from a replica that has not heard of the latest change yet
-	}
-	f, err := readCASet(set)
+	f, _, err := a.sess.followCAs(set)
 	if err != nil {
 		a.log.Warn("the authority sent CAs this agent does not take; keeping the ones it has", "error", err)
 		return false
 	}
-	first := a.caSet == nil
-	a.caSet = set
-	a.trustHostCAs(f.hostCAs)
+	if f == nil {
+		return false
+	}
 	a.mu.Lock()
 	changed := a.id != nil && !sameCAs(a.id.CAs, f.cas)
 	if changed {
@@ -140,28 +184,11 @@ func (a *Agent) followCAs(set *wire.CASet) bool {
 	}
 	id := a.id
 	a.mu.Unlock()
-	if !first {
-		a.log.Info("the authority's CAs changed", "phases", set.Phases, "user_cas", len(f.cas.User), "host_cas", len(f.cas.Host))
-	}
-	if f.stale(id, a.bot.cert) {
+	if f.stale(id, a.sess.bot.cert) {
 		a.log.Info("renewing now: the user CA that signs changed (CA rotation)")
 		a.RenewNow()
 	}
 	return changed
-}
-
-// trustHostCAs makes the host CAs the authority sent (over a connection
-// the ones held vouched for) the ones it is trusted by from now on, and
-// keeps them with the bot identity.
-func (a *Agent) trustHostCAs(hostCAs []*x509.Certificate) {
-	if len(hostCAs) == 0 || sameCerts(hostCAs, a.bot.hostCAs) {
-		return
-	}
-	nb := *a.bot
-	nb.hostCAs = hostCAs
-	a.setBot(&nb)
-	a.save()
-	a.log.Info("trusting the authority's host CAs as it sent them (CA rotation)", "host_cas", len(hostCAs))
 }
 
 // sameCAs says whether two CA sets hold the same certificates.

@@ -45,6 +45,13 @@ func StoreName(authServer, mountpoint string) string {
 	return hex.EncodeToString(sum[:])[:16]
 }
 
+// NodeStoreName names the stored identity of node (`midfs node start
+// --name`) of one authority, as StoreName does for a mount.
+func NodeStoreName(authServer, node string) string {
+	sum := sha256.Sum256([]byte(authServer + "\x00node\x00" + node))
+	return "node-" + hex.EncodeToString(sum[:])[:16]
+}
+
 // OpenStore opens the store spec names for the identity called name (see
 // StoreName): "keyring" (the Linux kernel user keyring, the default),
 // "memory" (keeps nothing) or "dir:PATH" (a 0600 file in PATH).

@@ -48,6 +48,12 @@ const (
 	PathIAMChallenge = "/v1/join/iam/challenge"
 	// PathIAMJoin answers POST IAMJoinRequest with a non-renewable BotIdentity.
 	PathIAMJoin = "/v1/join/iam"
+	// PathHostCert answers POST HostCertRequest, over mTLS with a node's
+	// identity, with HostCerts: the node's SSH host certificate.
+	PathHostCert = "/v1/node/hostcert"
+	// PathHeartbeat answers POST Heartbeat, over mTLS with a node's
+	// identity, with HeartbeatAnswer; it keeps the node in the inventory.
+	PathHeartbeat = "/v1/node/heartbeat"
 )
 
 // ServerName is a DNS name that every authority's HTTPS certificate carries.
@@ -68,10 +74,56 @@ type CAResponse struct {
 	HostCAs     [][]byte `json:"host_cas"` // DER certificates
 }
 
-// JoinRequest trades a one-time token for a bot identity.
+// JoinRequest trades a one-time token for a bot identity, or with a node
+// token (Node set) for the identity of that node.
 type JoinRequest struct {
-	Token     string `json:"token"`
-	PublicKey []byte `json:"public_key"` // PKIX DER of the key the client generated
+	Token     string    `json:"token"`
+	PublicKey []byte    `json:"public_key"` // PKIX DER of the key the client generated
+	Node      *NodeInfo `json:"node,omitempty"`
+}
+
+// NodeInfo is what a node says of itself when it joins and at every
+// heartbeat: its name, the address of its sshd and its own labels. The
+// authority checks every field (identity.CheckNode) before it keeps it.
+type NodeInfo struct {
+	Name   string            `json:"name"`
+	Addr   string            `json:"addr"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// HostCertRequest asks for an SSH host certificate for the node's host key.
+type HostCertRequest struct {
+	PublicKey  string `json:"public_key"`            // authorized_keys form
+	TTLSeconds int64  `json:"ttl_seconds,omitempty"` // 0: the authority's default; capped by it
+}
+
+// HostCerts is what a node serves its sshd: a host certificate for
+// NAME.CLUSTER and NAME, and the user CAs sshd trusts.
+type HostCerts struct {
+	ClusterName string   `json:"cluster_name"`
+	HostCert    string   `json:"host_cert"` // authorized_keys line
+	UserCAs     []string `json:"user_cas"`  // authorized_keys lines (TrustedUserCAKeys)
+}
+
+// Heartbeat keeps a node in the inventory for one and a half of its
+// intervals (one heartbeat may come late), and updates its address and
+// labels.
+type Heartbeat struct {
+	Addr            string            `json:"addr"`
+	Labels          map[string]string `json:"labels,omitempty"`
+	IntervalSeconds int64             `json:"interval_seconds"`
+}
+
+// HeartbeatAnswer tells the node the labels bots' roles see it by (its
+// own, overridden by its join token's), which it must enforce by too, and
+// until when it stays in the inventory without another heartbeat.
+type HeartbeatAnswer struct {
+	Labels  map[string]string `json:"labels"`
+	Expires time.Time         `json:"expires"`
+	// CAs are the cluster's CAs: a node trusts every user CA among them
+	// and renews its host certificate and identity when the CA that
+	// signs them changes (a rotation), within one heartbeat.
+	CAs *CASet `json:"cas,omitempty"`
 }
 
 // RenewRequest asks for the next bot identity for a fresh key.

@@ -37,6 +37,23 @@ type BotToken struct {
 	ClusterName string    `json:"cluster_name"`
 }
 
+// NodeTokenSpec asks for a one-time token that joins one node.
+type NodeTokenSpec struct {
+	Labels map[string]string `json:"labels,omitempty"` // every node joining with it gets them, over its own
+	TTL    time.Duration     `json:"ttl,omitempty"`    // default 30m
+}
+
+// NodeToken is what `tokens add --type=node` prints: how a node joins.
+type NodeToken struct {
+	Token       string            `json:"token"`      // the one-time secret
+	TokenName   string            `json:"token_name"` // as `get tokens` lists it
+	Labels      map[string]string `json:"labels,omitempty"`
+	Expires     time.Time         `json:"expires"`
+	CAPin       string            `json:"ca_pin"`
+	AuthServer  string            `json:"auth_server"`
+	ClusterName string            `json:"cluster_name"`
+}
+
 // LockSpec asks for a lock on a bot.
 type LockSpec struct {
 	Bot     string        `json:"bot"`

@@ -162,6 +162,12 @@ func (c *Client) AddNode(ctx context.Context, n identity.Node) error {
 	return c.call(ctx, "POST", "/v1/nodes", nodeRequest{Node: n}, nil)
 }
 
+// AddNodeToken makes a one-time token that joins one node.
+func (c *Client) AddNodeToken(ctx context.Context, spec NodeTokenSpec) (*NodeToken, error) {
+	var t NodeToken
+	return &t, c.call(ctx, "POST", "/v1/tokens/node", spec, &t)
+}
+
 // RemoveNode deletes a node.
 func (c *Client) RemoveNode(ctx context.Context, name string) error {
 	return c.Remove(ctx, policy.KindNode, name)

@@ -28,6 +28,7 @@ type Authority interface {
 	Get(ctx context.Context, kind, name string) (*policy.Resources, error)
 	Remove(ctx context.Context, kind, name string) error
 	AddNode(ctx context.Context, n identity.Node) error
+	AddNodeToken(ctx context.Context, spec NodeTokenSpec) (*NodeToken, error)
 	Export(ctx context.Context, typ string) (string, error)
 	SignHost(ctx context.Context, publicKey string, hosts []string, ttl time.Duration) (string, error)
 	Rotate(ctx context.Context, req RotateRequest) (*policy.CAResource, error)
@@ -155,6 +156,13 @@ func routes(a Authority, log *slog.Logger) http.Handler {
 			return nil, Mark(Invalid, err)
 		}
 		return struct{}{}, a.AddNode(r.Context(), n.Node)
+	})
+	handle("POST /v1/tokens/node", func(r *http.Request) (any, error) {
+		var spec NodeTokenSpec
+		if err := wire.DecodeStrict(r.Body, &spec); err != nil {
+			return nil, Mark(Invalid, err)
+		}
+		return a.AddNodeToken(r.Context(), spec)
 	})
 	handle("GET /v1/export/{type}", func(r *http.Request) (any, error) {
 		text, err := a.Export(r.Context(), r.PathValue("type"))

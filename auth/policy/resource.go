@@ -31,6 +31,13 @@ const (
 	LockVersion  = "v2"
 )
 
+// Token roles: what a token joins, in Teleport's words. Tokens made from
+// YAML join bots; node tokens are made by `midfs tokens add --type=node`.
+const (
+	TokenRoleBot  = "Bot"
+	TokenRoleNode = "Node"
+)
+
 // loginsTemplate is filled from the bot's --logins.
 const loginsTemplate = "{{internal.logins}}"
 
@@ -152,8 +159,11 @@ type TokenResource struct {
 
 // TokenSpec is the body of a token resource.
 type TokenSpec struct {
-	Roles      []string    `json:"roles" yaml:"roles"`
-	BotName    string      `json:"bot_name" yaml:"bot_name"`
+	Roles   []string `json:"roles" yaml:"roles"`
+	BotName string   `json:"bot_name,omitempty" yaml:"bot_name,omitempty"`
+	// Labels are what a node token gives every node that joins with it,
+	// over the node's own labels of the same keys.
+	Labels     LabelMap    `json:"labels,omitempty" yaml:"labels,omitempty"`
 	JoinMethod string      `json:"join_method" yaml:"join_method"`
 	Allow      []AllowRule `json:"allow,omitempty" yaml:"allow,omitempty"`
 }
@@ -202,10 +212,24 @@ type BotStatus struct {
 
 // NodeResource is a node as `get nodes` shows it (kind: node, version: v2).
 type NodeResource struct {
-	Kind     string   `json:"kind" yaml:"kind"`
-	Version  string   `json:"version" yaml:"version"`
-	Metadata Metadata `json:"metadata" yaml:"metadata"`
-	Spec     NodeSpec `json:"spec" yaml:"spec"`
+	Kind     string      `json:"kind" yaml:"kind"`
+	Version  string      `json:"version" yaml:"version"`
+	Metadata Metadata    `json:"metadata" yaml:"metadata"`
+	Spec     NodeSpec    `json:"spec" yaml:"spec"`
+	Status   *NodeStatus `json:"status,omitempty" yaml:"status,omitempty"`
+}
+
+// NodeStatus is what `get nodes` adds: whether the node enforces access
+// (it joined with `midfs node start`) or was typed by an administrator
+// (`midfs nodes add`, YAML), and for the former whether it heartbeats.
+type NodeStatus struct {
+	Enforcing bool `json:"enforcing" yaml:"enforcing"`
+	// Online: an enforcing node that heartbeats, and so is in what bots
+	// see. Nodes typed by an administrator are always in it.
+	Online bool `json:"online" yaml:"online"`
+	// Expires is when an enforcing node leaves what bots see unless it
+	// heartbeats again (when it left, if it is offline).
+	Expires *time.Time `json:"expires,omitempty" yaml:"expires,omitempty"`
 }
 
 // NodeSpec is where a node listens for SSH.
@@ -355,6 +379,7 @@ func ParseResources(data []byte) (*Resources, error) {
 		case KindNode:
 			var n NodeResource
 			if err = dec.Decode(&n); err == nil {
+				n.Status = nil
 				err = n.check()
 				res.Nodes = append(res.Nodes, n)
 			}
@@ -460,8 +485,11 @@ func (t *TokenResource) check() error {
 	if len(t.Spec.Roles) == 0 {
 		t.Spec.Roles = []string{"Bot"}
 	}
-	if len(t.Spec.Roles) != 1 || !strings.EqualFold(t.Spec.Roles[0], "Bot") {
-		return fmt.Errorf("token %s: spec.roles must be [Bot]; midfs tokens only join bots", t.DisplayName())
+	if len(t.Spec.Roles) != 1 || !strings.EqualFold(t.Spec.Roles[0], TokenRoleBot) {
+		return fmt.Errorf("token %s: spec.roles must be [Bot]; tokens for nodes are made with `midfs tokens add --type=node`", t.DisplayName())
+	}
+	if len(t.Spec.Labels) > 0 {
+		return fmt.Errorf("token %s: spec.labels are for node tokens (`midfs tokens add --type=node --labels=...`)", t.DisplayName())
 	}
 	switch t.Spec.JoinMethod {
 	case wire.JoinToken:

@@ -66,7 +66,8 @@ const DefaultPollInterval = 5 * time.Second
 const (
 	// TopicInventory moves with every committed change of what any bot's
 	// node list shows: PutNode, PutRole, Remove of a node or role,
-	// SetBotGrants, Init and Restore move it.
+	// SetBotGrants, Init and Restore move it. ExtendNode does not: a
+	// heartbeat that keeps a node in changes nothing bots see.
 	TopicInventory = "inventory"
 	// TopicLocks moves with every committed change of the locks: PutLock,
 	// Remove of a lock, RemoveExpiredLocks that removed one, and Restore.
@@ -150,7 +151,8 @@ type Reader interface {
 	// Roles returns the named roles in the order named.
 	Roles(ctx context.Context, names []string) ([]policy.Role, error)
 	AllRoles(ctx context.Context) ([]policy.Role, error) // by name
-	Nodes(ctx context.Context) ([]identity.Node, error)  // by name
+	Node(ctx context.Context, name string) (*Node, error)
+	Nodes(ctx context.Context) ([]Node, error) // by name
 	// Locks returns the locks on bot, or every lock when bot is "",
 	// expired ones too, oldest first. Times are whole seconds.
 	Locks(ctx context.Context, bot string) ([]wire.Lock, error)
@@ -223,8 +225,13 @@ type Tx interface {
 	// cutoff and says how many.
 	RemoveSpentChallenges(ctx context.Context, cutoff time.Time) (int64, error)
 
-	PutRole(ctx context.Context, r policy.Role) error   // adds or replaces
-	PutNode(ctx context.Context, n identity.Node) error // adds or replaces
+	PutRole(ctx context.Context, r policy.Role) error // adds or replaces
+	PutNode(ctx context.Context, n Node) error        // adds or replaces
+	// ExtendNode moves a stored node's Expires (a heartbeat that changes
+	// nothing else) without moving TopicInventory: what bots see does not
+	// change, and replicas need not read it again. False if there is no
+	// such node.
+	ExtendNode(ctx context.Context, name string, expires time.Time) (bool, error)
 	// PutLock stores a new lock; ErrConflict if its ID is taken.
 	PutLock(ctx context.Context, l wire.Lock) error
 	// RemoveExpiredLocks removes locks that expired before cutoff and says
@@ -258,11 +265,31 @@ type Bot struct {
 	Created     time.Time
 }
 
+// Node is a stored node: an entry of the inventory bots see, typed by an
+// administrator (`midfs nodes add`, Agent false) or registered by the node
+// itself (`midfs node start`, Agent true). Only an agent's node enforces
+// access at its sshd, and it stays in what bots see only while it
+// heartbeats.
+type Node struct {
+	identity.Node
+	Agent bool
+	// Expires is when an agent's node leaves the inventory unless it
+	// heartbeats again; zero until its first heartbeat.
+	Expires time.Time
+	// TokenLabels are the labels of the token the node joined with: they
+	// override the node's own labels of the same keys.
+	TokenLabels map[string]string
+}
+
 // Token is a stored join token. Expires is zero for tokens that never
 // expire (delegated tokens without metadata.expires).
 type Token struct {
-	Name         string
-	BotName      string
+	Name    string
+	BotName string // empty for node tokens: a node names itself when it joins
+	// Role is what the token joins: policy.TokenRoleBot (also when empty,
+	// as in tokens stored before nodes joined) or policy.TokenRoleNode.
+	Role         string
+	Labels       map[string]string // node tokens: labels the node gets
 	JoinMethod   string
 	Allow        []policy.AllowRule
 	Expires      time.Time
@@ -285,7 +312,7 @@ type Dump struct {
 	Roles       []policy.Role
 	Bots        []*Bot
 	Tokens      []*Token
-	Nodes       []identity.Node
+	Nodes       []Node
 	Locks       []wire.Lock
 }
 

@@ -130,6 +130,7 @@ func adminCommands() []*cli.Command {
 			Flags:     []cli.Flag{dataDirFlag()},
 			Action:    withAdmin(remove),
 		},
+		tokensCommand(), // tokens.go
 		{
 			Name:  "nodes",
 			Usage: "the inventory of SSH nodes",
@@ -259,6 +260,8 @@ func authMigrateCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "from", Usage: "`sqlite:PATH` of the state: the authority's data directory (or its midfs.db)"},
 			&cli.StringFlag{Name: "to", Usage: "`URL` of the database, postgres://USER@HOST:PORT/DB?OPTIONS (a password is best in ~/.pgpass)"},
+			&cli.StringFlag{Name: "ca-key-seal", Usage: "seal the CA private keys moved into the database with the 32-byte key in `FILE`, " +
+				"the one the replicas start with (default: the systemd credential ca-key-seal)"},
 		},
 		Action: authMigrate,
 	}
@@ -272,7 +275,7 @@ func authMigrate(c *cli.Context) error {
 		return failf(exitUsage, "auth migrate needs --from=sqlite:PATH and --to=postgres://USER@HOST:PORT/DB")
 	}
 	warnPasswordInArgv(c.String("to"), slog.Default())
-	m, err := auth.Migrate(c.Context, c.String("from"), c.String("to"))
+	m, err := auth.Migrate(c.Context, c.String("from"), c.String("to"), c.String("ca-key-seal"))
 	if err != nil {
 		return fail(exitFailure, err)
 	}
@@ -448,13 +451,9 @@ func nodesAdd(c *cli.Context, ac *admin.Client) error {
 	if c.String("addr") == "" {
 		return failf(exitUsage, "nodes add %s: give its sshd address with --addr=HOST:PORT", name)
 	}
-	labels := map[string]string{}
-	for _, kv := range splitList(c.String("labels")) {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			return failf(exitUsage, "bad label %q in --labels: want k=v[,k=v]", kv)
-		}
-		labels[k] = v
+	labels, err := identity.ParseLabels(c.String("labels"))
+	if err != nil {
+		return failf(exitUsage, "bad --labels: %v", err)
 	}
 	if err := ac.AddNode(c.Context, identity.Node{Name: name, Addr: c.String("addr"), Labels: labels}); err != nil {
 		return fail(exitFailure, err)

@@ -27,7 +27,7 @@ func nodeCommands() []*cli.Command {
 	return []*cli.Command{{
 		Name:        "node",
 		Usage:       "run an enforcing SSH node",
-		Subcommands: []*cli.Command{nodeAuthorizeCommand()},
+		Subcommands: []*cli.Command{nodeStartCommand(), nodeAuthorizeCommand()},
 	}}
 }
 

@@ -26,10 +26,11 @@ func stubbedApp(t *testing.T, onRun func(c *cli.Context)) *cli.App {
 	stub := func(c *cli.Context) error { onRun(c); return nil }
 	mount := cliconfig.FindCommand(app.Commands, "mount")
 	start := cliconfig.FindCommand(cliconfig.FindCommand(app.Commands, "auth").Subcommands, "start")
-	if mount == nil || start == nil {
-		t.Fatal("mount and auth start must exist")
+	nodeStart := cliconfig.FindCommand(cliconfig.FindCommand(app.Commands, "node").Subcommands, "start")
+	if mount == nil || start == nil || nodeStart == nil {
+		t.Fatal("mount, auth start and node start must exist")
 	}
-	mount.Action, start.Action = stub, stub
+	mount.Action, start.Action, nodeStart.Action = stub, stub, stub
 	return app
 }
 
@@ -43,6 +44,7 @@ func TestContribExampleConfigsLoad(t *testing.T) {
 	}{
 		{"agent.yaml", []string{"mount"}, map[string]string{"storage": "keyring", "diag-addr": "127.0.0.1:3001"}},
 		{"auth.yaml", []string{"auth", "start"}, map[string]string{"listen": "0.0.0.0:3025", "cluster-name": "example.com"}},
+		{"node.yaml", []string{"node", "start"}, map[string]string{"name": "web1", "labels": "env=prod,team=web", "sshd-config": "/etc/ssh/sshd_config.d/midfs-node.conf", "diag-addr": "127.0.0.1:3003"}},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			ran := false
@@ -80,7 +82,7 @@ func TestContribExampleConfigsLoad(t *testing.T) {
 // config file: the loader is generic, this keeps it so.
 func TestEveryFlagHasAConfigKey(t *testing.T) {
 	app := newApp()
-	for _, path := range [][]string{{"mount"}, {"auth", "start"}} {
+	for _, path := range [][]string{{"mount"}, {"auth", "start"}, {"node", "start"}} {
 		cmd := cliconfig.FindCommand(app.Commands, path[0])
 		if len(path) > 1 {
 			cmd = cliconfig.FindCommand(cmd.Subcommands, path[1])
@@ -158,8 +160,8 @@ func TestUnitsVerify(t *testing.T) {
 	dir := t.TempDir()
 	units, _ := filepath.Glob(filepath.Join("..", "..", "contrib", "*.service"))
 	mounts, _ := filepath.Glob(filepath.Join("..", "..", "contrib", "*.mount"))
-	if len(units) != 2 || len(mounts) != 1 {
-		t.Fatalf("want 2 services and 1 mount unit in contrib/, got %q %q", units, mounts)
+	if len(units) != 3 || len(mounts) != 1 {
+		t.Fatalf("want 3 services and 1 mount unit in contrib/, got %q %q", units, mounts)
 	}
 	var verify []string
 	for _, u := range append(units, mounts...) {

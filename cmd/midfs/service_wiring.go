@@ -29,11 +29,16 @@ import (
 //	svc.Stopping()                 // shutdown begins; STOPPING=1
 //	svc.mountpoint(c)              // the positional MOUNTPOINT, or mountpoint: from the config file
 
-// addServiceFlags adds --config and --diag-addr to mount and auth start,
+// addServiceFlags adds --config and --diag-addr to mount, node start and auth start,
 // and the service commands (completion, cleanup). Call it before addEnvVars.
 func addServiceFlags(app *cli.App) {
 	if c := cliconfig.FindCommand(app.Commands, "mount"); c != nil {
 		wrapService(c, "mountpoint")
+	}
+	if n := cliconfig.FindCommand(app.Commands, "node"); n != nil {
+		if s := cliconfig.FindCommand(n.Subcommands, "start"); s != nil {
+			wrapService(s)
+		}
 	}
 	if a := cliconfig.FindCommand(app.Commands, "auth"); a != nil {
 		if s := cliconfig.FindCommand(a.Subcommands, "start"); s != nil {

@@ -87,6 +87,8 @@ type Store struct {
 
 	listening     chan struct{} // closed once the listener first listens
 	listeningOnce sync.Once
+
+	pinger *pinger // Ping's own connection
 }
 
 var _ store.Store = (*Store)(nil)
@@ -120,7 +122,7 @@ func Open(ctx context.Context, url string, opts store.Options) (*Store, error) {
 		log = slog.Default()
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	st := &Store{reader: reader{q: pool}, pool: pool, where: where, log: log, listening: make(chan struct{})}
+	st := &Store{reader: reader{q: pool}, pool: pool, where: where, log: log, listening: make(chan struct{}), pinger: newPinger(cfg.ConnConfig)}
 	if err != nil {
 		return nil, st.fail(err)
 	}
@@ -219,6 +221,7 @@ func (st *Store) Close() error {
 	st.stop()
 	st.bg.Wait()
 	st.Watchers.Close()
+	st.pinger.close()
 	st.pool.Close()
 	return nil
 }

@@ -215,7 +215,9 @@ func TestNotificationsResumeAfterTheServerRestarts(t *testing.T) {
 	initCluster(t, a)
 	ch := b.Changed(store.TopicInventory)
 	putNode := func(name string) error {
-		return a.Update(bg, func(tx store.Tx) error { return tx.PutNode(bg, identity.Node{Name: name, Addr: "10.0.0.1:22"}) })
+		return a.Update(bg, func(tx store.Tx) error {
+			return tx.PutNode(bg, store.Node{Node: identity.Node{Name: name, Addr: "10.0.0.1:22"}})
+		})
 	}
 	if err := putNode("before"); err != nil {
 		t.Fatal(err)

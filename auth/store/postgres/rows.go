@@ -12,7 +12,6 @@ import (
 
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store"
-	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -111,17 +110,20 @@ func (r reader) Bots(ctx context.Context) ([]*store.Bot, error) {
 	return queryAll(ctx, r, `SELECT `+botCols+` FROM bots ORDER BY name COLLATE "C"`, scanBot)
 }
 
-const tokenCols = `name, secret_hash, bot_name, join_method, allow, expires, created, used, used_key_hash, used_instance`
+const tokenCols = `name, secret_hash, bot_name, join_method, allow, expires, created, used, used_key_hash, used_instance, role, labels`
 
 func scanToken(row pgx.Row) (*store.Token, error) {
 	var t store.Token
-	var allow []byte
+	var allow, labels []byte
 	var expires, used *time.Time
-	if err := row.Scan(&t.Name, &t.SecretHash, &t.BotName, &t.JoinMethod, &allow, &expires, &t.Created, &used, &t.UsedKeyHash, &t.UsedInstance); err != nil {
+	if err := row.Scan(&t.Name, &t.SecretHash, &t.BotName, &t.JoinMethod, &allow, &expires, &t.Created, &used, &t.UsedKeyHash, &t.UsedInstance, &t.Role, &labels); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal(allow, &t.Allow); err != nil {
 		return nil, fmt.Errorf("token %s: stored allow rules: %w", t.Name, err)
+	}
+	if err := json.Unmarshal(labels, &t.Labels); err != nil {
+		return nil, fmt.Errorf("token %s: stored labels: %w", t.Name, err)
 	}
 	if expires != nil {
 		t.Expires = *expires
@@ -190,20 +192,40 @@ func (r reader) AllRoles(ctx context.Context) ([]policy.Role, error) {
 	return queryAll(ctx, r, `SELECT spec FROM roles ORDER BY name COLLATE "C"`, scanRole)
 }
 
-func scanNode(row pgx.Row) (identity.Node, error) {
-	var n identity.Node
-	var labels []byte
-	if err := row.Scan(&n.Name, &n.Addr, &labels); err != nil {
+const nodeCols = `name, addr, labels, agent, expires, token_labels`
+
+func scanNode(row pgx.Row) (store.Node, error) {
+	var n store.Node
+	var labels, tokenLabels []byte
+	var expires *time.Time
+	if err := row.Scan(&n.Name, &n.Addr, &labels, &n.Agent, &expires, &tokenLabels); err != nil {
 		return n, err
 	}
 	if err := json.Unmarshal(labels, &n.Labels); err != nil {
 		return n, fmt.Errorf("node %s: stored labels: %w", n.Name, err)
 	}
+	if err := json.Unmarshal(tokenLabels, &n.TokenLabels); err != nil {
+		return n, fmt.Errorf("node %s: stored token labels: %w", n.Name, err)
+	}
+	if expires != nil {
+		n.Expires = *expires
+	}
 	return n, nil
 }
 
-func (r reader) Nodes(ctx context.Context) ([]identity.Node, error) {
-	return queryAll(ctx, r, `SELECT name, addr, labels FROM nodes ORDER BY name COLLATE "C"`, scanNode)
+func (r reader) Node(ctx context.Context, name string) (*store.Node, error) {
+	n, err := scanNode(r.q.QueryRow(ctx, `SELECT `+nodeCols+` FROM nodes WHERE name = $1`, name))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("node %q: %w", name, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
+
+func (r reader) Nodes(ctx context.Context) ([]store.Node, error) {
+	return queryAll(ctx, r, `SELECT `+nodeCols+` FROM nodes ORDER BY name COLLATE "C"`, scanNode)
 }
 
 func scanLock(row pgx.Row) (wire.Lock, error) {
@@ -341,12 +363,12 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 			b.Name, mustJSON(nonNil(b.Roles)), mustJSON(nonNil(b.Logins)), b.Instance, int64(b.Generation), b.LastKeyHash, b.Locked, b.TokenName, seconds(b.Created))
 	}
 	for _, tok := range d.Tokens {
-		batch.Queue(`INSERT INTO tokens(`+tokenCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+		batch.Queue(`INSERT INTO tokens(`+tokenCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
 			tok.Name, tok.SecretHash, tok.BotName, tok.JoinMethod, mustJSON(nonNil(tok.Allow)), nullTime(tok.Expires), seconds(tok.Created),
-			nullTime(tok.Used), tok.UsedKeyHash, tok.UsedInstance)
+			nullTime(tok.Used), tok.UsedKeyHash, tok.UsedInstance, tokenRole(tok), mustJSON(nonNilMap(tok.Labels)))
 	}
 	for _, n := range d.Nodes {
-		batch.Queue(`INSERT INTO nodes(name, addr, labels) VALUES ($1, $2, $3)`, n.Name, n.Addr, mustJSON(nonNilMap(n.Labels)))
+		batch.Queue(`INSERT INTO nodes(`+nodeCols+`) VALUES ($1, $2, $3, $4, $5, $6)`, nodeArgs(n)...)
 	}
 	for _, l := range d.Locks {
 		batch.Queue(insertLock, l.ID, l.Bot, l.Message, seconds(l.Created), nullTime(l.Expires))
@@ -405,8 +427,9 @@ func (t *txn) SetLocked(ctx context.Context, name, reason string) error {
 }
 
 func (t *txn) PutToken(ctx context.Context, tok *store.Token, replace bool) error {
-	args := []any{tok.Name, tok.SecretHash, tok.BotName, tok.JoinMethod, mustJSON(nonNil(tok.Allow)), nullTime(tok.Expires), seconds(tok.Created)}
-	const insert = `INSERT INTO tokens(name, secret_hash, bot_name, join_method, allow, expires, created) VALUES ($1, $2, $3, $4, $5, $6, $7)`
+	args := []any{tok.Name, tok.SecretHash, tok.BotName, tok.JoinMethod, mustJSON(nonNil(tok.Allow)), nullTime(tok.Expires), seconds(tok.Created),
+		tokenRole(tok), mustJSON(nonNilMap(tok.Labels))}
+	const insert = `INSERT INTO tokens(name, secret_hash, bot_name, join_method, allow, expires, created, role, labels) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`
 	if !replace {
 		n, err := t.exec(ctx, insert+` ON CONFLICT DO NOTHING`, args...)
 		if err == nil && n == 0 {
@@ -426,8 +449,16 @@ func (t *txn) PutToken(ctx context.Context, tok *store.Token, replace bool) erro
 	}
 	_, err := t.exec(ctx, insert+` ON CONFLICT (name) DO UPDATE SET secret_hash = excluded.secret_hash, bot_name = excluded.bot_name,
 		join_method = excluded.join_method, allow = excluded.allow, expires = excluded.expires, created = excluded.created,
-		used = NULL, used_key_hash = NULL, used_instance = ''`, args...)
+		role = excluded.role, labels = excluded.labels, used = NULL, used_key_hash = NULL, used_instance = ''`, args...)
 	return err
+}
+
+// tokenRole is the role to store: a token made without one joins a bot.
+func tokenRole(tok *store.Token) string {
+	if tok.Role == "" {
+		return policy.TokenRoleBot
+	}
+	return tok.Role
 }
 
 func (t *txn) UseToken(ctx context.Context, name string, at time.Time, keyHash []byte, instance string) (bool, error) {
@@ -470,13 +501,22 @@ func (t *txn) PutRole(ctx context.Context, r policy.Role) error {
 	return t.bump(ctx, store.TopicInventory)
 }
 
-func (t *txn) PutNode(ctx context.Context, n identity.Node) error {
-	if _, err := t.exec(ctx, `INSERT INTO nodes(name, addr, labels) VALUES ($1, $2, $3)
-		ON CONFLICT (name) DO UPDATE SET addr = excluded.addr, labels = excluded.labels`,
-		n.Name, n.Addr, mustJSON(nonNilMap(n.Labels))); err != nil {
+func (t *txn) PutNode(ctx context.Context, n store.Node) error {
+	if _, err := t.exec(ctx, `INSERT INTO nodes(`+nodeCols+`) VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (name) DO UPDATE SET addr = excluded.addr, labels = excluded.labels, agent = excluded.agent,
+		expires = excluded.expires, token_labels = excluded.token_labels`, nodeArgs(n)...); err != nil {
 		return err
 	}
 	return t.bump(ctx, store.TopicInventory)
+}
+
+func nodeArgs(n store.Node) []any {
+	return []any{n.Name, n.Addr, mustJSON(nonNilMap(n.Labels)), n.Agent, nullTime(n.Expires), mustJSON(nonNilMap(n.TokenLabels))}
+}
+
+func (t *txn) ExtendNode(ctx context.Context, name string, expires time.Time) (bool, error) {
+	n, err := t.exec(ctx, `UPDATE nodes SET expires = $1 WHERE name = $2`, nullTime(expires), name)
+	return n == 1, err
 }
 
 func (t *txn) Remove(ctx context.Context, kind, name string) (bool, error) {

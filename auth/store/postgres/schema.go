@@ -83,7 +83,17 @@ CREATE TABLE locks (
 	expires timestamptz
 );
 CREATE INDEX locks_bot ON locks (bot);`,
-	// 4: several CAs of a kind (a rotation's old and new), by a random
+	// 4: nodes that join: node tokens (role Node, the labels they give),
+	// and nodes that registered themselves (agent), their heartbeat
+	// deadline and their token's labels. The defaults keep the meaning of
+	// older rows: tokens join bots, nodes were typed by an admin.
+	`
+ALTER TABLE tokens ADD COLUMN role text NOT NULL DEFAULT 'Bot';
+ALTER TABLE tokens ADD COLUMN labels jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE nodes ADD COLUMN agent boolean NOT NULL DEFAULT false;
+ALTER TABLE nodes ADD COLUMN expires timestamptz;
+ALTER TABLE nodes ADD COLUMN token_labels jsonb NOT NULL DEFAULT '{}';`,
+	// 5: several CAs of a kind (a rotation's old and new), by a random
 	// ID, and where each kind's rotation is. The CA a state held of each
 	// kind becomes its active one, not rotating.
 	`

@@ -13,7 +13,6 @@ import (
 
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/store"
-	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -134,17 +133,20 @@ func (r reader) Bots(ctx context.Context) ([]*store.Bot, error) {
 	return queryAll(ctx, r, `SELECT `+botCols+` FROM bots ORDER BY name`, scanBot)
 }
 
-const tokenCols = `name, secret_hash, bot_name, join_method, allow, expires, created, used, used_key_hash, used_instance`
+const tokenCols = `name, secret_hash, bot_name, join_method, allow, expires, created, used, used_key_hash, used_instance, role, labels`
 
 func scanToken(row rowScanner) (*store.Token, error) {
 	var t store.Token
-	var allow string
+	var allow, labels string
 	var expires, created, used int64
-	if err := row.Scan(&t.Name, &t.SecretHash, &t.BotName, &t.JoinMethod, &allow, &expires, &created, &used, &t.UsedKeyHash, &t.UsedInstance); err != nil {
+	if err := row.Scan(&t.Name, &t.SecretHash, &t.BotName, &t.JoinMethod, &allow, &expires, &created, &used, &t.UsedKeyHash, &t.UsedInstance, &t.Role, &labels); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal([]byte(allow), &t.Allow); err != nil {
 		return nil, fmt.Errorf("token %s: stored allow rules: %w", t.Name, err)
+	}
+	if err := json.Unmarshal([]byte(labels), &t.Labels); err != nil {
+		return nil, fmt.Errorf("token %s: stored labels: %w", t.Name, err)
 	}
 	t.Expires = unixOrZero(expires)
 	t.Used = unixOrZero(used)
@@ -217,20 +219,38 @@ func (r reader) AllRoles(ctx context.Context) ([]policy.Role, error) {
 	return queryAll(ctx, r, `SELECT spec FROM roles ORDER BY name`, scanRole)
 }
 
-func scanNode(row rowScanner) (identity.Node, error) {
-	var n identity.Node
-	var labels string
-	if err := row.Scan(&n.Name, &n.Addr, &labels); err != nil {
+const nodeCols = `name, addr, labels, agent, expires, token_labels`
+
+func scanNode(row rowScanner) (store.Node, error) {
+	var n store.Node
+	var labels, tokenLabels string
+	var expires int64
+	if err := row.Scan(&n.Name, &n.Addr, &labels, &n.Agent, &expires, &tokenLabels); err != nil {
 		return n, err
 	}
 	if err := json.Unmarshal([]byte(labels), &n.Labels); err != nil {
 		return n, fmt.Errorf("node %s: stored labels: %w", n.Name, err)
 	}
+	if err := json.Unmarshal([]byte(tokenLabels), &n.TokenLabels); err != nil {
+		return n, fmt.Errorf("node %s: stored token labels: %w", n.Name, err)
+	}
+	n.Expires = unixOrZero(expires)
 	return n, nil
 }
 
-func (r reader) Nodes(ctx context.Context) ([]identity.Node, error) {
-	return queryAll(ctx, r, `SELECT name, addr, labels FROM nodes ORDER BY name`, scanNode)
+func (r reader) Node(ctx context.Context, name string) (*store.Node, error) {
+	n, err := scanNode(r.q.QueryRowContext(r.ctx(ctx), `SELECT `+nodeCols+` FROM nodes WHERE name = ?`, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("node %q: %w", name, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
+
+func (r reader) Nodes(ctx context.Context) ([]store.Node, error) {
+	return queryAll(ctx, r, `SELECT `+nodeCols+` FROM nodes ORDER BY name`, scanNode)
 }
 
 func scanLock(row rowScanner) (wire.Lock, error) {
@@ -371,9 +391,9 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 		}
 	}
 	for _, tok := range d.Tokens {
-		if _, err := t.exec(ctx, `INSERT INTO tokens(`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		if _, err := t.exec(ctx, `INSERT INTO tokens(`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			tok.Name, tok.SecretHash, tok.BotName, tok.JoinMethod, mustJSON(nonNil(tok.Allow)), zeroOrUnix(tok.Expires), tok.Created.Unix(),
-			zeroOrUnix(tok.Used), tok.UsedKeyHash, tok.UsedInstance); err != nil {
+			zeroOrUnix(tok.Used), tok.UsedKeyHash, tok.UsedInstance, tokenRole(tok), mustJSON(nonNilMap(tok.Labels))); err != nil {
 			return err
 		}
 	}
@@ -429,16 +449,25 @@ func (t *txn) SetLocked(ctx context.Context, name, reason string) error {
 }
 
 func (t *txn) PutToken(ctx context.Context, tok *store.Token, replace bool) error {
-	q := `INSERT INTO tokens(name, secret_hash, bot_name, join_method, allow, expires, created) VALUES (?, ?, ?, ?, ?, ?, ?)`
+	q := `INSERT INTO tokens(name, secret_hash, bot_name, join_method, allow, expires, created, role, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	if replace {
 		// Not INSERT OR REPLACE: that would also delete another token
 		// whose secret hash this one repeats, where a conflict is due.
 		q += ` ON CONFLICT(name) DO UPDATE SET secret_hash = excluded.secret_hash, bot_name = excluded.bot_name,
 			join_method = excluded.join_method, allow = excluded.allow, expires = excluded.expires, created = excluded.created,
-			used = 0, used_key_hash = NULL, used_instance = ''`
+			role = excluded.role, labels = excluded.labels, used = 0, used_key_hash = NULL, used_instance = ''`
 	}
-	_, err := t.exec(ctx, q, tok.Name, tok.SecretHash, tok.BotName, tok.JoinMethod, mustJSON(nonNil(tok.Allow)), zeroOrUnix(tok.Expires), tok.Created.Unix())
+	_, err := t.exec(ctx, q, tok.Name, tok.SecretHash, tok.BotName, tok.JoinMethod, mustJSON(nonNil(tok.Allow)), zeroOrUnix(tok.Expires), tok.Created.Unix(),
+		tokenRole(tok), mustJSON(nonNilMap(tok.Labels)))
 	return err
+}
+
+// tokenRole is the role to store: a token made without one joins a bot.
+func tokenRole(tok *store.Token) string {
+	if tok.Role == "" {
+		return policy.TokenRoleBot
+	}
+	return tok.Role
 }
 
 func (t *txn) UseToken(ctx context.Context, name string, at time.Time, keyHash []byte, instance string) (bool, error) {
@@ -476,20 +505,22 @@ func (t *txn) PutRole(ctx context.Context, r policy.Role) error {
 	return t.bump(ctx, store.TopicInventory)
 }
 
-func (t *txn) PutNode(ctx context.Context, n identity.Node) error {
+func (t *txn) PutNode(ctx context.Context, n store.Node) error {
 	if err := t.putNode(ctx, n); err != nil {
 		return err
 	}
 	return t.bump(ctx, store.TopicInventory)
 }
 
-func (t *txn) putNode(ctx context.Context, n identity.Node) error {
-	labels := n.Labels
-	if labels == nil {
-		labels = map[string]string{}
-	}
-	_, err := t.exec(ctx, `INSERT OR REPLACE INTO nodes(name, addr, labels) VALUES (?, ?, ?)`, n.Name, n.Addr, mustJSON(labels))
+func (t *txn) putNode(ctx context.Context, n store.Node) error {
+	_, err := t.exec(ctx, `INSERT OR REPLACE INTO nodes(`+nodeCols+`) VALUES (?, ?, ?, ?, ?, ?)`,
+		n.Name, n.Addr, mustJSON(nonNilMap(n.Labels)), n.Agent, zeroOrUnix(n.Expires), mustJSON(nonNilMap(n.TokenLabels)))
 	return err
+}
+
+func (t *txn) ExtendNode(ctx context.Context, name string, expires time.Time) (bool, error) {
+	n, err := t.exec(ctx, `UPDATE nodes SET expires = ? WHERE name = ?`, zeroOrUnix(expires), name)
+	return n == 1, err
 }
 
 func (t *txn) PutLock(ctx context.Context, l wire.Lock) error {
@@ -551,4 +582,11 @@ func nonNil[T any](s []T) []T {
 		return []T{}
 	}
 	return s
+}
+
+func nonNilMap(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
 }

@@ -99,7 +99,17 @@ CREATE TABLE locks (
 	expires INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX locks_bot ON locks(bot);`,
-	// 5: several CAs of a kind (a rotation's old and new), by a random
+	// 5: nodes that join: node tokens (role Node, the labels they give),
+	// and nodes that registered themselves (agent), their heartbeat
+	// deadline and their token's labels. The defaults keep the meaning
+	// of older rows: tokens join bots, nodes were typed by an admin.
+	`
+ALTER TABLE tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'Bot';
+ALTER TABLE tokens ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE nodes ADD COLUMN agent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN expires INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN token_labels TEXT NOT NULL DEFAULT '{}';`,
+	// 6: several CAs of a kind (a rotation's old and new), by a random
 	// ID, and where each kind's rotation is. The CA a state held of each
 	// kind becomes its active one, not rotating.
 	`

@@ -145,7 +145,9 @@ func testCAVersions(t *testing.T, s *state) {
 		}},
 		{"RemoveCA", true, func(tx store.Tx) error { _, err := tx.RemoveCA(bg, "h2"); return err }},
 		{"RemoveCA of no CA", false, func(tx store.Tx) error { _, err := tx.RemoveCA(bg, "none"); return err }},
-		{"PutNode", false, func(tx store.Tx) error { return tx.PutNode(bg, identity.Node{Name: "n", Addr: "10.0.0.1:22"}) }},
+		{"PutNode", false, func(tx store.Tx) error {
+			return tx.PutNode(bg, store.Node{Node: identity.Node{Name: "n", Addr: "10.0.0.1:22"}})
+		}},
 		{"AdvanceGeneration", false, func(tx store.Tx) error { _, err := tx.AdvanceGeneration(bg, "x", 0, nil); return err }},
 	} {
 		before := version()

@@ -384,10 +384,19 @@ func testTokens(t *testing.T, s *state) {
 	if err != nil || got.Name != "one" || !got.Expires.Equal(expires) || !got.Created.Equal(at) || !got.Used.IsZero() || got.BotName != "b" {
 		t.Fatalf("TokenBySecret: %+v, %v", got, err)
 	}
+	if got.Role != policy.TokenRoleBot || len(got.Labels) != 0 {
+		t.Fatalf("a token stored without a role joins a bot: %+v", got)
+	}
 	got, err = st.Token(bg, "iam")
 	if err != nil || !got.Expires.IsZero() || got.SecretHash != nil || !jsonEqual(got.Allow, iam.Allow) || got.JoinMethod != "iam" {
 		t.Fatalf("Token(iam): %+v, %v", got, err)
 	}
+	nodeTok := &store.Token{Name: "node-1", Role: policy.TokenRoleNode, Labels: map[string]string{"env": "prod"}, JoinMethod: "token", SecretHash: []byte("sn"), Expires: expires, Created: at}
+	update(t, st, func(tx store.Tx) error { return tx.PutToken(bg, nodeTok, false) })
+	if got, err := st.TokenBySecret(bg, []byte("sn")); err != nil || got.Role != policy.TokenRoleNode || got.Labels["env"] != "prod" || got.BotName != "" {
+		t.Fatalf("a node token: %+v, %v", got, err)
+	}
+	update(t, st, func(tx store.Tx) error { _, err := tx.Remove(bg, policy.KindToken, "node-1"); return err })
 	update(t, st, func(tx store.Tx) error {
 		return tx.PutToken(bg, &store.Token{Name: "iam", BotName: "b", JoinMethod: "iam", Created: at.Add(time.Second)}, true)
 	})
@@ -447,6 +456,12 @@ func testTokens(t *testing.T, s *state) {
 	}
 }
 
+// joined is a node that registered itself (midfs node start).
+var joined = store.Node{
+	Node:  identity.Node{Name: "joined", Addr: "10.0.0.7:2222", Labels: map[string]string{"env": "prod", "team": "web"}},
+	Agent: true, Expires: at.Add(90 * time.Second), TokenLabels: map[string]string{"env": "prod"},
+}
+
 func testRolesNodesRemove(t *testing.T, s *state) {
 	st := s.handle()
 	initState(t, st)
@@ -457,12 +472,35 @@ func testRolesNodesRemove(t *testing.T, s *state) {
 			}
 		}
 		for _, n := range []identity.Node{{Name: "web", Addr: "10.0.0.2:22", Labels: map[string]string{"env": "prod"}}, {Name: "db", Addr: "[::1]:22"}} {
-			if err := tx.PutNode(bg, n); err != nil {
+			if err := tx.PutNode(bg, store.Node{Node: n}); err != nil {
 				return err
 			}
 		}
+		return tx.PutNode(bg, joined)
+	})
+	got, err := st.Node(bg, "joined")
+	if err != nil || !got.Agent || !got.Expires.Equal(joined.Expires) || got.TokenLabels["env"] != "prod" || got.Labels["team"] != "web" || got.Addr != joined.Addr {
+		t.Fatalf("Node(joined): %+v, %v", got, err)
+	}
+	if got, err := st.Node(bg, "web"); err != nil || got.Agent || !got.Expires.IsZero() || len(got.TokenLabels) != 0 {
+		t.Fatalf("Node(web), typed by an admin: %+v, %v", got, err)
+	}
+	_, err = st.Node(bg, "missing")
+	wantNotFound(t, "Node(missing)", err)
+	later := joined.Expires.Add(time.Minute)
+	update(t, st, func(tx store.Tx) error {
+		if ok, err := tx.ExtendNode(bg, "joined", later); !ok || err != nil {
+			return fmt.Errorf("ExtendNode(joined): %v, %v", ok, err)
+		}
+		if ok, err := tx.ExtendNode(bg, "missing", later); ok || err != nil {
+			return fmt.Errorf("ExtendNode(missing): %v, %v", ok, err)
+		}
 		return nil
 	})
+	if got, _ := st.Node(bg, "joined"); !got.Expires.Equal(later) || got.TokenLabels["env"] != "prod" || got.Addr != joined.Addr {
+		t.Fatalf("after ExtendNode: %+v", got)
+	}
+	update(t, st, func(tx store.Tx) error { _, err := tx.Remove(bg, policy.KindNode, "joined"); return err })
 	roles, err := st.Roles(bg, []string{"ops", "access"})
 	if err != nil || len(roles) != 2 || roles[0].Metadata.Name != "ops" || !jsonEqual(roles[1], role("access", "root", "deploy")) {
 		t.Fatalf("Roles(ops, access): %+v, %v", roles, err)
@@ -479,7 +517,7 @@ func testRolesNodesRemove(t *testing.T, s *state) {
 		t.Fatalf("Nodes: %+v, %v", nodes, err)
 	}
 	update(t, st, func(tx store.Tx) error {
-		return tx.PutNode(bg, identity.Node{Name: "web", Addr: "10.0.0.3:22"})
+		return tx.PutNode(bg, store.Node{Node: identity.Node{Name: "web", Addr: "10.0.0.3:22"}})
 	})
 	if nodes, _ := st.Nodes(bg); len(nodes) != 2 || nodes[1].Addr != "10.0.0.3:22" || len(nodes[1].Labels) != 0 {
 		t.Fatalf("a replaced node: %+v", nodes)
@@ -617,7 +655,9 @@ func testLockVersions(t *testing.T, s *state) {
 		{"PutLock again", true, func(tx store.Tx) error { return tx.PutLock(bg, wire.Lock{ID: "l2", Bot: "b", Created: at}) }},
 		{"Remove lock", true, func(tx store.Tx) error { _, err := tx.Remove(bg, policy.KindLock, "l2"); return err }},
 		{"Remove of a lock that is not there", false, func(tx store.Tx) error { _, err := tx.Remove(bg, policy.KindLock, "l2"); return err }},
-		{"PutNode", false, func(tx store.Tx) error { return tx.PutNode(bg, identity.Node{Name: "n", Addr: "10.0.0.1:22"}) }},
+		{"PutNode", false, func(tx store.Tx) error {
+			return tx.PutNode(bg, store.Node{Node: identity.Node{Name: "n", Addr: "10.0.0.1:22"}})
+		}},
 		{"SetLocked", false, func(tx store.Tx) error { return tx.SetLocked(bg, "b", "copied") }},
 	} {
 		before := ver()
@@ -636,7 +676,7 @@ func testAllOrNothing(t *testing.T, s *state) {
 		if err := tx.AddBot(bg, &store.Bot{Name: "half", Roles: []string{"access"}, Instance: "i", Created: at}); err != nil {
 			return err
 		}
-		if err := tx.PutNode(bg, identity.Node{Name: "n", Addr: "10.0.0.1:22"}); err != nil {
+		if err := tx.PutNode(bg, store.Node{Node: identity.Node{Name: "n", Addr: "10.0.0.1:22"}}); err != nil {
 			return err
 		}
 		if _, err := tx.Bot(bg, "half"); err != nil {
@@ -973,7 +1013,7 @@ func testCancelled(t *testing.T, s *state) {
 			return err
 		}
 		cancel()
-		return tx.PutNode(ctx, identity.Node{Name: "mid", Addr: "10.0.0.1:22"})
+		return tx.PutNode(ctx, store.Node{Node: identity.Node{Name: "mid", Addr: "10.0.0.1:22"}})
 	})
 	checkOutcome(t, st, "mid", err)
 	if err == nil {
@@ -1012,7 +1052,9 @@ func testVersions(t *testing.T, s *state) {
 		moves bool
 		fn    func(tx store.Tx) error
 	}{
-		{"PutNode", true, func(tx store.Tx) error { return tx.PutNode(bg, identity.Node{Name: "n", Addr: "10.0.0.1:22"}) }},
+		{"PutNode", true, func(tx store.Tx) error {
+			return tx.PutNode(bg, store.Node{Node: identity.Node{Name: "n", Addr: "10.0.0.1:22"}})
+		}},
 		{"PutRole", true, func(tx store.Tx) error { return tx.PutRole(bg, role("ops")) }},
 		{"SetBotGrants", true, func(tx store.Tx) error { return tx.SetBotGrants(bg, "b", []string{"ops"}, nil, "") }},
 		{"Remove node", true, func(tx store.Tx) error { _, err := tx.Remove(bg, policy.KindNode, "n"); return err }},
@@ -1027,6 +1069,8 @@ func testVersions(t *testing.T, s *state) {
 		{"AdvanceGeneration", false, func(tx store.Tx) error { _, err := tx.AdvanceGeneration(bg, "c", 0, nil); return err }},
 		{"Remove bot", false, func(tx store.Tx) error { _, err := tx.Remove(bg, policy.KindBot, "c"); return err }},
 		{"Remove of a node that is not there", false, func(tx store.Tx) error { _, err := tx.Remove(bg, policy.KindNode, "none"); return err }},
+		{"PutNode of a joined node", true, func(tx store.Tx) error { return tx.PutNode(bg, joined) }},
+		{"ExtendNode", false, func(tx store.Tx) error { _, err := tx.ExtendNode(bg, "joined", at.Add(time.Hour)); return err }},
 	} {
 		before := inv()
 		update(t, st, c.fn)
@@ -1036,7 +1080,7 @@ func testVersions(t *testing.T, s *state) {
 	}
 	before := inv()
 	st.Update(bg, func(tx store.Tx) error {
-		if err := tx.PutNode(bg, identity.Node{Name: "undone", Addr: "10.0.0.1:22"}); err != nil {
+		if err := tx.PutNode(bg, store.Node{Node: identity.Node{Name: "undone", Addr: "10.0.0.1:22"}}); err != nil {
 			return err
 		}
 		return errUndo
@@ -1066,7 +1110,9 @@ func testChanged(t *testing.T, s *state) {
 	waitFor(t, cb, 10*poll, "b to notice a's Init")
 	drain(ca)
 	drain(cb)
-	update(t, a, func(tx store.Tx) error { return tx.PutNode(bg, identity.Node{Name: "n", Addr: "10.0.0.1:22"}) })
+	update(t, a, func(tx store.Tx) error {
+		return tx.PutNode(bg, store.Node{Node: identity.Node{Name: "n", Addr: "10.0.0.1:22"}})
+	})
 	select {
 	case <-ca:
 	default:
@@ -1118,8 +1164,10 @@ func fill(t testing.TB, st store.Store) {
 			tx.PutToken(bg, &store.Token{Name: "iam", BotName: "a", JoinMethod: "iam", Allow: []policy.AllowRule{{AWSAccount: "1", AWSARN: "arn:*"}}, Created: at}, false),
 			tx.PutToken(bg, &store.Token{Name: "used", BotName: "b", JoinMethod: "token", SecretHash: []byte("s1"), Expires: exp, Created: at}, false),
 			tx.PutToken(bg, &store.Token{Name: "fresh", BotName: "b", JoinMethod: "token", SecretHash: []byte("s2"), Expires: exp, Created: at}, false),
-			tx.PutNode(bg, identity.Node{Name: "web", Addr: "10.0.0.2:22", Labels: map[string]string{"env": "prod", "arch": "x86_64"}}),
-			tx.PutNode(bg, identity.Node{Name: "db", Addr: "[fd00::1]:2222"}),
+			tx.PutToken(bg, &store.Token{Name: "node-1", Role: policy.TokenRoleNode, Labels: map[string]string{"env": "prod"}, JoinMethod: "token", SecretHash: []byte("s3"), Expires: exp, Created: at}, false),
+			tx.PutNode(bg, joined),
+			tx.PutNode(bg, store.Node{Node: identity.Node{Name: "web", Addr: "10.0.0.2:22", Labels: map[string]string{"env": "prod", "arch": "x86_64"}}}),
+			tx.PutNode(bg, store.Node{Node: identity.Node{Name: "db", Addr: "[fd00::1]:2222"}}),
 			tx.PutLock(bg, wire.Lock{ID: "l-forever", Bot: "a", Message: "key leaked", Created: at}),
 			tx.PutLock(bg, wire.Lock{ID: "l-day", Bot: "b", Created: at, Expires: exp}),
 			// The user CA halfway through a rotation.
@@ -1187,13 +1235,20 @@ func normal(d *store.Dump) string {
 		n := *tok
 		n.Created, n.Expires, n.Used = n.Created.UTC(), n.Expires.UTC(), n.Used.UTC()
 		n.Allow = append([]policy.AllowRule{}, n.Allow...)
+		if len(n.Labels) == 0 {
+			n.Labels = nil
+		}
 		toks = append(toks, n)
 	}
-	var nodes []identity.Node
+	var nodes []store.Node
 	for _, n := range d.Nodes {
 		if len(n.Labels) == 0 {
 			n.Labels = nil
 		}
+		if len(n.TokenLabels) == 0 {
+			n.TokenLabels = nil
+		}
+		n.Expires = n.Expires.UTC()
 		nodes = append(nodes, n)
 	}
 	c.Locks = nil
@@ -1205,7 +1260,7 @@ func normal(d *store.Dump) string {
 		D      store.Dump
 		Bots   []store.Bot
 		Tokens []store.Token
-		Nodes  []identity.Node
+		Nodes  []store.Node
 	}{c, bots, toks, nodes})
 	if err != nil {
 		panic(err)
@@ -1217,15 +1272,17 @@ func testDumpRestore(t *testing.T, s *state) {
 	src := s.handle()
 	fill(t, src)
 	d := Dump(t, src)
-	if len(d.Bots) != 2 || len(d.Tokens) != 3 || len(d.Nodes) != 2 || len(d.Roles) != 2 || len(d.CAs) != 4 || len(d.Rotations) != 3 || len(d.Locks) != 2 || d.Versions[store.TopicInventory] == 0 {
+	if len(d.Bots) != 2 || len(d.Tokens) != 4 || len(d.Nodes) != 3 || len(d.Roles) != 2 || len(d.CAs) != 4 || len(d.Rotations) != 3 || len(d.Locks) != 2 || d.Versions[store.TopicInventory] == 0 {
 		t.Fatalf("dump of a filled state lacks rows: %s", normal(d))
 	}
-	update(t, src, func(tx store.Tx) error { return tx.PutNode(bg, identity.Node{Name: "late", Addr: "10.0.0.9:22"}) })
+	update(t, src, func(tx store.Tx) error {
+		return tx.PutNode(bg, store.Node{Node: identity.Node{Name: "late", Addr: "10.0.0.9:22"}})
+	})
 	err := src.Update(bg, func(tx store.Tx) error { return tx.Restore(bg, d) })
 	if !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("Restore into a state that holds a cluster: %v, want ErrConflict", err)
 	}
-	if nodes, _ := src.Nodes(bg); len(nodes) != 3 {
+	if nodes, _ := src.Nodes(bg); len(nodes) != 4 {
 		t.Fatalf("a refused Restore changed the state: nodes %+v", nodes)
 	}
 	dst := s.another().handle()

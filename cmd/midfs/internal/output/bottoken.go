@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/midfs/midfs/auth/admin"
+	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -29,6 +30,28 @@ func BotToken(w io.Writer, bt *admin.BotToken, now time.Time) {
 		fmt.Fprintf(w, "midfs mount /opt/machine-id --auth-server=%s --join-method=%s --token=%s --ca-pin=%s\n", bt.AuthServer, bt.JoinMethod, bt.TokenName, bt.CAPin)
 	}
 }
+
+// NodeToken prints what `tctl tokens add --type=node` prints, for midfs
+// node start: the token, the CA pin, and the command for the node, where
+// the token reaches midfs through a pipe, never through argv.
+func NodeToken(w io.Writer, nt *admin.NodeToken, now time.Time) {
+	fmt.Fprintf(w, "The invite token: %s\n", nt.Token)
+	fmt.Fprintf(w, "This token will expire in %s, at %s.\n", humanDuration(nt.Expires.Sub(now)), nt.Expires.UTC().Format(time.RFC3339))
+	fmt.Fprintf(w, "It joins one node, once; `midfs get tokens` lists it as %s.\n", nt.TokenName)
+	if len(nt.Labels) > 0 {
+		fmt.Fprintf(w, "The node gets the labels %s, over its own --labels.\n", identity.FormatLabels(nt.Labels))
+	}
+	fmt.Fprintf(w, "The CA pin: %s\n\n", nt.CAPin)
+	fmt.Fprintf(w, "Run this as root on the node to join the cluster %s; it serves sshd a host certificate\n", nt.ClusterName)
+	fmt.Fprintf(w, "and checks every login against the roles and locks (NAME: the node's name, ADDR: where bots reach its sshd):\n\n")
+	fmt.Fprintf(w, "echo %s | midfs node start --auth-server=%s --token=- --ca-pin=%s --name=NAME --addr=ADDR:22 --sshd-config=%s\n\n",
+		nt.Token, nt.AuthServer, nt.CAPin, DefaultSSHDFragment)
+	fmt.Fprintf(w, "(or keep the token in a file only root can read and give --token-file=FILE; never --token=TOKEN,\nwhich every local user can read from the process list)\n")
+}
+
+// DefaultSSHDFragment is where the node's sshd_config fragment goes in the
+// printed command: the directory Debian's sshd_config includes.
+const DefaultSSHDFragment = "/etc/ssh/sshd_config.d/midfs-node.conf"
 
 // humanDuration prints "60 minutes" or "2 hours 30 minutes".
 func humanDuration(d time.Duration) string {

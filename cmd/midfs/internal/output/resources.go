@@ -53,13 +53,17 @@ func Resources(w io.Writer, kind string, res *policy.Resources, format string) e
 			t.Row(r.Metadata.Name, strings.Join(r.Spec.Allow.Logins, ","), formatSelector(r.Spec.Allow.NodeLabels), formatRules(r.Spec.Allow.Rules))
 		}
 	case policy.KindToken:
-		t.Header("Token", "Type", "Bot", "Expires", "State")
+		t.Header("Token", "Type", "Bot", "Labels", "Expires", "State")
 		for _, tk := range res.Tokens {
 			expires := "never"
 			if tk.Metadata.Expires != nil {
 				expires = tk.Metadata.Expires.Format(time.RFC3339)
 			}
-			t.Row(tk.Metadata.Name, tk.Spec.JoinMethod, tk.Spec.BotName, expires, tokenState(tk))
+			typ := tk.Spec.JoinMethod
+			if slices.Contains(tk.Spec.Roles, policy.TokenRoleNode) {
+				typ = "node"
+			}
+			t.Row(tk.Metadata.Name, typ, tk.Spec.BotName, identity.FormatLabels(tk.Spec.Labels), expires, tokenState(tk))
 		}
 	case policy.KindBot:
 		t.Header("Bot", "Roles", "Logins", "Generation", "Status")
@@ -75,11 +79,10 @@ func Resources(w io.Writer, kind string, res *policy.Resources, format string) e
 	case policy.KindLock:
 		return lockTable(res.Locks, time.Now()).Print(w)
 	case policy.KindNode:
-		var nodes []identity.Node
+		t.Header("Node Name", "Address", "Labels", "Enforcing", "State")
 		for _, n := range res.Nodes {
-			nodes = append(nodes, identity.Node{Name: n.Metadata.Name, Addr: n.Spec.Addr, Labels: n.Metadata.Labels})
+			t.Row(n.Metadata.Name, n.Spec.Addr, identity.FormatLabels(n.Metadata.Labels), nodeEnforcing(n), nodeState(n, time.Now()))
 		}
-		return Nodes(w, nodes)
 	case policy.KindCA:
 		return CAs(w, res.CAs)
 	}
@@ -96,6 +99,30 @@ func tokenState(t policy.TokenResource) string {
 		return "expired"
 	}
 	return "unused"
+}
+
+// nodeEnforcing says whether the node checks logins itself: "yes" for a
+// node that joined (midfs node start), "no" for one typed by an admin.
+func nodeEnforcing(n policy.NodeResource) string {
+	if n.Status != nil && n.Status.Enforcing {
+		return "yes"
+	}
+	return "no"
+}
+
+// nodeState says whether bots see the node: always for a typed node,
+// while it heartbeats for a joined one.
+func nodeState(n policy.NodeResource, now time.Time) string {
+	st := n.Status
+	switch {
+	case st == nil || !st.Enforcing:
+		return "typed by an admin"
+	case st.Online:
+		return "online"
+	case st.Expires == nil:
+		return "joined, no heartbeat yet"
+	}
+	return "offline since " + st.Expires.Local().Format(time.DateTime) + " (" + now.Sub(*st.Expires).Round(time.Second).String() + " ago)"
 }
 
 func botState(b policy.BotResource) string {
