@@ -5,13 +5,10 @@ package e2e
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,40 +63,6 @@ func pemCount(ag *agent, name string) int {
 	return strings.Count(string(ag.read(name)), "BEGIN CERTIFICATE")
 }
 
-// rotationLogins logs in to target again and again until stop is closed,
-// and counts the logins and the failures (the first few kept).
-type rotationLogins struct {
-	ok, failed atomic.Int64
-	mu         sync.Mutex
-	errs       []string
-	done       chan struct{}
-}
-
-func startRotationLogins(t testing.TB, mnt, target string, stop <-chan struct{}) *rotationLogins {
-	l := &rotationLogins{done: make(chan struct{})}
-	go func() {
-		defer close(l.done)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if out, err := sshLoginNoShell(t, mnt, target); err != nil {
-				l.failed.Add(1)
-				l.mu.Lock()
-				if len(l.errs) < 5 {
-					l.errs = append(l.errs, fmt.Sprintf("%s: %v: %s", time.Now().Format("15:04:05.000"), err, strings.TrimSpace(out)))
-				}
-				l.mu.Unlock()
-				continue
-			}
-			l.ok.Add(1)
-		}
-	}()
-	return l
-}
-
 // A node whose sshd an operator keeps by hand, with `auth export` and
 // `auth sign`, through a rotation of the user CA step by step and one of
 // the host CA over a short grace period: logins through a mount, in a
@@ -128,15 +91,13 @@ func TestRotationWithAHandKeptSSHD(t *testing.T) {
 		}
 	}
 
-	stop := make(chan struct{})
-	logins := startRotationLogins(t, bot.dir, target, stop)
+	logins := startLoginLoop(func() (string, error) { return sshLoginNoShell(t, bot.dir, target) })
 	defer func() {
 		select {
-		case <-stop:
+		case <-logins.done:
 		default:
-			close(stop)
+			logins.finish(t)
 		}
-		<-logins.done
 	}()
 	// Every wait is for what the mount must show within one node list
 	// poll (15 s) or one renewal it starts by itself.
@@ -183,13 +144,11 @@ func TestRotationWithAHandKeptSSHD(t *testing.T) {
 	// A few more logins with only the new CAs.
 	n := logins.ok.Load()
 	waitFor(t, "logins after the rotations", time.Minute, func() bool { return logins.ok.Load() >= n+3 })
-	close(stop)
-	<-logins.done
-	if f := logins.failed.Load(); f != 0 || logins.ok.Load() < 10 {
-		t.Fatalf("%d logins failed and %d succeeded during the rotations; first failures:\n%s\nsshd:\n%s\nagent:\n%s",
-			f, logins.ok.Load(), strings.Join(logins.errs, "\n"), tail(s.logs.String(), 20), tail(bot.logs.String(), 20))
+	logins.finish(t)
+	if bad := logins.bad.Load(); bad != 0 || logins.ok.Load() < 10 {
+		t.Fatalf("%d logins failed and %d succeeded during the rotations; the first: %v\nsshd:\n%s\nagent:\n%s",
+			bad, logins.ok.Load(), logins.firstBad.Load(), tail(s.logs.String(), 20), tail(bot.logs.String(), 20))
 	}
-	t.Logf("%d logins during the rotations, none failed", logins.ok.Load())
 }
 
 // sshWithCert logs in to s with only the key and key-cert.pub of dir,
