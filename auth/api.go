@@ -32,7 +32,11 @@ func (s *Server) routes() http.Handler {
 }
 
 func (s *Server) handleCA(w http.ResponseWriter, r *http.Request) {
-	wire.WriteJSON(w, wire.CAResponse{ClusterName: s.cluster, HostCAs: [][]byte{s.host.cert.Raw}})
+	var hostCAs [][]byte
+	for _, a := range s.caSet().kinds[caHost].all {
+		hostCAs = append(hostCAs, a.cert.Raw)
+	}
+	wire.WriteJSON(w, wire.CAResponse{ClusterName: s.cluster, HostCAs: hostCAs})
 }
 
 func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
@@ -162,8 +166,11 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, "nodes", err)
 		return
 	}
-	v := s.inv.version.Load()
-	tag := s.inv.etag(v)
+	// The tag names the CAs too (their stored version, the same on every
+	// replica), so that an agent hears of a rotation's phase change at
+	// its next poll; the list sent under it carries that very set.
+	v, cas := s.inv.version.Load(), s.caSet()
+	tag := s.inv.etag(v, cas.version)
 	if etagMatches(r.Header.Get("If-None-Match"), tag) {
 		s.metrics.nodeList("not_modified")
 		w.Header().Set("ETag", tag)
@@ -177,7 +184,7 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.nodeList("full")
 	w.Header().Set("ETag", tag)
-	if err := writeNodeList(w, list, s.https.WriteTimeout); err != nil {
+	if err := writeNodeList(w, cas.wireJSON, list, s.https.WriteTimeout); err != nil {
 		s.log.Debug("node list not sent whole", "bot", bc.Bot, "nodes", len(list), "err", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/hex"
 	"fmt"
 	"math/big"
 	"time"
@@ -25,8 +26,9 @@ const (
 	caDB   = "db"
 )
 
-// caValidity is how long a CA certificate is valid. CAs are never rotated
-// by midfs, so this is long; the pin covers the key, not the dates.
+// caValidity is how long a CA certificate is valid: long, since a CA is
+// replaced by rotating it (rotate.go), not by letting it expire; the pin
+// covers the key, not the dates.
 const caValidity = 10 * 365 * 24 * time.Hour
 
 // Teleport's X.509 subject OIDs (lib/tlsca/ca.go), so that tools which read
@@ -42,6 +44,7 @@ var (
 // authority is one certificate authority: a key, its self-signed X.509
 // certificate and, for the user and host CAs, the SSH signer over the same key.
 type authority struct {
+	id     string // in the store
 	kind   string
 	key    crypto.Signer
 	cert   *x509.Certificate
@@ -127,6 +130,14 @@ func (a *authority) signSSH(cert *ssh.Certificate) error {
 	}
 	cert.Serial = serial.Uint64()
 	return cert.SignCert(rand.Reader, a.signer)
+}
+
+// newCAID names a new CA in the store: random, so that the CAs of a
+// rotation's two halves never share one.
+func newCAID() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 func randomSerial() *big.Int {

@@ -289,7 +289,7 @@ func TestIdleConnectionsCannotCrowdOutAgents(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	s := startTest(t, func(c *Config) { c.MaxConns, c.Metrics = maxConns, reg })
 	pool := x509.NewCertPool()
-	pool.AddCert(s.host.cert)
+	pool.AddCert(s.signer(caHost).cert)
 	for range idleTLS {
 		c, err := tls.Dial("tcp", s.Addr(), &tls.Config{ServerName: wire.ServerName, RootCAs: pool})
 		if err != nil {

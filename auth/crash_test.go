@@ -54,7 +54,7 @@ func runChild(dir string) {
 		fmt.Fprintln(os.Stderr, "child:", err)
 		os.Exit(1)
 	}
-	json.NewEncoder(os.Stdout).Encode(childInfo{Addr: s.Addr(), Pin: s.CAPin(), HostCA: s.host.cert.Raw})
+	json.NewEncoder(os.Stdout).Encode(childInfo{Addr: s.Addr(), Pin: s.CAPin(), HostCA: s.signer(caHost).cert.Raw})
 	select {} // until killed
 }
 

@@ -49,7 +49,7 @@ type client struct {
 
 // newClient trusts the server's host CA and presents key+cert if given.
 func newClient(t testing.TB, s *Server, key crypto.Signer, certDER []byte) *client {
-	return newClientAt(t, s.Addr(), s.host.cert, key, certDER)
+	return newClientAt(t, s.Addr(), s.signer(caHost).cert, key, certDER)
 }
 
 func newClientAt(t testing.TB, addr string, hostCA *x509.Certificate, key crypto.Signer, certDER []byte) *client {

@@ -285,10 +285,11 @@ func (inv *inventory) inInventory(nodes []store.Node, now time.Time) []identity.
 	return out
 }
 
-// etag names what a bot sees at version v. Every change that could alter
-// any bot's list moves the version, so the tag needs nothing of the bot.
-func (inv *inventory) etag(v uint64) string {
-	return fmt.Sprintf(`"%s-%d"`, inv.cluster, v)
+// etag names what a bot sees at inventory version v with the CAs at
+// version cas (store.TopicCAs). Every change that could alter any bot's
+// list moves one of them, so the tag needs nothing of the bot.
+func (inv *inventory) etag(v, cas uint64) string {
+	return fmt.Sprintf(`"%s-%d-%d"`, inv.cluster, v, cas)
 }
 
 // at returns a snapshot at least as new as version v, reading the store if
@@ -366,10 +367,11 @@ func etagMatches(header, tag string) bool {
 // plus one second per listWriteRate bytes (100,000 nodes are about 8 MB).
 const listWriteRate = 64 << 10
 
-// writeNodeList streams {"nodes":[...]} from pre-encoded nodes, with a
-// Content-Length, so no answer is ever built whole in memory.
-func writeNodeList(w http.ResponseWriter, encoded [][]byte, writeTimeout time.Duration) error {
-	size := len(`{"nodes":[]}`) + max(len(encoded)-1, 0)
+// writeNodeList streams {"cas":...,"nodes":[...]} (a wire.NodeList) from
+// the pre-encoded CA set and nodes, with a Content-Length, so no answer is
+// ever built whole in memory.
+func writeNodeList(w http.ResponseWriter, cas []byte, encoded [][]byte, writeTimeout time.Duration) error {
+	size := len(`{"cas":,"nodes":[]}`) + len(cas) + max(len(encoded)-1, 0)
 	for _, b := range encoded {
 		size += len(b)
 	}
@@ -378,7 +380,9 @@ func writeNodeList(w http.ResponseWriter, encoded [][]byte, writeTimeout time.Du
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(size))
 	bw := bufio.NewWriterSize(w, 32<<10)
-	bw.WriteString(`{"nodes":[`)
+	bw.WriteString(`{"cas":`)
+	bw.Write(cas)
+	bw.WriteString(`,"nodes":[`)
 	for i, b := range encoded {
 		if i > 0 {
 			bw.WriteByte(',')

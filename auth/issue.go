@@ -114,7 +114,7 @@ func (s *Server) issueBotTLS(bot *store.Bot, pub crypto.PublicKey, gen uint64, r
 			{Type: oidRenewable, Value: strconv.FormatBool(renewable)},
 		},
 	}
-	der, err := s.user.signTLS(&x509.Certificate{
+	der, err := s.signer(caUser).signTLS(&x509.Certificate{
 		SerialNumber: serial,
 		Subject:      subject,
 		NotBefore:    now.Add(-time.Minute),
@@ -169,10 +169,14 @@ func (s *Server) issueOutput(bot *store.Bot, roles []policy.Role, pub crypto.Pub
 			policy.RulesExtension:     rules,
 		}},
 	}
-	if err := s.user.signSSH(sshCert); err != nil {
+	// One set for the whole issuance: both certificates from one CA, and
+	// the CAs the identity carries from the same moment.
+	set := s.caSet()
+	user := set.kinds[caUser].signing
+	if err := user.signSSH(sshCert); err != nil {
 		return nil, fmt.Errorf("sign SSH certificate: %w", err)
 	}
-	tlsDER, err := s.user.signTLS(&x509.Certificate{
+	tlsDER, err := user.signTLS(&x509.Certificate{
 		Subject: pkix.Name{
 			CommonName:   botUser(bot.Name),
 			Organization: bot.Roles,
@@ -191,14 +195,13 @@ func (s *Server) issueOutput(bot *store.Bot, roles []policy.Role, pub crypto.Pub
 	if err != nil {
 		return nil, fmt.Errorf("issue TLS certificate: %w", err)
 	}
-	cas := s.cas()
 	return &wire.Certs{
 		ClusterName: s.cluster,
 		SSHCert:     string(ssh.MarshalAuthorizedKey(sshCert)),
 		TLSCert:     tlsDER,
-		UserCAs:     wireCAs(cas.User),
-		HostCAs:     wireCAs(cas.Host),
-		DatabaseCAs: wireCAs(cas.Database),
+		UserCAs:     set.wire.User,
+		HostCAs:     set.wire.Host,
+		DatabaseCAs: set.wire.Database,
 	}, nil
 }
 
@@ -222,7 +225,7 @@ func (s *Server) signHostKey(pub ssh.PublicKey, hosts []string, ttl time.Duratio
 		ValidAfter:      uint64(now.Add(-time.Minute).Unix()),
 		ValidBefore:     uint64(now.Add(ttl).Unix()),
 	}
-	if err := s.host.signSSH(cert); err != nil {
+	if err := s.signer(caHost).signSSH(cert); err != nil {
 		return nil, err
 	}
 	return cert, nil

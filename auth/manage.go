@@ -21,7 +21,8 @@ import (
 
 // Status describes the running authority.
 func (s *Server) Status(ctx context.Context) (*admin.Status, error) {
-	return &admin.Status{ClusterName: s.cluster, Version: s.cfg.Version, CAPin: s.CAPin(), Addr: s.Addr(), AdvertiseAddr: s.advertise}, nil
+	return &admin.Status{ClusterName: s.cluster, Version: s.cfg.Version, CAPin: s.CAPin(), Addr: s.Addr(), AdvertiseAddr: s.advertise,
+		CAs: s.caResources()}, nil
 }
 
 // maxJoinTTL bounds how long a one-time token may wait to be used.
@@ -388,6 +389,12 @@ func (s *Server) Get(ctx context.Context, kind, name string) (*policy.Resources,
 			return nil, err
 		}
 		res.Locks = lockResources(locks, name)
+	case policy.KindCA:
+		for _, ca := range s.caResources() {
+			if name == "" || ca.Metadata.Name == name {
+				res.CAs = append(res.CAs, ca)
+			}
+		}
 	case policy.KindNode:
 		nodes, err := s.st.Nodes(ctx)
 		if err != nil {
@@ -476,6 +483,9 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 	if kind == policy.KindBot {
 		return s.RemoveBot(ctx, name)
 	}
+	if kind == policy.KindCA {
+		return admin.Errorf(admin.Invalid, "a CA is not removed but replaced: `midfs auth rotate --type=%s`", name)
+	}
 	if kind == policy.KindRole || kind == policy.KindNode {
 		defer s.inv.changed()
 	}
@@ -526,20 +536,26 @@ func (s *Server) Remove(ctx context.Context, kind, name string) error {
 	return err
 }
 
-// Export prints a CA in the form its consumers read.
+// Export prints a CA in the form its consumers read: during a rotation,
+// both CAs of the kind, oldest first, as both are trusted.
 func (s *Server) Export(ctx context.Context, typ string) (string, error) {
+	cas := s.caSet().identity()
 	switch typ {
 	case admin.ExportUser:
-		return string(ssh.MarshalAuthorizedKey(s.user.signer.PublicKey())), nil
+		var b strings.Builder
+		for _, ca := range cas.User {
+			b.Write(ssh.MarshalAuthorizedKey(ca.SSH))
+		}
+		return b.String(), nil
 	case admin.ExportHost:
-		b, err := identity.KnownHosts(s.cluster, []identity.CA{s.host.public()})
+		b, err := identity.KnownHosts(s.cluster, cas.Host)
 		return string(b), err
 	case admin.ExportTLSUser:
-		return string(identity.CertsPEM([]identity.CA{s.user.public()})), nil
+		return string(identity.CertsPEM(cas.User)), nil
 	case admin.ExportTLSHost:
-		return string(identity.CertsPEM([]identity.CA{s.host.public()})), nil
+		return string(identity.CertsPEM(cas.Host)), nil
 	case admin.ExportDB:
-		return string(identity.CertsPEM([]identity.CA{s.db.public()})), nil
+		return string(identity.CertsPEM(cas.Database)), nil
 	}
 	return "", admin.Errorf(admin.Invalid, "unknown export type %q: want user, host, tls-user, tls-host or db", typ)
 }

@@ -221,7 +221,7 @@ func (s *Server) hostCert(ctx context.Context, bc *botCert, req *wire.HostCertRe
 	return &wire.HostCerts{
 		ClusterName: s.cluster,
 		HostCert:    string(ssh.MarshalAuthorizedKey(cert)),
-		UserCAs:     []string{string(sshAuthorizedKey(s.user.signer.PublicKey()))},
+		UserCAs:     s.caSet().userCALines(), // both, during a rotation of the user CA
 	}, nil
 }
 
@@ -258,7 +258,7 @@ func (s *Server) heartbeat(ctx context.Context, bc *botCert, hb *wire.Heartbeat)
 	stays := (live && until.After(now)) || row.Expires.After(now)
 	if stays && row.Addr == node.Addr && maps.Equal(row.Labels, node.Labels) {
 		s.inv.extend(bc.Node, expires)
-		return &wire.HeartbeatAnswer{Labels: node.Labels, Expires: expires}, nil
+		return &wire.HeartbeatAnswer{Labels: node.Labels, Expires: expires, CAs: &s.caSet().wire}, nil
 	}
 	err = s.st.Update(ctx, func(tx store.Tx) error {
 		row, err := tx.Node(ctx, bc.Node)
@@ -281,7 +281,7 @@ func (s *Server) heartbeat(ctx context.Context, bc *botCert, hb *wire.Heartbeat)
 	s.inv.heartbeat(bc.Node, expires)
 	s.inv.changed()
 	s.log.Info("node in the inventory", "node", node.Name, "addr", node.Addr, "labels", identity.FormatLabels(node.Labels), "until", expires.UTC().Format(time.RFC3339))
-	return &wire.HeartbeatAnswer{Labels: node.Labels, Expires: expires}, nil
+	return &wire.HeartbeatAnswer{Labels: node.Labels, Expires: expires, CAs: &s.caSet().wire}, nil
 }
 
 // nodeMissing is the refusal of a heartbeat of a node that is not in the

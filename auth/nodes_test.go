@@ -116,7 +116,7 @@ func TestNodeJoinsGetsHostCertAndHeartbeats(t *testing.T) {
 	}
 	cert := pub.(*ssh.Certificate)
 	if cert.CertType != ssh.HostCert || !slices.Equal(cert.ValidPrincipals, []string{"db1.test.example.com", "db1"}) ||
-		string(cert.Key.Marshal()) != string(hk.Marshal()) || string(cert.SignatureKey.Marshal()) != string(s.host.signer.PublicKey().Marshal()) {
+		string(cert.Key.Marshal()) != string(hk.Marshal()) || string(cert.SignatureKey.Marshal()) != string(s.signer(caHost).signer.PublicKey().Marshal()) {
 		t.Fatalf("host certificate: type %d principals %v; want a host cert for db1.CLUSTER and db1 over the host key, signed by the host CA", cert.CertType, cert.ValidPrincipals)
 	}
 	if len(hc.UserCAs) != 1 || !strings.HasPrefix(hc.UserCAs[0], "ecdsa-sha2-nistp256 ") {

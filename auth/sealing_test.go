@@ -36,7 +36,11 @@ func sealKeyFile(t testing.TB) string {
 func caKeyForms(t testing.TB, s *Server) map[string][]byte {
 	t.Helper()
 	forms := map[string][]byte{}
-	for _, a := range []*authority{s.user, s.host, s.db} {
+	var all []*authority
+	for _, kind := range caKinds {
+		all = append(all, s.caSet().kinds[kind].all...)
+	}
+	for _, a := range all {
 		der, err := x509.MarshalPKCS8PrivateKey(a.key)
 		if err != nil {
 			t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,9 +36,6 @@ type Server struct {
 	log     *slog.Logger
 	st      store.Store
 	cluster string
-	user    *authority
-	host    *authority
-	db      *authority
 	metrics *metrics
 	inv     *inventory
 	dbw     *dbWatch // the database connection; the API waits for it
@@ -55,6 +53,13 @@ type Server struct {
 	lastDropWarn atomic.Int64 // unix ns
 
 	stopping chan struct{} // closed by Close: background work ends
+
+	// The CAs in use (cas.go), swapped whole by loadCAs under caMu;
+	// rotations moves them on (rotate.go).
+	caset     atomic.Pointer[caSet]
+	caMu      sync.Mutex
+	listening net.Addr // the HTTPS API's address, for its certificate
+	rotations rotator
 
 	closeOnce sync.Once
 	closeErr  error
@@ -80,7 +85,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), locks: &lockSet{}, stopping: make(chan struct{}), seal: sk, sealPath: skPath}
+	s := &Server{cfg: cfg, log: cfg.Logger, st: st, metrics: newMetrics(cfg.Metrics), locks: &lockSet{}, stopping: make(chan struct{}), seal: sk, sealPath: skPath,
+		rotations: newRotator()}
 	s.trail = newTrail(&cfg)
 	if err := s.loadOrInit(ctx); err != nil {
 		st.Close()
@@ -108,7 +114,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}()
 	s.dbw = newDBWatch(st, cfg.Clock, s.log, func() { s.inv.changed(); s.locks.changed() })
 	s.registerDBMetric(cfg.Metrics)
-	if err := s.serveHTTPS(); err != nil {
+	if err := s.serveHTTPS(ctx); err != nil {
 		close(s.stopping)
 		s.wg.Wait()
 		st.Close()
@@ -123,6 +129,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	go s.dbw.run()
 	s.startTrail()
+	s.startRotations()
 	s.log.Info("authority started", "cluster", s.cluster, "addr", s.Addr(), "advertise", s.advertise,
 		"ca_pin", s.CAPin(), "state", stateName(cfg), "admin_socket", admin.SocketPath(cfg.DataDir), "ca_keys_sealed", s.seal != nil)
 	return s, nil
@@ -140,8 +147,11 @@ func (s *Server) DataDir() string { return s.cfg.DataDir }
 // ClusterName is fixed at first start.
 func (s *Server) ClusterName() string { return s.cluster }
 
-// CAPin is the pin over the host CA's certificate; it never changes.
-func (s *Server) CAPin() string { return identity.SPKIPin(s.host.cert) }
+// CAPin is the pin over the host CA's certificate, as --ca-pin takes it:
+// during a rotation of the host CA, the pins of both, comma-separated (a
+// joining agent checks every host CA the authority presents). It changes
+// when a rotation of the host CA ends.
+func (s *Server) CAPin() string { return strings.Join(s.caSet().pins(), ",") }
 
 // Close stops serving and closes the state. In-flight requests get a few
 // seconds to finish.
@@ -149,6 +159,7 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		s.stopRotations()
 		err1 := s.https.Shutdown(ctx)
 		err2 := s.adminSrv.Shutdown(ctx)
 		close(s.stopping)
@@ -212,34 +223,11 @@ func (s *Server) loadOrInit(ctx context.Context) error {
 		s.log.Error("the stored cluster name fails the checks: agents will refuse to serve known_hosts and ssh_config", "err", err)
 	}
 	s.cluster = cluster
-	cas, err := s.st.CAs(ctx)
-	if err != nil {
+	// Every CA key is opened (loadCAs) before anything is written: a
+	// wrong seal key changes nothing.
+	if err := s.loadCAs(ctx); err != nil {
 		return err
 	}
-	for _, ca := range cas {
-		keyDER, err := s.openKey(cluster, ca)
-		if err != nil {
-			return err
-		}
-		a, err := loadAuthority(ca.Kind, keyDER, ca.CertDER)
-		clear(keyDER)
-		clear(ca.KeyDER)
-		if err != nil {
-			return err
-		}
-		switch ca.Kind {
-		case caUser:
-			s.user = a
-		case caHost:
-			s.host = a
-		case caDB:
-			s.db = a
-		}
-	}
-	if s.user == nil || s.host == nil || s.db == nil {
-		return fmt.Errorf("authority state in %s is missing a CA; restore it from a backup", s.cfg.DataDir)
-	}
-	// Writes only once every CA key opened: a wrong seal key changes nothing.
 	if err := s.sealStoredKeys(ctx); err != nil {
 		return err
 	}
@@ -284,7 +272,7 @@ func (s *Server) initState(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		cas = append(cas, store.CA{Kind: kind, KeyDER: stored, CertDER: a.cert.Raw})
+		cas = append(cas, store.CA{ID: newCAID(), Kind: kind, KeyDER: stored, CertDER: a.cert.Raw, Created: now})
 	}
 	return s.st.Update(ctx, func(tx store.Tx) error {
 		made, err := tx.Init(ctx, cluster, cas, policy.BuiltinRoles())
@@ -317,38 +305,26 @@ func (s *Server) droppedConn() {
 	}
 }
 
-// serveHTTPS listens on cfg.Listen with a server certificate issued now by
-// the host CA and kept only in memory.
-func (s *Server) serveHTTPS() error {
+// serveHTTPS listens on cfg.Listen with a server certificate issued by the
+// host CA that signs and kept only in memory, and trusts client
+// certificates of every user CA: both, during a rotation (see apiTLS).
+func (s *Server) serveHTTPS(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w (is another authority running? pick another --listen)", s.cfg.Listen, err)
 	}
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	s.advertise = advertiseAddr(s.cfg.AdvertiseAddr, s.cfg.Listen, port)
-	cert, err := s.serverCert(ln.Addr())
-	if err != nil {
+	s.listening = ln.Addr()
+	if err := s.loadCAs(ctx); err != nil {
 		ln.Close()
 		return err
 	}
-	pool := x509.NewCertPool()
-	pool.AddCert(s.user.cert)
+	// Each handshake takes the configuration of the CAs in use at that
+	// moment, so that a phase change reaches the next connection.
 	tlsCfg := &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    pool,
-		MinVersion:   tls.VersionTLS12,
-		Time:         s.cfg.Clock.Now,
-		// A resumed TLS session carries the client certificate of the
-		// handshake it resumes: a renewal must present the current bot
-		// identity, never the one before, or the bot locks itself.
-		SessionTicketsDisabled: true,
-		// Classic X25519 (P-256 for old clients) instead of the hybrid
-		// post-quantum exchange: it takes about 15% of a renewal's CPU, and
-		// nothing on this channel stays secret for long (join tokens work
-		// once within an hour, IAM challenges once within a minute, private
-		// keys never travel).
-		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256},
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return s.caSet().tls, nil },
+		MinVersion:         tls.VersionTLS12,
 	}
 	s.https = &http.Server{
 		Handler: s.routes(),
@@ -372,6 +348,28 @@ func (s *Server) serveHTTPS() error {
 	return nil
 }
 
+// apiTLS is the HTTPS API's TLS configuration with a server certificate
+// and the CAs trusted for client certificates.
+func (s *Server) apiTLS(cert tls.Certificate, clientCAs *x509.CertPool) *tls.Config {
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    clientCAs,
+		MinVersion:   tls.VersionTLS12,
+		Time:         s.cfg.Clock.Now,
+		// A resumed TLS session carries the client certificate of the
+		// handshake it resumes: a renewal must present the current bot
+		// identity, never the one before, or the bot locks itself.
+		SessionTicketsDisabled: true,
+		// Classic X25519 (P-256 for old clients) instead of the hybrid
+		// post-quantum exchange: it takes about 15% of a renewal's CPU, and
+		// nothing on this channel stays secret for long (join tokens work
+		// once within an hour, IAM challenges once within a minute, private
+		// keys never travel).
+		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256},
+	}
+}
+
 // serveAdmin serves the admin API (package admin) on DATA_DIR/admin.sock.
 func (s *Server) serveAdmin() error {
 	ln, err := admin.Listen(admin.SocketPath(s.cfg.DataDir))
@@ -390,8 +388,8 @@ func (s *Server) serveAdmin() error {
 }
 
 // serverCert names every way a client may reach this authority; clients
-// that pin the host CA ask for wire.ServerName.
-func (s *Server) serverCert(addr net.Addr) (tls.Certificate, error) {
+// that pin the host CA ask for wire.ServerName. host signs it.
+func (s *Server) serverCert(host *authority, addr net.Addr) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err
@@ -412,7 +410,7 @@ func (s *Server) serverCert(addr net.Addr) (tls.Certificate, error) {
 		ips = append(ips, ta.IP)
 	}
 	now := s.cfg.Clock.Now()
-	der, err := s.host.signTLS(&x509.Certificate{
+	der, err := host.signTLS(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: wire.ServerName, Organization: []string{s.cluster}},
 		DNSNames:    dns,
 		IPAddresses: ips,
@@ -425,26 +423,6 @@ func (s *Server) serverCert(addr net.Addr) (tls.Certificate, error) {
 		return tls.Certificate{}, fmt.Errorf("issue HTTPS certificate: %w", err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
-}
-
-// cas returns the cluster's CAs as identities carry them.
-func (s *Server) cas() identity.CAs {
-	return identity.CAs{
-		User:     []identity.CA{s.user.public()},
-		Host:     []identity.CA{s.host.public()},
-		Database: []identity.CA{s.db.public()},
-	}
-}
-
-func wireCAs(cas []identity.CA) []wire.CA {
-	out := make([]wire.CA, len(cas))
-	for i, ca := range cas {
-		out[i].TLS = ca.TLS.Raw
-		if ca.SSH != nil {
-			out[i].SSH = string(sshAuthorizedKey(ca.SSH))
-		}
-	}
-	return out
 }
 
 // Check reports whether the state is readable, for health checks.

@@ -72,7 +72,7 @@ func TestJoinRenewCertsNodes(t *testing.T) {
 		t.Errorf("output TLS subject %v issuer %v", tc.Subject, tc.Issuer)
 	}
 	// The output identity checks out the way the mount checks it.
-	ident := &identity.Identity{Key: key, SSHCert: cert, TLSCert: tc, ClusterName: out.ClusterName, CAs: s.cas()}
+	ident := &identity.Identity{Key: key, SSHCert: cert, TLSCert: tc, ClusterName: out.ClusterName, CAs: s.caSet().identity()}
 	if err := ident.Check(); err != nil {
 		t.Errorf("output identity does not check: %v", err)
 	}
@@ -419,7 +419,7 @@ func TestRestartKeepsState(t *testing.T) {
 
 func TestCACertificates(t *testing.T) {
 	s := startTest(t)
-	for _, a := range []*authority{s.user, s.host, s.db} {
+	for _, a := range []*authority{s.signer(caUser), s.signer(caHost), s.signer(caDB)} {
 		c := a.cert
 		if !c.IsCA || c.Subject.Organization[0] != "test.example.com" || c.Subject.OrganizationalUnit[0] != a.kind {
 			t.Errorf("%s CA subject %v", a.kind, c.Subject)
@@ -428,7 +428,7 @@ func TestCACertificates(t *testing.T) {
 			t.Errorf("%s CA valid for %v, want ~10 years", a.kind, life)
 		}
 	}
-	if got := identity.SPKIPin(s.host.cert); got != s.CAPin() || !strings.HasPrefix(got, "sha256:") {
+	if got := identity.SPKIPin(s.signer(caHost).cert); got != s.CAPin() || !strings.HasPrefix(got, "sha256:") {
 		t.Errorf("pin %s", got)
 	}
 }

@@ -427,6 +427,7 @@ func tail(s string, n int) string {
 // CA and presents a host certificate from `midfs auth sign`.
 type sshd struct {
 	port int
+	dir  string // host key and certificate, user_ca.pub, sshd_config
 	cmd  *exec.Cmd
 	logs *testenv.LogBuffer
 }
@@ -453,7 +454,7 @@ func startSSHDWith(t testing.TB, a *authority, extraConfig string, names ...stri
 	if err := os.WriteFile(filepath.Join(dir, "user_ca.pub"), []byte(ca), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := &sshd{port: freePort(t), logs: &testenv.LogBuffer{}}
+	s := &sshd{port: freePort(t), dir: dir, logs: &testenv.LogBuffer{}}
 	cfg := fmt.Sprintf(`Port %d
 ListenAddress 127.0.0.1
 HostKey %[2]s/host
@@ -494,6 +495,14 @@ func (s *sshd) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
 func sshRun(t testing.TB, mnt, target string, command ...string) (string, error) {
 	t.Helper()
 	return sshWith(t, append(sshOptions(mnt), "-o", "IdentityAgent=none"), target, command...)
+}
+
+// sshLoginNoShell logs in through the mount and starts sshd's built-in sftp
+// server, which ends at once (no input): a whole login that runs no shell,
+// so it does not take the seconds a busy machine's root ~/.bashrc may.
+func sshLoginNoShell(t testing.TB, mnt, target string) (string, error) {
+	t.Helper()
+	return sshWith(t, append(sshOptions(mnt), "-o", "IdentityAgent=none", "-s"), target, "sftp")
 }
 
 // sshOptions are the options every test ssh runs with: the mount's

@@ -50,6 +50,15 @@ func (id *Identity) keyPEM() ([]byte, error) {
 	return id.keyPEMs, id.keyErr
 }
 
+// WithCAs is the same issuance (key, certificates, and the key file's
+// bytes) carrying other CAs: what an agent serves when a CA rotation moves
+// on between two renewals.
+func (id *Identity) WithCAs(cas CAs) *Identity {
+	n := &Identity{Key: id.Key, SSHCert: id.SSHCert, TLSCert: id.TLSCert, CAs: cas, ClusterName: id.ClusterName}
+	n.keyOnce.Do(func() { n.keyPEMs, n.keyErr = id.keyPEM() })
+	return n
+}
+
 // Expires is when the first of the two certificates runs out.
 func (id *Identity) Expires() time.Time {
 	exp := id.TLSCert.NotAfter

@@ -384,6 +384,33 @@ func must[T any](v T, err error) T {
 	return v
 }
 
+// An identity given the CAs of a rotation's next phase serves the same
+// key, byte for byte (Ed25519's OpenSSH encoding is random), and the same
+// certificates, with the new CAs in the CA files and known_hosts.
+func TestWithCAsKeepsTheIssuance(t *testing.T) {
+	for _, alg := range []Algorithm{ECDSA, Ed25519} {
+		id := testIdentity(t, alg)
+		extra := testIdentity(t, ECDSA).CAs.Host[0]
+		cas := id.CAs
+		cas.Host = append(append([]CA(nil), cas.Host...), extra)
+		next := id.WithCAs(cas)
+		for _, f := range []string{FileKey, FileSSHCert, FileTLSCert} {
+			a, _ := Render(f, id, nil, Paths{Dir: "/m"})
+			b, _ := Render(f, next, nil, Paths{Dir: "/m"})
+			if string(a) != string(b) {
+				t.Fatalf("%s: %s changed with the CAs", alg, f)
+			}
+		}
+		kh, err := Render(FileKnownHosts, next, nil, Paths{Dir: "/m"})
+		if err != nil || strings.Count(string(kh), "@cert-authority") != 2 {
+			t.Fatalf("%s: known_hosts with two host CAs:\n%s %v", alg, kh, err)
+		}
+		if err := next.Check(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // --labels as users type it: every label checked, one line naming the bad one.
 func TestParseLabels(t *testing.T) {
 	got, err := ParseLabels(" env=prod, team=data,,")

@@ -213,7 +213,7 @@ func ListNodes(ctx context.Context, authServer string, key crypto.Signer, cert *
 	api := newAPIClient(auth, certPool(hostCAs), key, cert)
 	defer api.close()
 	for tries := auth.count(ctx); ; tries-- {
-		nodes, _, err := api.nodes(ctx, "")
+		nodes, _, _, err := api.nodes(ctx, "")
 		if !isRetryable(err) {
 			return nodes, err
 		}
@@ -236,10 +236,11 @@ const (
 )
 
 // nodes fetches the nodes the client's identity may reach, sorted by name
-// so that two fetches compare equal when nothing changed, and the list's
+// so that two fetches compare equal when nothing changed, the CAs the
+// answer carries (nil from an authority before CA rotation) and the list's
 // ETag. With etag set it asks only for a changed list, and returns
 // ErrNotModified if the list is still the one etag names.
-func (c *apiClient) nodes(ctx context.Context, etag string) ([]identity.Node, string, error) {
+func (c *apiClient) nodes(ctx context.Context, etag string) ([]identity.Node, *wire.CASet, string, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// requestTimeout to the answer's headers, then more for a long list.
@@ -251,31 +252,31 @@ func (c *apiClient) nodes(ctx context.Context, etag string) ([]identity.Node, st
 	}
 	resp, err := c.send(ctx, http.MethodGet, wire.PathNodes, nil, header)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, "", err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotModified {
-		return nil, etag, ErrNotModified
+		return nil, nil, etag, ErrNotModified
 	}
 	addr := resp.Request.URL.Host
 	if resp.ContentLength > maxNodeListBytes {
-		return nil, "", fmt.Errorf("the authority at %s sent a node list of %d bytes; the most this agent takes is %d", addr, resp.ContentLength, maxNodeListBytes)
+		return nil, nil, "", fmt.Errorf("the authority at %s sent a node list of %d bytes; the most this agent takes is %d", addr, resp.ContentLength, maxNodeListBytes)
 	}
 	if resp.ContentLength > 0 {
 		deadline.Reset(requestTimeout + time.Duration(resp.ContentLength/minListRate)*time.Second)
 	}
 	br := &budgetReader{r: resp.Body}
-	nodes, err := decodeNodes(br)
+	nodes, cas, err := decodeNodes(br)
 	if err != nil {
 		if br.broken != nil || ctx.Err() != nil {
 			err = &retryable{fmt.Errorf("reading the node list from the authority at %s: %v", addr, err)}
 			c.auth.fail(addr, err)
-			return nil, "", err
+			return nil, nil, "", err
 		}
-		return nil, "", fmt.Errorf("the authority at %s sent a node list this agent does not take: %w", addr, err)
+		return nil, nil, "", fmt.Errorf("the authority at %s sent a node list this agent does not take: %w", addr, err)
 	}
 	slices.SortFunc(nodes, func(a, b identity.Node) int { return strings.Compare(a.Name, b.Name) })
-	return nodes, resp.Header.Get("ETag"), nil
+	return nodes, cas, resp.Header.Get("ETag"), nil
 }
 
 // errListLimit is a node list beyond the limits above.
@@ -283,49 +284,57 @@ var errListLimit = errors.New("node list beyond this agent's limits")
 
 // decodeNodes reads a wire.NodeList one node at a time, so that neither a
 // node above maxNodeBytes nor a list above maxNodes or maxNodeListBytes is
-// ever held whole.
-func decodeNodes(br *budgetReader) ([]identity.Node, error) {
+// ever held whole; its CAs (a few KB) are held to maxNodeBytes too.
+func decodeNodes(br *budgetReader) ([]identity.Node, *wire.CASet, error) {
 	dec := json.NewDecoder(br)
 	br.allow(maxNodeBytes)
 	if err := expectDelim(dec, '{'); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var nodes []identity.Node
+	var cas *wire.CASet
 	for dec.More() {
 		br.allow(dec.InputOffset() + maxNodeBytes)
 		key, err := dec.Token()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if key != "nodes" {
+		switch key {
+		case "cas":
+			if err := dec.Decode(&cas); err != nil {
+				return nil, nil, err
+			}
+			continue
+		case "nodes":
+		default:
 			var skip json.RawMessage // a field of a later version
 			if err := dec.Decode(&skip); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			continue
 		}
 		if err := expectDelim(dec, '['); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		for dec.More() {
 			if len(nodes) == maxNodes {
-				return nil, fmt.Errorf("%w: more than %d nodes", errListLimit, maxNodes)
+				return nil, nil, fmt.Errorf("%w: more than %d nodes", errListLimit, maxNodes)
 			}
 			br.allow(dec.InputOffset() + maxNodeBytes)
 			var n identity.Node
 			if err := dec.Decode(&n); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			nodes = append(nodes, n)
 		}
 		if err := expectDelim(dec, ']'); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if err := expectDelim(dec, '}'); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return nodes, nil
+	return nodes, cas, nil
 }
 
 func expectDelim(dec *json.Decoder, want json.Delim) error {

@@ -271,6 +271,7 @@ func (a *Agent) refreshOutput(ctx context.Context) error {
 	a.id = id
 	a.status.Expires = id.Expires()
 	a.mu.Unlock()
+	a.sess.trustHostCAs(hostCerts(id.CAs.Host))
 	// The identity must never be lost over the node list: without one, the
 	// mount serves the last list (or none) and Run asks again.
 	if _, err := a.refreshNodes(ctx); err != nil {
@@ -283,9 +284,10 @@ func (a *Agent) refreshOutput(ctx context.Context) error {
 }
 
 // refreshNodes fetches the node list unless it is unchanged since the
-// last one, and says whether it changed.
+// last one, follows the CAs it carries (rotation.go), and says whether
+// the list or the CAs served changed.
 func (a *Agent) refreshNodes(ctx context.Context) (bool, error) {
-	nodes, tag, err := a.sess.api.nodes(ctx, a.nodeTag)
+	nodes, cas, tag, err := a.sess.api.nodes(ctx, a.nodeTag)
 	if errors.Is(err, ErrNotModified) {
 		a.mu.Lock()
 		a.status.NodesUpdated = a.clock.Now()
@@ -296,11 +298,12 @@ func (a *Agent) refreshNodes(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	a.nodeTag = tag
+	casChanged := a.followCAs(cas)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.status.NodesUpdated = a.clock.Now()
 	if sameNodes(nodes, a.nodes) {
-		return false, nil
+		return casChanged, nil
 	}
 	a.nodes, a.status.Nodes = nodes, len(nodes)
 	return true, nil

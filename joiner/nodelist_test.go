@@ -21,16 +21,16 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 func TestDecodeNodes(t *testing.T) {
-	nodes, err := decodeNodes(&budgetReader{r: strings.NewReader(
-		`{"later":{"x":[1,2]},"nodes":[{"name":"b","addr":"10.0.0.2:22"},{"name":"a","addr":"10.0.0.1:22","labels":{"env":"prod"}}]}`)})
-	if err != nil || len(nodes) != 2 || nodes[1].Labels["env"] != "prod" {
-		t.Fatalf("decodeNodes: %v %+v", err, nodes)
+	nodes, cas, err := decodeNodes(&budgetReader{r: strings.NewReader(
+		`{"later":{"x":[1,2]},"nodes":[{"name":"b","addr":"10.0.0.2:22"},{"name":"a","addr":"10.0.0.1:22","labels":{"env":"prod"}}],"cas":{"phases":{"user":"init"}}}`)})
+	if err != nil || len(nodes) != 2 || nodes[1].Labels["env"] != "prod" || cas == nil || cas.Phases["user"] != "init" {
+		t.Fatalf("decodeNodes: %v %+v %+v", err, nodes, cas)
 	}
-	if nodes, err := decodeNodes(&budgetReader{r: strings.NewReader(`{"nodes":[]}`)}); err != nil || len(nodes) != 0 {
+	if nodes, cas, err := decodeNodes(&budgetReader{r: strings.NewReader(`{"nodes":[]}`)}); err != nil || len(nodes) != 0 || cas != nil {
 		t.Errorf("empty list: %v %+v", err, nodes)
 	}
-	for _, bad := range []string{``, `[]`, `{"nodes":{}}`, `{"nodes":[{"name":1}]}`, `{"nodes":[{"name":"a"}`, `{"nodes":[]`} {
-		if _, err := decodeNodes(&budgetReader{r: strings.NewReader(bad)}); err == nil {
+	for _, bad := range []string{``, `[]`, `{"nodes":{}}`, `{"nodes":[{"name":1}]}`, `{"nodes":[{"name":"a"}`, `{"nodes":[]`, `{"cas":[],"nodes":[]}`} {
+		if _, _, err := decodeNodes(&budgetReader{r: strings.NewReader(bad)}); err == nil {
 			t.Errorf("decodeNodes(%q) accepted", bad)
 		}
 	}
@@ -41,12 +41,12 @@ func TestDecodeNodes(t *testing.T) {
 func TestDecodeNodesLimitsOneNode(t *testing.T) {
 	fits := fmt.Sprintf(`{"name":"a","addr":"h:22","labels":{"k":"%s"}}`, strings.Repeat("v", maxNodeBytes-100))
 	list := `{"nodes":[` + fits + `,` + fits + `]}`
-	if nodes, err := decodeNodes(&budgetReader{r: strings.NewReader(list)}); err != nil || len(nodes) != 2 {
+	if nodes, _, err := decodeNodes(&budgetReader{r: strings.NewReader(list)}); err != nil || len(nodes) != 2 {
 		t.Fatalf("two nodes just under the limit: %v", err)
 	}
 	huge := io.MultiReader(strings.NewReader(`{"nodes":[{"name":"a","addr":"h:22","labels":{"k":"`), endless('v'))
 	cr := &countingReader{r: huge}
-	_, err := decodeNodes(&budgetReader{r: cr})
+	_, _, err := decodeNodes(&budgetReader{r: cr})
 	if !errors.Is(err, errListLimit) || !strings.Contains(err.Error(), "node of more than") {
 		t.Fatalf("endless node: %v, want the per-node limit", err)
 	}

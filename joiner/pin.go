@@ -50,6 +50,18 @@ func checkPins(addr string, pins []string, cas []*x509.Certificate) error {
 	return nil
 }
 
+// pinsVouch says whether the pins given vouch for a stored bot identity's
+// host CAs: they match them, or they are the pins that vouched for the
+// first host CAs of its chain, which the authority replaced since over
+// connections those vouched for (a rotation of the host CA). A pin given
+// anew (another authority?) must match.
+func pinsVouch(pins []string, b *bot) bool {
+	if b.pinnedBy != "" && b.pinnedBy == strings.Join(pins, ",") {
+		return true
+	}
+	return checkPins("", pins, b.hostCAs) == nil
+}
+
 // fetchCAs asks the current replica of the authority for its host CAs over
 // a TLS connection that verifies nothing: the answer is only trusted after
 // checkPins. Nothing secret travels on this connection.

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,6 +45,7 @@ type Session struct {
 	// memory and in the Store) until its answer arrives: a retry, here or
 	// after a restart, sends the same request again.
 	pending crypto.Signer
+	cas     *wire.CASet // the CAs the authority last sent (rotation.go)
 
 	mu   sync.Mutex
 	info SessionInfo
@@ -220,8 +222,11 @@ func (s *Session) restore(ctx context.Context, deadline time.Time) error {
 		return nil
 	case !s.clock.Now().Before(b.expires()):
 		return discard("the stored bot identity has expired; joining with the token", "bot", st.BotName, "expired", b.expires().Format(time.RFC3339))
-	case len(s.pins) > 0 && checkPins(s.cfg.AuthServer, s.pins, b.hostCAs) != nil:
+	case len(s.pins) > 0 && !pinsVouch(s.pins, b):
 		return discard("the stored bot identity trusts CAs that do not match the CA pin; joining again", "bot", st.BotName)
+	}
+	if len(s.pins) > 0 && checkPins(s.cfg.AuthServer, s.pins, b.hostCAs) == nil {
+		b.pinnedBy = strings.Join(s.pins, ",") // the pins given vouch for the CAs held: a chain starts here
 	}
 	s.tokenHash = st.TokenHash
 	s.pending = pending
@@ -294,6 +299,7 @@ func (s *Session) join(ctx context.Context, deadline time.Time) error {
 	if err != nil {
 		return err
 	}
+	b.pinnedBy = strings.Join(s.pins, ",")
 	s.pending = nil
 	s.setBot(b)
 	s.save()
@@ -382,6 +388,7 @@ func (s *Session) renewBot(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	nb.pinnedBy = b.pinnedBy
 	s.pending = nil
 	s.setBot(nb)
 	s.save()

@@ -21,6 +21,11 @@ type bot struct {
 	generation uint64
 	renewable  bool
 	hostCAs    []*x509.Certificate
+	// pinnedBy is the --ca-pin that vouched for the first host CAs of
+	// this chain of identities: the ones it joined with, or that a
+	// restart checked. Host CAs learnt from the authority since (a
+	// rotation) are trusted as long as the same pin is given.
+	pinnedBy string
 }
 
 func (b *bot) expires() time.Time { return b.cert.NotAfter }
@@ -65,6 +70,7 @@ type storedBot struct {
 	Generation uint64   `json:"generation"`
 	Renewable  bool     `json:"renewable"`
 	HostCAs    [][]byte `json:"host_cas"`              // DER
+	PinnedBy   string   `json:"pinned_by,omitempty"`   // see bot.pinnedBy
 	Pending    []byte   `json:"pending_key,omitempty"` // PKCS#8 DER
 }
 
@@ -80,7 +86,7 @@ func marshalStored(authServer, tokenHash string, b *bot, pending crypto.Signer) 
 		if s.Key, err = x509.MarshalPKCS8PrivateKey(b.key); err != nil {
 			return nil, err
 		}
-		s.Cluster, s.BotName, s.Cert, s.Generation, s.Renewable = b.cluster, b.name, b.cert.Raw, b.generation, b.renewable
+		s.Cluster, s.BotName, s.Cert, s.Generation, s.Renewable, s.PinnedBy = b.cluster, b.name, b.cert.Raw, b.generation, b.renewable, b.pinnedBy
 		for _, ca := range b.hostCAs {
 			s.HostCAs = append(s.HostCAs, ca.Raw)
 		}
@@ -136,5 +142,6 @@ func unmarshalStored(blob []byte) (*bot, crypto.Signer, *storedBot, error) {
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("stored bot identity: %v", err)
 	}
+	b.pinnedBy = s.PinnedBy
 	return b, pending, &s, nil
 }

@@ -354,18 +354,10 @@ func (a *Agent) refreshHostCert(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var cas []byte
-	var lines []string
-	for _, line := range hc.UserCAs {
-		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line)); err != nil {
-			return fmt.Errorf("the authority sent a user CA that does not parse: %v", err)
-		}
-		lines = append(lines, strings.TrimSpace(line))
-		cas = append(cas, strings.TrimSpace(line)+"\n"...)
-	}
 	// The CAs first: a new CA must be trusted before a certificate
-	// signed by it could be presented (rotations, later).
-	if err := a.dir.write(FileUserCAs, cas); err != nil {
+	// signed by it could be presented (rotation.go).
+	a.cluster = hc.ClusterName
+	if err := a.setUserCAs(hc.UserCAs); err != nil {
 		return err
 	}
 	if err := a.dir.write(FileHostCert, ssh.MarshalAuthorizedKey(cert)); err != nil {
@@ -374,15 +366,7 @@ func (a *Agent) refreshHostCert(ctx context.Context) error {
 	if err := a.serveHostKey(cert); err != nil {
 		return err
 	}
-	a.hostCert, a.cluster = cert, hc.ClusterName
-	if !slices.Equal(lines, a.userCAs) {
-		a.userCAs = lines
-		if a.stateWritten {
-			if err := a.writeState(); err != nil {
-				return err
-			}
-		}
-	}
+	a.hostCert = cert
 	a.log.Info("host certificate", "principals", strings.Join(cert.ValidPrincipals, ","), "serial", cert.Serial,
 		"expires", time.Unix(int64(cert.ValidBefore), 0).UTC().Format(time.RFC3339))
 	return nil
@@ -424,6 +408,9 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 	hb := wire.Heartbeat{Addr: a.cfg.Addr, Labels: a.cfg.Labels, IntervalSeconds: int64(a.cfg.HeartbeatInterval / time.Second)}
 	if err := a.sess.Call(ctx, http.MethodPost, wire.PathHeartbeat, hb, &ans); err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
+	}
+	if err := a.followCAs(ans.CAs); err != nil {
+		return err
 	}
 	if !maps.Equal(ans.Labels, a.labels) {
 		if a.labels != nil || !maps.Equal(ans.Labels, a.cfg.Labels) {

@@ -120,6 +120,10 @@ type Heartbeat struct {
 type HeartbeatAnswer struct {
 	Labels  map[string]string `json:"labels"`
 	Expires time.Time         `json:"expires"`
+	// CAs are the cluster's CAs: a node trusts every user CA among them
+	// and renews its host certificate and identity when the CA that
+	// signs them changes (a rotation), within one heartbeat.
+	CAs *CASet `json:"cas,omitempty"`
 }
 
 // RenewRequest asks for the next bot identity for a fresh key.
@@ -147,6 +151,9 @@ type CertsRequest struct {
 type CA struct {
 	TLS []byte `json:"tls"`           // DER certificate
 	SSH string `json:"ssh,omitempty"` // authorized_keys line; empty for the database CA
+	// Signing marks, among the CAs of a kind, the one that signs new
+	// certificates (see CASet); the others are trusted only.
+	Signing bool `json:"signing,omitempty"`
 }
 
 // Certs is the output identity: what the mount serves.
@@ -159,8 +166,11 @@ type Certs struct {
 	DatabaseCAs []CA   `json:"database_cas"`
 }
 
-// NodeList is the answer to GET PathNodes.
+// NodeList is the answer to GET PathNodes. Its ETag moves with the CAs
+// too, so that an agent polling with If-None-Match sees a rotation's
+// phase change at its next poll.
 type NodeList struct {
+	CAs   *CASet          `json:"cas,omitempty"`
 	Nodes []identity.Node `json:"nodes"`
 }
 

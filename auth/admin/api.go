@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
 )
 
@@ -62,11 +63,12 @@ type LockSpec struct {
 
 // Status is what `midfs status` prints.
 type Status struct {
-	ClusterName   string `json:"cluster_name"`
-	Version       string `json:"version"`
-	CAPin         string `json:"ca_pin"`
-	Addr          string `json:"addr"`
-	AdvertiseAddr string `json:"advertise_addr"`
+	ClusterName   string              `json:"cluster_name"`
+	Version       string              `json:"version"`
+	CAPin         string              `json:"ca_pin"` // comma-separated during a rotation of the host CA
+	Addr          string              `json:"addr"`
+	AdvertiseAddr string              `json:"advertise_addr"`
+	CAs           []policy.CAResource `json:"cas,omitempty"`
 }
 
 // Export types of `midfs auth export`.

@@ -35,6 +35,7 @@ type Authority interface {
 	Export(ctx context.Context, typ string) (string, error)
 	SignHost(ctx context.Context, publicKey string, hosts []string, ttl time.Duration) (string, error)
 	Events(ctx context.Context, q EventQuery) (*EventPage, error) // events.go
+	Rotate(ctx context.Context, req RotateRequest) (*policy.CAResource, error)
 }
 
 // Listen makes the admin socket at path, mode 0600. It refuses when another
@@ -204,6 +205,13 @@ func routes(a Authority, log *slog.Logger) http.Handler {
 		return textResponse{Text: cert}, err
 	})
 	handle("GET /v1/events", handleEvents(a))
+	handle("POST /v1/rotate", func(r *http.Request) (any, error) {
+		var req RotateRequest
+		if err := wire.DecodeStrict(r.Body, &req); err != nil {
+			return nil, Mark(Invalid, err)
+		}
+		return a.Rotate(r.Context(), req)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// %q: the path is decoded, so it may hold a line break.
 		wire.WriteError(w, http.StatusNotFound, fmt.Sprintf("no admin API at %s %q; is the CLI newer than the authority?", r.Method, r.URL.Path))

@@ -149,7 +149,7 @@ var Types = []TypeInfo{
 	{NodeGone, "a node stopped heartbeating and left the inventory (each replica that notices records it)", "name, node_addr"},
 	{LockCreated, "a lock was put on a bot", "actor, name (the lock's ID), bot, message, expires"},
 	{LockRemoved, "a lock was removed", "actor, name (the lock's ID)"},
-	{RotationPhase, "a CA rotation moved to another phase", "actor, ca, phase"},
+	{RotationPhase, "a CA rotation moved to another phase: by an administrator (actor), or by the authority when an automatic rotation's phase fell due", "actor, ca, phase, message (the phase it left, and the mode: manual or auto)"},
 	{RefusalsDropped, "refusals came faster than they could be recorded one by one; this many were counted, not recorded", "count"},
 }
 

@@ -278,14 +278,15 @@ type Resources struct {
 	Bots   []BotResource   `json:"bots,omitempty"`
 	Nodes  []NodeResource  `json:"nodes,omitempty"`
 	Locks  []LockResource  `json:"locks,omitempty"`
+	CAs    []CAResource    `json:"cas,omitempty"`
 }
 
 // Len counts the resources of every kind.
 func (r *Resources) Len() int {
-	return len(r.Roles) + len(r.Tokens) + len(r.Bots) + len(r.Nodes) + len(r.Locks)
+	return len(r.Roles) + len(r.Tokens) + len(r.Bots) + len(r.Nodes) + len(r.Locks) + len(r.CAs)
 }
 
-// Items lists every resource in order: roles, tokens, bots, nodes, locks.
+// Items lists every resource in order: roles, tokens, bots, nodes, locks, CAs.
 func (r *Resources) Items() []any {
 	var out []any
 	for _, x := range r.Roles {
@@ -301,6 +302,9 @@ func (r *Resources) Items() []any {
 		out = append(out, x)
 	}
 	for _, x := range r.Locks {
+		out = append(out, x)
+	}
+	for _, x := range r.CAs {
 		out = append(out, x)
 	}
 	return out
@@ -550,6 +554,8 @@ func NormalizeKind(kind string) (string, error) {
 	switch k {
 	case KindRole, KindToken, KindBot, KindNode, KindLock:
 		return k, nil
+	case "ca", KindCA, "cert_authoritie":
+		return KindCA, nil
 	}
-	return "", fmt.Errorf("unknown resource kind %q: want roles, tokens, bots, nodes or locks", kind)
+	return "", fmt.Errorf("unknown resource kind %q: want roles, tokens, bots, nodes, locks or cas", kind)
 }

@@ -73,6 +73,10 @@ const (
 	// TopicLocks moves with every committed change of the locks: PutLock,
 	// Remove of a lock, RemoveExpiredLocks that removed one, and Restore.
 	TopicLocks = "locks"
+	// TopicCAs moves with every committed change of the CAs or of where
+	// their rotation is: AddCA, RemoveCA and PutRotation move it, and
+	// Restore sets it.
+	TopicCAs = "cas"
 )
 
 // Store is the authority's state. Several Stores may be open on one state
@@ -135,7 +139,10 @@ type Reader interface {
 	// Versions says how many changes each topic (Topic*) has seen; a
 	// topic never changed is absent.
 	Versions(ctx context.Context) (map[string]uint64, error)
+	// CAs returns every stored CA, by kind, oldest first.
 	CAs(ctx context.Context) ([]CA, error)
+	// Rotations returns where the rotation of each kind of CA is, by kind.
+	Rotations(ctx context.Context) ([]Rotation, error)
 
 	Bot(ctx context.Context, name string) (*Bot, error)
 	Bots(ctx context.Context) ([]*Bot, error) // by name
@@ -162,17 +169,28 @@ type Tx interface {
 	Reader
 	EventWriter // the audit trail (event.go)
 
-	// Init stores the cluster name, a new ClusterID, its CAs and the
+	// Init stores the cluster name, a new ClusterID, its CAs (one of each
+	// kind, each the active CA of its kind, not rotating) and the
 	// built-in roles, unless a cluster name is stored already (a
 	// concurrent first start): then it changes nothing and returns false.
 	Init(ctx context.Context, cluster string, cas []CA, roles []policy.Role) (bool, error)
 	// Restore writes a whole state (moved from another backend) as it
 	// was, into a state that has no cluster yet; ErrConflict if it has.
 	Restore(ctx context.Context, d *Dump) error
-	// PutCA replaces the key and certificate of the stored CA of ca.Kind
+	// PutCA replaces the key and certificate of the stored CA of ca.ID
 	// (the authority seals the keys of an existing cluster with it);
 	// ErrNotFound if there is none.
 	PutCA(ctx context.Context, ca CA) error
+
+	// AddCA stores one more CA (a rotation's new one); ErrConflict if
+	// its ID is stored.
+	AddCA(ctx context.Context, ca CA) error
+	// RemoveCA removes the CA of an ID (the one a rotation retires);
+	// false if there was none.
+	RemoveCA(ctx context.Context, id string) (bool, error)
+	// PutRotation stores where the rotation of r.Kind is, replacing what
+	// was stored for that kind.
+	PutRotation(ctx context.Context, r Rotation) error
 
 	// AddBot stores a new bot; ErrConflict if one of that name exists.
 	AddBot(ctx context.Context, b *Bot) error
@@ -228,11 +246,14 @@ type Tx interface {
 	Remove(ctx context.Context, kind, name string) (bool, error)
 }
 
-// CA is one stored certificate authority.
+// CA is one stored certificate authority. A kind has one between
+// rotations and two during one (see Rotation).
 type CA struct {
+	ID      string // random, fixed when the CA is made
 	Kind    string // user, host or db
 	KeyDER  []byte // PKCS #8 private key, or sealed (package auth/seal); stored as given
 	CertDER []byte
+	Created time.Time
 }
 
 // Bot is a stored bot.
@@ -291,6 +312,7 @@ type Dump struct {
 	ClusterID   string
 	Versions    map[string]uint64
 	CAs         []CA
+	Rotations   []Rotation
 	Roles       []policy.Role
 	Bots        []*Bot
 	Tokens      []*Token
@@ -312,6 +334,9 @@ func DumpState(ctx context.Context, r Reader) (*Dump, error) {
 		return nil, err
 	}
 	if d.CAs, err = r.CAs(ctx); err != nil {
+		return nil, err
+	}
+	if d.Rotations, err = r.Rotations(ctx); err != nil {
 		return nil, err
 	}
 	if d.Roles, err = r.AllRoles(ctx); err != nil {

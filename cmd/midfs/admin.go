@@ -33,9 +33,10 @@ func adminCommands() []*cli.Command {
 			Subcommands: []*cli.Command{
 				authStartCommand(),
 				authMigrateCommand(),
+				authRotateCommand(),
 				{
 					Name:   "export",
-					Usage:  "print a CA: user (sshd TrustedUserCAKeys), host (known_hosts), tls-user, tls-host, db (PEM)",
+					Usage:  "print a CA (both during a rotation): user (TrustedUserCAKeys), host (known_hosts), tls-user, tls-host, db (PEM)",
 					Flags:  []cli.Flag{dataDirFlag(), &cli.StringFlag{Name: "type", Value: admin.ExportUser, Usage: "`user|host|tls-user|tls-host|db`: which CA"}},
 					Action: withAdmin(authExport),
 				},
@@ -56,7 +57,7 @@ func adminCommands() []*cli.Command {
 		},
 		{
 			Name:   "status",
-			Usage:  "print the cluster name, version and CA pin",
+			Usage:  "print the cluster name, version, CA pin and where each CA's rotation is",
 			Flags:  []cli.Flag{dataDirFlag()},
 			Action: withAdmin(status),
 		},
@@ -111,11 +112,11 @@ func adminCommands() []*cli.Command {
 		},
 		{
 			Name:      "get",
-			Usage:     "show roles, tokens, bots, nodes or locks",
-			ArgsUsage: "roles|tokens|bots|nodes|locks[/NAME]",
+			Usage:     "show roles, tokens, bots, nodes, locks or CAs",
+			ArgsUsage: "roles|tokens|bots|nodes|locks|cas[/NAME]",
 			Flags:     []cli.Flag{dataDirFlag(), formatFlag()},
 			Action: withAdmin(func(c *cli.Context, ac *admin.Client) error {
-				ref, err := oneArg(c, "roles|tokens|bots|nodes|locks[/NAME]")
+				ref, err := oneArg(c, "roles|tokens|bots|nodes|locks|cas[/NAME]")
 				if err != nil {
 					return err
 				}
@@ -345,6 +346,9 @@ func status(c *cli.Context, ac *admin.Client) error {
 	t.Row("Version", st.Version)
 	t.Row("Address", st.Addr+" (advertised as "+st.AdvertiseAddr+")")
 	t.Row("CA pin", st.CAPin)
+	for _, ca := range st.CAs {
+		t.Row(caTitle(ca.Spec.Type)+" CA", output.CAPhase(ca))
+	}
 	return t.Print(c.App.Writer)
 }
 

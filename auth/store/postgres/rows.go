@@ -79,14 +79,6 @@ func (r reader) Versions(ctx context.Context) (map[string]uint64, error) {
 	return out, rows.Err()
 }
 
-func (r reader) CAs(ctx context.Context) ([]store.CA, error) {
-	return queryAll(ctx, r, `SELECT kind, key_der, cert_der FROM cas ORDER BY kind`, func(row pgx.Row) (store.CA, error) {
-		var ca store.CA
-		err := row.Scan(&ca.Kind, &ca.KeyDER, &ca.CertDER)
-		return ca, err
-	})
-}
-
 const botCols = `name, roles, logins, instance, generation, last_key_hash, locked, token_name, created`
 
 func scanBot(row pgx.Row) (*store.Bot, error) {
@@ -330,10 +322,8 @@ func (t *txn) Init(ctx context.Context, cluster string, cas []store.CA, roles []
 	if n != 2 {
 		return false, fmt.Errorf("init: the state holds a cluster ID but no cluster name")
 	}
-	for _, ca := range cas {
-		if _, err := t.exec(ctx, `INSERT INTO cas(kind, key_der, cert_der) VALUES ($1, $2, $3)`, ca.Kind, ca.KeyDER, ca.CertDER); err != nil {
-			return false, err
-		}
+	if err := t.initCAs(ctx, cas); err != nil {
+		return false, err
 	}
 	for _, r := range roles {
 		if err := t.PutRole(ctx, r); err != nil {
@@ -357,7 +347,13 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 		batch.Queue(`INSERT INTO versions(topic, version) VALUES ($1, $2)`, topic, int64(v))
 	}
 	for _, ca := range d.CAs {
-		batch.Queue(`INSERT INTO cas(kind, key_der, cert_der) VALUES ($1, $2, $3)`, ca.Kind, ca.KeyDER, ca.CertDER)
+		if ca.ID == "" {
+			return fmt.Errorf("restore: %s CA without an ID", ca.Kind)
+		}
+		batch.Queue(insertCA, caArgs(ca)...)
+	}
+	for _, r := range d.Rotations {
+		batch.Queue(putRotation, rotationArgs(r)...)
 	}
 	for _, r := range d.Roles {
 		batch.Queue(`INSERT INTO roles(name, spec) VALUES ($1, $2)`, r.Metadata.Name, mustJSON(r))
@@ -389,9 +385,9 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 }
 
 func (t *txn) PutCA(ctx context.Context, ca store.CA) error {
-	n, err := t.exec(ctx, `UPDATE cas SET key_der = $1, cert_der = $2 WHERE kind = $3`, ca.KeyDER, ca.CertDER, ca.Kind)
+	n, err := t.exec(ctx, `UPDATE cas SET key_der = $1, cert_der = $2 WHERE id = $3`, ca.KeyDER, ca.CertDER, ca.ID)
 	if err == nil && n == 0 {
-		return fmt.Errorf("%s CA: %w", ca.Kind, store.ErrNotFound)
+		return fmt.Errorf("%s CA %s: %w", ca.Kind, ca.ID, store.ErrNotFound)
 	}
 	return err
 }

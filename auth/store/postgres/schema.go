@@ -106,6 +106,28 @@ ALTER TABLE nodes ADD COLUMN expires timestamptz;
 ALTER TABLE nodes ADD COLUMN token_labels jsonb NOT NULL DEFAULT '{}';`,
 	// 6: the audit trail (events.go).
 	eventSchema,
+	// 7: several CAs of a kind (a rotation's old and new), by a random
+	// ID, and where each kind's rotation is. The CA a state held of each
+	// kind becomes its active one, not rotating.
+	`
+ALTER TABLE cas DROP CONSTRAINT cas_pkey;
+ALTER TABLE cas ADD COLUMN id text;
+ALTER TABLE cas ADD COLUMN created timestamptz;
+UPDATE cas SET id = substr(md5(random()::text || clock_timestamp()::text || kind), 1, 16);
+ALTER TABLE cas ALTER COLUMN id SET NOT NULL;
+ALTER TABLE cas ADD PRIMARY KEY (id);
+CREATE INDEX cas_kind ON cas (kind);
+CREATE TABLE rotations (
+	kind         text PRIMARY KEY,
+	active       text NOT NULL,
+	phase        text NOT NULL,
+	mode         text NOT NULL DEFAULT '',
+	started      timestamptz,
+	changed      timestamptz,
+	grace        bigint NOT NULL DEFAULT 0,
+	last_rotated timestamptz
+);
+INSERT INTO rotations(kind, active, phase) SELECT kind, id, 'standby' FROM cas;`,
 }
 
 // migrateLock is the advisory lock key under which replicas migrate, one

@@ -102,14 +102,6 @@ func (r reader) Versions(ctx context.Context) (map[string]uint64, error) {
 	return out, rows.Err()
 }
 
-func (r reader) CAs(ctx context.Context) ([]store.CA, error) {
-	return queryAll(ctx, r, `SELECT kind, key_der, cert_der FROM cas`, func(row rowScanner) (store.CA, error) {
-		var ca store.CA
-		err := row.Scan(&ca.Kind, &ca.KeyDER, &ca.CertDER)
-		return ca, err
-	})
-}
-
 const botCols = `name, roles, logins, instance, generation, last_key_hash, locked, token_name, created`
 
 func scanBot(row rowScanner) (*store.Bot, error) {
@@ -352,10 +344,8 @@ func (t *txn) Init(ctx context.Context, cluster string, cas []store.CA, roles []
 	if _, err := t.exec(ctx, `INSERT INTO meta(key, value) VALUES ('cluster_id', ?)`, store.NewClusterID()); err != nil {
 		return false, err
 	}
-	for _, ca := range cas {
-		if _, err := t.exec(ctx, `INSERT INTO cas(kind, key_der, cert_der) VALUES (?, ?, ?)`, ca.Kind, ca.KeyDER, ca.CertDER); err != nil {
-			return false, err
-		}
+	if err := t.initCAs(ctx, cas); err != nil {
+		return false, err
 	}
 	for _, r := range roles {
 		if err := t.PutRole(ctx, r); err != nil {
@@ -380,7 +370,12 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 		t.touched(topic, v)
 	}
 	for _, ca := range d.CAs {
-		if _, err := t.exec(ctx, `INSERT INTO cas(kind, key_der, cert_der) VALUES (?, ?, ?)`, ca.Kind, ca.KeyDER, ca.CertDER); err != nil {
+		if err := t.insertCA(ctx, ca); err != nil {
+			return err
+		}
+	}
+	for _, r := range d.Rotations {
+		if err := t.putRotation(ctx, r); err != nil {
 			return err
 		}
 	}
@@ -416,9 +411,9 @@ func (t *txn) Restore(ctx context.Context, d *store.Dump) error {
 }
 
 func (t *txn) PutCA(ctx context.Context, ca store.CA) error {
-	n, err := t.exec(ctx, `UPDATE cas SET key_der = ?, cert_der = ? WHERE kind = ?`, ca.KeyDER, ca.CertDER, ca.Kind)
+	n, err := t.exec(ctx, `UPDATE cas SET key_der = ?, cert_der = ? WHERE id = ?`, ca.KeyDER, ca.CertDER, ca.ID)
 	if err == nil && n == 0 {
-		return fmt.Errorf("%s CA: %w", ca.Kind, store.ErrNotFound)
+		return fmt.Errorf("%s CA %s: %w", ca.Kind, ca.ID, store.ErrNotFound)
 	}
 	return err
 }

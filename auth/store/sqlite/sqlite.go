@@ -111,6 +111,32 @@ ALTER TABLE nodes ADD COLUMN expires INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE nodes ADD COLUMN token_labels TEXT NOT NULL DEFAULT '{}';`,
 	// 6: the audit trail (events.go).
 	eventSchema,
+	// 7: several CAs of a kind (a rotation's old and new), by a random
+	// ID, and where each kind's rotation is. The CA a state held of each
+	// kind becomes its active one, not rotating.
+	`
+CREATE TABLE cas_by_id (
+	id       TEXT PRIMARY KEY,
+	kind     TEXT NOT NULL,
+	key_der  BLOB NOT NULL,
+	cert_der BLOB NOT NULL,
+	created  INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO cas_by_id(id, kind, key_der, cert_der) SELECT lower(hex(randomblob(8))), kind, key_der, cert_der FROM cas;
+DROP TABLE cas;
+ALTER TABLE cas_by_id RENAME TO cas;
+CREATE INDEX cas_kind ON cas(kind);
+CREATE TABLE rotations (
+	kind         TEXT PRIMARY KEY,
+	active       TEXT NOT NULL,
+	phase        TEXT NOT NULL,
+	mode         TEXT NOT NULL DEFAULT '',
+	started      INTEGER NOT NULL DEFAULT 0,
+	changed      INTEGER NOT NULL DEFAULT 0,
+	grace        INTEGER NOT NULL DEFAULT 0,
+	last_rotated INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO rotations(kind, active, phase) SELECT kind, id, 'standby' FROM cas;`,
 }
 
 // Store is the SQLite state. Reads go straight to the pool (WAL lets them

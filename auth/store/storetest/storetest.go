@@ -59,6 +59,8 @@ func Run(t *testing.T, b Backend) {
 		{"UpdateFinishesWhenCancelled", testCancelled},
 		{"VersionsMoveWithTheInventory", testVersions},
 		{"ChangedTellsOfEveryHandlesChanges", testChanged},
+		{"CAsOfAKindAndTheirRotation", testRotation},
+		{"CAChangesMoveTheirVersion", testCAVersions},
 		{"PutCAReplacesAStoredCA", testPutCA},
 		{"AChallengeIsSpentExactlyOnce", testSpendChallenge},
 		{"DumpAndRestore", testDumpRestore},
@@ -112,9 +114,9 @@ func update(t testing.TB, st store.Store, fn func(store.Tx) error) {
 
 func testCAs() []store.CA {
 	return []store.CA{
-		{Kind: "user", KeyDER: []byte("user key"), CertDER: []byte("user cert")},
-		{Kind: "host", KeyDER: []byte("host key"), CertDER: []byte("host cert")},
-		{Kind: "db", KeyDER: []byte("db key"), CertDER: []byte("db cert")},
+		{ID: "u1", Kind: "user", KeyDER: []byte("user key"), CertDER: []byte("user cert"), Created: at},
+		{ID: "h1", Kind: "host", KeyDER: []byte("host key"), CertDER: []byte("host cert"), Created: at},
+		{ID: "d1", Kind: "db", KeyDER: []byte("db key"), CertDER: []byte("db cert"), Created: at},
 	}
 }
 
@@ -203,8 +205,16 @@ func testInit(t *testing.T, s *state) {
 	slices.SortFunc(cas, func(a, b store.CA) int { return cmpString(a.Kind, b.Kind) })
 	want := testCAs()
 	slices.SortFunc(want, func(a, b store.CA) int { return cmpString(a.Kind, b.Kind) })
-	if !jsonEqual(cas, want) {
+	if !sameCAs(cas, want) {
 		t.Fatalf("CAs: %+v, want %+v", cas, want)
+	}
+	rots, err := st.Rotations(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRots := []store.Rotation{{Kind: "db", Active: "d1", Phase: "standby"}, {Kind: "host", Active: "h1", Phase: "standby"}, {Kind: "user", Active: "u1", Phase: "standby"}}
+	if !sameRotations(rots, wantRots) {
+		t.Fatalf("Rotations after Init: %+v, want every kind in standby with its CA active", rots)
 	}
 	roles, err := st.AllRoles(bg)
 	if err != nil || len(roles) != 1 || !jsonEqual(roles[0], role("access", "root")) {
@@ -212,7 +222,7 @@ func testInit(t *testing.T, s *state) {
 	}
 	// A second Init (a replica that raced this one) changes nothing.
 	update(t, st, func(tx store.Tx) error {
-		made, err := tx.Init(bg, "other.example.com", []store.CA{{Kind: "user", KeyDER: []byte("x"), CertDER: []byte("y")}}, []policy.Role{role("other")})
+		made, err := tx.Init(bg, "other.example.com", []store.CA{{ID: "u2", Kind: "user", KeyDER: []byte("x"), CertDER: []byte("y")}}, []policy.Role{role("other")})
 		if made {
 			t.Error("a second Init made a cluster")
 		}
@@ -242,7 +252,7 @@ func testConcurrentInit(t *testing.T, s *state) {
 		go func() {
 			defer wg.Done()
 			cluster := fmt.Sprintf("c%d.example.com", i)
-			cas := []store.CA{{Kind: "user", KeyDER: []byte("key " + cluster), CertDER: []byte("cert")}}
+			cas := []store.CA{{ID: fmt.Sprintf("u%d", i), Kind: "user", KeyDER: []byte("key " + cluster), CertDER: []byte("cert")}}
 			err := st.Update(bg, func(tx store.Tx) error {
 				ok, err := tx.Init(bg, cluster, cas, nil)
 				if ok {
@@ -806,7 +816,7 @@ func testTokenUsedOnce(t *testing.T, s *state) {
 func testPutCA(t *testing.T, s *state) {
 	a, b := s.handle(), s.handle()
 	initState(t, a)
-	sealed := store.CA{Kind: "host", KeyDER: []byte("MSK1 sealed host key"), CertDER: []byte("host cert")}
+	sealed := store.CA{ID: "h1", Kind: "host", KeyDER: []byte("MSK1 sealed host key"), CertDER: []byte("host cert")}
 	update(t, a, func(tx store.Tx) error { return tx.PutCA(bg, sealed) })
 	cas, err := b.CAs(bg)
 	if err != nil {
@@ -822,9 +832,9 @@ func testPutCA(t *testing.T, s *state) {
 		t.Errorf("%d CAs after PutCA, want 3", len(cas))
 	}
 	err = a.Update(bg, func(tx store.Tx) error {
-		return tx.PutCA(bg, store.CA{Kind: "other", KeyDER: []byte("k"), CertDER: []byte("c")})
+		return tx.PutCA(bg, store.CA{ID: "none", Kind: "host", KeyDER: []byte("k"), CertDER: []byte("c")})
 	})
-	wantNotFound(t, "PutCA of a kind never stored", err)
+	wantNotFound(t, "PutCA of a CA never stored", err)
 }
 
 // Replicas taking one IAM challenge at once, over three handles: one
@@ -1161,6 +1171,9 @@ func fill(t testing.TB, st store.Store) {
 			tx.PutNode(bg, store.Node{Node: identity.Node{Name: "db", Addr: "[fd00::1]:2222"}}),
 			tx.PutLock(bg, wire.Lock{ID: "l-forever", Bot: "a", Message: "key leaked", Created: at}),
 			tx.PutLock(bg, wire.Lock{ID: "l-day", Bot: "b", Created: at, Expires: exp}),
+			// The user CA halfway through a rotation.
+			tx.AddCA(bg, store.CA{ID: "u2", Kind: "user", KeyDER: []byte("new user key"), CertDER: []byte("new user cert"), Created: at.Add(time.Hour)}),
+			tx.PutRotation(bg, rotating),
 		} {
 			if err != nil {
 				return err
@@ -1202,7 +1215,15 @@ func SameDump(t testing.TB, got, want *store.Dump) {
 func normal(d *store.Dump) string {
 	c := *d
 	c.CAs = slices.Clone(d.CAs)
-	slices.SortFunc(c.CAs, func(a, b store.CA) int { return cmpString(a.Kind, b.Kind) })
+	slices.SortFunc(c.CAs, func(a, b store.CA) int { return cmpString(a.Kind+" "+a.ID, b.Kind+" "+b.ID) })
+	for i := range c.CAs {
+		c.CAs[i].Created = c.CAs[i].Created.UTC()
+	}
+	c.Rotations = slices.Clone(d.Rotations)
+	for i := range c.Rotations {
+		r := &c.Rotations[i]
+		r.Started, r.Changed, r.LastRotated = r.Started.UTC(), r.Changed.UTC(), r.LastRotated.UTC()
+	}
 	var bots []store.Bot
 	for _, b := range d.Bots {
 		n := *b
@@ -1252,7 +1273,7 @@ func testDumpRestore(t *testing.T, s *state) {
 	src := s.handle()
 	fill(t, src)
 	d := Dump(t, src)
-	if len(d.Bots) != 2 || len(d.Tokens) != 4 || len(d.Nodes) != 3 || len(d.Roles) != 2 || len(d.CAs) != 3 || len(d.Locks) != 2 || d.Versions[store.TopicInventory] == 0 {
+	if len(d.Bots) != 2 || len(d.Tokens) != 4 || len(d.Nodes) != 3 || len(d.Roles) != 2 || len(d.CAs) != 4 || len(d.Rotations) != 3 || len(d.Locks) != 2 || d.Versions[store.TopicInventory] == 0 {
 		t.Fatalf("dump of a filled state lacks rows: %s", normal(d))
 	}
 	update(t, src, func(tx store.Tx) error {

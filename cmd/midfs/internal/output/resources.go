@@ -83,6 +83,8 @@ func Resources(w io.Writer, kind string, res *policy.Resources, format string) e
 		for _, n := range res.Nodes {
 			t.Row(n.Metadata.Name, n.Spec.Addr, identity.FormatLabels(n.Metadata.Labels), nodeEnforcing(n), nodeState(n, time.Now()))
 		}
+	case policy.KindCA:
+		return CAs(w, res.CAs)
 	}
 	return t.Print(w)
 }

@@ -1,0 +1,166 @@
+package e2e
+
+// CA rotation as a user sees it: logins through a mount go on while the
+// CAs behind them are replaced.
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/internal/testenv"
+)
+
+// ca is one kind of CA as `midfs get cas/KIND --format=json` shows it.
+func (a *authority) ca(kind string) policy.CAResource {
+	a.t.Helper()
+	var cas []policy.CAResource
+	if err := json.Unmarshal([]byte(a.admin("get", "cas/"+kind, "--format=json")), &cas); err != nil || len(cas) != 1 {
+		a.t.Fatalf("get cas/%s: %v %+v", kind, err, cas)
+	}
+	return cas[0]
+}
+
+// signing is the SSH key (authorized_keys form) of a kind's signing CA.
+func (a *authority) signing(kind string) string {
+	a.t.Helper()
+	for _, k := range a.ca(kind).Spec.Keys {
+		if k.Signing {
+			return k.SSH
+		}
+	}
+	a.t.Fatalf("no signing %s CA", kind)
+	return ""
+}
+
+// rotate runs `midfs auth rotate --type=KIND args...`.
+func (a *authority) rotate(kind string, args ...string) string {
+	a.t.Helper()
+	return a.admin(append([]string{"auth", "rotate", "--type=" + kind}, args...)...)
+}
+
+// certSigner is the CA key (authorized_keys form) that signed the mount's
+// SSH certificate.
+func certSigner(t testing.TB, ag *agent) string {
+	t.Helper()
+	pub, _, _, _, err := ssh.ParseAuthorizedKey(ag.read(identity.FileSSHCert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub.(*ssh.Certificate).SignatureKey)))
+}
+
+// pemCount is how many certificates a served PEM file holds.
+func pemCount(ag *agent, name string) int {
+	return strings.Count(string(ag.read(name)), "BEGIN CERTIFICATE")
+}
+
+// A node whose sshd an operator keeps by hand, with `auth export` and
+// `auth sign`, through a rotation of the user CA step by step and one of
+// the host CA over a short grace period: logins through a mount, in a
+// loop with StrictHostKeyChecking, never fail, and afterwards a
+// certificate of the old user CA is refused.
+func TestRotationWithAHandKeptSSHD(t *testing.T) {
+	testenv.RequireFUSE(t)
+	a := startAuthority(t)
+	s := startSSHD(t, a, "web."+cluster, "web")
+	a.admin("nodes", "add", "web", "--addr="+s.addr())
+	bot := mountRobot(t, a, "access", "root")
+	target := "root@web." + cluster
+	waitFor(t, "web in the mount's ssh_config", 30*time.Second, func() bool {
+		return strings.Contains(string(bot.read(identity.FileSSHConfig)), "Host web."+cluster)
+	})
+	if out, err := sshLoginNoShell(t, bot.dir, target); err != nil {
+		t.Fatalf("first login: %v\n%s\nsshd:\n%s", err, out, tail(s.logs.String(), 10))
+	}
+	// The mount's credentials of the old user CA, kept to try after standby.
+	old := t.TempDir()
+	os.WriteFile(filepath.Join(old, "key"), bot.read(identity.FileKey), 0o600)
+	os.WriteFile(filepath.Join(old, "key-cert.pub"), bot.read(identity.FileSSHCert), 0o644)
+	export := func() {
+		if err := os.WriteFile(filepath.Join(s.dir, "user_ca.pub"), []byte(a.admin("auth", "export", "--type=user")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	logins := startLoginLoop(t, func() (string, error) { return sshLoginNoShell(t, bot.dir, target) })
+	// Every wait is for what the mount must show within one node list
+	// poll (15 s) or one renewal it starts by itself.
+	const poll = 45 * time.Second
+
+	// The user CA, by hand.
+	oldUser := a.signing("user")
+	a.rotate("user", "--manual", "--phase=init")
+	export() // sshd trusts both before anything is signed by the new one
+	waitFor(t, "both user CAs in the mount", poll, func() bool { return pemCount(bot, identity.FileUserCA) == 2 })
+	a.rotate("user", "--manual", "--phase=update_clients")
+	newUser := a.signing("user")
+	waitFor(t, "the mount to renew with the new user CA", poll, func() bool { return certSigner(t, bot) == newUser })
+	a.rotate("user", "--manual", "--phase=update_servers")
+	a.rotate("user", "--manual", "--phase=standby")
+	export()
+	waitFor(t, "one user CA in the mount", poll, func() bool { return pemCount(bot, identity.FileUserCA) == 1 })
+	if newUser == oldUser {
+		t.Fatal("the rotation kept the user CA")
+	}
+	if out, err := sshWithCert(t, bot, s, bot.dir); err != nil {
+		t.Fatalf("the mount's own key and certificate, given alone: %v\n%s", err, out)
+	}
+	if out, err := sshWithCert(t, bot, s, old); err == nil {
+		t.Fatalf("after standby a certificate of the old user CA still logs in:\n%s", out)
+	}
+
+	// The host CA, over a grace period of a minute: the operator signs the
+	// host key again once the authority says update_servers.
+	oldPin := a.pin
+	a.rotate("host", "--grace-period=60s")
+	waitFor(t, "both host CAs in the mount's known_hosts", poll, func() bool {
+		return strings.Count(string(bot.read(identity.FileKnownHosts)), "@cert-authority") == 2
+	})
+	waitFor(t, "update_servers", time.Minute, func() bool { return a.ca("host").Spec.Rotation.Phase == "update_servers" })
+	a.admin("auth", "sign", "--host=web."+cluster+",web", "--format=openssh", "--out="+filepath.Join(s.dir, "host"))
+	waitFor(t, "standby", time.Minute, func() bool { return a.ca("host").Spec.Rotation.Phase == "standby" })
+	waitFor(t, "one host CA in the mount's known_hosts", poll, func() bool {
+		return strings.Count(string(bot.read(identity.FileKnownHosts)), "@cert-authority") == 1
+	})
+	if pin := strings.TrimSpace(strings.TrimPrefix(grepLine(a.admin("status"), "CA pin"), "CA pin")); pin == oldPin || strings.Contains(pin, ",") {
+		t.Fatalf("CA pin after the host CA's rotation: %q (was %s)", pin, oldPin)
+	}
+	// A few more logins with only the new CAs.
+	n := logins.ok.Load()
+	waitFor(t, "logins after the rotations", time.Minute, func() bool { return logins.ok.Load() >= n+3 })
+	logins.finish(t, "during the rotations")
+	if bad := logins.bad.Load(); bad != 0 || logins.ok.Load() < 10 {
+		t.Fatalf("%d logins failed and %d succeeded during the rotations; the first: %v\nsshd:\n%s\nagent:\n%s",
+			bad, logins.ok.Load(), logins.firstBad.Load(), tail(s.logs.String(), 20), tail(bot.logs.String(), 20))
+	}
+}
+
+// sshWithCert logs in to s with only the key and key-cert.pub of dir,
+// checking the host against the mount's known_hosts: no ssh_config, so
+// that the mount's own credentials are not offered too.
+func sshWithCert(t testing.TB, bot *agent, s *sshd, dir string) (string, error) {
+	t.Helper()
+	return sshWith(t, []string{"-F", "/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+		"-o", "UserKnownHostsFile=" + bot.file(identity.FileKnownHosts), "-o", "HostKeyAlias=web." + cluster,
+		"-o", "IdentityAgent=none", "-o", "IdentitiesOnly=yes", "-i", filepath.Join(dir, identity.FileKey),
+		"-o", "CertificateFile=" + filepath.Join(dir, identity.FileSSHCert), "-p", strconv.Itoa(s.port), "-s"}, "root@127.0.0.1", "sftp")
+}
+
+// grepLine is the first line of out that starts with prefix.
+func grepLine(out, prefix string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			return l
+		}
+	}
+	return ""
+}
