@@ -46,9 +46,11 @@ func StoreName(authServer, mountpoint string) string {
 }
 
 // NodeStoreName names the stored identity of node (`midfs node start
-// --name`) of one authority, as StoreName does for a mount.
+// --name`) of one authority, as StoreName does for a mount: by the first
+// of its addresses, so that naming another replica keeps the identity.
 func NodeStoreName(authServer, node string) string {
-	sum := sha256.Sum256([]byte(authServer + "\x00node\x00" + node))
+	first, _, _ := strings.Cut(authServer, ",")
+	sum := sha256.Sum256([]byte(strings.TrimSpace(first) + "\x00node\x00" + node))
 	return "node-" + hex.EncodeToString(sum[:])[:16]
 }
 

@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"encoding/hex"
 	"io"
 	"log/slog"
 	"net"
@@ -19,10 +20,14 @@ import (
 	"github.com/midfs/midfs/auth"
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
+	"github.com/midfs/midfs/auth/seal"
+	"github.com/midfs/midfs/internal/pgtest"
 	"github.com/midfs/midfs/joiner"
 	"github.com/midfs/midfs/node"
 	"github.com/midfs/midfs/node/enforce"
 )
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 func quiet() *slog.Logger {
 	if os.Getenv("MIDFS_TEST_LOG") != "" {
@@ -283,4 +288,50 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// A node given several replicas' addresses joins through the first, and
+// when that one goes away heartbeats and renews through another: the
+// replicas share one PostgreSQL state, so the node stays online and
+// its host certificate renews.
+func TestRunFailsOverToAnotherReplica(t *testing.T) {
+	url := pgtest.Shared(t).NewURL(t)
+	_, raw := seal.Generate()
+	sealFile := filepath.Join(t.TempDir(), "ca-key-seal")
+	if err := os.WriteFile(sealFile, []byte(hex.EncodeToString(raw)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	replica := func() *auth.Server {
+		s, err := auth.Start(context.Background(), auth.Config{DataDir: t.TempDir(), DB: url, CAKeySeal: sealFile,
+			Listen: "127.0.0.1:0", ClusterName: "node.example", Logger: quiet()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	first, second := replica(), replica()
+	dir := t.TempDir()
+	cfg := config(t, first, dir, nodeToken(t, first, nil))
+	cfg.Join.AuthServer = first.Addr() + "," + second.Addr()
+	cfg.HeartbeatInterval = time.Second
+	a, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.Run(ctx)
+	first.Close()
+
+	a.RenewNow()
+	before := a.Status().LastRenewal
+	waitUntil(t, "a renewal through the second replica", func() bool { return a.Status().LastRenewal.After(before) && !a.Status().Failing })
+	// Online by the second replica's reckoning, past the stay of any
+	// heartbeat the first one took (1.5 intervals).
+	gone := time.Now().Add(2 * time.Second)
+	waitUntil(t, "the node online through the second replica after the first's last heartbeat ran out", func() bool {
+		res, err := second.Get(context.Background(), policy.KindNode, "web")
+		return time.Now().After(gone) && err == nil && res.Nodes[0].Status.Online
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -35,7 +36,7 @@ func nodeStartCommand() *cli.Command {
 
 func nodeStartFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "auth-server", Usage: "`HOST:PORT` of the authority"},
+		&cli.StringSliceFlag{Name: "auth-server", Usage: "`HOST:PORT` of the authority; repeat it, or separate with commas, for several replicas (a name may resolve to several)"},
 		&cli.StringFlag{Name: "token", Usage: "node `TOKEN` printed by `midfs tokens add --type=node`, or - to read it from standard input; " +
 			"a secret here is visible to every local user: prefer --token-file, MIDFS_TOKEN or -. Not needed to restart"},
 		&cli.StringFlag{Name: "token-file", Usage: "read the node token from `FILE` (chmod 600; e.g. a systemd credential)"},
@@ -71,14 +72,15 @@ func parseNodeStart(c *cli.Context) (*node.Config, error) {
 	if err != nil {
 		return nil, failf(exitUsage, "bad --labels: %v", err)
 	}
-	for _, f := range []string{"auth-server", "ca-pin", "name", "addr"} {
-		if c.String(f) == "" {
-			return nil, failf(exitUsage, "node start: give --%s (`midfs tokens add --type=node` prints the command)", f)
+	authServers := strings.Join(c.StringSlice("auth-server"), ",")
+	for _, f := range [][2]string{{"auth-server", authServers}, {"ca-pin", c.String("ca-pin")}, {"name", c.String("name")}, {"addr", c.String("addr")}} {
+		if f[1] == "" {
+			return nil, failf(exitUsage, "node start: give --%s (`midfs tokens add --type=node` prints the command)", f[0])
 		}
 	}
 	cfg := &node.Config{
 		Join: joiner.Config{
-			AuthServer: c.String("auth-server"), CAPin: c.String("ca-pin"), Algorithm: alg,
+			AuthServer: authServers, CAPin: c.String("ca-pin"), Algorithm: alg,
 			CertTTL: c.Duration("certificate-ttl"), RenewInterval: c.Duration("renewal-interval"), JoinTimeout: c.Duration("join-timeout"),
 			Logger: slog.Default(),
 		},
