@@ -146,7 +146,7 @@ func (n *testNode) start(token string) *nodeAgent {
 	n.t.Cleanup(func() {
 		ag.stop(n.t)
 		if n.t.Failed() && n.sshd == nil {
-			n.t.Logf("node agent %s:\n%s\n%s", n.name, tail(ag.logs.String(), 25), ag.stdout)
+			n.t.Logf("node agent %s:\n%s\n%s", n.name, tail(nodeLog(ag), 25), ag.stdout)
 		}
 	})
 	waitFor(n.t, "node "+n.name+" to serve sshd", 60*time.Second, func() bool {
@@ -158,6 +158,18 @@ func (n *testNode) start(token string) *nodeAgent {
 		return strings.Contains(ag.logs.String(), `"msg":"node serving sshd"`)
 	})
 	return ag
+}
+
+// nodeLog is the node agent's log without the debug lines of each
+// connection and signature of sshd, which would bury the rest.
+func nodeLog(ag *nodeAgent) string {
+	var b strings.Builder
+	for _, l := range strings.SplitAfter(ag.logs.String(), "\n") {
+		if !strings.Contains(l, `"msg":"ssh-agent connection"`) && !strings.Contains(l, `"msg":"ssh-agent signature"`) {
+			b.WriteString(l)
+		}
+	}
+	return b.String()
 }
 
 // stop sends SIGTERM and checks the node agent exited 0.
@@ -203,6 +215,7 @@ UsePAM no
 StrictModes no
 PidFile %s
 LogLevel VERBOSE
+Subsystem sftp internal-sftp
 `, n.fragment(), n.port, n.sshdPidFile())
 	path := filepath.Join(n.dir, "sshd_config")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
@@ -225,7 +238,7 @@ LogLevel VERBOSE
 		if n.t.Failed() {
 			n.t.Logf("sshd of node %s:\n%s", n.name, tail(n.sshdLogs.String(), 25))
 			if n.agent != nil {
-				n.t.Logf("node agent %s:\n%s", n.name, tail(n.agent.logs.String(), 25))
+				n.t.Logf("node agent %s:\n%s", n.name, tail(nodeLog(n.agent), 25))
 			}
 		}
 	})

@@ -5,7 +5,9 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -111,10 +113,10 @@ func TestRotationWithAHandKeptSSHD(t *testing.T) {
 	if newUser == oldUser {
 		t.Fatal("the rotation kept the user CA")
 	}
-	if out, err := sshWithCert(t, bot, s, bot.dir); err != nil {
+	if out, err := sshWithCert(t, bot, s.port, bot.dir); err != nil {
 		t.Fatalf("the mount's own key and certificate, given alone: %v\n%s", err, out)
 	}
-	if out, err := sshWithCert(t, bot, s, old); err == nil {
+	if out, err := sshWithCert(t, bot, s.port, old); err == nil {
 		t.Fatalf("after standby a certificate of the old user CA still logs in:\n%s", out)
 	}
 
@@ -144,15 +146,131 @@ func TestRotationWithAHandKeptSSHD(t *testing.T) {
 	}
 }
 
+// A node joined with `midfs node start` follows the rotations by itself:
+// logins through a mount, in a loop with StrictHostKeyChecking, never fail
+// while the user CA rotates over a grace period, then the host CA, then
+// the user CA again by hand up to update_clients and back (rollback). The
+// node trusts both user CAs while both are trusted and signs its host key
+// again with the new host CA at update_servers; after standby a
+// certificate of the old user CA is refused.
+func TestRotationThroughAJoinedNode(t *testing.T) {
+	testenv.RequireFUSE(t)
+	a := startAuthority(t)
+	web := startNode(t, a, "web", "")
+	bot := mountRobot(t, a, "access", "root")
+	target := "root@web." + cluster
+	waitFor(t, "web in the mount's ssh_config", 30*time.Second, func() bool {
+		return strings.Contains(string(bot.read(identity.FileSSHConfig)), "Host web."+cluster)
+	})
+	if out, err := sshLoginNoShell(t, bot.dir, target); err != nil {
+		t.Fatalf("first login: %v\n%s", err, out)
+	}
+	old := t.TempDir()
+	os.WriteFile(filepath.Join(old, "key"), bot.read(identity.FileKey), 0o600)
+	os.WriteFile(filepath.Join(old, "key-cert.pub"), bot.read(identity.FileSSHCert), 0o644)
+	nodeUserCAs := func() int { return strings.Count(readFile(filepath.Join(web.runDir(), "user_ca.pub")), "\n") }
+
+	logins := startLoginLoop(t, func() (string, error) { return sshLoginNoShell(t, bot.dir, target) })
+	const poll = 45 * time.Second // a node list poll (15 s), a renewal it starts, at a loaded machine's pace
+	const grace = "--grace-period=60s"
+
+	// The user CA over a minute.
+	oldUser := a.signing("user")
+	a.rotate("user", grace)
+	waitFor(t, "the node to trust both user CAs", poll, func() bool { return nodeUserCAs() == 2 })
+	waitFor(t, "the mount to renew with the new user CA", 2*time.Minute, func() bool { return certSigner(t, bot) != oldUser })
+	waitFor(t, "the user CA's standby", time.Minute, func() bool { return a.ca("user").Spec.Rotation.Phase == "standby" })
+	waitFor(t, "the node to trust one user CA", poll, func() bool { return nodeUserCAs() == 1 })
+	if out, err := sshWithCert(t, bot, web.port, old); err == nil {
+		t.Fatalf("after standby a certificate of the old user CA still logs in:\n%s", out)
+	}
+
+	// The host CA over a minute: the node's sshd presents a certificate of
+	// the new host CA from update_servers on.
+	oldHost := a.signing("host")
+	a.rotate("host", grace)
+	waitFor(t, "update_servers", 2*time.Minute, func() bool { return a.ca("host").Spec.Rotation.Phase == "update_servers" })
+	newHost := a.signing("host")
+	var seen string
+	defer func() {
+		if t.Failed() {
+			t.Logf("the node's sshd last presented a host certificate signed by %s; the new host CA is %s", seen, fingerprint(t, newHost))
+		}
+	}()
+	waitFor(t, "the node's sshd to present a certificate of the new host CA", poll, func() bool {
+		signer, err := presentedSigner(web.addr())
+		seen = fmt.Sprint(signer, err)
+		return err == nil && signer == fingerprint(t, newHost)
+	})
+	waitFor(t, "the host CA's standby", time.Minute, func() bool { return a.ca("host").Spec.Rotation.Phase == "standby" })
+	waitFor(t, "one host CA in the mount's known_hosts", poll, func() bool {
+		return strings.Count(string(bot.read(identity.FileKnownHosts)), "@cert-authority") == 1
+	})
+	if newHost == oldHost {
+		t.Fatal("the rotation kept the host CA")
+	}
+
+	// The user CA by hand, up to update_clients, then back.
+	before := a.signing("user")
+	a.rotate("user", "--manual", "--phase=init")
+	waitFor(t, "the node to trust both user CAs", poll, func() bool { return nodeUserCAs() == 2 })
+	a.rotate("user", "--manual", "--phase=update_clients")
+	waitFor(t, "the mount to renew with the new user CA", poll, func() bool { return certSigner(t, bot) != before })
+	a.rotate("user", "--manual", "--phase=rollback")
+	waitFor(t, "the mount to renew with the user CA it had", poll, func() bool { return certSigner(t, bot) == before })
+	a.rotate("user", "--manual", "--phase=standby")
+	waitFor(t, "the node to trust one user CA", poll, func() bool { return nodeUserCAs() == 1 })
+
+	n := logins.ok.Load()
+	waitFor(t, "logins after the rotations", time.Minute, func() bool { return logins.ok.Load() >= n+3 })
+	logins.finish(t, "during three rotations")
+}
+
+// presentedSigner is the SHA256 fingerprint of the CA that signed the host
+// certificate sshd at addr presents.
+func presentedSigner(addr string) (string, error) {
+	host, port, _ := strings.Cut(addr, ":")
+	out, err := exec.Command("ssh-keyscan", "-c", "-p", port, host).Output()
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		// "[HOST]:PORT TYPE BASE64", the host only in some versions.
+		f := strings.Fields(line)
+		i := slicesIndexFunc(f, func(s string) bool { return strings.HasSuffix(s, "-cert-v01@openssh.com") })
+		if strings.HasPrefix(line, "#") || i < 0 || i+1 >= len(f) {
+			continue
+		}
+		pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(f[i] + " " + f[i+1]))
+		if err != nil {
+			return "", err
+		}
+		if c, ok := pub.(*ssh.Certificate); ok {
+			return ssh.FingerprintSHA256(c.SignatureKey), nil
+		}
+	}
+	return "", fmt.Errorf("sshd at %s presents no certificate", addr)
+}
+
+// fingerprint is the SHA256 fingerprint of an authorized_keys line.
+func fingerprint(t testing.TB, line string) string {
+	t.Helper()
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ssh.FingerprintSHA256(pub)
+}
+
 // sshWithCert logs in to s with only the key and key-cert.pub of dir,
 // checking the host against the mount's known_hosts: no ssh_config, so
 // that the mount's own credentials are not offered too.
-func sshWithCert(t testing.TB, bot *agent, s *sshd, dir string) (string, error) {
+func sshWithCert(t testing.TB, bot *agent, port int, dir string) (string, error) {
 	t.Helper()
 	return sshWith(t, []string{"-F", "/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
 		"-o", "UserKnownHostsFile=" + bot.file(identity.FileKnownHosts), "-o", "HostKeyAlias=web." + cluster,
 		"-o", "IdentityAgent=none", "-o", "IdentitiesOnly=yes", "-i", filepath.Join(dir, identity.FileKey),
-		"-o", "CertificateFile=" + filepath.Join(dir, identity.FileSSHCert), "-p", strconv.Itoa(s.port), "-s"}, "root@127.0.0.1", "sftp")
+		"-o", "CertificateFile=" + filepath.Join(dir, identity.FileSSHCert), "-p", strconv.Itoa(port), "-s"}, "root@127.0.0.1", "sftp")
 }
 
 // grepLine is the first line of out that starts with prefix.
