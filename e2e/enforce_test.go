@@ -23,31 +23,16 @@ import (
 // RevokedKeys. The test plays the node agent's part (write the node's
 // state, fetch the locks); `midfs node start` does that in production.
 
-// hookDir makes a directory sshd accepts for the hook and its run
-// directory: sshd runs an AuthorizedPrincipalsCommand only if it and every
-// directory above it are root's and writable by no one else, which rules
-// out /tmp. It holds a copy of the binary under test.
+// hookDir makes a directory sshd accepts for the hook (safeDir) with a
+// run directory in it.
 func hookDir(t testing.TB) (bin, runDir string) {
 	t.Helper()
-	dir, err := os.MkdirTemp("/run", "midfs-e2e-hook-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
-	data, err := os.ReadFile(midfsBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin = filepath.Join(dir, "midfs")
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := safeDir(t)
 	runDir = filepath.Join(dir, "run")
 	if err := os.Mkdir(runDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return bin, runDir
+	return filepath.Join(dir, "midfs"), runDir
 }
 
 // enforcingConfig is the sshd_config of an enforcing node: the hook (if

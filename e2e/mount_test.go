@@ -140,19 +140,7 @@ func TestSSHThroughTheMount(t *testing.T) {
 	a.admin("nodes", "add", "node-name", "--addr="+s.addr(), "--labels=arch=x86_64,group=api-servers")
 	a.admin("nodes", "add", "prod-db", "--addr="+hidden.addr(), "--labels=env=prod")
 	role := filepath.Join(t.TempDir(), "role.yaml")
-	os.WriteFile(role, []byte(`kind: role
-version: v7
-metadata:
-  name: no-prod
-spec:
-  allow:
-    logins: ['{{internal.logins}}']
-    node_labels:
-      '*': '*'
-  deny:
-    node_labels:
-      env: prod
-`), 0o644)
+	os.WriteFile(role, []byte(noProdRole), 0o644)
 	a.admin("create", "-f", role)
 	ag := mountRobot(t, a, "no-prod", "root")
 
