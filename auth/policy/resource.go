@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strings"
 	"time"
 
@@ -310,14 +309,24 @@ func (r *Resources) Items() []any {
 	return out
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$`)
-
-// CheckName says what is wrong with a resource name, or nil.
+// CheckName says what is wrong with a resource name, or nil. A loop, not
+// a regular expression: ^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$ compiles to a
+// program of 128 copies, 2 ms at the start of every process of this binary,
+// sshd's enforcement hook among them.
 func CheckName(kind, name string) error {
-	if !nameRE.MatchString(name) {
+	ok := len(name) >= 1 && len(name) <= 128 && isAlnum(name[0])
+	for i := 1; ok && i < len(name); i++ {
+		c := name[i]
+		ok = isAlnum(c) || c == '.' || c == '_' || c == '@' || c == '-'
+	}
+	if !ok {
 		return fmt.Errorf("bad %s name %q: use 1-128 letters, digits, '.', '_', '@' or '-', starting with a letter or digit", kind, name)
 	}
 	return nil
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
 }
 
 // MaxResourceYAML caps resource YAML (create -f and the admin request that

@@ -1,6 +1,9 @@
 package policy
 
 import (
+	"math/rand/v2"
+	"regexp"
+	"strings"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
@@ -42,4 +45,25 @@ func FuzzParseResources(f *testing.F) {
 			}
 		}
 	})
+}
+
+// CheckName accepts exactly what the documented pattern does.
+func TestCheckNameIsThePattern(t *testing.T) {
+	pattern := regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$`)
+	names := []string{"", "a", "robot", "bot-1.prod_x@eu", "-lead", ".lead", "_x", "@x", "a b", "a/b", "a\n", "é", "a:b",
+		strings.Repeat("a", 128), strings.Repeat("a", 129), "A" + strings.Repeat("-", 127), "node:web"}
+	r := rand.New(rand.NewPCG(1, 2))
+	const alphabet = "aZ09._@-:/ \x00\xff"
+	for range 2000 {
+		b := make([]byte, r.IntN(132))
+		for i := range b {
+			b[i] = alphabet[r.IntN(len(alphabet))]
+		}
+		names = append(names, string(b))
+	}
+	for _, n := range names {
+		if got, want := CheckName("bot", n) == nil, pattern.MatchString(n); got != want {
+			t.Errorf("CheckName(%q) accepts: %v, the pattern: %v", n, got, want)
+		}
+	}
 }
