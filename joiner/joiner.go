@@ -201,13 +201,14 @@ func (a *Agent) Run(ctx context.Context, publish func(*identity.Identity, []iden
 }
 
 func (a *Agent) renewed(now, next time.Time) (*identity.Identity, []identity.Node) {
+	gen := a.sess.Info().Generation // the session keeps the bot identity, and its generation
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.status.Renewals++
 	a.status.Failing = false
 	a.status.LastRenewal = now
 	a.status.NextRenewal = next
-	a.log.Info("renewed", "expires", a.status.Expires.Format(time.RFC3339), "generation", a.status.Generation, "next", next.Format(time.RFC3339))
+	a.log.Info("renewed", "expires", a.status.Expires.Format(time.RFC3339), "generation", gen, "next", next.Format(time.RFC3339))
 	return a.id, a.nodes
 }
 
