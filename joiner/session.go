@@ -238,6 +238,9 @@ func (s *Session) restore(ctx context.Context, deadline time.Time) error {
 	s.setBot(b)
 	s.log.Info("restarting from the stored bot identity", "bot", b.name, "generation", b.generation, "renewal_in_flight", pending != nil, "store", store.String())
 	err = s.retry(ctx, deadline, s.renewBot)
+	if err != nil && errors.Is(err, ErrRefused) && !b.renewable { // an iam node: no token to replace
+		return err
+	}
 	if err != nil && errors.Is(err, ErrRefused) {
 		return &kindError{kind: ErrRefused, cause: err, msg: fmt.Sprintf(
 			"%v; if the bot was locked, run `midfs bots unlock %s` on the authority, otherwise join again with a new --token", err, b.name)}
@@ -394,6 +397,9 @@ func (s *Session) renewBot(ctx context.Context) error {
 		// s.pending stays: even after a refusal (the bot is locked, say)
 		// the authority may have certified it, and it is what the next
 		// attempt must send once an administrator has looked.
+		if errors.Is(err, ErrRefused) && !b.renewable {
+			return &kindError{kind: ErrRefused, cause: err, msg: fmt.Sprintf("the authority refused to let %q join again: %v", b.name, err)}
+		}
 		if errors.Is(err, ErrRefused) {
 			return &kindError{kind: ErrRefused, cause: err, msg: fmt.Sprintf("the authority refused to renew bot %q: %v", b.name, err)}
 		}

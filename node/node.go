@@ -63,8 +63,9 @@ const DefaultLocksInterval = 30 * time.Second
 // Config says how the node joins and what it serves sshd.
 type Config struct {
 	// Join is how to reach and join the authority: AuthServer, Token,
-	// JoinMethod (and FIPS), CAPin, Store (the node's identity), CertTTL (of the host
-	// certificate), RenewInterval, JoinTimeout, Algorithm, Logger, Clock.
+	// JoinMethod (and FIPS), CAPin, Store (the node's identity), CertTTL
+	// (of the host certificate), RenewInterval, JoinTimeout, Algorithm,
+	// Logger, Clock.
 	// Node is filled in from Name, Addr and Labels.
 	Join   joiner.Config
 	Name   string            // NAME of NAME.CLUSTER
