@@ -177,7 +177,7 @@ func TestIAMTokenRolesAreKept(t *testing.T) {
 	waitTrail(t, e.s, "two refused IAM joins for the token's role", func(evs []audit.Event) bool {
 		n := 0
 		for _, ev := range ofType(evs, audit.JoinRefused) {
-			if ev.Method == wire.JoinIAM && ev.Detail == "token_role" {
+			if ev.Method == wire.JoinIAM && ev.Detail == "token_role" && ev.Code == audit.CodeTokenWrongRole && ev.Token != "" {
 				n++
 			}
 		}
