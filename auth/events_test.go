@@ -593,7 +593,7 @@ func TestEveryRefusalHasAStableCode(t *testing.T) {
 		}
 	}
 	for _, code := range []string{"bad_request", "token_unknown", "token_method", "token_expired", "token_used", "bot_missing", "bot_locked",
-		"superseded", "stale_generation", "output_identity", "not_renewable", "no_client_cert", "not_a_bot", "internal", "generation_mismatch"} {
+		"superseded", "stale_generation", "output_identity", "not_renewable", "no_client_cert", "not_a_bot", "internal", "generation_mismatch", "token_role", "node_name_taken"} {
 		if c := audit.RefusalCode(code); c == audit.CodeOther || !slices.Contains(audit.RefusalCodes, c) {
 			t.Errorf("refusal %s maps to %q", code, c)
 		}

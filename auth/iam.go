@@ -1,16 +1,18 @@
 package auth
 
 // IAM join, the authority's endpoints: hand out challenges, and trade a
-// signed sts:GetCallerIdentity request for a non-renewable bot identity
-// once AWS has said who signed it and the token's allow rules admit that
-// identity. The checks themselves are in package auth/iam.
+// signed sts:GetCallerIdentity request for a non-renewable bot (or node)
+// identity once AWS has said who signed it and the token's allow rules
+// admit that identity. The checks themselves are in package auth/iam.
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -89,70 +91,157 @@ func (j *iamJoin) handleJoin(w http.ResponseWriter, r *http.Request) {
 		j.s.refuseJoin(w, r, wire.JoinIAM, err) // 400 or 413 with what is wrong
 		return
 	}
-	bot, id, f := j.verify(r, &req)
+	tok, id, f := j.verify(r, &req)
 	if f != nil {
 		j.refuse(w, r, ref, f)
 		return
 	}
+	name, err := tokenTarget(tok, req.Node)
+	if err != nil { // the identity is allowed: it may learn what the token joins
+		j.s.refuseJoin(w, r, wire.JoinIAM, aboutToken(err, refusal{token: tok.Name, bot: tok.BotName}))
+		return
+	}
 	pub, _ := parsePublicKey(req.PublicKey) // checked in verify
-	bi, err := j.s.issueBotIdentity(r.Context(), bot, pub, wire.JoinIAM)
+	var bi *wire.BotIdentity
+	if req.Node != nil {
+		presented, _ := j.s.clientBot(r) // nil unless it joins again
+		bi, err = j.s.joinNodeIAM(r.Context(), tok, name, &req, pub, presented, id)
+	} else {
+		bi, err = j.s.issueBotIdentity(r.Context(), name, pub, wire.JoinIAM)
+		if err == nil {
+			err = j.s.recordIAMJoin(r.Context(), bi, req.Token, id)
+		}
+	}
 	var botRef *refusal
-	if errors.As(err, &botRef) { // bot removed or locked
+	if errors.As(err, &botRef) && botRef.Status == http.StatusForbidden { // bot removed or locked
 		j.refuse(w, r, ref, iam.Refuse(iam.Reason(botRef.Code), "%s", botRef.Reason))
 		return
 	}
-	if err != nil {
-		j.s.refuseJoin(w, r, wire.JoinIAM, err)
-		return
-	}
-	if err := j.s.recordIAMJoin(r.Context(), bi, req.Token, id); err != nil {
-		j.s.refuseJoin(w, r, wire.JoinIAM, err)
+	if err != nil { // a node's name taken, or an internal error
+		j.s.refuseJoin(w, r, wire.JoinIAM, aboutToken(err, refusal{token: tok.Name}))
 		return
 	}
 	j.s.metrics.join(wire.JoinIAM, "ok")
 	j.s.metrics.issued("join", time.Since(start))
-	j.s.log.Info("bot joined", "bot", bi.BotName, "method", wire.JoinIAM, "token", req.Token,
-		"aws_account", id.Account, "aws_arn", id.Arn, "remote", r.RemoteAddr)
+	msg, who := "bot joined", []any{"bot", bi.BotName}
+	if req.Node != nil {
+		msg, who = "node joined", []any{"node", req.Node.Name, "addr", req.Node.Addr}
+	}
+	j.s.log.Info(msg, append(who, "method", wire.JoinIAM, "token", req.Token,
+		"aws_account", id.Account, "aws_arn", id.Arn, "remote", r.RemoteAddr)...)
 	wire.WriteJSON(w, bi)
 }
 
-// verify runs every check of an IAM join in order and returns the bot the
-// token names and the AWS identity that signed the request.
-func (j *iamJoin) verify(r *http.Request, req *wire.IAMJoinRequest) (string, iam.CallerIdentity, *iam.Refusal) {
+// joinNodeIAM issues the identity of the node req names (its bot row is
+// name, with public key pub),
+// for an IAM join that verify admitted with t, a node token. Like an IAM
+// bot's it is not renewable: the node joins again before it expires. A
+// node that presents its current identity joins again as itself: same
+// instance, its name kept, nothing changed but the token's labels, which
+// an administrator may have changed. Any other join is a first join and
+// claims the name, as a token join does; an earlier holder's identity is
+// then refused (superseded).
+func (s *Server) joinNodeIAM(ctx context.Context, t *store.Token, name string, req *wire.IAMJoinRequest, pub crypto.PublicKey, presented *botCert, id iam.CallerIdentity) (*wire.BotIdentity, error) {
+	now := s.cfg.Clock.Now()
+	serial := randomSerial()
+	var bot *store.Bot
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		bot = nil // fn may run again (store.Store)
+		b, err := tx.Bot(ctx, name)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			b = nil
+		case err != nil:
+			return err
+		case b.Locked != "":
+			return refuseToken("bot_locked", fmt.Sprintf("node %s is locked: %s", req.Node.Name, b.Locked))
+		}
+		if err := s.checkLocks(ctx, tx, name); err != nil {
+			return joinRefusal(err)
+		}
+		again, err := s.joinsAgain(ctx, tx, b, presented, t.Labels)
+		if err != nil {
+			return err
+		}
+		if !again {
+			if b, err = s.claimNode(ctx, tx, b, name, now); err != nil {
+				return err
+			}
+			b.Instance, b.Generation = newInstanceID(), 1
+			if err := tx.Rejoin(ctx, b.Name, b.Instance, keyHash(req.PublicKey)); err != nil {
+				return err
+			}
+			if err := joinedNode(ctx, tx, req.Node, t.Labels); err != nil {
+				return err
+			}
+		}
+		bot = b
+		e := s.joinEvent(b, t, req.Node, serial, now, false)
+		e.Generation, e.AWSAccount, e.AWSARN = b.Generation, id.Account, id.Arn
+		return s.record(ctx, tx, e)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.issueBotTLS(bot, pub, bot.Generation, false, now, serial)
+}
+
+// joinsAgain says whether presented is the current identity of the
+// joined node whose identity row is b (nil: none), and then gives the
+// node the token's labels as they are now.
+func (s *Server) joinsAgain(ctx context.Context, tx store.Tx, b *store.Bot, presented *botCert, tokenLabels map[string]string) (bool, error) {
+	if b == nil || presented == nil || presented.Output || presented.Bot != b.Name || presented.Instance != b.Instance ||
+		(presented.Renewable && presented.Generation != b.Generation) {
+		return false, nil
+	}
+	row, err := tx.Node(ctx, presented.Node)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && !row.Agent) {
+		return false, nil // no longer a joined node: a first join claims the name
+	}
+	if err != nil || maps.Equal(row.TokenLabels, tokenLabels) {
+		return err == nil, err
+	}
+	row.TokenLabels = tokenLabels // the next heartbeat applies them
+	return true, tx.PutNode(ctx, *row)
+}
+
+// verify runs every check of an IAM join in order and returns the token
+// and the AWS identity that signed the request.
+func (j *iamJoin) verify(r *http.Request, req *wire.IAMJoinRequest) (*store.Token, iam.CallerIdentity, *iam.Refusal) {
 	// The challenge is spent first, whatever happens next: a request that
 	// fails a later check can never be tried again.
 	if f := j.challenges.Take(r.Context(), req.Challenge); f != nil {
-		return "", iam.CallerIdentity{}, f
+		return nil, iam.CallerIdentity{}, f
 	}
 	tok, err := j.s.lookupToken(r.Context(), req.Token)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		// No name in the log: an agent that passed a one-time secret by
 		// mistake must not get it written down.
-		return "", iam.CallerIdentity{}, iam.Refuse(iam.ReasonTokenUnknown, "no token of that name")
+		return nil, iam.CallerIdentity{}, iam.Refuse(iam.ReasonTokenUnknown, "no token of that name")
 	case err != nil:
-		return "", iam.CallerIdentity{}, iam.Refuse(iam.ReasonInternal, "token lookup: %v", err)
+		return nil, iam.CallerIdentity{}, iam.Refuse(iam.ReasonInternal, "token lookup: %v", err)
 	case tok.JoinMethod != wire.JoinIAM:
-		return "", iam.CallerIdentity{}, iam.Refuse(iam.ReasonTokenNotIAM, "token %s is for join method %s", tok.Name, tok.JoinMethod)
+		return nil, iam.CallerIdentity{}, iam.Refuse(iam.ReasonTokenNotIAM, "token %s is for join method %s", tok.Name, tok.JoinMethod)
 	case !tok.Expires.IsZero() && !j.s.cfg.Clock.Now().Before(tok.Expires):
-		return "", iam.CallerIdentity{}, iam.Refuse(iam.ReasonTokenExpired, "token %s expired at %s", tok.Name, tok.Expires.UTC().Format(time.RFC3339))
+		return nil, iam.CallerIdentity{}, iam.Refuse(iam.ReasonTokenExpired, "token %s expired at %s", tok.Name, tok.Expires.UTC().Format(time.RFC3339))
 	}
 	if _, err := parsePublicKey(req.PublicKey); err != nil {
-		return "", iam.CallerIdentity{}, iam.Refuse(iam.ReasonBadJoinRequest, "%v", err)
+		return nil, iam.CallerIdentity{}, iam.Refuse(iam.ReasonBadJoinRequest, "%v", err)
 	}
 	sr, f := iam.ParseSTSRequest(req.STSRequest, req.Challenge)
 	if f != nil {
-		return "", iam.CallerIdentity{}, f
+		return nil, iam.CallerIdentity{}, f
 	}
 	id, f := j.sts.Send(r.Context(), sr)
 	if f != nil {
-		return "", iam.CallerIdentity{}, f
+		return nil, iam.CallerIdentity{}, f
 	}
 	if f := iam.MatchRules(tok.Allow, id); f != nil {
 		f.Detail = fmt.Sprintf("token %s: %s", tok.Name, f.Detail)
-		return "", iam.CallerIdentity{}, f
+		return nil, iam.CallerIdentity{}, f
 	}
-	return tok.BotName, id, nil
+	return tok, id, nil
 }
 
 // refuse logs the real reason with a reference, counts it, and gives the

@@ -98,7 +98,7 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 		case !t.Expires.IsZero() && !now.Before(t.Expires):
 			return refuseToken("token_expired", fmt.Sprintf("token %s for bot %s expired at %s", t.Name, t.BotName, t.Expires.UTC().Format(time.RFC3339)))
 		}
-		name, err := tokenTarget(t, req)
+		name, err := tokenTarget(t, req.Node)
 		if err != nil {
 			return err
 		}
@@ -125,14 +125,8 @@ func (s *Server) joinToken(ctx context.Context, req *wire.JoinRequest) (*wire.Bo
 			return refuseToken("token_used", fmt.Sprintf("token %s for bot %s was already used at %s", t.Name, name, t.Used.UTC().Format(time.RFC3339)))
 		}
 		if req.Node != nil {
-			if err := s.claimNodeName(ctx, tx, req.Node.Name, now); err != nil {
+			if b, err = s.claimNode(ctx, tx, b, name, now); err != nil {
 				return err
-			}
-			if b == nil {
-				b = &store.Bot{Name: name, Created: now}
-				if err := tx.AddBot(ctx, b); err != nil {
-					return err
-				}
 			}
 		}
 		b.Instance = newInstanceID()

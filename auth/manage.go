@@ -98,6 +98,9 @@ func (s *Server) AddBot(ctx context.Context, spec admin.BotSpec) (*admin.BotToke
 			if t.JoinMethod == wire.JoinToken {
 				return admin.Errorf(admin.Invalid, "token %s is a one-time token; --token takes a delegated (join_method: iam) token", t.Name)
 			}
+			if t.Role == policy.TokenRoleNode {
+				return admin.Errorf(admin.Invalid, "token %s joins nodes (spec.roles: [Node]); a bot's --token takes a token with roles [Bot] and bot_name %s", t.Name, spec.Name)
+			}
 			if t.BotName != spec.Name {
 				return admin.Errorf(admin.Invalid, "token %s is for bot %q, not %q; set spec.bot_name in the token", t.Name, t.BotName, spec.Name)
 			}
@@ -294,7 +297,7 @@ func (s *Server) Create(ctx context.Context, res *policy.Resources, force bool) 
 			}
 		}
 		for _, t := range res.Tokens {
-			row := &store.Token{BotName: t.Spec.BotName, JoinMethod: t.Spec.JoinMethod, Allow: t.Spec.Allow, Created: now}
+			row := &store.Token{BotName: t.Spec.BotName, Role: t.Spec.Roles[0], Labels: t.Spec.Labels, JoinMethod: t.Spec.JoinMethod, Allow: t.Spec.Allow, Created: now}
 			if t.Metadata.Expires != nil {
 				row.Expires = t.Metadata.Expires.Truncate(time.Second)
 				if !row.Expires.After(now) {

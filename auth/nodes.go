@@ -100,23 +100,30 @@ func (s *Server) AddNodeToken(ctx context.Context, spec admin.NodeTokenSpec) (*a
 const DefaultNodeTokenTTL = 30 * time.Minute
 
 // tokenTarget is the bot row a join with token t makes or re-joins, after
-// checking that the request fits the token: a node token joins a node that
-// names itself, a bot token a bot. The token was found by its secret, so
-// the refusals may say why.
-func tokenTarget(t *store.Token, req *wire.JoinRequest) (string, error) {
+// checking that the request (node, unless a bot joins) fits the token: a
+// node token joins a node that names itself, a bot token a bot. The token
+// was found by its secret, or (iam) the caller proved an AWS identity it
+// allows, so the refusals may say why.
+func tokenTarget(t *store.Token, node *wire.NodeInfo) (string, error) {
 	wrong := func(why string) error {
 		return &refusal{Code: "token_role", Reason: fmt.Sprintf("token %s: %s", t.Name, why), Public: why, Status: 400}
 	}
 	if t.Role != policy.TokenRoleNode {
-		if req.Node != nil {
-			return "", wrong("this token joins a bot (`midfs mount`), not a node; make a node token with `midfs tokens add --type=node`")
+		if node == nil {
+			return t.BotName, nil
 		}
-		return t.BotName, nil
+		if t.JoinMethod == wire.JoinIAM {
+			return "", wrong(fmt.Sprintf("token %s joins a bot (`midfs mount`), not a node; a node joins with an iam token of spec.roles: [Node]", t.Name))
+		}
+		return "", wrong("this token joins a bot (`midfs mount`), not a node; make a node token with `midfs tokens add --type=node`")
 	}
-	if req.Node == nil {
+	if node == nil {
+		if t.JoinMethod == wire.JoinIAM {
+			return "", wrong(fmt.Sprintf("token %s joins nodes (`midfs node start`), not a bot; a bot joins with an iam token of spec.roles: [Bot] that names it", t.Name))
+		}
 		return "", wrong("this token joins a node (`midfs node start`), not a bot")
 	}
-	n := nodeOf(req.Node, t.Labels)
+	n := nodeOf(node, t.Labels)
 	if err := identity.CheckNode(n); err != nil {
 		return "", &refusal{Code: "bad_request", Reason: err.Error(), Public: err.Error(), Status: 400}
 	}
@@ -161,6 +168,19 @@ func (s *Server) claimNodeName(ctx context.Context, tx store.Tx, name string, no
 			name, until.UTC().Format(time.RFC3339), name))
 	}
 	return nil
+}
+
+// claimNode, at a node's first join, claims its name (claimNodeName) and
+// makes the row of its identity, bot name, unless b, read in tx, is it.
+func (s *Server) claimNode(ctx context.Context, tx store.Tx, b *store.Bot, name string, now time.Time) (*store.Bot, error) {
+	if err := s.claimNodeName(ctx, tx, strings.TrimPrefix(name, nodeBotPrefix), now); err != nil {
+		return nil, err
+	}
+	if b != nil {
+		return b, nil
+	}
+	b = &store.Bot{Name: name, Created: now}
+	return b, tx.AddBot(ctx, b)
 }
 
 // joinedNode stores what a node that joined said of itself, not yet in

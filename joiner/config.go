@@ -69,8 +69,9 @@ type Config struct {
 	NodesInterval time.Duration // node list refresh between renewals
 	JoinTimeout   time.Duration // how long to retry network errors at start
 	Store         Store         // where the bot identity survives a restart; default memory
-	// Node, for the node side: join with a node token as this node. Its
-	// fields are checked by the authority (and by the node side first).
+	// Node, for the node side: join as this node, with a one-time node
+	// token or an iam token of role Node. Its fields are checked by the
+	// authority (and by the node side first).
 	Node   *wire.NodeInfo
 	Logger *slog.Logger
 	Clock  clock.Clock // default clock.Real()
@@ -122,9 +123,6 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.JoinMethod != wire.JoinToken && c.JoinMethod != wire.JoinIAM {
 		return bad("bad --join-method %q: want token or iam", c.JoinMethod)
-	}
-	if c.Node != nil && c.JoinMethod != wire.JoinToken {
-		return bad("a node joins with a node token (`midfs tokens add --type=node`), not --join-method=%s", c.JoinMethod)
 	}
 	if _, err := identity.ParseAlgorithm(string(c.Algorithm)); err != nil {
 		return bad("%v", err)

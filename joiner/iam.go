@@ -3,8 +3,10 @@ package joiner
 // IAM join, the agent's half: prove the machine's AWS identity by signing an
 // sts:GetCallerIdentity request that the authority, not the agent, sends to
 // AWS. The AWS secret key signs locally and never leaves this process, and
-// nothing is stored: every renewal of an iam bot is a fresh join with the
-// same (public) token name.
+// nothing is stored for a bot: every renewal of an iam bot is a fresh join
+// with the same (public) token name. A node joins again the same way, but
+// presents its current identity, which keeps its name, and keeps that
+// identity in its Store, so that a restart presents it too.
 
 import (
 	"bytes"
@@ -26,8 +28,9 @@ import (
 
 // joinIAM proves the machine's AWS identity to the authority through api
 // (already verified against the pinned CA) and returns a non-renewable bot
-// identity for publicKey (PKIX DER). It serves the first join and every
-// renewal of an iam bot; a retry starts over with a fresh challenge.
+// (or node, c.Node) identity for publicKey (PKIX DER). It serves the first
+// join and every renewal of an iam bot or node; a retry starts over with a
+// fresh challenge.
 func joinIAM(ctx context.Context, c *Config, api *apiClient, publicKey []byte) (*wire.BotIdentity, error) {
 	if c.Token == "" {
 		return nil, &kindError{kind: ErrConfig, msg: "--token is required with --join-method=iam: the name of an iam token (midfs get tokens)"}
@@ -48,7 +51,7 @@ func joinIAM(ctx context.Context, c *Config, api *apiClient, publicKey []byte) (
 		return nil, err
 	}
 	var bi wire.BotIdentity
-	req := wire.IAMJoinRequest{Token: c.Token, Challenge: ch.Challenge, STSRequest: raw, PublicKey: publicKey}
+	req := wire.IAMJoinRequest{Token: c.Token, Challenge: ch.Challenge, STSRequest: raw, PublicKey: publicKey, Node: c.Node}
 	if err := api.call(ctx, http.MethodPost, wire.PathIAMJoin, req, &bi); err != nil {
 		return nil, err
 	}

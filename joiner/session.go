@@ -96,7 +96,7 @@ func OpenSession(ctx context.Context, cfg Config) (*Session, error) {
 
 // open restores or joins, retrying network failures until deadline.
 func (s *Session) open(ctx context.Context, deadline time.Time) error {
-	if s.cfg.JoinMethod == wire.JoinToken {
+	if s.keeps() {
 		if err := s.restore(ctx, deadline); err != nil {
 			return err
 		}
@@ -107,7 +107,12 @@ func (s *Session) open(ctx context.Context, deadline time.Time) error {
 	return nil
 }
 
-// Renew trades the bot identity for the next one (an iam bot joins
+// keeps says whether the identity is worth keeping in the Store: a
+// renewable one, or a node's, which it presents when it joins again (by
+// IAM) after a restart to keep its name. An iam bot just joins again.
+func (s *Session) keeps() bool { return s.cfg.JoinMethod == wire.JoinToken || s.cfg.Node != nil }
+
+// Renew trades the bot identity for the next one (an iam bot or node joins
 // again). A refusal is of kind ErrRefused; other failures may pass.
 func (s *Session) Renew(ctx context.Context) error { return s.renewBot(ctx) }
 
@@ -233,6 +238,9 @@ func (s *Session) restore(ctx context.Context, deadline time.Time) error {
 	s.setBot(b)
 	s.log.Info("restarting from the stored bot identity", "bot", b.name, "generation", b.generation, "renewal_in_flight", pending != nil, "store", store.String())
 	err = s.retry(ctx, deadline, s.renewBot)
+	if err != nil && errors.Is(err, ErrRefused) && !b.renewable { // an iam node: no token to replace
+		return err
+	}
 	if err != nil && errors.Is(err, ErrRefused) {
 		return &kindError{kind: ErrRefused, cause: err, msg: fmt.Sprintf(
 			"%v; if the bot was locked, run `midfs bots unlock %s` on the authority, otherwise join again with a new --token", err, b.name)}
@@ -344,8 +352,13 @@ func (s *Session) joinOnce(ctx context.Context, api *apiClient, pub []byte) (*wi
 	return &bi, nil
 }
 
-// renewBot trades the bot identity for the next one. An iam bot has no
-// renewable identity: it joins again.
+// presentMargin: a node joining again presents its identity only if it
+// is valid for longer than this, so that it has not expired by the time
+// the authority checks it (clock skew, a slow handshake).
+const presentMargin = time.Minute
+
+// renewBot trades the bot identity for the next one. An iam bot or node
+// has no renewable identity: it joins again.
 func (s *Session) renewBot(ctx context.Context) error {
 	b := s.bot
 	if b.renewable && !s.clock.Now().Before(b.expires()) {
@@ -372,6 +385,11 @@ func (s *Session) renewBot(ctx context.Context) error {
 		bi = &r
 	} else {
 		api := newAPIClient(s.auth, certPool(b.hostCAs), nil, nil)
+		if s.cfg.Node != nil && s.clock.Now().Add(presentMargin).Before(b.expires()) {
+			// The node's current identity lets it keep its name while
+			// it is online; an expired one would fail the handshake.
+			api = newAPIClient(s.auth, certPool(b.hostCAs), b.key, b.cert)
+		}
 		bi, err = joinIAM(ctx, &s.cfg, api, pub)
 		api.close()
 	}
@@ -379,6 +397,9 @@ func (s *Session) renewBot(ctx context.Context) error {
 		// s.pending stays: even after a refusal (the bot is locked, say)
 		// the authority may have certified it, and it is what the next
 		// attempt must send once an administrator has looked.
+		if errors.Is(err, ErrRefused) && !b.renewable {
+			return &kindError{kind: ErrRefused, cause: err, msg: fmt.Sprintf("the authority refused to let %q join again: %v", b.name, err)}
+		}
 		if errors.Is(err, ErrRefused) {
 			return &kindError{kind: ErrRefused, cause: err, msg: fmt.Sprintf("the authority refused to renew bot %q: %v", b.name, err)}
 		}
@@ -428,7 +449,7 @@ func (s *Session) pendingKey() (crypto.Signer, error) {
 // present an old generation with a new key at the next start and get the
 // bot locked; no copy only costs a new token.
 func (s *Session) save() {
-	if s.cfg.JoinMethod != wire.JoinToken {
+	if !s.keeps() {
 		return // an iam bot joins again; nothing worth keeping
 	}
 	store := s.cfg.Store

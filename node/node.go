@@ -1,6 +1,6 @@
 // Package node is the node side of midfs (`midfs node start`): a node
-// joins the authority with a node token, as a bot does, and then keeps its
-// stock OpenSSH sshd supplied:
+// joins the authority with a node token, or by IAM with an iam token of
+// role Node, as a bot does, and then keeps its stock OpenSSH sshd supplied:
 //
 //   - the host private key lives in this process only (and in the kernel
 //     keyring, for restarts); sshd signs with it through an ssh-agent
@@ -63,8 +63,9 @@ const DefaultLocksInterval = 30 * time.Second
 // Config says how the node joins and what it serves sshd.
 type Config struct {
 	// Join is how to reach and join the authority: AuthServer, Token,
-	// CAPin, Store (the node's renewable identity), CertTTL (of the host
-	// certificate), RenewInterval, JoinTimeout, Algorithm, Logger, Clock.
+	// JoinMethod (and FIPS), CAPin, Store (the node's identity), CertTTL
+	// (of the host certificate), RenewInterval, JoinTimeout, Algorithm,
+	// Logger, Clock.
 	// Node is filled in from Name, Addr and Labels.
 	Join   joiner.Config
 	Name   string            // NAME of NAME.CLUSTER
@@ -93,6 +94,9 @@ type Config struct {
 func (c *Config) Check() error {
 	if err := c.setDefaults(); err != nil {
 		return err
+	}
+	if c.Join.JoinMethod == wire.JoinIAM && c.Join.Token == "" {
+		return errors.New("--join-method=iam needs --token=NAME, the name of an iam token with roles [Node] (midfs get tokens), also to restart: the node joins again with it")
 	}
 	if err := identity.CheckNodeName(c.Name); err != nil {
 		return fmt.Errorf("--name: %w", err)

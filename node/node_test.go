@@ -19,12 +19,15 @@ import (
 
 	"github.com/midfs/midfs/auth"
 	"github.com/midfs/midfs/auth/admin"
+	"github.com/midfs/midfs/auth/iam/ststest"
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/auth/seal"
 	"github.com/midfs/midfs/internal/pgtest"
+	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/joiner"
 	"github.com/midfs/midfs/node"
 	"github.com/midfs/midfs/node/enforce"
+	"github.com/midfs/midfs/wire"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -334,4 +337,95 @@ func TestRunFailsOverToAnotherReplica(t *testing.T) {
 		res, err := second.Get(context.Background(), policy.KindNode, "web")
 		return time.Now().After(gone) && err == nil && res.Nodes[0].Status.Online
 	})
+}
+
+// A node joins by IAM with an iam token of role Node, against a real
+// authority whose STS is the stand-in: it serves sshd as a token-joined
+// node does, with the token's labels; a renewal joins again through IAM
+// (STS sees it) while the node is online, keeping its name and host key;
+// a restart presents the identity it kept and joins again, no new token.
+func TestStartJoinsWithIAMAndJoinsAgain(t *testing.T) {
+	caller := ststest.Caller{AccessKeyID: "ASIANODEIAMTEST00001", SecretAccessKey: "node-iam-secret", SessionToken: "node-iam-session",
+		Account: "111111111111", Arn: "arn:aws:sts::111111111111:assumed-role/midfs-bot/i-0fedcba9876543210"}
+	sts := ststest.Start(caller)
+	t.Cleanup(sts.Close)
+	s, err := auth.Start(context.Background(), auth.Config{
+		DataDir: filepath.Join(t.TempDir(), "auth"), Listen: "127.0.0.1:0", ClusterName: "node.example", Logger: quiet(),
+		STSEndpoint: sts.URL, InsecureTestMode: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if _, err := s.CreateYAML(context.Background(), []byte(testenv.IAMNodeTokenYAML), false); err != nil {
+		t.Fatal(err)
+	}
+	testenv.IsolateAWS(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", caller.AccessKeyID)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", caller.SecretAccessKey)
+	t.Setenv("AWS_SESSION_TOKEN", caller.SessionToken)
+	t.Setenv("AWS_REGION", "us-east-1")
+	verified := func() int {
+		n := 0
+		for _, r := range sts.Results() {
+			if r.Status == 200 {
+				n++
+			}
+		}
+		return n
+	}
+
+	dir := t.TempDir()
+	cfg := config(t, s, dir, "iam-nodes")
+	cfg.Join.JoinMethod = wire.JoinIAM
+	a, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := cfg.RunDir
+	cert := readCert(t, filepath.Join(run, node.FileHostCert))
+	if !slices.Equal(cert.ValidPrincipals, []string{"web.node.example", "web"}) {
+		t.Fatalf("host certificate for %v", cert.ValidPrincipals)
+	}
+	if st, err := enforce.Load(run); err != nil || st.Labels["env"] != "prod" || st.Labels["team"] != "web" {
+		t.Fatalf("enforcement state %+v %v; want the token's env=prod over the node's own", st, err)
+	}
+	online := func() bool {
+		res, err := s.Get(context.Background(), policy.KindNode, "web")
+		return err == nil && res.Nodes[0].Status.Online && res.Nodes[0].Status.Enforcing
+	}
+	if !online() || verified() != 1 {
+		t.Fatalf("after the IAM join: online %v, STS verified %d joins", online(), verified())
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	a.RenewNow()
+	waitUntil(t, "a renewal (an IAM join again, then a host certificate)", func() bool {
+		return readCert(t, filepath.Join(run, node.FileHostCert)).Serial != cert.Serial
+	})
+	if c := readCert(t, filepath.Join(run, node.FileHostCert)); string(c.Key.Marshal()) != string(cert.Key.Marshal()) {
+		t.Fatal("the renewal changed the host key")
+	}
+	if verified() != 2 || !online() || a.Status().Failing {
+		t.Errorf("after joining again: STS verified %d joins (want 2), online %v, failing %v (%s)", verified(), online(), a.Status().Failing, a.Status().LastError)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	// Restarted while the node is still online under its name.
+	b, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	defer b.Close()
+	if c := readCert(t, filepath.Join(run, node.FileHostCert)); string(c.Key.Marshal()) != string(cert.Key.Marshal()) {
+		t.Fatal("the restart changed the host key")
+	}
+	if verified() != 3 || b.Printed != "" {
+		t.Errorf("restart: STS verified %d joins (want 3), fragment written anew %q", verified(), b.Printed)
+	}
 }

@@ -46,7 +46,8 @@ const (
 	PathLocks = "/v1/locks"
 	// PathIAMChallenge answers POST with a single-use IAMChallenge.
 	PathIAMChallenge = "/v1/join/iam/challenge"
-	// PathIAMJoin answers POST IAMJoinRequest with a non-renewable BotIdentity.
+	// PathIAMJoin answers POST IAMJoinRequest with a non-renewable
+	// BotIdentity: a bot's, or with Node a node's.
 	PathIAMJoin = "/v1/join/iam"
 	// PathHostCert answers POST HostCertRequest, over mTLS with a node's
 	// identity, with HostCerts: the node's SSH host certificate.
@@ -208,6 +209,11 @@ type IAMJoinRequest struct {
 	Challenge  string `json:"challenge"`   // as received from PathIAMChallenge
 	STSRequest []byte `json:"sts_request"` // the signed HTTP/1.1 request, as sent on the wire
 	PublicKey  []byte `json:"public_key"`
+	// Node, for a node joining with an iam token of role Node: the node
+	// as it names itself, as in JoinRequest. A node joining again (its
+	// identity nears expiry) presents its current identity as the TLS
+	// client certificate, which lets it keep its name.
+	Node *NodeInfo `json:"node,omitempty"`
 }
 
 // Error is the body of every non-2xx answer: one line for the user.

@@ -10,6 +10,8 @@ const (
 	CodeTokenExpired       = "token_expired"        // the token is past its expiry
 	CodeTokenUsed          = "token_used"           // a one-time token already used
 	CodeTokenWrongMethod   = "token_wrong_method"   // the token is for another join method
+	CodeTokenWrongRole     = "token_wrong_role"     // the token joins bots and a node used it, or the reverse
+	CodeNodeNameTaken      = "node_name_taken"      // the node's name is typed by an admin or held by a node online
 	CodeBotMissing         = "bot_missing"          // the bot does not exist (removed?)
 	CodeBotLocked          = "bot_locked"           // the bot is locked (generation lock, or a lock)
 	CodeBotSuperseded      = "bot_superseded"       // the identity is of an earlier join of the bot
@@ -24,7 +26,7 @@ const (
 
 // RefusalCodes is every code, in the order the README lists them.
 var RefusalCodes = []string{
-	CodeBadRequest, CodeTokenUnknown, CodeTokenExpired, CodeTokenUsed, CodeTokenWrongMethod,
+	CodeBadRequest, CodeTokenUnknown, CodeTokenExpired, CodeTokenUsed, CodeTokenWrongMethod, CodeTokenWrongRole, CodeNodeNameTaken,
 	CodeBotMissing, CodeBotLocked, CodeBotSuperseded, CodeStaleGeneration, CodeChallengeInvalid,
 	CodeIdentityRefused, CodeIdentityNotAllowed, CodeNotRenewable, CodeUnavailable, CodeOther,
 }
@@ -37,6 +39,8 @@ var details = map[string]string{
 	"token_method":        CodeTokenWrongMethod,
 	"token_expired":       CodeTokenExpired,
 	"token_used":          CodeTokenUsed,
+	"token_role":          CodeTokenWrongRole,
+	"node_name_taken":     CodeNodeNameTaken,
 	"bot_missing":         CodeBotMissing,
 	"bot_locked":          CodeBotLocked,
 	"generation_mismatch": CodeBotLocked,

@@ -31,7 +31,8 @@ const (
 )
 
 // Token roles: what a token joins, in Teleport's words. Tokens made from
-// YAML join bots; node tokens are made by `midfs tokens add --type=node`.
+// YAML join bots, or nodes with join_method iam; one-time node tokens are
+// made by `midfs tokens add --type=node`.
 const (
 	TokenRoleBot  = "Bot"
 	TokenRoleNode = "Node"
@@ -160,8 +161,8 @@ type TokenResource struct {
 type TokenSpec struct {
 	Roles   []string `json:"roles" yaml:"roles"`
 	BotName string   `json:"bot_name,omitempty" yaml:"bot_name,omitempty"`
-	// Labels are what a node token gives every node that joins with it,
-	// over the node's own labels of the same keys.
+	// Labels are what a node token (roles: [Node]) gives every node that
+	// joins with it, over the node's own labels of the same keys.
 	Labels     LabelMap    `json:"labels,omitempty" yaml:"labels,omitempty"`
 	JoinMethod string      `json:"join_method" yaml:"join_method"`
 	Allow      []AllowRule `json:"allow,omitempty" yaml:"allow,omitempty"`
@@ -488,17 +489,8 @@ func (t *TokenResource) check() error {
 	if err := checkLabels(t.Metadata.Labels); err != nil {
 		return fmt.Errorf("token %s: metadata.labels: %w", t.DisplayName(), err)
 	}
-	if err := CheckName("bot", t.Spec.BotName); err != nil {
-		return fmt.Errorf("token %s: spec.bot_name: %w", t.DisplayName(), err)
-	}
-	if len(t.Spec.Roles) == 0 {
-		t.Spec.Roles = []string{"Bot"}
-	}
-	if len(t.Spec.Roles) != 1 || !strings.EqualFold(t.Spec.Roles[0], TokenRoleBot) {
-		return fmt.Errorf("token %s: spec.roles must be [Bot]; tokens for nodes are made with `midfs tokens add --type=node`", t.DisplayName())
-	}
-	if len(t.Spec.Labels) > 0 {
-		return fmt.Errorf("token %s: spec.labels are for node tokens (`midfs tokens add --type=node --labels=...`)", t.DisplayName())
+	if err := t.checkRole(); err != nil {
+		return err
 	}
 	switch t.Spec.JoinMethod {
 	case wire.JoinToken:
@@ -522,6 +514,46 @@ func (t *TokenResource) check() error {
 		}
 	default:
 		return fmt.Errorf("token %s: join_method %q not supported; use token or iam", t.DisplayName(), t.Spec.JoinMethod)
+	}
+	return nil
+}
+
+// checkRole checks what the token joins, and the fields of that role:
+// a bot token names its bot (bot_name) and gives no labels; a node token
+// names no bot (each node names itself when it joins) and may give labels.
+// Node tokens from YAML are iam tokens: a one-time node token's name is
+// its secret, made by `midfs tokens add --type=node`.
+func (t *TokenResource) checkRole() error {
+	if len(t.Spec.Roles) == 0 {
+		t.Spec.Roles = []string{TokenRoleBot}
+	}
+	if len(t.Spec.Roles) != 1 {
+		return fmt.Errorf("token %s: spec.roles must be [Bot] or [Node], one of them", t.DisplayName())
+	}
+	switch {
+	case strings.EqualFold(t.Spec.Roles[0], TokenRoleBot):
+		t.Spec.Roles[0] = TokenRoleBot
+		if err := CheckName("bot", t.Spec.BotName); err != nil {
+			return fmt.Errorf("token %s: spec.bot_name: %w", t.DisplayName(), err)
+		}
+		if len(t.Spec.Labels) > 0 {
+			return fmt.Errorf("token %s: spec.labels are for node tokens (spec.roles: [Node]), not for a bot's", t.DisplayName())
+		}
+	case strings.EqualFold(t.Spec.Roles[0], TokenRoleNode):
+		t.Spec.Roles[0] = TokenRoleNode
+		if t.Spec.JoinMethod != wire.JoinIAM {
+			return fmt.Errorf("token %s: a node token from YAML needs join_method: iam; one-time node tokens are made with `midfs tokens add --type=node`", t.DisplayName())
+		}
+		if t.Spec.BotName != "" {
+			return fmt.Errorf("token %s: spec.bot_name is for bot tokens; a node token joins whichever node names itself (midfs node start --name)", t.DisplayName())
+		}
+		for k, v := range t.Spec.Labels {
+			if err := identity.CheckLabel(k, v); err != nil {
+				return fmt.Errorf("token %s: spec.labels: %w", t.DisplayName(), err)
+			}
+		}
+	default:
+		return fmt.Errorf("token %s: spec.roles must be [Bot] or [Node], not %v", t.DisplayName(), t.Spec.Roles)
 	}
 	return nil
 }

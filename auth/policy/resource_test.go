@@ -67,3 +67,31 @@ func TestCheckNameIsThePattern(t *testing.T) {
 		}
 	}
 }
+
+// A token joins bots (bot_name, no labels) or, with join_method iam,
+// nodes (labels, no bot_name); the fields of the other role are refused
+// with one line naming them.
+func TestTokenRoles(t *testing.T) {
+	const allow = "  join_method: iam\n  allow: [{aws_account: \"111111111111\"}]\n"
+	head := "kind: token\nversion: v2\nmetadata:\n  name: t\nspec:\n"
+	res, err := ParseResources([]byte(head + "  roles: [node]\n  labels: {env: prod}\n" + allow))
+	if err != nil {
+		t.Fatalf("iam token of nodes: %v", err)
+	}
+	if tk := res.Tokens[0]; tk.Spec.Roles[0] != TokenRoleNode || tk.Spec.Labels["env"] != "prod" {
+		t.Errorf("parsed %+v", tk.Spec)
+	}
+	for _, c := range []struct{ spec, want string }{
+		{"  roles: [Node]\n  bot_name: robot\n" + allow, "spec.bot_name is for bot tokens"},
+		{"  roles: [Bot]\n  bot_name: robot\n  labels: {env: prod}\n" + allow, "spec.labels are for node tokens"},
+		{"  roles: [Node]\n  labels: {env: \"a b\"}\n" + allow, "spec.labels"},
+		{"  roles: [Node]\n  join_method: token\n", "tokens add --type=node"},
+		{"  roles: [Node, Bot]\n  bot_name: robot\n" + allow, "[Bot] or [Node]"},
+		{"  roles: [Proxy]\n" + allow, "[Bot] or [Node]"},
+	} {
+		_, err := ParseResources([]byte(head + c.spec))
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %v; want one line with %q", c.spec, err, c.want)
+		}
+	}
+}

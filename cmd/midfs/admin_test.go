@@ -29,6 +29,7 @@ import (
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/cmd/midfs/internal/cliconfig"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/wire"
 )
 
@@ -260,6 +261,16 @@ spec:
 	mustCLI(t, dir, "rm", "tokens/example-bot")
 	if strings.Contains(mustCLI(t, dir, "get", "tokens"), "example-bot") {
 		t.Error("rm tokens/NAME left the token")
+	}
+	// An iam token of nodes: no bot, the labels its nodes get.
+	nodesTok := filepath.Join(tmp, "iam-nodes.yaml")
+	os.WriteFile(nodesTok, []byte(testenv.IAMNodeTokenYAML), 0o644)
+	mustCLI(t, dir, "create", "-f", nodesTok)
+	if out := mustCLI(t, dir, "get", "tokens"); !regexp.MustCompile(`iam-nodes\s+node iam\s+env=prod\s+never\s+reusable`).MatchString(out) {
+		t.Errorf("get tokens:\n%s", out)
+	}
+	if r := runCLI(t, dir, "bots", "add", "other", "--roles=web", "--token=iam-nodes"); r.code == 0 || !strings.Contains(r.err, "joins nodes") {
+		t.Errorf("binding a bot to a token of nodes: %s", r)
 	}
 	mustCLI(t, dir, "nodes", "add", "node-name", "--addr=127.0.0.1:3022", "--labels=arch=x86_64,group=api-servers")
 	if out := mustCLI(t, dir, "get", "nodes"); !regexp.MustCompile(`node-name\s+127.0.0.1:3022\s+arch=x86_64,group=api-servers`).MatchString(out) {

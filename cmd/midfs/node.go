@@ -23,7 +23,9 @@ func nodeStartCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "start",
 		Usage: "join as a node: serve sshd its host key and certificate from memory, and stay in the inventory",
-		Description: "Joins the authority with a node token (`midfs tokens add --type=node`), keeps the host private key\n" +
+		Description: "Joins the authority with a node token (`midfs tokens add --type=node`), or with\n" +
+			"--join-method=iam by the machine's AWS identity and --token=NAME, an iam token with roles [Node]\n" +
+			"(joining again before its identity expires, as iam bots do). Keeps the host private key\n" +
 			"in memory (and the kernel keyring, for restarts), lets sshd sign with it through an ssh-agent socket in\n" +
 			"--run-dir, writes there the host certificate (for NAME.CLUSTER and NAME, renewed before it expires) and the\n" +
 			"user CAs, and writes the sshd_config fragment at --sshd-config, printing the Include line to add to\n" +
@@ -37,9 +39,12 @@ func nodeStartCommand() *cli.Command {
 func nodeStartFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "auth-server", Usage: "`HOST:PORT` of the authority; repeat it, or separate with commas, for several replicas (a name may resolve to several)"},
-		&cli.StringFlag{Name: "token", Usage: "node `TOKEN` printed by `midfs tokens add --type=node`, or - to read it from standard input; " +
-			"a secret here is visible to every local user: prefer --token-file, MIDFS_TOKEN or -. Not needed to restart"},
+		&cli.StringFlag{Name: "token", Usage: "node `TOKEN` printed by `midfs tokens add --type=node`, or - to read it from standard input " +
+			"(for --join-method=iam: the name of an iam token with roles [Node]). A secret here is visible to every local user: " +
+			"prefer --token-file, MIDFS_TOKEN or -. A node token is not needed to restart"},
 		&cli.StringFlag{Name: "token-file", Usage: "read the node token from `FILE` (chmod 600; e.g. a systemd credential)"},
+		&cli.StringFlag{Name: "join-method", Value: wire.JoinToken, Usage: "`token|iam`: how the node proves who it is"},
+		&cli.BoolFlag{Name: "fips", Usage: "with --join-method=iam: sign for AWS's FIPS STS endpoints (sts-fips.REGION.amazonaws.com)"},
 		&cli.StringFlag{Name: "ca-pin", Usage: "`sha256:HEX` of the authority's CA, as `midfs status` prints it; checked before the token is sent"},
 		&cli.StringFlag{Name: "name", Usage: "`NAME` of the node: bots reach it as NAME.CLUSTER"},
 		&cli.StringFlag{Name: "addr", Usage: "`HOST:PORT` where bots reach this node's sshd"},
@@ -80,7 +85,7 @@ func parseNodeStart(c *cli.Context) (*node.Config, error) {
 	}
 	cfg := &node.Config{
 		Join: joiner.Config{
-			AuthServer: authServers, CAPin: c.String("ca-pin"), Algorithm: alg,
+			AuthServer: authServers, JoinMethod: c.String("join-method"), FIPS: c.Bool("fips"), CAPin: c.String("ca-pin"), Algorithm: alg,
 			CertTTL: c.Duration("certificate-ttl"), RenewInterval: c.Duration("renewal-interval"), JoinTimeout: c.Duration("join-timeout"),
 			Logger: slog.Default(),
 		},
@@ -89,8 +94,11 @@ func parseNodeStart(c *cli.Context) (*node.Config, error) {
 		SSHDPidFile: c.String("sshd-pid-file"), SSHDUnit: c.String("sshd-unit"),
 		HeartbeatInterval: c.Duration("heartbeat-interval"), LocksInterval: c.Duration("locks-interval"),
 	}
-	if cfg.Join.Token, err = joinToken(c, wire.JoinToken, slog.Default()); err != nil {
+	if cfg.Join.Token, err = joinToken(c, cfg.Join.JoinMethod, slog.Default()); err != nil {
 		return nil, err
+	}
+	if cfg.Join.FIPS && cfg.Join.JoinMethod != wire.JoinIAM {
+		return nil, failf(exitUsage, "--fips applies only to --join-method=iam")
 	}
 	if err := cfg.Check(); err != nil {
 		return nil, failf(exitUsage, "%v", err)

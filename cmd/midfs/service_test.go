@@ -44,7 +44,7 @@ func TestContribExampleConfigsLoad(t *testing.T) {
 	}{
 		{"agent.yaml", []string{"mount"}, map[string]string{"storage": "keyring", "diag-addr": "127.0.0.1:3001"}},
 		{"auth.yaml", []string{"auth", "start"}, map[string]string{"listen": "0.0.0.0:3025", "cluster-name": "example.com"}},
-		{"node.yaml", []string{"node", "start"}, map[string]string{"name": "web1", "labels": "env=prod,team=web", "sshd-config": "/etc/ssh/sshd_config.d/midfs-node.conf", "diag-addr": "127.0.0.1:3003"}},
+		{"node.yaml", []string{"node", "start"}, map[string]string{"name": "web1", "labels": "env=prod,team=web", "sshd-config": "/etc/ssh/sshd_config.d/midfs-node.conf", "diag-addr": "127.0.0.1:3003", "join-method": "token"}},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			ran := false

@@ -43,3 +43,19 @@ spec:
     - aws_account: "111111111111"
       aws_arn: "arn:aws:sts::111111111111:assumed-role/midfs-bot/i-*"
 `
+
+// IAMNodeTokenYAML is an IAM join token of nodes: name iam-nodes, the same
+// AWS identities as IAMTokenYAML, and env=prod on every node joining with it.
+const IAMNodeTokenYAML = `kind: token
+version: v2
+metadata:
+  name: iam-nodes
+spec:
+  roles: [Node]
+  labels:
+    env: prod
+  join_method: iam
+  allow:
+    - aws_account: "111111111111"
+      aws_arn: "arn:aws:sts::111111111111:assumed-role/midfs-bot/i-*"
+`

@@ -15,6 +15,7 @@ import (
 
 	"github.com/midfs/midfs/auth/policy"
 	"github.com/midfs/midfs/identity"
+	"github.com/midfs/midfs/wire"
 )
 
 // Resources prints resources as a table (text), YAML documents or a
@@ -61,7 +62,10 @@ func Resources(w io.Writer, kind string, res *policy.Resources, format string) e
 			}
 			typ := tk.Spec.JoinMethod
 			if slices.Contains(tk.Spec.Roles, policy.TokenRoleNode) {
-				typ = "node"
+				typ = "node" // one-time; "node iam" for an iam token of nodes
+				if tk.Spec.JoinMethod != wire.JoinToken {
+					typ += " " + tk.Spec.JoinMethod
+				}
 			}
 			t.Row(tk.Metadata.Name, typ, tk.Spec.BotName, identity.FormatLabels(tk.Spec.Labels), expires, tokenState(tk))
 		}
