@@ -143,9 +143,10 @@ INSERT INTO rotations(kind, active, phase) SELECT kind, id, 'standby' FROM cas;`
 // run beside the writer); every change goes through the one writer, which
 // commits concurrent requests together (see writer.go).
 type Store struct {
-	reader // over the pool
-	db     *sql.DB
-	w      *writer
+	reader   // over the pool, with its statements prepared
+	db       *sql.DB
+	prepared *preparedDB
+	w        *writer
 	store.Watchers
 	stopPoll context.CancelFunc
 	polled   chan struct{}
@@ -182,7 +183,8 @@ func Open(dir string, opts store.Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	st := &Store{reader: reader{q: db}, db: db}
+	pdb := &preparedDB{DB: db}
+	st := &Store{reader: reader{q: pdb}, db: db, prepared: pdb}
 	v, err := st.Versions(context.Background())
 	if err != nil {
 		db.Close()
@@ -296,6 +298,7 @@ func (st *Store) Close() error {
 	st.stopPoll()
 	<-st.polled
 	st.Watchers.Close()
+	st.prepared.close()
 	return st.db.Close()
 }
 
