@@ -331,9 +331,11 @@ func fleetOnline(b *testing.B, a *authority, ids []fleetID, since time.Time) (on
 // until every node has the lock. It measures:
 //
 //	setup-s         the n joins (joinWorkers at a time), token and join each
-//	cpu-%           the authority's CPU time over one interval of steady work
-//	                (304 Not Modified polls, heartbeats that extend a stay) as a
-//	                share of one core
+//	idle-cpu-%      the authority's CPU time over one interval after the joins, before
+//	                any node polls or heartbeats, as a share of one core: the baseline
+//	cpu-%           the same over one interval of steady work (304 Not Modified
+//	                polls, heartbeats that extend a stay)
+//	us/req          cpu-% less idle-cpu-%, per request answered (poll or heartbeat)
 //	lock-cpu-%      the same over the time in which a new lock reaches the fleet
 //	                (every node fetches the changed list once)
 //	reach-s         from `midfs lock` returning to the last node holding the lock (a node
@@ -358,6 +360,11 @@ func BenchmarkLocksAt10kNodes(b *testing.B) {
 	joined := time.Now()
 	ids, setup := joinSimNodes(b, a, n)
 	b.Logf("%d nodes joined in %v, %d at a time (%.0f joins/s)", n, setup.Round(time.Millisecond), joinWorkers, float64(n)/setup.Seconds())
+	// The baseline: the authority with the nodes joined, none of them
+	// heartbeating or polling yet.
+	cpu0, t0 := cpuTime(b, pid), time.Now()
+	time.Sleep(locksInterval)
+	idle := float64(cpuTime(b, pid)-cpu0) / float64(time.Since(t0))
 
 	for b.Loop() {
 		f := startFleet(b, a, ids, locksInterval)
@@ -384,6 +391,7 @@ func BenchmarkLocksAt10kNodes(b *testing.B) {
 		steady := float64(cpuTime(b, pid)-cpu0) / float64(el)
 		pollRate := float64(f.polls.Load()-polls0) / el.Seconds()
 		beatRate := float64(f.beats.Load()-beats0) / el.Seconds()
+		perReq := (steady - idle) / (pollRate + beatRate) * 1e6
 
 		// The fleet knew no lock until now: the first list holding one
 		// holds this one.
@@ -422,7 +430,9 @@ func BenchmarkLocksAt10kNodes(b *testing.B) {
 		}
 		b.ReportMetric(0, "ns/op")
 		b.ReportMetric(setup.Seconds(), "setup-s")
+		b.ReportMetric(100*idle, "idle-cpu-%")
 		b.ReportMetric(100*steady, "cpu-%")
+		b.ReportMetric(perReq, "us/req")
 		b.ReportMetric(100*fanout, "lock-cpu-%")
 		b.ReportMetric(slices.Max(reach), "reach-s")
 		b.ReportMetric(median(reach), "p50-reach-s")
