@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -96,11 +97,10 @@ func joinSimNodes(b *testing.B, a *authority, n int) ([]fleetID, time.Duration) 
 			anon := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: wire.ServerName}}}
 			defer anon.CloseIdleConnections()
 			for i := range next {
-				if err := joinFleetNode(ctx, ac, anon, a.addr, &ids[i], i); err != nil {
+				if err := joinFleetNode(ctx, ac, anon, a.addr, roots, &ids[i], i); err != nil {
 					cancel(err)
 					return
 				}
-				ids[i].tls.RootCAs = roots
 			}
 		}()
 	}
@@ -121,7 +121,7 @@ feed:
 }
 
 // joinFleetNode joins the i-th node of the fleet into id.
-func joinFleetNode(ctx context.Context, ac *admin.Client, anon *http.Client, authAddr string, id *fleetID, i int) error {
+func joinFleetNode(ctx context.Context, ac *admin.Client, anon *http.Client, authAddr string, roots *x509.CertPool, id *fleetID, i int) error {
 	tok, err := ac.AddNodeToken(ctx, admin.NodeTokenSpec{Labels: fleetLabels})
 	if err != nil {
 		return fmt.Errorf("node token: %w", err)
@@ -132,7 +132,7 @@ func joinFleetNode(ctx context.Context, ac *admin.Client, anon *http.Client, aut
 		return err
 	}
 	beat, _ := json.Marshal(wire.Heartbeat{Addr: info.Addr, Labels: info.Labels, IntervalSeconds: int64(locksInterval / time.Second)})
-	*id = fleetID{name: info.Name, beat: beat, tls: &tls.Config{ServerName: wire.ServerName, Certificates: []tls.Certificate{cert}}}
+	*id = fleetID{name: info.Name, beat: beat, tls: &tls.Config{RootCAs: roots, ServerName: wire.ServerName, Certificates: []tls.Certificate{cert}}}
 	return nil
 }
 
@@ -362,9 +362,9 @@ func BenchmarkLocksAt10kNodes(b *testing.B) {
 	b.Logf("%d nodes joined in %v, %d at a time (%.0f joins/s)", n, setup.Round(time.Millisecond), joinWorkers, float64(n)/setup.Seconds())
 	// The baseline: the authority with the nodes joined, none of them
 	// heartbeating or polling yet.
-	cpu0, t0 := cpuTime(b, pid), time.Now()
+	idleCPU, idleT := cpuTime(b, pid), time.Now()
 	time.Sleep(locksInterval)
-	idle := float64(cpuTime(b, pid)-cpu0) / float64(time.Since(t0))
+	idle := float64(cpuTime(b, pid)-idleCPU) / float64(time.Since(idleT))
 
 	for b.Loop() {
 		f := startFleet(b, a, ids, locksInterval)
