@@ -35,33 +35,55 @@ import (
 // and returns a client that presents its identity.
 func joinedNode(b *testing.B, a *authority, name string, fresh bool) *http.Client {
 	b.Helper()
-	tok := a.nodeToken("env=bench")
-	key, err := identity.GenerateKey(identity.ECDSA)
+	roots := hostRoots(b, a)
+	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: wire.ServerName}}}
+	defer anon.CloseIdleConnections()
+	cert, err := joinNodeAPI(anon, a.addr, a.nodeToken("env=bench"), wire.NodeInfo{Name: name, Addr: "10.0.0.1:22"})
 	if err != nil {
 		b.Fatal(err)
 	}
-	pub, _ := x509.MarshalPKIXPublicKey(key.Public())
+	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: roots, ServerName: wire.ServerName, Certificates: []tls.Certificate{cert}},
+		DisableKeepAlives: fresh,
+	}}
+}
+
+// hostRoots holds the authority's TLS host CA, as `auth export
+// --type=tls-host` prints it: what a node checks the authority by.
+func hostRoots(b *testing.B, a *authority) *x509.CertPool {
+	b.Helper()
 	hostCA := regexp.MustCompile(`(?s)-----BEGIN CERTIFICATE-----.*-----END CERTIFICATE-----\n`).FindString(a.admin("auth", "export", "--type=tls-host"))
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM([]byte(hostCA)) {
 		b.Fatal("no host CA from auth export")
 	}
-	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: wire.ServerName}}}
-	req, _ := json.Marshal(wire.JoinRequest{Token: tok, PublicKey: pub, Node: &wire.NodeInfo{Name: name, Addr: "10.0.0.1:22"}})
-	resp, err := anon.Post("https://"+a.addr+wire.PathJoin, "application/json", bytes.NewReader(req))
+	return roots
+}
+
+// joinNodeAPI joins node info with a node token through anon (a client
+// without a certificate that trusts the host CA), with a new key, and
+// returns the node's identity: its TLS client certificate and key.
+func joinNodeAPI(anon *http.Client, authAddr, token string, info wire.NodeInfo) (tls.Certificate, error) {
+	key, err := identity.GenerateKey(identity.ECDSA)
 	if err != nil {
-		b.Fatal(err)
+		return tls.Certificate{}, err
+	}
+	pub, _ := x509.MarshalPKIXPublicKey(key.Public())
+	req, _ := json.Marshal(wire.JoinRequest{Token: token, PublicKey: pub, Node: &info})
+	resp, err := anon.Post("https://"+authAddr+wire.PathJoin, "application/json", bytes.NewReader(req))
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("node join of %s: %w", info.Name, err)
 	}
 	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
 	var bi wire.BotIdentity
-	if err := json.NewDecoder(resp.Body).Decode(&bi); err != nil || resp.StatusCode != 200 {
-		b.Fatalf("node join: %s %v", resp.Status, err)
+	if resp.StatusCode != http.StatusOK {
+		return tls.Certificate{}, fmt.Errorf("node join of %s: %s %.200s", info.Name, resp.Status, body)
 	}
-	return &http.Client{Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: wire.ServerName,
-			Certificates: []tls.Certificate{{Certificate: [][]byte{bi.TLSCert}, PrivateKey: key}}},
-		DisableKeepAlives: fresh,
-	}}
+	if err := json.Unmarshal(body, &bi); err != nil {
+		return tls.Certificate{}, fmt.Errorf("node join of %s: %w", info.Name, err)
+	}
+	return tls.Certificate{Certificate: [][]byte{bi.TLSCert}, PrivateKey: key}, nil
 }
 
 func heartbeatOnce(b *testing.B, hc *http.Client, url string) int {
