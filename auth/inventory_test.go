@@ -29,9 +29,28 @@ type listAnswer struct {
 // unless it is empty.
 func pollNodes(t *testing.T, s *Server, key crypto.Signer, cert []byte, ifNone string) listAnswer {
 	t.Helper()
+	resp, data := conditionalGet(t, s, key, cert, wire.PathNodes, ifNone)
+	a := listAnswer{status: resp.StatusCode, etag: resp.Header.Get("ETag"), body: len(data)}
+	if resp.StatusCode == 200 {
+		var list wire.NodeList
+		if err := json.Unmarshal(data, &list); err != nil {
+			t.Fatalf("node list: %v", err)
+		}
+		for _, n := range list.Nodes {
+			a.names = append(a.names, n.Name)
+		}
+	}
+	return a
+}
+
+// conditionalGet asks for path with a client identity (none if key is
+// nil), with If-None-Match ifNone unless it is empty; it returns the
+// answer and its body.
+func conditionalGet(t *testing.T, s *Server, key crypto.Signer, cert []byte, path, ifNone string) (*http.Response, []byte) {
+	t.Helper()
 	c := newClient(t, s, key, cert)
 	defer c.close()
-	req, _ := http.NewRequest("GET", "https://"+s.Addr()+wire.PathNodes, nil)
+	req, _ := http.NewRequest("GET", "https://"+s.Addr()+path, nil)
 	if ifNone != "" {
 		req.Header.Set("If-None-Match", ifNone)
 	}
@@ -44,17 +63,7 @@ func pollNodes(t *testing.T, s *Server, key crypto.Signer, cert []byte, ifNone s
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := listAnswer{status: resp.StatusCode, etag: resp.Header.Get("ETag"), body: len(data)}
-	if resp.StatusCode == 200 {
-		var list wire.NodeList
-		if err := json.Unmarshal(data, &list); err != nil {
-			t.Fatalf("node list: %v", err)
-		}
-		for _, n := range list.Nodes {
-			a.names = append(a.names, n.Name)
-		}
-	}
-	return a
+	return resp, data
 }
 
 // TestNodeListETag: an unchanged list is answered 304 with no body; a

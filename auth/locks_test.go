@@ -5,9 +5,7 @@ import (
 	"crypto"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -35,18 +33,7 @@ type lockAnswer struct {
 // nil), with If-None-Match ifNone unless it is empty.
 func pollLocks(t *testing.T, s *Server, key crypto.Signer, cert []byte, ifNone string) lockAnswer {
 	t.Helper()
-	c := newClient(t, s, key, cert)
-	defer c.close()
-	req, _ := http.NewRequest("GET", "https://"+s.Addr()+wire.PathLocks, nil)
-	if ifNone != "" {
-		req.Header.Set("If-None-Match", ifNone)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
+	resp, data := conditionalGet(t, s, key, cert, wire.PathLocks, ifNone)
 	a := lockAnswer{status: resp.StatusCode, etag: resp.Header.Get("ETag")}
 	switch resp.StatusCode {
 	case 200:
