@@ -156,7 +156,7 @@ func testCAVersions(t *testing.T, s *state) {
 			t.Fatalf("%s: the CA version moved: %v, want %v", c.what, moved, c.moves)
 		}
 		if c.moves {
-			waitFor(t, cb, 10*poll, "another handle's Changed(cas) after "+c.what)
+			waitFor(t, cb, poll+5*time.Second, "another handle's Changed(cas) after "+c.what)
 		}
 	}
 }
