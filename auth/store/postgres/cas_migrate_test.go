@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/midfs/midfs/auth/store"
+	"github.com/midfs/midfs/auth/store/storetest"
 	"github.com/midfs/midfs/internal/pgtest"
 )
 
@@ -44,29 +45,7 @@ func TestMigrateOneCAPerKind(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	cas, err := st.CAs(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rots, err := st.Rotations(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(cas) != 3 || len(rots) != 3 {
-		t.Fatalf("after the migration: CAs %+v, rotations %+v", cas, rots)
-	}
-	for i, kind := range []string{"db", "host", "user"} {
-		ca, r := cas[i], rots[i]
-		if ca.Kind != kind || string(ca.KeyDER) != kind[:1]+"k" || string(ca.CertDER) != kind[:1]+"c" || len(ca.ID) != 16 {
-			t.Fatalf("migrated %s CA: %+v", kind, ca)
-		}
-		if r.Kind != kind || r.Active != ca.ID || r.Phase != "standby" || r.Mode != "" || !r.Started.IsZero() {
-			t.Fatalf("migrated %s rotation: %+v, want standby with CA %s active", kind, r, ca.ID)
-		}
-	}
-	if cas[0].ID == cas[1].ID || cas[1].ID == cas[2].ID {
-		t.Fatalf("migrated CAs share an ID: %+v", cas)
-	}
+	storetest.CheckMigratedCAs(t, st)
 }
 
 // migrationIndex is the index of the migration that contains what.

@@ -160,3 +160,34 @@ func testCAVersions(t *testing.T, s *state) {
 		}
 	}
 }
+
+// CheckMigratedCAs checks a state migrated from one CA per kind (keyed by
+// kind, before CAs could rotate), made with the key and certificate of
+// each kind K as "Kk" and "Kc": each CA got an ID of its own, kept its key
+// and certificate, and became its kind's active CA, in standby.
+func CheckMigratedCAs(t *testing.T, st store.Reader) {
+	t.Helper()
+	cas, err := st.CAs(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rots, err := st.Rotations(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cas) != 3 || len(rots) != 3 {
+		t.Fatalf("after the migration: CAs %+v, rotations %+v", cas, rots)
+	}
+	for i, kind := range []string{"db", "host", "user"} {
+		ca, r := cas[i], rots[i]
+		if ca.Kind != kind || string(ca.KeyDER) != kind[:1]+"k" || string(ca.CertDER) != kind[:1]+"c" || len(ca.ID) != 16 {
+			t.Fatalf("migrated %s CA: %+v", kind, ca)
+		}
+		if r.Kind != kind || r.Active != ca.ID || r.Phase != "standby" || r.Mode != "" || !r.Started.IsZero() {
+			t.Fatalf("migrated %s rotation: %+v, want standby with CA %s active", kind, r, ca.ID)
+		}
+	}
+	if cas[0].ID == cas[1].ID || cas[1].ID == cas[2].ID {
+		t.Fatalf("migrated CAs share an ID: %+v", cas)
+	}
+}
