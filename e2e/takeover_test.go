@@ -265,12 +265,17 @@ func TestAgentUnitRestartsAndCrashesUnderLoad(t *testing.T) {
 	lgAgent.finish(t, "through the ssh-agent socket across restarts")
 	// A kill -9 ends the connections the killed agent had accepted (the
 	// listening socket survives in the store; an accepted one dies with
-	// its process): an ssh signing through it at that moment fails, at
-	// most one per kill. Any other failure counts.
+	// its process): an ssh talking to it at that moment fails, at most one
+	// per kill. It says so, or, if the agent died before listing its keys,
+	// falls back to loading key.pub, which ssh_config names for the agent,
+	// as a private key. Any other failure counts.
 	var cut atomic.Int64
+	agentLost := func(out string) bool {
+		return strings.Contains(out, "communication with agent failed") || strings.Contains(out, `key.pub": bad permissions`)
+	}
 	lgAgent = startLoginLoop(t, func() (string, error) {
 		out, err := loginAgent()
-		if err != nil && strings.Contains(out, "communication with agent failed") {
+		if err != nil && agentLost(out) {
 			cut.Add(1)
 			return out, nil
 		}
