@@ -256,13 +256,7 @@ func TestRunRidesOutTheAuthorityGoingAway(t *testing.T) {
 	dir := t.TempDir()
 	cfg := config(t, s, dir, nodeToken(t, s, nil))
 	cfg.HeartbeatInterval = time.Second
-	a, err := node.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go a.Run(ctx)
+	a := runNode(t, cfg)
 	s.Close()
 	waitUntil(t, "the node agent to notice the authority is gone", func() bool { return a.Status().Failing })
 	conn, err := net.Dial("unix", filepath.Join(cfg.RunDir, node.FileAgentSocket))
@@ -280,6 +274,19 @@ func TestRunRidesOutTheAuthorityGoingAway(t *testing.T) {
 	a.RenewNow()
 	before := a.Status().LastRenewal
 	waitUntil(t, "a renewal after the authority came back", func() bool { return a.Status().LastRenewal.After(before) })
+}
+
+// runNode starts a node agent and runs it until the test ends.
+func runNode(t *testing.T, cfg node.Config) *node.Agent {
+	t.Helper()
+	a, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go a.Run(ctx)
+	return a
 }
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
@@ -318,13 +325,7 @@ func TestRunFailsOverToAnotherReplica(t *testing.T) {
 	cfg := config(t, first, dir, nodeToken(t, first, nil))
 	cfg.Join.AuthServer = first.Addr() + "," + second.Addr()
 	cfg.HeartbeatInterval = time.Second
-	a, err := node.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go a.Run(ctx)
+	a := runNode(t, cfg)
 	first.Close()
 
 	a.RenewNow()
