@@ -1098,9 +1098,12 @@ func testChanged(t *testing.T, s *state) {
 	const bound = poll + 5*time.Second
 	a := s.handle(store.Options{PollInterval: poll})
 	b := s.handle(store.Options{PollInterval: poll})
+	// Subscribe before the first change: b may learn of a's Init (by a
+	// signal or its poll) before this goroutine goes on, and a change b
+	// has seen before anyone listens fires nothing later.
+	ca, cb := a.Changed(store.TopicInventory), b.Changed(store.TopicInventory)
 	initState(t, a)
 	addBot(t, a, "x")
-	ca, cb := a.Changed(store.TopicInventory), b.Changed(store.TopicInventory)
 	drain := func(ch <-chan struct{}) {
 		for {
 			select {
