@@ -10,8 +10,17 @@ TAGS    := urfave_cli_no_docs
 
 .PHONY: build test unit e2e bench lint install clean
 
-build:
+# midfs-node-hook is sshd's AuthorizedPrincipalsCommand on enforcing nodes,
+# a small static C program (cmd/midfs-node-hook says why it is not Go).
+CC      ?= cc
+HOOKFLAGS := -O2 -static -Wall -Wextra -Werror
+
+build: bin/midfs-node-hook
 	$(GO) build -tags $(TAGS) -ldflags "$(LDFLAGS)" -o bin/midfs ./cmd/midfs
+
+bin/midfs-node-hook: cmd/midfs-node-hook/midfs-node-hook.c
+	mkdir -p bin
+	$(CC) $(HOOKFLAGS) -o $@ $<
 
 # The README's test command: lint, unit tests, then end-to-end tests against
 # real FUSE, sshd and mount(8). Needs root (FUSE mounts, sshd, other uids).
@@ -74,6 +83,7 @@ install: build completion install-files
 # stages the package with it.
 install-files:
 	install -D -m 0755 bin/midfs $(DESTDIR)$(BINDIR)/midfs
+	install -m 0755 bin/midfs-node-hook $(DESTDIR)$(BINDIR)/midfs-node-hook
 	install -d $(DESTDIR)$(SBINDIR)
 	ln -sfn $(BINDIR)/midfs $(DESTDIR)$(SBINDIR)/mount.fuse.midfs
 	install -d $(DESTDIR)$(UNITDIR)
@@ -104,7 +114,7 @@ deb: build completion
 	rm -rf $(DEB_ROOT)
 	$(MAKE) --no-print-directory install-files DESTDIR=$(abspath $(DEB_ROOT)) PREFIX=/usr \
 		SBINDIR=/sbin UNITDIR=/lib/systemd/system ZSHCOMPDIR=/usr/share/zsh/vendor-completions
-	strip --strip-unneeded $(DEB_ROOT)/usr/bin/midfs
+	strip --strip-unneeded $(DEB_ROOT)/usr/bin/midfs $(DEB_ROOT)/usr/bin/midfs-node-hook
 	install -d -m 0700 $(DEB_ROOT)/etc/midfs
 	sed 's/^\([a-z_]*:\)/#\1/' contrib/auth.yaml > $(DEB_ROOT)/etc/midfs/auth.yaml
 	chmod 0600 $(DEB_ROOT)/etc/midfs/auth.yaml

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,33 +15,61 @@ import (
 	"testing"
 	"time"
 
+	"github.com/midfs/midfs/internal/testenv"
+	"github.com/midfs/midfs/node"
 	"github.com/midfs/midfs/node/enforce"
 	"github.com/midfs/midfs/wire"
 )
 
 // What an enforcing node's sshd does with what the authority decides, with
-// the real binary as sshd's AuthorizedPrincipalsCommand and its KRL as
-// RevokedKeys. The test plays the node agent's part (write the node's
-// state, fetch the locks); `midfs node start` does that in production.
+// the real hook (midfs-node-hook) as sshd's AuthorizedPrincipalsCommand
+// and its KRL as RevokedKeys. The test plays the node agent's part (answer
+// the hook from the node's state, write the KRL, fetch the locks); `midfs
+// node start` does that in production.
 
-// hookDir makes a directory sshd accepts for the hook (safeDir) with a
-// run directory in it.
-func hookDir(t testing.TB) (bin, runDir string) {
-	t.Helper()
-	dir := safeDir(t)
-	runDir = filepath.Join(dir, "run")
-	if err := os.Mkdir(runDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return filepath.Join(dir, "midfs"), runDir
+// hookNode is the node agent's part of enforcement, played by the test: a
+// run directory sshd accepts (safeDir) with the hook's socket, answered
+// from the state the test publishes.
+type hookNode struct {
+	hook, runDir string
+	srv          *enforce.Hook
+	logs         *testenv.LogBuffer // the refusals, with their reasons
 }
 
-// enforcingConfig is the sshd_config of an enforcing node: the hook (if
-// bin is set) and the KRL.
-func enforcingConfig(bin, runDir string) string {
-	cfg := "RevokedKeys " + filepath.Join(runDir, enforce.KRLFile) + "\n"
-	if bin != "" {
-		cfg += fmt.Sprintf("AuthorizedPrincipalsCommand %s node authorize --run-dir=%s %%u %%k\nAuthorizedPrincipalsCommandUser nobody\n", bin, runDir)
+func newHookNode(t testing.TB) *hookNode {
+	t.Helper()
+	dir := safeDir(t)
+	h := &hookNode{hook: filepath.Join(dir, node.HookName), runDir: filepath.Join(dir, "run"), logs: &testenv.LogBuffer{}}
+	if err := os.Mkdir(h.runDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	nobody := lookupID(t, "passwd", enforce.HookUser)
+	srv, err := enforce.ListenHook(h.runDir, func(uid uint32) bool { return uid == nobody }, time.Now, slog.New(slog.NewTextHandler(h.logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	h.srv = srv
+	return h
+}
+
+// publish makes st what logins are decided from: the hook's answers and
+// sshd's KRL.
+func (h *hookNode) publish(t testing.TB, st *enforce.State) {
+	t.Helper()
+	if err := enforce.Write(h.runDir, st); err != nil {
+		t.Fatal(err)
+	}
+	h.srv.Set(st)
+}
+
+// sshdConfig is the sshd_config of an enforcing node: the hook (unless
+// krlOnly) and the KRL.
+func (h *hookNode) sshdConfig(krlOnly bool) string {
+	cfg := "RevokedKeys " + filepath.Join(h.runDir, enforce.KRLFile) + "\n"
+	if !krlOnly {
+		cfg += fmt.Sprintf("AuthorizedPrincipalsCommand %s %s %%u %%k\nAuthorizedPrincipalsCommandUser %s\n",
+			h.hook, filepath.Join(h.runDir, enforce.HookSocket), enforce.HookUser)
 	}
 	return cfg
 }
@@ -100,13 +129,11 @@ spec:
 `), 0o644)
 	a.admin("create", "-f", role)
 	ag := mountRobot(t, a, "not-prod", "root")
-	bin, runDir := hookDir(t)
+	hn := newHookNode(t)
 	state := nodeState(t, a, "web", map[string]string{"env": "dev"})
-	if err := enforce.Write(runDir, state); err != nil {
-		t.Fatal(err)
-	}
-	hooked := startSSHDWith(t, a, enforcingConfig(bin, runDir), "web."+cluster, "web")
-	krlOnly := startSSHDWith(t, a, enforcingConfig("", runDir), "web2."+cluster, "web2")
+	hn.publish(t, state)
+	hooked := startSSHDWith(t, a, hn.sshdConfig(false), "web."+cluster, "web")
+	krlOnly := startSSHDWith(t, a, hn.sshdConfig(true), "web2."+cluster, "web2")
 	a.admin("nodes", "add", "web", "--addr="+hooked.addr(), "--labels=env=dev")
 	a.admin("nodes", "add", "web2", "--addr="+krlOnly.addr(), "--labels=env=dev")
 	mustRun(t, "renew", ag.dir)
@@ -122,14 +149,18 @@ spec:
 		t.Fatalf("login on a node the role allows: %v\nsshd:\n%s", err, tail(hooked.logs.String(), 10))
 	}
 
-	// The same node labelled env=prod: the role denies it.
+	// The same node labelled env=prod: the role denies it, and the node
+	// logs why.
 	state.Labels = map[string]string{"env": "prod"}
-	enforce.Write(runDir, state)
+	hn.publish(t, state)
 	if login("web") == nil {
 		t.Fatal("login on a node the bot's role denies succeeded")
 	}
+	if !strings.Contains(hn.logs.String(), "its roles do not allow node web (labels env=prod)") {
+		t.Errorf("the refusal's reason was not logged:\n%s", hn.logs)
+	}
 	state.Labels = map[string]string{"env": "dev"}
-	enforce.Write(runDir, state)
+	hn.publish(t, state)
 
 	// A lock reaches the node with the next fetch and refuses the
 	// certificate the bot already holds, in the hook and in sshd's KRL.
@@ -142,7 +173,7 @@ spec:
 	if len(state.Locks) != 1 || state.Locks[0].ID != id[1] {
 		t.Fatalf("locks fetched: %+v", state.Locks)
 	}
-	enforce.Write(runDir, state)
+	hn.publish(t, state)
 	for _, host := range []string{"web", "web2"} {
 		if login(host) == nil {
 			t.Errorf("%s let a locked bot in with a certificate of before the lock", host)
@@ -153,7 +184,7 @@ spec:
 	}
 	a.admin("rm", "locks/"+id[1])
 	state.Locks = fetchLocks(t, a, ag)
-	enforce.Write(runDir, state)
+	hn.publish(t, state)
 	for _, host := range []string{"web", "web2"} {
 		if err := login(host); err != nil {
 			t.Errorf("%s refused the bot after its lock was removed", host)

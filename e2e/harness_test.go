@@ -23,11 +23,13 @@ import (
 	"time"
 
 	"github.com/midfs/midfs/internal/testenv"
+	"github.com/midfs/midfs/node"
 )
 
 // midfsBin is the binary under test: $MIDFS_BIN (make e2e sets it), or one
-// built from this checkout.
-var midfsBin string
+// built from this checkout. hookBin is sshd's hook, midfs-node-hook,
+// beside it, as make builds and installs it.
+var midfsBin, hookBin string
 
 const cluster = "example.test"
 
@@ -47,12 +49,21 @@ func TestMain(m *testing.M) {
 			panic(err)
 		}
 		midfsBin = filepath.Join(dir, "midfs")
-		out, err := exec.Command("go", "build", "-tags", "urfave_cli_no_docs", "-o", midfsBin, "../cmd/midfs").CombinedOutput()
-		if err != nil {
-			fmt.Printf("e2e: building midfs: %v\n%s", err, out)
-			os.Exit(1)
+		for _, build := range [][]string{
+			{"go", "build", "-tags", "urfave_cli_no_docs", "-o", midfsBin, "../cmd/midfs"},
+			{"cc", "-O2", "-static", "-o", filepath.Join(dir, node.HookName), "../cmd/midfs-node-hook/midfs-node-hook.c"},
+		} {
+			if out, err := exec.Command(build[0], build[1:]...).CombinedOutput(); err != nil {
+				fmt.Printf("e2e: %s: %v\n%s", strings.Join(build, " "), err, out)
+				os.Exit(1)
+			}
 		}
 		defer os.RemoveAll(dir)
+	}
+	hookBin = filepath.Join(filepath.Dir(midfsBin), node.HookName)
+	if _, err := os.Stat(hookBin); err != nil {
+		fmt.Printf("e2e: sshd's hook beside the binary under test: %v (make build makes both)\n", err)
+		os.Exit(1)
 	}
 	// Every temp dir of this run (t.TempDir, publicDir, the agents' own)
 	// goes under one root, so that the leftover check below sees this run's

@@ -584,7 +584,7 @@ func TestEmbeddedAuthority(t *testing.T) {
 	}
 }
 
-func lookupID(t *testing.T, db, name string) uint32 {
+func lookupID(t testing.TB, db, name string) uint32 {
 	t.Helper()
 	out, err := exec.Command("getent", db, name).Output()
 	if err != nil {

@@ -28,6 +28,7 @@ import (
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/internal/testenv"
 	"github.com/midfs/midfs/joiner"
+	"github.com/midfs/midfs/node"
 )
 
 var inviteRe = regexp.MustCompile(`The invite token: ([0-9a-f]+)`)
@@ -72,10 +73,11 @@ func (n *testNode) fragment() string    { return filepath.Join(n.dir, "sshd_conf
 func (n *testNode) sshdPidFile() string { return filepath.Join(n.dir, "sshd.pid") }
 
 // safeDir is a directory of a node's files that sshd accepts: sshd runs
-// its AuthorizedPrincipalsCommand (`midfs node authorize`) only from a
-// path that root owns and no one else may write, which rules out /tmp,
-// and the hook, as user nobody, must reach the run directory. It holds a
-// copy of the binary under test, which `node start` names in the fragment.
+// its AuthorizedPrincipalsCommand (midfs-node-hook) only from a path that
+// root owns and no one else may write, which rules out /tmp, and the hook,
+// as user nobody, must reach the run directory. It holds a copy of the
+// binary under test and of the hook beside it, which `node start` names in
+// the fragment.
 func safeDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("/run", "midfs-e2e-node-")
@@ -84,12 +86,14 @@ func safeDir(t testing.TB) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
-	data, err := os.ReadFile(midfsBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "midfs"), data, 0o755); err != nil {
-		t.Fatal(err)
+	for name, src := range map[string]string{"midfs": midfsBin, node.HookName: hookBin} {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return dir
 }

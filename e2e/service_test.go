@@ -755,6 +755,10 @@ func TestDebInstallsAndRemoves(t *testing.T) {
 	if target, err := os.Readlink("/sbin/mount.fuse.midfs"); err != nil || target != "/usr/bin/midfs" {
 		t.Errorf("mount helper: %q %v", target, err)
 	}
+	// sshd's hook, where `midfs node start` looks for it: beside midfs.
+	if out, err := exec.Command("/usr/bin/midfs-node-hook").CombinedOutput(); !strings.Contains(string(out), "usage: midfs-node-hook") {
+		t.Errorf("/usr/bin/midfs-node-hook: %v %q", err, out)
+	}
 	if analyze, err := exec.LookPath("systemd-analyze"); err == nil {
 		// With the man page installed, verify checks Documentation= too.
 		b, err := exec.Command(analyze, "verify", "/lib/systemd/system/midfs-auth.service", "/lib/systemd/system/midfs@robot.service").CombinedOutput()
@@ -768,7 +772,7 @@ func TestDebInstallsAndRemoves(t *testing.T) {
 	if b, err := exec.Command("dpkg", "-r", "midfs").CombinedOutput(); err != nil {
 		t.Fatalf("dpkg -r: %v\n%s", err, b)
 	}
-	for _, p := range []string{"/usr/bin/midfs", "/sbin/mount.fuse.midfs", "/lib/systemd/system/midfs@.service", "/usr/share/man/man1/midfs.1.gz"} {
+	for _, p := range []string{"/usr/bin/midfs", "/usr/bin/midfs-node-hook", "/sbin/mount.fuse.midfs", "/lib/systemd/system/midfs@.service", "/usr/share/man/man1/midfs.1.gz"} {
 		if _, err := os.Lstat(p); err == nil {
 			t.Errorf("%s remains after dpkg -r", p)
 		}
@@ -1008,7 +1012,7 @@ func TestMakeInstallLayout(t *testing.T) {
 	if target, err := os.Readlink(filepath.Join(dest, "sbin/mount.fuse.midfs")); err != nil || target != "/usr/local/bin/midfs" {
 		t.Errorf("helper link: %q %v", target, err)
 	}
-	for _, f := range []string{"usr/local/bin/midfs", "usr/local/share/man/man1/midfs.1.gz",
+	for _, f := range []string{"usr/local/bin/midfs", "usr/local/bin/midfs-node-hook", "usr/local/share/man/man1/midfs.1.gz",
 		"usr/local/share/bash-completion/completions/midfs", "usr/local/share/zsh/site-functions/_midfs",
 		"usr/local/share/doc/midfs/examples/agent.yaml", `usr/local/lib/systemd/system/opt-machine\x2did.mount`} {
 		if _, err := os.Stat(filepath.Join(dest, f)); err != nil {

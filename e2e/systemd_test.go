@@ -13,13 +13,14 @@ import (
 	"time"
 
 	"github.com/midfs/midfs/joiner"
+	"github.com/midfs/midfs/node"
 )
 
 // bootWithUnits boots a container with the binary under test as
 // /usr/bin/midfs (where the units look) and the units of contrib/.
 func bootWithUnits(t *testing.T, extra ...map[string]string) *machine {
 	t.Helper()
-	binds := map[string]string{"/usr/bin/midfs": midfsBin}
+	binds := map[string]string{"/usr/bin/midfs": midfsBin, "/usr/bin/" + node.HookName: hookBin}
 	for _, e := range extra {
 		for inside, host := range e {
 			binds[inside] = host

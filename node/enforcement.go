@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"syscall"
 
 	"github.com/midfs/midfs/joiner"
@@ -13,44 +15,46 @@ import (
 	"github.com/midfs/midfs/wire"
 )
 
-// What the node agent does for enforcement: it keeps enforce's state (the
+// What the node agent does for enforcement: it holds enforce's state (the
 // node's labels as the authority sees them, the user CAs, the last locks
-// fetched) in the run directory, where `midfs node authorize` (sshd's
-// AuthorizedPrincipalsCommand) decides every login from it, and sshd reads
-// the KRL made from the locks (RevokedKeys). The authority is asked for
-// the locks every --locks-interval; while it cannot be reached the node
-// keeps enforcing the last locks it knew.
+// fetched) and answers sshd's hook (midfs-node-hook, its
+// AuthorizedPrincipalsCommand) from it on the hook socket; it keeps the
+// state in the run directory too, for the next process, and the KRL made
+// from the locks, which sshd reads itself (RevokedKeys). The authority is
+// asked for the locks every --locks-interval; while it cannot be reached
+// the node keeps enforcing the last locks it knew.
 
-// hookUser runs the hook: it reads the state, nothing else.
-const hookUser = "nobody"
+// HookName is the hook's file name: midfs-node-hook is installed beside
+// midfs (make install, the package), and Config.Hook defaults to it.
+const HookName = "midfs-node-hook"
 
 // enforcementLines are the fragment's lines for the hook and the KRL.
-func enforcementLines(d runDir, bin string) []fragmentLine {
+func enforcementLines(d runDir, hook string) []fragmentLine {
 	return []fragmentLine{
-		{"AuthorizedPrincipalsCommand", fmt.Sprintf("%s node authorize --run-dir=%s %%u %%k", bin, string(d)), bin},
-		{"AuthorizedPrincipalsCommandUser", hookUser, ""},
+		{"AuthorizedPrincipalsCommand", fmt.Sprintf("%s %s %%u %%k", hook, d.path(enforce.HookSocket)), hook},
+		{"AuthorizedPrincipalsCommandUser", enforce.HookUser, ""},
 		{"RevokedKeys", d.path(enforce.KRLFile), d.path(enforce.KRLFile)},
 	}
 }
 
-// checkHookPath says why sshd would refuse to run bin as its
+// checkHookPath says why sshd would refuse to run hook as its
 // AuthorizedPrincipalsCommand, or nil: sshd runs it only if it and every
 // directory above it belong to root and no one else may write them, and
 // then refuses every login. Checked before joining, so a node installed
 // where sshd cannot use it costs no token.
-func checkHookPath(bin string) error {
-	if err := checkConfigPath("the midfs binary's path", bin); err != nil {
+func checkHookPath(hook string) error {
+	if err := checkConfigPath("the hook's path", hook); err != nil {
 		return err
 	}
-	for p := bin; ; p = filepath.Dir(p) {
+	for p := hook; ; p = filepath.Dir(p) {
 		st, err := os.Stat(p)
 		if err != nil {
-			return fmt.Errorf("the midfs binary %s: %v", bin, err)
+			return fmt.Errorf("sshd's hook %s: %v (it is installed beside midfs: make install)", hook, err)
 		}
 		sys := st.Sys().(*syscall.Stat_t)
 		if sys.Uid != 0 || st.Mode().Perm()&0o022 != 0 {
-			return fmt.Errorf("sshd runs `midfs node authorize` only from a path that root owns and no one else may write, and %s is not (owner uid %d, mode %v): install midfs in /usr/bin or /usr/local/bin",
-				p, sys.Uid, st.Mode().Perm())
+			return fmt.Errorf("sshd runs its hook %s only from a path that root owns and no one else may write, and %s is not (owner uid %d, mode %v): install midfs in /usr/bin or /usr/local/bin",
+				hook, p, sys.Uid, st.Mode().Perm())
 		}
 		if p == "/" {
 			return nil
@@ -58,15 +62,66 @@ func checkHookPath(bin string) error {
 	}
 }
 
-// restoreLocks takes the locks of the state a previous run left, if it
-// was this node's: a restart that cannot reach the authority enforces
-// them still.
-func (a *Agent) restoreLocks() {
+// serveHook answers sshd's hook from st, listening first if this process
+// does not yet: the hook user (and root) may ask.
+func (a *Agent) serveHook(st *enforce.State) error {
+	if a.hook == nil {
+		uid, err := lookupUID(enforce.HookUser)
+		if err != nil {
+			return err
+		}
+		if err := a.dir.make(); err != nil {
+			return err
+		}
+		h, err := enforce.ListenHook(string(a.dir), func(u uint32) bool { return u == uid }, a.clock.Now, a.log)
+		if err != nil {
+			return err
+		}
+		a.hook = h
+	}
+	a.hook.Set(st)
+	return nil
+}
+
+// lookupUID is the uid of user name.
+func lookupUID(name string) (uint32, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, fmt.Errorf("sshd's hook runs as %s: %v", name, err)
+	}
+	uid, err := strconv.ParseUint(u.Uid, 10, 32)
+	return uint32(uid), err
+}
+
+// answerEarly answers the hook at once on a restart, from the state the
+// previous process left if it was this node's (with serveEarly: sshd can
+// sign and decide again before the authority is asked anything).
+func (a *Agent) answerEarly() {
 	prev, err := enforce.Load(string(a.dir))
-	if err != nil || prev.Node != a.cfg.Name || prev.Cluster != a.cluster {
+	if err != nil || prev.Node != a.cfg.Name {
 		return
 	}
-	a.locks, a.locksFetched = prev.Locks, prev.Fetched
+	if err := a.serveHook(prev); err != nil {
+		a.log.Warn("cannot answer sshd's hook before joining; it is answered once the node has joined", "err", err)
+		return
+	}
+	a.prev = prev
+}
+
+// restoreLocks takes the locks of the state a previous run left, if it
+// was this node's in this cluster: a restart that cannot reach the
+// authority enforces them still.
+func (a *Agent) restoreLocks() {
+	prev := a.prev
+	if prev == nil {
+		var err error
+		if prev, err = enforce.Load(string(a.dir)); err != nil {
+			return
+		}
+	}
+	if prev.Node == a.cfg.Name && prev.Cluster == a.cluster {
+		a.locks, a.locksFetched = prev.Locks, prev.Fetched
+	}
 }
 
 // fetchLocks asks for the locks, with the ETag of the list held, and
@@ -99,7 +154,7 @@ func (a *Agent) writeStateIfChanged(changed bool) error {
 }
 
 // writeState writes enforce's state and the KRL (each replaced in one
-// rename).
+// rename), and answers the hook from the state.
 func (a *Agent) writeState() error {
 	st := &enforce.State{
 		Cluster: a.cluster, Node: a.cfg.Name, Labels: a.labels, UserCAs: a.userCAs,
@@ -107,6 +162,9 @@ func (a *Agent) writeState() error {
 	}
 	if err := enforce.Write(string(a.dir), st); err != nil {
 		return fmt.Errorf("write the enforcement state: %w", err)
+	}
+	if err := a.serveHook(st); err != nil {
+		return err
 	}
 	a.stateWritten = true
 	return nil

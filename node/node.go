@@ -33,6 +33,7 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -42,6 +43,7 @@ import (
 	"github.com/midfs/midfs/identity"
 	"github.com/midfs/midfs/identity/clock"
 	"github.com/midfs/midfs/joiner"
+	"github.com/midfs/midfs/node/enforce"
 	"github.com/midfs/midfs/sshagent"
 	"github.com/midfs/midfs/wire"
 )
@@ -77,9 +79,10 @@ type Config struct {
 	SSHDPidFile string // reload sshd with SIGHUP to this pid
 	SSHDUnit    string // or with systemctl reload UNIT
 
-	// Binary is the midfs that sshd runs as its AuthorizedPrincipalsCommand
-	// (`midfs node authorize`); default: this process's executable.
-	Binary string
+	// Hook is what sshd runs as its AuthorizedPrincipalsCommand
+	// (midfs-node-hook); default: HookName beside this process's
+	// executable.
+	Hook string
 
 	HeartbeatInterval time.Duration // default DefaultHeartbeat
 	LocksInterval     time.Duration // default DefaultLocksInterval
@@ -117,7 +120,7 @@ func (c *Config) Check() error {
 			return err
 		}
 	}
-	if err := checkHookPath(c.Binary); err != nil {
+	if err := checkHookPath(c.Hook); err != nil {
 		return err
 	}
 	if c.SSHDPidFile != "" && c.SSHDUnit != "" {
@@ -142,12 +145,12 @@ func (c *Config) setDefaults() error {
 	if c.HostKeyStore == nil {
 		c.HostKeyStore = joiner.MemoryStore()
 	}
-	if c.Binary == "" {
+	if c.Hook == "" {
 		exe, err := os.Executable()
 		if err != nil {
-			return fmt.Errorf("cannot tell where this midfs is, for sshd's AuthorizedPrincipalsCommand: %v", err)
+			return fmt.Errorf("cannot tell where this midfs is, to find sshd's hook beside it: %v", err)
 		}
-		c.Binary = exe
+		c.Hook = filepath.Join(filepath.Dir(exe), HookName)
 	}
 	if c.Join.Logger == nil {
 		c.Join.Logger = slog.Default()
@@ -183,7 +186,9 @@ type Agent struct {
 	locks        []wire.Lock
 	locksTag     string // ETag of the locks held
 	locksFetched time.Time
-	stateWritten bool // by this process, since it started
+	stateWritten bool           // by this process, since it started
+	hook         *enforce.Hook  // answers sshd's hook
+	prev         *enforce.State // the previous process's, if this node's
 	// Printed is the Include line, once the fragment was written anew:
 	// for the command to show the operator.
 	Printed string
@@ -235,6 +240,7 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 			return nil, err
 		}
 		a.serveEarly()
+		a.answerEarly()
 	}
 	if a.sess, err = joiner.OpenSession(ctx, cfg.Join); err != nil {
 		return nil, err
@@ -431,7 +437,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 // writeFragment writes the sshd_config fragment, and the Include line to
 // print when it changed.
 func (a *Agent) writeFragment() error {
-	extra := enforcementLines(a.dir, a.cfg.Binary)
+	extra := enforcementLines(a.dir, a.cfg.Hook)
 	lines := append(baseLines(a.dir), extra...)
 	content := fragment(a.cfg.Name, a.cluster, a.dir, extra)
 	changed, err := writeFragment(a.cfg.SSHDConfig, content, lines)
@@ -450,6 +456,9 @@ func (a *Agent) writeFragment() error {
 func (a *Agent) Close() {
 	if a.agent != nil {
 		a.agent.Close()
+	}
+	if a.hook != nil {
+		a.hook.Close()
 	}
 	if a.sess != nil {
 		a.sess.Close()

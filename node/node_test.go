@@ -70,7 +70,7 @@ func config(t *testing.T, s *auth.Server, dir, token string) node.Config {
 		Name: "web", Addr: "127.0.0.1:1", Labels: map[string]string{"env": "dev", "team": "web"},
 		RunDir: filepath.Join(dir, "run"), SSHDConfig: filepath.Join(dir, "midfs-node.conf"),
 		// A path sshd would run; not run here.
-		Binary:       "/usr/bin/true",
+		Hook:         "/usr/bin/true",
 		HostKeyStore: hostStore,
 	}
 }
@@ -147,7 +147,7 @@ func TestStartServesSSHDAndRestartsWithoutToken(t *testing.T) {
 	}
 	for _, want := range []string{"HostKeyAgent " + run + "/agent.sock", "HostKey " + run + "/host_key\n", "HostCertificate " + run + "/host_key-cert.pub",
 		"TrustedUserCAKeys " + run + "/user_ca.pub", "RevokedKeys " + run + "/revoked.krl",
-		"AuthorizedPrincipalsCommand /usr/bin/true node authorize --run-dir=" + run + " %u %k", "AuthorizedPrincipalsCommandUser nobody"} {
+		"AuthorizedPrincipalsCommand /usr/bin/true " + run + "/authorize.sock %u %k", "AuthorizedPrincipalsCommandUser nobody"} {
 		if !strings.Contains(string(frag), want) {
 			t.Errorf("fragment lacks %q:\n%s", want, frag)
 		}
@@ -215,7 +215,8 @@ func TestStartRefusesWhatCannotWork(t *testing.T) {
 		{"fragment in a missing directory", func(c *node.Config) { c.SSHDConfig = filepath.Join(t.TempDir(), "no", "x.conf") }, "--sshd-config"},
 		{"fragment path is a directory", func(c *node.Config) { c.SSHDConfig = t.TempDir() }, "directory"},
 		{"run dir relative", func(c *node.Config) { c.RunDir = "run" }, "--run-dir"},
-		{"hook binary under /tmp", func(c *node.Config) { c.Binary = bin }, "root owns"},
+		{"hook binary under /tmp", func(c *node.Config) { c.Hook = bin }, "root owns"},
+		{"hook not installed", func(c *node.Config) { c.Hook = "/usr/bin/midfs-node-hook-none" }, "installed beside midfs"},
 		{"bad label", func(c *node.Config) { c.Labels = map[string]string{"env": "a b"} }, "--labels"},
 		{"bad name", func(c *node.Config) { c.Name = "web_1.-x" }, "--name"},
 		{"both reloads", func(c *node.Config) { c.SSHDPidFile, c.SSHDUnit = "/run/sshd.pid", "ssh" }, "not both"},

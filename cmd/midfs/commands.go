@@ -13,7 +13,7 @@ func commands() []*cli.Command {
 	cmds = append(cmds, eventsCommand())    // events.go: the audit trail
 	cmds = append(cmds, agentCommands()...) // mount.go: mount, ls, renew
 	cmds = append(cmds, lockCommand())      // lock.go: lock
-	cmds = append(cmds, nodeCommands()...)  // node_authorize.go: node authorize
+	cmds = append(cmds, nodeCommands()...)  // node.go: node start
 	return cmds
 }
 

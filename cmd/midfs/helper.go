@@ -19,17 +19,13 @@ import (
 // service/mounthelper; this file tells them what `midfs mount` takes and
 // what a served tree holds, and turns their outcome into an exit code.
 
-// runSpecial runs the binary in its other roles: mount(8) helper, mount
-// probe, and sshd's hook (`node authorize`, node_authorize.go, sent here
-// so that a login does not wait for the app to be built). handled is false
-// when args are an ordinary command line.
+// runSpecial runs the binary in its other roles: mount(8) helper and
+// mount probe. handled is false when args are an ordinary command line.
 func runSpecial(args []string) (code int, handled bool) {
 	if len(args) == 0 || args[len(args)-1] == "--generate-bash-completion" {
 		return 0, false
 	}
 	switch base := filepath.Base(args[0]); {
-	case isAuthorizeCall(args):
-		return runAuthorize(args[3:], os.Stdout, os.Stderr), true
 	case base == mounthelper.ProbeArgv0:
 		return runProbeMain(args[1:]), true
 	case base == "mount.fuse.midfs" || base == "mount.midfs" || looksLikeHelperCall(args):

@@ -19,6 +19,16 @@ import (
 	"github.com/midfs/midfs/wire"
 )
 
+// nodeCommands are the commands of an enforcing node. sshd's hook is not
+// one: it is midfs-node-hook, a small program of its own (cmd/midfs-node-hook).
+func nodeCommands() []*cli.Command {
+	return []*cli.Command{{
+		Name:        "node",
+		Usage:       "run an enforcing SSH node",
+		Subcommands: []*cli.Command{nodeStartCommand()},
+	}}
+}
+
 func nodeStartCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "start",
@@ -29,7 +39,9 @@ func nodeStartCommand() *cli.Command {
 			"in memory (and the kernel keyring, for restarts), lets sshd sign with it through an ssh-agent socket in\n" +
 			"--run-dir, writes there the host certificate (for NAME.CLUSTER and NAME, renewed before it expires) and the\n" +
 			"user CAs, and writes the sshd_config fragment at --sshd-config, printing the Include line to add to\n" +
-			"sshd_config. Heartbeats keep the node in what bots see. Runs until SIGINT or SIGTERM (SIGHUP renews now).\n" +
+			"sshd_config. sshd's hook (AuthorizedPrincipalsCommand " + node.HookName + ", installed beside midfs) asks\n" +
+			"this process at every certificate login whether the bot's roles allow this node and no lock holds it,\n" +
+			"and the refusals are logged here. Heartbeats keep the node in what bots see. Runs until SIGINT or SIGTERM (SIGHUP renews now).\n" +
 			exitHelp(exitUsage, exitJoinRefused, exitCAPin, exitUnreachable),
 		Flags:  nodeStartFlags(),
 		Action: runNodeStart,

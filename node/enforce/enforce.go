@@ -1,16 +1,17 @@
 // Package enforce is the node's side of access control: what an enforcing
 // node knows (its labels, the user CAs it trusts, the authority's locks),
-// kept in its run directory, and the decision, made at every login by
-// `midfs node authorize` (sshd's AuthorizedPrincipalsCommand), whether a
-// bot's certificate lets it in as a login.
+// and the decision, made at every login, whether a bot's certificate lets
+// it in as a login.
 //
 // The decision needs no call to the authority: the certificate carries,
 // signed, the node rules of the bot's roles (policy.RulesExtension), the
 // node matches them against its labels with the authority's own matcher
 // (policy.NodeAllowed), and checks the last locks it fetched. The node
-// agent writes the state (Write); the hook reads it (Load) and decides
-// (Allowed). Write also renders the locks as an OpenSSH KRL for sshd's
-// RevokedKeys, so that sshd refuses locked bots even without the hook.
+// agent holds the state and answers sshd's hook on a socket (Hook, Decide);
+// it also keeps the state in its run directory (Write, Load), for the next
+// process to start from, and renders the locks as an OpenSSH KRL for
+// sshd's RevokedKeys, so that sshd refuses locked bots even without the
+// hook.
 //
 // It imports identity, wire, auth/policy and x/crypto/ssh; it is pure and
 // fast: a login waits for it.
@@ -41,7 +42,7 @@ const DefaultRunDir = "/run/midfs-node"
 
 // Files of the run directory that this package writes.
 const (
-	StateFile = "state.json"  // State, read by the hook
+	StateFile = "state.json"  // State, for the next node agent to start from
 	KRLFile   = "revoked.krl" // sshd's RevokedKeys
 )
 
@@ -140,26 +141,21 @@ func Allowed(cert *ssh.Certificate, user string, st *State, now time.Time) (logi
 	return []string{user}, ""
 }
 
-// Authorize is the decision of sshd's AuthorizedPrincipalsCommand: may
-// the certificate certB64 (sshd's %k: the base64 key blob) log in as user
-// (%u) on the node whose state is in runDir, at now. A state that cannot
-// be read refuses every login.
-func Authorize(runDir, user, certB64 string, now time.Time) (logins []string, reason string) {
+// Decide is the decision of sshd's AuthorizedPrincipalsCommand: may the
+// certificate certB64 (sshd's %k: the base64 key blob) log in as user
+// (%u) on the node st describes, at now.
+func Decide(st *State, user, certB64 string, now time.Time) (logins []string, reason string) {
 	blob, err := base64.StdEncoding.DecodeString(certB64)
 	if err != nil {
-		return nil, "the key argument is not base64 (give sshd's %k)"
+		return nil, "the key is not base64 (give sshd's %k)"
 	}
 	key, err := ssh.ParsePublicKey(blob)
 	if err != nil {
-		return nil, fmt.Sprintf("the key argument is not an SSH key: %v", err)
+		return nil, fmt.Sprintf("the key is not an SSH key: %v", err)
 	}
 	cert, ok := key.(*ssh.Certificate)
 	if !ok {
 		return nil, "the key is not a certificate"
-	}
-	st, err := Load(runDir)
-	if err != nil {
-		return nil, fmt.Sprintf("node state unreadable, refusing every login: %v (is midfs node start running?)", err)
 	}
 	return Allowed(cert, user, st, now)
 }
