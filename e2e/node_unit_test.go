@@ -49,9 +49,21 @@ func TestNodeUnit(t *testing.T) {
 	for _, f := range []string{"agent.sock", "host_key.pub", "host_key-cert.pub", "user_ca.pub", "state.json", "revoked.krl"} {
 		m.mustRun("test", "-e", "/run/midfs-node/"+f)
 	}
-	if frag := m.mustRun("cat", "/etc/ssh/sshd_config.d/midfs-node.conf"); !strings.Contains(frag, "HostKeyAgent /run/midfs-node/agent.sock") {
+	frag := m.mustRun("cat", "/etc/ssh/sshd_config.d/midfs-node.conf")
+	hook := "AuthorizedPrincipalsCommand /usr/bin/midfs-node-hook /run/midfs-node/authorize.sock %u %k"
+	if !strings.Contains(frag, "HostKeyAgent /run/midfs-node/agent.sock") || !strings.Contains(frag, hook) {
 		t.Fatalf("fragment:\n%s", frag)
 	}
+	// The sandboxed service answers sshd's hook, run as sshd runs it (as
+	// nobody): a key that is no certificate gets nothing, and the reason
+	// is in the service's journal.
+	if out, err := m.run("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+		"/usr/bin/midfs-node-hook", "/run/midfs-node/authorize.sock", "root", "QUFBQQ=="); err != nil || out != "" {
+		t.Fatalf("the hook as nobody: %v, printed %q", err, out)
+	}
+	waitFor(t, "the refusal in the journal", 30*time.Second, func() bool {
+		return strings.Contains(m.journal(unit), "refused login")
+	})
 	if nodes := m.mustRun("midfs", "get", "nodes"); !strings.Contains(nodes, name) || !strings.Contains(nodes, "env=prod,team=web") || !strings.Contains(nodes, "online") {
 		t.Fatalf("get nodes:\n%s", nodes)
 	}
