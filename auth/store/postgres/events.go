@@ -38,8 +38,8 @@ func (t *txn) AddEvent(ctx context.Context, e *audit.Event) error {
 	if err != nil {
 		return err
 	}
-	_, err = t.exec(ctx, `INSERT INTO events(at, type, bot, data) VALUES ($1, $2, $3, $4)`, e.Time, e.Type, e.Bot, data)
-	return err
+	t.q.later(`INSERT INTO events(at, type, bot, data) VALUES ($1, $2, $3, $4)`, e.Time, e.Type, e.Bot, data)
+	return nil
 }
 
 func (t *txn) PruneEvents(ctx context.Context, cutoff time.Time, limit int) (int64, error) {

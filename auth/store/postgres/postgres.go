@@ -92,6 +92,7 @@ type Store struct {
 	pinger *pinger // Ping's own connection
 
 	retries atomic.Uint64 // attempts run again after a serialization conflict
+	trips   atomic.Uint64 // round trips of Updates to the server
 }
 
 // Retries says how many Update attempts were run again after losing a
@@ -99,6 +100,10 @@ type Store struct {
 // transactions that read more than they need, or a row that everyone
 // writes.
 func (st *Store) Retries() uint64 { return st.retries.Load() }
+
+// RoundTrips says how many round trips to the server Updates have taken:
+// what a change costs, beside its statements, on both sides.
+func (st *Store) RoundTrips() uint64 { return st.trips.Load() }
 
 var _ store.Store = (*Store)(nil)
 
@@ -273,8 +278,8 @@ func backoff(attempt int) time.Duration {
 	return rand.N(ceiling) + 1
 }
 
-// txOptions begin every Update's transaction.
-var txOptions = pgx.TxOptions{IsoLevel: pgx.Serializable}
+// beginSQL begins every Update's transaction.
+const beginSQL = `BEGIN ISOLATION LEVEL SERIALIZABLE`
 
 // attempt runs fn once. retry says the attempt lost a serialization
 // conflict: in any statement of fn (whether or not fn passed the error
@@ -289,7 +294,7 @@ func (st *Store) attempt(ctx context.Context, fn func(store.Tx) error) (t *txn, 
 	// A connection left inside a transaction (an attempt cut short) is
 	// closed, not pooled.
 	defer conn.Release()
-	w := &watched{conn: conn}
+	w := &watched{conn: conn, trips: &st.trips}
 	t = &txn{reader: reader{q: w}, q: w}
 	defer func() {
 		if p := recover(); p != nil {
@@ -301,28 +306,40 @@ func (st *Store) attempt(ctx context.Context, fn func(store.Tx) error) (t *txn, 
 		w.rollback(ctx)
 		return t, err, w.conflict || isConflict(err)
 	}
-	if w.tx == nil {
-		return t, nil, false // fn read and wrote nothing
-	}
-	if conn.Conn().PgConn().TxStatus() == 'E' {
+	if w.begun && conn.Conn().PgConn().TxStatus() == 'E' {
 		// fn went on after a failed statement (which ends a PostgreSQL
 		// transaction) and returned nil: nothing it did can commit.
 		w.rollback(ctx)
 		return t, errors.New("store: a statement failed inside the transaction"), w.conflict
 	}
-	if err = w.tx.Commit(ctx); err != nil {
-		return t, fmt.Errorf("store: %w", err), isConflict(err)
+	if err = w.commit(ctx); err != nil {
+		w.rollback(ctx)
+		return t, err, w.conflict
 	}
 	return t, nil, false
 }
 
-// watched is one attempt's transaction. It begins with fn's first
-// statement, sent in one round trip with it, and remembers whether any
-// statement lost a serialization conflict.
+// watched is one attempt's transaction, sent in as few round trips as the
+// results fn needs allow: BEGIN goes with the first statement; a write
+// whose caller needs no result from it (see later) waits and goes with the
+// next statement or with COMMIT. The server runs the statements in the
+// order fn made them, so every read still sees the writes before it, and
+// a write that fails still fails the transaction before it can commit.
+// watched also remembers whether any statement lost a serialization
+// conflict.
 type watched struct {
 	conn     *pgxpool.Conn
-	tx       pgx.Tx // nil until the first statement
+	begun    bool   // BEGIN has been sent
+	pending  []stmt // writes not sent yet, in order
+	known    known  // what the transaction read and has not written since
 	conflict bool
+	trips    *atomic.Uint64 // the Store's count of round trips
+}
+
+// stmt is a statement to send.
+type stmt struct {
+	sql  string
+	args []any
 }
 
 func (w *watched) note(err error) error {
@@ -332,33 +349,98 @@ func (w *watched) note(err error) error {
 	return err
 }
 
-func (w *watched) rollback(ctx context.Context) {
-	if w.tx != nil {
-		w.tx.Rollback(ctx)
-	}
+// later queues a write whose caller needs no result from it: only its
+// error, which then comes from the next statement or from the commit, and
+// fails the transaction all the same (the server skips the rest of a
+// round trip after a failed statement, COMMIT included).
+func (w *watched) later(sql string, args ...any) {
+	w.known = known{}
+	w.pending = append(w.pending, stmt{sql: sql, args: args})
 }
 
-// first sends BEGIN and the statement sql together; the caller reads the
-// statement's result from br, then closes br.
-func (w *watched) first(ctx context.Context, sql string, args []any) (pgx.BatchResults, error) {
+// changesOne makes an UPDATE fail, on the server, unless it changes
+// exactly one row: a write sent later with the commit must not let the
+// commit through if it missed (see txn.UseToken). The check divides by
+// zero on a miss, which the server cannot do ahead of time.
+func changesOne(update string) string {
+	return `WITH changed AS (` + update + ` RETURNING 1) SELECT 1 / (count(*) = 1)::int FROM changed`
+}
+
+// errMissed is what a changesOne write that changed no row fails with.
+var errMissed = errors.New("store: a write that had to change one row changed none; nothing was committed")
+
+// send sends in one round trip BEGIN (before the transaction's first
+// statement), the writes waiting, and qs. It reads the results of all but
+// qs; the caller reads qs's from br, in order, then closes br. Anything
+// the transaction knew is forgotten: qs may write.
+func (w *watched) send(ctx context.Context, qs ...stmt) (pgx.BatchResults, error) {
+	w.known = known{}
 	var b pgx.Batch
-	b.BeginTx(txOptions)
-	b.Queue(sql, args...)
-	br := w.conn.SendBatch(ctx, &b)
-	if _, err := br.Exec(); err != nil {
-		br.Close()
-		return nil, w.note(err)
+	begin := !w.begun
+	if begin {
+		b.Queue(beginSQL)
+		w.begun = true
 	}
-	w.tx = br.Tx()
+	pending := w.pending
+	w.pending = nil
+	for _, s := range append(pending, qs...) {
+		b.Queue(s.sql, s.args...)
+	}
+	w.trips.Add(1)
+	br := w.conn.SendBatch(ctx, &b)
+	for range len(b.QueuedQueries) - len(qs) {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "22012" { // division_by_zero: see changesOne
+				return nil, errMissed
+			}
+			return nil, w.note(err)
+		}
+	}
 	return br, nil
 }
 
-func (w *watched) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if w.tx != nil {
-		tag, err := w.tx.Exec(ctx, sql, args...)
-		return tag, w.note(err)
+// commit sends the writes waiting and COMMIT, in one round trip (with
+// BEGIN if fn wrote without reading). A transaction that neither read nor
+// wrote has nothing to commit.
+func (w *watched) commit(ctx context.Context) error {
+	if !w.begun && len(w.pending) == 0 {
+		return nil
 	}
-	br, err := w.first(ctx, sql, args)
+	br, err := w.send(ctx, stmt{sql: `COMMIT`})
+	if err != nil {
+		return err
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("store: %w", w.note(err))
+	}
+	if tag.String() == "ROLLBACK" { // the transaction had failed
+		return fmt.Errorf("store: %w", pgx.ErrTxCommitRollback)
+	}
+	return nil
+}
+
+// rollback ends a transaction that will not commit; the writes waiting
+// are dropped unsent.
+func (w *watched) rollback(ctx context.Context) {
+	w.pending = nil
+	if w.begun && !w.conn.Conn().PgConn().IsClosed() && w.conn.Conn().PgConn().TxStatus() != 'I' {
+		w.conn.Exec(ctx, `ROLLBACK`)
+	}
+}
+
+// one sends a single statement (after the writes waiting).
+func (w *watched) one(ctx context.Context, sql string, args []any) (pgx.BatchResults, error) {
+	return w.send(ctx, stmt{sql: sql, args: args})
+}
+
+func (w *watched) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	br, err := w.one(ctx, sql, args)
 	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
@@ -370,14 +452,7 @@ func (w *watched) Exec(ctx context.Context, sql string, args ...any) (pgconn.Com
 }
 
 func (w *watched) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if w.tx != nil {
-		rows, err := w.tx.Query(ctx, sql, args...)
-		if err != nil {
-			return nil, w.note(err)
-		}
-		return watchedRows{Rows: rows, w: w}, nil
-	}
-	br, err := w.first(ctx, sql, args)
+	br, err := w.one(ctx, sql, args)
 	if err != nil {
 		return nil, err
 	}
@@ -390,56 +465,52 @@ func (w *watched) Query(ctx context.Context, sql string, args ...any) (pgx.Rows,
 }
 
 func (w *watched) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if w.tx != nil {
-		return watchedRow{row: w.tx.QueryRow(ctx, sql, args...), w: w}
-	}
-	br, err := w.first(ctx, sql, args)
+	br, err := w.one(ctx, sql, args)
 	if err != nil {
 		return errRow{err}
 	}
 	return watchedRow{row: br.QueryRow(), w: w, br: br}
 }
 
+// SendBatch sends b's statements in one round trip and reads their
+// results.
 func (w *watched) SendBatch(ctx context.Context, b *pgx.Batch) error {
-	if w.tx == nil {
-		tx, err := w.conn.BeginTx(ctx, txOptions)
-		if err != nil {
-			return w.note(err)
-		}
-		w.tx = tx
+	qs := make([]stmt, len(b.QueuedQueries))
+	for i, q := range b.QueuedQueries {
+		qs[i] = stmt{sql: q.SQL, args: q.Arguments}
 	}
-	return w.note(w.tx.SendBatch(ctx, b).Close())
+	br, err := w.send(ctx, qs...)
+	if err != nil {
+		return err
+	}
+	return w.note(br.Close())
 }
 
 // watchedRows notes a conflict met while reading, and closes the batch
-// of a first statement with the rows.
+// the rows came in.
 type watchedRows struct {
 	pgx.Rows
 	w  *watched
-	br pgx.BatchResults // nil but for a first statement
+	br pgx.BatchResults
 }
 
 func (r watchedRows) Err() error { return r.w.note(r.Rows.Err()) }
 
 func (r watchedRows) Close() {
 	r.Rows.Close()
-	if r.br != nil {
-		r.w.note(r.br.Close())
-	}
+	r.w.note(r.br.Close())
 }
 
 type watchedRow struct {
 	row pgx.Row
 	w   *watched
-	br  pgx.BatchResults // nil but for a first statement
+	br  pgx.BatchResults
 }
 
 func (r watchedRow) Scan(dest ...any) error {
 	err := r.row.Scan(dest...)
-	if r.br != nil {
-		if cerr := r.br.Close(); err == nil {
-			err = cerr
-		}
+	if cerr := r.br.Close(); err == nil {
+		err = cerr
 	}
 	return r.w.note(err)
 }

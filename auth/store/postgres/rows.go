@@ -309,8 +309,8 @@ func (t *txn) touched(ctx context.Context, topic string, v uint64) error {
 		t.bumped = map[string]uint64{}
 	}
 	t.bumped[topic] = v
-	_, err := t.q.Exec(ctx, `SELECT pg_notify($1, $2)`, notifyChannel, fmt.Sprintf("%s %d", topic, v))
-	return err
+	t.q.later(`SELECT pg_notify($1, $2)`, notifyChannel, fmt.Sprintf("%s %d", topic, v))
+	return nil
 }
 
 func (t *txn) Init(ctx context.Context, cluster string, cas []store.CA, roles []policy.Role) (bool, error) {
@@ -411,19 +411,13 @@ func (t *txn) SetBotGrants(ctx context.Context, name string, roles, logins []str
 }
 
 func (t *txn) Rejoin(ctx context.Context, name, instance string, keyHash []byte) error {
-	_, err := t.exec(ctx, `UPDATE bots SET instance = $1, generation = 1, last_key_hash = $2 WHERE name = $3`, instance, keyHash, name)
-	return err
-}
-
-func (t *txn) AdvanceGeneration(ctx context.Context, name string, from uint64, keyHash []byte) (bool, error) {
-	n, err := t.exec(ctx, `UPDATE bots SET generation = $1, last_key_hash = $2 WHERE name = $3 AND generation = $4`,
-		int64(from+1), keyHash, name, int64(from))
-	return n == 1, err
+	t.q.later(`UPDATE bots SET instance = $1, generation = 1, last_key_hash = $2 WHERE name = $3`, instance, keyHash, name)
+	return nil
 }
 
 func (t *txn) SetLocked(ctx context.Context, name, reason string) error {
-	_, err := t.exec(ctx, `UPDATE bots SET locked = $1 WHERE name = $2`, reason, name)
-	return err
+	t.q.later(`UPDATE bots SET locked = $1 WHERE name = $2`, reason, name)
+	return nil
 }
 
 func (t *txn) PutToken(ctx context.Context, tok *store.Token, replace bool) error {
@@ -459,12 +453,6 @@ func tokenRole(tok *store.Token) string {
 		return policy.TokenRoleBot
 	}
 	return tok.Role
-}
-
-func (t *txn) UseToken(ctx context.Context, name string, at time.Time, keyHash []byte, instance string) (bool, error) {
-	n, err := t.exec(ctx, `UPDATE tokens SET used = $1, used_key_hash = $2, used_instance = $3 WHERE name = $4 AND used IS NULL`,
-		seconds(at), keyHash, instance, name)
-	return n == 1, err
 }
 
 func (t *txn) RemoveBotTokens(ctx context.Context, bot, joinMethod string, unusedOnly bool) error {
