@@ -61,12 +61,12 @@ func benchPG(b *testing.B) *pgtest.Server {
 	return pgtest.Start(b, pgtest.Options{Durable: true})
 }
 
-// cpu is a meter for a measurement on bb.
-func (bb benchBackend) cpu(pg *pgtest.Server) *cpu {
+// cpu is a meter for a measurement on bb, served by rs.
+func (bb benchBackend) cpu(pg *pgtest.Server, rs []*Server) *cpu {
 	if bb.name == "sqlite" {
 		return &cpu{}
 	}
-	return &cpu{pg: pg}
+	return &cpu{pg: pg, rs: rs}
 }
 
 // start starts the authorities of one measurement.
@@ -130,7 +130,7 @@ func BenchmarkRenew(b *testing.B) {
 					return nil
 				}
 				warmUp(b, n, renew)
-				c := bb.cpu(pg)
+				c := bb.cpu(pg, rs)
 				lat := runLoad(b, n, c, renew)
 				report(b, lat, "renewals/s")
 				c.report(b, b.N)
@@ -202,7 +202,7 @@ func BenchmarkJoin(b *testing.B) {
 					return nil
 				}
 				warmUp(b, n, join)
-				c := bb.cpu(pg)
+				c := bb.cpu(pg, rs)
 				lat := runLoad(b, n, c, join)
 				report(b, lat, "joins/s")
 				c.report(b, b.N)
@@ -226,11 +226,14 @@ func BenchmarkHerd(b *testing.B) {
 		b.Run(bb.String(), func(b *testing.B) {
 			var total time.Duration
 			var retries atomic.Int64
-			c := bb.cpu(pg)
+			c := bb.cpu(pg, nil)
 			for range b.N {
 				b.StopTimer()
 				rs := bb.start(b, pg)
 				tokens := addBots(b, rs, herdSize)
+				if c.pg != nil {
+					c.rs = rs
+				}
 				b.StartTimer()
 				c.start()
 				start := time.Now()
@@ -282,11 +285,25 @@ func joinOnce(t testing.TB, s *Server, token string, pub []byte) (int, string, e
 // cpu counts the processor time of a measurement: this process (the
 // authorities and the clients) and the database server's processes. On a
 // machine that others load too, time per operation says more than
-// operations per second.
+// operations per second. On PostgreSQL it also counts the authorities'
+// round trips to the server, which cost both sides.
 type cpu struct {
-	pg         *pgtest.Server // nil: SQLite, in this process
-	self, db   time.Duration
-	selfT, dbT time.Duration
+	pg           *pgtest.Server // nil: SQLite, in this process
+	rs           []*Server      // the authorities whose round trips count
+	self, db     time.Duration
+	selfT, dbT   time.Duration
+	trips, tripT uint64
+}
+
+// roundTrips sums the database round trips of c.rs.
+func (c *cpu) roundTrips() uint64 {
+	var n uint64
+	for _, s := range c.rs {
+		if r, ok := s.st.(interface{ RoundTrips() uint64 }); ok {
+			n += r.RoundTrips()
+		}
+	}
+	return n
 }
 
 func processCPU() time.Duration {
@@ -299,6 +316,7 @@ func (c *cpu) start() {
 	c.selfT = processCPU()
 	if c.pg != nil {
 		c.dbT = c.pg.CPU()
+		c.tripT = c.roundTrips()
 	}
 }
 
@@ -306,15 +324,18 @@ func (c *cpu) stop() {
 	c.self += processCPU() - c.selfT
 	if c.pg != nil {
 		c.db += c.pg.CPU() - c.dbT
+		c.trips += c.roundTrips() - c.tripT
 	}
 }
 
 // report adds the CPU per operation: cpu-ms (this process: authority and
-// clients) and db-cpu-ms (the database server).
+// clients) and db-cpu-ms (the database server), and db-trips (round trips
+// to it).
 func (c *cpu) report(b *testing.B, ops int) {
 	b.ReportMetric(float64(c.self)/float64(time.Millisecond)/float64(ops), "cpu-ms/op")
 	if c.pg != nil {
 		b.ReportMetric(float64(c.db)/float64(time.Millisecond)/float64(ops), "db-cpu-ms/op")
+		b.ReportMetric(float64(c.trips)/float64(ops), "db-trips/op")
 	}
 }
 
