@@ -241,11 +241,10 @@ func scanLock(row pgx.Row) (wire.Lock, error) {
 }
 
 func (r reader) Locks(ctx context.Context, bot string) ([]wire.Lock, error) {
-	const q = `SELECT name, bot, message, created, expires FROM locks`
 	if bot == "" {
-		return queryAll(ctx, r, q+` ORDER BY created, name COLLATE "C"`, scanLock)
+		return queryAll(ctx, r, selectLocks+locksOrder, scanLock)
 	}
-	return queryAll(ctx, r, q+` WHERE bot = $1 ORDER BY created, name COLLATE "C"`, scanLock, bot)
+	return queryAll(ctx, r, selectLocks+` WHERE bot = $1`+locksOrder, scanLock, bot)
 }
 
 // tables maps a resource kind to its table.
