@@ -8,7 +8,7 @@
 // counted. Publish swaps key and certificate for the next request; a key
 // whose certificate has expired never signs.
 //
-// It imports identity/clock, x/crypto/ssh and x/sys; the caller supplies the
+// It imports identity/clock, internal/peercred, x/crypto/ssh and x/sys; the caller supplies the
 // access rule (fs.Access for a mount's key), so a node's host key can be
 // served the same way.
 package sshagent
@@ -34,7 +34,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/midfs/midfs/identity/clock"
+	"github.com/midfs/midfs/internal/peercred"
 )
+
+// Peer is the process at the other end of a connection (peercred.Peer).
+type Peer = peercred.Peer
 
 // Options configure a Server.
 type Options struct {
@@ -338,7 +342,7 @@ func (s *Server) untrack(c *net.UnixConn) {
 // handle admits or refuses one connection, then serves it until the client
 // hangs up.
 func (s *Server) handle(c *net.UnixConn) {
-	p, err := peerOf(c)
+	p, err := peercred.Of(c)
 	allowed := err == nil && s.opts.Allow(p)
 	result := ResultOK
 	if !allowed {

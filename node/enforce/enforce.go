@@ -13,8 +13,8 @@
 // sshd's RevokedKeys, so that sshd refuses locked bots even without the
 // hook.
 //
-// It imports identity, wire, auth/policy and x/crypto/ssh; it is pure and
-// fast: a login waits for it.
+// It imports identity, wire, auth/policy, internal/peercred and
+// x/crypto/ssh; the decision is pure and fast: a login waits for it.
 package enforce
 
 import (

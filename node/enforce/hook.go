@@ -13,7 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/midfs/midfs/internal/peercred"
 )
 
 // The hook's socket. sshd runs midfs-node-hook (cmd/midfs-node-hook, its
@@ -115,9 +115,9 @@ func (h *Hook) serve() {
 // answer reads one request and writes the logins allowed, or nothing. A
 // refusal is logged with its reason (sshd says only "Permission denied").
 func (h *Hook) answer(c *net.UnixConn) {
-	uid, err := peerUID(c)
-	if err != nil || (uid != 0 && !h.allow(uid)) {
-		h.log.Warn("hook socket: a process that is not sshd's hook asked; not answered", "uid", uid, "err", err)
+	p, err := peercred.Of(c)
+	if err != nil || (p.UID != 0 && !h.allow(p.UID)) {
+		h.log.Warn("hook socket: a process that is not sshd's hook asked; not answered", "uid", p.UID, "err", err)
 		return
 	}
 	c.SetDeadline(time.Now().Add(requestTimeout))
@@ -160,25 +160,4 @@ func readRequest(r io.Reader) (user, certB64 string, err error) {
 		return "", "", errors.New(`not "USER\nCERT_BASE64\n"`)
 	}
 	return user, certB64, nil
-}
-
-func peerUID(c *net.UnixConn) (uint32, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var uid uint32
-	var perr error
-	err = raw.Control(func(fd uintptr) {
-		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if err != nil {
-			perr = err
-			return
-		}
-		uid = cred.Uid
-	})
-	if err == nil {
-		err = perr
-	}
-	return uid, err
 }

@@ -1,4 +1,8 @@
-package sshagent
+// Package peercred says which process is at the other end of a Unix
+// socket connection, as the kernel recorded it: what the servers of this
+// project's local sockets (the ssh-agent, the node's hook socket) admit
+// or refuse a client by.
+package peercred
 
 import (
 	"net"
@@ -16,7 +20,8 @@ type Peer struct {
 	Groups   []uint32
 }
 
-func peerOf(c *net.UnixConn) (Peer, error) {
+// Of is the peer of c.
+func Of(c *net.UnixConn) (Peer, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return Peer{}, err
