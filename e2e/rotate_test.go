@@ -87,10 +87,10 @@ func TestRotationWithAHandKeptSSHD(t *testing.T) {
 	old := t.TempDir()
 	os.WriteFile(filepath.Join(old, "key"), bot.read(identity.FileKey), 0o600)
 	os.WriteFile(filepath.Join(old, "key-cert.pub"), bot.read(identity.FileSSHCert), 0o644)
+	// As the README says: --out, because sshd reads the file at every
+	// login, and a login that met it emptied by a shell's > was refused.
 	export := func() {
-		if err := os.WriteFile(filepath.Join(s.dir, "user_ca.pub"), []byte(a.admin("auth", "export", "--type=user")), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		a.admin("auth", "export", "--type=user", "--out="+filepath.Join(s.dir, "user_ca.pub"))
 	}
 
 	logins := startLoginLoop(t, func() (string, error) { return sshLoginNoShell(t, bot.dir, target) })

@@ -35,9 +35,10 @@ func adminCommands() []*cli.Command {
 				authMigrateCommand(),
 				authRotateCommand(),
 				{
-					Name:   "export",
-					Usage:  "print a CA (both during a rotation): user (TrustedUserCAKeys), host (known_hosts), tls-user, tls-host, db (PEM)",
-					Flags:  []cli.Flag{dataDirFlag(), &cli.StringFlag{Name: "type", Value: admin.ExportUser, Usage: "`user|host|tls-user|tls-host|db`: which CA"}},
+					Name:  "export",
+					Usage: "print a CA (both during a rotation): user (TrustedUserCAKeys), host (known_hosts), tls-user, tls-host, db (PEM)",
+					Flags: []cli.Flag{dataDirFlag(), &cli.StringFlag{Name: "type", Value: admin.ExportUser, Usage: "`user|host|tls-user|tls-host|db`: which CA"},
+						&cli.StringFlag{Name: "out", Usage: "`FILE` to replace in one rename (sshd reads it at every login), instead of printing"}},
 					Action: withAdmin(authExport),
 				},
 				{
@@ -469,7 +470,17 @@ func authExport(c *cli.Context, ac *admin.Client) error {
 	if err != nil {
 		return fail(exitUsage, err)
 	}
-	fmt.Fprint(c.App.Writer, text)
+	out := c.String("out")
+	if out == "" {
+		fmt.Fprint(c.App.Writer, text)
+		return nil
+	}
+	// A shell's > empties the file first, and a login that reads it then
+	// is refused: the file is replaced whole instead.
+	if err := atomicfile.Write(out, []byte(text), 0o644); err != nil {
+		return fail(exitFailure, err)
+	}
+	fmt.Fprintf(c.App.Writer, "wrote %s\n", out)
 	return nil
 }
 

@@ -312,7 +312,21 @@ func TestSSHDTrustsExportAndSign(t *testing.T) {
 	if err != nil || strings.Fields(string(pub))[1] != strings.Fields(string(pubFile))[1] {
 		t.Fatalf("ssh-keygen -y of the host key: %v", err)
 	}
-	os.WriteFile(filepath.Join(tmp, "user_ca.pub"), []byte(mustCLI(t, dir, "auth", "export", "--type=user")), 0o644)
+	// --out writes what is printed, replacing the file whole.
+	userCA := filepath.Join(tmp, "user_ca.pub")
+	os.WriteFile(userCA, []byte("old\n"), 0o600)
+	if out := mustCLI(t, dir, "auth", "export", "--type=user", "--out="+userCA); out != "wrote "+userCA+"\n" {
+		t.Errorf("auth export --out printed %q", out)
+	}
+	if got, err := os.ReadFile(userCA); err != nil || string(got) != mustCLI(t, dir, "auth", "export", "--type=user") {
+		t.Errorf("auth export --out wrote %q, %v; want what it prints", got, err)
+	}
+	if fi, err := os.Stat(userCA); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Errorf("auth export --out: mode %v, %v; want 0644 (sshd reads it)", fi.Mode(), err)
+	}
+	if r := runCLI(t, dir, "auth", "export", "--type=user", "--out="+filepath.Join(tmp, "no", "dir")); r.code == 0 || r.err == "" || strings.Contains(strings.TrimSpace(r.err), "\n") {
+		t.Errorf("auth export --out into a missing directory: %s", r)
+	}
 	os.WriteFile(filepath.Join(tmp, "known_hosts"), []byte(mustCLI(t, dir, "auth", "export", "--type=host")), 0o644)
 	for _, typ := range []string{"tls-user", "tls-host", "db"} {
 		p := filepath.Join(tmp, typ+".pem")
