@@ -103,23 +103,16 @@ func (a *Agent) answerEarly() {
 	}
 	if err := a.serveHook(prev); err != nil {
 		a.log.Warn("cannot answer sshd's hook before joining; it is answered once the node has joined", "err", err)
-		return
 	}
-	a.prev = prev
 }
 
 // restoreLocks takes the locks of the state a previous run left, if it
 // was this node's in this cluster: a restart that cannot reach the
-// authority enforces them still.
+// authority enforces them still. Nothing wrote the state before: writes
+// wait for the first writeState (stateWritten).
 func (a *Agent) restoreLocks() {
-	prev := a.prev
-	if prev == nil {
-		var err error
-		if prev, err = enforce.Load(string(a.dir)); err != nil {
-			return
-		}
-	}
-	if prev.Node == a.cfg.Name && prev.Cluster == a.cluster {
+	prev, err := enforce.Load(string(a.dir))
+	if err == nil && prev.Node == a.cfg.Name && prev.Cluster == a.cluster {
 		a.locks, a.locksFetched = prev.Locks, prev.Fetched
 	}
 }

@@ -186,9 +186,8 @@ type Agent struct {
 	locks        []wire.Lock
 	locksTag     string // ETag of the locks held
 	locksFetched time.Time
-	stateWritten bool           // by this process, since it started
-	hook         *enforce.Hook  // answers sshd's hook
-	prev         *enforce.State // the previous process's, if this node's
+	stateWritten bool          // by this process, since it started
+	hook         *enforce.Hook // answers sshd's hook
 	// Printed is the Include line, once the fragment was written anew:
 	// for the command to show the operator.
 	Printed string
