@@ -128,6 +128,8 @@ func TestRotationWithAHandKeptSSHD(t *testing.T) {
 		return strings.Count(string(bot.read(identity.FileKnownHosts)), "@cert-authority") == 2
 	})
 	waitFor(t, "update_servers", time.Minute, func() bool { return a.ca("host").Spec.Rotation.Phase == "update_servers" })
+	// The same sign as at the start: it keeps the host key and replaces
+	// only the certificate, which sshd reads at every connection.
 	a.admin("auth", "sign", "--host=web."+cluster+",web", "--format=openssh", "--out="+filepath.Join(s.dir, "host"))
 	waitFor(t, "standby", time.Minute, func() bool { return a.ca("host").Spec.Rotation.Phase == "standby" })
 	waitFor(t, "one host CA in the mount's known_hosts", poll, func() bool {

@@ -38,6 +38,20 @@ func ParseAlgorithm(s string) (Algorithm, error) {
 	return "", fmt.Errorf("unknown key algorithm %q (want ecdsa, ed25519 or rsa)", s)
 }
 
+// AlgorithmOf names the algorithm of a public key; "" for one midfs does
+// not make.
+func AlgorithmOf(pub crypto.PublicKey) Algorithm {
+	switch pub.(type) {
+	case *ecdsa.PublicKey:
+		return ECDSA
+	case ed25519.PublicKey:
+		return Ed25519
+	case *rsa.PublicKey:
+		return RSA
+	}
+	return ""
+}
+
 // GenerateKey makes a new private key in memory.
 func GenerateKey(alg Algorithm) (crypto.Signer, error) {
 	switch alg {

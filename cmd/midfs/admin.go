@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto"
+	"crypto/ed25519"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -43,14 +46,14 @@ func adminCommands() []*cli.Command {
 				},
 				{
 					Name:  "sign",
-					Usage: "make an SSH host key and its host certificate for sshd (HostKey, HostCertificate)",
+					Usage: "make an SSH host key and its host certificate for sshd (HostKey, HostCertificate); a key already at --out is kept and signed again",
 					Flags: []cli.Flag{
 						dataDirFlag(),
 						&cli.StringFlag{Name: "host", Usage: "`NAME[,NAME]` the certificate is valid for (its principals)"},
 						&cli.StringFlag{Name: "format", Value: "openssh", Usage: "`openssh`: the format of the output"},
-						&cli.StringFlag{Name: "out", Usage: "`PREFIX` of the files: PREFIX (private key), PREFIX.pub, PREFIX-cert.pub"},
+						&cli.StringFlag{Name: "out", Usage: "`PREFIX` of the files: PREFIX (private key, kept if there), PREFIX.pub, PREFIX-cert.pub"},
 						&cli.DurationFlag{Name: "ttl", Value: auth.DefaultHostCertTTL, Usage: "`DURATION` the host certificate is valid"},
-						&cli.StringFlag{Name: "key-algorithm", Value: string(identity.DefaultAlgorithm), Usage: "`ecdsa|ed25519|rsa`: the algorithm of the host key"},
+						&cli.StringFlag{Name: "key-algorithm", Value: string(identity.DefaultAlgorithm), Usage: "`ecdsa|ed25519|rsa`: the algorithm of a new host key"},
 					},
 					Action: withAdmin(authSign),
 				},
@@ -485,7 +488,11 @@ func authExport(c *cli.Context, ac *admin.Client) error {
 }
 
 // authSign makes the host key here, in the CLI, so the authority never
-// sees it; only the public key travels over the admin socket.
+// sees it; only the public key travels over the admin socket. A key
+// already at PREFIX is kept and signed again (as in a host CA rotation):
+// sshd reads the key and the certificate as two files at every
+// connection, and a new key renamed in before its certificate met
+// logins that found the two unmatched, with no valid host certificate.
 func authSign(c *cli.Context, ac *admin.Client) error {
 	if f := c.String("format"); f != "openssh" {
 		return failf(exitUsage, "auth sign: --format=%s not supported; use --format=openssh", f)
@@ -498,13 +505,9 @@ func authSign(c *cli.Context, ac *admin.Client) error {
 	if out == "" {
 		return failf(exitUsage, "auth sign: give where to write with --out=PREFIX, e.g. /etc/ssh/midfs_host")
 	}
-	alg, err := identity.ParseAlgorithm(c.String("key-algorithm"))
+	key, kept, err := hostKey(out, c.String("key-algorithm"), c.IsSet("key-algorithm"))
 	if err != nil {
-		return fail(exitUsage, err)
-	}
-	key, err := identity.GenerateKey(alg)
-	if err != nil {
-		return fail(exitFailure, err)
+		return err
 	}
 	pub, err := ssh.NewPublicKey(key.Public())
 	if err != nil {
@@ -514,25 +517,69 @@ func authSign(c *cli.Context, ac *admin.Client) error {
 	if err != nil {
 		return fail(exitFailure, err)
 	}
-	block, err := ssh.MarshalPrivateKey(key, "")
-	if err != nil {
-		return fail(exitFailure, err)
-	}
-	priv := pem.EncodeToMemory(block)
-	defer clear(priv)
-	for _, f := range []struct {
+	type file struct {
 		path string
 		data []byte
 		mode os.FileMode
-	}{
-		{out, priv, 0o600},
-		{out + ".pub", ssh.MarshalAuthorizedKey(pub), 0o644},
-		{out + "-cert.pub", []byte(cert), 0o644},
-	} {
+	}
+	var files []file
+	if !kept {
+		block, err := ssh.MarshalPrivateKey(key, "")
+		if err != nil {
+			return fail(exitFailure, err)
+		}
+		priv := pem.EncodeToMemory(block)
+		defer clear(priv)
+		files = append(files, file{out, priv, 0o600})
+	}
+	files = append(files, file{out + ".pub", ssh.MarshalAuthorizedKey(pub), 0o644}, file{out + "-cert.pub", []byte(cert), 0o644})
+	for _, f := range files {
 		if err := atomicfile.Write(f.path, f.data, f.mode); err != nil {
 			return fail(exitFailure, err)
 		}
 	}
+	if kept {
+		fmt.Fprintf(c.App.Writer, "kept the host key in %s; wrote %s.pub and %s-cert.pub (host certificate for %s)\n", out, out, out, strings.Join(hosts, ", "))
+		return nil
+	}
 	fmt.Fprintf(c.App.Writer, "wrote %s, %s.pub and %s-cert.pub (host certificate for %s)\n", out, out, out, strings.Join(hosts, ", "))
 	return nil
+}
+
+// hostKey is the key at path when there is one (kept), else a new key of
+// the algorithm asked for. A file there that is not an unencrypted
+// OpenSSH private key, or a key of another algorithm than one asked for
+// explicitly, is an error: nothing is replaced that was not asked for.
+func hostKey(path, algorithm string, explicit bool) (key crypto.Signer, kept bool, err error) {
+	alg, err := identity.ParseAlgorithm(algorithm)
+	if err != nil {
+		return nil, false, fail(exitUsage, err)
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		key, err := identity.GenerateKey(alg)
+		if err != nil {
+			return nil, false, fail(exitFailure, err)
+		}
+		return key, false, nil
+	}
+	if err != nil {
+		return nil, false, fail(exitFailure, err)
+	}
+	defer clear(data)
+	raw, err := ssh.ParseRawPrivateKey(data)
+	if err != nil {
+		return nil, false, failf(exitUsage, "auth sign: %s is there but is not an unencrypted OpenSSH private key (%v); remove it to make a new host key", path, err)
+	}
+	if k, ok := raw.(*ed25519.PrivateKey); ok {
+		raw = *k // ssh parses ed25519 keys to a pointer, which is no crypto.Signer
+	}
+	key, ok := raw.(crypto.Signer)
+	if !ok {
+		return nil, false, failf(exitUsage, "auth sign: %s holds a %T, not a host key midfs can sign", path, raw)
+	}
+	if have := identity.AlgorithmOf(key.Public()); explicit && have != alg {
+		return nil, false, failf(exitUsage, "auth sign: %s holds an %s key, not %s; remove it to make a new host key", path, have, alg)
+	}
+	return key, true, nil
 }

@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/midfs/midfs/auth"
 	"github.com/midfs/midfs/auth/admin"
 	"github.com/midfs/midfs/auth/policy"
@@ -499,5 +501,57 @@ func TestStatusAligns(t *testing.T) {
 	}
 	if len(col) != 3 || col[s.CAPin()] != col[testCluster] || col[s.Addr()] != col[testCluster] {
 		t.Errorf("status: values start at columns %v, want one column:\n%s", col, out)
+	}
+}
+
+// TestAuthSignKeepsTheHostKey: signing again keeps the host key at PREFIX
+// and replaces only the certificate, so that an sshd reading both files
+// at a connection never finds them unmatched; what is not a key midfs can
+// sign is refused with one line, and nothing is written.
+func TestAuthSignKeepsTheHostKey(t *testing.T) {
+	s := startAuth(t)
+	dir, tmp := s.DataDir(), t.TempDir()
+	read := func(p string) string { b, _ := os.ReadFile(p); return string(b) }
+	certKey := func(prefix string) string {
+		pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(read(prefix + "-cert.pub")))
+		if err != nil {
+			t.Fatalf("%s-cert.pub: %v", prefix, err)
+		}
+		return string(ssh.MarshalAuthorizedKey(pub.(*ssh.Certificate).Key))
+	}
+	for _, alg := range []string{"ecdsa", "ed25519", "rsa"} {
+		prefix := filepath.Join(tmp, alg)
+		mustCLI(t, dir, "auth", "sign", "--host=a", "--key-algorithm="+alg, "--out="+prefix)
+		key, cert := read(prefix), read(prefix+"-cert.pub")
+		out := mustCLI(t, dir, "auth", "sign", "--host=a,b", "--out="+prefix)
+		if !strings.HasPrefix(out, "kept the host key in "+prefix+";") {
+			t.Errorf("%s: signing again printed %q", alg, out)
+		}
+		if read(prefix) != key {
+			t.Errorf("%s: signing again replaced the host key", alg)
+		}
+		if read(prefix+"-cert.pub") == cert || certKey(prefix) != read(prefix+".pub") {
+			t.Errorf("%s: signing again did not give a new certificate of the same key", alg)
+		}
+	}
+
+	// Refused, and nothing written: another algorithm asked for by name,
+	// and a file that is no private key.
+	ecdsaKey, ecdsaCert := read(filepath.Join(tmp, "ecdsa")), read(filepath.Join(tmp, "ecdsa-cert.pub"))
+	r := runCLI(t, dir, "auth", "sign", "--host=a", "--key-algorithm=ed25519", "--out="+filepath.Join(tmp, "ecdsa"))
+	if r.code == 0 || !strings.Contains(r.err, "holds an ecdsa key, not ed25519") || strings.Contains(strings.TrimSpace(r.err), "\n") {
+		t.Errorf("another algorithm than the key's: %s", r)
+	}
+	if read(filepath.Join(tmp, "ecdsa")) != ecdsaKey || read(filepath.Join(tmp, "ecdsa-cert.pub")) != ecdsaCert {
+		t.Error("a refused sign changed the files")
+	}
+	junk := filepath.Join(tmp, "junk")
+	os.WriteFile(junk, []byte("not a key\n"), 0o600)
+	r = runCLI(t, dir, "auth", "sign", "--host=a", "--out="+junk)
+	if r.code == 0 || !strings.Contains(r.err, "is not an unencrypted OpenSSH private key") || strings.Contains(strings.TrimSpace(r.err), "\n") {
+		t.Errorf("a file that is no key at --out: %s", r)
+	}
+	if _, err := os.Stat(junk + "-cert.pub"); err == nil || read(junk) != "not a key\n" {
+		t.Error("a refused sign wrote files")
 	}
 }
