@@ -265,8 +265,20 @@ type loginLoop struct {
 	stop     chan struct{}
 	done     chan struct{}
 	ok, bad  atomic.Int64
+	started  atomic.Int64
 	firstBad atomic.Value
 	longest  atomic.Int64 // ns
+}
+
+// waitStartedBefore waits until every login that started before the call
+// has ended: one in flight may hold credentials read before a change the
+// test just saw (a renewal), and a CA's standby would refuse it, as it
+// refuses every client that still presents a certificate of the CA it
+// drops. An operator waits out the grace period for the same reason.
+func (l *loginLoop) waitStartedBefore(t *testing.T, what string) {
+	t.Helper()
+	n := l.started.Load()
+	waitFor(t, what, time.Minute, func() bool { return l.ok.Load()+l.bad.Load() >= n })
 }
 
 // startLoginLoop runs login (one ssh login; an error is a failed login) in a
@@ -282,6 +294,7 @@ func startLoginLoop(t *testing.T, login func() (string, error)) *loginLoop {
 				return
 			default:
 			}
+			l.started.Add(1)
 			t0 := time.Now()
 			out, err := login()
 			if d := int64(time.Since(t0)); d > l.longest.Load() {

@@ -9,8 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -93,7 +95,19 @@ func TestRotationWithAHandKeptSSHD(t *testing.T) {
 		a.admin("auth", "export", "--type=user", "--out="+filepath.Join(s.dir, "user_ca.pub"))
 	}
 
-	logins := startLoginLoop(t, func() (string, error) { return sshLoginNoShell(t, bot.dir, target) })
+	// A refused login names its ssh process, whose opens the agent logs
+	// with the generation each got.
+	var refusedPIDs sync.Map
+	logins := startLoginLoop(t, func() (string, error) {
+		cmd := exec.Command("ssh", append(sshOptions(bot.dir), "-o", "IdentityAgent=none", "-s", target, "sftp")...)
+		cmd.Env = envWithout("SSH_AUTH_SOCK")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			refusedPIDs.Store(cmd.Process.Pid, true)
+			return fmt.Sprintf("%s(ssh pid %d, %s)", out, cmd.Process.Pid, time.Now().Format(time.StampMicro)), err
+		}
+		return string(out), nil
+	})
 	// Every wait is for what the mount must show within one node list
 	// poll (15 s) or one renewal it starts by itself.
 	const poll = 45 * time.Second
@@ -106,6 +120,7 @@ func TestRotationWithAHandKeptSSHD(t *testing.T) {
 	a.rotate("user", "--manual", "--phase=update_clients")
 	newUser := a.signing("user")
 	waitFor(t, "the mount to renew with the new user CA", poll, func() bool { return certSigner(t, bot) == newUser })
+	logins.waitStartedBefore(t, "the login in flight at the renewal to end")
 	a.rotate("user", "--manual", "--phase=update_servers")
 	a.rotate("user", "--manual", "--phase=standby")
 	export()
@@ -143,8 +158,19 @@ func TestRotationWithAHandKeptSSHD(t *testing.T) {
 	waitFor(t, "logins after the rotations", time.Minute, func() bool { return logins.ok.Load() >= n+3 })
 	logins.finish(t, "during the rotations")
 	if bad := logins.bad.Load(); bad != 0 || logins.ok.Load() < 10 {
-		t.Fatalf("%d logins failed and %d succeeded during the rotations; the first: %v\nsshd:\n%s\nagent:\n%s",
-			bad, logins.ok.Load(), logins.firstBad.Load(), tail(s.logs.String(), 20), tail(bot.logs.String(), 20))
+		var agent []string
+		for _, line := range strings.Split(bot.logs.String(), "\n") {
+			pid := regexp.MustCompile(`"pid":(\d+),`).FindStringSubmatch(line)
+			if pid == nil {
+				agent = append(agent, line)
+			} else if n, _ := strconv.Atoi(pid[1]); n != 0 {
+				if _, refused := refusedPIDs.Load(n); refused {
+					agent = append(agent, line)
+				}
+			}
+		}
+		t.Fatalf("%d logins failed and %d succeeded during the rotations\nsshd, but for the lines of logins that passed:\n%s\nagent, but for the opens of logins that passed:\n%s",
+			bad, logins.ok.Load(), unusual(s.logs.String()), tail(strings.Join(agent, "\n"), 60))
 	}
 }
 
@@ -220,6 +246,7 @@ func TestRotationThroughAJoinedNode(t *testing.T) {
 	waitFor(t, "the mount to renew with the new user CA", poll, func() bool { return certSigner(t, bot) != before })
 	a.rotate("user", "--manual", "--phase=rollback")
 	waitFor(t, "the mount to renew with the user CA it had", poll, func() bool { return certSigner(t, bot) == before })
+	logins.waitStartedBefore(t, "the login in flight at the renewal to end")
 	a.rotate("user", "--manual", "--phase=standby")
 	waitFor(t, "the node to trust one user CA", poll, func() bool { return nodeUserCAs() == 1 })
 
@@ -283,4 +310,17 @@ func grepLine(out, prefix string) string {
 		}
 	}
 	return ""
+}
+
+// unusual is what sshd logged but for the lines every login that passes
+// gives: what it said of the ones that did not.
+func unusual(log string) string {
+	usual := regexp.MustCompile(`^(Connection from|Certificate extension|Accepted (certificate|publickey)|Postponed publickey|Starting session|Close session|Received disconnect|Disconnected from|Server listening)`)
+	var out []string
+	for _, line := range strings.Split(log, "\n") {
+		if line != "" && !usual.MatchString(line) {
+			out = append(out, line)
+		}
+	}
+	return tail(strings.Join(out, "\n"), 40)
 }

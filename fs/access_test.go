@@ -70,6 +70,9 @@ func TestSecretFilesOpenOnlyForOwnerRootAndReaders(t *testing.T) {
 		!strings.Contains(log, "comm=fs.test") {
 		t.Errorf("no debug line for a denied open of key:\n%s", log)
 	}
+	if !strings.Contains(log, "result=ok generation=") {
+		t.Errorf("no debug line naming the generation an allowed open reads:\n%s", log)
+	}
 	if strings.Contains(log, "PRIVATE KEY") {
 		t.Errorf("log holds key material:\n%s", log)
 	}

@@ -36,7 +36,8 @@ func (s *Server) maySeeSecrets(c *fuse.Caller) bool {
 // reportOpen logs an open of a secret file at debug level (every open of a
 // secret is worth an audit line; public files would only be noise) and
 // reports every open to the metrics hook.
-func (s *Server) reportOpen(n *fileNode, c *fuse.Caller, result string) {
+// gen is the generation an open that succeeded reads, 0 for one refused.
+func (s *Server) reportOpen(n *fileNode, c *fuse.Caller, result string, gen uint64) {
 	if s.opts.OnOpen != nil {
 		s.opts.OnOpen(n.file.Name, result)
 	}
@@ -52,9 +53,12 @@ func (s *Server) reportOpen(n *fileNode, c *fuse.Caller, result string) {
 			comm = st.name
 		}
 	}
-	s.log.LogAttrs(ctx, slog.LevelDebug, "open secret file", slog.String("file", n.file.Name),
-		slog.Uint64("uid", uint64(uid)), slog.Uint64("pid", uint64(pid)), slog.String("comm", comm),
-		slog.String("result", result))
+	attrs := []slog.Attr{slog.String("file", n.file.Name), slog.Uint64("uid", uint64(uid)), slog.Uint64("pid", uint64(pid)),
+		slog.String("comm", comm), slog.String("result", result)}
+	if gen != 0 {
+		attrs = append(attrs, slog.Uint64("generation", gen))
+	}
+	s.log.LogAttrs(ctx, slog.LevelDebug, "open secret file", attrs...)
 }
 
 // threadGroup maps the thread id the kernel sends to its process id (thread

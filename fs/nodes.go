@@ -162,11 +162,11 @@ func (r *rawFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut)
 	}
 	caller := &in.Caller
 	if in.Flags&syscall.O_ACCMODE != syscall.O_RDONLY || in.Flags&(syscall.O_TRUNC|syscall.O_APPEND|syscall.O_CREAT) != 0 {
-		s.reportOpen(n, caller, ResultEROFS)
+		s.reportOpen(n, caller, ResultEROFS, 0)
 		return fuse.EROFS
 	}
 	if n.file.Secret && !s.maySeeSecrets(caller) {
-		s.reportOpen(n, caller, ResultDenied)
+		s.reportOpen(n, caller, ResultDenied, 0)
 		return fuse.EACCES
 	}
 	if fh, flags, ok := s.jrnl.handled(in.Unique); ok {
@@ -178,7 +178,7 @@ func (r *rawFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut)
 	out.OpenFlags, h.cached = n.cache.open(h.gen)
 	out.Fh = h.fh()
 	s.jrnl.record(in.Unique, out.Fh, out.OpenFlags)
-	s.reportOpen(n, caller, ResultOK)
+	s.reportOpen(n, caller, ResultOK, h.gen)
 	return fuse.OK
 }
 
