@@ -3,7 +3,6 @@ package auth
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -211,73 +210,13 @@ func BenchmarkJoin(b *testing.B) {
 	}
 }
 
-// herdSize is how many bots start at once in BenchmarkHerd: a fleet that
-// boots together after an outage.
-const herdSize = 10000
-
-// BenchmarkHerd starts herdSize bots at once, each joining with its own
-// one-time token and, as the agent does, trying again after a failure
-// (a connection refused or closed under the load) with backoff and
-// jitter. It reports the time until every bot holds an identity
-// (herd-s), and the joins that had to be tried again.
-func BenchmarkHerd(b *testing.B) {
-	pg := benchPG(b)
-	for _, bb := range benchBackends {
-		b.Run(bb.String(), func(b *testing.B) {
-			var total time.Duration
-			var retries atomic.Int64
-			c := bb.cpu(pg, nil)
-			for range b.N {
-				b.StopTimer()
-				rs := bb.start(b, pg)
-				tokens := addBots(b, rs, herdSize)
-				if c.pg != nil {
-					c.rs = rs
-				}
-				b.StartTimer()
-				c.start()
-				start := time.Now()
-				var wg sync.WaitGroup
-				for i, tok := range tokens {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						// One key for every try, as the agent keeps it: a
-						// try whose answer was lost is answered again.
-						_, pub := newKey(b)
-						for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-							status, msg, err := joinOnce(b, rs[i%len(rs)], tok, pub)
-							if err == nil && status == 200 {
-								return
-							}
-							if err == nil && status < 500 && status != 429 {
-								b.Errorf("join of bot %d refused: %d %s", i, status, msg)
-								return
-							}
-							retries.Add(1)
-							time.Sleep(wait/2 + rand.N(wait/2))
-						}
-					}()
-				}
-				wg.Wait()
-				total += time.Since(start)
-				c.stop()
-				b.StopTimer()
-				for _, s := range rs {
-					s.Close()
-				}
-			}
-			b.ReportMetric(total.Seconds()/float64(b.N), "herd-s")
-			b.ReportMetric(float64(herdSize*b.N)/total.Seconds(), "joins/s")
-			b.ReportMetric(float64(retries.Load())/float64(b.N), "retries")
-			c.report(b, herdSize*b.N)
-		})
-	}
-}
-
 // joinOnce sends one join; transport errors are returned, not fatal.
 func joinOnce(t testing.TB, s *Server, token string, pub []byte) (int, string, error) {
-	c := newClient(t, s, nil, nil)
+	return newClient(t, s, nil, nil).joinOnce(token, pub)
+}
+
+// joinOnce sends one join on a client of its own, and closes it.
+func (c *client) joinOnce(token string, pub []byte) (int, string, error) {
 	defer c.close()
 	return c.do("POST", wire.PathJoin, wire.JoinRequest{Token: token, PublicKey: pub}, nil)
 }

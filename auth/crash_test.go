@@ -35,6 +35,10 @@ func TestMain(m *testing.M) {
 		runChild(dir)
 		return
 	}
+	if os.Getenv(herdEnv) != "" {
+		runHerd()
+		return
+	}
 	code := pgtest.Main(m)
 	removeEventFills() // events_bench_test.go
 	os.Exit(code)
