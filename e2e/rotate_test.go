@@ -159,8 +159,9 @@ func TestRotationWithAHandKeptSSHD(t *testing.T) {
 	logins.finish(t, "during the rotations")
 	if bad := logins.bad.Load(); bad != 0 || logins.ok.Load() < 10 {
 		var agent []string
+		pidField := regexp.MustCompile(`"pid":(\d+),`)
 		for _, line := range strings.Split(bot.logs.String(), "\n") {
-			pid := regexp.MustCompile(`"pid":(\d+),`).FindStringSubmatch(line)
+			pid := pidField.FindStringSubmatch(line)
 			if pid == nil {
 				agent = append(agent, line)
 			} else if n, _ := strconv.Atoi(pid[1]); n != 0 {
