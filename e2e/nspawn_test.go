@@ -78,11 +78,12 @@ echo $$ >"$CG/cgroup.procs"
 # Without it, on a host with hybrid cgroups, the container gets read-only
 # v1 controllers and DeviceAllow= is silently not enforced.
 export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1
-# nspawn's default seccomp filter denies the keyring calls and bpf() (which
-# DeviceAllow= needs); CAP_IPC_LOCK is not in its default set.
+# nspawn's default seccomp filter denies the keyring calls, bpf() (which
+# DeviceAllow= needs) and memfd_secret (the agent's key memory); CAP_IPC_LOCK
+# is not in its default set.
 exec systemd-nspawn --boot -D "$R" --machine="$NAME" --register=no --keep-unit \
 	--private-network --bind=/dev/fuse --capability=CAP_IPC_LOCK \
-	--system-call-filter='bpf add_key keyctl request_key' --console=read-only "$@"
+	--system-call-filter='bpf add_key keyctl request_key memfd_secret' --console=read-only "$@"
 `
 
 // bootMachine boots a container with systemd as PID 1 and returns once

@@ -262,6 +262,14 @@ func TestAgentUnitRestartsAndCrashesUnderLoad(t *testing.T) {
 		tookOver(fmt.Sprintf("restart %d", i+1), pid)
 	}
 	t.Logf("%d systemctl restarts in %v", *takeovers, time.Since(start).Round(time.Millisecond))
+	// The store (systemd itself, PID 1 here) holds each issuance's key in
+	// secret memory: never swapped, even while no agent runs.
+	if out := m.mustRun("ls", "-l", "/proc/1/fd"); !strings.Contains(out, "/secretmem") {
+		t.Errorf("the service manager's store holds no secret memory:\n%s", out)
+	}
+	if strings.Contains(m.journal(unit), "cannot be kept in secret memory") {
+		t.Errorf("the agent keeps its key in ordinary memory:\n%s", tail(m.journal(unit), 30))
+	}
 	lgAgent.finish(t, "through the ssh-agent socket across restarts")
 	// A kill -9 ends the connections the killed agent had accepted (the
 	// listening socket survives in the store; an accepted one dies with

@@ -220,14 +220,19 @@ func TestLostGenerationIsZeroed(t *testing.T) {
 	ca, _ := newTestCA()
 	s := testServer(t, ca)
 	old := s.current.Load()
-	// A second view of the memfd, as a successor (or systemd's store) has.
+	// Second views of the memfds, as a successor (or systemd's store) has.
 	view, err := unix.Mmap(int(old.fd.Fd()), 0, len(old.mem), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Munmap(view)
+	keyView, err := unix.Mmap(int(old.keyFd.Fd()), 0, len(old.keyMem), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(keyView)
 	key := bytes.Clone(old.files[1])
-	if !bytes.Contains(key, []byte("PRIVATE KEY")) || !bytes.Contains(view, key) {
+	if !bytes.Contains(key, []byte("PRIVATE KEY")) || !bytes.Contains(keyView, key) {
 		t.Fatalf("generation does not hold the key file: %q", key)
 	}
 	slot, gen := s.pins.acquire(4242, s.currentID, s.opts.Clock.Now())
@@ -238,7 +243,7 @@ func TestLostGenerationIsZeroed(t *testing.T) {
 		}
 		s.Publish(&Snapshot{Identity: id})
 	}
-	if s.generation(gen) == nil || !bytes.Contains(view, key) {
+	if s.generation(gen) == nil || !bytes.Contains(keyView, key) {
 		t.Fatal("a generation held by an open handle was let go")
 	}
 	s.pins.release(slot, s.opts.Clock.Now().Add(pinMaxAge))
@@ -249,7 +254,7 @@ func TestLostGenerationIsZeroed(t *testing.T) {
 	if s.generation(gen) != nil {
 		t.Fatal("a generation nothing reaches is kept")
 	}
-	if !bytes.Equal(view, make([]byte, len(view))) {
+	if !bytes.Equal(view, make([]byte, len(view))) || !bytes.Equal(keyView, make([]byte, len(keyView))) {
 		t.Error("a let-go generation's memory was not zeroed")
 	}
 	if n := len(s.gens); n != 1 {

@@ -122,9 +122,10 @@ type Server struct {
 	gens    map[uint64]*generation
 	current atomic.Pointer[generation]
 
-	publishMu sync.Mutex      // serializes Publish and collect
-	badNodes  map[string]bool // guarded by publishMu: nodes left out of ssh_config, already logged
-	held      *Snapshot       // guarded by publishMu: published during a Handover, for Continue
+	publishMu  sync.Mutex      // serializes Publish and collect
+	badNodes   map[string]bool // guarded by publishMu: nodes left out of ssh_config, already logged
+	saidKeyMem atomic.Bool     // the warning that the key is not in secret memory is logged
+	held       *Snapshot       // guarded by publishMu: published during a Handover, for Continue
 
 	gate           sync.RWMutex // every request holds it shared; Handover takes it to stop answering
 	settling       sync.RWMutex // held shared by each invalidation in flight (cache.go)
@@ -358,8 +359,8 @@ func (s *Server) forget() {
 		return
 	}
 	s.gensMu.Lock()
-	for id, g := range s.gens {
-		s.opts.Drop(genName(id))
+	for _, g := range s.gens {
+		s.dropGeneration(g)
 		g.wipe()
 	}
 	s.gens = map[uint64]*generation{}
@@ -419,7 +420,11 @@ func (s *Server) newGeneration(snap *Snapshot) (*generation, error) {
 	if s.st.hdr.lastGen >= 1<<32 {
 		return nil, errors.New("out of generation numbers: remount")
 	}
-	return renderGeneration(snap, s.paths(), s.serves, s.st.hdr.lastGen, s.opts.Clock.Now())
+	g, err := renderGeneration(snap, s.paths(), s.serves, s.st.hdr.lastGen, s.opts.Clock.Now())
+	if err == nil && g.keyFd != nil && !g.keySecret && !s.saidKeyMem.Swap(true) {
+		s.log.Warn("the private key cannot be kept in secret memory (memfd_secret(2) needs Linux 5.14, no seccomp filter denying it, and room in RLIMIT_MEMLOCK): it is kept in ordinary memory, which can reach swap while no agent runs")
+	}
+	return g, err
 }
 
 // addGeneration makes g readable by ID and keeps its memfd, before
@@ -429,6 +434,17 @@ func (s *Server) addGeneration(g *generation) {
 	s.gens[g.id] = g
 	s.gensMu.Unlock()
 	s.opts.Keep(genName(g.id), g.fd)
+	if g.keyFd != nil {
+		s.opts.Keep(genKeyName(g.id), g.keyFd)
+	}
+}
+
+// dropGeneration takes g's memfds out of wherever Keep put them.
+func (s *Server) dropGeneration(g *generation) {
+	s.opts.Drop(genName(g.id))
+	if g.keyFd != nil {
+		s.opts.Drop(genKeyName(g.id))
+	}
 }
 
 func (s *Server) setCurrent(g *generation) {
@@ -467,7 +483,7 @@ func (s *Server) collect() {
 	}
 	s.gensMu.Unlock()
 	for _, g := range dead {
-		s.opts.Drop(genName(g.id))
+		s.dropGeneration(g)
 		g.wipe()
 		s.log.Debug("generation let go", "generation", g.id)
 	}

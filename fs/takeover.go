@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -160,25 +161,42 @@ func Resume(opts Options, fds map[string]*os.File) (*Server, error) {
 	}
 	s := newServer(opts, st)
 	s.dev = dev
+	drop := func(name string) { // once per name
+		if f := fds[name]; f != nil {
+			opts.Drop(name)
+			f.Close()
+			delete(fds, name)
+		}
+	}
 	for name, f := range fds {
-		if name == "fuse" || name == "state" {
+		if name == "fuse" || name == "state" || isGenKeyName(name) {
 			continue
 		}
 		id, ok := parseGenName(name)
 		if !ok {
 			s.log.Info("dropping a handed-over descriptor this midfs does not use", "name", name)
-			opts.Drop(name)
-			f.Close()
+			drop(name)
 			continue
 		}
-		g, err := loadGeneration(f)
-		if err != nil || g.id != id {
+		g, err := loadGeneration(f, fds[genKeyName(id)])
+		if err == nil && g.id != id {
+			g.fd, g.keyFd = nil, nil // drop closes them
+			g.release()
+			err = fmt.Errorf("it holds generation %d", g.id)
+		}
+		if err != nil {
 			s.log.Warn("dropping a handed-over generation that does not load", "name", name, "err", err)
-			opts.Drop(name)
-			f.Close()
+			drop(name)
+			drop(genKeyName(id))
 			continue
 		}
 		s.gens[id] = g
+	}
+	for name := range fds {
+		if id, _ := parseGenName(strings.TrimSuffix(name, "-key")); isGenKeyName(name) && s.gens[id] == nil {
+			s.log.Info("dropping a handed-over key memfd without its generation", "name", name)
+			drop(name)
+		}
 	}
 	cur := s.gens[st.hdr.currentGen]
 	if cur == nil {
@@ -303,6 +321,9 @@ func (s *Server) Handover(timeout time.Duration) (map[string]*os.File, error) {
 	s.gensMu.RLock()
 	for id, g := range s.gens {
 		fds[genName(id)] = g.fd
+		if g.keyFd != nil {
+			fds[genKeyName(id)] = g.keyFd
+		}
 	}
 	s.gensMu.RUnlock()
 	return fds, nil
