@@ -401,3 +401,91 @@ func lastLine(log, s string) string {
 	}
 	return ""
 }
+
+// An agent restarted while its authority is down (an upgrade during an
+// outage, a crash) keeps serving the issuance it took over, past
+// --join-timeout and for as long as that issuance is valid: a restart, a
+// kill -9 and a restart while it is still joining all keep the mount, and
+// ssh logs in through it, with the key file and through the ssh-agent
+// socket. Once the authority is back, it joins.
+func TestAgentUnitServesThroughAnAuthorityOutage(t *testing.T) {
+	m := bootWithUnits(t, nil)
+	addr, pin := startAuthUnit(t, m)
+	out := m.mustRun("midfs", "bots", "add", "robot", "--roles=access", "--logins=root")
+	tok := tokenRe.FindStringSubmatch(out)
+	if tok == nil {
+		t.Fatalf("no token in `bots add` output:\n%s", out)
+	}
+	mnt := "/opt/" + m.name
+	forgetStoredIn(t, addr, mnt)
+	if err := os.MkdirAll(m.path(mnt), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A join timeout far shorter than the outage: it no longer ends a
+	// mount taken over.
+	m.writeFile("/etc/midfs/robot.yaml", fmt.Sprintf("mountpoint: %s\nauth_server: %s\nca_pin: %s\ntoken: %s\njoin_timeout: 2s\nssh_agent: /run/midfs-robot.agent\n",
+		mnt, addr, pin, tok[1]), 0o600)
+	const unit = "midfs@robot.service"
+	if out, err := m.run("systemctl", "start", unit); err != nil {
+		t.Fatalf("systemctl start %s: %v\n%s\n%s", unit, err, out, m.journal(unit))
+	}
+	login, loginAgent := startSSHDIn(t, m, mnt)
+	m.mustRun("systemctl", "stop", "midfs-auth.service")
+
+	const retrying = "authority not reachable yet; retrying"
+	serving := func(how string) {
+		t.Helper()
+		// Past --join-timeout: six tries take 7.75 s at least.
+		before := strings.Count(m.journal(unit), retrying)
+		waitFor(t, "the agent to retry the authority six times after "+how, 60*time.Second, func() bool {
+			return strings.Count(m.journal(unit), retrying) >= before+6
+		})
+		if st := m.unit(unit, "ActiveState"); st["ActiveState"] != "active" {
+			t.Fatalf("after %s, with the authority down: %s is %v:\n%s", how, unit, st, tail(m.journal(unit), 30))
+		}
+		if out, err := m.run("cat", mnt+"/tlscert"); err != nil || !strings.Contains(out, "CERTIFICATE") {
+			t.Fatalf("after %s, with the authority down: cat tlscert: %v %q", how, err, out)
+		}
+		if out, err := login(); err != nil {
+			t.Fatalf("after %s, with the authority down: ssh through the mount: %v\n%s", how, err, out)
+		}
+		if out, err := loginAgent(); err != nil {
+			t.Fatalf("after %s, with the authority down: ssh through the ssh-agent socket: %v\n%s", how, err, out)
+		}
+	}
+	restart := func(how string) {
+		t.Helper()
+		m.mustRun("systemctl", "reset-failed", unit)
+		if out, err := m.run("systemctl", "restart", unit); err != nil {
+			t.Fatalf("%s: %v\n%s\n%s", how, err, out, tail(m.journal(unit), 30))
+		}
+	}
+	restart("a restart")
+	serving("a restart")
+	// A restart while it joins hands the mount on as well.
+	taken := strings.Count(m.journal(unit), "took the mount over")
+	restart("a restart while joining")
+	if n := strings.Count(m.journal(unit), "took the mount over"); n != taken+1 {
+		t.Fatalf("a restart while joining: %d takeovers logged, want %d:\n%s", n, taken+1, tail(m.journal(unit), 30))
+	}
+	serving("a restart while joining")
+	st := m.unit(unit, "MainPID", "NRestarts")
+	m.mustRun("kill", "-KILL", st["MainPID"])
+	waitFor(t, "systemd to restart the agent after kill -9", 60*time.Second, func() bool {
+		now := m.unit(unit, "ActiveState", "NRestarts")
+		return now["NRestarts"] != st["NRestarts"] && now["ActiveState"] == "active"
+	})
+	serving("kill -9")
+
+	joined := strings.Count(m.journal(unit), `"msg":"mounted"`)
+	m.mustRun("systemctl", "start", "midfs-auth.service")
+	waitFor(t, "the agent to join once the authority is back", 60*time.Second, func() bool {
+		return strings.Count(m.journal(unit), `"msg":"mounted"`) > joined
+	})
+	if out, err := login(); err != nil {
+		t.Fatalf("ssh through the mount once joined: %v\n%s", err, out)
+	}
+	if out, err := loginAgent(); err != nil {
+		t.Fatalf("ssh through the ssh-agent socket once joined: %v\n%s", err, out)
+	}
+}

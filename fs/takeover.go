@@ -103,6 +103,10 @@ func (s *Server) Keeps(snap *Snapshot, until time.Time) bool {
 	return true
 }
 
+// Expires is when the first certificate of the issuance served now runs
+// out.
+func (s *Server) Expires() time.Time { return s.current.Load().expires }
+
 // Issuance is the key and certificates the tree serves now, read back from
 // its files, for an ssh-agent socket to sign with what key.pub names; ok is
 // false when the tree serves no key file (NoKeyFiles).

@@ -79,7 +79,7 @@ func mountFlags() []cli.Flag {
 			"--key-files=false leaves them out, so the private key is never readable: ssh signs through --ssh-agent, which it needs"},
 		&cli.DurationFlag{Name: "certificate-ttl", Value: joiner.DefaultCertTTL, Usage: "`DURATION` the served credentials live (the authority caps it at 24h)"},
 		&cli.DurationFlag{Name: "renewal-interval", Value: joiner.DefaultRenewInterval, Usage: "`DURATION` between renewals; shorter than --certificate-ttl"},
-		&cli.DurationFlag{Name: "join-timeout", Value: joiner.DefaultJoinTimeout, Usage: "`DURATION` to keep retrying an unreachable authority at start before giving up"},
+		&cli.DurationFlag{Name: "join-timeout", Value: joiner.DefaultJoinTimeout, Usage: "`DURATION` to keep retrying an unreachable authority at start before giving up (after taking a mount over: for as long as the identity it serves is valid)"},
 		&cli.StringFlag{Name: "storage", Value: "keyring", Usage: "`keyring|memory|dir:PATH`: where the renewable bot identity survives a restart. " +
 			"keyring: the kernel user keyring (never on disk, gone at reboot); memory: nowhere (a restart needs a new token); " +
 			"dir:PATH: a 0600 file in PATH (the bot's key on disk)"},
@@ -342,7 +342,54 @@ func runMount(c *cli.Context) error {
 		p.join.Store = store
 	}
 
-	agent, err := joiner.Join(ctx, p.join)
+	if srv != nil {
+		// The issuance taken over serves on while the authority is out of
+		// reach: ending the mount after --join-timeout would take a valid
+		// identity away from its readers. Retry for as long as it holds,
+		// and be ready now (systemd's start timeout is shorter).
+		if left := time.Until(srv.Expires()); left > p.join.JoinTimeout {
+			log.Debug("joining; an unreachable authority is retried until the issuance taken over expires",
+				"dir", p.dir, "expires", srv.Expires().Format(time.RFC3339))
+			p.join.JoinTimeout = left
+		}
+		if err := svc.Mounted(p.dir); err != nil {
+			return failf(exitFUSE, "%v", err)
+		}
+	}
+	// The ssh-agent socket too signs with the issuance taken over while
+	// joining, when the tree has its key (not under --key-files=false).
+	var sock *sshagent.Server
+	if srv != nil && p.agent != "" {
+		if taken, ok := srv.Issuance(); ok {
+			if sock, err = listenAgent(p, svc, taken, from); err != nil {
+				return err
+			}
+			defer sock.Close()
+		}
+	}
+	var watch chan os.Signal // nil, never ready, without a mount to hand on
+	if srv != nil {
+		watch = handover
+	}
+	var agent *joiner.Agent
+	for {
+		var sig os.Signal
+		agent, sig, err = joinWatching(ctx, p.join, watch)
+		if sig == nil {
+			break
+		}
+		// A restart or an upgrade while joining: the mount taken over goes
+		// on to the next agent, which joins in turn.
+		done, keep := handOver(sig, srv, sock, svc, p, exe, log)
+		if keep {
+			svc.Stopping()
+			os.Exit(exitOK)
+		}
+		if done {
+			svc.Stopping()
+			return nil
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			log.Info("stopped before mounting")
@@ -365,15 +412,21 @@ func runMount(c *cli.Context) error {
 		}
 	}
 	// The socket first: once the tree is visible, its ssh_config names it.
-	var sock *sshagent.Server
-	if p.agent != "" {
+	switch {
+	case sock != nil: // listening since the takeover
+		if !keep {
+			sock.Publish(id.Key, id.SSHCert)
+		}
+	case p.agent != "":
 		if sock, err = listenAgent(p, svc, served, from); err != nil {
 			return err
 		}
 		defer sock.Close()
-	} else if ln := from.agentSocket(); ln != nil {
-		ln.Close() // the agent before had a socket; this one has none
-		svc.Drop(sshAgentFile)
+	default:
+		if ln := from.agentSocket(); ln != nil {
+			ln.Close() // the agent before had a socket; this one has none
+			svc.Drop(sshAgentFile)
+		}
 	}
 	switch {
 	case srv == nil:
@@ -439,6 +492,39 @@ func runMount(c *cli.Context) error {
 }
 
 // joinFailure maps the joiner's error kinds to exit codes.
+// joinWatching joins as joiner.Join does, but a SIGUSR1 or SIGUSR2 on
+// handover (nil: none) ends the join early, and is returned for the caller
+// to hand the mount on. One that comes once joined goes back on handover,
+// for the serving loop.
+func joinWatching(ctx context.Context, cfg joiner.Config, handover chan os.Signal) (*joiner.Agent, os.Signal, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	got := make(chan os.Signal, 1)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case sig := <-handover:
+			got <- sig
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	agent, err := joiner.Join(ctx, cfg)
+	cancel()
+	<-watched
+	select {
+	case sig := <-got:
+		if err == nil {
+			handover <- sig // joined all the same: the serving loop answers it
+			return agent, nil, nil
+		}
+		return nil, sig, err
+	default:
+		return agent, nil, err
+	}
+}
+
 func joinFailure(err error) error {
 	switch {
 	case errors.Is(err, joiner.ErrConfig):
