@@ -214,25 +214,10 @@ func TestAgentUnitRestartsAndCrashesUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := bootWithUnits(t, map[string]string{"/usr/local/bin/midfs-e2e-load": self})
-	addr, pin := startAuthUnit(t, m)
-	out := m.mustRun("midfs", "bots", "add", "robot", "--roles=access", "--logins=root")
-	tok := tokenRe.FindStringSubmatch(out)
-	if tok == nil {
-		t.Fatalf("no token in `bots add` output:\n%s", out)
-	}
-	mnt := "/opt/" + m.name
-	forgetStoredIn(t, addr, mnt)
-	if err := os.MkdirAll(m.path(mnt), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	// With an ssh-agent socket too: it is kept in the store with the mount.
-	m.writeFile("/etc/midfs/robot.yaml", fmt.Sprintf("mountpoint: %s\nauth_server: %s\nca_pin: %s\ntoken: %s\nlog_level: debug\nssh_agent: /run/midfs-robot.agent\n",
-		mnt, addr, pin, tok[1]), 0o600)
-	const unit = "midfs@robot.service"
-	if out, err := m.run("systemctl", "start", unit); err != nil {
-		t.Fatalf("systemctl start %s: %v\n%s\n%s", unit, err, out, m.journal(unit))
-	}
+	mnt := startRobotUnit(t, m, "log_level: debug\n")
 	login, loginAgent := startSSHDIn(t, m, mnt)
+	const unit = robotUnit
 
 	ld := startLoad(t, m.command("/usr/local/bin/midfs-e2e-load"), mnt)
 	lg := startLoginLoop(t, login)
@@ -326,6 +311,33 @@ func TestAgentUnitRestartsAndCrashesUnderLoad(t *testing.T) {
 	}
 }
 
+// robotUnit is the agent unit startRobotUnit starts.
+const robotUnit = "midfs@robot.service"
+
+// startRobotUnit starts, in m, an authority unit and an agent unit that
+// joins it as bot robot (logins root) with an ssh-agent socket, its config
+// given extra lines; it returns the mount point.
+func startRobotUnit(t *testing.T, m *machine, extra string) string {
+	t.Helper()
+	addr, pin := startAuthUnit(t, m)
+	out := m.mustRun("midfs", "bots", "add", "robot", "--roles=access", "--logins=root")
+	tok := tokenRe.FindStringSubmatch(out)
+	if tok == nil {
+		t.Fatalf("no token in `bots add` output:\n%s", out)
+	}
+	mnt := "/opt/" + m.name
+	forgetStoredIn(t, addr, mnt)
+	if err := os.MkdirAll(m.path(mnt), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m.writeFile("/etc/midfs/robot.yaml", fmt.Sprintf("mountpoint: %s\nauth_server: %s\nca_pin: %s\ntoken: %s\nssh_agent: /run/midfs-robot.agent\n%s",
+		mnt, addr, pin, tok[1], extra), 0o600)
+	if out, err := m.run("systemctl", "start", robotUnit); err != nil {
+		t.Fatalf("systemctl start %s: %v\n%s\n%s", robotUnit, err, out, m.journal(robotUnit))
+	}
+	return mnt
+}
+
 // startSSHDIn starts an sshd inside m that trusts its authority, adds it
 // as node-name, waits until the mount at mnt lists it, and returns a login
 // through the mount's ssh_config with the key file, and one through the
@@ -410,26 +422,11 @@ func lastLine(log, s string) string {
 // socket. Once the authority is back, it joins.
 func TestAgentUnitServesThroughAnAuthorityOutage(t *testing.T) {
 	m := bootWithUnits(t, nil)
-	addr, pin := startAuthUnit(t, m)
-	out := m.mustRun("midfs", "bots", "add", "robot", "--roles=access", "--logins=root")
-	tok := tokenRe.FindStringSubmatch(out)
-	if tok == nil {
-		t.Fatalf("no token in `bots add` output:\n%s", out)
-	}
-	mnt := "/opt/" + m.name
-	forgetStoredIn(t, addr, mnt)
-	if err := os.MkdirAll(m.path(mnt), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	// A join timeout far shorter than the outage: it no longer ends a
 	// mount taken over.
-	m.writeFile("/etc/midfs/robot.yaml", fmt.Sprintf("mountpoint: %s\nauth_server: %s\nca_pin: %s\ntoken: %s\njoin_timeout: 2s\nssh_agent: /run/midfs-robot.agent\n",
-		mnt, addr, pin, tok[1]), 0o600)
-	const unit = "midfs@robot.service"
-	if out, err := m.run("systemctl", "start", unit); err != nil {
-		t.Fatalf("systemctl start %s: %v\n%s\n%s", unit, err, out, m.journal(unit))
-	}
+	mnt := startRobotUnit(t, m, "join_timeout: 2s\n")
 	login, loginAgent := startSSHDIn(t, m, mnt)
+	const unit = robotUnit
 	m.mustRun("systemctl", "stop", "midfs-auth.service")
 
 	const retrying = "authority not reachable yet; retrying"
