@@ -540,10 +540,16 @@ func TestFollowWaitsForTheNextEvent(t *testing.T) {
 func TestOldEventsArePruned(t *testing.T) {
 	clk := clock.NewFake(time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC))
 	s := startTest(t, func(c *Config) { c.Clock = clk; c.AuditRetention = 2 * time.Hour })
-	clk.BlockUntil(1) // the pruner sleeps
+	// Both of the authority's loops on the clock, the pruner and the
+	// rotations', sleep: the pruner's next prune is set from this time.
+	// (Waiting for one timer was the rotations' alone when the pruner was
+	// slow to set its own: the advance below then passed its wake-up time
+	// before it had one, and it slept past the end of the test.)
+	asleep := func() { clk.BlockUntil(2) }
+	asleep()
 	addBot(t, s, "old", []string{"access"}, nil)
 	clk.Advance(time.Hour)
-	clk.BlockUntil(1)
+	asleep()
 	addBot(t, s, "new", []string{"access"}, nil)
 	clk.Advance(90 * time.Minute)
 	evs := waitTrail(t, s, "the old bot's events pruned", func(evs []audit.Event) bool {
