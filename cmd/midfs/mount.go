@@ -380,13 +380,7 @@ func runMount(c *cli.Context) error {
 		}
 		// A restart or an upgrade while joining: the mount taken over goes
 		// on to the next agent, which joins in turn.
-		done, keep := handOver(sig, srv, sock, svc, p, exe, log)
-		if keep {
-			svc.Stopping()
-			os.Exit(exitOK)
-		}
-		if done {
-			svc.Stopping()
+		if handOn(sig, srv, sock, svc, p, exe, log) {
 			return nil
 		}
 	}
@@ -473,18 +467,7 @@ func runMount(c *cli.Context) error {
 			log.Info("SIGHUP: renewing now")
 			agent.RenewNow()
 		case sig := <-handover:
-			done, keep := handOver(sig, srv, sock, svc, p, exe, log)
-			if keep {
-				// Readers wait until this process is gone (the next one
-				// serves only then, fs/takeover.go): exit now, without
-				// the slow goodbyes of the deferred calls. Nothing in
-				// them is needed: the mount is the next process's, and a
-				// renewal cut short is sent again from --storage.
-				svc.Stopping()
-				os.Exit(exitOK)
-			}
-			if done {
-				svc.Stopping()
+			if handOn(sig, srv, sock, svc, p, exe, log) {
 				return nil
 			}
 		}
@@ -492,6 +475,23 @@ func runMount(c *cli.Context) error {
 }
 
 // joinFailure maps the joiner's error kinds to exit codes.
+// handOn answers a SIGUSR1 or SIGUSR2 (handOver) and says whether the
+// agent is to stop, unmounting. When another process has the mount, it
+// exits here: readers wait until this process is gone (the next one serves
+// only then, fs/takeover.go), and nothing in the deferred goodbyes is
+// needed (the mount is the next process's, and a renewal cut short is
+// sent again from --storage).
+func handOn(sig os.Signal, srv *fs.Server, sock *sshagent.Server, svc *running, p *mountPlan, exe string, log *slog.Logger) bool {
+	done, keep := handOver(sig, srv, sock, svc, p, exe, log)
+	if done || keep {
+		svc.Stopping()
+	}
+	if keep {
+		os.Exit(exitOK)
+	}
+	return done
+}
+
 // joinWatching joins as joiner.Join does, but a SIGUSR1 or SIGUSR2 on
 // handover (nil: none) ends the join early, and is returned for the caller
 // to hand the mount on. One that comes once joined goes back on handover,
