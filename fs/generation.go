@@ -75,10 +75,10 @@ func parseGenName(name string) (uint64, bool) {
 	return id, err == nil && id > 0
 }
 
-// isGenKeyName says name is some generation's genKeyName.
-func isGenKeyName(name string) bool {
+// parseGenKeyName is genKeyName's inverse.
+func parseGenKeyName(name string) (uint64, bool) {
 	id, ok := parseGenName(strings.TrimSuffix(name, "-key"))
-	return ok && name == genKeyName(id)
+	return id, ok && name == genKeyName(id)
 }
 
 // memfdSecret is memfd_secret(2), a variable so that tests can take it

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 	"unsafe"
 
@@ -173,7 +172,7 @@ func Resume(opts Options, fds map[string]*os.File) (*Server, error) {
 		}
 	}
 	for name, f := range fds {
-		if name == "fuse" || name == "state" || isGenKeyName(name) {
+		if _, key := parseGenKeyName(name); name == "fuse" || name == "state" || key {
 			continue
 		}
 		id, ok := parseGenName(name)
@@ -197,7 +196,7 @@ func Resume(opts Options, fds map[string]*os.File) (*Server, error) {
 		s.gens[id] = g
 	}
 	for name := range fds {
-		if id, _ := parseGenName(strings.TrimSuffix(name, "-key")); isGenKeyName(name) && s.gens[id] == nil {
+		if id, key := parseGenKeyName(name); key && s.gens[id] == nil {
 			s.log.Info("dropping a handed-over key memfd without its generation", "name", name)
 			drop(name)
 		}
