@@ -39,6 +39,7 @@ type herdResult struct {
 	Retries int64         `json:"retries"`
 	Refused []string      `json:"refused"` // joins refused for good
 	CPU     time.Duration `json:"cpu"`     // the bots' CPU from "go" on
+	Faults  int64         `json:"faults"`  // and their page faults
 }
 
 // BenchmarkHerd starts herdSize bots at once, each joining with its own
@@ -47,13 +48,14 @@ type herdResult struct {
 // jitter. It reports the time until every bot holds an identity
 // (herd-s), the joins that had to be tried again, and the CPU per join of
 // the authorities (cpu-ms), the database (db-cpu-ms) and the bots
-// (bots-cpu-ms), all on the same cores.
+// (bots-cpu-ms), all on the same cores, and the page faults per join of
+// the authorities' process (faults) and the bots' (bots-faults).
 func BenchmarkHerd(b *testing.B) {
 	pg := benchPG(b)
 	for _, bb := range benchBackends {
 		b.Run(bb.String(), func(b *testing.B) {
 			var total, bots time.Duration
-			var retries int64
+			var retries, botFaults int64
 			c := bb.cpu(pg, nil)
 			for range b.N {
 				b.StopTimer()
@@ -81,11 +83,13 @@ func BenchmarkHerd(b *testing.B) {
 				}
 				retries += res.Retries
 				bots += res.CPU
+				botFaults += res.Faults
 			}
 			b.ReportMetric(total.Seconds()/float64(b.N), "herd-s")
 			b.ReportMetric(float64(herdSize*b.N)/total.Seconds(), "joins/s")
 			b.ReportMetric(float64(retries)/float64(b.N), "retries")
 			b.ReportMetric(float64(bots)/float64(time.Millisecond)/float64(herdSize*b.N), "bots-cpu-ms/op")
+			b.ReportMetric(float64(botFaults)/float64(herdSize*b.N), "bots-faults/op")
 			c.report(b, herdSize*b.N)
 		})
 	}
@@ -176,7 +180,7 @@ func runHerd() {
 	if l, err := in.ReadString('\n'); err != nil || l != "go\n" {
 		os.Exit(1)
 	}
-	before := processCPU()
+	cpu, faults := processUsage()
 	var res herdResult
 	var retries atomic.Int64
 	var mu sync.Mutex
@@ -203,6 +207,7 @@ func runHerd() {
 		})
 	}
 	wg.Wait()
-	res.Retries, res.CPU = retries.Load(), processCPU()-before
+	cpuEnd, faultsEnd := processUsage()
+	res.Retries, res.CPU, res.Faults = retries.Load(), cpuEnd-cpu, faultsEnd-faults
 	json.NewEncoder(os.Stdout).Encode(res)
 }
