@@ -59,11 +59,7 @@ func startAuthUnit(t *testing.T, m *machine) (addr, pin string) {
 func TestAgentUnitKeepsIdentityAcrossRestarts(t *testing.T) {
 	m := bootWithUnits(t)
 	addr, pin := startAuthUnit(t, m)
-	out := m.mustRun("midfs", "bots", "add", "robot", "--roles=access", "--logins=root")
-	tok := tokenRe.FindStringSubmatch(out)
-	if tok == nil {
-		t.Fatalf("no token in `bots add` output:\n%s", out)
-	}
+	tok := addRobot(t, m)
 
 	// The keyring is the host's: a mount point named after the machine
 	// names the key uniquely. Remove it at the end.
@@ -81,7 +77,7 @@ func TestAgentUnitKeepsIdentityAcrossRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf("mountpoint: %s\nauth_server: %s\nca_pin: %s\nlog_level: debug\n", mnt, addr, pin)
-	m.writeFile("/etc/midfs/robot.yaml", cfg+"token: "+tok[1]+"\n", 0o600)
+	m.writeFile("/etc/midfs/robot.yaml", cfg+"token: "+tok+"\n", 0o600)
 
 	const unit = "midfs@robot.service"
 	// Type=notify: start returns once the tree is mounted and readable.

@@ -311,6 +311,18 @@ func TestAgentUnitRestartsAndCrashesUnderLoad(t *testing.T) {
 	}
 }
 
+// addRobot adds, in m's authority, bot robot (logins root) and returns its
+// join token.
+func addRobot(t *testing.T, m *machine) string {
+	t.Helper()
+	out := m.mustRun("midfs", "bots", "add", "robot", "--roles=access", "--logins=root")
+	tok := tokenRe.FindStringSubmatch(out)
+	if tok == nil {
+		t.Fatalf("no token in `bots add` output:\n%s", out)
+	}
+	return tok[1]
+}
+
 // robotUnit is the agent unit startRobotUnit starts.
 const robotUnit = "midfs@robot.service"
 
@@ -320,18 +332,14 @@ const robotUnit = "midfs@robot.service"
 func startRobotUnit(t *testing.T, m *machine, extra string) string {
 	t.Helper()
 	addr, pin := startAuthUnit(t, m)
-	out := m.mustRun("midfs", "bots", "add", "robot", "--roles=access", "--logins=root")
-	tok := tokenRe.FindStringSubmatch(out)
-	if tok == nil {
-		t.Fatalf("no token in `bots add` output:\n%s", out)
-	}
+	tok := addRobot(t, m)
 	mnt := "/opt/" + m.name
 	forgetStoredIn(t, addr, mnt)
 	if err := os.MkdirAll(m.path(mnt), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	m.writeFile("/etc/midfs/robot.yaml", fmt.Sprintf("mountpoint: %s\nauth_server: %s\nca_pin: %s\ntoken: %s\nssh_agent: /run/midfs-robot.agent\n%s",
-		mnt, addr, pin, tok[1], extra), 0o600)
+		mnt, addr, pin, tok, extra), 0o600)
 	if out, err := m.run("systemctl", "start", robotUnit); err != nil {
 		t.Fatalf("systemctl start %s: %v\n%s\n%s", robotUnit, err, out, m.journal(robotUnit))
 	}
