@@ -57,7 +57,7 @@ const (
 // TokenBySecret reads the token and, in the same round trip, its bot and
 // the bot's locks, which a join reads next.
 func (t *txn) TokenBySecret(ctx context.Context, secretHash []byte) (*store.Token, error) {
-	br, err := t.q.send(ctx,
+	br, err := t.q.send(
 		stmt{sql: tokenBySecret, args: []any{secretHash}},
 		stmt{sql: `SELECT ` + botCols + ` FROM bots WHERE name = ` + tokenBotName, args: []any{secretHash}},
 		stmt{sql: selectLocks + ` WHERE bot = ` + tokenBotName + locksOrder, args: []any{secretHash}})
@@ -125,7 +125,7 @@ func readBot(br pgx.BatchResults) (*store.Bot, []wire.Lock, error) {
 func (t *txn) Bot(ctx context.Context, name string) (*store.Bot, error) {
 	b, ok := t.q.known.bots[name]
 	if !ok {
-		br, err := t.q.send(ctx,
+		br, err := t.q.send(
 			stmt{sql: `SELECT ` + botCols + ` FROM bots WHERE name = $1`, args: []any{name}},
 			stmt{sql: selectLocks + ` WHERE bot = $1` + locksOrder, args: []any{name}})
 		if err != nil {

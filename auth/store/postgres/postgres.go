@@ -4,9 +4,10 @@
 // better kept in a ~/.pgpass or PGPASSFILE than in the URL) through
 // jackc/pgx.
 //
-// Isolation: every Update is one SERIALIZABLE transaction, retried from
-// the start when PostgreSQL reports a serialization failure (SQLSTATE 40001)
-// or a deadlock (40P01). Serializable isolation is what gives each promise
+// Isolation: every Update runs in a SERIALIZABLE transaction (its own,
+// or one it shares with other Updates, each in a savepoint: batch.go),
+// retried from the start when PostgreSQL reports a serialization failure
+// (SQLSTATE 40001) or a deadlock (40P01). Serializable isolation is what gives each promise
 // of store.Store across replicas without knowing what fn will do: two
 // joins with one token both read it unused and both try to mark it used;
 // two renewals read one generation and both advance it; a role check and
@@ -62,7 +63,8 @@ const (
 	updateTimeout = 30 * time.Second
 	// connectTimeout is the default of connect_timeout.
 	connectTimeout = 5 * time.Second
-	// defaultMaxConns is the pool size without pool_max_conns in the URL:
+	// defaultMaxConns is the pool size without pool_max_conns in the URL,
+	// and so the number of transactions of batched Updates at once:
 	// PostgreSQL serves a connection with a process, and more than a few
 	// per core only queue in the kernel instead of in the pool. They are
 	// all opened at start and kept (unless pool_min_conns says otherwise):
@@ -90,6 +92,9 @@ type Store struct {
 	listeningOnce sync.Once
 
 	pinger *pinger // Ping's own connection
+
+	queue      chan *update // Updates waiting for a batch (see batch.go)
+	committers sync.WaitGroup
 
 	retries atomic.Uint64 // attempts run again after a serialization conflict
 	trips   atomic.Uint64 // round trips of Updates to the server
@@ -150,6 +155,10 @@ func Open(ctx context.Context, url string, opts store.Options) (*Store, error) {
 		return nil, st.fail(err)
 	}
 	st.Seen(v)
+	st.queue = make(chan *update, maxBatch)
+	for range cfg.MaxConns {
+		st.committers.Go(st.commit)
+	}
 	interval := opts.PollInterval
 	if interval <= 0 {
 		interval = store.DefaultPollInterval
@@ -232,6 +241,8 @@ func (st *Store) Close() error {
 	}
 	st.closed = true
 	st.mu.Unlock()
+	close(st.queue)
+	st.committers.Wait()
 	st.stop()
 	st.bg.Wait()
 	st.Watchers.Close()
@@ -241,18 +252,37 @@ func (st *Store) Close() error {
 }
 
 // Update runs fn in a SERIALIZABLE transaction, again from the start after
-// a serialization failure (see the package doc and store.Store). The
-// caller's cancellation does not reach the transaction: once started, a
-// change runs to its commit or rollback.
+// a serialization failure (see the package doc and store.Store); fn may
+// share the transaction with other Updates (see batch.go). The caller's
+// cancellation does not reach the transaction: once started, a change
+// runs to its commit or rollback.
 func (st *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
 	if st.closed {
 		return store.ErrClosed
 	}
-	ctx = context.WithoutCancel(ctx)
+	u := &update{fn: fn, done: make(chan outcome, 1)}
+	st.queue <- u
+	o := <-u.done
+	if o.alone {
+		return st.updateAlone(fn)
+	}
+	if o.err == nil {
+		for topic, v := range o.bumped {
+			st.Fire(topic, v)
+		}
+	}
+	return o.err
+}
+
+// updateAlone runs fn in a transaction of its own, after it lost a
+// serialization conflict in one shared with others: again after each
+// conflict, with backoff.
+func (st *Store) updateAlone(fn func(store.Tx) error) error {
 	for attempt := 1; ; attempt++ {
-		t, err, retry := st.attempt(ctx, fn)
+		time.Sleep(backoff(attempt))
+		t, err, retry := st.attempt(context.Background(), fn)
 		if err == nil {
 			for topic, v := range t.bumped {
 				st.Fire(topic, v)
@@ -266,7 +296,6 @@ func (st *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
 		if attempt == maxAttempts {
 			return fmt.Errorf("store: gave up after %d serialization conflicts: %w", attempt, err)
 		}
-		time.Sleep(backoff(attempt))
 	}
 }
 
@@ -294,26 +323,26 @@ func (st *Store) attempt(ctx context.Context, fn func(store.Tx) error) (t *txn, 
 	// A connection left inside a transaction (an attempt cut short) is
 	// closed, not pooled.
 	defer conn.Release()
-	w := &watched{conn: conn, trips: &st.trips}
+	w := &watched{ctx: ctx, conn: conn, trips: &st.trips}
 	t = &txn{reader: reader{q: w}, q: w}
 	defer func() {
 		if p := recover(); p != nil {
-			w.rollback(ctx)
+			w.rollback()
 			t, err, retry = nil, fmt.Errorf("internal error: %v", p), false
 		}
 	}()
 	if err = fn(t); err != nil {
-		w.rollback(ctx)
+		w.rollback()
 		return t, err, w.conflict || isConflict(err)
 	}
 	if w.begun && conn.Conn().PgConn().TxStatus() == 'E' {
 		// fn went on after a failed statement (which ends a PostgreSQL
 		// transaction) and returned nil: nothing it did can commit.
-		w.rollback(ctx)
-		return t, errors.New("store: a statement failed inside the transaction"), w.conflict
+		w.rollback()
+		return t, errStatementFailed, w.conflict
 	}
-	if err = w.commit(ctx); err != nil {
-		w.rollback(ctx)
+	if err = w.commit(); err != nil {
+		w.rollback()
 		return t, err, w.conflict
 	}
 	return t, nil, false
@@ -327,20 +356,46 @@ func (st *Store) attempt(ctx context.Context, fn func(store.Tx) error) (t *txn, 
 // a write that fails still fails the transaction before it can commit.
 // watched also remembers whether any statement lost a serialization
 // conflict.
+//
+// In a batch (see batch.go) several Updates share the transaction, one
+// after the other: op says whose statements are being made, and lost
+// says that a write queued by an earlier one failed.
 type watched struct {
+	// ctx is every statement's: the caller's cancellation does not reach
+	// a transaction, which may be other callers' too.
+	ctx      context.Context
 	conn     *pgxpool.Conn
 	begun    bool   // BEGIN has been sent
 	pending  []stmt // writes not sent yet, in order
 	known    known  // what the transaction read and has not written since
 	conflict bool
 	trips    *atomic.Uint64 // the Store's count of round trips
+	op       int            // the batch's Update whose fn is running
+	lost     *lostWrite
 }
 
-// stmt is a statement to send.
+// stmt is a statement to send, made by the batch's Update op (or by the
+// batch itself: control).
 type stmt struct {
 	sql  string
 	args []any
+	op   int
 }
+
+// control owns the statements that a batch adds around its Updates'
+// (SAVEPOINT, RELEASE, ROLLBACK TO).
+const control = -1
+
+// lostWrite is a write queued by an earlier Update of the batch that
+// failed in a round trip of a later one: op is the earlier one's.
+type lostWrite struct {
+	op  int
+	err error
+}
+
+// errLost is what the Update that was running when a lostWrite was found
+// meets; the batch then runs it again (see batch.run).
+var errLost = errors.New("store: an earlier change of this batch failed")
 
 func (w *watched) note(err error) error {
 	if isConflict(err) {
@@ -355,7 +410,7 @@ func (w *watched) note(err error) error {
 // round trip after a failed statement, COMMIT included).
 func (w *watched) later(sql string, args ...any) {
 	w.known = known{}
-	w.pending = append(w.pending, stmt{sql: sql, args: args})
+	w.pending = append(w.pending, stmt{sql: sql, args: args, op: w.op})
 }
 
 // changesOne makes an UPDATE fail, on the server, unless it changes
@@ -373,29 +428,37 @@ var errMissed = errors.New("store: a write that had to change one row changed no
 // statement), the writes waiting, and qs. It reads the results of all but
 // qs; the caller reads qs's from br, in order, then closes br. Anything
 // the transaction knew is forgotten: qs may write.
-func (w *watched) send(ctx context.Context, qs ...stmt) (pgx.BatchResults, error) {
+func (w *watched) send(qs ...stmt) (pgx.BatchResults, error) {
+	if w.lost != nil {
+		return nil, errLost
+	}
 	w.known = known{}
-	var b pgx.Batch
-	begin := !w.begun
-	if begin {
-		b.Queue(beginSQL)
+	var sent []stmt
+	if !w.begun {
+		sent = append(sent, stmt{sql: beginSQL, op: control})
 		w.begun = true
 	}
-	pending := w.pending
+	sent = append(sent, w.pending...)
 	w.pending = nil
-	for _, s := range append(pending, qs...) {
+	var b pgx.Batch
+	for _, s := range append(sent, qs...) {
 		b.Queue(s.sql, s.args...)
 	}
 	w.trips.Add(1)
-	br := w.conn.SendBatch(ctx, &b)
-	for range len(b.QueuedQueries) - len(qs) {
+	br := w.conn.SendBatch(w.ctx, &b)
+	for _, s := range sent {
 		if _, err := br.Exec(); err != nil {
 			br.Close()
 			var pe *pgconn.PgError
 			if errors.As(err, &pe) && pe.Code == "22012" { // division_by_zero: see changesOne
-				return nil, errMissed
+				err = errMissed
 			}
-			return nil, w.note(err)
+			err = w.note(err)
+			if s.op != control && s.op != w.op {
+				w.lost = &lostWrite{op: s.op, err: err}
+				return nil, errLost
+			}
+			return nil, err
 		}
 	}
 	return br, nil
@@ -404,11 +467,11 @@ func (w *watched) send(ctx context.Context, qs ...stmt) (pgx.BatchResults, error
 // commit sends the writes waiting and COMMIT, in one round trip (with
 // BEGIN if fn wrote without reading). A transaction that neither read nor
 // wrote has nothing to commit.
-func (w *watched) commit(ctx context.Context) error {
+func (w *watched) commit() error {
 	if !w.begun && len(w.pending) == 0 {
 		return nil
 	}
-	br, err := w.send(ctx, stmt{sql: `COMMIT`})
+	br, err := w.send(stmt{sql: `COMMIT`})
 	if err != nil {
 		return err
 	}
@@ -427,20 +490,20 @@ func (w *watched) commit(ctx context.Context) error {
 
 // rollback ends a transaction that will not commit; the writes waiting
 // are dropped unsent.
-func (w *watched) rollback(ctx context.Context) {
+func (w *watched) rollback() {
 	w.pending = nil
 	if w.begun && !w.conn.Conn().PgConn().IsClosed() && w.conn.Conn().PgConn().TxStatus() != 'I' {
-		w.conn.Exec(ctx, `ROLLBACK`)
+		w.conn.Exec(w.ctx, `ROLLBACK`)
 	}
 }
 
 // one sends a single statement (after the writes waiting).
-func (w *watched) one(ctx context.Context, sql string, args []any) (pgx.BatchResults, error) {
-	return w.send(ctx, stmt{sql: sql, args: args})
+func (w *watched) one(sql string, args []any) (pgx.BatchResults, error) {
+	return w.send(stmt{sql: sql, args: args})
 }
 
 func (w *watched) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	br, err := w.one(ctx, sql, args)
+	br, err := w.one(sql, args)
 	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
@@ -452,7 +515,7 @@ func (w *watched) Exec(ctx context.Context, sql string, args ...any) (pgconn.Com
 }
 
 func (w *watched) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	br, err := w.one(ctx, sql, args)
+	br, err := w.one(sql, args)
 	if err != nil {
 		return nil, err
 	}
@@ -465,7 +528,7 @@ func (w *watched) Query(ctx context.Context, sql string, args ...any) (pgx.Rows,
 }
 
 func (w *watched) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	br, err := w.one(ctx, sql, args)
+	br, err := w.one(sql, args)
 	if err != nil {
 		return errRow{err}
 	}
@@ -479,7 +542,7 @@ func (w *watched) SendBatch(ctx context.Context, b *pgx.Batch) error {
 	for i, q := range b.QueuedQueries {
 		qs[i] = stmt{sql: q.SQL, args: q.Arguments}
 	}
-	br, err := w.send(ctx, qs...)
+	br, err := w.send(qs...)
 	if err != nil {
 		return err
 	}
