@@ -232,19 +232,25 @@ type cpu struct {
 	self, db     time.Duration
 	selfT, dbT   time.Duration
 	trips, tripT uint64
+	retries      uint64 // Updates run again after a serialization conflict
+	retryT       uint64
 	faults       int64 // this process's page faults
 	faultsT      int64
 }
 
-// roundTrips sums the database round trips of c.rs.
-func (c *cpu) roundTrips() uint64 {
-	var n uint64
+// counters sums the database round trips of c.rs, and their Updates run
+// again.
+func (c *cpu) counters() (trips, retries uint64) {
 	for _, s := range c.rs {
-		if r, ok := s.st.(interface{ RoundTrips() uint64 }); ok {
-			n += r.RoundTrips()
+		if r, ok := s.st.(interface {
+			RoundTrips() uint64
+			Retries() uint64
+		}); ok {
+			trips += r.RoundTrips()
+			retries += r.Retries()
 		}
 	}
-	return n
+	return trips, retries
 }
 
 // processUsage says how much CPU this process has used, and how many page
@@ -260,7 +266,7 @@ func (c *cpu) start() {
 	c.selfT, c.faultsT = processUsage()
 	if c.pg != nil {
 		c.dbT = c.pg.CPU()
-		c.tripT = c.roundTrips()
+		c.tripT, c.retryT = c.counters()
 	}
 }
 
@@ -270,19 +276,23 @@ func (c *cpu) stop() {
 	c.faults += faults - c.faultsT
 	if c.pg != nil {
 		c.db += c.pg.CPU() - c.dbT
-		c.trips += c.roundTrips() - c.tripT
+		trips, retries := c.counters()
+		c.trips += trips - c.tripT
+		c.retries += retries - c.retryT
 	}
 }
 
 // report adds the CPU per operation: cpu-ms (this process: authority and
 // clients) and db-cpu-ms (the database server), db-trips (round trips to
-// it), and faults (this process's page faults).
+// it), db-retries (Updates run again after a serialization conflict), and
+// faults (this process's page faults).
 func (c *cpu) report(b *testing.B, ops int) {
 	b.ReportMetric(float64(c.self)/float64(time.Millisecond)/float64(ops), "cpu-ms/op")
 	b.ReportMetric(float64(c.faults)/float64(ops), "faults/op")
 	if c.pg != nil {
 		b.ReportMetric(float64(c.db)/float64(time.Millisecond)/float64(ops), "db-cpu-ms/op")
 		b.ReportMetric(float64(c.trips)/float64(ops), "db-trips/op")
+		b.ReportMetric(float64(c.retries)/float64(ops), "db-retries/op")
 	}
 }
 
