@@ -65,19 +65,7 @@ var errStatementFailed = errors.New("store: a statement failed inside the transa
 // commit runs batches from the queue until it is closed.
 func (st *Store) commit() {
 	for first := range st.queue {
-		us := []*update{first}
-	fill:
-		for len(us) < maxBatch {
-			select {
-			case u, ok := <-st.queue:
-				if !ok {
-					break fill
-				}
-				us = append(us, u)
-			default:
-				break fill
-			}
-		}
+		us := store.Batch(first, st.queue, maxBatch)
 		if len(us) == 1 {
 			st.runOne(us[0])
 		} else {

@@ -65,20 +65,7 @@ func (w *writer) close() {
 func (w *writer) loop() {
 	defer close(w.stopped)
 	for first := range w.ops {
-		batch := []*writeOp{first}
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case op, ok := <-w.ops:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, op)
-			default:
-				break fill
-			}
-		}
-		w.commit(batch)
+		w.commit(store.Batch(first, w.ops, maxBatch))
 	}
 }
 
