@@ -7,11 +7,11 @@
 // Isolation: every Update runs in a SERIALIZABLE transaction (its own,
 // or one it shares with other Updates, each in a savepoint: batch.go),
 // retried from the start when PostgreSQL reports a serialization failure
-// (SQLSTATE 40001) or a deadlock (40P01). Serializable isolation is what gives each promise
-// of store.Store across replicas without knowing what fn will do: two
-// joins with one token both read it unused and both try to mark it used;
-// two renewals read one generation and both advance it; a role check and
-// an insert race with a removal. Each such pair is a read-write conflict,
+// (SQLSTATE 40001) or a deadlock (40P01). Serializable isolation is what
+// gives each promise of store.Store across replicas without knowing what
+// fn will do: two joins with one token both read it unused and both try
+// to mark it used; two renewals read one generation and both advance it;
+// a role check and an insert race with a removal. Each such pair is a read-write conflict,
 // and PostgreSQL lets only one of them commit. The other runs again and
 // then reads the committed result (the token used, the generation moved).
 // Read committed with row locks would need every read that guards a write
@@ -269,11 +269,16 @@ func (st *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
 		return st.updateAlone(fn)
 	}
 	if o.err == nil {
-		for topic, v := range o.bumped {
-			st.Fire(topic, v)
-		}
+		st.fire(o.bumped)
 	}
 	return o.err
+}
+
+// fire tells the watchers of the topics a committed Update moved.
+func (st *Store) fire(bumped map[string]uint64) {
+	for topic, v := range bumped {
+		st.Fire(topic, v)
+	}
 }
 
 // updateAlone runs fn in a transaction of its own, after it lost a
@@ -284,9 +289,7 @@ func (st *Store) updateAlone(fn func(store.Tx) error) error {
 		time.Sleep(backoff(attempt))
 		t, err, retry := st.attempt(context.Background(), fn)
 		if err == nil {
-			for topic, v := range t.bumped {
-				st.Fire(topic, v)
-			}
+			st.fire(t.bumped)
 			return nil
 		}
 		if !retry {
@@ -325,14 +328,11 @@ func (st *Store) attempt(ctx context.Context, fn func(store.Tx) error) (t *txn, 
 	defer conn.Release()
 	w := &watched{ctx: ctx, conn: conn, trips: &st.trips}
 	t = &txn{reader: reader{q: w}, q: w}
-	defer func() {
-		if p := recover(); p != nil {
-			w.rollback()
-			t, err, retry = nil, fmt.Errorf("internal error: %v", p), false
-		}
-	}()
-	if err = fn(t); err != nil {
+	if err = call(fn, t); err != nil {
 		w.rollback()
+		if errors.As(err, new(panicked)) {
+			return nil, err, false
+		}
 		return t, err, w.conflict || isConflict(err)
 	}
 	if w.begun && conn.Conn().PgConn().TxStatus() == 'E' {
